@@ -1,0 +1,279 @@
+// C = epilogue(op(A) · op(B)), op(X) = X or Xᵀ, for every dense layer forward and backward.
+//
+// One kernel, three tiling strategies (entry points) sharing loads and epilogue:
+//   matmul_naive     one output per invocation, scalar loads; any shape (the fallback).
+//   matmul_tiled     64×64 workgroup-memory tiles, 4×4 outputs per invocation; the classic
+//                    design for discrete GPUs.
+//   matmul_subgroup  no workgroup memory: a workgroup owns 32 rows, each lane 4 columns; lanes
+//                    load different vec4s of A and share them with subgroupBroadcast, B comes
+//                    as vec4 straight from storage. Fast on CPU adapters (lavapipe), where
+//                    every non-uniform load is a per-lane loop and loads, not FMAs, cost.
+// op(A) is M×K, op(B) is K×N, C is M×N, all row-major. A is stored M×K (or K×M when
+// TRANS_A), B is stored K×N (or N×K when TRANS_B).
+// The vec4 strategies need N % 4 == 0, K % 4 == 0 when A is read along K (not TRANS_A) or B
+// is (TRANS_B), and M % 4 == 0 when TRANS_A; the host checks this and picks naive otherwise.
+//
+// Epilogue, in this order: r = op(A)·op(B); r += bias[n] (HAS_BIAS); r = act(r) (ACT);
+// r *= act'(aux) with act' computed from the activation's output aux (DACT, the fused
+// activation backward); c = r, or c += r (ACCUMULATE). COLSUM also writes the column sums of
+// op(B), Σ_k op(B)[k, n], to colsum (added when ACCUMULATE): with A = X and B = dY this is the
+// bias gradient of the layer whose weight gradient C = Xᵀ·dY is.
+
+struct MatmulParams {
+    m: u32,
+    n: u32,
+    k: u32,
+    leaky_slope: f32,
+}
+
+override TRANS_A: bool = false;
+override TRANS_B: bool = false;
+override HAS_BIAS: bool = false;
+override ACCUMULATE: bool = false;
+override COLSUM: bool = false;
+// Activation codes as in act.wgsl (prepended).
+override ACT: u32 = 0u;
+override DACT: u32 = 0u;
+// Workgroup size of the subgroup strategy: max(16, subgroup size).
+override SG_WG: u32 = 16u;
+
+@group(0) @binding(0) var<uniform> p: MatmulParams;
+@group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> aux: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> c: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> colsum: array<vec4<f32>>;
+
+// ---- scalar loads (any shape; zero outside the matrix) ----
+
+fn load1(buf_is_a: bool, idx: u32) -> f32 {
+    if (buf_is_a) {
+        return a[idx / 4u][idx % 4u];
+    }
+    return b[idx / 4u][idx % 4u];
+}
+
+// op(A)[m, k]
+fn a_at(m: u32, k: u32) -> f32 {
+    if (m >= p.m || k >= p.k) { return 0.0; }
+    if (TRANS_A) { return load1(true, k * p.m + m); }
+    return load1(true, m * p.k + k);
+}
+
+// op(B)[k, n]
+fn b_at(k: u32, n: u32) -> f32 {
+    if (k >= p.k || n >= p.n) { return 0.0; }
+    if (TRANS_B) { return load1(false, n * p.k + k); }
+    return load1(false, k * p.n + n);
+}
+
+// ---- epilogues ----
+
+fn epilogue1(m: u32, n: u32, v: f32) {
+    let idx = m * p.n + n;
+    var r = v;
+    if (HAS_BIAS) { r += bias[n / 4u][n % 4u]; }
+    r = act_apply(ACT, r, p.leaky_slope);
+    if (DACT != 0u) { r *= act_grad(DACT, aux[idx / 4u][idx % 4u], p.leaky_slope); }
+    if (ACCUMULATE) { r += c[idx / 4u][idx % 4u]; }
+    c[idx / 4u][idx % 4u] = r;
+}
+
+// Row m, columns 4·nq .. 4·nq+3 (requires N % 4 == 0).
+fn epilogue4(m: u32, nq: u32, v: vec4<f32>) {
+    let idx = m * (p.n / 4u) + nq;
+    var r = v;
+    if (HAS_BIAS) { r += bias[nq]; }
+    r = act_apply4(ACT, r, p.leaky_slope);
+    if (DACT != 0u) { r *= act_grad4(DACT, aux[idx], p.leaky_slope); }
+    if (ACCUMULATE) { r += c[idx]; }
+    c[idx] = r;
+}
+
+fn store_colsum1(n: u32, s: f32) {
+    var r = s;
+    if (ACCUMULATE) { r += colsum[n / 4u][n % 4u]; }
+    colsum[n / 4u][n % 4u] = r;
+}
+
+fn store_colsum4(nq: u32, s: vec4<f32>) {
+    var r = s;
+    if (ACCUMULATE) { r += colsum[nq]; }
+    colsum[nq] = r;
+}
+
+// ---- strategy 1: naive ----
+
+@compute @workgroup_size(8, 8)
+fn matmul_naive(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let n = gid.x;
+    let m = gid.y;
+    if (n >= p.n || m >= p.m) { return; }
+    var acc = 0.0;
+    for (var k = 0u; k < p.k; k++) {
+        acc += a_at(m, k) * b_at(k, n);
+    }
+    epilogue1(m, n, acc);
+    if (COLSUM && m == 0u) {
+        var s = 0.0;
+        for (var k = 0u; k < p.k; k++) {
+            s += b_at(k, n);
+        }
+        store_colsum1(n, s);
+    }
+}
+
+// ---- strategy 2: workgroup-memory tiles ----
+
+const T_TILE: u32 = 64u;  // rows and columns of C per workgroup
+const T_K: u32 = 16u;     // depth of one tile step
+var<workgroup> tile_a: array<vec4<f32>, 256>;  // [k][m quad]: T_K × T_TILE/4
+var<workgroup> tile_b: array<vec4<f32>, 256>;  // [k][n quad]
+
+@compute @workgroup_size(16, 16)
+fn matmul_tiled(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let m0 = wid.y * T_TILE;
+    let n0 = wid.x * T_TILE;
+    var acc: array<vec4<f32>, 4>;
+    var cs = vec4<f32>(0.0);
+    // Which quad of the tiles this invocation fills.
+    let lk = li / 16u;
+    let lq = li % 16u;
+    for (var k0 = 0u; k0 < p.k; k0 += T_K) {
+        let mq = m0 + lq * 4u;
+        tile_a[li] = vec4<f32>(a_at(mq, k0 + lk), a_at(mq + 1u, k0 + lk),
+                               a_at(mq + 2u, k0 + lk), a_at(mq + 3u, k0 + lk));
+        let nq = n0 + lq * 4u;
+        tile_b[li] = vec4<f32>(b_at(k0 + lk, nq), b_at(k0 + lk, nq + 1u),
+                               b_at(k0 + lk, nq + 2u), b_at(k0 + lk, nq + 3u));
+        workgroupBarrier();
+        for (var kk = 0u; kk < T_K; kk++) {
+            let av = tile_a[kk * 16u + lid.y];
+            let bv = tile_b[kk * 16u + lid.x];
+            acc[0] += av.x * bv;
+            acc[1] += av.y * bv;
+            acc[2] += av.z * bv;
+            acc[3] += av.w * bv;
+            if (COLSUM) { cs += bv; }
+        }
+        workgroupBarrier();
+    }
+    let nq = n0 / 4u + lid.x;
+    if (nq * 4u >= p.n) { return; }
+    for (var i = 0u; i < 4u; i++) {
+        let m = m0 + lid.y * 4u + i;
+        if (m < p.m) { epilogue4(m, nq, acc[i]); }
+    }
+    if (COLSUM && wid.y == 0u && lid.y == 0u) { store_colsum4(nq, cs); }
+}
+
+// ---- strategy 3: subgroup broadcast, register blocked ----
+
+const S_ROWS: u32 = 32u;  // rows of C per workgroup; each lane holds 32×4 accumulators
+
+// The k..k+3 slice of op(A) for this workgroup's 32 rows is 32 vec4 "units": one per row along
+// K (not TRANS_A: unit u = row u), or 4 K-rows of 8 row-quads (TRANS_A: unit u = (u/8, u%8)).
+// Lane l (mod 8) of each subgroup loads units l, l+8, l+16, l+24; broadcasts from lanes 0..7
+// share them. WGSL wants a constant lane index, hence the unrolled broadcasts below, and
+// subgroups of 8 or more lanes.
+fn a_unit(m0: u32, k: u32, u: u32) -> vec4<f32> {
+    if (TRANS_A) {
+        let kr = k + u / 8u;
+        let m = m0 + (u % 8u) * 4u;
+        if (kr >= p.k || m >= p.m) { return vec4<f32>(0.0); }
+        return a[(kr * p.m + m) / 4u];
+    }
+    let m = m0 + u;
+    if (m >= p.m) { return vec4<f32>(0.0); }
+    return a[(m * p.k + k) / 4u];
+}
+
+// op(B)[k..k+3, n..n+3] as a matrix whose column j is op(B)[k + j, n..n+3].
+fn b_block(k: u32, n: u32) -> mat4x4<f32> {
+    if (n >= p.n) { return mat4x4<f32>(); }
+    if (TRANS_B) {
+        let r0 = b[(n * p.k + k) / 4u];
+        let r1 = b[((n + 1u) * p.k + k) / 4u];
+        let r2 = b[((n + 2u) * p.k + k) / 4u];
+        let r3 = b[((n + 3u) * p.k + k) / 4u];
+        return transpose(mat4x4<f32>(r0, r1, r2, r3));
+    }
+    let nq = n / 4u;
+    let stride = p.n / 4u;
+    let c0 = b[k * stride + nq];
+    let c1 = select(vec4<f32>(0.0), b[min(k + 1u, p.k - 1u) * stride + nq], k + 1u < p.k);
+    let c2 = select(vec4<f32>(0.0), b[min(k + 2u, p.k - 1u) * stride + nq], k + 2u < p.k);
+    let c3 = select(vec4<f32>(0.0), b[min(k + 3u, p.k - 1u) * stride + nq], k + 3u < p.k);
+    return mat4x4<f32>(c0, c1, c2, c3);
+}
+
+// Rows 4q..4q+3 of the A slice when TRANS_A: unit (kk, q) sits in u[kk] of lane q.
+fn a_quad(c0: vec4<f32>, c1: vec4<f32>, c2: vec4<f32>, c3: vec4<f32>) -> mat4x4<f32> {
+    return transpose(mat4x4<f32>(c0, c1, c2, c3));
+}
+
+@compute @workgroup_size(SG_WG)
+fn matmul_subgroup(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+    @builtin(subgroup_invocation_id) lane: u32,
+) {
+    let m0 = wid.y * S_ROWS;
+    let n = (wid.x * SG_WG + li) * 4u;
+    let l8 = lane % 8u;
+    var acc: array<vec4<f32>, 32>;
+    var cs = vec4<f32>(0.0);
+    for (var k = 0u; k < p.k; k += 4u) {
+        let u0 = a_unit(m0, k, l8);
+        let u1 = a_unit(m0, k, l8 + 8u);
+        let u2 = a_unit(m0, k, l8 + 16u);
+        let u3 = a_unit(m0, k, l8 + 24u);
+        let bm = b_block(k, n);
+        if (COLSUM) { cs += bm * vec4<f32>(1.0); }
+        if (TRANS_A) {
+            var t: mat4x4<f32>;
+            t = a_quad(subgroupBroadcast(u0, 0u), subgroupBroadcast(u1, 0u), subgroupBroadcast(u2, 0u), subgroupBroadcast(u3, 0u));
+            acc[0] += bm * t[0]; acc[1] += bm * t[1]; acc[2] += bm * t[2]; acc[3] += bm * t[3];
+            t = a_quad(subgroupBroadcast(u0, 1u), subgroupBroadcast(u1, 1u), subgroupBroadcast(u2, 1u), subgroupBroadcast(u3, 1u));
+            acc[4] += bm * t[0]; acc[5] += bm * t[1]; acc[6] += bm * t[2]; acc[7] += bm * t[3];
+            t = a_quad(subgroupBroadcast(u0, 2u), subgroupBroadcast(u1, 2u), subgroupBroadcast(u2, 2u), subgroupBroadcast(u3, 2u));
+            acc[8] += bm * t[0]; acc[9] += bm * t[1]; acc[10] += bm * t[2]; acc[11] += bm * t[3];
+            t = a_quad(subgroupBroadcast(u0, 3u), subgroupBroadcast(u1, 3u), subgroupBroadcast(u2, 3u), subgroupBroadcast(u3, 3u));
+            acc[12] += bm * t[0]; acc[13] += bm * t[1]; acc[14] += bm * t[2]; acc[15] += bm * t[3];
+            t = a_quad(subgroupBroadcast(u0, 4u), subgroupBroadcast(u1, 4u), subgroupBroadcast(u2, 4u), subgroupBroadcast(u3, 4u));
+            acc[16] += bm * t[0]; acc[17] += bm * t[1]; acc[18] += bm * t[2]; acc[19] += bm * t[3];
+            t = a_quad(subgroupBroadcast(u0, 5u), subgroupBroadcast(u1, 5u), subgroupBroadcast(u2, 5u), subgroupBroadcast(u3, 5u));
+            acc[20] += bm * t[0]; acc[21] += bm * t[1]; acc[22] += bm * t[2]; acc[23] += bm * t[3];
+            t = a_quad(subgroupBroadcast(u0, 6u), subgroupBroadcast(u1, 6u), subgroupBroadcast(u2, 6u), subgroupBroadcast(u3, 6u));
+            acc[24] += bm * t[0]; acc[25] += bm * t[1]; acc[26] += bm * t[2]; acc[27] += bm * t[3];
+            t = a_quad(subgroupBroadcast(u0, 7u), subgroupBroadcast(u1, 7u), subgroupBroadcast(u2, 7u), subgroupBroadcast(u3, 7u));
+            acc[28] += bm * t[0]; acc[29] += bm * t[1]; acc[30] += bm * t[2]; acc[31] += bm * t[3];
+        } else {
+            // Unit u = row u lives in u[u / 8] of lane u % 8.
+            var us = array<vec4<f32>, 4>(u0, u1, u2, u3);
+            for (var j = 0u; j < 4u; j++) {
+                let v = us[j];
+                let r = j * 8u;
+                acc[r] += bm * subgroupBroadcast(v, 0u);
+                acc[r + 1u] += bm * subgroupBroadcast(v, 1u);
+                acc[r + 2u] += bm * subgroupBroadcast(v, 2u);
+                acc[r + 3u] += bm * subgroupBroadcast(v, 3u);
+                acc[r + 4u] += bm * subgroupBroadcast(v, 4u);
+                acc[r + 5u] += bm * subgroupBroadcast(v, 5u);
+                acc[r + 6u] += bm * subgroupBroadcast(v, 6u);
+                acc[r + 7u] += bm * subgroupBroadcast(v, 7u);
+            }
+        }
+    }
+    if (n >= p.n) { return; }
+    for (var i = 0u; i < S_ROWS; i++) {
+        let m = m0 + i;
+        if (m < p.m) { epilogue4(m, n / 4u, acc[i]); }
+    }
+    if (COLSUM && wid.y == 0u) { store_colsum4(n / 4u, cs); }
+}

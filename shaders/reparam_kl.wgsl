@@ -1,0 +1,71 @@
+// Fused reparameterize + closed-form KL, forward and backward (step.wgsl and rng.wgsl are
+// prepended). The encoder head writes one row per example: [μ (Z) | log σ² (Z)].
+//
+// forward:  lv = clamp(log σ², LV_MIN, LV_MAX); σ = exp(lv/2); ε = N(0,1) keyed by
+//           (seed, step, stream·2^16 + sample, example·Z + j);
+//           z[s·B + b, j] = μ + σ·ε for each of the L samples s (rows stacked sample-major);
+//           kl[b] = ½ Σ_j (σ² + μ² − 1 − lv)
+// backward: with dz summed over the L samples,
+//           dμ = Σ_s dz + β·μ ;  dlv = ½ Σ_s dz·ε·σ + ½·β·(σ² − 1)   (0 where lv was clamped)
+// ε is drawn again in backward instead of being stored: the RNG is a pure function of its key.
+
+struct ReparamParams {
+    batch: u32,     // B examples
+    latent: u32,    // Z
+    samples: u32,   // L Monte Carlo samples per example
+    lv_min: f32,
+    lv_max: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: ReparamParams;
+@group(0) @binding(1) var<uniform> step: Step;
+@group(0) @binding(2) var<storage, read> enc: array<f32>;          // [B, 2Z]
+@group(0) @binding(3) var<storage, read_write> z: array<f32>;      // forward: [L·B, Z] out; backward: dz in
+@group(0) @binding(4) var<storage, read_write> kl: array<f32>;     // forward: [B] out
+@group(0) @binding(5) var<storage, read_write> denc: array<f32>;   // backward: [B, 2Z] out
+
+fn eps_at(s: u32, b: u32, j: u32) -> f32 {
+    return rng_normal(step.seed, step.step, (step.stream << 16u) | s, b * p.latent + j);
+}
+
+@compute @workgroup_size(64)
+fn reparam_kl_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let b = gid.x;
+    if (b >= p.batch) { return; }
+    let zd = p.latent;
+    var acc = 0.0;
+    for (var j = 0u; j < zd; j++) {
+        let mu = enc[b * 2u * zd + j];
+        let lv = clamp(enc[b * 2u * zd + zd + j], p.lv_min, p.lv_max);
+        let sigma = exp(0.5 * lv);
+        for (var s = 0u; s < p.samples; s++) {
+            z[(s * p.batch + b) * zd + j] = mu + sigma * eps_at(s, b, j);
+        }
+        acc += sigma * sigma + mu * mu - 1.0 - lv;
+    }
+    kl[b] = 0.5 * acc;
+}
+
+@compute @workgroup_size(64)
+fn reparam_kl_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let b = gid.x;
+    if (b >= p.batch) { return; }
+    let zd = p.latent;
+    let beta = step.kl_beta;
+    for (var j = 0u; j < zd; j++) {
+        let mu = enc[b * 2u * zd + j];
+        let raw = enc[b * 2u * zd + zd + j];
+        let lv = clamp(raw, p.lv_min, p.lv_max);
+        let sigma = exp(0.5 * lv);
+        var dz_sum = 0.0;
+        var dz_eps = 0.0;
+        for (var s = 0u; s < p.samples; s++) {
+            let g = z[(s * p.batch + b) * zd + j];
+            dz_sum += g;
+            dz_eps += g * eps_at(s, b, j);
+        }
+        denc[b * 2u * zd + j] = dz_sum + beta * mu;
+        let inside = raw >= p.lv_min && raw <= p.lv_max;
+        denc[b * 2u * zd + zd + j] = select(0.0, 0.5 * dz_eps * sigma + 0.5 * beta * (sigma * sigma - 1.0), inside);
+    }
+}

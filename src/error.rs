@@ -1,0 +1,102 @@
+//! The crate's one error type. Every variant's message says what went wrong and what to do.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// Errors returned by vae-wgpu. Messages are meant to be shown to users as they are.
+#[derive(Debug)]
+pub enum VaeError {
+    /// No wgpu adapter could be found on this machine.
+    NoAdapter { tried: String },
+    /// The adapter refused to create a device with the features/limits we need.
+    DeviceRequest(String),
+    /// The adapter lacks a capability a requested kernel strategy needs.
+    Unsupported(String),
+    /// Tensor shapes do not fit the operation.
+    Shape(String),
+    /// A buffer request exceeds what the device allows.
+    BufferTooLarge {
+        label: String,
+        bytes: u64,
+        limit: u64,
+        limit_name: &'static str,
+    },
+    /// A wgpu validation or out-of-memory error surfaced while recording or submitting work.
+    Gpu(String),
+    /// Mapping a buffer for readback failed.
+    Readback(String),
+    /// An I/O error on a named file.
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A data file exists but its contents are not what the format requires.
+    Format { path: PathBuf, problem: String },
+    /// A checkpoint does not match the model it is loaded into, or is malformed.
+    Checkpoint { path: PathBuf, problem: String },
+    /// An invalid configuration value or command-line argument.
+    Config(String),
+}
+
+impl fmt::Display for VaeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VaeError::NoAdapter { tried } => write!(
+                f,
+                "no GPU adapter found ({tried}). Install a GPU driver with Vulkan, Metal or DX12 \
+                 support; on headless Linux install Mesa's software Vulkan driver with \
+                 `apt-get install -y mesa-vulkan-drivers` (adapter \"llvmpipe\")"
+            ),
+            VaeError::DeviceRequest(m) => write!(f, "the adapter refused to create a device: {m}"),
+            VaeError::Unsupported(m) => write!(f, "unsupported on this adapter: {m}"),
+            VaeError::Shape(m) => write!(f, "shape mismatch: {m}"),
+            VaeError::BufferTooLarge {
+                label,
+                bytes,
+                limit,
+                limit_name,
+            } => write!(
+                f,
+                "buffer '{label}' needs {bytes} bytes but the device's {limit_name} is {limit} \
+                 bytes; use a smaller batch size or model"
+            ),
+            VaeError::Gpu(m) => write!(f, "GPU error: {m}"),
+            VaeError::Readback(m) => write!(f, "reading a buffer back from the GPU failed: {m}"),
+            VaeError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            VaeError::Format { path, problem } => write!(f, "{}: {problem}", path.display()),
+            VaeError::Checkpoint { path, problem } => {
+                write!(f, "checkpoint {}: {problem}", path.display())
+            }
+            VaeError::Config(m) => write!(f, "invalid configuration: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for VaeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            VaeError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl VaeError {
+    /// Wraps an I/O error with the path it concerns.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        VaeError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+    /// A format problem in the named file.
+    pub fn format(path: impl Into<PathBuf>, problem: impl Into<String>) -> Self {
+        VaeError::Format {
+            path: path.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = VaeError> = std::result::Result<T, E>;

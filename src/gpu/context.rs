@@ -1,0 +1,211 @@
+//! Adapter selection and the device/queue pair, either our own or a host application's.
+
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Result, VaeError};
+
+/// What a report needs to know about the adapter: name, backend and the relevant limits.
+#[derive(Clone, Debug)]
+pub struct AdapterReport {
+    pub name: String,
+    pub backend: wgpu::Backend,
+    pub device_type: wgpu::DeviceType,
+    pub driver: String,
+    pub max_storage_buffer_binding_size: u64,
+    pub max_buffer_size: u64,
+    pub max_compute_workgroups_per_dimension: u32,
+    pub min_storage_buffer_offset_alignment: u32,
+    /// Subgroup size range reported by the adapter (0 when subgroups are unavailable).
+    pub subgroup_min_size: u32,
+    pub subgroup_max_size: u32,
+    pub subgroups: bool,
+    pub timestamps_inside_passes: bool,
+    /// `LP_NATIVE_VECTOR_WIDTH` as seen when the instance was created (lavapipe's SIMD width).
+    pub lp_native_vector_width: Option<String>,
+}
+
+impl std::fmt::Display for AdapterReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({:?}, {:?})",
+            self.name, self.backend, self.device_type
+        )?;
+        if self.subgroups {
+            write!(f, ", subgroup {}", self.subgroup_min_size)?;
+            if self.subgroup_max_size != self.subgroup_min_size {
+                write!(f, "..{}", self.subgroup_max_size)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The device and queue every kernel runs on, plus what we learned about the adapter.
+///
+/// wgpu validation errors are captured (instead of wgpu's default panic) and surface as
+/// [`VaeError::Gpu`] from [`GpuContext::check_errors`], which the runtime calls after waits.
+#[derive(Clone)]
+pub struct GpuContext {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub report: AdapterReport,
+    errors: Arc<Mutex<Vec<String>>>,
+}
+
+impl GpuContext {
+    /// Picks an adapter the way wgpu's own tools do: `WGPU_BACKEND` restricts backends,
+    /// `WGPU_ADAPTER_NAME` selects by name substring, `WGPU_POWER_PREF` (low/high) sets the
+    /// preference; with none set it takes the default adapter and falls back to a software one.
+    pub fn new() -> Result<Self> {
+        pollster::block_on(Self::new_async())
+    }
+
+    async fn new_async() -> Result<Self> {
+        let lp_width = std::env::var("LP_NATIVE_VECTOR_WIDTH").ok();
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+        let adapter = match std::env::var("WGPU_ADAPTER_NAME") {
+            Ok(wanted) => {
+                let wanted_lc = wanted.to_lowercase();
+                let adapters = instance.enumerate_adapters(backends).await;
+                let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+                adapters
+                    .into_iter()
+                    .find(|a| a.get_info().name.to_lowercase().contains(&wanted_lc))
+                    .ok_or_else(|| VaeError::NoAdapter {
+                        tried: format!(
+                            "WGPU_ADAPTER_NAME={wanted:?} matches none of the adapters found: {names:?}"
+                        ),
+                    })?
+            }
+            Err(_) => {
+                let power = wgpu::PowerPreference::from_env().unwrap_or_default();
+                let mut opts = wgpu::RequestAdapterOptions {
+                    power_preference: power,
+                    force_fallback_adapter: false,
+                    compatible_surface: None,
+                    apply_limit_buckets: false,
+                };
+                match instance.request_adapter(&opts).await {
+                    Ok(a) => a,
+                    Err(first) => {
+                        opts.force_fallback_adapter = true;
+                        instance
+                            .request_adapter(&opts)
+                            .await
+                            .map_err(|e| VaeError::NoAdapter {
+                                tried: format!(
+                                    "backends {backends:?}: {first}; software fallback: {e}"
+                                ),
+                            })?
+                    }
+                }
+            }
+        };
+        let (device, queue) = request_device(&adapter).await?;
+        Ok(Self::assemble(&adapter.get_info(), device, queue, lp_width))
+    }
+
+    /// Wraps a host application's device and queue, so the host and vae-wgpu share buffers.
+    /// The device should have been created with `Features::SUBGROUP` (and the timestamp
+    /// features for profiling) if the adapter has them, and with the adapter's limits;
+    /// [`device_requirements`] returns both.
+    pub fn from_device(info: &wgpu::AdapterInfo, device: wgpu::Device, queue: wgpu::Queue) -> Self {
+        Self::assemble(
+            info,
+            device,
+            queue,
+            std::env::var("LP_NATIVE_VECTOR_WIDTH").ok(),
+        )
+    }
+
+    fn assemble(
+        info: &wgpu::AdapterInfo,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        lp_native_vector_width: Option<String>,
+    ) -> Self {
+        let limits = device.limits();
+        let features = device.features();
+        let subgroups = features.contains(wgpu::Features::SUBGROUP);
+        let report = AdapterReport {
+            name: info.name.clone(),
+            backend: info.backend,
+            device_type: info.device_type,
+            driver: format!("{} {}", info.driver, info.driver_info),
+            max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size as u64,
+            max_buffer_size: limits.max_buffer_size,
+            max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
+            min_storage_buffer_offset_alignment: limits.min_storage_buffer_offset_alignment,
+            subgroup_min_size: if subgroups { info.subgroup_min_size } else { 0 },
+            subgroup_max_size: if subgroups { info.subgroup_max_size } else { 0 },
+            subgroups,
+            timestamps_inside_passes: features.contains(
+                wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES,
+            ),
+            lp_native_vector_width,
+        };
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            if let Ok(mut v) = sink.lock() {
+                v.push(e.to_string());
+            }
+        }));
+        GpuContext {
+            device,
+            queue,
+            report,
+            errors,
+        }
+    }
+
+    /// Returns the first wgpu error captured since the last call, as a typed error.
+    pub fn check_errors(&self) -> Result<()> {
+        let mut errs = self
+            .errors
+            .lock()
+            .map_err(|_| VaeError::Gpu("error sink poisoned".into()))?;
+        if errs.is_empty() {
+            return Ok(());
+        }
+        let all = errs.join("\n");
+        errs.clear();
+        Err(VaeError::Gpu(all))
+    }
+
+    /// Blocks until all submitted work is done, then reports captured errors.
+    pub fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| VaeError::Gpu(format!("waiting for the GPU: {e}")))?;
+        self.check_errors()
+    }
+}
+
+/// The features and limits vae-wgpu asks of an adapter: subgroups and in-pass timestamps when
+/// present (kernels fall back without them) and the adapter's own maximum limits.
+pub fn device_requirements(adapter: &wgpu::Adapter) -> (wgpu::Features, wgpu::Limits) {
+    let wanted = wgpu::Features::SUBGROUP
+        | wgpu::Features::TIMESTAMP_QUERY
+        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES
+        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
+    (adapter.features() & wanted, adapter.limits())
+}
+
+async fn request_device(adapter: &wgpu::Adapter) -> Result<(wgpu::Device, wgpu::Queue)> {
+    let (features, limits) = device_requirements(adapter);
+    adapter
+        .request_device(&wgpu::DeviceDescriptor {
+            label: Some("vae-wgpu"),
+            required_features: features,
+            required_limits: limits,
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        })
+        .await
+        .map_err(|e| VaeError::DeviceRequest(e.to_string()))
+}

@@ -1,0 +1,268 @@
+//! The kernel registry: WGSL sources (with their shared preludes), shader modules and compute
+//! pipelines, each compiled once per device and cached by (shader, entry point, constants).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::error::{Result, VaeError};
+
+const ACT: &str = include_str!("../../shaders/act.wgsl");
+const RNG: &str = include_str!("../../shaders/rng.wgsl");
+const STEP: &str = include_str!("../../shaders/step.wgsl");
+
+/// The shader files in `shaders/`, one per kernel family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Shader {
+    Matmul,
+    Activation,
+    Reduce,
+    ReparamKl,
+    Loss,
+    Adam,
+    Gather,
+}
+
+impl Shader {
+    /// Every kernel family, for validation and warm-up.
+    pub const ALL: [Shader; 7] = [
+        Shader::Matmul,
+        Shader::Activation,
+        Shader::Reduce,
+        Shader::ReparamKl,
+        Shader::Loss,
+        Shader::Adam,
+        Shader::Gather,
+    ];
+
+    /// File name under `shaders/`.
+    pub fn file(self) -> &'static str {
+        match self {
+            Shader::Matmul => "matmul.wgsl",
+            Shader::Activation => "activation.wgsl",
+            Shader::Reduce => "reduce.wgsl",
+            Shader::ReparamKl => "reparam_kl.wgsl",
+            Shader::Loss => "loss.wgsl",
+            Shader::Adam => "adam.wgsl",
+            Shader::Gather => "gather.wgsl",
+        }
+    }
+
+    /// The WGSL module as compiled: the shared preludes it uses, then the file itself.
+    pub fn source(self) -> String {
+        let (preludes, body): (&[&str], &str) = match self {
+            Shader::Matmul => (&[ACT], include_str!("../../shaders/matmul.wgsl")),
+            Shader::Activation => (&[ACT], include_str!("../../shaders/activation.wgsl")),
+            Shader::Reduce => (&[STEP], include_str!("../../shaders/reduce.wgsl")),
+            Shader::ReparamKl => (&[STEP, RNG], include_str!("../../shaders/reparam_kl.wgsl")),
+            Shader::Loss => (&[], include_str!("../../shaders/loss.wgsl")),
+            Shader::Adam => (&[STEP], include_str!("../../shaders/adam.wgsl")),
+            Shader::Gather => (&[STEP, RNG], include_str!("../../shaders/gather.wgsl")),
+        };
+        let mut s = String::new();
+        for p in preludes {
+            s.push_str(p);
+            s.push('\n');
+        }
+        s.push_str(body);
+        s
+    }
+
+    /// Whether the module needs `Features::SUBGROUP` (only the subgroup matmul entry does, but
+    /// the module as a whole must be created with it).
+    pub fn needs_subgroups(self) -> bool {
+        matches!(self, Shader::Matmul)
+    }
+}
+
+/// Compiled modules and pipelines for one device.
+pub struct KernelRegistry {
+    device: wgpu::Device,
+    subgroups: bool,
+    modules: Mutex<HashMap<Shader, wgpu::ShaderModule>>,
+    pipelines: Mutex<HashMap<String, wgpu::ComputePipeline>>,
+    compile: Mutex<(Duration, usize)>,
+}
+
+impl KernelRegistry {
+    /// An empty registry; nothing is compiled until first use.
+    pub fn new(device: &wgpu::Device) -> Self {
+        KernelRegistry {
+            device: device.clone(),
+            subgroups: device.features().contains(wgpu::Features::SUBGROUP),
+            modules: Mutex::new(HashMap::new()),
+            pipelines: Mutex::new(HashMap::new()),
+            compile: Mutex::new((Duration::ZERO, 0)),
+        }
+    }
+
+    /// Total time spent creating shader modules and pipelines, and the number of pipelines.
+    pub fn compile_stats(&self) -> (Duration, usize) {
+        self.compile.lock().map(|c| *c).unwrap_or_default()
+    }
+
+    fn module(&self, shader: Shader) -> Result<wgpu::ShaderModule> {
+        let mut mods = self
+            .modules
+            .lock()
+            .map_err(|_| VaeError::Gpu("registry poisoned".into()))?;
+        if let Some(m) = mods.get(&shader) {
+            return Ok(m.clone());
+        }
+        let mut src = shader.source();
+        if shader.needs_subgroups() && !self.subgroups {
+            // Without the feature the subgroup builtins do not validate; drop that entry point.
+            src = strip_subgroup_entry(&src);
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let m = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(shader.file()),
+                source: wgpu::ShaderSource::Wgsl(src.into()),
+            });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(VaeError::Gpu(format!("compiling {}: {e}", shader.file())));
+        }
+        mods.insert(shader, m.clone());
+        Ok(m)
+    }
+
+    /// The pipeline for `entry` of `shader` specialised by `constants`, with an explicit bind
+    /// group layout (group 0) built from `layout`. Compiled on first request, then cached.
+    pub fn pipeline(
+        &self,
+        shader: Shader,
+        entry: &str,
+        constants: &[(&str, f64)],
+        layout: &[wgpu::BindGroupLayoutEntry],
+    ) -> Result<wgpu::ComputePipeline> {
+        let key = format!("{}:{entry}:{constants:?}", shader.file());
+        if let Some(p) = self
+            .pipelines
+            .lock()
+            .map_err(|_| VaeError::Gpu("registry poisoned".into()))?
+            .get(&key)
+        {
+            return Ok(p.clone());
+        }
+        let t0 = Instant::now();
+        let module = self.module(shader)?;
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let bgl = self
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(entry),
+                entries: layout,
+            });
+        let pl = self
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(entry),
+                bind_group_layouts: &[Some(&bgl)],
+                immediate_size: 0,
+            });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(&key),
+                layout: Some(&pl),
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants,
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(VaeError::Gpu(format!("creating pipeline {key}: {e}")));
+        }
+        if let Ok(mut c) = self.compile.lock() {
+            c.0 += t0.elapsed();
+            c.1 += 1;
+        }
+        self.pipelines
+            .lock()
+            .map_err(|_| VaeError::Gpu("registry poisoned".into()))?
+            .insert(key, pipeline.clone());
+        Ok(pipeline)
+    }
+}
+
+/// Removes the `matmul_subgroup` entry point (from its attribute line to the end of the file:
+/// it is the last function of matmul.wgsl) for devices without subgroup support.
+pub fn strip_subgroup_entry(src: &str) -> String {
+    match src.find("@compute @workgroup_size(SG_WG)") {
+        Some(i) => src[..i].to_string(),
+        None => src.to_string(),
+    }
+}
+
+/// Layout entry helpers, so each op declares its bindings next to the shader it serves.
+pub mod layout {
+    /// A uniform buffer at `binding`.
+    pub fn uniform(binding: u32) -> wgpu::BindGroupLayoutEntry {
+        wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Uniform,
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        }
+    }
+    /// A storage buffer at `binding`, read-only or read-write.
+    pub fn storage(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
+        wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Storage { read_only },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wgpu::naga;
+
+    /// Every shader, as the registry composes it, parses and validates with the naga that wgpu
+    /// uses, with no adapter involved.
+    #[test]
+    fn every_shader_parses_and_validates() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+        let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+            .expect("shaders/ exists")
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .filter(|n| n.ends_with(".wgsl"))
+            .collect();
+        on_disk.sort();
+        let preludes = ["act.wgsl", "rng.wgsl", "step.wgsl"];
+        for name in &on_disk {
+            assert!(
+                preludes.contains(&name.as_str()) || Shader::ALL.iter().any(|s| s.file() == name),
+                "shaders/{name} is neither a kernel nor a prelude the registry knows"
+            );
+        }
+        for shader in Shader::ALL {
+            for src in [shader.source(), strip_subgroup_entry(&shader.source())] {
+                let module = naga::front::wgsl::parse_str(&src)
+                    .unwrap_or_else(|e| panic!("{}: {}", shader.file(), e.emit_to_string(&src)));
+                naga::valid::Validator::new(
+                    naga::valid::ValidationFlags::all(),
+                    naga::valid::Capabilities::all(),
+                )
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{}: {}", shader.file(), e.emit_to_string(&src)));
+            }
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! Device memory: exact-size allocations for long-lived tensors, a pool for transient ones,
+//! and counters (live, peak, allocation count) that tests and benchmarks read.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Result, VaeError};
+
+/// Counters of device memory owned by vae-wgpu.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Bytes currently allocated on the device, including pooled buffers not in use.
+    pub live_bytes: u64,
+    /// Highest `live_bytes` seen.
+    pub peak_bytes: u64,
+    /// Number of device buffers ever created (a repeated step must not raise it).
+    pub allocations: u64,
+    /// Bytes held by the pool, free for reuse.
+    pub pooled_free_bytes: u64,
+}
+
+type PoolKey = (u64, u32);
+
+#[derive(Default)]
+struct Ledger {
+    stats: MemoryStats,
+    free: HashMap<PoolKey, Vec<wgpu::Buffer>>,
+}
+
+/// Allocator front for one device. Cheap to clone; clones share the ledger.
+#[derive(Clone)]
+pub struct DeviceMemory {
+    device: wgpu::Device,
+    ledger: Arc<Mutex<Ledger>>,
+    max_binding: u64,
+    max_buffer: u64,
+}
+
+/// One device buffer with its accounting; pooled buffers go back to the pool when dropped.
+pub struct GpuBuffer {
+    raw: wgpu::Buffer,
+    bytes: u64,
+    usage: wgpu::BufferUsages,
+    pooled: bool,
+    ledger: Arc<Mutex<Ledger>>,
+}
+
+impl GpuBuffer {
+    /// The wgpu buffer, for binding or for a host application to use directly.
+    pub fn raw(&self) -> &wgpu::Buffer {
+        &self.raw
+    }
+    /// Size in bytes.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+impl Drop for GpuBuffer {
+    fn drop(&mut self) {
+        let Ok(mut l) = self.ledger.lock() else {
+            return;
+        };
+        if self.pooled {
+            l.stats.pooled_free_bytes += self.bytes;
+            l.free
+                .entry((self.bytes, self.usage.bits()))
+                .or_default()
+                .push(self.raw.clone());
+        } else {
+            // No destroy(): a bind group may still refer to the buffer; wgpu frees it with the
+            // last reference.
+            l.stats.live_bytes -= self.bytes;
+        }
+    }
+}
+
+/// Storage buffers are sized in whole vec4s, so every kernel may read them as `array<vec4<f32>>`.
+pub const SIZE_ALIGN: u64 = 16;
+
+impl DeviceMemory {
+    /// A ledger for `device`, checking requests against its limits.
+    pub fn new(device: &wgpu::Device) -> Self {
+        let limits = device.limits();
+        DeviceMemory {
+            device: device.clone(),
+            ledger: Arc::new(Mutex::new(Ledger::default())),
+            max_binding: limits.max_storage_buffer_binding_size as u64,
+            max_buffer: limits.max_buffer_size,
+        }
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> MemoryStats {
+        self.ledger.lock().map(|l| l.stats).unwrap_or_default()
+    }
+
+    fn check(&self, label: &str, bytes: u64, usage: wgpu::BufferUsages) -> Result<()> {
+        if bytes > self.max_buffer {
+            return Err(VaeError::BufferTooLarge {
+                label: label.into(),
+                bytes,
+                limit: self.max_buffer,
+                limit_name: "max_buffer_size",
+            });
+        }
+        if usage.contains(wgpu::BufferUsages::STORAGE) && bytes > self.max_binding {
+            return Err(VaeError::BufferTooLarge {
+                label: label.into(),
+                bytes,
+                limit: self.max_binding,
+                limit_name: "max_storage_buffer_binding_size",
+            });
+        }
+        Ok(())
+    }
+
+    fn create(&self, label: &str, bytes: u64, usage: wgpu::BufferUsages) -> Result<wgpu::Buffer> {
+        self.check(label, bytes, usage)?;
+        let raw = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes,
+            usage,
+            mapped_at_creation: false,
+        });
+        let mut l = self
+            .ledger
+            .lock()
+            .map_err(|_| VaeError::Gpu("memory ledger poisoned".into()))?;
+        l.stats.allocations += 1;
+        l.stats.live_bytes += bytes;
+        l.stats.peak_bytes = l.stats.peak_bytes.max(l.stats.live_bytes);
+        Ok(raw)
+    }
+
+    /// A long-lived buffer of exactly `bytes` (rounded up to 16), freed when dropped.
+    pub fn alloc(
+        &self,
+        label: &str,
+        bytes: u64,
+        usage: wgpu::BufferUsages,
+    ) -> Result<Arc<GpuBuffer>> {
+        let bytes = round_up(bytes.max(SIZE_ALIGN), SIZE_ALIGN);
+        let raw = self.create(label, bytes, usage)?;
+        Ok(Arc::new(GpuBuffer {
+            raw,
+            bytes,
+            usage,
+            pooled: false,
+            ledger: self.ledger.clone(),
+        }))
+    }
+
+    /// A transient buffer: reuses a free pooled buffer of the same size class and usage, or
+    /// creates one. Size classes are powers of two, so varying requests settle quickly.
+    pub fn alloc_pooled(
+        &self,
+        label: &str,
+        bytes: u64,
+        usage: wgpu::BufferUsages,
+    ) -> Result<Arc<GpuBuffer>> {
+        let bytes = bytes.max(SIZE_ALIGN).next_power_of_two();
+        {
+            let mut l = self
+                .ledger
+                .lock()
+                .map_err(|_| VaeError::Gpu("memory ledger poisoned".into()))?;
+            if let Some(raw) = l.free.get_mut(&(bytes, usage.bits())).and_then(|v| v.pop()) {
+                l.stats.pooled_free_bytes -= bytes;
+                return Ok(Arc::new(GpuBuffer {
+                    raw,
+                    bytes,
+                    usage,
+                    pooled: true,
+                    ledger: self.ledger.clone(),
+                }));
+            }
+        }
+        let raw = self.create(label, bytes, usage)?;
+        Ok(Arc::new(GpuBuffer {
+            raw,
+            bytes,
+            usage,
+            pooled: true,
+            ledger: self.ledger.clone(),
+        }))
+    }
+
+    /// Releases pooled buffers that are not in use.
+    pub fn trim_pool(&self) {
+        if let Ok(mut l) = self.ledger.lock() {
+            let freed: u64 = l.stats.pooled_free_bytes;
+            l.free.clear();
+            l.stats.live_bytes -= freed;
+            l.stats.pooled_free_bytes = 0;
+        }
+    }
+}
+
+/// Rounds `v` up to a multiple of `a`.
+pub fn round_up(v: u64, a: u64) -> u64 {
+    v.div_ceil(a) * a
+}

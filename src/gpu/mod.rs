@@ -1,0 +1,343 @@
+//! The GPU runtime: context, device memory, tensors, kernel registry, and dispatch recording.
+//!
+//! Work is planned once and recorded many times: an op validates shapes and builds a
+//! [`Dispatch`] (pipeline + bind group + workgroup count); a step records its dispatches into
+//! one compute pass. Recording is separate from submitting, so a host application can record
+//! into its own command encoder.
+
+pub mod context;
+pub mod kernels;
+pub mod memory;
+pub mod tensor;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+pub use context::{device_requirements, AdapterReport, GpuContext};
+pub use kernels::{KernelRegistry, Shader};
+pub use memory::{DeviceMemory, GpuBuffer, MemoryStats};
+pub use tensor::Tensor;
+
+use crate::error::{Result, VaeError};
+
+/// Buffer usage of every tensor: bound as storage, written by uploads, copied for readback.
+pub const TENSOR_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_DST)
+    .union(wgpu::BufferUsages::COPY_SRC);
+
+/// One recorded kernel launch: pipeline, bound buffers and grid, planned once.
+pub struct Dispatch {
+    /// Name shown in profiles, e.g. `fc1.forward`.
+    pub label: String,
+    pipeline: wgpu::ComputePipeline,
+    bind_group: wgpu::BindGroup,
+    /// Workgroup counts.
+    pub workgroups: [u32; 3],
+    /// Floating point operations of one launch (for GFLOP/s reports).
+    pub flops: f64,
+    /// Bytes read and written by one launch, counted once (for GB/s reports).
+    pub bytes: f64,
+    // Keeps the dispatch's own uniform alive as long as the bind group refers to it.
+    _uniform: Option<Arc<GpuBuffer>>,
+}
+
+impl Dispatch {
+    /// Records this launch into a compute pass.
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        let [x, y, z] = self.workgroups;
+        pass.dispatch_workgroups(x, y, z);
+    }
+}
+
+/// Counters of host–device traffic, for the step-structure tests and benchmarks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrafficStats {
+    pub submits: u64,
+    pub readbacks: u64,
+    pub dispatches: u64,
+}
+
+/// The runtime: device, memory ledger, kernels. Everything else borrows it.
+pub struct Gpu {
+    pub ctx: GpuContext,
+    pub memory: DeviceMemory,
+    pub kernels: KernelRegistry,
+    // Bound where a kernel's optional input or output is unused.
+    dummy_read: Tensor,
+    dummy_write: Tensor,
+    submits: AtomicU64,
+    readbacks: AtomicU64,
+    dispatches: AtomicU64,
+}
+
+impl Gpu {
+    /// Selects an adapter (see [`GpuContext::new`]) and creates the runtime on it.
+    pub fn new() -> Result<Self> {
+        Self::with_context(GpuContext::new()?)
+    }
+
+    /// Runs on a host application's device and queue.
+    pub fn from_device(
+        info: &wgpu::AdapterInfo,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+    ) -> Result<Self> {
+        Self::with_context(GpuContext::from_device(info, device, queue))
+    }
+
+    fn with_context(ctx: GpuContext) -> Result<Self> {
+        let memory = DeviceMemory::new(&ctx.device);
+        let kernels = KernelRegistry::new(&ctx.device);
+        let dummy_read = Tensor::view(memory.alloc("dummy.read", 16, TENSOR_USAGE)?, 0, &[4]);
+        let dummy_write = Tensor::view(memory.alloc("dummy.write", 16, TENSOR_USAGE)?, 0, &[4]);
+        Ok(Gpu {
+            ctx,
+            memory,
+            kernels,
+            dummy_read,
+            dummy_write,
+            submits: AtomicU64::new(0),
+            readbacks: AtomicU64::new(0),
+            dispatches: AtomicU64::new(0),
+        })
+    }
+
+    /// The adapter's name, backend and limits.
+    pub fn report(&self) -> &AdapterReport {
+        &self.ctx.report
+    }
+
+    /// Submits, readbacks and dispatches so far.
+    pub fn traffic(&self) -> TrafficStats {
+        TrafficStats {
+            submits: self.submits.load(Ordering::Relaxed),
+            readbacks: self.readbacks.load(Ordering::Relaxed),
+            dispatches: self.dispatches.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A long-lived tensor of `shape`, allocated at its exact size (contents undefined).
+    pub fn tensor(&self, label: &str, shape: &[usize]) -> Result<Tensor> {
+        let bytes = 4 * shape.iter().product::<usize>() as u64;
+        Ok(Tensor::view(
+            self.memory.alloc(label, bytes, TENSOR_USAGE)?,
+            0,
+            shape,
+        ))
+    }
+
+    /// A transient tensor from the pool; its buffer returns to the pool when the last view drops.
+    pub fn tensor_pooled(&self, label: &str, shape: &[usize]) -> Result<Tensor> {
+        let bytes = 4 * shape.iter().product::<usize>() as u64;
+        Ok(Tensor::view(
+            self.memory.alloc_pooled(label, bytes, TENSOR_USAGE)?,
+            0,
+            shape,
+        ))
+    }
+
+    /// A new tensor holding `data`.
+    pub fn upload(&self, label: &str, shape: &[usize], data: &[f32]) -> Result<Tensor> {
+        let t = self.tensor(label, shape)?;
+        self.write(&t, data)?;
+        Ok(t)
+    }
+
+    /// A new tensor holding raw 32-bit words (indices, packed bytes).
+    pub fn upload_words(&self, label: &str, words: &[u32]) -> Result<Tensor> {
+        let t = self.tensor(label, &[words.len()])?;
+        self.ctx
+            .queue
+            .write_buffer(t.raw(), t.offset(), bytemuck::cast_slice(words));
+        Ok(t)
+    }
+
+    /// Overwrites a tensor with host data (queued; visible to the next submit).
+    pub fn write(&self, t: &Tensor, data: &[f32]) -> Result<()> {
+        if data.len() != t.len() {
+            return Err(VaeError::Shape(format!(
+                "writing {} values into a tensor of shape {:?} ({} elements)",
+                data.len(),
+                t.shape(),
+                t.len()
+            )));
+        }
+        if !data.is_empty() {
+            self.ctx
+                .queue
+                .write_buffer(t.raw(), t.offset(), bytemuck::cast_slice(data));
+        }
+        Ok(())
+    }
+
+    /// Writes raw 32-bit words into a tensor's buffer at its offset.
+    pub fn write_words(&self, t: &Tensor, words: &[u32]) -> Result<()> {
+        if words.len() > t.len() {
+            return Err(VaeError::Shape(format!(
+                "writing {} words into a tensor of {} elements",
+                words.len(),
+                t.len()
+            )));
+        }
+        self.ctx
+            .queue
+            .write_buffer(t.raw(), t.offset(), bytemuck::cast_slice(words));
+        Ok(())
+    }
+
+    /// Copies a tensor back to the host (waits for all submitted work).
+    pub fn read(&self, t: &Tensor) -> Result<Vec<f32>> {
+        let words = self.read_words(t)?;
+        Ok(bytemuck::cast_slice(&words).to_vec())
+    }
+
+    /// Copies a tensor's 32-bit words back to the host.
+    pub fn read_words(&self, t: &Tensor) -> Result<Vec<u32>> {
+        let bytes = t.bytes();
+        if bytes == 0 {
+            return Ok(Vec::new());
+        }
+        let staging = self.memory.alloc_pooled(
+            "readback",
+            bytes,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        )?;
+        let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(t.raw(), t.offset(), staging.raw(), 0, bytes);
+        self.ctx.queue.submit([enc.finish()]);
+        self.readbacks.fetch_add(1, Ordering::Relaxed);
+        let slice = staging.raw().slice(0..bytes);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.ctx.wait()?;
+        rx.recv()
+            .map_err(|e| VaeError::Readback(e.to_string()))?
+            .map_err(|e| VaeError::Readback(e.to_string()))?;
+        let out = {
+            let view = slice
+                .get_mapped_range()
+                .map_err(|e| VaeError::Readback(e.to_string()))?;
+            bytemuck::cast_slice::<u8, u32>(&view).to_vec()
+        };
+        staging.raw().unmap();
+        Ok(out)
+    }
+
+    /// A uniform buffer holding `value`, owned by the dispatch that binds it.
+    pub fn uniform<T: bytemuck::Pod>(&self, label: &str, value: &T) -> Result<Arc<GpuBuffer>> {
+        let bytes = bytemuck::bytes_of(value);
+        let buf = self.memory.alloc(
+            label,
+            bytes.len() as u64,
+            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        )?;
+        self.ctx.queue.write_buffer(buf.raw(), 0, bytes);
+        Ok(buf)
+    }
+
+    /// Placeholder for an unused read-only binding.
+    pub fn dummy_read(&self) -> &Tensor {
+        &self.dummy_read
+    }
+
+    /// Placeholder for an unused read-write binding.
+    pub fn dummy_write(&self) -> &Tensor {
+        &self.dummy_write
+    }
+
+    /// Builds a dispatch: a bind group over `resources` (binding i = resources[i]) for a
+    /// pipeline of `kernels`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn dispatch(
+        &self,
+        label: impl Into<String>,
+        pipeline: wgpu::ComputePipeline,
+        resources: &[wgpu::BindingResource<'_>],
+        uniform: Option<Arc<GpuBuffer>>,
+        workgroups: [u32; 3],
+        flops: f64,
+        bytes: f64,
+    ) -> Result<Dispatch> {
+        let label = label.into();
+        let entries: Vec<wgpu::BindGroupEntry> = resources
+            .iter()
+            .enumerate()
+            .map(|(i, r)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: r.clone(),
+            })
+            .collect();
+        let scope = self
+            .ctx
+            .device
+            .push_error_scope(wgpu::ErrorFilter::Validation);
+        let bind_group = self
+            .ctx
+            .device
+            .create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(&label),
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &entries,
+            });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(VaeError::Gpu(format!("binding buffers for {label}: {e}")));
+        }
+        let max = self.ctx.report.max_compute_workgroups_per_dimension;
+        if workgroups.iter().any(|&w| w > max) {
+            return Err(VaeError::Shape(format!(
+                "{label}: grid {workgroups:?} exceeds the device's {max} workgroups per dimension"
+            )));
+        }
+        Ok(Dispatch {
+            label,
+            pipeline,
+            bind_group,
+            workgroups,
+            flops,
+            bytes,
+            _uniform: uniform,
+        })
+    }
+
+    /// Records `dispatches` into one compute pass of `encoder`.
+    pub fn record(&self, encoder: &mut wgpu::CommandEncoder, dispatches: &[&Dispatch]) {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("vae-wgpu"),
+            timestamp_writes: None,
+        });
+        for d in dispatches {
+            d.record(&mut pass);
+        }
+        self.dispatches
+            .fetch_add(dispatches.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Submits finished command buffers (counted for the step-structure checks).
+    pub fn submit(&self, commands: wgpu::CommandBuffer) {
+        self.ctx.queue.submit([commands]);
+        self.submits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records `dispatches` in one pass, submits, and waits.
+    pub fn run(&self, dispatches: &[&Dispatch]) -> Result<()> {
+        let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+        self.record(&mut enc, dispatches);
+        self.submit(enc.finish());
+        self.ctx.wait()
+    }
+}
+
+/// Workgroup grid for `items` invocations in groups of `group`, folded into two dimensions
+/// past 65535 groups (kernels compute the flat index as x + y·65535·group).
+pub fn grid_1d(items: usize, group: usize) -> [u32; 3] {
+    let groups = items.div_ceil(group).max(1);
+    if groups <= 65535 {
+        [groups as u32, 1, 1]
+    } else {
+        [65535, groups.div_ceil(65535) as u32, 1]
+    }
+}

@@ -1,0 +1,16 @@
+//! vae-wgpu: variational autoencoders trained and run entirely on the GPU, every numeric
+//! operation a WGSL compute shader dispatched through wgpu.
+//!
+//! Layout: [`gpu`] (context, memory, kernel registry, dispatch recording), [`ops`] (one typed
+//! wrapper per kernel), [`rng`], [`data`] (IDX readers), [`io`] (safetensors, PNG).
+
+pub mod data;
+pub mod error;
+pub mod gpu;
+pub mod io;
+pub mod ops;
+pub mod rng;
+
+pub use error::{Result, VaeError};
+pub use gpu::{Dispatch, Gpu, Tensor};
+pub use wgpu;

@@ -1,0 +1,267 @@
+//! `shaders/matmul.wgsl`: C = epilogue(op(A)·op(B)), the one kernel behind every dense layer.
+
+use crate::error::{Result, VaeError};
+use crate::gpu::kernels::layout::{storage, uniform};
+use crate::gpu::{Dispatch, Gpu, Shader, Tensor};
+use crate::ops::activation::Activation;
+
+/// How the matmul tiles its work. All strategies compute the same result (up to f32 summation
+/// order); which one is fast depends on the adapter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MatmulStrategy {
+    /// One output per invocation; any shape. The fallback for shapes the vec4 strategies
+    /// cannot take.
+    Naive,
+    /// 64×64 workgroup-memory tiles: the standard design for discrete GPUs.
+    Tiled,
+    /// Register-blocked, subgroup-broadcast, no workgroup memory: 5–10× faster than tiling on
+    /// CPU adapters such as lavapipe. Needs `Features::SUBGROUP` and a fixed subgroup size.
+    Subgroup,
+}
+
+impl MatmulStrategy {
+    /// Parses `naive`, `tiled` or `subgroup`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "naive" => Ok(Self::Naive),
+            "tiled" => Ok(Self::Tiled),
+            "subgroup" => Ok(Self::Subgroup),
+            _ => Err(VaeError::Config(format!(
+                "unknown matmul strategy {s:?}; expected naive, tiled or subgroup"
+            ))),
+        }
+    }
+
+    /// The adapter's preferred strategy. `VAE_WGPU_MATMUL` overrides the rule; otherwise the
+    /// subgroup design on CPU adapters with a fixed subgroup size it supports, tiles elsewhere.
+    pub fn preferred(gpu: &Gpu) -> Result<Self> {
+        if let Ok(s) = std::env::var("VAE_WGPU_MATMUL") {
+            let st = Self::parse(&s)?;
+            st.check_supported(gpu)?;
+            return Ok(st);
+        }
+        let r = gpu.report();
+        if r.device_type == wgpu::DeviceType::Cpu && Self::Subgroup.check_supported(gpu).is_ok() {
+            Ok(Self::Subgroup)
+        } else {
+            Ok(Self::Tiled)
+        }
+    }
+
+    /// Whether the adapter can run this strategy at all.
+    pub fn check_supported(self, gpu: &Gpu) -> Result<()> {
+        if self != Self::Subgroup {
+            return Ok(());
+        }
+        let r = gpu.report();
+        if !r.subgroups {
+            return Err(VaeError::Unsupported(
+                "the subgroup matmul needs Features::SUBGROUP; use the tiled or naive strategy"
+                    .into(),
+            ));
+        }
+        let sg = r.subgroup_min_size;
+        if sg != r.subgroup_max_size || sg < 8 || !sg.is_power_of_two() {
+            return Err(VaeError::Unsupported(format!(
+                "the subgroup matmul needs a fixed subgroup size of 8 or more lanes \
+                 (adapter reports {}..{}); use the tiled strategy",
+                r.subgroup_min_size, r.subgroup_max_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether the vec4 strategies can take this shape (see matmul.wgsl).
+    pub fn vec4_shape_ok(m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool) -> bool {
+        let k_along = !trans_a || trans_b;
+        n % 4 == 0 && (!k_along || k % 4 == 0) && (!trans_a || m % 4 == 0)
+    }
+}
+
+/// What happens to op(A)·op(B) before it is stored; see matmul.wgsl for the order.
+#[derive(Clone, Default)]
+pub struct Epilogue<'a> {
+    /// Added to every row (length N).
+    pub bias: Option<&'a Tensor>,
+    /// Applied after the bias.
+    pub act: Activation,
+    /// Multiplies by act'(y) where y (shape M×N) is that activation's output: the fused
+    /// activation backward.
+    pub dact: Option<(Activation, &'a Tensor)>,
+    /// Add into C instead of overwriting it (and into `colsum`).
+    pub accumulate: bool,
+    /// Also write Σ_k op(B)[k, n] (length N): the bias gradient beside a weight gradient.
+    pub colsum: Option<&'a Tensor>,
+    /// Negative slope of LeakyReLU (forward or backward).
+    pub leaky_slope: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct MatmulParams {
+    m: u32,
+    n: u32,
+    k: u32,
+    leaky_slope: f32,
+}
+
+/// The bind group layout of matmul.wgsl.
+fn layout() -> [wgpu::BindGroupLayoutEntry; 7] {
+    [
+        uniform(0),
+        storage(1, true),  // a
+        storage(2, true),  // b
+        storage(3, true),  // bias
+        storage(4, true),  // aux (activation output for DACT)
+        storage(5, false), // c
+        storage(6, false), // colsum
+    ]
+}
+
+fn dims2(t: &Tensor, what: &str) -> Result<(usize, usize)> {
+    match t.shape() {
+        [r, c] => Ok((*r, *c)),
+        s => Err(VaeError::Shape(format!(
+            "matmul: {what} must be 2-D, got {s:?}"
+        ))),
+    }
+}
+
+/// Plans C = epilogue(op(A)·op(B)) with op(X) = Xᵀ where `trans_*`. `strategy` None picks the
+/// adapter's preferred one, falling back to naive where the shape does not suit it.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul(
+    gpu: &Gpu,
+    label: &str,
+    a: &Tensor,
+    trans_a: bool,
+    b: &Tensor,
+    trans_b: bool,
+    c: &Tensor,
+    epi: &Epilogue<'_>,
+    strategy: Option<MatmulStrategy>,
+) -> Result<Dispatch> {
+    let (ar, ac) = dims2(a, "A")?;
+    let (br, bc) = dims2(b, "B")?;
+    let (m, k) = if trans_a { (ac, ar) } else { (ar, ac) };
+    let (kb, n) = if trans_b { (bc, br) } else { (br, bc) };
+    if k != kb {
+        return Err(VaeError::Shape(format!(
+            "{label}: op(A) is {m}×{k} but op(B) is {kb}×{n} (A {:?}{}, B {:?}{})",
+            a.shape(),
+            if trans_a { "ᵀ" } else { "" },
+            b.shape(),
+            if trans_b { "ᵀ" } else { "" }
+        )));
+    }
+    if c.shape() != [m, n] {
+        return Err(VaeError::Shape(format!(
+            "{label}: C must be [{m}, {n}], got {:?}",
+            c.shape()
+        )));
+    }
+    if let Some(bias) = epi.bias {
+        if bias.len() != n {
+            return Err(VaeError::Shape(format!(
+                "{label}: bias must have {n} elements, got {:?}",
+                bias.shape()
+            )));
+        }
+    }
+    if let Some((_, aux)) = epi.dact {
+        if aux.shape() != [m, n] {
+            return Err(VaeError::Shape(format!(
+                "{label}: activation output for the backward must be [{m}, {n}], got {:?}",
+                aux.shape()
+            )));
+        }
+    }
+    if let Some(cs) = epi.colsum {
+        if cs.len() != n {
+            return Err(VaeError::Shape(format!(
+                "{label}: column-sum output must have {n} elements, got {:?}",
+                cs.shape()
+            )));
+        }
+    }
+    let vec_ok = MatmulStrategy::vec4_shape_ok(m, n, k, trans_a, trans_b);
+    let strategy = match strategy {
+        Some(s) => {
+            s.check_supported(gpu)?;
+            if s != MatmulStrategy::Naive && !vec_ok {
+                return Err(VaeError::Shape(format!(
+                    "{label}: the {s:?} strategy needs N % 4 == 0, K % 4 == 0 when K is the \
+                     contiguous axis of A or B, and M % 4 == 0 when A is transposed; got \
+                     M={m} N={n} K={k} (use the naive strategy)"
+                )));
+            }
+            s
+        }
+        None if vec_ok => MatmulStrategy::preferred(gpu)?,
+        None => MatmulStrategy::Naive,
+    };
+
+    let sg = gpu.report().subgroup_min_size.max(4);
+    let flag = |b: bool| if b { 1.0 } else { 0.0 };
+    let mut constants: Vec<(&str, f64)> = vec![
+        ("TRANS_A", flag(trans_a)),
+        ("TRANS_B", flag(trans_b)),
+        ("HAS_BIAS", flag(epi.bias.is_some())),
+        ("ACCUMULATE", flag(epi.accumulate)),
+        ("COLSUM", flag(epi.colsum.is_some())),
+        ("ACT", epi.act.code() as f64),
+        (
+            "DACT",
+            epi.dact.map(|(act, _)| act.code()).unwrap_or(0) as f64,
+        ),
+    ];
+    let (entry, workgroups) = match strategy {
+        MatmulStrategy::Naive => (
+            "matmul_naive",
+            [n.div_ceil(8) as u32, m.div_ceil(8) as u32, 1],
+        ),
+        MatmulStrategy::Tiled => (
+            "matmul_tiled",
+            [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1],
+        ),
+        MatmulStrategy::Subgroup => {
+            let wg = sg.max(16) as usize;
+            constants.push(("SG_WG", wg as f64));
+            (
+                "matmul_subgroup",
+                [(n / 4).div_ceil(wg) as u32, m.div_ceil(32) as u32, 1],
+            )
+        }
+    };
+    let pipeline = gpu
+        .kernels
+        .pipeline(Shader::Matmul, entry, &constants, &layout())?;
+    let params = MatmulParams {
+        m: m as u32,
+        n: n as u32,
+        k: k as u32,
+        leaky_slope: epi.leaky_slope,
+    };
+    let ubuf = gpu.uniform(label, &params)?;
+    let read = gpu.dummy_read();
+    let resources = [
+        ubuf.raw().as_entire_binding(),
+        a.binding(),
+        b.binding(),
+        epi.bias.unwrap_or(read).binding(),
+        epi.dact.map(|(_, t)| t).unwrap_or(read).binding(),
+        c.binding(),
+        epi.colsum.unwrap_or(gpu.dummy_write()).binding(),
+    ];
+    let flops = 2.0 * (m * n * k) as f64;
+    let bytes = 4.0 * (m * k + k * n + m * n) as f64;
+    gpu.dispatch(
+        format!("{label} [{strategy:?}]"),
+        pipeline,
+        &resources,
+        Some(ubuf.clone()),
+        workgroups,
+        flops,
+        bytes,
+    )
+}

@@ -1,0 +1,20 @@
+//! One thin typed wrapper per kernel: validates shapes, compiles (or fetches) the pipeline,
+//! binds buffers, and returns a [`Dispatch`](crate::gpu::Dispatch) to record.
+
+pub mod activation;
+pub mod adam;
+pub mod gather;
+pub mod loss;
+pub mod matmul;
+pub mod reduce;
+pub mod reparam;
+pub mod step;
+
+pub use activation::{activation_backward, activation_forward, Activation};
+pub use adam::{adam, AdamConfig};
+pub use gather::gather;
+pub use loss::{loss, Likelihood};
+pub use matmul::{matmul, Epilogue, MatmulStrategy};
+pub use reduce::{colsum, read_log_totals, sum_segments, Segment};
+pub use reparam::{reparam_kl_backward, reparam_kl_forward, LOGVAR_MAX, LOGVAR_MIN};
+pub use step::{StepBuffer, StepParams};

@@ -1,0 +1,734 @@
+//! Every kernel against an f64 CPU reference, over shapes that include 1, odd sizes and
+//! non-multiples of the tile sizes, for every matmul strategy the adapter can run.
+
+use vae_wgpu::ops::{
+    self, Activation, Epilogue, Likelihood, MatmulStrategy, Segment, StepBuffer, StepParams,
+};
+use vae_wgpu::{rng, Gpu};
+
+use crate::common::{assert_close, gpu, rand_vec};
+
+fn act_f64(act: Activation, x: f64, slope: f64) -> f64 {
+    match act {
+        Activation::Identity => x,
+        Activation::Relu => x.max(0.0),
+        Activation::LeakyRelu => {
+            if x > 0.0 {
+                x
+            } else {
+                slope * x
+            }
+        }
+        Activation::Tanh => x.tanh(),
+        Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+    }
+}
+
+fn dact_f64(act: Activation, y: f64, slope: f64) -> f64 {
+    match act {
+        Activation::Identity => 1.0,
+        Activation::Relu => {
+            if y > 0.0 {
+                1.0
+            } else {
+                0.0
+            }
+        }
+        Activation::LeakyRelu => {
+            if y > 0.0 {
+                1.0
+            } else {
+                slope
+            }
+        }
+        Activation::Tanh => 1.0 - y * y,
+        Activation::Sigmoid => y * (1.0 - y),
+    }
+}
+
+struct MatCase {
+    m: usize,
+    n: usize,
+    k: usize,
+    ta: bool,
+    tb: bool,
+    bias: bool,
+    act: Activation,
+    dact: Option<Activation>,
+    accumulate: bool,
+    colsum: bool,
+}
+
+impl MatCase {
+    fn plain(m: usize, n: usize, k: usize, ta: bool, tb: bool) -> Self {
+        MatCase {
+            m,
+            n,
+            k,
+            ta,
+            tb,
+            bias: false,
+            act: Activation::Identity,
+            dact: None,
+            accumulate: false,
+            colsum: false,
+        }
+    }
+}
+
+/// Runs one matmul case on the GPU and compares with f64. Returns false if the strategy does
+/// not take the shape (the op must then say so with a Shape error).
+fn run_matmul(g: &Gpu, st: MatmulStrategy, c: &MatCase, seed: u64) -> bool {
+    let (m, n, k) = (c.m, c.n, c.k);
+    let slope = 0.1f32;
+    let a_host = rand_vec(m * k, seed, -1.0, 1.0);
+    let b_host = rand_vec(k * n, seed + 1, -1.0, 1.0);
+    let bias_host = rand_vec(n, seed + 2, -1.0, 1.0);
+    // The activation output the backward multiplies by act'(y): in the activation's range.
+    let aux_host: Vec<f32> = rand_vec(m * n, seed + 3, -1.0, 1.0)
+        .iter()
+        .map(|&v| {
+            act_f64(
+                c.dact.unwrap_or(Activation::Identity),
+                v as f64 * 3.0,
+                slope as f64,
+            ) as f32
+        })
+        .collect();
+    let c0_host = rand_vec(m * n, seed + 4, -1.0, 1.0);
+    let cs0_host = rand_vec(n, seed + 5, -1.0, 1.0);
+    let a_shape = if c.ta { [k, m] } else { [m, k] };
+    let b_shape = if c.tb { [n, k] } else { [k, n] };
+    let a = g.upload("a", &a_shape, &a_host).unwrap();
+    let b = g.upload("b", &b_shape, &b_host).unwrap();
+    let bias = g.upload("bias", &[n], &bias_host).unwrap();
+    let aux = g.upload("aux", &[m, n], &aux_host).unwrap();
+    let out = g.upload("c", &[m, n], &c0_host).unwrap();
+    let cs = g.upload("colsum", &[n], &cs0_host).unwrap();
+    let epi = Epilogue {
+        bias: c.bias.then_some(&bias),
+        act: c.act,
+        dact: c.dact.map(|d| (d, &aux)),
+        accumulate: c.accumulate,
+        colsum: c.colsum.then_some(&cs),
+        leaky_slope: slope,
+    };
+    let d = match ops::matmul(g, "test", &a, c.ta, &b, c.tb, &out, &epi, Some(st)) {
+        Ok(d) => d,
+        Err(vae_wgpu::VaeError::Shape(_)) if st != MatmulStrategy::Naive => return false,
+        Err(e) => panic!("{st:?} {m}×{n}×{k}: {e}"),
+    };
+    g.run(&[&d]).unwrap();
+    let got = g.read(&out).unwrap();
+    let a_at = |i: usize, kk: usize| if c.ta { a_host[kk * m + i] } else { a_host[i * k + kk] } as f64;
+    let b_at = |kk: usize, j: usize| if c.tb { b_host[j * k + kk] } else { b_host[kk * n + j] } as f64;
+    let mut want = vec![0.0f64; m * n];
+    let mut scale = vec![0.0f64; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let (mut s, mut sa) = (0.0, 0.0);
+            for kk in 0..k {
+                s += a_at(i, kk) * b_at(kk, j);
+                sa += (a_at(i, kk) * b_at(kk, j)).abs();
+            }
+            if c.bias {
+                s += bias_host[j] as f64;
+                sa += (bias_host[j] as f64).abs();
+            }
+            s = act_f64(c.act, s, slope as f64);
+            if let Some(da) = c.dact {
+                s *= dact_f64(da, aux_host[i * n + j] as f64, slope as f64);
+            }
+            if c.accumulate {
+                s += c0_host[i * n + j] as f64;
+                sa += 1.0;
+            }
+            want[i * n + j] = s;
+            scale[i * n + j] = sa;
+        }
+    }
+    // f32 accumulation over K terms: a relative error of 1e-5 of Σ|a·b| bounds the rounding
+    // with room (K ≤ 1024 here); 1e-6 absolute covers tiny sums.
+    let what = format!(
+        "{st:?} {m}×{n}×{k} ta={} tb={} act={:?} dact={:?}",
+        c.ta, c.tb, c.act, c.dact
+    );
+    assert_close(&what, &got, &want, |i| 1e-5 * scale[i] + 1e-6);
+    if c.colsum {
+        let got = g.read(&cs).unwrap();
+        let want: Vec<f64> = (0..n)
+            .map(|j| {
+                (0..k).map(|kk| b_at(kk, j)).sum::<f64>()
+                    + if c.accumulate {
+                        cs0_host[j] as f64
+                    } else {
+                        0.0
+                    }
+            })
+            .collect();
+        assert_close(&format!("{what} colsum"), &got, &want, |_| {
+            1e-5 * (k as f64 + 1.0)
+        });
+    }
+    true
+}
+
+fn strategies(g: &Gpu) -> Vec<MatmulStrategy> {
+    let mut v = vec![MatmulStrategy::Naive, MatmulStrategy::Tiled];
+    if MatmulStrategy::Subgroup.check_supported(g).is_ok() {
+        v.push(MatmulStrategy::Subgroup);
+    } else {
+        eprintln!("subgroup strategy unsupported on this adapter; testing naive and tiled");
+    }
+    v
+}
+
+const SHAPES: [(usize, usize, usize); 9] = [
+    (1, 1, 1),
+    (7, 13, 5),
+    (1, 4, 4),
+    (36, 8, 12),
+    (33, 68, 20),
+    (129, 784, 400),
+    (128, 20, 400),
+    (128, 400, 784),
+    (784, 400, 128),
+];
+
+#[test]
+fn matmul_all_strategies_transposes_and_shapes() {
+    let g = gpu();
+    for st in strategies(g) {
+        let mut ran = 0;
+        for (i, &(m, n, k)) in SHAPES.iter().enumerate() {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                if run_matmul(g, st, &MatCase::plain(m, n, k, ta, tb), 10 * i as u64) {
+                    ran += 1;
+                }
+            }
+        }
+        // Naive takes every shape; the vec4 strategies at least the aligned ones.
+        let expected_min = if st == MatmulStrategy::Naive {
+            SHAPES.len() * 4
+        } else {
+            20
+        };
+        assert!(ran >= expected_min, "{st:?} ran only {ran} cases");
+    }
+}
+
+#[test]
+fn matmul_epilogues_every_strategy() {
+    let g = gpu();
+    let acts = [
+        Activation::Identity,
+        Activation::Relu,
+        Activation::LeakyRelu,
+        Activation::Tanh,
+        Activation::Sigmoid,
+    ];
+    for st in strategies(g) {
+        for (i, &act) in acts.iter().enumerate() {
+            // Forward: bias + activation, odd row count, N not a multiple of the 64-wide tile.
+            let fwd = MatCase {
+                bias: true,
+                act,
+                ..MatCase::plain(37, 20, 24, false, false)
+            };
+            assert!(run_matmul(g, st, &fwd, 100 + i as u64));
+            // Backward into activations: dY·Wᵀ ⊙ act'(y).
+            let bwd = MatCase {
+                dact: Some(act),
+                ..MatCase::plain(37, 24, 20, false, true)
+            };
+            assert!(run_matmul(g, st, &bwd, 200 + i as u64));
+        }
+        // Weight gradient with the fused bias gradient, overwrite and accumulate.
+        for accumulate in [false, true] {
+            let wg = MatCase {
+                colsum: true,
+                accumulate,
+                ..MatCase::plain(24, 20, 37, true, false)
+            };
+            assert!(run_matmul(g, st, &wg, 300 + accumulate as u64));
+        }
+    }
+}
+
+#[test]
+fn matmul_rejects_bad_shapes() {
+    let g = gpu();
+    let a = g.tensor("a", &[4, 8]).unwrap();
+    let b = g.tensor("b", &[7, 4]).unwrap();
+    let c = g.tensor("c", &[4, 4]).unwrap();
+    let err = ops::matmul(
+        g,
+        "bad",
+        &a,
+        false,
+        &b,
+        false,
+        &c,
+        &Epilogue::default(),
+        None,
+    )
+    .err()
+    .unwrap();
+    assert!(matches!(err, vae_wgpu::VaeError::Shape(_)), "{err}");
+    assert!(
+        err.to_string().contains("op(A) is 4×8 but op(B) is 7×4"),
+        "{err}"
+    );
+    let b = g.tensor("b", &[8, 4]).unwrap();
+    let wrong_c = g.tensor("c", &[4, 5]).unwrap();
+    let err = ops::matmul(
+        g,
+        "bad",
+        &a,
+        false,
+        &b,
+        false,
+        &wrong_c,
+        &Epilogue::default(),
+        None,
+    )
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("C must be [4, 4]"), "{err}");
+    let bias = g.tensor("bias", &[3]).unwrap();
+    let epi = Epilogue {
+        bias: Some(&bias),
+        ..Default::default()
+    };
+    let err = ops::matmul(g, "bad", &a, false, &b, false, &c, &epi, None)
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("bias must have 4 elements"),
+        "{err}"
+    );
+    // A vec4 strategy on a shape it cannot take is a Shape error naming the fallback.
+    let a = g.tensor("a", &[3, 5]).unwrap();
+    let b = g.tensor("b", &[5, 4]).unwrap();
+    let c = g.tensor("c", &[3, 4]).unwrap();
+    let err = ops::matmul(
+        g,
+        "odd",
+        &a,
+        false,
+        &b,
+        false,
+        &c,
+        &Epilogue::default(),
+        Some(MatmulStrategy::Tiled),
+    )
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("naive"), "{err}");
+}
+
+#[test]
+fn activation_forward_backward() {
+    let g = gpu();
+    let slope = 0.2f32;
+    for (i, act) in [
+        Activation::Identity,
+        Activation::Relu,
+        Activation::LeakyRelu,
+        Activation::Tanh,
+        Activation::Sigmoid,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let n = 4 * 37;
+        // Include large magnitudes: tanh and sigmoid must not overflow.
+        let mut xh = rand_vec(n, 500 + i as u64, -6.0, 6.0);
+        xh[0] = 95.0;
+        xh[1] = -95.0;
+        let x = g.upload("x", &[n], &xh).unwrap();
+        let y = g.tensor("y", &[n]).unwrap();
+        let d = ops::activation_forward(g, "act", act, slope, &x, &y).unwrap();
+        g.run(&[&d]).unwrap();
+        let yh = g.read(&y).unwrap();
+        let want: Vec<f64> = xh
+            .iter()
+            .map(|&v| act_f64(act, v as f64, slope as f64))
+            .collect();
+        assert_close(&format!("{act:?} forward"), &yh, &want, |i| {
+            2e-6 * (1.0 + want[i].abs())
+        });
+        let dyh = rand_vec(n, 600 + i as u64, -1.0, 1.0);
+        let dy = g.upload("dy", &[n], &dyh).unwrap();
+        let dx = g.tensor("dx", &[n]).unwrap();
+        let d = ops::activation_backward(g, "act_bwd", act, slope, &y, &dy, &dx).unwrap();
+        g.run(&[&d]).unwrap();
+        let want: Vec<f64> = (0..n)
+            .map(|j| dyh[j] as f64 * dact_f64(act, yh[j] as f64, slope as f64))
+            .collect();
+        assert_close(
+            &format!("{act:?} backward"),
+            &g.read(&dx).unwrap(),
+            &want,
+            |_| 1e-6,
+        );
+    }
+}
+
+#[test]
+fn colsum_and_segment_sums() {
+    let g = gpu();
+    for &(m, n) in &[(1, 4), (129, 20), (128, 784)] {
+        let xh = rand_vec(m * n, 700 + m as u64, -1.0, 1.0);
+        let x = g.upload("x", &[m, n], &xh).unwrap();
+        let init = rand_vec(n, 701, -1.0, 1.0);
+        for accumulate in [false, true] {
+            let out = g.upload("out", &[n], &init).unwrap();
+            let d = ops::colsum(g, "colsum", &x, &out, accumulate).unwrap();
+            g.run(&[&d]).unwrap();
+            let want: Vec<f64> = (0..n)
+                .map(|j| {
+                    (0..m).map(|i| xh[i * n + j] as f64).sum::<f64>()
+                        + if accumulate { init[j] as f64 } else { 0.0 }
+                })
+                .collect();
+            // m f32 additions of values <= 1.
+            assert_close(
+                &format!("colsum {m}×{n}"),
+                &g.read(&out).unwrap(),
+                &want,
+                |_| 1e-6 * (m as f64 + 1.0),
+            );
+        }
+    }
+    // Segment sums: each step writes its own row of the log; the host adds rows in f64.
+    let len = 1000;
+    let xh = rand_vec(len, 800, 0.0, 100.0);
+    let x = g.upload("x", &[len], &xh).unwrap();
+    let rows = 3;
+    let log = g.upload("log", &[rows, 2], &[0.0; 6]).unwrap();
+    let step = StepBuffer::new(g).unwrap();
+    let segs = [
+        Segment {
+            offset: 0,
+            len: 999,
+            slot: 0,
+            scale: 1.0,
+        },
+        Segment {
+            offset: 999,
+            len: 1,
+            slot: 1,
+            scale: 0.5,
+        },
+    ];
+    let d = ops::sum_segments(g, "sums", &step, &x, &log, &segs).unwrap();
+    for row in 0..rows {
+        step.write(
+            g,
+            &StepParams {
+                log_row: row as u32,
+                ..Default::default()
+            },
+        );
+        g.run(&[&d]).unwrap();
+    }
+    let rows_got = g.read(&log).unwrap();
+    let s0: f64 = xh[..999].iter().map(|&v| v as f64).sum::<f64>();
+    let s1 = xh[999] as f64 * 0.5;
+    for row in 0..rows {
+        // 999 f32 additions of values < 100 in a fixed tree: 1e-6 relative.
+        assert!(
+            (rows_got[2 * row] as f64 - s0).abs() < 1e-6 * s0,
+            "row {row}: {} want {s0}",
+            rows_got[2 * row]
+        );
+        assert_eq!(rows_got[2 * row + 1] as f64, s1);
+    }
+    let totals = ops::read_log_totals(g, &log, rows).unwrap();
+    assert!((totals[0] - 3.0 * s0).abs() < 3e-6 * s0 && (totals[1] - 3.0 * s1).abs() < 1e-9);
+    assert!(ops::sum_segments(
+        g,
+        "bad",
+        &step,
+        &x,
+        &log,
+        &[Segment {
+            offset: 990,
+            len: 20,
+            slot: 0,
+            scale: 1.0
+        }]
+    )
+    .is_err());
+}
+
+#[test]
+fn reparam_kl_forward_and_backward() {
+    let g = gpu();
+    let step = StepBuffer::new(g).unwrap();
+    let sp = StepParams {
+        seed: 42,
+        step: 7,
+        stream: rng::STREAM_TRAIN,
+        kl_beta: 0.7,
+        ..Default::default()
+    };
+    step.write(g, &sp);
+    for &(b, zd, l) in &[(1usize, 1usize, 1usize), (7, 5, 1), (129, 20, 3)] {
+        let mut enc_h = rand_vec(b * 2 * zd, 900 + b as u64, -2.0, 2.0);
+        if b * zd > 2 {
+            enc_h[zd] = -45.0; // log-variance below the clamp: zero gradient there
+            enc_h[zd + 1] = 31.0; // above the clamp
+        }
+        let enc = g.upload("enc", &[b, 2 * zd], &enc_h).unwrap();
+        let z = g.tensor("z", &[l * b, zd]).unwrap();
+        let kl = g.tensor("kl", &[b]).unwrap();
+        let fwd = ops::reparam_kl_forward(g, "reparam", &step, &enc, l, &z, &kl).unwrap();
+        let dz_h = rand_vec(l * b * zd, 901, -1.0, 1.0);
+        let dz = g.upload("dz", &[l * b, zd], &dz_h).unwrap();
+        let denc = g.tensor("denc", &[b, 2 * zd]).unwrap();
+        let bwd = ops::reparam_kl_backward(g, "reparam_bwd", &step, &enc, l, &dz, &denc).unwrap();
+        g.run(&[&fwd, &bwd]).unwrap();
+        let (zg, klg, dg) = (
+            g.read(&z).unwrap(),
+            g.read(&kl).unwrap(),
+            g.read(&denc).unwrap(),
+        );
+        let mut z_want = vec![0.0; l * b * zd];
+        let mut kl_want = vec![0.0; b];
+        let mut d_want = vec![0.0; b * 2 * zd];
+        let beta = sp.kl_beta as f64;
+        for bi in 0..b {
+            for j in 0..zd {
+                let mu = enc_h[bi * 2 * zd + j] as f64;
+                let raw = enc_h[bi * 2 * zd + zd + j] as f64;
+                let lv = raw.clamp(ops::LOGVAR_MIN as f64, ops::LOGVAR_MAX as f64);
+                let sigma = (0.5 * lv).exp();
+                let (mut gs, mut ge) = (0.0, 0.0);
+                for s in 0..l {
+                    let eps = rng::normal(
+                        sp.seed,
+                        sp.step,
+                        rng::stream_word(sp.stream, s as u32),
+                        (bi * zd + j) as u32,
+                    );
+                    z_want[(s * b + bi) * zd + j] = mu + sigma * eps;
+                    let gz = dz_h[(s * b + bi) * zd + j] as f64;
+                    gs += gz;
+                    ge += gz * eps;
+                }
+                kl_want[bi] += 0.5 * (sigma * sigma + mu * mu - 1.0 - lv);
+                d_want[bi * 2 * zd + j] = gs + beta * mu;
+                let inside = raw >= ops::LOGVAR_MIN as f64 && raw <= ops::LOGVAR_MAX as f64;
+                d_want[bi * 2 * zd + zd + j] = if inside {
+                    0.5 * ge * sigma + 0.5 * beta * (sigma * sigma - 1.0)
+                } else {
+                    0.0
+                };
+            }
+        }
+        // exp/log/cos in f32 on the device: relative 1e-5 of the magnitudes involved.
+        assert_close(&format!("z {b}×{zd}×{l}"), &zg, &z_want, |i| {
+            1e-5 * (1.0 + z_want[i].abs())
+        });
+        assert_close(&format!("kl {b}×{zd}"), &klg, &kl_want, |i| {
+            1e-5 * (1.0 + kl_want[i].abs())
+        });
+        assert_close(&format!("denc {b}×{zd}×{l}"), &dg, &d_want, |i| {
+            1e-5 * (1.0 + d_want[i].abs())
+        });
+    }
+}
+
+fn softplus(l: f64) -> f64 {
+    l.max(0.0) + (-l.abs()).exp().ln_1p()
+}
+
+#[test]
+fn losses_and_gradients() {
+    let g = gpu();
+    for &(r, b, d) in &[
+        (1usize, 1usize, 4usize),
+        (7, 7, 12),
+        (6, 3, 8),
+        (129, 129, 784),
+    ] {
+        let mut out_h = rand_vec(r * d, 1000 + r as u64, -8.0, 8.0);
+        out_h[0] = 120.0; // extreme logits: the stable forms must stay finite and exact
+        if out_h.len() > 1 {
+            out_h[1] = -120.0;
+        }
+        let x_h = rand_vec(b * d, 1001, 0.0, 1.0);
+        let out = g.upload("out", &[r, d], &out_h).unwrap();
+        let x = g.upload("x", &[b, d], &x_h).unwrap();
+        let nll = g.tensor("nll", &[r]).unwrap();
+        let grad = g.tensor("grad", &[r, d]).unwrap();
+        let scale = 1.0 / (r / b) as f32;
+        for lik in [
+            Likelihood::Bernoulli,
+            Likelihood::Gaussian { variance: 0.3 },
+        ] {
+            let dsp = ops::loss(g, "loss", lik, &out, &x, scale, &nll, &grad).unwrap();
+            g.run(&[&dsp]).unwrap();
+            let mut nll_want = vec![0.0; r];
+            let mut g_want = vec![0.0; r * d];
+            let mut mag = vec![0.0; r];
+            for ri in 0..r {
+                for j in 0..d {
+                    let o = out_h[ri * d + j] as f64;
+                    let t = x_h[(ri % b) * d + j] as f64;
+                    let (v, gv) = match lik {
+                        Likelihood::Bernoulli => {
+                            (softplus(o) - t * o, 1.0 / (1.0 + (-o).exp()) - t)
+                        }
+                        Likelihood::Gaussian { variance } => {
+                            let c = variance as f64;
+                            (
+                                (o - t).powi(2) / (2.0 * c)
+                                    + 0.5 * (std::f64::consts::TAU * c).ln(),
+                                (o - t) / c,
+                            )
+                        }
+                    };
+                    nll_want[ri] += v;
+                    mag[ri] += v.abs();
+                    g_want[ri * d + j] = scale as f64 * gv;
+                }
+            }
+            // Row sums of D f32 terms: 1e-6 relative to Σ|terms|.
+            assert_close(
+                &format!("{lik:?} nll {r}×{d}"),
+                &g.read(&nll).unwrap(),
+                &nll_want,
+                |i| 2e-6 * mag[i] + 1e-5,
+            );
+            assert_close(
+                &format!("{lik:?} grad {r}×{d}"),
+                &g.read(&grad).unwrap(),
+                &g_want,
+                |i| 1e-6 * (1.0 + g_want[i].abs()),
+            );
+        }
+    }
+}
+
+#[test]
+fn adam_and_adamw_match_pytorch_formula() {
+    let g = gpu();
+    let n = 4 * 1031;
+    for decoupled in [false, true] {
+        let cfg = ops::AdamConfig {
+            lr: 1e-2,
+            weight_decay: 0.05,
+            decoupled,
+            ..Default::default()
+        };
+        let p0 = rand_vec(n, 1100, -1.0, 1.0);
+        let params = g.upload("p", &[n], &p0).unwrap();
+        let grads = g.tensor("g", &[n]).unwrap();
+        let m = g.upload("m", &[n], &vec![0.0; n]).unwrap();
+        let v = g.upload("v", &[n], &vec![0.0; n]).unwrap();
+        let step = StepBuffer::new(g).unwrap();
+        let d = ops::adam(g, "adam", &cfg, &step, &params, &grads, &m, &v).unwrap();
+        let (mut p, mut mm, mut vv) = (
+            p0.iter().map(|&x| x as f64).collect::<Vec<_>>(),
+            vec![0.0f64; n],
+            vec![0.0f64; n],
+        );
+        for t in 1..=5u64 {
+            let gh = rand_vec(n, 1200 + t, -1.0, 1.0);
+            g.write(&grads, &gh).unwrap();
+            let mut sp = StepParams::default();
+            cfg.step_fields(t, &mut sp);
+            step.write(g, &sp);
+            g.run(&[&d]).unwrap();
+            let (b1, b2, lr, wd, eps) = (
+                cfg.beta1 as f64,
+                cfg.beta2 as f64,
+                cfg.lr as f64,
+                cfg.weight_decay as f64,
+                cfg.eps as f64,
+            );
+            for i in 0..n {
+                let mut gi = gh[i] as f64;
+                if decoupled {
+                    p[i] -= lr * wd * p[i];
+                } else {
+                    gi += wd * p[i];
+                }
+                mm[i] = b1 * mm[i] + (1.0 - b1) * gi;
+                vv[i] = b2 * vv[i] + (1.0 - b2) * gi * gi;
+                let denom = vv[i].sqrt() / (1.0 - b2.powi(t as i32)).sqrt() + eps;
+                p[i] -= lr / (1.0 - b1.powi(t as i32)) * mm[i] / denom;
+            }
+        }
+        // Each step moves a parameter by about lr; f32 rounding of the update is ~1e-7 each.
+        assert_close(
+            &format!("adam decoupled={decoupled}"),
+            &g.read(&params).unwrap(),
+            &p,
+            |_| 2e-6,
+        );
+        assert_close("adam m", &g.read(&m).unwrap(), &mm, |_| 1e-6);
+        assert_close("adam v", &g.read(&v).unwrap(), &vv, |_| 1e-6);
+    }
+}
+
+#[test]
+fn gather_and_dynamic_binarization() {
+    let g = gpu();
+    let (count, d) = (37usize, 12usize);
+    let bytes: Vec<u8> = (0..count * d).map(|i| (i * 37 % 256) as u8).collect();
+    let words: Vec<u32> = bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let data = g.upload_words("data", &words).unwrap();
+    let perm_h: Vec<u32> = (0..count as u32).rev().collect();
+    let perm = g.upload_words("perm", &perm_h).unwrap();
+    let rows = 5;
+    let x = g.tensor("x", &[rows, d]).unwrap();
+    let step = StepBuffer::new(g).unwrap();
+    // The last batch runs past the permutation's end: those rows are zero.
+    for (start, binarize) in [(0u32, false), (34, false), (3, true)] {
+        let sp = StepParams {
+            seed: 5,
+            step: 11,
+            batch_start: start,
+            ..Default::default()
+        };
+        step.write(g, &sp);
+        let dsp = ops::gather(g, "gather", &step, &data, count, &perm, &x, binarize).unwrap();
+        g.run(&[&dsp]).unwrap();
+        let got = g.read(&x).unwrap();
+        let mut want = vec![0.0f64; rows * d];
+        for r in 0..rows {
+            let pos = start as usize + r;
+            if pos >= count {
+                continue;
+            }
+            let ex = perm_h[pos] as usize;
+            for j in 0..d {
+                let p = bytes[ex * d + j] as f64 / 255.0;
+                want[r * d + j] = if binarize {
+                    let u =
+                        rng::uniform(sp.seed, sp.step, rng::STREAM_BINARIZE, (r * d + j) as u32);
+                    if u < p {
+                        1.0
+                    } else {
+                        0.0
+                    }
+                } else {
+                    p
+                };
+            }
+        }
+        assert_close(
+            &format!("gather start={start} binarize={binarize}"),
+            &got,
+            &want,
+            |_| 1e-7,
+        );
+    }
+}

@@ -1,0 +1,8 @@
+//! GPU integration tests: every kernel against an f64 CPU reference on the real adapter.
+//! One binary, one shared device (creating devices and compiling pipelines is the slow part on
+//! lavapipe). No adapter is a failure with the install hint, never a skip.
+
+mod common;
+mod kernels;
+mod rng;
+mod runtime;

@@ -1,0 +1,122 @@
+//! Runtime behaviour: memory accounting, typed errors for bad requests.
+
+use vae_wgpu::ops::{self, Epilogue};
+use vae_wgpu::{Gpu, VaeError};
+
+use crate::common::gpu;
+
+#[test]
+fn repeated_work_allocates_nothing_new() {
+    // A private device, so other tests' allocations do not move the counters.
+    let g = Gpu::new().expect("GPU tests need an adapter");
+    let x = g.upload("x", &[128, 784], &vec![0.5; 128 * 784]).unwrap();
+    let w = g.upload("w", &[784, 400], &vec![0.01; 784 * 400]).unwrap();
+    let h = g.tensor("h", &[128, 400]).unwrap();
+    let d = ops::matmul(
+        &g,
+        "fc",
+        &x,
+        false,
+        &w,
+        false,
+        &h,
+        &Epilogue::default(),
+        None,
+    )
+    .unwrap();
+    g.run(&[&d]).unwrap();
+    let _ = g.read(&h).unwrap(); // the readback staging buffer comes from the pool
+    let before = g.memory.stats();
+    for _ in 0..5 {
+        g.run(&[&d]).unwrap();
+        let _ = g.read(&h).unwrap();
+    }
+    let after = g.memory.stats();
+    assert_eq!(
+        before.allocations, after.allocations,
+        "repeated work created buffers"
+    );
+    assert_eq!(before.live_bytes, after.live_bytes);
+    assert!(
+        after.peak_bytes >= after.live_bytes
+            && after.live_bytes >= 4 * (128 * 784 + 784 * 400 + 128 * 400)
+    );
+    // Dropping a tensor returns its bytes (the dispatch holds the tensor's buffer through its
+    // bind group, but our ledger counts the handle).
+    drop(h);
+    assert_eq!(
+        g.memory.stats().live_bytes,
+        after.live_bytes - 4 * 128 * 400
+    );
+}
+
+#[test]
+fn oversize_buffers_are_typed_errors() {
+    let g = gpu();
+    let max_binding = g.report().max_storage_buffer_binding_size;
+    let elems = (max_binding / 4 + 1) as usize;
+    match g.tensor("huge", &[elems]) {
+        Err(VaeError::BufferTooLarge {
+            limit_name, bytes, ..
+        }) => {
+            assert_eq!(limit_name, "max_storage_buffer_binding_size");
+            assert!(bytes > max_binding);
+        }
+        other => panic!(
+            "expected BufferTooLarge, got {:?}",
+            other.map(|t| t.shape().to_vec())
+        ),
+    }
+    let too_big = g.report().max_buffer_size / 4 + 1;
+    match g.tensor("huger", &[too_big as usize]) {
+        Err(e @ VaeError::BufferTooLarge { .. }) => assert!(e.to_string().contains("huger")),
+        other => panic!(
+            "expected BufferTooLarge, got {:?}",
+            other.map(|t| t.shape().to_vec())
+        ),
+    }
+}
+
+#[test]
+fn writes_and_ops_check_lengths() {
+    let g = gpu();
+    let t = g.tensor("t", &[8]).unwrap();
+    assert!(matches!(g.write(&t, &[1.0; 7]), Err(VaeError::Shape(_))));
+    let a = g.tensor("a", &[8]).unwrap();
+    let b = g.tensor("b", &[12]).unwrap();
+    let e = ops::activation_forward(g, "act", ops::Activation::Relu, 0.0, &a, &b)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("differ"), "{e}");
+    let out = g.tensor("out", &[3, 8]).unwrap();
+    let x = g.tensor("x", &[2, 8]).unwrap();
+    let nll = g.tensor("nll", &[3]).unwrap();
+    let grad = g.tensor("grad", &[3, 8]).unwrap();
+    let e = ops::loss(
+        g,
+        "loss",
+        ops::Likelihood::Bernoulli,
+        &out,
+        &x,
+        1.0,
+        &nll,
+        &grad,
+    )
+    .err()
+    .unwrap();
+    assert!(matches!(e, VaeError::Shape(_)), "{e}");
+    let x = g.tensor("x", &[3, 8]).unwrap();
+    let e = ops::loss(
+        g,
+        "loss",
+        ops::Likelihood::Gaussian { variance: -1.0 },
+        &out,
+        &x,
+        1.0,
+        &nll,
+        &grad,
+    )
+    .err()
+    .unwrap();
+    assert!(matches!(e, VaeError::Config(_)), "{e}");
+}
