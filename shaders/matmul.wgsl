@@ -139,7 +139,7 @@ fn matmul_tiled(
 ) {
     let m0 = wid.y * T_TILE;
     let n0 = wid.x * T_TILE;
-    var acc: array<vec4<f32>, 4>;
+    var acc = mat4x4<f32>();  // column i = row lid.y·4 + i
     var cs = vec4<f32>(0.0);
     // Which quad of the tiles this invocation fills.
     let lk = li / 16u;
@@ -155,20 +155,14 @@ fn matmul_tiled(
         for (var kk = 0u; kk < T_K; kk++) {
             let av = tile_a[kk * 16u + lid.y];
             let bv = tile_b[kk * 16u + lid.x];
-            acc[0] += av.x * bv;
-            acc[1] += av.y * bv;
-            acc[2] += av.z * bv;
-            acc[3] += av.w * bv;
+            acc += mat4x4<f32>(av.x * bv, av.y * bv, av.z * bv, av.w * bv);
             if (COLSUM) { cs += bv; }
         }
         workgroupBarrier();
     }
     let nq = n0 / 4u + lid.x;
     if (nq * 4u >= p.n) { return; }
-    for (var i = 0u; i < 4u; i++) {
-        let m = m0 + lid.y * 4u + i;
-        if (m < p.m) { epilogue4(m, nq, acc[i]); }
-    }
+    store_rows(m0 + lid.y * 4u, nq, acc);
     if (COLSUM && wid.y == 0u && lid.y == 0u) { store_colsum4(nq, cs); }
 }
 
@@ -212,11 +206,30 @@ fn b_block(k: u32, n: u32) -> mat4x4<f32> {
     return mat4x4<f32>(c0, c1, c2, c3);
 }
 
-// Rows 4q..4q+3 of the A slice when TRANS_A: unit (kk, q) sits in u[kk] of lane q.
-fn a_quad(c0: vec4<f32>, c1: vec4<f32>, c2: vec4<f32>, c3: vec4<f32>) -> mat4x4<f32> {
+// Rows 4q..4q+3 of the A slice when TRANS_A: unit (kk, q) sits in u_kk of lane q; the matrix
+// returned has column r = op(A)[4q + r, k..k+3].
+fn a_quad_t(c0: vec4<f32>, c1: vec4<f32>, c2: vec4<f32>, c3: vec4<f32>) -> mat4x4<f32> {
     return transpose(mat4x4<f32>(c0, c1, c2, c3));
 }
 
+// Stores four rows of C held as the columns of a 4×4 block.
+fn store_rows(m: u32, nq: u32, blk: mat4x4<f32>) {
+    for (var r = 0u; r < 4u; r++) {
+        if (m + r < p.m) { epilogue4(m + r, nq, blk[r]); }
+    }
+}
+
+// c + b·a for 4×4 blocks, with explicit fused multiply-adds (lavapipe does not contract a·b + c).
+fn mad_col(b: mat4x4<f32>, a: vec4<f32>, c: vec4<f32>) -> vec4<f32> {
+    return fma(b[3], vec4<f32>(a.w), fma(b[2], vec4<f32>(a.z), fma(b[1], vec4<f32>(a.y), fma(b[0], vec4<f32>(a.x), c))));
+}
+
+fn mad_blk(b: mat4x4<f32>, a: mat4x4<f32>, c: mat4x4<f32>) -> mat4x4<f32> {
+    return mat4x4<f32>(mad_col(b, a[0], c[0]), mad_col(b, a[1], c[1]), mad_col(b, a[2], c[2]), mad_col(b, a[3], c[3]));
+}
+
+// Accumulators are eight named 4×4 blocks (block q: rows 4q..4q+3, column r = row 4q + r),
+// not an array: lavapipe keeps a dynamically indexed array in memory, which costs 10×.
 @compute @workgroup_size(SG_WG)
 fn matmul_subgroup(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -226,7 +239,14 @@ fn matmul_subgroup(
     let m0 = wid.y * S_ROWS;
     let n = (wid.x * SG_WG + li) * 4u;
     let l8 = lane % 8u;
-    var acc: array<vec4<f32>, 32>;
+    var acc0 = mat4x4<f32>();
+    var acc1 = mat4x4<f32>();
+    var acc2 = mat4x4<f32>();
+    var acc3 = mat4x4<f32>();
+    var acc4 = mat4x4<f32>();
+    var acc5 = mat4x4<f32>();
+    var acc6 = mat4x4<f32>();
+    var acc7 = mat4x4<f32>();
     var cs = vec4<f32>(0.0);
     for (var k = 0u; k < p.k; k += 4u) {
         let u0 = a_unit(m0, k, l8);
@@ -236,44 +256,35 @@ fn matmul_subgroup(
         let bm = b_block(k, n);
         if (COLSUM) { cs += bm * vec4<f32>(1.0); }
         if (TRANS_A) {
-            var t: mat4x4<f32>;
-            t = a_quad(subgroupBroadcast(u0, 0u), subgroupBroadcast(u1, 0u), subgroupBroadcast(u2, 0u), subgroupBroadcast(u3, 0u));
-            acc[0] += bm * t[0]; acc[1] += bm * t[1]; acc[2] += bm * t[2]; acc[3] += bm * t[3];
-            t = a_quad(subgroupBroadcast(u0, 1u), subgroupBroadcast(u1, 1u), subgroupBroadcast(u2, 1u), subgroupBroadcast(u3, 1u));
-            acc[4] += bm * t[0]; acc[5] += bm * t[1]; acc[6] += bm * t[2]; acc[7] += bm * t[3];
-            t = a_quad(subgroupBroadcast(u0, 2u), subgroupBroadcast(u1, 2u), subgroupBroadcast(u2, 2u), subgroupBroadcast(u3, 2u));
-            acc[8] += bm * t[0]; acc[9] += bm * t[1]; acc[10] += bm * t[2]; acc[11] += bm * t[3];
-            t = a_quad(subgroupBroadcast(u0, 3u), subgroupBroadcast(u1, 3u), subgroupBroadcast(u2, 3u), subgroupBroadcast(u3, 3u));
-            acc[12] += bm * t[0]; acc[13] += bm * t[1]; acc[14] += bm * t[2]; acc[15] += bm * t[3];
-            t = a_quad(subgroupBroadcast(u0, 4u), subgroupBroadcast(u1, 4u), subgroupBroadcast(u2, 4u), subgroupBroadcast(u3, 4u));
-            acc[16] += bm * t[0]; acc[17] += bm * t[1]; acc[18] += bm * t[2]; acc[19] += bm * t[3];
-            t = a_quad(subgroupBroadcast(u0, 5u), subgroupBroadcast(u1, 5u), subgroupBroadcast(u2, 5u), subgroupBroadcast(u3, 5u));
-            acc[20] += bm * t[0]; acc[21] += bm * t[1]; acc[22] += bm * t[2]; acc[23] += bm * t[3];
-            t = a_quad(subgroupBroadcast(u0, 6u), subgroupBroadcast(u1, 6u), subgroupBroadcast(u2, 6u), subgroupBroadcast(u3, 6u));
-            acc[24] += bm * t[0]; acc[25] += bm * t[1]; acc[26] += bm * t[2]; acc[27] += bm * t[3];
-            t = a_quad(subgroupBroadcast(u0, 7u), subgroupBroadcast(u1, 7u), subgroupBroadcast(u2, 7u), subgroupBroadcast(u3, 7u));
-            acc[28] += bm * t[0]; acc[29] += bm * t[1]; acc[30] += bm * t[2]; acc[31] += bm * t[3];
+            acc0 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 0u), subgroupBroadcast(u1, 0u), subgroupBroadcast(u2, 0u), subgroupBroadcast(u3, 0u)), acc0);
+            acc1 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 1u), subgroupBroadcast(u1, 1u), subgroupBroadcast(u2, 1u), subgroupBroadcast(u3, 1u)), acc1);
+            acc2 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 2u), subgroupBroadcast(u1, 2u), subgroupBroadcast(u2, 2u), subgroupBroadcast(u3, 2u)), acc2);
+            acc3 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 3u), subgroupBroadcast(u1, 3u), subgroupBroadcast(u2, 3u), subgroupBroadcast(u3, 3u)), acc3);
+            acc4 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 4u), subgroupBroadcast(u1, 4u), subgroupBroadcast(u2, 4u), subgroupBroadcast(u3, 4u)), acc4);
+            acc5 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 5u), subgroupBroadcast(u1, 5u), subgroupBroadcast(u2, 5u), subgroupBroadcast(u3, 5u)), acc5);
+            acc6 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 6u), subgroupBroadcast(u1, 6u), subgroupBroadcast(u2, 6u), subgroupBroadcast(u3, 6u)), acc6);
+            acc7 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 7u), subgroupBroadcast(u1, 7u), subgroupBroadcast(u2, 7u), subgroupBroadcast(u3, 7u)), acc7);
         } else {
-            // Unit u = row u lives in u[u / 8] of lane u % 8.
-            var us = array<vec4<f32>, 4>(u0, u1, u2, u3);
-            for (var j = 0u; j < 4u; j++) {
-                let v = us[j];
-                let r = j * 8u;
-                acc[r] += bm * subgroupBroadcast(v, 0u);
-                acc[r + 1u] += bm * subgroupBroadcast(v, 1u);
-                acc[r + 2u] += bm * subgroupBroadcast(v, 2u);
-                acc[r + 3u] += bm * subgroupBroadcast(v, 3u);
-                acc[r + 4u] += bm * subgroupBroadcast(v, 4u);
-                acc[r + 5u] += bm * subgroupBroadcast(v, 5u);
-                acc[r + 6u] += bm * subgroupBroadcast(v, 6u);
-                acc[r + 7u] += bm * subgroupBroadcast(v, 7u);
-            }
+            // Row i lives in u_(i/8) of lane i%8; a block's columns are its four rows.
+            acc0 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u0, 0u), subgroupBroadcast(u0, 1u), subgroupBroadcast(u0, 2u), subgroupBroadcast(u0, 3u)), acc0);
+            acc1 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u0, 4u), subgroupBroadcast(u0, 5u), subgroupBroadcast(u0, 6u), subgroupBroadcast(u0, 7u)), acc1);
+            acc2 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u1, 0u), subgroupBroadcast(u1, 1u), subgroupBroadcast(u1, 2u), subgroupBroadcast(u1, 3u)), acc2);
+            acc3 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u1, 4u), subgroupBroadcast(u1, 5u), subgroupBroadcast(u1, 6u), subgroupBroadcast(u1, 7u)), acc3);
+            acc4 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u2, 0u), subgroupBroadcast(u2, 1u), subgroupBroadcast(u2, 2u), subgroupBroadcast(u2, 3u)), acc4);
+            acc5 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u2, 4u), subgroupBroadcast(u2, 5u), subgroupBroadcast(u2, 6u), subgroupBroadcast(u2, 7u)), acc5);
+            acc6 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u3, 0u), subgroupBroadcast(u3, 1u), subgroupBroadcast(u3, 2u), subgroupBroadcast(u3, 3u)), acc6);
+            acc7 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u3, 4u), subgroupBroadcast(u3, 5u), subgroupBroadcast(u3, 6u), subgroupBroadcast(u3, 7u)), acc7);
         }
     }
     if (n >= p.n) { return; }
-    for (var i = 0u; i < S_ROWS; i++) {
-        let m = m0 + i;
-        if (m < p.m) { epilogue4(m, n / 4u, acc[i]); }
-    }
-    if (COLSUM && wid.y == 0u) { store_colsum4(n / 4u, cs); }
+    let nq = n / 4u;
+    store_rows(m0, nq, acc0);
+    store_rows(m0 + 4u, nq, acc1);
+    store_rows(m0 + 8u, nq, acc2);
+    store_rows(m0 + 12u, nq, acc3);
+    store_rows(m0 + 16u, nq, acc4);
+    store_rows(m0 + 20u, nq, acc5);
+    store_rows(m0 + 24u, nq, acc6);
+    store_rows(m0 + 28u, nq, acc7);
+    if (COLSUM && wid.y == 0u) { store_colsum4(nq, cs); }
 }

@@ -1,0 +1,70 @@
+//! Matmul GFLOP/s per strategy at the VAE's shapes: `cargo bench --bench kernels`.
+//! Each figure is the median of 5 repeats of 20 back-to-back dispatches in one compute pass
+//! and one submit, timed by wall clock around the synchronised submit after a warm-up.
+
+use std::time::Instant;
+
+use vae_wgpu::ops::{self, Epilogue, MatmulStrategy};
+use vae_wgpu::Gpu;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let gpu = Gpu::new()?;
+    println!("adapter: {}", gpu.report());
+    if let Some(w) = &gpu.report().lp_native_vector_width {
+        println!("LP_NATIVE_VECTOR_WIDTH={w}");
+    }
+    // (label, M, N, K, A transposed, B transposed)
+    let shapes = [
+        ("enc 128x784 . 784x400", 128, 400, 784, false, false),
+        ("dec 128x400 . 400x784", 128, 784, 400, false, false),
+        ("wgrad (128x784)T . 128x400", 784, 400, 128, true, false),
+        ("dgrad 128x784 . (400x784)T", 128, 400, 784, false, true),
+        ("square 1024^3", 1024, 1024, 1024, false, false),
+    ];
+    let mut strategies = vec![MatmulStrategy::Tiled, MatmulStrategy::Subgroup];
+    if MatmulStrategy::Subgroup.check_supported(&gpu).is_err() {
+        strategies.pop();
+    }
+    println!(
+        "{:<30} {:>10} {:>10} {:>12}",
+        "shape", "strategy", "ms", "GFLOP/s"
+    );
+    for &(label, m, n, k, ta, tb) in &shapes {
+        let a = gpu.upload("a", &if ta { [k, m] } else { [m, k] }, &vec![0.01; m * k])?;
+        let b = gpu.upload("b", &if tb { [n, k] } else { [k, n] }, &vec![0.02; k * n])?;
+        let c = gpu.tensor("c", &[m, n])?;
+        for &st in &strategies {
+            let d = ops::matmul(
+                &gpu,
+                label,
+                &a,
+                ta,
+                &b,
+                tb,
+                &c,
+                &Epilogue::default(),
+                Some(st),
+            )?;
+            let reps = if m * n * k > 100_000_000 { 4 } else { 20 };
+            let list: Vec<_> = (0..reps).map(|_| &d).collect();
+            gpu.run(&list)?;
+            let mut times: Vec<f64> = (0..5)
+                .map(|_| {
+                    let t0 = Instant::now();
+                    gpu.run(&list)
+                        .map(|_| t0.elapsed().as_secs_f64() / reps as f64)
+                })
+                .collect::<Result<_, _>>()?;
+            times.sort_by(f64::total_cmp);
+            let t = times[2];
+            println!(
+                "{:<30} {:>10} {:>10.3} {:>12.1}",
+                label,
+                format!("{st:?}"),
+                t * 1e3,
+                d.flops / t / 1e9
+            );
+        }
+    }
+    Ok(())
+}
