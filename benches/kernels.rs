@@ -25,34 +25,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if MatmulStrategy::Subgroup.check_supported(&gpu).is_err() {
         strategies.pop();
     }
-    println!(
-        "{:<30} {:>10} {:>10} {:>12}",
-        "shape", "strategy", "ms", "GFLOP/s"
-    );
+    println!("{:<30} {:>10} {:>10} {:>12}", "shape", "strategy", "ms", "GFLOP/s");
     for &(label, m, n, k, ta, tb) in &shapes {
         let a = gpu.upload("a", &if ta { [k, m] } else { [m, k] }, &vec![0.01; m * k])?;
         let b = gpu.upload("b", &if tb { [n, k] } else { [k, n] }, &vec![0.02; k * n])?;
         let c = gpu.tensor("c", &[m, n])?;
         for &st in &strategies {
-            let d = ops::matmul(
-                &gpu,
-                label,
-                &a,
-                ta,
-                &b,
-                tb,
-                &c,
-                &Epilogue::default(),
-                Some(st),
-            )?;
+            let d = ops::matmul(&gpu, label, &a, ta, &b, tb, &c, &Epilogue::default(), Some(st))?;
             let reps = if m * n * k > 100_000_000 { 4 } else { 20 };
             let list: Vec<_> = (0..reps).map(|_| &d).collect();
             gpu.run(&list)?;
             let mut times: Vec<f64> = (0..5)
                 .map(|_| {
                     let t0 = Instant::now();
-                    gpu.run(&list)
-                        .map(|_| t0.elapsed().as_secs_f64() / reps as f64)
+                    gpu.run(&list).map(|_| t0.elapsed().as_secs_f64() / reps as f64)
                 })
                 .collect::<Result<_, _>>()?;
             times.sort_by(f64::total_cmp);

@@ -4,7 +4,8 @@
 // forward:  lv = clamp(log σ², LV_MIN, LV_MAX); σ = exp(lv/2); ε = N(0,1) keyed by
 //           (seed, step, stream·2^16 + sample, example·Z + j);
 //           z[s·B + b, j] = μ + σ·ε for each of the L samples s (rows stacked sample-major);
-//           kl[b] = ½ Σ_j (σ² + μ² − 1 − lv)
+//           kl[b] = ½ Σ_j (σ² + μ² − 1 − lv);
+//           with LOG_RATIO, log_ratio[s·B + b] = log p(z) − log q(z|x) = Σ_j ½(ε² − z² + lv)
 // backward: with dz summed over the L samples,
 //           dμ = Σ_s dz + β·μ ;  dlv = ½ Σ_s dz·ε·σ + ½·β·(σ² − 1)   (0 where lv was clamped)
 // ε is drawn again in backward instead of being stored: the RNG is a pure function of its key.
@@ -23,6 +24,10 @@ struct ReparamParams {
 @group(0) @binding(3) var<storage, read_write> z: array<f32>;      // forward: [L·B, Z] out; backward: dz in
 @group(0) @binding(4) var<storage, read_write> kl: array<f32>;     // forward: [B] out
 @group(0) @binding(5) var<storage, read_write> denc: array<f32>;   // backward: [B, 2Z] out
+@group(0) @binding(6) var<storage, read_write> log_ratio: array<f32>; // forward, LOG_RATIO: [L·B]
+
+// Also write log p(z) − log q(z|x) per sample, for importance-weighted bounds.
+override LOG_RATIO: bool = false;
 
 fn eps_at(s: u32, b: u32, j: u32) -> f32 {
     return rng_normal(step.seed, step.step, (step.stream << 16u) | s, b * p.latent + j);
@@ -34,14 +39,20 @@ fn reparam_kl_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (b >= p.batch) { return; }
     let zd = p.latent;
     var acc = 0.0;
-    for (var j = 0u; j < zd; j++) {
-        let mu = enc[b * 2u * zd + j];
-        let lv = clamp(enc[b * 2u * zd + zd + j], p.lv_min, p.lv_max);
-        let sigma = exp(0.5 * lv);
-        for (var s = 0u; s < p.samples; s++) {
-            z[(s * p.batch + b) * zd + j] = mu + sigma * eps_at(s, b, j);
+    for (var s = 0u; s < p.samples; s++) {
+        var lr = 0.0;
+        for (var j = 0u; j < zd; j++) {
+            let mu = enc[b * 2u * zd + j];
+            let lv = clamp(enc[b * 2u * zd + zd + j], p.lv_min, p.lv_max);
+            let sigma = exp(0.5 * lv);
+            let e = eps_at(s, b, j);
+            let zv = mu + sigma * e;
+            z[(s * p.batch + b) * zd + j] = zv;
+            // log N(z; 0, 1) − log N(z; μ, σ²): the 2π terms cancel.
+            lr += 0.5 * (e * e - zv * zv + lv);
+            if (s == 0u) { acc += sigma * sigma + mu * mu - 1.0 - lv; }
         }
-        acc += sigma * sigma + mu * mu - 1.0 - lv;
+        if (LOG_RATIO) { log_ratio[s * p.batch + b] = lr; }
     }
     kl[b] = 0.5 * acc;
 }

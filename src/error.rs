@@ -26,10 +26,7 @@ pub enum VaeError {
     /// Mapping a buffer for readback failed.
     Readback(String),
     /// An I/O error on a named file.
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     /// A data file exists but its contents are not what the format requires.
     Format { path: PathBuf, problem: String },
     /// A checkpoint does not match the model it is loaded into, or is malformed.

@@ -8,6 +8,8 @@ pub mod data;
 pub mod error;
 pub mod gpu;
 pub mod io;
+pub mod model;
+pub mod nn;
 pub mod ops;
 pub mod rng;
 

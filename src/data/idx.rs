@@ -80,10 +80,7 @@ pub fn resolve_idx_path(path: &Path) -> Result<PathBuf> {
         Some(twin) => format!("file not found (also looked for {})", twin.display()),
         None => "file not found".to_string(),
     };
-    Err(VaeError::io(
-        path,
-        io::Error::new(io::ErrorKind::NotFound, msg),
-    ))
+    Err(VaeError::io(path, io::Error::new(io::ErrorKind::NotFound, msg)))
 }
 
 /// `x.gz` for `x`, and `x` for `x.gz`.
@@ -170,17 +167,11 @@ fn parse_header(path: &Path, bytes: &[u8], ndims: usize, gz: bool) -> Result<(Ve
         .chunks_exact(4)
         .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
         .collect();
-    let shape = dims
-        .iter()
-        .map(|d| d.to_string())
-        .collect::<Vec<_>>()
-        .join("x");
+    let shape = dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x");
     let need = dims
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| {
-            VaeError::format(path, format!("dimensions {shape} are too large to address"))
-        })?;
+        .ok_or_else(|| VaeError::format(path, format!("dimensions {shape} are too large to address")))?;
     let present = bytes.len() - header_len;
     if present < need {
         return Err(VaeError::format(
@@ -218,12 +209,7 @@ pub(crate) mod tests {
         pub(crate) fn new(tag: &str) -> Self {
             static NEXT: AtomicUsize = AtomicUsize::new(0);
             let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let dir = std::env::temp_dir().join(format!(
-                "vae-wgpu-test-{}-{}-{}",
-                tag,
-                std::process::id(),
-                n
-            ));
+            let dir = std::env::temp_dir().join(format!("vae-wgpu-test-{}-{}-{}", tag, std::process::id(), n));
             let _ = fs::remove_dir_all(&dir);
             fs::create_dir_all(&dir).unwrap();
             TempDir(dir)
@@ -266,10 +252,7 @@ pub(crate) mod tests {
         match r {
             Err(e @ VaeError::Format { .. }) => {
                 let msg = e.to_string();
-                assert!(
-                    msg.contains(file),
-                    "message {msg:?} lacks file name {file:?}"
-                );
+                assert!(msg.contains(file), "message {msg:?} lacks file name {file:?}");
                 for n in needles {
                     assert!(msg.contains(n), "message {msg:?} lacks {n:?}");
                 }
@@ -334,15 +317,9 @@ pub(crate) mod tests {
         // Raw name asked, only .gz present.
         let raw_name = dir.join("l-idx1-ubyte");
         assert_eq!(read_idx_labels(&raw_name).unwrap(), vec![6]);
-        assert_eq!(
-            resolve_idx_path(&raw_name).unwrap(),
-            dir.join("l-idx1-ubyte.gz")
-        );
+        assert_eq!(resolve_idx_path(&raw_name).unwrap(), dir.join("l-idx1-ubyte.gz"));
         // .gz name asked, only raw present.
-        assert_eq!(
-            read_idx_labels(&dir.join("m-idx1-ubyte.gz")).unwrap(),
-            vec![8]
-        );
+        assert_eq!(read_idx_labels(&dir.join("m-idx1-ubyte.gz")).unwrap(), vec![8]);
         // Both present: the name asked for wins.
         fs::write(dir.join("l-idx1-ubyte"), idx_bytes(&[1], &[7])).unwrap();
         assert_eq!(read_idx_labels(&raw_name).unwrap(), vec![7]);
@@ -403,11 +380,7 @@ pub(crate) mod tests {
         expect_format(
             read_idx_images(&path),
             "four-d-idx4-ubyte",
-            &[
-                "wrong number of dimensions",
-                "expected 3, found 4",
-                "0x00000804",
-            ],
+            &["wrong number of dimensions", "expected 3, found 4", "0x00000804"],
         );
         let lpath = dir.join("two-d-idx2-ubyte.gz");
         fs::write(&lpath, gzip(&idx_bytes(&[2, 1], &[0; 2]))).unwrap();
@@ -435,11 +408,7 @@ pub(crate) mod tests {
         expect_format(
             read_idx_images(&gz),
             "short-idx3-ubyte.gz",
-            &[
-                "truncated data",
-                "need 24 bytes",
-                "found 19 after decompression",
-            ],
+            &["truncated data", "need 24 bytes", "found 19 after decompression"],
         );
         let lpath = dir.join("short-idx1-ubyte");
         fs::write(&lpath, idx_bytes(&[10], &[1; 7])).unwrap();
@@ -481,10 +450,6 @@ pub(crate) mod tests {
         let full = gzip(&idx_bytes(&[100], &[5; 100]));
         let path = dir.join("cut-idx1-ubyte.gz");
         fs::write(&path, &full[..full.len() / 2]).unwrap();
-        expect_format(
-            read_idx_labels(&path),
-            "cut-idx1-ubyte.gz",
-            &["gzip data is corrupt"],
-        );
+        expect_format(read_idx_labels(&path), "cut-idx1-ubyte.gz", &["gzip data is corrupt"]);
     }
 }

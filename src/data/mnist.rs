@@ -135,11 +135,7 @@ fn load_split_with_hint(dir: &Path, train: bool, hint: &str) -> Result<MnistSet>
             ),
         ));
     }
-    if let Some((i, &l)) = labels
-        .iter()
-        .enumerate()
-        .find(|(_, &l)| l as usize >= NUM_CLASSES)
-    {
+    if let Some((i, &l)) = labels.iter().enumerate().find(|(_, &l)| l as usize >= NUM_CLASSES) {
         return Err(VaeError::format(
             &label_path,
             format!("label {l} at index {i} is outside 0..{NUM_CLASSES}"),
@@ -157,18 +153,16 @@ fn load_split_with_hint(dir: &Path, train: bool, hint: &str) -> Result<MnistSet>
 fn locate(dir: &Path, name: &str, hint: &str) -> Result<PathBuf> {
     let path = dir.join(name);
     match resolve_idx_path(&path) {
-        Err(VaeError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-            Err(VaeError::io(
-                &path,
-                io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!(
-                        "dataset file not found: expected {name} or {name}.gz in {}; {hint}",
-                        dir.display()
-                    ),
+        Err(VaeError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => Err(VaeError::io(
+            &path,
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "dataset file not found: expected {name} or {name}.gz in {}; {hint}",
+                    dir.display()
                 ),
-            ))
-        }
+            ),
+        )),
         other => other,
     }
 }
@@ -214,15 +208,9 @@ mod tests {
         assert_eq!(set.count, 3);
         assert_eq!(set.labels, vec![7, 2, 1]);
         assert_eq!(set.images.len(), 3 * IMAGE_PIXELS);
-        assert_eq!(
-            set.images[IMAGE_PIXELS + 1],
-            ((IMAGE_PIXELS + 1) % 251) as u8
-        );
+        assert_eq!(set.images[IMAGE_PIXELS + 1], ((IMAGE_PIXELS + 1) % 251) as u8);
         // The training split is a different pair of files.
-        assert!(matches!(
-            load_mnist_split(&dir.0, true),
-            Err(VaeError::Io { .. })
-        ));
+        assert!(matches!(load_mnist_split(&dir.0, true), Err(VaeError::Io { .. })));
     }
 
     #[test]
@@ -287,34 +275,21 @@ mod tests {
         );
         // Images present, labels missing: the labels file is named.
         let pixels = vec![0u8; IMAGE_PIXELS];
-        fs::write(
-            dir.join("t10k-images-idx3-ubyte"),
-            idx_bytes(&[1, 28, 28], &pixels),
-        )
-        .unwrap();
-        check(
-            load_mnist_split(&dir.0, false),
-            &["t10k-labels-idx1-ubyte", &where_],
-        );
+        fs::write(dir.join("t10k-images-idx3-ubyte"), idx_bytes(&[1, 28, 28], &pixels)).unwrap();
+        check(load_mnist_split(&dir.0, false), &["t10k-labels-idx1-ubyte", &where_]);
     }
 
     #[test]
     fn dataset_kind_parse_and_dirs() {
         assert_eq!(DatasetKind::parse("mnist").unwrap(), DatasetKind::Mnist);
-        assert_eq!(
-            DatasetKind::parse("Fashion-MNIST").unwrap(),
-            DatasetKind::FashionMnist
-        );
+        assert_eq!(DatasetKind::parse("Fashion-MNIST").unwrap(), DatasetKind::FashionMnist);
         for k in [DatasetKind::Mnist, DatasetKind::FashionMnist] {
             assert_eq!(DatasetKind::parse(k.name()).unwrap(), k);
         }
         match DatasetKind::parse("cifar10") {
             Err(e @ VaeError::Config(_)) => {
                 let msg = e.to_string();
-                assert!(
-                    msg.contains("cifar10") && msg.contains("mnist, fashion-mnist"),
-                    "{msg}"
-                );
+                assert!(msg.contains("cifar10") && msg.contains("mnist, fashion-mnist"), "{msg}");
             }
             other => panic!("expected VaeError::Config, got {other:?}"),
         }
@@ -337,10 +312,7 @@ mod tests {
         for &l in &train.labels {
             per_class[l as usize] += 1;
         }
-        assert_eq!(
-            per_class,
-            [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
-        );
+        assert_eq!(per_class, [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]);
 
         let n = train.images.len() as f64;
         let (sum, sum_sq) = train.images.iter().fold((0u64, 0u64), |(s, q), &p| {

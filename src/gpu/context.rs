@@ -26,11 +26,7 @@ pub struct AdapterReport {
 
 impl std::fmt::Display for AdapterReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} ({:?}, {:?})",
-            self.name, self.backend, self.device_type
-        )?;
+        write!(f, "{} ({:?}, {:?})", self.name, self.backend, self.device_type)?;
         if self.subgroups {
             write!(f, ", subgroup {}", self.subgroup_min_size)?;
             if self.subgroup_max_size != self.subgroup_min_size {
@@ -63,8 +59,7 @@ impl GpuContext {
 
     async fn new_async() -> Result<Self> {
         let lp_width = std::env::var("LP_NATIVE_VECTOR_WIDTH").ok();
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
         let adapter = match std::env::var("WGPU_ADAPTER_NAME") {
             Ok(wanted) => {
@@ -75,9 +70,7 @@ impl GpuContext {
                     .into_iter()
                     .find(|a| a.get_info().name.to_lowercase().contains(&wanted_lc))
                     .ok_or_else(|| VaeError::NoAdapter {
-                        tried: format!(
-                            "WGPU_ADAPTER_NAME={wanted:?} matches none of the adapters found: {names:?}"
-                        ),
+                        tried: format!("WGPU_ADAPTER_NAME={wanted:?} matches none of the adapters found: {names:?}"),
                     })?
             }
             Err(_) => {
@@ -92,14 +85,9 @@ impl GpuContext {
                     Ok(a) => a,
                     Err(first) => {
                         opts.force_fallback_adapter = true;
-                        instance
-                            .request_adapter(&opts)
-                            .await
-                            .map_err(|e| VaeError::NoAdapter {
-                                tried: format!(
-                                    "backends {backends:?}: {first}; software fallback: {e}"
-                                ),
-                            })?
+                        instance.request_adapter(&opts).await.map_err(|e| VaeError::NoAdapter {
+                            tried: format!("backends {backends:?}: {first}; software fallback: {e}"),
+                        })?
                     }
                 }
             }
@@ -113,12 +101,7 @@ impl GpuContext {
     /// features for profiling) if the adapter has them, and with the adapter's limits;
     /// [`device_requirements`] returns both.
     pub fn from_device(info: &wgpu::AdapterInfo, device: wgpu::Device, queue: wgpu::Queue) -> Self {
-        Self::assemble(
-            info,
-            device,
-            queue,
-            std::env::var("LP_NATIVE_VECTOR_WIDTH").ok(),
-        )
+        Self::assemble(info, device, queue, std::env::var("LP_NATIVE_VECTOR_WIDTH").ok())
     }
 
     fn assemble(
@@ -142,9 +125,8 @@ impl GpuContext {
             subgroup_min_size: if subgroups { info.subgroup_min_size } else { 0 },
             subgroup_max_size: if subgroups { info.subgroup_max_size } else { 0 },
             subgroups,
-            timestamps_inside_passes: features.contains(
-                wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES,
-            ),
+            timestamps_inside_passes: features
+                .contains(wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES),
             lp_native_vector_width,
         };
         let errors = Arc::new(Mutex::new(Vec::new()));

@@ -134,12 +134,7 @@ impl DeviceMemory {
     }
 
     /// A long-lived buffer of exactly `bytes` (rounded up to 16), freed when dropped.
-    pub fn alloc(
-        &self,
-        label: &str,
-        bytes: u64,
-        usage: wgpu::BufferUsages,
-    ) -> Result<Arc<GpuBuffer>> {
+    pub fn alloc(&self, label: &str, bytes: u64, usage: wgpu::BufferUsages) -> Result<Arc<GpuBuffer>> {
         let bytes = round_up(bytes.max(SIZE_ALIGN), SIZE_ALIGN);
         let raw = self.create(label, bytes, usage)?;
         Ok(Arc::new(GpuBuffer {
@@ -153,12 +148,7 @@ impl DeviceMemory {
 
     /// A transient buffer: reuses a free pooled buffer of the same size class and usage, or
     /// creates one. Size classes are powers of two, so varying requests settle quickly.
-    pub fn alloc_pooled(
-        &self,
-        label: &str,
-        bytes: u64,
-        usage: wgpu::BufferUsages,
-    ) -> Result<Arc<GpuBuffer>> {
+    pub fn alloc_pooled(&self, label: &str, bytes: u64, usage: wgpu::BufferUsages) -> Result<Arc<GpuBuffer>> {
         let bytes = bytes.max(SIZE_ALIGN).next_power_of_two();
         {
             let mut l = self

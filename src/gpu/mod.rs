@@ -79,11 +79,7 @@ impl Gpu {
     }
 
     /// Runs on a host application's device and queue.
-    pub fn from_device(
-        info: &wgpu::AdapterInfo,
-        device: wgpu::Device,
-        queue: wgpu::Queue,
-    ) -> Result<Self> {
+    pub fn from_device(info: &wgpu::AdapterInfo, device: wgpu::Device, queue: wgpu::Queue) -> Result<Self> {
         Self::with_context(GpuContext::from_device(info, device, queue))
     }
 
@@ -121,11 +117,7 @@ impl Gpu {
     /// A long-lived tensor of `shape`, allocated at its exact size (contents undefined).
     pub fn tensor(&self, label: &str, shape: &[usize]) -> Result<Tensor> {
         let bytes = 4 * shape.iter().product::<usize>() as u64;
-        Ok(Tensor::view(
-            self.memory.alloc(label, bytes, TENSOR_USAGE)?,
-            0,
-            shape,
-        ))
+        Ok(Tensor::view(self.memory.alloc(label, bytes, TENSOR_USAGE)?, 0, shape))
     }
 
     /// A transient tensor from the pool; its buffer returns to the pool when the last view drops.
@@ -271,18 +263,12 @@ impl Gpu {
                 resource: r.clone(),
             })
             .collect();
-        let scope = self
-            .ctx
-            .device
-            .push_error_scope(wgpu::ErrorFilter::Validation);
-        let bind_group = self
-            .ctx
-            .device
-            .create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some(&label),
-                layout: &pipeline.get_bind_group_layout(0),
-                entries: &entries,
-            });
+        let scope = self.ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let bind_group = self.ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(&label),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(VaeError::Gpu(format!("binding buffers for {label}: {e}")));
         }
@@ -312,8 +298,7 @@ impl Gpu {
         for d in dispatches {
             d.record(&mut pass);
         }
-        self.dispatches
-            .fetch_add(dispatches.len() as u64, Ordering::Relaxed);
+        self.dispatches.fetch_add(dispatches.len() as u64, Ordering::Relaxed);
     }
 
     /// Submits finished command buffers (counted for the step-structure checks).

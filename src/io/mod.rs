@@ -19,10 +19,7 @@ pub(crate) fn temp_path_for(path: &Path) -> Result<PathBuf> {
     let name = path.file_name().ok_or_else(|| {
         VaeError::io(
             path,
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "the output path does not name a file",
-            ),
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "the output path does not name a file"),
         )
     })?;
     let mut tmp_name = std::ffi::OsString::from(".");
@@ -86,10 +83,7 @@ pub(crate) mod test_util {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!(
-            "vae-wgpu-io-test-{tag}-{}-{n}-{nanos}",
-            std::process::id()
-        ));
+        let dir = std::env::temp_dir().join(format!("vae-wgpu-io-test-{tag}-{}-{n}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }

@@ -14,13 +14,7 @@ use crate::error::{Result, VaeError};
 pub const GRID_PAD_VALUE: u8 = 128;
 
 /// Exact grid dimensions `(width, height)` in pixels, or `None` on arithmetic overflow.
-fn grid_dims(
-    count: usize,
-    height: usize,
-    width: usize,
-    cols: usize,
-    pad: usize,
-) -> Option<(usize, usize)> {
+fn grid_dims(count: usize, height: usize, width: usize, cols: usize, pad: usize) -> Option<(usize, usize)> {
     let rows = if cols == 0 { 0 } else { count.div_ceil(cols) };
     let span = |cells: usize, cell: usize| -> Option<usize> {
         cells
@@ -38,13 +32,7 @@ fn grid_dims(
 /// `height = rows*height + (rows+1)*pad`. Degenerate inputs (`count` or `cols` zero) give the
 /// size of an empty grid, which `write_grid_png` rejects; sizes that overflow saturate at
 /// `usize::MAX`.
-pub fn grid_size(
-    count: usize,
-    height: usize,
-    width: usize,
-    cols: usize,
-    pad: usize,
-) -> (usize, usize) {
+pub fn grid_size(count: usize, height: usize, width: usize, cols: usize, pad: usize) -> (usize, usize) {
     grid_dims(count, height, width, cols, pad).unwrap_or((usize::MAX, usize::MAX))
 }
 

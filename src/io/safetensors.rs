@@ -64,11 +64,7 @@ fn push_json_string(out: &mut String, s: &str) {
 
 /// Builds the padded JSON header, validating the tensors first so that nothing is written for
 /// an invalid checkpoint.
-fn build_header(
-    path: &Path,
-    tensors: &[NamedTensor],
-    metadata: &[(String, String)],
-) -> Result<String> {
+fn build_header(path: &Path, tensors: &[NamedTensor], metadata: &[(String, String)]) -> Result<String> {
     let mut header = String::from("{");
     let mut first = true;
     if !metadata.is_empty() {
@@ -76,10 +72,7 @@ fn build_header(
         header.push_str("\"__metadata__\":{");
         for (i, (k, v)) in metadata.iter().enumerate() {
             if !keys.insert(k.as_str()) {
-                return Err(checkpoint_err(
-                    path,
-                    format!("duplicate metadata key '{k}'"),
-                ));
+                return Err(checkpoint_err(path, format!("duplicate metadata key '{k}'")));
             }
             if i > 0 {
                 header.push(',');
@@ -101,17 +94,10 @@ fn build_header(
             ));
         }
         if !names.insert(t.name.as_str()) {
-            return Err(checkpoint_err(
-                path,
-                format!("duplicate tensor name '{}'", t.name),
-            ));
+            return Err(checkpoint_err(path, format!("duplicate tensor name '{}'", t.name)));
         }
-        let numel = element_count(&t.shape).ok_or_else(|| {
-            checkpoint_err(
-                path,
-                format!("tensor '{}': shape {:?} overflows", t.name, t.shape),
-            )
-        })?;
+        let numel = element_count(&t.shape)
+            .ok_or_else(|| checkpoint_err(path, format!("tensor '{}': shape {:?} overflows", t.name, t.shape)))?;
         if numel != t.data.len() {
             return Err(checkpoint_err(
                 path,
@@ -154,11 +140,7 @@ fn build_header(
 /// The write is atomic — a temp file `.<name>.tmp` beside `path` is synced and renamed over it —
 /// so an interrupted save never leaves a torn checkpoint. Fails with [`VaeError::Checkpoint`]
 /// if a shape does not match its data, or names or metadata keys repeat.
-pub fn write_safetensors(
-    path: &Path,
-    tensors: &[NamedTensor],
-    metadata: &[(String, String)],
-) -> Result<()> {
+pub fn write_safetensors(path: &Path, tensors: &[NamedTensor], metadata: &[(String, String)]) -> Result<()> {
     let header = build_header(path, tensors, metadata)?;
     super::write_atomically(path, |w| {
         w.write_all(&(header.len() as u64).to_le_bytes())?;
@@ -220,8 +202,8 @@ fn parse_safetensors(bytes: &[u8]) -> std::result::Result<Contents, String> {
             ))
         }
     };
-    let header = std::str::from_utf8(&bytes[8..8 + header_len])
-        .map_err(|e| format!("header is not valid UTF-8: {e}"))?;
+    let header =
+        std::str::from_utf8(&bytes[8..8 + header_len]).map_err(|e| format!("header is not valid UTF-8: {e}"))?;
     let data = &bytes[8 + header_len..];
 
     let root = Parser::parse_document(header)?;
@@ -345,9 +327,7 @@ fn parse_entry(name: String, value: Json) -> std::result::Result<Entry, String> 
     }
     let dtype = dtype.ok_or_else(|| format!("tensor '{name}': missing dtype"))?;
     if dtype != "F32" {
-        return Err(format!(
-            "tensor '{name}' has dtype {dtype}; only F32 is supported"
-        ));
+        return Err(format!("tensor '{name}' has dtype {dtype}; only F32 is supported"));
     }
     let shape = shape.ok_or_else(|| format!("tensor '{name}': missing shape"))?;
     let offsets = offsets.ok_or_else(|| format!("tensor '{name}': missing data_offsets"))?;
@@ -406,11 +386,7 @@ struct Parser<'a> {
 impl<'a> Parser<'a> {
     /// Parses one value followed only by whitespace (safetensors pads headers with spaces).
     fn parse_document(text: &'a str) -> std::result::Result<Json, String> {
-        let mut p = Parser {
-            text,
-            pos: 0,
-            depth: 0,
-        };
+        let mut p = Parser { text, pos: 0, depth: 0 };
         let value = p.value()?;
         p.skip_ws();
         if p.pos != text.len() {
@@ -608,9 +584,7 @@ impl<'a> Parser<'a> {
                 }
                 Some(b'\\') => {
                     self.pos += 1;
-                    let escape = self
-                        .peek()
-                        .ok_or_else(|| self.error("unterminated string"))?;
+                    let escape = self.peek().ok_or_else(|| self.error("unterminated string"))?;
                     self.pos += 1;
                     match escape {
                         b'"' => out.push('"'),
@@ -670,10 +644,7 @@ mod tests {
     }
 
     fn md(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     /// A file made of an (unpadded) header and raw data, for feeding the reader bad input.
@@ -691,10 +662,7 @@ mod tests {
         match read_safetensors(&path) {
             Err(VaeError::Checkpoint { path: p, problem }) => {
                 assert_eq!(p, path);
-                assert!(
-                    problem.contains(needle),
-                    "problem {problem:?} lacks {needle:?}"
-                );
+                assert!(problem.contains(needle), "problem {problem:?} lacks {needle:?}");
             }
             other => panic!("expected a Checkpoint error containing {needle:?}, got {other:?}"),
         }
@@ -711,11 +679,7 @@ mod tests {
             t("encoder.fc1.bias", &[3], vec![0.0, -0.0, 7.5]),
             t("scalar", &[], vec![42.0]),
             t("empty", &[0, 4], vec![]),
-            t(
-                "décodeur.😀",
-                &[1, 1, 2],
-                vec![f32::INFINITY, f32::NEG_INFINITY],
-            ),
+            t("décodeur.😀", &[1, 1, 2], vec![f32::INFINITY, f32::NEG_INFINITY]),
         ]
     }
 
@@ -777,8 +741,7 @@ mod tests {
         let path = dir.join("tiny.safetensors");
         write_safetensors(&path, &[t("w", &[2], vec![1.0, -2.0])], &md(&[("k", "v")])).unwrap();
 
-        let json =
-            r#"{"__metadata__":{"k":"v"},"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
+        let json = r#"{"__metadata__":{"k":"v"},"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
         // Counted by hand: `{"__metadata__":{"k":"v"},` is 26 bytes, `"w":` 4,
         // `{"dtype":"F32",` 15, `"shape":[2],` 12, `"data_offsets":[0,8]}` 21, final `}` 1.
         assert_eq!(json.len(), 79);
@@ -833,11 +796,7 @@ mod tests {
                 "duplicate tensor",
             ),
             (vec![t(METADATA_KEY, &[1], vec![1.0])], vec![], "reserved"),
-            (
-                vec![],
-                md(&[("k", "1"), ("k", "2")]),
-                "duplicate metadata key",
-            ),
+            (vec![], md(&[("k", "1"), ("k", "2")]), "duplicate metadata key"),
             (vec![t("a", &[usize::MAX, 2], vec![])], vec![], "overflows"),
         ];
         for (tensors, metadata, needle) in cases {
@@ -867,10 +826,7 @@ mod tests {
     #[test]
     fn rejects_offsets_disagreeing_with_shape() {
         let h = r#"{"x":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#;
-        expect_reject(
-            &raw_file(h, &[0; 8]),
-            "span 8 bytes but shape [3] of F32 needs 12",
-        );
+        expect_reject(&raw_file(h, &[0; 8]), "span 8 bytes but shape [3] of F32 needs 12");
     }
 
     #[test]
@@ -939,14 +895,8 @@ mod tests {
             (r#"{"\u12g4":1}"#.to_string(), "4 hex digits"),
             (r#"{"a":01}"#.to_string(), "expected ',' or '}'"),
             (r#"{"a":-}"#.to_string(), "malformed number"),
-            (
-                r#"{"__metadata__":{"k":1}}"#.to_string(),
-                "metadata value for 'k'",
-            ),
-            (
-                r#"{"__metadata__":[]}"#.to_string(),
-                "'__metadata__' is not an object",
-            ),
+            (r#"{"__metadata__":{"k":1}}"#.to_string(), "metadata value for 'k'"),
+            (r#"{"__metadata__":[]}"#.to_string(), "'__metadata__' is not an object"),
             (
                 r#"{"a":{"dtype":"F32","shape":[1]}}"#.to_string(),
                 "missing data_offsets",
@@ -968,8 +918,7 @@ mod tests {
                 "data_offsets has 1 entries",
             ),
             (
-                r#"{"a":{"dtype":"F32","shape":[99999999999999999999999],"data_offsets":[0,4]}}"#
-                    .to_string(),
+                r#"{"a":{"dtype":"F32","shape":[99999999999999999999999],"data_offsets":[0,4]}}"#.to_string(),
                 "too large",
             ),
             ("[".repeat(100), "nesting too deep"),
@@ -988,10 +937,7 @@ mod tests {
             "n" : [0, -1.5e+3, 2E-2, 10] , "l" : [true, false, null, {}, []] } "#;
         let parsed = Parser::parse_document(doc).unwrap();
         let expected = Json::Object(vec![
-            (
-                "s".to_string(),
-                Json::Str("a\"b\\c/d\u{8}\u{c}\n\r\té€😀".to_string()),
-            ),
+            ("s".to_string(), Json::Str("a\"b\\c/d\u{8}\u{c}\n\r\té€😀".to_string())),
             (
                 "n".to_string(),
                 Json::Array(vec![
@@ -1021,10 +967,7 @@ mod tests {
         for s in ["", "plain", "\"\\/", "ünï😀", all_controls.as_str()] {
             let mut json = String::new();
             push_json_string(&mut json, s);
-            assert_eq!(
-                Parser::parse_document(&json).unwrap(),
-                Json::Str(s.to_string())
-            );
+            assert_eq!(Parser::parse_document(&json).unwrap(), Json::Str(s.to_string()));
         }
     }
 
@@ -1037,10 +980,7 @@ mod tests {
         let mut data = 1.0f32.to_le_bytes().to_vec();
         data.extend_from_slice(&2.0f32.to_le_bytes());
         let (tensors, _) = parse_safetensors(&raw_file(h, &data)).unwrap();
-        assert_eq!(
-            tensors,
-            vec![t("early", &[1], vec![1.0]), t("late", &[1], vec![2.0])]
-        );
+        assert_eq!(tensors, vec![t("early", &[1], vec![1.0]), t("late", &[1], vec![2.0])]);
     }
 
     /// Files we write must load in the reference implementation, with identical contents.
@@ -1084,9 +1024,7 @@ mod tests {
         let views: Vec<(String, ::safetensors::tensor::TensorView)> = raw
             .iter()
             .map(|(n, s, d)| {
-                let view =
-                    ::safetensors::tensor::TensorView::new(::safetensors::Dtype::F32, s.clone(), d)
-                        .unwrap();
+                let view = ::safetensors::tensor::TensorView::new(::safetensors::Dtype::F32, s.clone(), d).unwrap();
                 (n.clone(), view)
             })
             .collect();

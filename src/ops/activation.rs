@@ -53,12 +53,7 @@ struct ActParams {
 }
 
 fn layout() -> [wgpu::BindGroupLayoutEntry; 4] {
-    [
-        uniform(0),
-        storage(1, true),
-        storage(2, true),
-        storage(3, false),
-    ]
+    [uniform(0), storage(1, true), storage(2, true), storage(3, false)]
 }
 
 fn check_len(label: &str, a: &Tensor, b: &Tensor) -> Result<()> {
@@ -88,16 +83,7 @@ pub fn activation_forward(
     out: &Tensor,
 ) -> Result<Dispatch> {
     check_len(label, x, out)?;
-    plan(
-        gpu,
-        label,
-        "act_forward",
-        act,
-        slope,
-        x,
-        gpu.dummy_read(),
-        out,
-    )
+    plan(gpu, label, "act_forward", act, slope, x, gpu.dummy_read(), out)
 }
 
 /// Plans dx = dy ⊙ act'(y), with y the forward's output.
@@ -127,12 +113,9 @@ fn plan(
     out: &Tensor,
 ) -> Result<Dispatch> {
     let len4 = x.len() / 4;
-    let pipeline = gpu.kernels.pipeline(
-        Shader::Activation,
-        entry,
-        &[("ACT", act.code() as f64)],
-        &layout(),
-    )?;
+    let pipeline = gpu
+        .kernels
+        .pipeline(Shader::Activation, entry, &[("ACT", act.code() as f64)], &layout())?;
     let ubuf = gpu.uniform(
         label,
         &ActParams {
@@ -141,20 +124,7 @@ fn plan(
             _pad: [0; 2],
         },
     )?;
-    let res = [
-        ubuf.raw().as_entire_binding(),
-        x.binding(),
-        dy.binding(),
-        out.binding(),
-    ];
+    let res = [ubuf.raw().as_entire_binding(), x.binding(), dy.binding(), out.binding()];
     let bytes = 4.0 * x.len() as f64 * if entry == "act_backward" { 3.0 } else { 2.0 };
-    gpu.dispatch(
-        label,
-        pipeline,
-        &res,
-        Some(ubuf.clone()),
-        grid_1d(len4, 64),
-        0.0,
-        bytes,
-    )
+    gpu.dispatch(label, pipeline, &res, Some(ubuf.clone()), grid_1d(len4, 64), 0.0, bytes)
 }

@@ -81,9 +81,7 @@ pub fn adam(
         storage(5, false),
     ];
     let constants = [("DECOUPLED", if cfg.decoupled { 1.0 } else { 0.0 })];
-    let pipeline = gpu
-        .kernels
-        .pipeline(Shader::Adam, "adam", &constants, &layout)?;
+    let pipeline = gpu.kernels.pipeline(Shader::Adam, "adam", &constants, &layout)?;
     let raw = AdamParams {
         len4: (n / 4) as u32,
         beta1: cfg.beta1,

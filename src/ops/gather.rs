@@ -51,9 +51,7 @@ pub fn gather(
         storage(4, false),
     ];
     let constants = [("BINARIZE", if binarize { 1.0 } else { 0.0 })];
-    let pipeline = gpu
-        .kernels
-        .pipeline(Shader::Gather, "gather", &constants, &layout)?;
+    let pipeline = gpu.kernels.pipeline(Shader::Gather, "gather", &constants, &layout)?;
     let raw = GatherParams {
         rows: rows as u32,
         d4: (d / 4) as u32,

@@ -44,13 +44,7 @@ pub fn loss(
         )));
     };
     let (r, d, b) = (*r, *d, *b);
-    if d != *dx
-        || b == 0
-        || r % b != 0
-        || d % 4 != 0
-        || nll.len() != r
-        || grad.shape() != out.shape()
-    {
+    if d != *dx || b == 0 || r % b != 0 || d % 4 != 0 || nll.len() != r || grad.shape() != out.shape() {
         return Err(VaeError::Shape(format!(
             "{label}: output {:?} and target {:?} need equal widths divisible by 4 and rows a multiple \
              of the target's; nll needs {r} elements (got {:?}) and the gradient the output's shape (got {:?})",

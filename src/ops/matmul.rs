@@ -56,8 +56,7 @@ impl MatmulStrategy {
         let r = gpu.report();
         if !r.subgroups {
             return Err(VaeError::Unsupported(
-                "the subgroup matmul needs Features::SUBGROUP; use the tiled or naive strategy"
-                    .into(),
+                "the subgroup matmul needs Features::SUBGROUP; use the tiled or naive strategy".into(),
             ));
         }
         let sg = r.subgroup_min_size;
@@ -121,9 +120,7 @@ fn layout() -> [wgpu::BindGroupLayoutEntry; 7] {
 fn dims2(t: &Tensor, what: &str) -> Result<(usize, usize)> {
     match t.shape() {
         [r, c] => Ok((*r, *c)),
-        s => Err(VaeError::Shape(format!(
-            "matmul: {what} must be 2-D, got {s:?}"
-        ))),
+        s => Err(VaeError::Shape(format!("matmul: {what} must be 2-D, got {s:?}"))),
     }
 }
 
@@ -210,20 +207,11 @@ pub fn matmul(
         ("ACCUMULATE", flag(epi.accumulate)),
         ("COLSUM", flag(epi.colsum.is_some())),
         ("ACT", epi.act.code() as f64),
-        (
-            "DACT",
-            epi.dact.map(|(act, _)| act.code()).unwrap_or(0) as f64,
-        ),
+        ("DACT", epi.dact.map(|(act, _)| act.code()).unwrap_or(0) as f64),
     ];
     let (entry, workgroups) = match strategy {
-        MatmulStrategy::Naive => (
-            "matmul_naive",
-            [n.div_ceil(8) as u32, m.div_ceil(8) as u32, 1],
-        ),
-        MatmulStrategy::Tiled => (
-            "matmul_tiled",
-            [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1],
-        ),
+        MatmulStrategy::Naive => ("matmul_naive", [n.div_ceil(8) as u32, m.div_ceil(8) as u32, 1]),
+        MatmulStrategy::Tiled => ("matmul_tiled", [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1]),
         MatmulStrategy::Subgroup => {
             let wg = sg.max(16) as usize;
             constants.push(("SG_WG", wg as f64));
@@ -233,9 +221,7 @@ pub fn matmul(
             )
         }
     };
-    let pipeline = gpu
-        .kernels
-        .pipeline(Shader::Matmul, entry, &constants, &layout())?;
+    let pipeline = gpu.kernels.pipeline(Shader::Matmul, entry, &constants, &layout())?;
     let params = MatmulParams {
         m: m as u32,
         n: n as u32,

@@ -14,13 +14,7 @@ struct ColsumParams {
 }
 
 /// Plans out[n] = Σ_m x[m, n] (or += with `accumulate`); x is [M, N] with N % 4 == 0.
-pub fn colsum(
-    gpu: &Gpu,
-    label: &str,
-    x: &Tensor,
-    out: &Tensor,
-    accumulate: bool,
-) -> Result<Dispatch> {
+pub fn colsum(gpu: &Gpu, label: &str, x: &Tensor, out: &Tensor, accumulate: bool) -> Result<Dispatch> {
     let [m, n] = *x.shape() else {
         return Err(VaeError::Shape(format!(
             "{label}: input must be 2-D, got {:?}",
@@ -36,9 +30,7 @@ pub fn colsum(
     }
     let layout = [uniform(0), storage(1, true), storage(2, false)];
     let constants = [("ACCUMULATE", if accumulate { 1.0 } else { 0.0 })];
-    let pipeline = gpu
-        .kernels
-        .pipeline(Shader::Reduce, "colsum", &constants, &layout)?;
+    let pipeline = gpu.kernels.pipeline(Shader::Reduce, "colsum", &constants, &layout)?;
     let ubuf = gpu.uniform(
         label,
         &ColsumParams {
@@ -132,9 +124,7 @@ pub fn sum_segments(
         };
     }
     let layout = [uniform(0), storage(1, true), storage(2, false), uniform(3)];
-    let pipeline = gpu
-        .kernels
-        .pipeline(Shader::Reduce, "sum_segments", &[], &layout)?;
+    let pipeline = gpu.kernels.pipeline(Shader::Reduce, "sum_segments", &[], &layout)?;
     let ubuf = gpu.uniform(label, &raw)?;
     let res = [
         ubuf.raw().as_entire_binding(),

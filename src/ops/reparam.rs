@@ -22,7 +22,7 @@ struct ReparamParams {
     _pad: [u32; 3],
 }
 
-fn layout() -> [wgpu::BindGroupLayoutEntry; 6] {
+fn layout() -> [wgpu::BindGroupLayoutEntry; 7] {
     [
         uniform(0),
         uniform(1),
@@ -30,6 +30,7 @@ fn layout() -> [wgpu::BindGroupLayoutEntry; 6] {
         storage(3, false),
         storage(4, false),
         storage(5, false),
+        storage(6, false),
     ]
 }
 
@@ -72,7 +73,9 @@ fn params(
     )
 }
 
-/// Plans z = μ + σ·ε for L samples per example (rows sample-major) and kl[b] (length B).
+/// Plans z = μ + σ·ε for L samples per example (rows sample-major), kl[b] (length B) and,
+/// when given, log_ratio[s·B + b] = log p(z) − log q(z|x) (length L·B).
+#[allow(clippy::too_many_arguments)]
 pub fn reparam_kl_forward(
     gpu: &Gpu,
     label: &str,
@@ -81,6 +84,7 @@ pub fn reparam_kl_forward(
     samples: usize,
     z: &Tensor,
     kl: &Tensor,
+    log_ratio: Option<&Tensor>,
 ) -> Result<Dispatch> {
     let (b, zd) = check(label, enc, z, samples)?;
     if kl.len() != b {
@@ -89,27 +93,32 @@ pub fn reparam_kl_forward(
             kl.shape()
         )));
     }
+    if let Some(lr) = log_ratio {
+        if lr.len() != samples * b {
+            return Err(VaeError::Shape(format!(
+                "{label}: log_ratio must have {} elements, got {:?}",
+                samples * b,
+                lr.shape()
+            )));
+        }
+    }
+    let constants = [("LOG_RATIO", if log_ratio.is_some() { 1.0 } else { 0.0 })];
     let pipeline = gpu
         .kernels
-        .pipeline(Shader::ReparamKl, "reparam_kl_forward", &[], &layout())?;
+        .pipeline(Shader::ReparamKl, "reparam_kl_forward", &constants, &layout())?;
     let ubuf = params(gpu, label, b, zd, samples)?;
+    let dw = gpu.dummy_write();
     let res = [
         ubuf.raw().as_entire_binding(),
         step.binding(),
         enc.binding(),
         z.binding(),
         kl.binding(),
-        gpu.dummy_write().binding(),
+        dw.binding(),
+        log_ratio.unwrap_or(dw).binding(),
     ];
-    gpu.dispatch(
-        label,
-        pipeline,
-        &res,
-        Some(ubuf.clone()),
-        grid_1d(b, 64),
-        0.0,
-        4.0 * (2 * b * zd + samples * b * zd + b) as f64,
-    )
+    let bytes = 4.0 * (2 * b * zd + samples * b * zd + b) as f64;
+    gpu.dispatch(label, pipeline, &res, Some(ubuf.clone()), grid_1d(b, 64), 0.0, bytes)
 }
 
 /// Plans denc = [dμ | d log σ²] from dz (shape of z), with the KL weighted by the step's β.
@@ -130,9 +139,9 @@ pub fn reparam_kl_backward(
             denc.shape()
         )));
     }
-    let pipeline =
-        gpu.kernels
-            .pipeline(Shader::ReparamKl, "reparam_kl_backward", &[], &layout())?;
+    let pipeline = gpu
+        .kernels
+        .pipeline(Shader::ReparamKl, "reparam_kl_backward", &[], &layout())?;
     let ubuf = params(gpu, label, b, zd, samples)?;
     let res = [
         ubuf.raw().as_entire_binding(),
@@ -141,6 +150,7 @@ pub fn reparam_kl_backward(
         dz.binding(),
         gpu.dummy_write().binding(),
         denc.binding(),
+        gpu.dummy_write().binding(),
     ];
     gpu.dispatch(
         label,

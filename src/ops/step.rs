@@ -44,9 +44,7 @@ impl StepBuffer {
     }
     /// Queues new values; they take effect at the next submit.
     pub fn write(&self, gpu: &Gpu, p: &StepParams) {
-        gpu.ctx
-            .queue
-            .write_buffer(self.buf.raw(), 0, bytemuck::bytes_of(p));
+        gpu.ctx.queue.write_buffer(self.buf.raw(), 0, bytemuck::bytes_of(p));
     }
     /// The binding of the uniform.
     pub fn binding(&self) -> wgpu::BindingResource<'_> {

@@ -1,9 +1,7 @@
 //! Every kernel against an f64 CPU reference, over shapes that include 1, odd sizes and
 //! non-multiples of the tile sizes, for every matmul strategy the adapter can run.
 
-use vae_wgpu::ops::{
-    self, Activation, Epilogue, Likelihood, MatmulStrategy, Segment, StepBuffer, StepParams,
-};
+use vae_wgpu::ops::{self, Activation, Epilogue, Likelihood, MatmulStrategy, Segment, StepBuffer, StepParams};
 use vae_wgpu::{rng, Gpu};
 
 use crate::common::{assert_close, gpu, rand_vec};
@@ -87,13 +85,7 @@ fn run_matmul(g: &Gpu, st: MatmulStrategy, c: &MatCase, seed: u64) -> bool {
     // The activation output the backward multiplies by act'(y): in the activation's range.
     let aux_host: Vec<f32> = rand_vec(m * n, seed + 3, -1.0, 1.0)
         .iter()
-        .map(|&v| {
-            act_f64(
-                c.dact.unwrap_or(Activation::Identity),
-                v as f64 * 3.0,
-                slope as f64,
-            ) as f32
-        })
+        .map(|&v| act_f64(c.dact.unwrap_or(Activation::Identity), v as f64 * 3.0, slope as f64) as f32)
         .collect();
     let c0_host = rand_vec(m * n, seed + 4, -1.0, 1.0);
     let cs0_host = rand_vec(n, seed + 5, -1.0, 1.0);
@@ -157,18 +149,9 @@ fn run_matmul(g: &Gpu, st: MatmulStrategy, c: &MatCase, seed: u64) -> bool {
     if c.colsum {
         let got = g.read(&cs).unwrap();
         let want: Vec<f64> = (0..n)
-            .map(|j| {
-                (0..k).map(|kk| b_at(kk, j)).sum::<f64>()
-                    + if c.accumulate {
-                        cs0_host[j] as f64
-                    } else {
-                        0.0
-                    }
-            })
+            .map(|j| (0..k).map(|kk| b_at(kk, j)).sum::<f64>() + if c.accumulate { cs0_host[j] as f64 } else { 0.0 })
             .collect();
-        assert_close(&format!("{what} colsum"), &got, &want, |_| {
-            1e-5 * (k as f64 + 1.0)
-        });
+        assert_close(&format!("{what} colsum"), &got, &want, |_| 1e-5 * (k as f64 + 1.0));
     }
     true
 }
@@ -261,39 +244,16 @@ fn matmul_rejects_bad_shapes() {
     let a = g.tensor("a", &[4, 8]).unwrap();
     let b = g.tensor("b", &[7, 4]).unwrap();
     let c = g.tensor("c", &[4, 4]).unwrap();
-    let err = ops::matmul(
-        g,
-        "bad",
-        &a,
-        false,
-        &b,
-        false,
-        &c,
-        &Epilogue::default(),
-        None,
-    )
-    .err()
-    .unwrap();
+    let err = ops::matmul(g, "bad", &a, false, &b, false, &c, &Epilogue::default(), None)
+        .err()
+        .unwrap();
     assert!(matches!(err, vae_wgpu::VaeError::Shape(_)), "{err}");
-    assert!(
-        err.to_string().contains("op(A) is 4×8 but op(B) is 7×4"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("op(A) is 4×8 but op(B) is 7×4"), "{err}");
     let b = g.tensor("b", &[8, 4]).unwrap();
     let wrong_c = g.tensor("c", &[4, 5]).unwrap();
-    let err = ops::matmul(
-        g,
-        "bad",
-        &a,
-        false,
-        &b,
-        false,
-        &wrong_c,
-        &Epilogue::default(),
-        None,
-    )
-    .err()
-    .unwrap();
+    let err = ops::matmul(g, "bad", &a, false, &b, false, &wrong_c, &Epilogue::default(), None)
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("C must be [4, 4]"), "{err}");
     let bias = g.tensor("bias", &[3]).unwrap();
     let epi = Epilogue {
@@ -303,10 +263,7 @@ fn matmul_rejects_bad_shapes() {
     let err = ops::matmul(g, "bad", &a, false, &b, false, &c, &epi, None)
         .err()
         .unwrap();
-    assert!(
-        err.to_string().contains("bias must have 4 elements"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("bias must have 4 elements"), "{err}");
     // A vec4 strategy on a shape it cannot take is a Shape error naming the fallback.
     let a = g.tensor("a", &[3, 5]).unwrap();
     let b = g.tensor("b", &[5, 4]).unwrap();
@@ -351,10 +308,7 @@ fn activation_forward_backward() {
         let d = ops::activation_forward(g, "act", act, slope, &x, &y).unwrap();
         g.run(&[&d]).unwrap();
         let yh = g.read(&y).unwrap();
-        let want: Vec<f64> = xh
-            .iter()
-            .map(|&v| act_f64(act, v as f64, slope as f64))
-            .collect();
+        let want: Vec<f64> = xh.iter().map(|&v| act_f64(act, v as f64, slope as f64)).collect();
         assert_close(&format!("{act:?} forward"), &yh, &want, |i| {
             2e-6 * (1.0 + want[i].abs())
         });
@@ -366,12 +320,7 @@ fn activation_forward_backward() {
         let want: Vec<f64> = (0..n)
             .map(|j| dyh[j] as f64 * dact_f64(act, yh[j] as f64, slope as f64))
             .collect();
-        assert_close(
-            &format!("{act:?} backward"),
-            &g.read(&dx).unwrap(),
-            &want,
-            |_| 1e-6,
-        );
+        assert_close(&format!("{act:?} backward"), &g.read(&dx).unwrap(), &want, |_| 1e-6);
     }
 }
 
@@ -388,17 +337,13 @@ fn colsum_and_segment_sums() {
             g.run(&[&d]).unwrap();
             let want: Vec<f64> = (0..n)
                 .map(|j| {
-                    (0..m).map(|i| xh[i * n + j] as f64).sum::<f64>()
-                        + if accumulate { init[j] as f64 } else { 0.0 }
+                    (0..m).map(|i| xh[i * n + j] as f64).sum::<f64>() + if accumulate { init[j] as f64 } else { 0.0 }
                 })
                 .collect();
             // m f32 additions of values <= 1.
-            assert_close(
-                &format!("colsum {m}×{n}"),
-                &g.read(&out).unwrap(),
-                &want,
-                |_| 1e-6 * (m as f64 + 1.0),
-            );
+            assert_close(&format!("colsum {m}×{n}"), &g.read(&out).unwrap(), &want, |_| {
+                1e-6 * (m as f64 + 1.0)
+            });
         }
     }
     // Segment sums: each step writes its own row of the log; the host adds rows in f64.
@@ -484,17 +429,14 @@ fn reparam_kl_forward_and_backward() {
         let enc = g.upload("enc", &[b, 2 * zd], &enc_h).unwrap();
         let z = g.tensor("z", &[l * b, zd]).unwrap();
         let kl = g.tensor("kl", &[b]).unwrap();
-        let fwd = ops::reparam_kl_forward(g, "reparam", &step, &enc, l, &z, &kl).unwrap();
+        let lr = g.tensor("log_ratio", &[l * b]).unwrap();
+        let fwd = ops::reparam_kl_forward(g, "reparam", &step, &enc, l, &z, &kl, Some(&lr)).unwrap();
         let dz_h = rand_vec(l * b * zd, 901, -1.0, 1.0);
         let dz = g.upload("dz", &[l * b, zd], &dz_h).unwrap();
         let denc = g.tensor("denc", &[b, 2 * zd]).unwrap();
         let bwd = ops::reparam_kl_backward(g, "reparam_bwd", &step, &enc, l, &dz, &denc).unwrap();
         g.run(&[&fwd, &bwd]).unwrap();
-        let (zg, klg, dg) = (
-            g.read(&z).unwrap(),
-            g.read(&kl).unwrap(),
-            g.read(&denc).unwrap(),
-        );
+        let (zg, klg, dg) = (g.read(&z).unwrap(), g.read(&kl).unwrap(), g.read(&denc).unwrap());
         let mut z_want = vec![0.0; l * b * zd];
         let mut kl_want = vec![0.0; b];
         let mut d_want = vec![0.0; b * 2 * zd];
@@ -513,7 +455,12 @@ fn reparam_kl_forward_and_backward() {
                         rng::stream_word(sp.stream, s as u32),
                         (bi * zd + j) as u32,
                     );
-                    z_want[(s * b + bi) * zd + j] = mu + sigma * eps;
+                    let zv = mu + sigma * eps;
+                    z_want[(s * b + bi) * zd + j] = zv;
+                    // log N(z; 0, 1) − log N(z; μ, σ²), written out in full.
+                    let log_p = -0.5 * zv * zv - 0.5 * std::f64::consts::TAU.ln();
+                    let log_q = -0.5 * ((zv - mu) / sigma).powi(2) - sigma.ln() - 0.5 * std::f64::consts::TAU.ln();
+                    lr_want[s * b + bi] += log_p - log_q;
                     let gz = dz_h[(s * b + bi) * zd + j] as f64;
                     gs += gz;
                     ge += gz * eps;
@@ -548,12 +495,7 @@ fn softplus(l: f64) -> f64 {
 #[test]
 fn losses_and_gradients() {
     let g = gpu();
-    for &(r, b, d) in &[
-        (1usize, 1usize, 4usize),
-        (7, 7, 12),
-        (6, 3, 8),
-        (129, 129, 784),
-    ] {
+    for &(r, b, d) in &[(1usize, 1usize, 4usize), (7, 7, 12), (6, 3, 8), (129, 129, 784)] {
         let mut out_h = rand_vec(r * d, 1000 + r as u64, -8.0, 8.0);
         out_h[0] = 120.0; // extreme logits: the stable forms must stay finite and exact
         if out_h.len() > 1 {
@@ -565,10 +507,7 @@ fn losses_and_gradients() {
         let nll = g.tensor("nll", &[r]).unwrap();
         let grad = g.tensor("grad", &[r, d]).unwrap();
         let scale = 1.0 / (r / b) as f32;
-        for lik in [
-            Likelihood::Bernoulli,
-            Likelihood::Gaussian { variance: 0.3 },
-        ] {
+        for lik in [Likelihood::Bernoulli, Likelihood::Gaussian { variance: 0.3 }] {
             let dsp = ops::loss(g, "loss", lik, &out, &x, scale, &nll, &grad).unwrap();
             g.run(&[&dsp]).unwrap();
             let mut nll_want = vec![0.0; r];
@@ -579,14 +518,11 @@ fn losses_and_gradients() {
                     let o = out_h[ri * d + j] as f64;
                     let t = x_h[(ri % b) * d + j] as f64;
                     let (v, gv) = match lik {
-                        Likelihood::Bernoulli => {
-                            (softplus(o) - t * o, 1.0 / (1.0 + (-o).exp()) - t)
-                        }
+                        Likelihood::Bernoulli => (softplus(o) - t * o, 1.0 / (1.0 + (-o).exp()) - t),
                         Likelihood::Gaussian { variance } => {
                             let c = variance as f64;
                             (
-                                (o - t).powi(2) / (2.0 * c)
-                                    + 0.5 * (std::f64::consts::TAU * c).ln(),
+                                (o - t).powi(2) / (2.0 * c) + 0.5 * (std::f64::consts::TAU * c).ln(),
                                 (o - t) / c,
                             )
                         }
@@ -712,8 +648,7 @@ fn gather_and_dynamic_binarization() {
             for j in 0..d {
                 let p = bytes[ex * d + j] as f64 / 255.0;
                 want[r * d + j] = if binarize {
-                    let u =
-                        rng::uniform(sp.seed, sp.step, rng::STREAM_BINARIZE, (r * d + j) as u32);
+                    let u = rng::uniform(sp.seed, sp.step, rng::STREAM_BINARIZE, (r * d + j) as u32);
                     if u < p {
                         1.0
                     } else {

@@ -18,12 +18,10 @@ fn draw(g: &Gpu, seed: u32, step: u32, samples: usize, b: usize, zd: usize) -> V
             ..Default::default()
         },
     );
-    let enc = g
-        .upload("enc", &[b, 2 * zd], &vec![0.0; b * 2 * zd])
-        .unwrap();
+    let enc = g.upload("enc", &[b, 2 * zd], &vec![0.0; b * 2 * zd]).unwrap();
     let z = g.tensor("z", &[samples * b, zd]).unwrap();
     let kl = g.tensor("kl", &[b]).unwrap();
-    let d = ops::reparam_kl_forward(g, "draw", &sb, &enc, samples, &z, &kl).unwrap();
+    let d = ops::reparam_kl_forward(g, "draw", &sb, &enc, samples, &z, &kl, None).unwrap();
     g.run(&[&d]).unwrap();
     g.read(&z).unwrap()
 }
@@ -76,26 +74,13 @@ fn keys_select_independent_reproducible_draws() {
     ] {
         let same = s0.iter().zip(other).filter(|(x, y)| x == y).count();
         assert_eq!(same, 0, "changing the {what} must change every draw");
-        let corr = s0
-            .iter()
-            .zip(other)
-            .map(|(x, y)| (x * y) as f64)
-            .sum::<f64>()
-            / half as f64;
-        assert!(
-            corr.abs() < 0.2,
-            "draws for different {what}s correlate: {corr}"
-        );
+        let corr = s0.iter().zip(other).map(|(x, y)| (x * y) as f64).sum::<f64>() / half as f64;
+        assert!(corr.abs() < 0.2, "draws for different {what}s correlate: {corr}");
     }
     // Device draws equal the host mirror's.
     for i in 0..half {
         let (row, j) = (i / zd, i % zd);
-        let want = rng::normal(
-            9,
-            3,
-            rng::stream_word(rng::STREAM_TRAIN, 0),
-            (row * zd + j) as u32,
-        );
+        let want = rng::normal(9, 3, rng::stream_word(rng::STREAM_TRAIN, 0), (row * zd + j) as u32);
         assert!(
             (a[i] as f64 - want).abs() < 2e-5 * (1.0 + want.abs()),
             "draw {i}: {} vs host {want}",

@@ -12,18 +12,7 @@ fn repeated_work_allocates_nothing_new() {
     let x = g.upload("x", &[128, 784], &vec![0.5; 128 * 784]).unwrap();
     let w = g.upload("w", &[784, 400], &vec![0.01; 784 * 400]).unwrap();
     let h = g.tensor("h", &[128, 400]).unwrap();
-    let d = ops::matmul(
-        &g,
-        "fc",
-        &x,
-        false,
-        &w,
-        false,
-        &h,
-        &Epilogue::default(),
-        None,
-    )
-    .unwrap();
+    let d = ops::matmul(&g, "fc", &x, false, &w, false, &h, &Epilogue::default(), None).unwrap();
     g.run(&[&d]).unwrap();
     let _ = g.read(&h).unwrap(); // the readback staging buffer comes from the pool
     let before = g.memory.stats();
@@ -32,22 +21,13 @@ fn repeated_work_allocates_nothing_new() {
         let _ = g.read(&h).unwrap();
     }
     let after = g.memory.stats();
-    assert_eq!(
-        before.allocations, after.allocations,
-        "repeated work created buffers"
-    );
+    assert_eq!(before.allocations, after.allocations, "repeated work created buffers");
     assert_eq!(before.live_bytes, after.live_bytes);
-    assert!(
-        after.peak_bytes >= after.live_bytes
-            && after.live_bytes >= 4 * (128 * 784 + 784 * 400 + 128 * 400)
-    );
+    assert!(after.peak_bytes >= after.live_bytes && after.live_bytes >= 4 * (128 * 784 + 784 * 400 + 128 * 400));
     // Dropping a tensor returns its bytes (the dispatch holds the tensor's buffer through its
     // bind group, but our ledger counts the handle).
     drop(h);
-    assert_eq!(
-        g.memory.stats().live_bytes,
-        after.live_bytes - 4 * 128 * 400
-    );
+    assert_eq!(g.memory.stats().live_bytes, after.live_bytes - 4 * 128 * 400);
 }
 
 #[test]
@@ -56,24 +36,16 @@ fn oversize_buffers_are_typed_errors() {
     let max_binding = g.report().max_storage_buffer_binding_size;
     let elems = (max_binding / 4 + 1) as usize;
     match g.tensor("huge", &[elems]) {
-        Err(VaeError::BufferTooLarge {
-            limit_name, bytes, ..
-        }) => {
+        Err(VaeError::BufferTooLarge { limit_name, bytes, .. }) => {
             assert_eq!(limit_name, "max_storage_buffer_binding_size");
             assert!(bytes > max_binding);
         }
-        other => panic!(
-            "expected BufferTooLarge, got {:?}",
-            other.map(|t| t.shape().to_vec())
-        ),
+        other => panic!("expected BufferTooLarge, got {:?}", other.map(|t| t.shape().to_vec())),
     }
     let too_big = g.report().max_buffer_size / 4 + 1;
     match g.tensor("huger", &[too_big as usize]) {
         Err(e @ VaeError::BufferTooLarge { .. }) => assert!(e.to_string().contains("huger")),
-        other => panic!(
-            "expected BufferTooLarge, got {:?}",
-            other.map(|t| t.shape().to_vec())
-        ),
+        other => panic!("expected BufferTooLarge, got {:?}", other.map(|t| t.shape().to_vec())),
     }
 }
 
@@ -92,18 +64,9 @@ fn writes_and_ops_check_lengths() {
     let x = g.tensor("x", &[2, 8]).unwrap();
     let nll = g.tensor("nll", &[3]).unwrap();
     let grad = g.tensor("grad", &[3, 8]).unwrap();
-    let e = ops::loss(
-        g,
-        "loss",
-        ops::Likelihood::Bernoulli,
-        &out,
-        &x,
-        1.0,
-        &nll,
-        &grad,
-    )
-    .err()
-    .unwrap();
+    let e = ops::loss(g, "loss", ops::Likelihood::Bernoulli, &out, &x, 1.0, &nll, &grad)
+        .err()
+        .unwrap();
     assert!(matches!(e, VaeError::Shape(_)), "{e}");
     let x = g.tensor("x", &[3, 8]).unwrap();
     let e = ops::loss(

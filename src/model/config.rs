@@ -1,0 +1,154 @@
+//! Model configuration and its string form (stored in checkpoints).
+
+use crate::error::{Result, VaeError};
+use crate::ops::{Activation, Likelihood};
+
+/// Architecture and likelihood of a VAE. The default is the reference model used across the
+/// field: 784 → 400 (ReLU) → 20 μ, 20 log σ²; 20 → 400 (ReLU) → 784 Bernoulli logits.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VaeConfig {
+    /// Pixels per example (a multiple of 4).
+    pub input_dim: usize,
+    /// Encoder hidden widths; the decoder uses them in reverse.
+    pub hidden: Vec<usize>,
+    /// Latent dimensions Z.
+    pub latent: usize,
+    /// Hidden-layer activation.
+    pub activation: Activation,
+    /// Decoder likelihood.
+    pub likelihood: Likelihood,
+}
+
+impl Default for VaeConfig {
+    fn default() -> Self {
+        VaeConfig {
+            input_dim: 784,
+            hidden: vec![400],
+            latent: 20,
+            activation: Activation::Relu,
+            likelihood: Likelihood::Bernoulli,
+        }
+    }
+}
+
+impl VaeConfig {
+    /// Checks the sizes the kernels need.
+    pub fn validate(&self) -> Result<()> {
+        if self.input_dim == 0 || self.input_dim % 4 != 0 {
+            return Err(VaeError::Config(format!(
+                "input size {} must be a positive multiple of 4",
+                self.input_dim
+            )));
+        }
+        if self.latent == 0 || self.latent % 2 != 0 {
+            return Err(VaeError::Config(format!(
+                "latent size {} must be a positive even number (the encoder head is 2·Z wide and read as vec4)",
+                self.latent
+            )));
+        }
+        if let Some(h) = self.hidden.iter().find(|&&h| h == 0 || h % 4 != 0) {
+            return Err(VaeError::Config(format!(
+                "hidden size {h} must be a positive multiple of 4"
+            )));
+        }
+        if let Likelihood::Gaussian { variance } = self.likelihood {
+            if !(variance > 0.0 && variance.is_finite()) {
+                return Err(VaeError::Config(format!(
+                    "Gaussian variance must be positive, got {variance}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Key/value pairs for checkpoint metadata.
+    pub fn to_metadata(&self) -> Vec<(String, String)> {
+        let hidden: Vec<String> = self.hidden.iter().map(|h| h.to_string()).collect();
+        let lik = match self.likelihood {
+            Likelihood::Bernoulli => "bernoulli".to_string(),
+            Likelihood::Gaussian { variance } => format!("gaussian:{variance}"),
+        };
+        vec![
+            ("input_dim".into(), self.input_dim.to_string()),
+            ("hidden".into(), hidden.join(",")),
+            ("latent".into(), self.latent.to_string()),
+            ("activation".into(), format!("{:?}", self.activation).to_lowercase()),
+            ("likelihood".into(), lik),
+        ]
+    }
+
+    /// Inverse of [`VaeConfig::to_metadata`].
+    pub fn from_metadata(meta: &[(String, String)]) -> Result<Self> {
+        let get = |k: &str| {
+            meta.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+                .ok_or_else(|| VaeError::Config(format!("checkpoint metadata lacks '{k}'")))
+        };
+        let num = |k: &str| -> Result<usize> {
+            get(k)?
+                .parse()
+                .map_err(|_| VaeError::Config(format!("checkpoint metadata '{k}' is not a number")))
+        };
+        let hidden = parse_hidden(get("hidden")?)?;
+        let activation = match get("activation")? {
+            "leakyrelu" => Activation::LeakyRelu,
+            a => Activation::parse(a)?,
+        };
+        let likelihood = parse_likelihood(get("likelihood")?)?;
+        let cfg = VaeConfig {
+            input_dim: num("input_dim")?,
+            hidden,
+            latent: num("latent")?,
+            activation,
+            likelihood,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parameters in the model.
+    pub fn num_params(&self) -> usize {
+        let mut widths = vec![self.input_dim];
+        widths.extend(&self.hidden);
+        let enc: usize = widths.windows(2).map(|w| w[0] * w[1] + w[1]).sum();
+        let last = *widths.last().unwrap_or(&self.input_dim);
+        let head = last * 2 * self.latent + 2 * self.latent;
+        let mut dw = vec![self.latent];
+        dw.extend(self.hidden.iter().rev());
+        dw.push(self.input_dim);
+        let dec: usize = dw.windows(2).map(|w| w[0] * w[1] + w[1]).sum();
+        enc + head + dec
+    }
+}
+
+/// Parses "400" or "512,256" (empty for no hidden layer).
+pub fn parse_hidden(s: &str) -> Result<Vec<usize>> {
+    if s.trim().is_empty() {
+        return Ok(vec![]);
+    }
+    s.split(',')
+        .map(|p| {
+            p.trim()
+                .parse::<usize>()
+                .map_err(|_| VaeError::Config(format!("hidden sizes must be numbers separated by commas, got {s:?}")))
+        })
+        .collect()
+}
+
+/// Parses "bernoulli" or "gaussian[:VARIANCE]" (variance default 1.0).
+pub fn parse_likelihood(s: &str) -> Result<Likelihood> {
+    match s.split_once(':') {
+        None if s == "bernoulli" => Ok(Likelihood::Bernoulli),
+        None if s == "gaussian" => Ok(Likelihood::Gaussian { variance: 1.0 }),
+        Some(("gaussian", v)) => v
+            .parse::<f32>()
+            .ok()
+            .filter(|v| *v > 0.0 && v.is_finite())
+            .map(|variance| Likelihood::Gaussian { variance })
+            .ok_or_else(|| VaeError::Config(format!("Gaussian variance must be a positive number, got {v:?}"))),
+        _ => Err(VaeError::Config(format!(
+            "unknown likelihood {s:?}; expected bernoulli or gaussian"
+        ))),
+    }
+}

@@ -1,0 +1,9 @@
+//! The VAE model, its configuration, and the planned steps that train and evaluate it.
+
+pub mod config;
+pub mod plan;
+pub mod vae;
+
+pub use config::{parse_hidden, parse_likelihood, VaeConfig};
+pub use plan::{plan_step, BatchSource, GpuDataset, Workspace, METRIC_SLOTS, SLOT_KL, SLOT_RECON};
+pub use vae::Vae;

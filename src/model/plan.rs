@@ -1,0 +1,314 @@
+//! Activations planned once per batch size, and the dispatch lists of one training or
+//! evaluation step. Reading this file top to bottom is reading one step.
+
+use crate::error::Result;
+use crate::gpu::{Dispatch, Gpu, Tensor};
+use crate::model::vae::Vae;
+use crate::nn::{Layer, PARAM_ALIGN};
+use crate::ops::{self, Activation, AdamConfig, Segment, StepBuffer};
+
+/// Metric log columns written by every step.
+pub const SLOT_RECON: usize = 0;
+/// Σ KL over the batch.
+pub const SLOT_KL: usize = 1;
+/// Columns of the metric log.
+pub const METRIC_SLOTS: usize = 2;
+
+/// A byte dataset resident on the GPU (four pixels per u32 word), with its labels on the host.
+pub struct GpuDataset {
+    pub words: Tensor,
+    pub count: usize,
+    pub dim: usize,
+    pub labels: Vec<u8>,
+}
+
+impl GpuDataset {
+    /// Uploads `count` examples of `dim` bytes (dim a multiple of 4).
+    pub fn upload(gpu: &Gpu, label: &str, pixels: &[u8], count: usize, dim: usize, labels: Vec<u8>) -> Result<Self> {
+        if dim % 4 != 0 || pixels.len() != count * dim || count == 0 {
+            return Err(crate::VaeError::Shape(format!(
+                "{label}: {} bytes for {count} examples of {dim} pixels (dim must be a multiple of 4, count > 0)",
+                pixels.len()
+            )));
+        }
+        let words: Vec<u32> = pixels
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        Ok(GpuDataset {
+            words: gpu.upload_words(label, &words)?,
+            count,
+            dim,
+            labels,
+        })
+    }
+}
+
+/// Gradients of the activations (training only).
+pub struct ActivationGrads {
+    pub dec_hidden: Vec<Tensor>,
+    pub z: Tensor,
+    pub enc: Tensor,
+    pub enc_hidden: Vec<Tensor>,
+}
+
+/// Every activation of a step for up to `batch` examples and `samples` draws each, allocated
+/// once. Plans for fewer rows (the last partial batch) view prefixes of the same buffers.
+pub struct Workspace {
+    pub batch: usize,
+    pub samples: usize,
+    pub x: Tensor,
+    pub enc_hidden: Vec<Tensor>,
+    pub enc: Tensor,
+    pub z: Tensor,
+    pub dec_hidden: Vec<Tensor>,
+    pub out: Tensor,
+    pub d_out: Tensor,
+    /// nll [L·B] at offset 0, kl [B] at `kl_offset` floats.
+    pub per_example: Tensor,
+    kl_offset: usize,
+    /// log p(z) − log q(z|x) per draw, for importance-weighted evaluation.
+    pub log_ratio: Option<Tensor>,
+    pub grads: Option<ActivationGrads>,
+}
+
+fn rows(t: &Tensor, n: usize) -> Tensor {
+    let cols = t.shape()[1];
+    t.reshape_prefix(&[n, cols])
+}
+
+impl Workspace {
+    /// Allocates a step's activations (and their gradients when `train`).
+    pub fn new(gpu: &Gpu, vae: &Vae, batch: usize, samples: usize, train: bool, log_ratio: bool) -> Result<Self> {
+        let cfg = &vae.config;
+        let r = samples * batch;
+        let t = |name: &str, shape: &[usize]| gpu.tensor(name, shape);
+        let enc_hidden = cfg
+            .hidden
+            .iter()
+            .map(|&h| t("enc_hidden", &[batch, h]))
+            .collect::<Result<Vec<_>>>()?;
+        let dec_hidden = cfg
+            .hidden
+            .iter()
+            .rev()
+            .map(|&h| t("dec_hidden", &[r, h]))
+            .collect::<Result<Vec<_>>>()?;
+        let kl_offset = r.div_ceil(PARAM_ALIGN) * PARAM_ALIGN;
+        let grads = if train {
+            Some(ActivationGrads {
+                dec_hidden: cfg
+                    .hidden
+                    .iter()
+                    .rev()
+                    .map(|&h| t("d_dec_hidden", &[r, h]))
+                    .collect::<Result<Vec<_>>>()?,
+                z: t("d_z", &[r, cfg.latent])?,
+                enc: t("d_enc", &[batch, 2 * cfg.latent])?,
+                enc_hidden: cfg
+                    .hidden
+                    .iter()
+                    .map(|&h| t("d_enc_hidden", &[batch, h]))
+                    .collect::<Result<Vec<_>>>()?,
+            })
+        } else {
+            None
+        };
+        Ok(Workspace {
+            batch,
+            samples,
+            x: t("x", &[batch, cfg.input_dim])?,
+            enc_hidden,
+            enc: t("enc", &[batch, 2 * cfg.latent])?,
+            z: t("z", &[r, cfg.latent])?,
+            dec_hidden,
+            out: t("out", &[r, cfg.input_dim])?,
+            // The loss always writes its gradient (evaluation simply ignores it).
+            d_out: t("d_out", &[r, cfg.input_dim])?,
+            per_example: t("per_example", &[kl_offset + batch])?,
+            kl_offset,
+            log_ratio: if log_ratio { Some(t("log_ratio", &[r])?) } else { None },
+            grads,
+        })
+    }
+
+    /// Per-draw NLL for the first `b` examples.
+    pub fn nll(&self, b: usize) -> Tensor {
+        self.per_example.reshape_prefix(&[self.samples * b])
+    }
+
+    /// Per-example KL for the first `b` examples.
+    pub fn kl(&self, b: usize) -> Tensor {
+        let buf = self.per_example.buffer().clone();
+        Tensor::view(buf, self.per_example.offset() + 4 * self.kl_offset as u64, &[b])
+    }
+}
+
+/// Where a step's batch comes from.
+pub struct BatchSource<'a> {
+    pub data: &'a GpuDataset,
+    /// Example order; the step uniform's batch_start indexes it.
+    pub perm: &'a Tensor,
+    /// Dynamic binarization of grey levels.
+    pub binarize: bool,
+}
+
+/// Plans one step for `b` examples (b ≤ ws.batch): gather, encode, reparameterize, decode,
+/// loss, and the metric row; with `adam`, also the full backward pass and the optimizer.
+/// Every list starts from the step uniform, so one plan serves every step of its batch size.
+pub fn plan_step(
+    gpu: &Gpu,
+    vae: &Vae,
+    ws: &Workspace,
+    b: usize,
+    src: &BatchSource<'_>,
+    step: &StepBuffer,
+    metric_log: &Tensor,
+    adam: Option<&AdamConfig>,
+) -> Result<Vec<Dispatch>> {
+    let l = ws.samples;
+    let r = l * b;
+    let x = rows(&ws.x, b);
+    let enc_h: Vec<Tensor> = ws.enc_hidden.iter().map(|t| rows(t, b)).collect();
+    let enc = rows(&ws.enc, b);
+    let z = rows(&ws.z, r);
+    let dec_h: Vec<Tensor> = ws.dec_hidden.iter().map(|t| rows(t, r)).collect();
+    let out = rows(&ws.out, r);
+    let (nll, kl) = (ws.nll(b), ws.kl(b));
+    let log_ratio = ws.log_ratio.as_ref().map(|t| t.reshape_prefix(&[r]));
+
+    let mut d = Vec::new();
+    // Forward.
+    d.push(ops::gather(
+        gpu,
+        "gather",
+        step,
+        &src.data.words,
+        src.data.count,
+        src.perm,
+        &x,
+        src.binarize,
+    )?);
+    d.extend(vae.plan_encode(gpu, &x, &enc_h, &enc)?);
+    d.push(ops::reparam_kl_forward(
+        gpu,
+        "reparam_kl.forward",
+        step,
+        &enc,
+        l,
+        &z,
+        &kl,
+        log_ratio.as_ref(),
+    )?);
+    d.extend(vae.plan_decode(gpu, &z, &dec_h, &out)?);
+    // Loss: summed over the batch (as the PyTorch reference), averaged over the L draws.
+    let scale = 1.0 / l as f32;
+    let grad_out = rows(&ws.d_out, r);
+    d.push(ops::loss(
+        gpu,
+        "loss",
+        vae.config.likelihood,
+        &out,
+        &x,
+        scale,
+        &nll,
+        &grad_out,
+    )?);
+
+    if let (Some(g), Some(_)) = (&ws.grads, adam) {
+        // Backward through the decoder, output layer first.
+        let dz = rows(&g.z, r);
+        let d_dec: Vec<Tensor> = g.dec_hidden.iter().map(|t| rows(t, r)).collect();
+        let mut dy = grad_out.clone();
+        let mut layers: Vec<(&dyn Layer, &Tensor, Option<&Tensor>, Activation)> = Vec::new();
+        // (layer, its input x, where dx goes, activation that produced x)
+        let n = vae.decoder.len();
+        let out_in = if n > 0 { &dec_h[n - 1] } else { &z };
+        let out_act = if n > 0 {
+            vae.decoder[n - 1].act
+        } else {
+            Activation::Identity
+        };
+        layers.push((&vae.out, out_in, Some(if n > 0 { &d_dec[n - 1] } else { &dz }), out_act));
+        for i in (0..n).rev() {
+            let input = if i > 0 { &dec_h[i - 1] } else { &z };
+            let act = if i > 0 {
+                vae.decoder[i - 1].act
+            } else {
+                Activation::Identity
+            };
+            layers.push((
+                &vae.decoder[i],
+                input,
+                Some(if i > 0 { &d_dec[i - 1] } else { &dz }),
+                act,
+            ));
+        }
+        for (layer, input, dx, act) in layers {
+            d.extend(layer.backward(gpu, &vae.arena, input, &dy, dx, act)?);
+            if let Some(dx) = dx {
+                dy = dx.clone();
+            }
+        }
+        // Through the reparameterization and the KL term.
+        let denc = rows(&g.enc, b);
+        d.push(ops::reparam_kl_backward(
+            gpu,
+            "reparam_kl.backward",
+            step,
+            &enc,
+            l,
+            &dz,
+            &denc,
+        )?);
+        // Backward through the encoder, head first; the first layer needs no input gradient.
+        let d_enc: Vec<Tensor> = g.enc_hidden.iter().map(|t| rows(t, b)).collect();
+        let m = vae.encoder.len();
+        let head_in = if m > 0 { &enc_h[m - 1] } else { &x };
+        let head_act = if m > 0 {
+            vae.encoder[m - 1].act
+        } else {
+            Activation::Identity
+        };
+        let head_dx = if m > 0 { Some(&d_enc[m - 1]) } else { None };
+        d.extend(vae.head.backward(gpu, &vae.arena, head_in, &denc, head_dx, head_act)?);
+        for i in (0..m).rev() {
+            let input = if i > 0 { &enc_h[i - 1] } else { &x };
+            let act = if i > 0 {
+                vae.encoder[i - 1].act
+            } else {
+                Activation::Identity
+            };
+            let dx = if i > 0 { Some(&d_enc[i - 1]) } else { None };
+            d.extend(vae.encoder[i].backward(gpu, &vae.arena, input, &d_enc[i], dx, act)?);
+        }
+    }
+    // Metrics: this step's Σ NLL / L and Σ KL into its row of the log.
+    let segs = [
+        Segment {
+            offset: 0,
+            len: r,
+            slot: SLOT_RECON,
+            scale,
+        },
+        Segment {
+            offset: ws.kl_offset,
+            len: b,
+            slot: SLOT_KL,
+            scale: 1.0,
+        },
+    ];
+    d.push(ops::sum_segments(
+        gpu,
+        "metrics",
+        step,
+        &ws.per_example,
+        metric_log,
+        &segs,
+    )?);
+    if let Some(adam) = adam {
+        let a = &vae.arena;
+        d.push(ops::adam(gpu, "adam", adam, step, &a.params, &a.grads, &a.m, &a.v)?);
+    }
+    Ok(d)
+}

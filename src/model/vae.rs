@@ -1,0 +1,264 @@
+//! The VAE: its layers and arena, checkpoints, and the plans that train and run it.
+
+use std::path::Path;
+
+use crate::error::{Result, VaeError};
+use crate::gpu::{Dispatch, Gpu, Tensor};
+use crate::io::safetensors::{read_safetensors, write_safetensors, NamedTensor};
+use crate::model::config::VaeConfig;
+use crate::nn::{ArenaLayout, Layer, Linear, ParamArena};
+use crate::ops::Activation;
+
+/// A Gaussian-encoder VAE with an MLP encoder and decoder, all parameters in one arena.
+pub struct Vae {
+    pub config: VaeConfig,
+    /// Encoder hidden layers.
+    pub encoder: Vec<Linear>,
+    /// Encoder head: [μ | log σ²], 2·Z wide (one matmul for both).
+    pub head: Linear,
+    /// Decoder hidden layers.
+    pub decoder: Vec<Linear>,
+    /// Decoder output layer: logits (Bernoulli) or means (Gaussian).
+    pub out: Linear,
+    pub arena: ParamArena,
+}
+
+fn build_layers(cfg: &VaeConfig) -> (ArenaLayout, Vec<Linear>, Linear, Vec<Linear>, Linear) {
+    let mut layout = ArenaLayout::default();
+    let mut encoder = Vec::new();
+    let mut width = cfg.input_dim;
+    for (i, &h) in cfg.hidden.iter().enumerate() {
+        encoder.push(Linear::new(
+            &mut layout,
+            &format!("encoder.{i}"),
+            width,
+            h,
+            cfg.activation,
+        ));
+        width = h;
+    }
+    let head = Linear::new(&mut layout, "encoder.head", width, 2 * cfg.latent, Activation::Identity);
+    let mut decoder = Vec::new();
+    let mut width = cfg.latent;
+    for (i, &h) in cfg.hidden.iter().rev().enumerate() {
+        decoder.push(Linear::new(
+            &mut layout,
+            &format!("decoder.{i}"),
+            width,
+            h,
+            cfg.activation,
+        ));
+        width = h;
+    }
+    let out = Linear::new(&mut layout, "decoder.out", width, cfg.input_dim, Activation::Identity);
+    (layout, encoder, head, decoder, out)
+}
+
+impl Vae {
+    /// A freshly initialised model (PyTorch's nn.Linear initialisation, host PCG64 from `seed`).
+    pub fn new(gpu: &Gpu, config: VaeConfig, seed: u64) -> Result<Self> {
+        config.validate()?;
+        let (layout, encoder, head, decoder, out) = build_layers(&config);
+        let mut values: Vec<Vec<f32>> = layout.slots().iter().map(|s| vec![0.0; s.len()]).collect();
+        let mut rng = crate::rng::host_rng(seed, 0);
+        for l in encoder.iter().chain([&head]).chain(decoder.iter()).chain([&out]) {
+            l.init(&mut rng, &mut values);
+        }
+        let init = crate::nn::arena::flatten(&layout, &values)?;
+        let arena = ParamArena::new(gpu, layout, &init)?;
+        Ok(Vae {
+            config,
+            encoder,
+            head,
+            decoder,
+            out,
+            arena,
+        })
+    }
+
+    /// Every layer in forward order.
+    pub fn layers(&self) -> impl Iterator<Item = &Linear> {
+        self.encoder
+            .iter()
+            .chain([&self.head])
+            .chain(self.decoder.iter())
+            .chain([&self.out])
+    }
+
+    /// Model size in parameters (padding excluded).
+    pub fn num_params(&self) -> usize {
+        self.arena.layout.num_params()
+    }
+
+    /// The checkpoint tensors in PyTorch's layout ([out, in] weights). With one hidden layer
+    /// the keys are those of the PyTorch reference model: fc1 (encoder), fc21 (μ), fc22
+    /// (log σ²), fc3 and fc4 (decoder). Otherwise: enc{i}, mu, logvar, dec{i}, out.
+    pub fn checkpoint_tensors(&self, gpu: &Gpu) -> Result<Vec<NamedTensor>> {
+        let values = self.arena.read_params(gpu)?;
+        let names = self.checkpoint_names();
+        let z = self.config.latent;
+        let mut out = Vec::new();
+        let mut push = |name: &str, l: &Linear, cols: std::ops::Range<usize>| {
+            let (w, b) = (&values[l.w], &values[l.b]);
+            let n_out = cols.len();
+            let mut wt = vec![0.0f32; n_out * l.in_features];
+            for (o, c) in cols.clone().enumerate() {
+                for i in 0..l.in_features {
+                    wt[o * l.in_features + i] = w[i * l.out_features + c];
+                }
+            }
+            out.push(NamedTensor {
+                name: format!("{name}.weight"),
+                shape: vec![n_out, l.in_features],
+                data: wt,
+            });
+            out.push(NamedTensor {
+                name: format!("{name}.bias"),
+                shape: vec![n_out],
+                data: b[cols].to_vec(),
+            });
+        };
+        let mut ni = names.iter();
+        for l in &self.encoder {
+            push(ni.next().map(String::as_str).unwrap_or(""), l, 0..l.out_features);
+        }
+        push(ni.next().map(String::as_str).unwrap_or(""), &self.head, 0..z);
+        push(ni.next().map(String::as_str).unwrap_or(""), &self.head, z..2 * z);
+        for l in self.decoder.iter().chain([&self.out]) {
+            push(ni.next().map(String::as_str).unwrap_or(""), l, 0..l.out_features);
+        }
+        Ok(out)
+    }
+
+    fn checkpoint_names(&self) -> Vec<String> {
+        if self.config.hidden.len() == 1 {
+            return ["fc1", "fc21", "fc22", "fc3", "fc4"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        }
+        let mut n: Vec<String> = (0..self.encoder.len()).map(|i| format!("enc{i}")).collect();
+        n.push("mu".into());
+        n.push("logvar".into());
+        n.extend((0..self.decoder.len()).map(|i| format!("dec{i}")));
+        n.push("out".into());
+        n
+    }
+
+    /// Writes the model (F32 tensors, configuration as string metadata) atomically.
+    pub fn save(&self, gpu: &Gpu, path: &Path, extra: &[(String, String)]) -> Result<()> {
+        let mut meta = self.config.to_metadata();
+        meta.push(("format".into(), "vae-wgpu/1".into()));
+        meta.extend(extra.iter().cloned());
+        write_safetensors(path, &self.checkpoint_tensors(gpu)?, &meta)
+    }
+
+    /// Loads a checkpoint written by [`Vae::save`], taking the configuration from its metadata.
+    pub fn load(gpu: &Gpu, path: &Path) -> Result<Self> {
+        let (_, meta) = read_safetensors(path)?;
+        let config = VaeConfig::from_metadata(&meta).map_err(|e| VaeError::Checkpoint {
+            path: path.into(),
+            problem: e.to_string(),
+        })?;
+        let vae = Vae::new(gpu, config, 0)?;
+        vae.load_weights(gpu, path)?;
+        Ok(vae)
+    }
+
+    /// Loads weights into this model; a checkpoint of another configuration is an error
+    /// naming the difference.
+    pub fn load_weights(&self, gpu: &Gpu, path: &Path) -> Result<()> {
+        let (tensors, meta) = read_safetensors(path)?;
+        let bad = |problem: String| VaeError::Checkpoint {
+            path: path.into(),
+            problem,
+        };
+        if let Ok(theirs) = VaeConfig::from_metadata(&meta) {
+            if theirs != self.config {
+                return Err(bad(format!(
+                    "it holds a model configured as {theirs:?}, but this model is {:?}; \
+                     build the model from the checkpoint (Vae::load) or train a new one",
+                    self.config
+                )));
+            }
+        }
+        let expected = self.checkpoint_tensors_shapes();
+        if tensors.len() != expected.len() {
+            return Err(bad(format!("{} tensors, expected {}", tensors.len(), expected.len())));
+        }
+        let mut values: Vec<Vec<f32>> = self.arena.layout.slots().iter().map(|s| vec![0.0; s.len()]).collect();
+        let z = self.config.latent;
+        let names = self.checkpoint_names();
+        let find = |name: &str, shape: &[usize]| -> Result<&NamedTensor> {
+            let t = tensors
+                .iter()
+                .find(|t| t.name == name)
+                .ok_or_else(|| bad(format!("missing tensor '{name}'")))?;
+            if t.shape != shape {
+                return Err(bad(format!("'{name}' has shape {:?}, expected {shape:?}", t.shape)));
+            }
+            Ok(t)
+        };
+        let fill = |name: &str, l: &Linear, cols: std::ops::Range<usize>, values: &mut Vec<Vec<f32>>| -> Result<()> {
+            let w = find(&format!("{name}.weight"), &[cols.len(), l.in_features])?;
+            let b = find(&format!("{name}.bias"), &[cols.len()])?;
+            for (o, c) in cols.clone().enumerate() {
+                for i in 0..l.in_features {
+                    values[l.w][i * l.out_features + c] = w.data[o * l.in_features + i];
+                }
+                values[l.b][c] = b.data[o];
+            }
+            Ok(())
+        };
+        let mut ni = names.iter();
+        let mut next = || ni.next().cloned().unwrap_or_default();
+        for l in &self.encoder {
+            fill(&next(), l, 0..l.out_features, &mut values)?;
+        }
+        fill(&next(), &self.head, 0..z, &mut values)?;
+        fill(&next(), &self.head, z..2 * z, &mut values)?;
+        for l in self.decoder.iter().chain([&self.out]) {
+            fill(&next(), l, 0..l.out_features, &mut values)?;
+        }
+        self.arena.write_params(gpu, &values)
+    }
+
+    fn checkpoint_tensors_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let mut v = Vec::new();
+        for (name, l) in self.checkpoint_names().iter().zip(
+            self.encoder
+                .iter()
+                .chain([&self.head, &self.head])
+                .chain(self.decoder.iter())
+                .chain([&self.out]),
+        ) {
+            v.push((format!("{name}.weight"), vec![l.out_features, l.in_features]));
+            v.push((format!("{name}.bias"), vec![l.out_features]));
+        }
+        v
+    }
+
+    /// Plans the encoder: x [B, D] → hidden activations → enc [B, 2Z] = [μ | log σ²].
+    pub fn plan_encode(&self, gpu: &Gpu, x: &Tensor, hidden: &[Tensor], enc: &Tensor) -> Result<Vec<Dispatch>> {
+        let mut out = Vec::new();
+        let mut input = x;
+        for (l, h) in self.encoder.iter().zip(hidden) {
+            out.extend(l.forward(gpu, &self.arena, input, h)?);
+            input = h;
+        }
+        out.extend(self.head.forward(gpu, &self.arena, input, enc)?);
+        Ok(out)
+    }
+
+    /// Plans the decoder: z [R, Z] → hidden activations → out [R, D] (logits or means).
+    pub fn plan_decode(&self, gpu: &Gpu, z: &Tensor, hidden: &[Tensor], out_t: &Tensor) -> Result<Vec<Dispatch>> {
+        let mut out = Vec::new();
+        let mut input = z;
+        for (l, h) in self.decoder.iter().zip(hidden) {
+            out.extend(l.forward(gpu, &self.arena, input, h)?);
+            input = h;
+        }
+        out.extend(self.out.forward(gpu, &self.arena, input, out_t)?);
+        Ok(out)
+    }
+}

@@ -1,0 +1,167 @@
+//! The parameter arena: every parameter of a model in one buffer, with gradients and Adam's
+//! two moments in three more buffers of the same layout, so the optimizer is one dispatch.
+
+use crate::error::{Result, VaeError};
+use crate::gpu::{Gpu, Tensor};
+
+/// Parameters start on 64-float (256-byte) boundaries: storage bindings need that offset
+/// alignment on most adapters, and vec4 kernels need the 16-byte part of it.
+pub const PARAM_ALIGN: usize = 64;
+
+/// Where one named parameter lives in the arena.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamSlot {
+    pub name: String,
+    pub shape: Vec<usize>,
+    /// Offset in floats.
+    pub offset: usize,
+}
+
+impl ParamSlot {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+    /// True when the parameter has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The layout, built before any device memory exists (layers register their parameters).
+#[derive(Clone, Debug, Default)]
+pub struct ArenaLayout {
+    slots: Vec<ParamSlot>,
+    len: usize,
+}
+
+impl ArenaLayout {
+    /// Reserves an aligned slot and returns its index.
+    pub fn add(&mut self, name: &str, shape: &[usize]) -> usize {
+        let offset = self.len.div_ceil(PARAM_ALIGN) * PARAM_ALIGN;
+        let slot = ParamSlot {
+            name: name.to_string(),
+            shape: shape.to_vec(),
+            offset,
+        };
+        self.len = offset + slot.len();
+        self.slots.push(slot);
+        self.slots.len() - 1
+    }
+    /// Every slot, in registration order.
+    pub fn slots(&self) -> &[ParamSlot] {
+        &self.slots
+    }
+    /// Floats in the arena including alignment padding (rounded to whole vec4s).
+    pub fn len(&self) -> usize {
+        self.len.div_ceil(4) * 4
+    }
+    /// True when no parameter was registered.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+    /// Number of parameters (padding excluded).
+    pub fn num_params(&self) -> usize {
+        self.slots.iter().map(|s| s.len()).sum()
+    }
+}
+
+/// The arena on the device: parameters, gradients and Adam's first and second moments.
+pub struct ParamArena {
+    pub layout: ArenaLayout,
+    pub params: Tensor,
+    pub grads: Tensor,
+    pub m: Tensor,
+    pub v: Tensor,
+}
+
+impl ParamArena {
+    /// Allocates the four buffers; parameters from `init` (full arena length, padding zero),
+    /// gradients and moments zero.
+    pub fn new(gpu: &Gpu, layout: ArenaLayout, init: &[f32]) -> Result<Self> {
+        let n = layout.len();
+        if init.len() != n {
+            return Err(VaeError::Shape(format!(
+                "arena init has {} floats, layout needs {n}",
+                init.len()
+            )));
+        }
+        let zeros = vec![0.0f32; n];
+        Ok(ParamArena {
+            params: gpu.upload("arena.params", &[n], init)?,
+            grads: gpu.upload("arena.grads", &[n], &zeros)?,
+            m: gpu.upload("arena.adam_m", &[n], &zeros)?,
+            v: gpu.upload("arena.adam_v", &[n], &zeros)?,
+            layout,
+        })
+    }
+
+    fn view(&self, t: &Tensor, slot: usize) -> Tensor {
+        let s = &self.layout.slots[slot];
+        Tensor::view(t.buffer().clone(), t.offset() + 4 * s.offset as u64, &s.shape)
+    }
+    /// The parameter tensor of a slot.
+    pub fn param(&self, slot: usize) -> Tensor {
+        self.view(&self.params, slot)
+    }
+    /// The gradient tensor of a slot.
+    pub fn grad(&self, slot: usize) -> Tensor {
+        self.view(&self.grads, slot)
+    }
+
+    /// Reads every parameter back as (slot, values).
+    pub fn read_params(&self, gpu: &Gpu) -> Result<Vec<Vec<f32>>> {
+        let all = gpu.read(&self.params)?;
+        Ok(self
+            .layout
+            .slots
+            .iter()
+            .map(|s| all[s.offset..s.offset + s.len()].to_vec())
+            .collect())
+    }
+
+    /// Reads every gradient back as (slot, values).
+    pub fn read_grads(&self, gpu: &Gpu) -> Result<Vec<Vec<f32>>> {
+        let all = gpu.read(&self.grads)?;
+        Ok(self
+            .layout
+            .slots
+            .iter()
+            .map(|s| all[s.offset..s.offset + s.len()].to_vec())
+            .collect())
+    }
+
+    /// Replaces all parameters (one vector per slot, in slot order).
+    pub fn write_params(&self, gpu: &Gpu, values: &[Vec<f32>]) -> Result<()> {
+        gpu.write(&self.params, &self.flatten(values)?)
+    }
+
+    /// One arena-length vector from per-slot values (padding zero).
+    pub fn flatten(&self, values: &[Vec<f32>]) -> Result<Vec<f32>> {
+        flatten(&self.layout, values)
+    }
+}
+
+/// One arena-length vector from per-slot values (padding zero).
+pub fn flatten(layout: &ArenaLayout, values: &[Vec<f32>]) -> Result<Vec<f32>> {
+    if values.len() != layout.slots.len() {
+        return Err(VaeError::Shape(format!(
+            "{} tensors for {} parameter slots",
+            values.len(),
+            layout.slots.len()
+        )));
+    }
+    let mut flat = vec![0.0f32; layout.len()];
+    for (s, v) in layout.slots.iter().zip(values) {
+        if v.len() != s.len() {
+            return Err(VaeError::Shape(format!(
+                "{}: {} values for shape {:?}",
+                s.name,
+                v.len(),
+                s.shape
+            )));
+        }
+        flat[s.offset..s.offset + v.len()].copy_from_slice(v);
+    }
+    Ok(flat)
+}
