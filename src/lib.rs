@@ -12,6 +12,7 @@ pub mod model;
 pub mod nn;
 pub mod ops;
 pub mod rng;
+pub mod train;
 
 pub use error::{Result, VaeError};
 pub use gpu::{Dispatch, Gpu, Tensor};

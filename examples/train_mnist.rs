@@ -1,0 +1,264 @@
+//! Trains a VAE on MNIST (or Fashion-MNIST) on the GPU and writes pictures, metrics and a
+//! checkpoint. `cargo run --release --example train_mnist -- --help` lists the flags.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use vae_wgpu::data::{DatasetKind, MnistSet, IMAGE_SIDE};
+use vae_wgpu::io::write_grid_png;
+use vae_wgpu::model::{parse_hidden, parse_likelihood, GpuDataset, Vae, VaeConfig};
+use vae_wgpu::train::{decode, prior_samples, Evaluator, TrainConfig, Trainer};
+use vae_wgpu::{Gpu, Result, VaeError};
+
+const HELP: &str = "train_mnist: train a VAE on MNIST on the GPU
+
+USAGE: cargo run --release --example train_mnist -- [FLAGS]
+
+  --epochs N              epochs (default 10)
+  --batch-size N          examples per step (default 128)
+  --latent N              latent dimensions (default 20; even)
+  --hidden N[,N...]       encoder hidden widths, decoder mirrors them (default 400)
+  --lr F                  Adam learning rate (default 1e-3)
+  --seed N                seed for init, shuffles and the device RNG (default 1)
+  --likelihood L          bernoulli | gaussian (fixed variance 1.0) | gaussian:C (variance C)
+  --dataset D             mnist | fashion-mnist (default mnist)
+  --data-dir DIR          directory with the four IDX files (default: the dataset's own)
+  --limit-train N         train on the first N training images
+  --drop-last             drop the last partial batch of each epoch
+  --binarize dynamic      resample binary pixels with probability = grey level each step
+  --out DIR               output directory (default runs/<unix time>)
+  --eval-iw K             after the last epoch, estimate test -log p(x) with K importance samples
+  --help                  this text
+
+Writes to --out: metrics.jsonl, reconstructions.png, samples.png, checkpoint.safetensors.";
+
+struct Args {
+    epochs: usize,
+    train: TrainConfig,
+    model: VaeConfig,
+    dataset: DatasetKind,
+    data_dir: Option<PathBuf>,
+    limit_train: Option<usize>,
+    out: Option<PathBuf>,
+    eval_iw: Option<usize>,
+}
+
+fn parse_args() -> Result<Option<Args>> {
+    let mut a = Args {
+        epochs: 10,
+        train: TrainConfig::default(),
+        model: VaeConfig::default(),
+        dataset: DatasetKind::Mnist,
+        data_dir: None,
+        limit_train: None,
+        out: None,
+        eval_iw: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "--help" || flag == "-h" {
+            println!("{HELP}");
+            return Ok(None);
+        }
+        if flag == "--drop-last" {
+            a.train.drop_last = true;
+            continue;
+        }
+        let value = it.next().ok_or_else(|| VaeError::Config(format!("{flag} needs a value (see --help)")))?;
+        let num = |v: &str| -> Result<usize> {
+            v.parse().map_err(|_| VaeError::Config(format!("{flag} takes a whole number, got {v:?}")))
+        };
+        match flag.as_str() {
+            "--epochs" => a.epochs = num(&value)?,
+            "--batch-size" => a.train.batch_size = num(&value)?,
+            "--latent" => a.model.latent = num(&value)?,
+            "--hidden" => a.model.hidden = parse_hidden(&value)?,
+            "--lr" => {
+                a.train.adam.lr = value
+                    .parse()
+                    .ok()
+                    .filter(|v: &f32| *v > 0.0 && v.is_finite())
+                    .ok_or_else(|| VaeError::Config(format!("--lr takes a positive number, got {value:?}")))?
+            }
+            "--seed" => a.train.seed = num(&value)? as u64,
+            "--likelihood" => a.model.likelihood = parse_likelihood(&value)?,
+            "--dataset" => a.dataset = DatasetKind::parse(&value)?,
+            "--data-dir" => a.data_dir = Some(PathBuf::from(value)),
+            "--limit-train" => a.limit_train = Some(num(&value)?),
+            "--out" => a.out = Some(PathBuf::from(value)),
+            "--eval-iw" => a.eval_iw = Some(num(&value)?),
+            "--binarize" => match value.as_str() {
+                "dynamic" => a.train.binarize = true,
+                "none" => a.train.binarize = false,
+                _ => return Err(VaeError::Config(format!("--binarize takes dynamic or none, got {value:?}"))),
+            },
+            _ => return Err(VaeError::Config(format!("unknown flag {flag} (see --help)"))),
+        }
+    }
+    if a.epochs == 0 || a.train.batch_size == 0 {
+        return Err(VaeError::Config("--epochs and --batch-size must be at least 1".into()));
+    }
+    a.model.validate()?;
+    Ok(Some(a))
+}
+
+fn fresh_run_dir() -> PathBuf {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let mut dir = PathBuf::from(format!("runs/{secs}"));
+    let mut i = 1;
+    while dir.exists() {
+        dir = PathBuf::from(format!("runs/{secs}-{i}"));
+        i += 1;
+    }
+    dir
+}
+
+fn progress_bar(epoch: usize, done: usize, total: usize, t0: Instant) {
+    // Throttled to ~50 redraws per epoch; counts submitted steps, never waits for the GPU.
+    if done != total && done % (total / 50).max(1) != 0 {
+        return;
+    }
+    let width = 30;
+    let filled = done * width / total.max(1);
+    let bar: String = "#".repeat(filled) + &".".repeat(width - filled);
+    eprint!("\repoch {epoch:>3} [{bar}] {done}/{total} steps {:.1}s", t0.elapsed().as_secs_f64());
+    if done == total {
+        eprint!("\r{}\r", " ".repeat(60));
+    }
+    let _ = std::io::stderr().flush();
+}
+
+fn append_line(path: &Path, line: &str) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| VaeError::io(path, e))?;
+    writeln!(f, "{line}").map_err(|e| VaeError::io(path, e))
+}
+
+fn json_num(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:.6}")
+    } else {
+        "null".into()
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    let gpu = Gpu::new()?;
+    let r = gpu.report();
+    println!("adapter: {} | backend {:?} | driver {}", r.name, r.backend, r.driver.trim());
+    let dir = args.data_dir.clone().unwrap_or_else(|| args.dataset.default_dir());
+    let train: MnistSet = args.dataset.load_split(&dir, true)?;
+    let test: MnistSet = args.dataset.load_split(&dir, false)?;
+    let d = IMAGE_SIDE * IMAGE_SIDE;
+    let n_train = args.limit_train.map_or(train.count, |n| n.min(train.count));
+    if n_train == 0 {
+        return Err(VaeError::Config("--limit-train must be at least 1".into()));
+    }
+    println!("dataset: {} from {} | train {} | test {}", args.dataset.name(), dir.display(), n_train, test.count);
+    let train_gpu =
+        GpuDataset::upload(&gpu, "train", &train.images[..n_train * d], n_train, d, train.labels[..n_train].to_vec())?;
+    let test_gpu = GpuDataset::upload(&gpu, "test", &test.images, test.count, d, test.labels.clone())?;
+
+    let vae = Vae::new(&gpu, args.model.clone(), args.train.seed)?;
+    let np = vae.num_params();
+    println!(
+        "model: {} -> {:?} -> {} (x2) -> {:?} -> {} | {:?} | {} parameters, {:.2} MB",
+        args.model.input_dim,
+        args.model.hidden,
+        args.model.latent,
+        args.model.hidden.iter().rev().collect::<Vec<_>>(),
+        args.model.input_dim,
+        args.model.likelihood,
+        np,
+        np as f64 * 4.0 / 1e6
+    );
+    let out_dir = args.out.clone().unwrap_or_else(fresh_run_dir);
+    std::fs::create_dir_all(&out_dir).map_err(|e| VaeError::io(&out_dir, e))?;
+    let metrics = out_dir.join("metrics.jsonl");
+    if metrics.exists() {
+        std::fs::remove_file(&metrics).map_err(|e| VaeError::io(&metrics, e))?;
+    }
+    let mut trainer = Trainer::new(&gpu, &vae, train_gpu, args.train.clone())?;
+    let evaluator = Evaluator::new(&gpu, test_gpu)?;
+    let (compile, pipelines) = gpu.kernels.compile_stats();
+    println!(
+        "training: batch {} | {} steps/epoch | {} dispatches, 1 submit per step | {} pipelines compiled in {:.2}s | output {}",
+        args.train.batch_size.min(n_train),
+        trainer.steps_per_epoch(),
+        trainer.dispatches_per_step(),
+        pipelines,
+        compile.as_secs_f64(),
+        out_dir.display()
+    );
+    let run_start = Instant::now();
+    for epoch in 1..=args.epochs {
+        let t0 = Instant::now();
+        let rep = trainer.train_epoch(|done, total| progress_bar(epoch, done, total, t0))?;
+        let test_stats = evaluator.elbo(&vae, args.train.seed, args.train.binarize)?;
+        let elapsed = run_start.elapsed().as_secs_f64();
+        let mut line = format!(
+            "{{\"epoch\":{epoch},\"train_loss\":{},\"train_recon\":{},\"train_kl\":{},\"test_loss\":{},\"test_recon\":{},\"test_kl\":{},\"samples_per_sec\":{},\"elapsed_s\":{}",
+            json_num(rep.train.loss),
+            json_num(rep.train.recon),
+            json_num(rep.train.kl),
+            json_num(test_stats.loss),
+            json_num(test_stats.recon),
+            json_num(test_stats.kl),
+            json_num(rep.samples_per_sec),
+            json_num(elapsed)
+        );
+        println!(
+            "epoch {epoch:>3} | train -ELBO {:.2} (recon {:.2} + KL {:.2}) | test -ELBO {:.2} | {:.0} samples/s | {:.1}s",
+            rep.train.loss, rep.train.recon, rep.train.kl, test_stats.loss, rep.samples_per_sec, elapsed
+        );
+        if epoch == args.epochs {
+            if let Some(k) = args.eval_iw {
+                let iw = evaluator.iw_nll(&vae, args.train.seed, k, args.train.binarize)?;
+                println!("test -log p(x) (importance weighted, K = {k}): {iw:.2}");
+                line.push_str(&format!(",\"test_iw_nll\":{},\"iw_k\":{k}", json_num(iw)));
+            }
+        }
+        line.push('}');
+        append_line(&metrics, &line)?;
+        let meta = vec![
+            ("epoch".to_string(), epoch.to_string()),
+            ("step".to_string(), trainer.step.to_string()),
+            ("seed".to_string(), args.train.seed.to_string()),
+            ("dataset".to_string(), args.dataset.name().to_string()),
+        ];
+        vae.save(&gpu, &out_dir.join("checkpoint.safetensors"), &meta)?;
+    }
+    // Pictures: 16 test images over their reconstructions, and 64 samples from the prior.
+    let (x, xr) = evaluator.reconstruct(&vae, args.train.seed, 16)?;
+    let n = x.len() / d;
+    let mut pairs = Vec::with_capacity(2 * n * d);
+    for row in 0..n.div_ceil(8) {
+        let range = row * 8 * d..((row + 1) * 8).min(n) * d;
+        pairs.extend_from_slice(&x[range.clone()]);
+        pairs.extend_from_slice(&xr[range]);
+    }
+    write_grid_png(&out_dir.join("reconstructions.png"), &pairs, 2 * n, IMAGE_SIDE, IMAGE_SIDE, 8, 2)?;
+    let z = prior_samples(args.train.seed, 64, args.model.latent, 1.0);
+    let samples = decode(&gpu, &vae, &z)?;
+    write_grid_png(&out_dir.join("samples.png"), &samples, 64, IMAGE_SIDE, IMAGE_SIDE, 8, 2)?;
+    println!("wrote {}/{{metrics.jsonl, checkpoint.safetensors, reconstructions.png, samples.png}}", out_dir.display());
+    Ok(())
+}
+
+fn main() {
+    let code = match parse_args() {
+        Ok(None) => 0,
+        Ok(Some(args)) => match run(args) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("error: {e}");
+                1
+            }
+        },
+        Err(e) => {
+            eprintln!("error: {e}");
+            2
+        }
+    };
+    std::process::exit(code);
+}

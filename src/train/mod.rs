@@ -1,0 +1,365 @@
+//! Training and evaluation loops around the planned steps: one submit per step, no readback
+//! inside an epoch, metrics read once per epoch from the GPU-side log.
+
+use std::time::Instant;
+
+use crate::error::{Result, VaeError};
+use crate::gpu::{Dispatch, Gpu, Tensor};
+use crate::model::plan::{plan_step, BatchSource, GpuDataset, Workspace, METRIC_SLOTS, SLOT_KL, SLOT_RECON};
+use crate::model::Vae;
+use crate::ops::{self, AdamConfig, Likelihood, StepBuffer, StepParams};
+use crate::rng;
+
+/// How to train.
+#[derive(Clone, Debug)]
+pub struct TrainConfig {
+    pub batch_size: usize,
+    pub adam: AdamConfig,
+    pub seed: u64,
+    /// Drop the last partial batch of each epoch instead of training on it.
+    pub drop_last: bool,
+    /// Dynamic binarization of the inputs.
+    pub binarize: bool,
+    /// Monte Carlo samples per example.
+    pub mc_samples: usize,
+    /// Weight of the KL term in the gradient.
+    pub beta: f32,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            batch_size: 128,
+            adam: AdamConfig::default(),
+            seed: 1,
+            drop_last: false,
+            binarize: false,
+            mc_samples: 1,
+            beta: 1.0,
+        }
+    }
+}
+
+/// Per-example averages over an epoch or a dataset, in nats.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ElboStats {
+    /// −ELBO = recon + KL (β = 1).
+    pub loss: f64,
+    /// Reconstruction NLL.
+    pub recon: f64,
+    /// KL(q(z|x) ‖ p(z)).
+    pub kl: f64,
+    pub examples: usize,
+}
+
+impl ElboStats {
+    fn from_totals(t: &[f64], examples: usize) -> Self {
+        let n = examples.max(1) as f64;
+        let (recon, kl) = (t[SLOT_RECON] / n, t[SLOT_KL] / n);
+        ElboStats { loss: recon + kl, recon, kl, examples }
+    }
+}
+
+/// One epoch's outcome.
+#[derive(Clone, Copy, Debug)]
+pub struct EpochReport {
+    pub train: ElboStats,
+    pub steps: usize,
+    /// Training examples per second of wall time, waiting for the GPU at the end.
+    pub samples_per_sec: f64,
+    pub seconds: f64,
+}
+
+/// Trains a [`Vae`] on a GPU-resident dataset. All state that a resume needs is explicit:
+/// the global step, the seed, the model's arena (params, grads, Adam moments).
+pub struct Trainer<'g> {
+    gpu: &'g Gpu,
+    pub config: TrainConfig,
+    data: GpuDataset,
+    ws: Workspace,
+    step_buf: StepBuffer,
+    perm: Tensor,
+    log: Tensor,
+    full_plan: Vec<Dispatch>,
+    last_plan: Option<(usize, Vec<Dispatch>)>,
+    /// Optimizer steps taken so far.
+    pub step: u64,
+    /// Epochs completed.
+    pub epoch: u64,
+}
+
+impl<'g> Trainer<'g> {
+    /// Uploads nothing per step: plans every dispatch of a step now, for the full batch and
+    /// for the epoch's last partial batch.
+    pub fn new(gpu: &'g Gpu, vae: &Vae, data: GpuDataset, config: TrainConfig) -> Result<Self> {
+        let b = config.batch_size;
+        if b == 0 || config.mc_samples == 0 {
+            return Err(VaeError::Config("batch size and Monte Carlo samples must be at least 1".into()));
+        }
+        if data.dim != vae.config.input_dim {
+            return Err(VaeError::Shape(format!(
+                "dataset examples have {} values, the model expects {}",
+                data.dim, vae.config.input_dim
+            )));
+        }
+        let b = b.min(data.count);
+        let steps = Self::steps_for(data.count, b, config.drop_last);
+        if steps == 0 {
+            return Err(VaeError::Config(format!(
+                "no full batch of {b} in {} examples with --drop-last",
+                data.count
+            )));
+        }
+        let ws = Workspace::new(gpu, vae, b, config.mc_samples, true, false)?;
+        let step_buf = StepBuffer::new(gpu)?;
+        let perm = gpu.tensor("perm", &[data.count])?;
+        let log = gpu.tensor("metric_log", &[steps, METRIC_SLOTS])?;
+        let src = BatchSource { data: &data, perm: &perm, binarize: config.binarize };
+        let full_plan = plan_step(gpu, vae, &ws, b, &src, &step_buf, &log, Some(&config.adam))?;
+        let rem = data.count % b;
+        let last_plan = if rem != 0 && !config.drop_last {
+            Some((rem, plan_step(gpu, vae, &ws, rem, &src, &step_buf, &log, Some(&config.adam))?))
+        } else {
+            None
+        };
+        Ok(Trainer { gpu, config, data, ws, step_buf, perm, log, full_plan, last_plan, step: 0, epoch: 0 })
+    }
+
+    fn steps_for(count: usize, b: usize, drop_last: bool) -> usize {
+        if drop_last {
+            count / b
+        } else {
+            count.div_ceil(b)
+        }
+    }
+
+    /// Steps per epoch.
+    pub fn steps_per_epoch(&self) -> usize {
+        Self::steps_for(self.data.count, self.ws.batch, self.config.drop_last)
+    }
+
+    /// Dispatches in one full-batch training step.
+    pub fn dispatches_per_step(&self) -> usize {
+        self.full_plan.len()
+    }
+
+    /// The full-batch step's dispatches (for profiling).
+    pub fn full_plan(&self) -> &[Dispatch] {
+        &self.full_plan
+    }
+
+    /// The dataset being trained on.
+    pub fn data(&self) -> &GpuDataset {
+        &self.data
+    }
+
+    /// Values of the step uniform for a step.
+    fn step_params(&self, batch_start: usize, log_row: usize) -> StepParams {
+        let mut p = StepParams {
+            seed: self.config.seed as u32,
+            step: self.step as u32,
+            batch_start: batch_start as u32,
+            stream: rng::STREAM_TRAIN,
+            kl_beta: self.config.beta,
+            log_row: log_row as u32,
+            ..Default::default()
+        };
+        self.config.adam.step_fields(self.step + 1, &mut p);
+        p
+    }
+
+    /// Records one training step into `encoder` (the caller submits): a host application
+    /// can put it in its own command buffer. Writes the step uniform.
+    pub fn record_step(&self, encoder: &mut wgpu::CommandEncoder, batch_index: usize) -> Result<usize> {
+        let b = self.ws.batch;
+        let start = batch_index * b;
+        let plan = match &self.last_plan {
+            Some((_, plan)) if start + b > self.data.count => plan,
+            _ => &self.full_plan,
+        };
+        let rows = (self.data.count - start).min(b);
+        self.step_buf.write(self.gpu, &self.step_params(start, batch_index));
+        let refs: Vec<&Dispatch> = plan.iter().collect();
+        self.gpu.record(encoder, &refs);
+        Ok(rows)
+    }
+
+    /// Trains one epoch: a fresh permutation uploaded once, one submit per step, no readback
+    /// until the end. `progress(done, total)` is called after each submit.
+    pub fn train_epoch(&mut self, mut progress: impl FnMut(usize, usize)) -> Result<EpochReport> {
+        let t0 = Instant::now();
+        let perm = rng::permutation(&mut rng::host_rng(self.config.seed, 1 + self.epoch), self.data.count);
+        self.gpu.write_words(&self.perm, &perm)?;
+        let steps = self.steps_per_epoch();
+        let mut examples = 0;
+        for i in 0..steps {
+            let mut enc = self.gpu.ctx.device.create_command_encoder(&Default::default());
+            examples += self.record_step(&mut enc, i)?;
+            self.gpu.submit(enc.finish());
+            self.step += 1;
+            // Keep the queue bounded without a per-step sync.
+            if i % 32 == 31 {
+                self.gpu.ctx.wait()?;
+            }
+            progress(i + 1, steps);
+        }
+        let totals = ops::read_log_totals(self.gpu, &self.log, steps)?;
+        let seconds = t0.elapsed().as_secs_f64();
+        self.epoch += 1;
+        Ok(EpochReport {
+            train: ElboStats::from_totals(&totals, examples),
+            steps,
+            samples_per_sec: examples as f64 / seconds,
+            seconds,
+        })
+    }
+}
+
+/// Evaluation: −ELBO over a whole dataset, and optionally the importance-weighted bound.
+pub struct Evaluator<'g> {
+    gpu: &'g Gpu,
+    data: GpuDataset,
+    perm: Tensor,
+    step_buf: StepBuffer,
+    batch: usize,
+}
+
+/// Examples per evaluation submit.
+pub const EVAL_BATCH: usize = 500;
+
+impl<'g> Evaluator<'g> {
+    /// Holds `data` on the device, in its stored order.
+    pub fn new(gpu: &'g Gpu, data: GpuDataset) -> Result<Self> {
+        let order: Vec<u32> = (0..data.count as u32).collect();
+        let perm = gpu.upload_words("eval_perm", &order)?;
+        Ok(Evaluator { gpu, batch: EVAL_BATCH.min(data.count), data, perm, step_buf: StepBuffer::new(gpu)? })
+    }
+
+    /// The dataset.
+    pub fn data(&self) -> &GpuDataset {
+        &self.data
+    }
+
+    fn write_step(&self, seed: u64, batch_start: usize, log_row: usize) {
+        let p = StepParams {
+            seed: seed as u32,
+            step: 0,
+            batch_start: batch_start as u32,
+            stream: rng::STREAM_EVAL,
+            kl_beta: 1.0,
+            log_row: log_row as u32,
+            ..Default::default()
+        };
+        self.step_buf.write(self.gpu, &p);
+    }
+
+    /// −ELBO per example with one draw per example (fixed evaluation key, so every epoch is
+    /// measured with the same ε).
+    pub fn elbo(&self, vae: &Vae, seed: u64, binarize: bool) -> Result<ElboStats> {
+        let b = self.batch;
+        let steps = self.data.count.div_ceil(b);
+        let ws = Workspace::new(self.gpu, vae, b, 1, false, false)?;
+        let log = self.gpu.tensor("eval_log", &[steps, METRIC_SLOTS])?;
+        let src = BatchSource { data: &self.data, perm: &self.perm, binarize };
+        let full = plan_step(self.gpu, vae, &ws, b, &src, &self.step_buf, &log, None)?;
+        let rem = self.data.count % b;
+        let last = if rem > 0 { Some(plan_step(self.gpu, vae, &ws, rem, &src, &self.step_buf, &log, None)?) } else { None };
+        for i in 0..steps {
+            let plan = if i + 1 == steps { last.as_ref().unwrap_or(&full) } else { &full };
+            self.write_step(seed, i * b, i);
+            let refs: Vec<&Dispatch> = plan.iter().collect();
+            let mut enc = self.gpu.ctx.device.create_command_encoder(&Default::default());
+            self.gpu.record(&mut enc, &refs);
+            self.gpu.submit(enc.finish());
+        }
+        let totals = ops::read_log_totals(self.gpu, &log, steps)?;
+        Ok(ElboStats::from_totals(&totals, self.data.count))
+    }
+
+    /// Importance-weighted estimate of −log p(x) per example with `k` draws:
+    /// −log (1/K) Σ_k p(x|z_k) p(z_k) / q(z_k|x), averaged over the dataset.
+    pub fn iw_nll(&self, vae: &Vae, seed: u64, k: usize, binarize: bool) -> Result<f64> {
+        if k == 0 {
+            return Err(VaeError::Config("--eval-iw needs K >= 1".into()));
+        }
+        // Decoder rows are K·B: keep them near 5000.
+        let b = (5000 / k).clamp(1, self.data.count);
+        let steps = self.data.count.div_ceil(b);
+        let ws = Workspace::new(self.gpu, vae, b, k, false, true)?;
+        let log = self.gpu.tensor("iw_log", &[steps, METRIC_SLOTS])?;
+        let src = BatchSource { data: &self.data, perm: &self.perm, binarize };
+        let full = plan_step(self.gpu, vae, &ws, b, &src, &self.step_buf, &log, None)?;
+        let rem = self.data.count % b;
+        let last = if rem > 0 { Some(plan_step(self.gpu, vae, &ws, rem, &src, &self.step_buf, &log, None)?) } else { None };
+        let lr_all = ws.log_ratio.as_ref().ok_or_else(|| VaeError::Gpu("workspace lacks log_ratio".into()))?;
+        let mut total = 0.0f64;
+        for i in 0..steps {
+            let (plan, rows) = if i + 1 == steps && rem > 0 { (last.as_ref().unwrap_or(&full), rem) } else { (&full, b) };
+            self.write_step(seed, i * b, i);
+            let refs: Vec<&Dispatch> = plan.iter().collect();
+            self.gpu.run(&refs)?;
+            let nll = self.gpu.read(&ws.nll(rows))?;
+            let lr = self.gpu.read(&lr_all.reshape_prefix(&[k * rows]))?;
+            for e in 0..rows {
+                let w: Vec<f64> = (0..k).map(|s| -(nll[s * rows + e] as f64) + lr[s * rows + e] as f64).collect();
+                let m = w.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let lse = m + w.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+                total += -(lse - (k as f64).ln());
+            }
+        }
+        Ok(total / self.data.count as f64)
+    }
+
+    /// Decoder means (probabilities for Bernoulli) of the first `n` examples' reconstructions,
+    /// with the originals: (x, x̂), each n·D values.
+    pub fn reconstruct(&self, vae: &Vae, seed: u64, n: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+        let n = n.min(self.data.count);
+        let ws = Workspace::new(self.gpu, vae, n, 1, false, false)?;
+        let log = self.gpu.tensor("recon_log", &[1, METRIC_SLOTS])?;
+        let src = BatchSource { data: &self.data, perm: &self.perm, binarize: false };
+        let plan = plan_step(self.gpu, vae, &ws, n, &src, &self.step_buf, &log, None)?;
+        self.write_step(seed, 0, 0);
+        self.gpu.run(&plan.iter().collect::<Vec<_>>())?;
+        let x = self.gpu.read(&ws.x)?;
+        let out = self.gpu.read(&ws.out)?;
+        Ok((x, mean_image(vae.config.likelihood, &out)))
+    }
+}
+
+/// Decodes latent codes `z` (n·Z values) into decoder means.
+pub fn decode(gpu: &Gpu, vae: &Vae, z: &[f32]) -> Result<Vec<f32>> {
+    let zd = vae.config.latent;
+    if z.is_empty() || z.len() % zd != 0 {
+        return Err(VaeError::Shape(format!("{} latent values are not a whole number of {zd}-vectors", z.len())));
+    }
+    let n = z.len() / zd;
+    let zt = gpu.upload("z", &[n, zd], z)?;
+    let hidden = vae
+        .config
+        .hidden
+        .iter()
+        .rev()
+        .map(|&h| gpu.tensor("dec_hidden", &[n, h]))
+        .collect::<Result<Vec<_>>>()?;
+    let out = gpu.tensor("decoded", &[n, vae.config.input_dim])?;
+    let plan = vae.plan_decode(gpu, &zt, &hidden, &out)?;
+    gpu.run(&plan.iter().collect::<Vec<_>>())?;
+    Ok(mean_image(vae.config.likelihood, &gpu.read(&out)?))
+}
+
+/// Draws `n` latent codes from the prior N(0, I) scaled by `temperature` (host-side, from the
+/// same counter-based generator as the device, stream [`rng::STREAM_SAMPLE`]).
+pub fn prior_samples(seed: u64, n: usize, latent: usize, temperature: f32) -> Vec<f32> {
+    (0..n * latent)
+        .map(|i| (rng::normal(seed as u32, 0, rng::stream_word(rng::STREAM_SAMPLE, 0), i as u32) * temperature as f64) as f32)
+        .collect()
+}
+
+/// Decoder output to pixel means: sigmoid of logits (Bernoulli), the mean clamped to [0, 1]
+/// (Gaussian).
+pub fn mean_image(lik: Likelihood, out: &[f32]) -> Vec<f32> {
+    match lik {
+        Likelihood::Bernoulli => out.iter().map(|&l| 1.0 / (1.0 + (-l).exp())).collect(),
+        Likelihood::Gaussian { .. } => out.iter().map(|&m| m.clamp(0.0, 1.0)).collect(),
+    }
+}
