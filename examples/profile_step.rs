@@ -20,7 +20,11 @@ fn main() -> vae_wgpu::Result<()> {
         gpu.run(&vec![d; reps])?;
         let t = t0.elapsed().as_secs_f64() / reps as f64;
         total += t;
-        let rate = if d.flops > 0.0 { format!("{:.1} GFLOP/s", d.flops / t / 1e9) } else { format!("{:.2} GB/s", d.bytes / t / 1e9) };
+        let rate = if d.flops > 0.0 {
+            format!("{:.1} GFLOP/s", d.flops / t / 1e9)
+        } else {
+            format!("{:.2} GB/s", d.bytes / t / 1e9)
+        };
         println!("{:<40} {:>8.3} ms  {}", d.label, t * 1e3, rate);
     }
     println!("sum {:.2} ms", total * 1e3);

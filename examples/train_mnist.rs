@@ -65,9 +65,12 @@ fn parse_args() -> Result<Option<Args>> {
             a.train.drop_last = true;
             continue;
         }
-        let value = it.next().ok_or_else(|| VaeError::Config(format!("{flag} needs a value (see --help)")))?;
+        let value = it
+            .next()
+            .ok_or_else(|| VaeError::Config(format!("{flag} needs a value (see --help)")))?;
         let num = |v: &str| -> Result<usize> {
-            v.parse().map_err(|_| VaeError::Config(format!("{flag} takes a whole number, got {v:?}")))
+            v.parse()
+                .map_err(|_| VaeError::Config(format!("{flag} takes a whole number, got {v:?}")))
         };
         match flag.as_str() {
             "--epochs" => a.epochs = num(&value)?,
@@ -91,7 +94,11 @@ fn parse_args() -> Result<Option<Args>> {
             "--binarize" => match value.as_str() {
                 "dynamic" => a.train.binarize = true,
                 "none" => a.train.binarize = false,
-                _ => return Err(VaeError::Config(format!("--binarize takes dynamic or none, got {value:?}"))),
+                _ => {
+                    return Err(VaeError::Config(format!(
+                        "--binarize takes dynamic or none, got {value:?}"
+                    )))
+                }
             },
             _ => return Err(VaeError::Config(format!("unknown flag {flag} (see --help)"))),
         }
@@ -104,7 +111,10 @@ fn parse_args() -> Result<Option<Args>> {
 }
 
 fn fresh_run_dir() -> PathBuf {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let mut dir = PathBuf::from(format!("runs/{secs}"));
     let mut i = 1;
     while dir.exists() {
@@ -122,7 +132,10 @@ fn progress_bar(epoch: usize, done: usize, total: usize, t0: Instant) {
     let width = 30;
     let filled = done * width / total.max(1);
     let bar: String = "#".repeat(filled) + &".".repeat(width - filled);
-    eprint!("\repoch {epoch:>3} [{bar}] {done}/{total} steps {:.1}s", t0.elapsed().as_secs_f64());
+    eprint!(
+        "\repoch {epoch:>3} [{bar}] {done}/{total} steps {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
     if done == total {
         eprint!("\r{}\r", " ".repeat(60));
     }
@@ -130,7 +143,11 @@ fn progress_bar(epoch: usize, done: usize, total: usize, t0: Instant) {
 }
 
 fn append_line(path: &Path, line: &str) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| VaeError::io(path, e))?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| VaeError::io(path, e))?;
     writeln!(f, "{line}").map_err(|e| VaeError::io(path, e))
 }
 
@@ -145,7 +162,12 @@ fn json_num(v: f64) -> String {
 fn run(args: Args) -> Result<()> {
     let gpu = Gpu::new()?;
     let r = gpu.report();
-    println!("adapter: {} | backend {:?} | driver {}", r.name, r.backend, r.driver.trim());
+    println!(
+        "adapter: {} | backend {:?} | driver {}",
+        r.name,
+        r.backend,
+        r.driver.trim()
+    );
     let dir = args.data_dir.clone().unwrap_or_else(|| args.dataset.default_dir());
     let train: MnistSet = args.dataset.load_split(&dir, true)?;
     let test: MnistSet = args.dataset.load_split(&dir, false)?;
@@ -154,9 +176,21 @@ fn run(args: Args) -> Result<()> {
     if n_train == 0 {
         return Err(VaeError::Config("--limit-train must be at least 1".into()));
     }
-    println!("dataset: {} from {} | train {} | test {}", args.dataset.name(), dir.display(), n_train, test.count);
-    let train_gpu =
-        GpuDataset::upload(&gpu, "train", &train.images[..n_train * d], n_train, d, train.labels[..n_train].to_vec())?;
+    println!(
+        "dataset: {} from {} | train {} | test {}",
+        args.dataset.name(),
+        dir.display(),
+        n_train,
+        test.count
+    );
+    let train_gpu = GpuDataset::upload(
+        &gpu,
+        "train",
+        &train.images[..n_train * d],
+        n_train,
+        d,
+        train.labels[..n_train].to_vec(),
+    )?;
     let test_gpu = GpuDataset::upload(&gpu, "test", &test.images, test.count, d, test.labels.clone())?;
 
     let vae = Vae::new(&gpu, args.model.clone(), args.train.seed)?;
@@ -237,11 +271,22 @@ fn run(args: Args) -> Result<()> {
         pairs.extend_from_slice(&x[range.clone()]);
         pairs.extend_from_slice(&xr[range]);
     }
-    write_grid_png(&out_dir.join("reconstructions.png"), &pairs, 2 * n, IMAGE_SIDE, IMAGE_SIDE, 8, 2)?;
+    write_grid_png(
+        &out_dir.join("reconstructions.png"),
+        &pairs,
+        2 * n,
+        IMAGE_SIDE,
+        IMAGE_SIDE,
+        8,
+        2,
+    )?;
     let z = prior_samples(args.train.seed, 64, args.model.latent, 1.0);
     let samples = decode(&gpu, &vae, &z)?;
     write_grid_png(&out_dir.join("samples.png"), &samples, 64, IMAGE_SIDE, IMAGE_SIDE, 8, 2)?;
-    println!("wrote {}/{{metrics.jsonl, checkpoint.safetensors, reconstructions.png, samples.png}}", out_dir.display());
+    println!(
+        "wrote {}/{{metrics.jsonl, checkpoint.safetensors, reconstructions.png, samples.png}}",
+        out_dir.display()
+    );
     Ok(())
 }
 

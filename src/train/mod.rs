@@ -56,7 +56,12 @@ impl ElboStats {
     fn from_totals(t: &[f64], examples: usize) -> Self {
         let n = examples.max(1) as f64;
         let (recon, kl) = (t[SLOT_RECON] / n, t[SLOT_KL] / n);
-        ElboStats { loss: recon + kl, recon, kl, examples }
+        ElboStats {
+            loss: recon + kl,
+            recon,
+            kl,
+            examples,
+        }
     }
 }
 
@@ -94,7 +99,9 @@ impl<'g> Trainer<'g> {
     pub fn new(gpu: &'g Gpu, vae: &Vae, data: GpuDataset, config: TrainConfig) -> Result<Self> {
         let b = config.batch_size;
         if b == 0 || config.mc_samples == 0 {
-            return Err(VaeError::Config("batch size and Monte Carlo samples must be at least 1".into()));
+            return Err(VaeError::Config(
+                "batch size and Monte Carlo samples must be at least 1".into(),
+            ));
         }
         if data.dim != vae.config.input_dim {
             return Err(VaeError::Shape(format!(
@@ -114,15 +121,34 @@ impl<'g> Trainer<'g> {
         let step_buf = StepBuffer::new(gpu)?;
         let perm = gpu.tensor("perm", &[data.count])?;
         let log = gpu.tensor("metric_log", &[steps, METRIC_SLOTS])?;
-        let src = BatchSource { data: &data, perm: &perm, binarize: config.binarize };
+        let src = BatchSource {
+            data: &data,
+            perm: &perm,
+            binarize: config.binarize,
+        };
         let full_plan = plan_step(gpu, vae, &ws, b, &src, &step_buf, &log, Some(&config.adam))?;
         let rem = data.count % b;
         let last_plan = if rem != 0 && !config.drop_last {
-            Some((rem, plan_step(gpu, vae, &ws, rem, &src, &step_buf, &log, Some(&config.adam))?))
+            Some((
+                rem,
+                plan_step(gpu, vae, &ws, rem, &src, &step_buf, &log, Some(&config.adam))?,
+            ))
         } else {
             None
         };
-        Ok(Trainer { gpu, config, data, ws, step_buf, perm, log, full_plan, last_plan, step: 0, epoch: 0 })
+        Ok(Trainer {
+            gpu,
+            config,
+            data,
+            ws,
+            step_buf,
+            perm,
+            log,
+            full_plan,
+            last_plan,
+            step: 0,
+            epoch: 0,
+        })
     }
 
     fn steps_for(count: usize, b: usize, drop_last: bool) -> usize {
@@ -232,7 +258,13 @@ impl<'g> Evaluator<'g> {
     pub fn new(gpu: &'g Gpu, data: GpuDataset) -> Result<Self> {
         let order: Vec<u32> = (0..data.count as u32).collect();
         let perm = gpu.upload_words("eval_perm", &order)?;
-        Ok(Evaluator { gpu, batch: EVAL_BATCH.min(data.count), data, perm, step_buf: StepBuffer::new(gpu)? })
+        Ok(Evaluator {
+            gpu,
+            batch: EVAL_BATCH.min(data.count),
+            data,
+            perm,
+            step_buf: StepBuffer::new(gpu)?,
+        })
     }
 
     /// The dataset.
@@ -260,12 +292,24 @@ impl<'g> Evaluator<'g> {
         let steps = self.data.count.div_ceil(b);
         let ws = Workspace::new(self.gpu, vae, b, 1, false, false)?;
         let log = self.gpu.tensor("eval_log", &[steps, METRIC_SLOTS])?;
-        let src = BatchSource { data: &self.data, perm: &self.perm, binarize };
+        let src = BatchSource {
+            data: &self.data,
+            perm: &self.perm,
+            binarize,
+        };
         let full = plan_step(self.gpu, vae, &ws, b, &src, &self.step_buf, &log, None)?;
         let rem = self.data.count % b;
-        let last = if rem > 0 { Some(plan_step(self.gpu, vae, &ws, rem, &src, &self.step_buf, &log, None)?) } else { None };
+        let last = if rem > 0 {
+            Some(plan_step(self.gpu, vae, &ws, rem, &src, &self.step_buf, &log, None)?)
+        } else {
+            None
+        };
         for i in 0..steps {
-            let plan = if i + 1 == steps { last.as_ref().unwrap_or(&full) } else { &full };
+            let plan = if i + 1 == steps {
+                last.as_ref().unwrap_or(&full)
+            } else {
+                &full
+            };
             self.write_step(seed, i * b, i);
             let refs: Vec<&Dispatch> = plan.iter().collect();
             let mut enc = self.gpu.ctx.device.create_command_encoder(&Default::default());
@@ -287,21 +331,38 @@ impl<'g> Evaluator<'g> {
         let steps = self.data.count.div_ceil(b);
         let ws = Workspace::new(self.gpu, vae, b, k, false, true)?;
         let log = self.gpu.tensor("iw_log", &[steps, METRIC_SLOTS])?;
-        let src = BatchSource { data: &self.data, perm: &self.perm, binarize };
+        let src = BatchSource {
+            data: &self.data,
+            perm: &self.perm,
+            binarize,
+        };
         let full = plan_step(self.gpu, vae, &ws, b, &src, &self.step_buf, &log, None)?;
         let rem = self.data.count % b;
-        let last = if rem > 0 { Some(plan_step(self.gpu, vae, &ws, rem, &src, &self.step_buf, &log, None)?) } else { None };
-        let lr_all = ws.log_ratio.as_ref().ok_or_else(|| VaeError::Gpu("workspace lacks log_ratio".into()))?;
+        let last = if rem > 0 {
+            Some(plan_step(self.gpu, vae, &ws, rem, &src, &self.step_buf, &log, None)?)
+        } else {
+            None
+        };
+        let lr_all = ws
+            .log_ratio
+            .as_ref()
+            .ok_or_else(|| VaeError::Gpu("workspace lacks log_ratio".into()))?;
         let mut total = 0.0f64;
         for i in 0..steps {
-            let (plan, rows) = if i + 1 == steps && rem > 0 { (last.as_ref().unwrap_or(&full), rem) } else { (&full, b) };
+            let (plan, rows) = if i + 1 == steps && rem > 0 {
+                (last.as_ref().unwrap_or(&full), rem)
+            } else {
+                (&full, b)
+            };
             self.write_step(seed, i * b, i);
             let refs: Vec<&Dispatch> = plan.iter().collect();
             self.gpu.run(&refs)?;
             let nll = self.gpu.read(&ws.nll(rows))?;
             let lr = self.gpu.read(&lr_all.reshape_prefix(&[k * rows]))?;
             for e in 0..rows {
-                let w: Vec<f64> = (0..k).map(|s| -(nll[s * rows + e] as f64) + lr[s * rows + e] as f64).collect();
+                let w: Vec<f64> = (0..k)
+                    .map(|s| -(nll[s * rows + e] as f64) + lr[s * rows + e] as f64)
+                    .collect();
                 let m = w.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let lse = m + w.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
                 total += -(lse - (k as f64).ln());
@@ -316,7 +377,11 @@ impl<'g> Evaluator<'g> {
         let n = n.min(self.data.count);
         let ws = Workspace::new(self.gpu, vae, n, 1, false, false)?;
         let log = self.gpu.tensor("recon_log", &[1, METRIC_SLOTS])?;
-        let src = BatchSource { data: &self.data, perm: &self.perm, binarize: false };
+        let src = BatchSource {
+            data: &self.data,
+            perm: &self.perm,
+            binarize: false,
+        };
         let plan = plan_step(self.gpu, vae, &ws, n, &src, &self.step_buf, &log, None)?;
         self.write_step(seed, 0, 0);
         self.gpu.run(&plan.iter().collect::<Vec<_>>())?;
@@ -330,7 +395,10 @@ impl<'g> Evaluator<'g> {
 pub fn decode(gpu: &Gpu, vae: &Vae, z: &[f32]) -> Result<Vec<f32>> {
     let zd = vae.config.latent;
     if z.is_empty() || z.len() % zd != 0 {
-        return Err(VaeError::Shape(format!("{} latent values are not a whole number of {zd}-vectors", z.len())));
+        return Err(VaeError::Shape(format!(
+            "{} latent values are not a whole number of {zd}-vectors",
+            z.len()
+        )));
     }
     let n = z.len() / zd;
     let zt = gpu.upload("z", &[n, zd], z)?;
@@ -351,7 +419,9 @@ pub fn decode(gpu: &Gpu, vae: &Vae, z: &[f32]) -> Result<Vec<f32>> {
 /// same counter-based generator as the device, stream [`rng::STREAM_SAMPLE`]).
 pub fn prior_samples(seed: u64, n: usize, latent: usize, temperature: f32) -> Vec<f32> {
     (0..n * latent)
-        .map(|i| (rng::normal(seed as u32, 0, rng::stream_word(rng::STREAM_SAMPLE, 0), i as u32) * temperature as f64) as f32)
+        .map(|i| {
+            (rng::normal(seed as u32, 0, rng::stream_word(rng::STREAM_SAMPLE, 0), i as u32) * temperature as f64) as f32
+        })
         .collect()
 }
 

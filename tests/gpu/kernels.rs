@@ -437,6 +437,8 @@ fn reparam_kl_forward_and_backward() {
         let bwd = ops::reparam_kl_backward(g, "reparam_bwd", &step, &enc, l, &dz, &denc).unwrap();
         g.run(&[&fwd, &bwd]).unwrap();
         let (zg, klg, dg) = (g.read(&z).unwrap(), g.read(&kl).unwrap(), g.read(&denc).unwrap());
+        let lrg = g.read(&lr).unwrap();
+        let mut lr_want = vec![0.0; l * b];
         let mut z_want = vec![0.0; l * b * zd];
         let mut kl_want = vec![0.0; b];
         let mut d_want = vec![0.0; b * 2 * zd];
@@ -481,6 +483,9 @@ fn reparam_kl_forward_and_backward() {
         });
         assert_close(&format!("kl {b}×{zd}"), &klg, &kl_want, |i| {
             1e-5 * (1.0 + kl_want[i].abs())
+        });
+        assert_close(&format!("log ratio {b}×{zd}×{l}"), &lrg, &lr_want, |i| {
+            1e-5 * (1.0 + lr_want[i].abs())
         });
         assert_close(&format!("denc {b}×{zd}×{l}"), &dg, &d_want, |i| {
             1e-5 * (1.0 + d_want[i].abs())

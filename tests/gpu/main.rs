@@ -6,3 +6,4 @@ mod common;
 mod kernels;
 mod rng;
 mod runtime;
+mod train;

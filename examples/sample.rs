@@ -1,0 +1,68 @@
+//! Writes a grid of new samples from a trained checkpoint:
+//! `cargo run --release --example sample -- --checkpoint FILE [--out samples.png] [--n 64]
+//! [--seed N] [--temperature T]`.
+
+use std::path::PathBuf;
+
+use vae_wgpu::data::IMAGE_SIDE;
+use vae_wgpu::io::write_grid_png;
+use vae_wgpu::model::Vae;
+use vae_wgpu::train::{decode, prior_samples};
+use vae_wgpu::{Gpu, Result, VaeError};
+
+fn run() -> Result<()> {
+    let (mut checkpoint, mut out, mut n, mut seed, mut temperature) =
+        (None, PathBuf::from("samples.png"), 64usize, 7u64, 1.0f32);
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "--help" {
+            println!("sample --checkpoint FILE [--out samples.png] [--n 64] [--seed 7] [--temperature 1.0]");
+            return Ok(());
+        }
+        let v = it
+            .next()
+            .ok_or_else(|| VaeError::Config(format!("{flag} needs a value")))?;
+        let bad = |what: &str| VaeError::Config(format!("{flag} takes {what}, got {v:?}"));
+        match flag.as_str() {
+            "--checkpoint" => checkpoint = Some(PathBuf::from(&v)),
+            "--out" => out = PathBuf::from(&v),
+            "--n" => {
+                n = v
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| bad("a positive whole number"))?
+            }
+            "--seed" => seed = v.parse().map_err(|_| bad("a whole number"))?,
+            "--temperature" => {
+                temperature = v
+                    .parse()
+                    .ok()
+                    .filter(|t: &f32| *t > 0.0)
+                    .ok_or_else(|| bad("a positive number"))?
+            }
+            _ => return Err(VaeError::Config(format!("unknown flag {flag} (see --help)"))),
+        }
+    }
+    let checkpoint = checkpoint.ok_or_else(|| VaeError::Config("--checkpoint FILE is required".into()))?;
+    let gpu = Gpu::new()?;
+    let vae = Vae::load(&gpu, &checkpoint)?;
+    if vae.config.input_dim != IMAGE_SIDE * IMAGE_SIDE {
+        return Err(VaeError::Config(format!(
+            "the model makes {} pixels, not 28×28 images",
+            vae.config.input_dim
+        )));
+    }
+    let z = prior_samples(seed, n, vae.config.latent, temperature);
+    let images = decode(&gpu, &vae, &z)?;
+    write_grid_png(&out, &images, n, IMAGE_SIDE, IMAGE_SIDE, 8, 2)?;
+    println!("wrote {} samples to {}", n, out.display());
+    Ok(())
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
