@@ -132,6 +132,18 @@ impl Workspace {
         })
     }
 
+    /// Device bytes of every tensor in the workspace.
+    pub fn bytes(&self) -> u64 {
+        let mut all: Vec<&Tensor> = vec![&self.x, &self.enc, &self.z, &self.out, &self.d_out, &self.per_example];
+        all.extend(self.enc_hidden.iter().chain(&self.dec_hidden));
+        all.extend(self.log_ratio.iter());
+        if let Some(g) = &self.grads {
+            all.extend([&g.z, &g.enc]);
+            all.extend(g.dec_hidden.iter().chain(&g.enc_hidden));
+        }
+        all.iter().map(|t| t.buffer().bytes()).sum()
+    }
+
     /// Per-draw NLL for the first `b` examples.
     pub fn nll(&self, b: usize) -> Tensor {
         self.per_example.reshape_prefix(&[self.samples * b])
@@ -166,6 +178,11 @@ pub fn plan_step(
     metric_log: &Tensor,
     adam: Option<&AdamConfig>,
 ) -> Result<Vec<Dispatch>> {
+    if adam.is_some() && ws.grads.is_none() {
+        return Err(crate::VaeError::Config(
+            "plan_step: a training step (adam given) needs a workspace built with train = true".into(),
+        ));
+    }
     let l = ws.samples;
     let r = l * b;
     let x = rows(&ws.x, b);

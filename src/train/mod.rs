@@ -210,6 +210,24 @@ impl<'g> Trainer<'g> {
         Ok(rows)
     }
 
+    /// Runs `n` training steps over the current epoch order without reading anything back
+    /// (for benchmarks: the epoch's metric rows are overwritten, the step counter advances).
+    pub fn train_steps(&mut self, n: usize) -> Result<()> {
+        let steps = self.steps_per_epoch();
+        for i in 0..n {
+            let mut enc = self.gpu.ctx.device.create_command_encoder(&Default::default());
+            self.record_step(&mut enc, i % steps)?;
+            self.gpu.submit(enc.finish());
+            self.step += 1;
+        }
+        self.gpu.ctx.wait()
+    }
+
+    /// Bytes of the step's activations and their gradients (the planned workspace).
+    pub fn workspace_bytes(&self) -> u64 {
+        self.ws.bytes()
+    }
+
     /// Trains one epoch: a fresh permutation uploaded once, one submit per step, no readback
     /// until the end. `progress(done, total)` is called after each submit.
     pub fn train_epoch(&mut self, mut progress: impl FnMut(usize, usize)) -> Result<EpochReport> {

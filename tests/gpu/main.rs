@@ -4,6 +4,8 @@
 
 mod common;
 mod kernels;
+mod model;
+mod reference;
 mod rng;
 mod runtime;
 mod train;

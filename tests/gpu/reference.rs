@@ -41,7 +41,12 @@ pub fn layers(cfg: &VaeConfig) -> Vec<Dense> {
         out.push(dense(format!("encoder.{i}"), width, h, cfg.activation));
         width = h;
     }
-    out.push(dense("encoder.head".into(), width, 2 * cfg.latent, Activation::Identity));
+    out.push(dense(
+        "encoder.head".into(),
+        width,
+        2 * cfg.latent,
+        Activation::Identity,
+    ));
     let mut width = cfg.latent;
     for (i, &h) in cfg.hidden.iter().rev().enumerate() {
         out.push(dense(format!("decoder.{i}"), width, h, cfg.activation));
@@ -124,7 +129,12 @@ pub fn softplus(x: f64) -> f64 {
 pub fn dense_forward(layer: &Dense, x: &[f64], rows: usize, w: &[f64], b: &[f64]) -> (Vec<f64>, Vec<f64>) {
     let (n_in, n_out) = (layer.inputs, layer.outputs);
     assert_eq!(x.len(), rows * n_in, "{}: input size", layer.name);
-    assert_eq!((w.len(), b.len()), (n_in * n_out, n_out), "{}: parameter sizes", layer.name);
+    assert_eq!(
+        (w.len(), b.len()),
+        (n_in * n_out, n_out),
+        "{}: parameter sizes",
+        layer.name
+    );
     let mut pre = vec![0.0; rows * n_out];
     for r in 0..rows {
         for o in 0..n_out {
@@ -174,7 +184,10 @@ pub fn nll_row(lik: Likelihood, out: &[f64], x: &[f64]) -> f64 {
         Likelihood::Gaussian { variance } => {
             let c = variance as f64;
             let half_log = 0.5 * (std::f64::consts::TAU * c).ln();
-            out.iter().zip(x).map(|(&m, &t)| (t - m).powi(2) / (2.0 * c) + half_log).sum()
+            out.iter()
+                .zip(x)
+                .map(|(&m, &t)| (t - m).powi(2) / (2.0 * c) + half_log)
+                .sum()
         }
     }
 }
@@ -280,7 +293,11 @@ pub fn forward(cfg: &VaeConfig, params: &[Vec<f64>], batch: &Batch<'_>) -> Forwa
     let nll = (0..r)
         .map(|row| {
             let e = row % b;
-            nll_row(cfg.likelihood, &out[row * d..(row + 1) * d], &batch.x[e * d..(e + 1) * d])
+            nll_row(
+                cfg.likelihood,
+                &out[row * d..(row + 1) * d],
+                &batch.x[e * d..(e + 1) * d],
+            )
         })
         .collect();
     Forward {
@@ -343,7 +360,11 @@ pub fn gradients(cfg: &VaeConfig, params: &[Vec<f64>], batch: &Batch<'_>) -> (Lo
             dz = dx;
         } else {
             let (prev_pre, prev_act) = (&fwd.dec_pre[k - m - 2], ls[k - 1].act);
-            dpre = dx.iter().zip(prev_pre).map(|(g, &p)| g * act_grad(prev_act, p)).collect();
+            dpre = dx
+                .iter()
+                .zip(prev_pre)
+                .map(|(g, &p)| g * act_grad(prev_act, p))
+                .collect();
         }
     }
 
@@ -377,7 +398,11 @@ pub fn gradients(cfg: &VaeConfig, params: &[Vec<f64>], batch: &Batch<'_>) -> (Lo
         grads[2 * k + 1] = db;
         if k > 0 {
             let (prev_pre, prev_act) = (&fwd.enc_pre[k - 1], ls[k - 1].act);
-            dpre = dx.iter().zip(prev_pre).map(|(g, &p)| g * act_grad(prev_act, p)).collect();
+            dpre = dx
+                .iter()
+                .zip(prev_pre)
+                .map(|(g, &p)| g * act_grad(prev_act, p))
+                .collect();
         }
     }
     (losses(&fwd, batch), grads)
@@ -472,7 +497,10 @@ mod tests {
             .enumerate()
             .map(|(i, (_, shape))| {
                 let n: usize = shape.iter().product();
-                rand_vec(n, seed + i as u64, -0.6, 0.6).iter().map(|&v| v as f64).collect()
+                rand_vec(n, seed + i as u64, -0.6, 0.6)
+                    .iter()
+                    .map(|&v| v as f64)
+                    .collect()
             })
             .collect()
     }
@@ -492,9 +520,21 @@ mod tests {
     fn reference_gradients_match_finite_differences() {
         let cases = [
             (Activation::Relu, Likelihood::Bernoulli, vec![8], 1, 1.0),
-            (Activation::LeakyRelu, Likelihood::Gaussian { variance: 0.5 }, vec![8], 2, 0.5),
+            (
+                Activation::LeakyRelu,
+                Likelihood::Gaussian { variance: 0.5 },
+                vec![8],
+                2,
+                0.5,
+            ),
             (Activation::Tanh, Likelihood::Bernoulli, vec![8, 4], 3, 1.0),
-            (Activation::Sigmoid, Likelihood::Gaussian { variance: 2.0 }, vec![4], 1, 0.3),
+            (
+                Activation::Sigmoid,
+                Likelihood::Gaussian { variance: 2.0 },
+                vec![4],
+                1,
+                0.3,
+            ),
             (Activation::Identity, Likelihood::Bernoulli, vec![], 2, 1.0),
         ];
         for (n, (act, lik, hidden, samples, beta)) in cases.into_iter().enumerate() {
@@ -506,7 +546,10 @@ mod tests {
                 likelihood: lik,
             };
             let b = 3;
-            let x: Vec<f64> = rand_vec(b * 4, 50 + n as u64, 0.0, 1.0).iter().map(|&v| v as f64).collect();
+            let x: Vec<f64> = rand_vec(b * 4, 50 + n as u64, 0.0, 1.0)
+                .iter()
+                .map(|&v| v as f64)
+                .collect();
             let eps: Vec<f64> = rand_vec(samples * b * 2, 60 + n as u64, -2.0, 2.0)
                 .iter()
                 .map(|&v| v as f64)
@@ -525,7 +568,10 @@ mod tests {
             }
             let fwd = forward(&cfg, &params, &batch);
             // Finite differences move a pre-activation by at most h·max|input| ≈ 1e-5.
-            assert!(kink_margin(&cfg, &fwd) > 1e-4, "case {n}: a pre-activation sits on the kink");
+            assert!(
+                kink_margin(&cfg, &fwd) > 1e-4,
+                "case {n}: a pre-activation sits on the kink"
+            );
             let (_, g) = gradients(&cfg, &params, &batch);
             let fd = finite_differences(&cfg, &params, &batch, 1e-5);
             // Central differences: truncation O(h²) ≈ 1e-10, rounding ≈ 1e-16·|loss|/h ≈ 1e-10.

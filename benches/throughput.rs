@@ -1,0 +1,365 @@
+//! GPU throughput of vae-wgpu: `cargo bench --bench throughput [-- --json FILE] [--quick]`.
+//!
+//! Prints the adapter and its settings, then: pipeline compilation time; training samples/s
+//! at several batch sizes; inference samples/s (encode, decode, reconstruct); the GPU time of
+//! every dispatch of one training step at batch 128 from timestamp queries written inside the
+//! pass (wall clock around a synchronised submit where the adapter lacks them), with GFLOP/s
+//! or GB/s; dispatches, passes, submits and readbacks per step; resident device bytes against
+//! the sum of what the model needs. Each figure is the median (and min–max) of repeats after
+//! a warm-up.
+
+use std::time::Instant;
+
+use vae_wgpu::data::DatasetKind;
+use vae_wgpu::gpu::Dispatch;
+use vae_wgpu::model::{GpuDataset, Vae, VaeConfig};
+use vae_wgpu::ops::{self, Epilogue, MatmulStrategy};
+use vae_wgpu::train::{TrainConfig, Trainer};
+use vae_wgpu::Gpu;
+
+type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+struct Stat {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+fn stat(mut v: Vec<f64>) -> Stat {
+    v.sort_by(f64::total_cmp);
+    Stat {
+        median: v[v.len() / 2],
+        min: v[0],
+        max: v[v.len() - 1],
+    }
+}
+
+fn time_runs(repeats: usize, mut f: impl FnMut() -> AnyResult<f64>) -> AnyResult<Stat> {
+    f()?; // warm-up
+    Ok(stat((0..repeats).map(|_| f()).collect::<AnyResult<Vec<f64>>>()?))
+}
+
+/// GPU seconds of each dispatch, from timestamps written before each dispatch and after the last.
+fn profile_dispatches(gpu: &Gpu, plan: &[&Dispatch]) -> AnyResult<Option<Vec<f64>>> {
+    if !gpu.report().timestamps_inside_passes {
+        return Ok(None);
+    }
+    let dev = &gpu.ctx.device;
+    let n = plan.len() as u32 + 1;
+    let qs = dev.create_query_set(&wgpu::QuerySetDescriptor {
+        label: Some("profile"),
+        ty: wgpu::QueryType::Timestamp,
+        count: n,
+    });
+    let resolve = dev.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("resolve"),
+        size: 8 * n as u64,
+        usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    let read = dev.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("read"),
+        size: 8 * n as u64,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut enc = dev.create_command_encoder(&Default::default());
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        for (i, d) in plan.iter().enumerate() {
+            pass.write_timestamp(&qs, i as u32);
+            d.record(&mut pass);
+        }
+        pass.write_timestamp(&qs, n - 1);
+    }
+    enc.resolve_query_set(&qs, 0..n, &resolve, 0);
+    enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, 8 * n as u64);
+    gpu.ctx.queue.submit([enc.finish()]);
+    read.slice(..).map_async(wgpu::MapMode::Read, |_| {});
+    gpu.ctx.wait()?;
+    let ticks: Vec<u64> = bytemuck::cast_slice(&read.slice(..).get_mapped_range()?).to_vec();
+    let period = gpu.ctx.queue.get_timestamp_period() as f64 * 1e-9;
+    Ok(Some(
+        ticks
+            .windows(2)
+            .map(|w| w[1].saturating_sub(w[0]) as f64 * period)
+            .collect(),
+    ))
+}
+
+fn main() -> AnyResult<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let json_path = args
+        .iter()
+        .position(|a| a == "--json")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let quick = args.iter().any(|a| a == "--quick");
+    let repeats = if quick { 3 } else { 7 };
+    let mut json: Vec<String> = Vec::new();
+
+    let t0 = Instant::now();
+    let gpu = Gpu::new()?;
+    let device_s = t0.elapsed().as_secs_f64();
+    let r = gpu.report().clone();
+    let strategy = MatmulStrategy::preferred(&gpu)?;
+    println!(
+        "adapter: {} | {:?} {:?} | driver {}",
+        r.name,
+        r.backend,
+        r.device_type,
+        r.driver.trim()
+    );
+    println!(
+        "settings: subgroup {}..{} | LP_NATIVE_VECTOR_WIDTH={} | matmul strategy {:?} | timestamps in passes: {}",
+        r.subgroup_min_size,
+        r.subgroup_max_size,
+        r.lp_native_vector_width.as_deref().unwrap_or("unset"),
+        strategy,
+        r.timestamps_inside_passes
+    );
+    json.push(format!(
+        "\"adapter\":\"{}\",\"matmul_strategy\":\"{strategy:?}\",\"subgroup_size\":{}",
+        r.name, r.subgroup_min_size
+    ));
+
+    let set = DatasetKind::Mnist.load_split(&DatasetKind::Mnist.default_dir(), true)?;
+    let upload = |g: &Gpu| GpuDataset::upload(g, "train", &set.images, set.count, 784, set.labels.clone());
+
+    // Start-up: device creation, then every pipeline a training run needs.
+    let t1 = Instant::now();
+    let vae = Vae::new(&gpu, VaeConfig::default(), 1)?;
+    let mut trainer = Trainer::new(&gpu, &vae, upload(&gpu)?, TrainConfig::default())?;
+    let plan_s = t1.elapsed().as_secs_f64();
+    let (compile, pipelines) = gpu.kernels.compile_stats();
+    println!(
+        "\nstart-up: device {:.3}s | model + dataset upload + plans {:.3}s, of which {} pipelines compiled in {:.3}s",
+        device_s,
+        plan_s,
+        pipelines,
+        compile.as_secs_f64()
+    );
+    json.push(format!(
+        "\"pipeline_compile_s\":{:.4},\"pipelines\":{pipelines}",
+        compile.as_secs_f64()
+    ));
+
+    // Step structure.
+    let before = gpu.traffic();
+    let steps = 8;
+    trainer.train_steps(steps)?;
+    let after = gpu.traffic();
+    let per = |a: u64, b: u64| (a - b) as f64 / steps as f64;
+    println!(
+        "per training step: {} dispatches in 1 compute pass | {} submits | {} host readbacks",
+        per(after.dispatches, before.dispatches),
+        per(after.submits, before.submits),
+        per(after.readbacks, before.readbacks)
+    );
+    json.push(format!(
+        "\"dispatches_per_step\":{},\"submits_per_step\":{},\"readbacks_per_step\":{}",
+        per(after.dispatches, before.dispatches),
+        per(after.submits, before.submits),
+        per(after.readbacks, before.readbacks)
+    ));
+
+    // Resident memory against what the model needs.
+    let live = gpu.memory.stats().live_bytes;
+    let arena = 4 * 4 * vae.arena.layout.len() as u64;
+    let data = trainer.data().words.buffer().bytes();
+    let ws = trainer.workspace_bytes();
+    let need = arena + data + ws;
+    println!(
+        "device memory: {:.2} MB resident | params+grads+Adam m,v {:.2} MB + dataset {:.2} MB + activations and their gradients {:.2} MB = {:.2} MB | ratio {:.3}",
+        live as f64 / 1e6,
+        arena as f64 / 1e6,
+        data as f64 / 1e6,
+        ws as f64 / 1e6,
+        need as f64 / 1e6,
+        live as f64 / need as f64
+    );
+    json.push(format!("\"resident_bytes\":{live},\"needed_bytes\":{need}"));
+
+    // Per-dispatch GPU time at batch 128.
+    let plan: Vec<&Dispatch> = trainer.full_plan().iter().collect();
+    println!("\none training step, batch 128 ({} dispatches):", plan.len());
+    let mut per_dispatch: Vec<Vec<f64>> = vec![Vec::new(); plan.len()];
+    let timed_by = if r.timestamps_inside_passes {
+        "timestamps inside the pass"
+    } else {
+        "wall clock per dispatch"
+    };
+    for rep in 0..=repeats {
+        let times = match profile_dispatches(&gpu, &plan)? {
+            Some(t) => t,
+            None => plan
+                .iter()
+                .map(|d| {
+                    let t = Instant::now();
+                    gpu.run(&[*d]).map(|_| t.elapsed().as_secs_f64())
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        if rep > 0 {
+            for (acc, t) in per_dispatch.iter_mut().zip(times) {
+                acc.push(t);
+            }
+        }
+    }
+    println!("{:<36} {:>9} {:>17} {:>12}", "dispatch", "ms", "min-max", "rate");
+    let mut sum = 0.0;
+    let mut rows = Vec::new();
+    for (d, t) in plan.iter().zip(per_dispatch) {
+        let s = stat(t);
+        sum += s.median;
+        let rate = if d.flops > 0.0 && d.label.contains('[') {
+            format!("{:.1} GFLOP/s", d.flops / s.median / 1e9)
+        } else {
+            format!("{:.2} GB/s", d.bytes / s.median / 1e9)
+        };
+        println!(
+            "{:<36} {:>9.3} {:>8.3}-{:<8.3} {:>12}",
+            d.label,
+            s.median * 1e3,
+            s.min * 1e3,
+            s.max * 1e3,
+            rate
+        );
+        rows.push(format!("{{\"dispatch\":\"{}\",\"ms\":{:.4}}}", d.label, s.median * 1e3));
+    }
+    let step_wall = time_runs(repeats, || {
+        let t = Instant::now();
+        trainer.train_steps(10)?;
+        Ok(t.elapsed().as_secs_f64() / 10.0)
+    })?;
+    println!(
+        "{:<36} {:>9.3}   (a whole step by wall clock, 10 steps back to back: {:.3} ms)",
+        "sum of dispatches",
+        sum * 1e3,
+        step_wall.median * 1e3
+    );
+    json.push(format!(
+        "\"step_dispatches\":[{}],\"step_sum_ms\":{:.4},\"step_wall_ms\":{:.4}",
+        rows.join(","),
+        sum * 1e3,
+        step_wall.median * 1e3
+    ));
+    drop(trainer);
+
+    // Training throughput by batch size.
+    println!("\ntraining throughput (default model):");
+    let mut tput = Vec::new();
+    for &b in &[32usize, 128, 512, 2048] {
+        let mut tr = Trainer::new(
+            &gpu,
+            &vae,
+            upload(&gpu)?,
+            TrainConfig {
+                batch_size: b,
+                ..Default::default()
+            },
+        )?;
+        let steps = (8192 / b).clamp(4, 64);
+        let s = time_runs(repeats.min(5), || {
+            let t = Instant::now();
+            tr.train_steps(steps)?;
+            Ok((steps * b) as f64 / t.elapsed().as_secs_f64())
+        })?;
+        println!(
+            "  batch {b:>5}: {:>9.0} samples/s (min {:.0}, max {:.0})",
+            s.median, s.min, s.max
+        );
+        tput.push(format!("{{\"batch\":{b},\"samples_per_sec\":{:.1}}}", s.median));
+    }
+    json.push(format!("\"train_samples_per_sec\":[{}]", tput.join(",")));
+
+    // Inference throughput at batch 1024.
+    println!("\ninference throughput (batch 1024):");
+    let b = 1024;
+    let x = gpu.upload(
+        "x",
+        &[b, 784],
+        &set.images[..b * 784]
+            .iter()
+            .map(|&p| p as f32 / 255.0)
+            .collect::<Vec<_>>(),
+    )?;
+    let enc_h = vec![gpu.tensor("h", &[b, 400])?];
+    let enc = gpu.tensor("enc", &[b, 40])?;
+    let z = gpu.tensor("z", &[b, 20])?;
+    let kl = gpu.tensor("kl", &[b])?;
+    let dec_h = vec![gpu.tensor("g", &[b, 400])?];
+    let out = gpu.tensor("out", &[b, 784])?;
+    let step = ops::StepBuffer::new(&gpu)?;
+    let encode = vae.plan_encode(&gpu, &x, &enc_h, &enc)?;
+    let decode = vae.plan_decode(&gpu, &z, &dec_h, &out)?;
+    let reparam = ops::reparam_kl_forward(&gpu, "reparam", &step, &enc, 1, &z, &kl, None)?;
+    let mut recon: Vec<&Dispatch> = encode.iter().collect();
+    recon.push(&reparam);
+    recon.extend(decode.iter());
+    let mut inf = Vec::new();
+    for (name, list) in [
+        ("encode", encode.iter().collect::<Vec<_>>()),
+        ("decode", decode.iter().collect()),
+        ("reconstruct", recon),
+    ] {
+        let s = time_runs(repeats, || {
+            let t = Instant::now();
+            gpu.run(&list)?;
+            Ok(b as f64 / t.elapsed().as_secs_f64())
+        })?;
+        println!(
+            "  {name:<12} {:>9.0} samples/s (min {:.0}, max {:.0})",
+            s.median, s.min, s.max
+        );
+        inf.push(format!("\"{name}\":{:.1}", s.median));
+    }
+    json.push(format!("\"inference_samples_per_sec\":{{{}}}", inf.join(",")));
+
+    // Matmul at the model's shapes and 1024³, per strategy.
+    println!("\nmatmul (median of {repeats}, 10 launches per submit):");
+    let shapes = [
+        ("128x784 . 784x400", 128, 400, 784, false, false),
+        ("128x400 . 400x784", 128, 784, 400, false, false),
+        ("(128x784)T . 128x400", 784, 400, 128, true, false),
+        ("128x400 . (784x400)T", 128, 784, 400, false, true),
+        ("1024^3", 1024, 1024, 1024, false, false),
+    ];
+    let mut mm = Vec::new();
+    for &(label, m, n, k, ta, tb) in &shapes {
+        let a = gpu.upload("a", &if ta { [k, m] } else { [m, k] }, &vec![0.01; m * k])?;
+        let bb = gpu.upload("b", &if tb { [n, k] } else { [k, n] }, &vec![0.02; k * n])?;
+        let c = gpu.tensor("c", &[m, n])?;
+        for st in [MatmulStrategy::Subgroup, MatmulStrategy::Tiled] {
+            if st.check_supported(&gpu).is_err() {
+                continue;
+            }
+            let d = ops::matmul(&gpu, label, &a, ta, &bb, tb, &c, &Epilogue::default(), Some(st))?;
+            let reps = if m * n * k > 100_000_000 { 2 } else { 10 };
+            let list: Vec<&Dispatch> = (0..reps).map(|_| &d).collect();
+            let s = time_runs(repeats.min(5), || {
+                let t = Instant::now();
+                gpu.run(&list)?;
+                Ok(t.elapsed().as_secs_f64() / reps as f64)
+            })?;
+            println!(
+                "  {label:<22} {:<9} {:>8.3} ms {:>7.1} GFLOP/s",
+                format!("{st:?}"),
+                s.median * 1e3,
+                d.flops / s.median / 1e9
+            );
+            mm.push(format!(
+                "{{\"shape\":\"{label}\",\"strategy\":\"{st:?}\",\"gflops\":{:.2}}}",
+                d.flops / s.median / 1e9
+            ));
+        }
+    }
+    json.push(format!("\"matmul\":[{}]", mm.join(",")));
+    println!("\nper-dispatch times by {timed_by}; throughput by wall clock around synchronised submits.");
+
+    if let Some(path) = json_path {
+        std::fs::write(&path, format!("{{{}}}\n", json.join(",")))?;
+        println!("wrote {path}");
+    }
+    Ok(())
+}

@@ -1,0 +1,478 @@
+//! Model-level tests: whole planned training steps on the adapter against the f64 reference in
+//! `reference.rs` — the gradient of every parameter, the metric log row and one Adam update —
+//! and a partial-batch plan against a workspace built for exactly that batch.
+
+use vae_wgpu::model::{plan_step, BatchSource, GpuDataset, Vae, VaeConfig, Workspace, METRIC_SLOTS};
+use vae_wgpu::ops::{self, Activation, AdamConfig, Likelihood, StepBuffer, StepParams};
+use vae_wgpu::{rng, Dispatch, Gpu, Tensor};
+
+use crate::common::{gpu, rand_vec};
+use crate::reference::{self, AdamState, Batch};
+
+/// A byte dataset on the device, its host copy and an example order.
+struct Data {
+    bytes: Vec<u8>,
+    dim: usize,
+    perm: Vec<u32>,
+    set: GpuDataset,
+    perm_t: Tensor,
+}
+
+impl Data {
+    /// `count` examples of `dim` varied bytes (0 and 255 included), in a shuffled order.
+    fn new(g: &Gpu, count: usize, dim: usize, seed: u64) -> Self {
+        let mut bytes: Vec<u8> = rand_vec(count * dim, seed, 0.0, 256.0)
+            .iter()
+            .map(|&v| v.min(255.0) as u8)
+            .collect();
+        bytes[0] = 0;
+        bytes[1] = 255;
+        let perm = rng::permutation(&mut rng::host_rng(seed, 1), count);
+        let set = GpuDataset::upload(g, "train", &bytes, count, dim, vec![0; count]).unwrap();
+        let perm_t = g.upload_words("perm", &perm).unwrap();
+        Data {
+            bytes,
+            dim,
+            perm,
+            set,
+            perm_t,
+        }
+    }
+
+    /// The batch the gather builds: row b is example perm[start + b] as bytes / 255.
+    fn batch_x(&self, start: usize, b: usize) -> Vec<f64> {
+        let d = self.dim;
+        (0..b)
+            .flat_map(|row| {
+                let ex = self.perm[start + row] as usize;
+                self.bytes[ex * d..(ex + 1) * d].iter().map(|&v| v as f64 / 255.0)
+            })
+            .collect()
+    }
+
+    fn source(&self) -> BatchSource<'_> {
+        BatchSource {
+            data: &self.set,
+            perm: &self.perm_t,
+            binarize: false,
+        }
+    }
+}
+
+/// The ε the reparameterization kernel draws for a step, [L, B, Z] (see reparam_kl.wgsl).
+fn step_eps(sp: &StepParams, samples: usize, b: usize, z: usize) -> Vec<f64> {
+    let mut eps = Vec::with_capacity(samples * b * z);
+    for s in 0..samples {
+        for e in 0..b {
+            for j in 0..z {
+                let stream = rng::stream_word(sp.stream, s as u32);
+                eps.push(rng::normal(sp.seed, sp.step, stream, (e * z + j) as u32));
+            }
+        }
+    }
+    eps
+}
+
+/// What one step on the device did.
+struct StepResult {
+    params_before: Vec<Vec<f32>>,
+    grads: Vec<Vec<f32>>,
+    params_after: Vec<Vec<f32>>,
+    /// [Σ_b mean_s NLL, Σ_b KL] from the step's row of the metric log.
+    totals: Vec<f64>,
+}
+
+/// Plans and runs one training step for `b` examples with the optimizer `adam`, as the trainer
+/// does: one plan, the step uniform written, one submit.
+fn gpu_step(
+    g: &Gpu,
+    vae: &Vae,
+    ws: &Workspace,
+    b: usize,
+    data: &Data,
+    sp: StepParams,
+    adam: &AdamConfig,
+) -> StepResult {
+    let params_before = vae.arena.read_params(g).unwrap();
+    let step = StepBuffer::new(g).unwrap();
+    let log = g.tensor("log", &[1, METRIC_SLOTS]).unwrap();
+    let plan = plan_step(g, vae, ws, b, &data.source(), &step, &log, Some(adam)).unwrap();
+    let mut sp = StepParams { log_row: 0, ..sp };
+    adam.step_fields(sp.step as u64 + 1, &mut sp);
+    step.write(g, &sp);
+    let refs: Vec<&Dispatch> = plan.iter().collect();
+    g.run(&refs).unwrap();
+    StepResult {
+        params_before,
+        grads: vae.arena.read_grads(g).unwrap(),
+        params_after: vae.arena.read_params(g).unwrap(),
+        totals: ops::read_log_totals(g, &log, 1).unwrap(),
+    }
+}
+
+fn to_f64(v: &[Vec<f32>]) -> Vec<Vec<f64>> {
+    v.iter().map(|t| t.iter().map(|&x| x as f64).collect()).collect()
+}
+
+/// Per tensor: every |got − want| ≤ rel·max|want| + abs; reports the worst element.
+fn assert_tensors_close(what: &str, names: &[String], got: &[Vec<f64>], want: &[Vec<f64>], rel: f64, abs: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: tensor count");
+    for ((name, g), w) in names.iter().zip(got).zip(want) {
+        assert_eq!(g.len(), w.len(), "{what} {name}: length");
+        let tol = rel * w.iter().fold(0.0f64, |m, v| m.max(v.abs())) + abs;
+        let (i, err) = g
+            .iter()
+            .zip(w)
+            .map(|(a, b)| (a - b).abs())
+            .enumerate()
+            .fold((0, 0.0f64), |best, (i, e)| if e > best.1 { (i, e) } else { best });
+        assert!(
+            g.iter().all(|v| v.is_finite()) && err <= tol,
+            "{what} {name}[{i}]: got {} want {} (error {err:.3e}, tolerance {tol:.3e})",
+            g[i],
+            w[i]
+        );
+    }
+}
+
+/// The model's parameter slots must be the ones the reference reads.
+fn slot_names(vae: &Vae) -> Vec<String> {
+    let got: Vec<(String, Vec<usize>)> = vae
+        .arena
+        .layout
+        .slots()
+        .iter()
+        .map(|s| (s.name.clone(), s.shape.clone()))
+        .collect();
+    assert_eq!(got, reference::param_slots(&vae.config), "arena layout vs reference");
+    got.into_iter().map(|(n, _)| n).collect()
+}
+
+/// One gradient check: a VAE, a batch and a step's ε, GPU gradients against the reference.
+struct Case {
+    name: &'static str,
+    cfg: VaeConfig,
+    batch: usize,
+    samples: usize,
+    beta: f32,
+    seed: u64,
+}
+
+fn small(hidden: Vec<usize>, latent: usize, activation: Activation, likelihood: Likelihood) -> VaeConfig {
+    VaeConfig {
+        input_dim: 8,
+        hidden,
+        latent,
+        activation,
+        likelihood,
+    }
+}
+
+/// Runs one step with lr = 0 (the gradients are written, the parameters stay) and checks:
+/// the reference's analytic gradients against its finite differences, the GPU gradients
+/// against the reference, and the metric row against the reference's loss terms.
+fn check_gradients(case: &Case) {
+    let g = gpu();
+    let (b, l, zd) = (case.batch, case.samples, case.cfg.latent);
+    let vae = Vae::new(g, case.cfg.clone(), case.seed).unwrap();
+    let names = slot_names(&vae);
+    let start = 3;
+    let data = Data::new(g, b + 4, case.cfg.input_dim, case.seed + 1);
+    let ws = Workspace::new(g, &vae, b, l, true, false).unwrap();
+    let sp = StepParams {
+        seed: 1000 + case.seed as u32,
+        step: 17,
+        batch_start: start as u32,
+        stream: rng::STREAM_TRAIN,
+        kl_beta: case.beta,
+        ..Default::default()
+    };
+    let frozen = AdamConfig {
+        lr: 0.0,
+        ..Default::default()
+    };
+    let res = gpu_step(g, &vae, &ws, b, &data, sp, &frozen);
+    assert_eq!(
+        res.params_after, res.params_before,
+        "{}: lr 0 must leave the parameters",
+        case.name
+    );
+
+    let params = to_f64(&res.params_before);
+    let x = data.batch_x(start, b);
+    let eps = step_eps(&sp, l, b, zd);
+    let batch = Batch {
+        x: &x,
+        batch: b,
+        eps: &eps,
+        samples: l,
+        beta: case.beta as f64,
+    };
+    let fwd = reference::forward(&case.cfg, &params, &batch);
+    // Preconditions of the comparison: log-variances far inside the clamp, and no ReLU
+    // pre-activation within reach of a finite-difference step (h·max|input| ≈ 1e-5) or of f32
+    // rounding, either of which would compare different branches.
+    for e in 0..b {
+        for j in 0..zd {
+            let raw = fwd.enc[e * 2 * zd + zd + j];
+            assert!(raw.abs() < 10.0, "{}: log-variance {raw} too near the clamp", case.name);
+        }
+    }
+    let margin = reference::kink_margin(&case.cfg, &fwd);
+    assert!(
+        margin > 1e-4,
+        "{}: a pre-activation is {margin:.1e} from the kink",
+        case.name
+    );
+
+    let (losses, want) = reference::gradients(&case.cfg, &params, &batch);
+    // The FD check validates the reference: central differences with h = 1e-5 in f64 have
+    // truncation error O(h²·L''') ≈ 1e-10 and rounding ≈ 1e-16·|loss|/h ≈ 1e-10 (|loss| ≲ 100),
+    // far below 1e-6 of each tensor's largest gradient.
+    let fd = reference::finite_differences(&case.cfg, &params, &batch, 1e-5);
+    let what = format!("{}: reference analytic vs finite differences", case.name);
+    assert_tensors_close(&what, &names, &want, &fd, 1e-6, 1e-12);
+
+    // The GPU check validates the kernels: f32 sums of at most a few dozen terms per element
+    // (batch 5, widths ≤ 12) plus f32 exp/log in the loss and ε carry relative errors ~1e-6;
+    // 1e-4 of each tensor's largest gradient leaves margin while any wrong term (a missing
+    // 1/L, β, sample or row) is far larger.
+    let what = format!("{}: GPU vs reference gradients", case.name);
+    assert_tensors_close(&what, &names, &to_f64(&res.grads), &want, 1e-4, 1e-7);
+
+    // Metric row: Σ_b mean_s NLL and Σ_b KL, f32 sums of O(10) terms: relative 1e-5.
+    let (nll, kl): (f64, f64) = (losses.nll.iter().sum(), losses.kl.iter().sum());
+    assert!(
+        (res.totals[0] - nll).abs() <= 1e-5 * nll.abs() + 1e-6,
+        "{}: logged reconstruction {} vs reference {nll}",
+        case.name,
+        res.totals[0]
+    );
+    assert!(
+        (res.totals[1] - kl).abs() <= 1e-5 * kl.abs() + 1e-6,
+        "{}: logged KL {} vs reference {kl}",
+        case.name,
+        res.totals[1]
+    );
+}
+
+#[test]
+fn gradients_match_f64_reference() {
+    check_gradients(&Case {
+        name: "bernoulli relu [12] Z=4 B=5 L=1 β=1",
+        cfg: small(vec![12], 4, Activation::Relu, Likelihood::Bernoulli),
+        batch: 5,
+        samples: 1,
+        beta: 1.0,
+        seed: 1,
+    });
+}
+
+#[test]
+fn gradients_match_f64_reference_variants() {
+    let cases = [
+        Case {
+            name: "gaussian(0.5) relu [12] Z=4",
+            cfg: small(vec![12], 4, Activation::Relu, Likelihood::Gaussian { variance: 0.5 }),
+            batch: 5,
+            samples: 1,
+            beta: 1.0,
+            seed: 2,
+        },
+        Case {
+            name: "bernoulli relu [12] Z=2 L=3 β=0.5",
+            cfg: small(vec![12], 2, Activation::Relu, Likelihood::Bernoulli),
+            batch: 5,
+            samples: 3,
+            beta: 0.5,
+            seed: 3,
+        },
+        Case {
+            name: "bernoulli tanh [12, 8] Z=4 L=2",
+            cfg: small(vec![12, 8], 4, Activation::Tanh, Likelihood::Bernoulli),
+            batch: 5,
+            samples: 2,
+            beta: 1.0,
+            seed: 4,
+        },
+        Case {
+            name: "bernoulli leaky_relu [12] Z=4",
+            cfg: small(vec![12], 4, Activation::LeakyRelu, Likelihood::Bernoulli),
+            batch: 5,
+            samples: 1,
+            beta: 1.0,
+            seed: 5,
+        },
+        Case {
+            name: "gaussian(2) sigmoid [8] Z=2 β=0.25",
+            cfg: small(vec![8], 2, Activation::Sigmoid, Likelihood::Gaussian { variance: 2.0 }),
+            batch: 3,
+            samples: 1,
+            beta: 0.25,
+            seed: 6,
+        },
+        Case {
+            name: "bernoulli no hidden layer Z=2 L=2",
+            cfg: small(vec![], 2, Activation::Relu, Likelihood::Bernoulli),
+            batch: 5,
+            samples: 2,
+            beta: 1.0,
+            seed: 7,
+        },
+    ];
+    for case in &cases {
+        check_gradients(case);
+    }
+}
+
+#[test]
+fn one_step_matches_reference_step() {
+    let g = gpu();
+    let cfg = VaeConfig {
+        input_dim: 32,
+        hidden: vec![16],
+        latent: 4,
+        activation: Activation::Relu,
+        likelihood: Likelihood::Bernoulli,
+    };
+    let (b, l) = (10, 1);
+    let vae = Vae::new(g, cfg.clone(), 11).unwrap();
+    let names = slot_names(&vae);
+    let data = Data::new(g, 24, cfg.input_dim, 12);
+    let ws = Workspace::new(g, &vae, b, l, true, false).unwrap();
+    let start = 7;
+    let sp = StepParams {
+        seed: 99,
+        step: 0,
+        batch_start: start as u32,
+        stream: rng::STREAM_TRAIN,
+        kl_beta: 1.0,
+        ..Default::default()
+    };
+    let adam = AdamConfig {
+        lr: 1e-3,
+        ..Default::default()
+    };
+    let res = gpu_step(g, &vae, &ws, b, &data, sp, &adam);
+
+    let mut params = to_f64(&res.params_before);
+    let x = data.batch_x(start, b);
+    let eps = step_eps(&sp, l, b, cfg.latent);
+    let batch = Batch {
+        x: &x,
+        batch: b,
+        eps: &eps,
+        samples: l,
+        beta: 1.0,
+    };
+    let fwd = reference::forward(&cfg, &params, &batch);
+    assert!(
+        reference::kink_margin(&cfg, &fwd) > 1e-5,
+        "a pre-activation sits on the ReLU kink"
+    );
+    let (losses, grads) = reference::gradients(&cfg, &params, &batch);
+
+    // Loss terms from the metric row (f32 sums of ≤ 320 terms: relative 1e-5).
+    let nll: f64 = losses.nll.iter().sum();
+    let kl: f64 = losses.kl.iter().sum();
+    assert!(
+        (res.totals[0] - nll).abs() <= 1e-5 * nll,
+        "recon {} vs {nll}",
+        res.totals[0]
+    );
+    assert!(
+        (res.totals[1] - kl).abs() <= 1e-5 * kl + 1e-6,
+        "kl {} vs {kl}",
+        res.totals[1]
+    );
+    // The gradients the update used (written before the optimizer ran in the same submit).
+    assert_tensors_close("one step: gradients", &names, &to_f64(&res.grads), &grads, 1e-4, 1e-7);
+
+    // Adam's first step moves each parameter by lr·g/(|g| + eps), ≈ lr in magnitude. An f32
+    // gradient error δ shifts that by lr·eps·δ/(|g| + eps)², negligible unless |g| ≲ 1e-6,
+    // so the parameters must agree to the f32 rounding of values ~0.2 plus the f32 arithmetic
+    // of the update: 1e-6 absolute (0.1% of the step; a wrong bias correction or lr would move
+    // them by ~1e-3).
+    let mut state = AdamState::zeros(&params);
+    reference::adam_step(&adam, 1, &mut params, &grads, &mut state);
+    assert_tensors_close(
+        "one step: parameters",
+        &names,
+        &to_f64(&res.params_after),
+        &params,
+        0.0,
+        1e-6,
+    );
+    // And the step moved them.
+    let moved = res
+        .params_after
+        .iter()
+        .flatten()
+        .zip(res.params_before.iter().flatten())
+        .filter(|(a, b)| a != b)
+        .count();
+    assert!(moved > vae.num_params() / 2, "only {moved} parameters moved");
+}
+
+#[test]
+fn partial_batch_plan_views_prefix() {
+    let g = gpu();
+    let cfg = VaeConfig {
+        input_dim: 8,
+        hidden: vec![12],
+        latent: 2,
+        activation: Activation::Relu,
+        likelihood: Likelihood::Bernoulli,
+    };
+    let l = 2;
+    let vae = Vae::new(g, cfg.clone(), 21).unwrap();
+    let names = slot_names(&vae);
+    let data = Data::new(g, 12, cfg.input_dim, 22);
+    let frozen = AdamConfig {
+        lr: 0.0,
+        ..Default::default()
+    };
+    let sp = |start: u32, step: u32| StepParams {
+        seed: 5,
+        step,
+        batch_start: start,
+        stream: rng::STREAM_TRAIN,
+        kl_beta: 0.75,
+        ..Default::default()
+    };
+    // A full batch first, so every row of the large workspace holds another batch's values.
+    let ws8 = Workspace::new(g, &vae, 8, l, true, false).unwrap();
+    gpu_step(g, &vae, &ws8, 8, &data, sp(0, 3), &frozen);
+    let part = gpu_step(g, &vae, &ws8, 3, &data, sp(9, 4), &frozen);
+    let ws3 = Workspace::new(g, &vae, 3, l, true, false).unwrap();
+    let exact = gpu_step(g, &vae, &ws3, 3, &data, sp(9, 4), &frozen);
+
+    // Same shapes, same kernels, same inputs: the results should agree to the last bit; allow
+    // 1e-6 relative in case a strategy choice differs, far below any stale-row contribution.
+    let what = "batch-3 plan in a batch-8 workspace vs a batch-3 workspace";
+    assert_tensors_close(what, &names, &to_f64(&part.grads), &to_f64(&exact.grads), 1e-6, 0.0);
+    for k in 0..2 {
+        let (a, e) = (part.totals[k], exact.totals[k]);
+        assert!((a - e).abs() <= 1e-6 * e.abs(), "{what}: metric {k}: {a} vs {e}");
+    }
+    // And both are the reference's gradient of those three examples (not of eight).
+    let params = to_f64(&part.params_before);
+    let x = data.batch_x(9, 3);
+    let eps = step_eps(&sp(9, 4), l, 3, cfg.latent);
+    let batch = Batch {
+        x: &x,
+        batch: 3,
+        eps: &eps,
+        samples: l,
+        beta: 0.75,
+    };
+    let (_, want) = reference::gradients(&cfg, &params, &batch);
+    assert_tensors_close(
+        "partial batch vs reference",
+        &names,
+        &to_f64(&part.grads),
+        &want,
+        1e-4,
+        1e-7,
+    );
+}
