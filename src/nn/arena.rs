@@ -109,20 +109,18 @@ impl ParamArena {
         self.view(&self.grads, slot)
     }
 
-    /// Reads every parameter back as (slot, values).
+    /// Reads every parameter back, one vector per slot.
     pub fn read_params(&self, gpu: &Gpu) -> Result<Vec<Vec<f32>>> {
-        let all = gpu.read(&self.params)?;
-        Ok(self
-            .layout
-            .slots
-            .iter()
-            .map(|s| all[s.offset..s.offset + s.len()].to_vec())
-            .collect())
+        self.read_slots(gpu, &self.params)
     }
 
-    /// Reads every gradient back as (slot, values).
+    /// Reads every gradient back, one vector per slot.
     pub fn read_grads(&self, gpu: &Gpu) -> Result<Vec<Vec<f32>>> {
-        let all = gpu.read(&self.grads)?;
+        self.read_slots(gpu, &self.grads)
+    }
+
+    fn read_slots(&self, gpu: &Gpu, t: &Tensor) -> Result<Vec<Vec<f32>>> {
+        let all = gpu.read(t)?;
         Ok(self
             .layout
             .slots

@@ -303,6 +303,30 @@ impl<'g> Evaluator<'g> {
         self.step_buf.write(self.gpu, &p);
     }
 
+    /// Evaluation plans for batches of `b` and for the dataset's last partial batch.
+    fn plans(
+        &self,
+        vae: &Vae,
+        ws: &Workspace,
+        b: usize,
+        log: &Tensor,
+        binarize: bool,
+    ) -> Result<(Vec<Dispatch>, Option<Vec<Dispatch>>)> {
+        let src = BatchSource {
+            data: &self.data,
+            perm: &self.perm,
+            binarize,
+        };
+        let full = plan_step(self.gpu, vae, ws, b, &src, &self.step_buf, log, None)?;
+        let rem = self.data.count % b;
+        let last = if rem > 0 {
+            Some(plan_step(self.gpu, vae, ws, rem, &src, &self.step_buf, log, None)?)
+        } else {
+            None
+        };
+        Ok((full, last))
+    }
+
     /// −ELBO per example with one draw per example (fixed evaluation key, so every epoch is
     /// measured with the same ε).
     pub fn elbo(&self, vae: &Vae, seed: u64, binarize: bool) -> Result<ElboStats> {
@@ -310,18 +334,7 @@ impl<'g> Evaluator<'g> {
         let steps = self.data.count.div_ceil(b);
         let ws = Workspace::new(self.gpu, vae, b, 1, false, false)?;
         let log = self.gpu.tensor("eval_log", &[steps, METRIC_SLOTS])?;
-        let src = BatchSource {
-            data: &self.data,
-            perm: &self.perm,
-            binarize,
-        };
-        let full = plan_step(self.gpu, vae, &ws, b, &src, &self.step_buf, &log, None)?;
-        let rem = self.data.count % b;
-        let last = if rem > 0 {
-            Some(plan_step(self.gpu, vae, &ws, rem, &src, &self.step_buf, &log, None)?)
-        } else {
-            None
-        };
+        let (full, last) = self.plans(vae, &ws, b, &log, binarize)?;
         for i in 0..steps {
             let plan = if i + 1 == steps {
                 last.as_ref().unwrap_or(&full)
@@ -349,18 +362,8 @@ impl<'g> Evaluator<'g> {
         let steps = self.data.count.div_ceil(b);
         let ws = Workspace::new(self.gpu, vae, b, k, false, true)?;
         let log = self.gpu.tensor("iw_log", &[steps, METRIC_SLOTS])?;
-        let src = BatchSource {
-            data: &self.data,
-            perm: &self.perm,
-            binarize,
-        };
-        let full = plan_step(self.gpu, vae, &ws, b, &src, &self.step_buf, &log, None)?;
+        let (full, last) = self.plans(vae, &ws, b, &log, binarize)?;
         let rem = self.data.count % b;
-        let last = if rem > 0 {
-            Some(plan_step(self.gpu, vae, &ws, rem, &src, &self.step_buf, &log, None)?)
-        } else {
-            None
-        };
         let lr_all = ws
             .log_ratio
             .as_ref()
