@@ -25,8 +25,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if MatmulStrategy::Subgroup.check_supported(&gpu).is_err() {
         strategies.pop();
     }
+    // `cargo bench --bench kernels -- subgroup enc` keeps only the strategies and shapes whose
+    // names contain one of the words (for kernel work; no words = everything).
+    let words: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let wanted = |name: &str| words.is_empty() || words.iter().any(|w| name.to_lowercase().contains(&w.to_lowercase()));
+    let any_strategy = strategies.iter().any(|s| wanted(&format!("{s:?}")));
+    strategies.retain(|s| !any_strategy || wanted(&format!("{s:?}")));
+    let any_shape = shapes.iter().any(|s| wanted(s.0));
     println!("{:<30} {:>10} {:>10} {:>12}", "shape", "strategy", "ms", "GFLOP/s");
     for &(label, m, n, k, ta, tb) in &shapes {
+        if any_shape && !wanted(label) {
+            continue;
+        }
         let a = gpu.upload("a", &if ta { [k, m] } else { [m, k] }, &vec![0.01; m * k])?;
         let b = gpu.upload("b", &if tb { [n, k] } else { [k, n] }, &vec![0.02; k * n])?;
         let c = gpu.tensor("c", &[m, n])?;

@@ -59,6 +59,11 @@ impl Shader {
             Shader::Adam => (&[STEP], include_str!("../../shaders/adam.wgsl")),
             Shader::Gather => (&[STEP, RNG], include_str!("../../shaders/gather.wgsl")),
         };
+        // Kernel development: VAE_WGPU_SHADER_DIR points at a directory of edited WGSL files,
+        // read at run time so a change needs no rebuild. Files missing there use the built-in copy.
+        let dev_copy = std::env::var_os("VAE_WGPU_SHADER_DIR")
+            .and_then(|dir| std::fs::read_to_string(std::path::Path::new(&dir).join(self.file())).ok());
+        let body = dev_copy.as_deref().unwrap_or(body);
         let mut s = String::new();
         for p in preludes {
             s.push_str(p);

@@ -1,6 +1,10 @@
 //! Training and evaluation loops around the planned steps: one submit per step, no readback
 //! inside an epoch, metrics read once per epoch from the GPU-side log.
 
+pub mod schedule;
+
+pub use schedule::KlSchedule;
+
 use std::time::Instant;
 
 use crate::error::{Result, VaeError};
