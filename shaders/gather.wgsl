@@ -2,13 +2,16 @@
 // prepended): row b of the batch is example perm[batch_start + b], each byte becomes
 // byte/255 in [0, 1], or with BINARIZE a Bernoulli draw with that probability (dynamic
 // binarization, keyed by (seed, step, stream 2, element)). Four pixels per u32 word, so the
-// example size D must be a multiple of 4.
+// example size D must be a multiple of 4. The batch rows may be wider than D (x_stride4 vec4s):
+// a conditional model's input is [pixels | one-hot label | zero padding], the label part
+// written by `condition` below.
 
 struct GatherParams {
     rows: u32,      // B
     d4: u32,        // D / 4 (u32 words per example)
     count: u32,     // examples in the dataset (bounds check on perm entries)
     perm_len: u32,
+    x_stride4: u32, // batch row stride in vec4s (≥ d4)
 }
 
 override BINARIZE: bool = false;
@@ -42,5 +45,50 @@ fn gather(@builtin(global_invocation_id) gid: vec3<u32>) {
             rng_uniform(step.seed, step.step, BINARIZE_STREAM, e + 3u));
         v = select(vec4<f32>(0.0), vec4<f32>(1.0), u < v);
     }
-    x[i] = v;
+    x[b * p.x_stride4 + q] = v;
+}
+
+// ---- class conditioning: one-hot labels after the pixels and after the latent code ----
+// x[b, D + c] = [label(b) == c] for c in 0..x_extra, and z[r, Z + c] likewise for every one of
+// the L·B decoder rows r (example r mod B); the columns past the classes are zero padding.
+
+struct CondParams {
+    rows: u32,      // B
+    samples: u32,   // L
+    x_dim: u32,     // D
+    x_width: u32,   // D' (row stride of x)
+    z_dim: u32,     // Z
+    z_width: u32,   // Z' (row stride of z)
+    count: u32,
+    perm_len: u32,
+}
+
+@group(0) @binding(0) var<uniform> cp: CondParams;
+@group(0) @binding(5) var<storage, read> labels: array<u32>;
+@group(0) @binding(6) var<storage, read_write> xc: array<f32>;
+@group(0) @binding(7) var<storage, read_write> zc: array<f32>;
+
+fn label_of(b: u32) -> u32 {
+    let pos = step.batch_start + b;
+    if (pos >= cp.perm_len) { return 0xffffffffu; }
+    return labels[min(perm[pos], cp.count - 1u)];
+}
+
+@compute @workgroup_size(64)
+fn condition(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x + gid.y * 65535u * 64u;
+    let xe = cp.x_width - cp.x_dim;
+    let ze = cp.z_width - cp.z_dim;
+    let nx = cp.rows * xe;
+    if (i < nx) {
+        let b = i / xe;
+        let c = i % xe;
+        xc[b * cp.x_width + cp.x_dim + c] = select(0.0, 1.0, label_of(b) == c);
+        return;
+    }
+    let j = i - nx;
+    if (j >= cp.samples * cp.rows * ze) { return; }
+    let r = j / ze;
+    let c = j % ze;
+    zc[r * cp.z_width + cp.z_dim + c] = select(0.0, 1.0, label_of(r % cp.rows) == c);
 }

@@ -2,8 +2,14 @@
 // Per row r (an example, or one of its L samples: target row r mod B), over D pixels:
 //   bernoulli: nll = Σ_d softplus(l_d) − x_d·l_d      dl = scale·(sigmoid(l_d) − x_d)
 //   gaussian:  nll = Σ_d (x_d − μ_d)²/(2c) + ½·log(2πc)   dμ = scale·(μ_d − x_d)/c
+//   gaussian_learned: as gaussian with a learned log c, one per pixel (PER_PIXEL) or one for
+//              all, clamped to [LOG_C_MIN, LOG_C_MAX]; also writes per element
+//              dlc = scale·½·(1 − (x_d − μ_d)²/c) (0 where clamped), which log_c_sum or a
+//              column sum reduces to the parameter's gradient.
 // with l / μ the decoder output. softplus and sigmoid use their stable forms, so no exp of an
-// unbounded argument. D must be a multiple of 4 (rows are read as vec4).
+// unbounded argument. D must be a multiple of 4 (rows are read as vec4). Target rows may be
+// wider than D (a conditional model's input carries the one-hot label after the pixels):
+// their stride is x_stride4 vec4s.
 
 struct LossParams {
     rows: u32,       // R = L·B rows of decoder output
@@ -11,13 +17,24 @@ struct LossParams {
     d4: u32,         // D / 4
     scale: f32,      // gradient scale (1/L: mean over samples, sum over the batch)
     log_c: f32,      // gaussian: log of the variance c
+    x_stride4: u32,  // target row stride in vec4s (≥ d4)
+    n4: u32,         // log_c_sum: vec4s of dlc to add up
 }
+
+// Bounds of a learned log-variance: the floor keeps a pixel that is constant in the data
+// (MNIST's borders) from driving c → 0 and the NLL → −∞; the ceiling bounds exp(−log c).
+const LOG_C_MIN: f32 = -6.0;
+const LOG_C_MAX: f32 = 6.0;
+override PER_PIXEL: bool = false;
 
 @group(0) @binding(0) var<uniform> p: LossParams;
 @group(0) @binding(1) var<storage, read> out: array<vec4<f32>>;         // [R, D] logits or means
 @group(0) @binding(2) var<storage, read> target_x: array<vec4<f32>>;    // [B, D]
 @group(0) @binding(3) var<storage, read_write> nll: array<f32>;         // [R]
 @group(0) @binding(4) var<storage, read_write> grad: array<vec4<f32>>;  // [R, D]
+@group(0) @binding(5) var<storage, read> log_c: array<vec4<f32>>;       // learned: [D] or [1] (padded)
+@group(0) @binding(6) var<storage, read_write> dlc: array<vec4<f32>>;   // learned: [R, D]
+@group(0) @binding(7) var<storage, read_write> dlc_total: array<vec4<f32>>; // log_c_sum: [4]
 
 var<workgroup> partial: array<f32, 64>;
 
@@ -52,7 +69,7 @@ fn bernoulli(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     var s = 0.0;
     for (var q = li; q < p.d4; q += 64u) {
         let l = out[r * p.d4 + q];
-        let x = target_x[t * p.d4 + q];
+        let x = target_x[t * p.x_stride4 + q];
         let v = softplus4(l) - x * l;
         s += v.x + v.y + v.z + v.w;
         grad[r * p.d4 + q] = p.scale * (sigmoid4(l) - x);
@@ -69,7 +86,7 @@ fn gaussian(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
     var s = 0.0;
     for (var q = li; q < p.d4; q += 64u) {
         let mu = out[r * p.d4 + q];
-        let diff = mu - target_x[t * p.d4 + q];
+        let diff = mu - target_x[t * p.x_stride4 + q];
         let v = diff * diff;
         s += v.x + v.y + v.z + v.w;
         grad[r * p.d4 + q] = p.scale * inv_c * diff;
@@ -79,4 +96,47 @@ fn gaussian(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
         s += f32(p.d4 * 4u) * 0.5 * (log(6.283185307179586) + p.log_c);
     }
     finish_row(r, li, s);
+}
+
+fn raw_log_c(q: u32) -> vec4<f32> {
+    if (PER_PIXEL) { return log_c[q]; }
+    return vec4<f32>(log_c[0].x);
+}
+
+@compute @workgroup_size(64)
+fn gaussian_learned(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let r = wid.x + wid.y * 65535u;
+    if (r >= p.rows) { return; }
+    let t = r % p.batch;
+    var s = 0.0;
+    for (var q = li; q < p.d4; q += 64u) {
+        let raw = raw_log_c(q);
+        let lc = clamp(raw, vec4<f32>(LOG_C_MIN), vec4<f32>(LOG_C_MAX));
+        let inv_c = exp(-lc);
+        let diff = out[r * p.d4 + q] - target_x[t * p.x_stride4 + q];
+        let e = diff * diff * inv_c;
+        let v = 0.5 * (vec4<f32>(1.8378770664093453) + lc + e);
+        s += v.x + v.y + v.z + v.w;
+        grad[r * p.d4 + q] = p.scale * inv_c * diff;
+        let inside = raw >= vec4<f32>(LOG_C_MIN) & raw <= vec4<f32>(LOG_C_MAX);
+        dlc[r * p.d4 + q] = select(vec4<f32>(0.0), p.scale * 0.5 * (vec4<f32>(1.0) - e), inside);
+    }
+    finish_row(r, li, s);
+}
+
+// The gradient of a single learned log c: the sum of every dlc element, written to
+// dlc_total[0].x (the other lanes of the vec4 are zero: they are arena padding).
+@compute @workgroup_size(64)
+fn log_c_sum(@builtin(local_invocation_index) li: u32) {
+    var s = vec4<f32>(0.0);
+    for (var i = li; i < p.n4; i += 64u) {
+        s += dlc[i];
+    }
+    partial[li] = s.x + s.y + s.z + s.w;
+    workgroupBarrier();
+    for (var width = 32u; width > 0u; width >>= 1u) {
+        if (li < width) { partial[li] += partial[li + width]; }
+        workgroupBarrier();
+    }
+    if (li == 0u) { dlc_total[0] = vec4<f32>(partial[0], 0.0, 0.0, 0.0); }
 }

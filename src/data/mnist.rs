@@ -32,18 +32,27 @@ pub enum DatasetKind {
     Mnist,
     /// Zalando's clothing images, a harder drop-in replacement for MNIST.
     FashionMnist,
+    /// Larochelle & Murray's statically binarized MNIST (the VAE literature's benchmark split:
+    /// 50000 train, 10000 valid, 10000 test), read from `.amat` files. It has no labels.
+    BinarizedMnist,
 }
 
 impl DatasetKind {
     /// The names [`DatasetKind::parse`] accepts, for help texts.
-    pub const NAMES: [&'static str; 2] = ["mnist", "fashion-mnist"];
+    pub const NAMES: [&'static str; 3] = ["mnist", "fashion-mnist", "binarized-mnist"];
 
     /// The command-line name, for logs and file names.
     pub fn name(&self) -> &'static str {
         match self {
             DatasetKind::Mnist => "mnist",
             DatasetKind::FashionMnist => "fashion-mnist",
+            DatasetKind::BinarizedMnist => "binarized-mnist",
         }
+    }
+
+    /// Whether the dataset carries class labels (binarized MNIST does not).
+    pub fn has_labels(&self) -> bool {
+        !matches!(self, DatasetKind::BinarizedMnist)
     }
 
     /// Where the files live when the user names no directory: MNIST in the repository,
@@ -52,6 +61,8 @@ impl DatasetKind {
         match self {
             DatasetKind::Mnist => Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist"),
             DatasetKind::FashionMnist => PathBuf::from("/usr/share/datasets/fashion-mnist"),
+            // Not redistributable with the crate: the workplace keeps a copy beside the repository.
+            DatasetKind::BinarizedMnist => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/binarized-mnist"),
         }
     }
 
@@ -62,6 +73,8 @@ impl DatasetKind {
             Ok(DatasetKind::Mnist)
         } else if s.eq_ignore_ascii_case("fashion-mnist") {
             Ok(DatasetKind::FashionMnist)
+        } else if s.eq_ignore_ascii_case("binarized-mnist") {
+            Ok(DatasetKind::BinarizedMnist)
         } else {
             Err(VaeError::Config(format!(
                 "unknown dataset '{s}'; expected one of: {}",
@@ -71,7 +84,9 @@ impl DatasetKind {
     }
 
     /// Loads one split like [`load_mnist_split`], but a missing file's error says how to
-    /// obtain this particular dataset.
+    /// obtain this particular dataset. Binarized MNIST's `train` is its 50000-image training
+    /// split and the test split is its 10000-image test file (the validation file is unused);
+    /// its pixels are 0 or 255 and its `labels` are empty.
     pub fn load_split(&self, dir: &Path, train: bool) -> Result<MnistSet> {
         let hint = match self {
             DatasetKind::Mnist => format!(
@@ -83,6 +98,14 @@ impl DatasetKind {
                  installs into {}) or pass the directory holding its files",
                 DatasetKind::FashionMnist.default_dir().display()
             ),
+            DatasetKind::BinarizedMnist => {
+                let split = if train {
+                    super::amat::AmatSplit::Train
+                } else {
+                    super::amat::AmatSplit::Test
+                };
+                return super::amat::load_binarized_mnist(dir, split);
+            }
         };
         load_split_with_hint(dir, train, &hint)
     }

@@ -254,12 +254,32 @@ impl Gpu {
         flops: f64,
         bytes: f64,
     ) -> Result<Dispatch> {
+        let numbered: Vec<(u32, wgpu::BindingResource<'_>)> = resources
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (i as u32, r.clone()))
+            .collect();
+        self.dispatch_bound(label, pipeline, &numbered, uniform, workgroups, flops, bytes)
+    }
+
+    /// [`Gpu::dispatch`] with explicit binding numbers, for an entry point that uses only some
+    /// of its shader module's bindings.
+    #[allow(clippy::too_many_arguments)]
+    pub fn dispatch_bound(
+        &self,
+        label: impl Into<String>,
+        pipeline: wgpu::ComputePipeline,
+        resources: &[(u32, wgpu::BindingResource<'_>)],
+        uniform: Option<Arc<GpuBuffer>>,
+        workgroups: [u32; 3],
+        flops: f64,
+        bytes: f64,
+    ) -> Result<Dispatch> {
         let label = label.into();
         let entries: Vec<wgpu::BindGroupEntry> = resources
             .iter()
-            .enumerate()
             .map(|(i, r)| wgpu::BindGroupEntry {
-                binding: i as u32,
+                binding: *i,
                 resource: r.clone(),
             })
             .collect();

@@ -17,6 +17,10 @@ pub struct VaeConfig {
     pub activation: Activation,
     /// Decoder likelihood.
     pub likelihood: Likelihood,
+    /// Classes of a conditional VAE (0: unconditional). Encoder and decoder then take the
+    /// one-hot label after their input: [x | one-hot(y) | 0…] and [z | one-hot(y) | 0…],
+    /// zero-padded to a multiple of 4 so the matmul reads whole vec4s.
+    pub classes: usize,
 }
 
 impl Default for VaeConfig {
@@ -27,11 +31,30 @@ impl Default for VaeConfig {
             latent: 20,
             activation: Activation::Relu,
             likelihood: Likelihood::Bernoulli,
+            classes: 0,
         }
     }
 }
 
 impl VaeConfig {
+    /// Width of the encoder's input rows: the pixels, then (conditional) the padded one-hot.
+    pub fn enc_input_dim(&self) -> usize {
+        if self.classes == 0 {
+            self.input_dim
+        } else {
+            (self.input_dim + self.classes).div_ceil(4) * 4
+        }
+    }
+
+    /// Width of the decoder's input rows: the latent code, then (conditional) the padded one-hot.
+    pub fn dec_input_dim(&self) -> usize {
+        if self.classes == 0 {
+            self.latent
+        } else {
+            (self.latent + self.classes).div_ceil(4) * 4
+        }
+    }
+
     /// Checks the sizes the kernels need.
     pub fn validate(&self) -> Result<()> {
         if self.input_dim == 0 || self.input_dim % 4 != 0 {
@@ -51,6 +74,12 @@ impl VaeConfig {
                 "hidden size {h} must be a positive multiple of 4"
             )));
         }
+        if self.classes == 1 || self.classes > 1024 {
+            return Err(VaeError::Config(format!(
+                "a conditional model needs 2 to 1024 classes, got {}",
+                self.classes
+            )));
+        }
         if let Likelihood::Gaussian { variance } = self.likelihood {
             if !(variance > 0.0 && variance.is_finite()) {
                 return Err(VaeError::Config(format!(
@@ -64,16 +93,14 @@ impl VaeConfig {
     /// Key/value pairs for checkpoint metadata.
     pub fn to_metadata(&self) -> Vec<(String, String)> {
         let hidden: Vec<String> = self.hidden.iter().map(|h| h.to_string()).collect();
-        let lik = match self.likelihood {
-            Likelihood::Bernoulli => "bernoulli".to_string(),
-            Likelihood::Gaussian { variance } => format!("gaussian:{variance}"),
-        };
+        let lik = likelihood_name(self.likelihood);
         vec![
             ("input_dim".into(), self.input_dim.to_string()),
             ("hidden".into(), hidden.join(",")),
             ("latent".into(), self.latent.to_string()),
             ("activation".into(), format!("{:?}", self.activation).to_lowercase()),
             ("likelihood".into(), lik),
+            ("classes".into(), self.classes.to_string()),
         ]
     }
 
@@ -102,6 +129,8 @@ impl VaeConfig {
             latent: num("latent")?,
             activation,
             likelihood,
+            // Checkpoints from before conditional models were added are unconditional.
+            classes: if get("classes").is_ok() { num("classes")? } else { 0 },
         };
         cfg.validate()?;
         Ok(cfg)
@@ -109,16 +138,16 @@ impl VaeConfig {
 
     /// Parameters in the model.
     pub fn num_params(&self) -> usize {
-        let mut widths = vec![self.input_dim];
+        let mut widths = vec![self.enc_input_dim()];
         widths.extend(&self.hidden);
         let enc: usize = widths.windows(2).map(|w| w[0] * w[1] + w[1]).sum();
         let last = *widths.last().unwrap_or(&self.input_dim);
         let head = last * 2 * self.latent + 2 * self.latent;
-        let mut dw = vec![self.latent];
+        let mut dw = vec![self.dec_input_dim()];
         dw.extend(self.hidden.iter().rev());
         dw.push(self.input_dim);
         let dec: usize = dw.windows(2).map(|w| w[0] * w[1] + w[1]).sum();
-        enc + head + dec
+        enc + head + dec + self.likelihood.learned_log_c_len(self.input_dim).unwrap_or(0)
     }
 }
 
@@ -136,11 +165,38 @@ pub fn parse_hidden(s: &str) -> Result<Vec<usize>> {
         .collect()
 }
 
-/// Parses "bernoulli" or "gaussian[:VARIANCE]" (variance default 1.0).
+/// The string form of a likelihood, as [`parse_likelihood`] reads it back.
+pub fn likelihood_name(l: Likelihood) -> String {
+    match l {
+        Likelihood::Bernoulli => "bernoulli".to_string(),
+        Likelihood::Gaussian { variance } => format!("gaussian:{variance}"),
+        Likelihood::GaussianLearned { per_pixel: false } => "gaussian:learned-global".to_string(),
+        Likelihood::GaussianLearned { per_pixel: true } => "gaussian:learned-pixel".to_string(),
+    }
+}
+
+/// Parses a Gaussian decoder's variance: "fixed:C" (C the variance), "learned-global" (one
+/// learned log c) or "learned-pixel" (one per pixel).
+pub fn parse_variance(s: &str) -> Result<Likelihood> {
+    match s {
+        "learned-global" => Ok(Likelihood::GaussianLearned { per_pixel: false }),
+        "learned-pixel" => Ok(Likelihood::GaussianLearned { per_pixel: true }),
+        _ => match s.split_once(':') {
+            Some(("fixed", v)) => parse_likelihood(&format!("gaussian:{v}")),
+            _ => Err(VaeError::Config(format!(
+                "unknown variance {s:?}; expected fixed:C (C > 0, the variance), learned-global or learned-pixel"
+            ))),
+        },
+    }
+}
+
+/// Parses "bernoulli", "gaussian[:VARIANCE]" (variance default 1.0), "gaussian:learned-global"
+/// or "gaussian:learned-pixel".
 pub fn parse_likelihood(s: &str) -> Result<Likelihood> {
     match s.split_once(':') {
         None if s == "bernoulli" => Ok(Likelihood::Bernoulli),
         None if s == "gaussian" => Ok(Likelihood::Gaussian { variance: 1.0 }),
+        Some(("gaussian", v)) if v.starts_with("learned") => parse_variance(v),
         Some(("gaussian", v)) => v
             .parse::<f32>()
             .ok()

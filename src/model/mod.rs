@@ -4,6 +4,6 @@ pub mod config;
 pub mod plan;
 pub mod vae;
 
-pub use config::{parse_hidden, parse_likelihood, VaeConfig};
+pub use config::{likelihood_name, parse_hidden, parse_likelihood, parse_variance, VaeConfig};
 pub use plan::{plan_step, BatchSource, GpuDataset, Workspace, METRIC_SLOTS, SLOT_KL, SLOT_RECON};
 pub use vae::Vae;

@@ -14,16 +14,19 @@ pub const SLOT_KL: usize = 1;
 /// Columns of the metric log.
 pub const METRIC_SLOTS: usize = 2;
 
-/// A byte dataset resident on the GPU (four pixels per u32 word), with its labels on the host.
+/// A byte dataset resident on the GPU (four pixels per u32 word), with its labels on the host
+/// and, when it has labels, on the device (one u32 each, for conditional models).
 pub struct GpuDataset {
     pub words: Tensor,
     pub count: usize,
     pub dim: usize,
     pub labels: Vec<u8>,
+    pub labels_gpu: Option<Tensor>,
 }
 
 impl GpuDataset {
-    /// Uploads `count` examples of `dim` bytes (dim a multiple of 4).
+    /// Uploads `count` examples of `dim` bytes (dim a multiple of 4) and their labels (`labels`
+    /// empty for an unlabelled dataset, else one per example).
     pub fn upload(gpu: &Gpu, label: &str, pixels: &[u8], count: usize, dim: usize, labels: Vec<u8>) -> Result<Self> {
         if dim % 4 != 0 || pixels.len() != count * dim || count == 0 {
             return Err(crate::VaeError::Shape(format!(
@@ -31,15 +34,28 @@ impl GpuDataset {
                 pixels.len()
             )));
         }
+        if !labels.is_empty() && labels.len() != count {
+            return Err(crate::VaeError::Shape(format!(
+                "{label}: {} labels for {count} examples",
+                labels.len()
+            )));
+        }
         let words: Vec<u32> = pixels
             .chunks_exact(4)
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
+        let labels_gpu = if labels.is_empty() {
+            None
+        } else {
+            let l: Vec<u32> = labels.iter().map(|&v| v as u32).collect();
+            Some(gpu.upload_words(&format!("{label}_labels"), &l)?)
+        };
         Ok(GpuDataset {
             words: gpu.upload_words(label, &words)?,
             count,
             dim,
             labels,
+            labels_gpu,
         })
     }
 }
@@ -64,11 +80,13 @@ pub struct Workspace {
     pub dec_hidden: Vec<Tensor>,
     pub out: Tensor,
     pub d_out: Tensor,
-    /// nll [L·B] at offset 0, kl [B] at `kl_offset` floats.
+    /// nll [L·B] at offset 0, the KL's terms [B·Z] at `kl_offset` floats.
     pub per_example: Tensor,
     kl_offset: usize,
-    /// log p(z) − log q(z|x) per draw, for importance-weighted evaluation.
+    /// Terms of log p(z) − log q(z|x), [L·B, Z], for importance-weighted evaluation.
     pub log_ratio: Option<Tensor>,
+    /// Per-element gradient of a learned log-variance, [L·B, D].
+    pub dlc: Option<Tensor>,
     pub grads: Option<ActivationGrads>,
 }
 
@@ -103,7 +121,7 @@ impl Workspace {
                     .rev()
                     .map(|&h| t("d_dec_hidden", &[r, h]))
                     .collect::<Result<Vec<_>>>()?,
-                z: t("d_z", &[r, cfg.latent])?,
+                z: t("d_z", &[r, cfg.dec_input_dim()])?,
                 enc: t("d_enc", &[batch, 2 * cfg.latent])?,
                 enc_hidden: cfg
                     .hidden
@@ -117,17 +135,25 @@ impl Workspace {
         Ok(Workspace {
             batch,
             samples,
-            x: t("x", &[batch, cfg.input_dim])?,
+            x: t("x", &[batch, cfg.enc_input_dim()])?,
             enc_hidden,
             enc: t("enc", &[batch, 2 * cfg.latent])?,
-            z: t("z", &[r, cfg.latent])?,
+            z: t("z", &[r, cfg.dec_input_dim()])?,
             dec_hidden,
             out: t("out", &[r, cfg.input_dim])?,
             // The loss always writes its gradient (evaluation simply ignores it).
             d_out: t("d_out", &[r, cfg.input_dim])?,
-            per_example: t("per_example", &[kl_offset + batch])?,
+            per_example: t("per_example", &[kl_offset + batch * cfg.latent])?,
             kl_offset,
-            log_ratio: if log_ratio { Some(t("log_ratio", &[r])?) } else { None },
+            log_ratio: if log_ratio {
+                Some(t("log_ratio", &[r * cfg.latent])?)
+            } else {
+                None
+            },
+            dlc: match cfg.likelihood.learned_log_c_len(cfg.input_dim) {
+                Some(_) => Some(t("d_log_c_terms", &[r, cfg.input_dim])?),
+                None => None,
+            },
             grads,
         })
     }
@@ -136,7 +162,7 @@ impl Workspace {
     pub fn bytes(&self) -> u64 {
         let mut all: Vec<&Tensor> = vec![&self.x, &self.enc, &self.z, &self.out, &self.d_out, &self.per_example];
         all.extend(self.enc_hidden.iter().chain(&self.dec_hidden));
-        all.extend(self.log_ratio.iter());
+        all.extend(self.log_ratio.iter().chain(self.dlc.iter()));
         if let Some(g) = &self.grads {
             all.extend([&g.z, &g.enc]);
             all.extend(g.dec_hidden.iter().chain(&g.enc_hidden));
@@ -149,10 +175,11 @@ impl Workspace {
         self.per_example.reshape_prefix(&[self.samples * b])
     }
 
-    /// Per-example KL for the first `b` examples.
+    /// The KL's terms [b·Z] for the first `b` examples.
     pub fn kl(&self, b: usize) -> Tensor {
         let buf = self.per_example.buffer().clone();
-        Tensor::view(buf, self.per_example.offset() + 4 * self.kl_offset as u64, &[b])
+        let n = b * (self.enc.shape()[1] / 2);
+        Tensor::view(buf, self.per_example.offset() + 4 * self.kl_offset as u64, &[n])
     }
 }
 
@@ -192,7 +219,8 @@ pub fn plan_step(
     let dec_h: Vec<Tensor> = ws.dec_hidden.iter().map(|t| rows(t, r)).collect();
     let out = rows(&ws.out, r);
     let (nll, kl) = (ws.nll(b), ws.kl(b));
-    let log_ratio = ws.log_ratio.as_ref().map(|t| t.reshape_prefix(&[r]));
+    let zd = vae.config.latent;
+    let log_ratio = ws.log_ratio.as_ref().map(|t| t.reshape_prefix(&[r * zd]));
 
     let mut d = Vec::new();
     // Forward.
@@ -202,10 +230,29 @@ pub fn plan_step(
         step,
         &src.data.words,
         src.data.count,
+        src.data.dim,
         src.perm,
         &x,
         src.binarize,
     )?);
+    if vae.config.classes > 0 {
+        let labels = src.data.labels_gpu.as_ref().ok_or_else(|| {
+            crate::VaeError::Config(
+                "a conditional model needs a labelled dataset (binarized MNIST has no labels)".into(),
+            )
+        })?;
+        d.push(ops::condition(
+            gpu,
+            "condition",
+            step,
+            labels,
+            src.perm,
+            &x,
+            vae.config.input_dim,
+            &z,
+            zd,
+        )?);
+    }
     d.extend(vae.plan_encode(gpu, &x, &enc_h, &enc)?);
     d.push(ops::reparam_kl_forward(
         gpu,
@@ -221,6 +268,12 @@ pub fn plan_step(
     // Loss: summed over the batch (as the PyTorch reference), averaged over the L draws.
     let scale = 1.0 / l as f32;
     let grad_out = rows(&ws.d_out, r);
+    let dlc = ws.dlc.as_ref().map(|t| rows(t, r));
+    let log_c = vae.log_c.map(|slot| vae.arena.param(slot));
+    let learned = match (&log_c, &dlc) {
+        (Some(log_c), Some(dlc)) => Some(ops::LearnedLogC { log_c, dlc }),
+        _ => None,
+    };
     d.push(ops::loss(
         gpu,
         "loss",
@@ -230,9 +283,22 @@ pub fn plan_step(
         scale,
         &nll,
         &grad_out,
+        learned.as_ref(),
     )?);
 
     if let (Some(g), Some(_)) = (&ws.grads, adam) {
+        // The learned log-variance's gradient, reduced from the loss's per-element terms.
+        if let (Some(slot), Some(dlc), ops::Likelihood::GaussianLearned { per_pixel }) =
+            (vae.log_c, &dlc, vae.config.likelihood)
+        {
+            d.push(ops::log_c_grad(
+                gpu,
+                "log_c.grad",
+                per_pixel,
+                dlc,
+                &vae.arena.grad(slot),
+            )?);
+        }
         // Backward through the decoder, output layer first.
         let dz = rows(&g.z, r);
         let d_dec: Vec<Tensor> = g.dec_hidden.iter().map(|t| rows(t, r)).collect();
@@ -310,7 +376,7 @@ pub fn plan_step(
         },
         Segment {
             offset: ws.kl_offset,
-            len: b,
+            len: b * zd,
             slot: SLOT_KL,
             scale: 1.0,
         },

@@ -9,6 +9,9 @@ use crate::model::config::VaeConfig;
 use crate::nn::{ArenaLayout, Layer, Linear, ParamArena};
 use crate::ops::Activation;
 
+/// Checkpoint key of a learned decoder log-variance.
+pub const LOG_C_KEY: &str = "log_c";
+
 /// A Gaussian-encoder VAE with an MLP encoder and decoder, all parameters in one arena.
 pub struct Vae {
     pub config: VaeConfig,
@@ -20,13 +23,17 @@ pub struct Vae {
     pub decoder: Vec<Linear>,
     /// Decoder output layer: logits (Bernoulli) or means (Gaussian).
     pub out: Linear,
+    /// Arena slot of the learned log-variance (Gaussian decoders with a learned variance).
+    pub log_c: Option<usize>,
     pub arena: ParamArena,
 }
 
-fn build_layers(cfg: &VaeConfig) -> (ArenaLayout, Vec<Linear>, Linear, Vec<Linear>, Linear) {
+type Layers = (ArenaLayout, Vec<Linear>, Linear, Vec<Linear>, Linear, Option<usize>);
+
+fn build_layers(cfg: &VaeConfig) -> Layers {
     let mut layout = ArenaLayout::default();
     let mut encoder = Vec::new();
-    let mut width = cfg.input_dim;
+    let mut width = cfg.enc_input_dim();
     for (i, &h) in cfg.hidden.iter().enumerate() {
         encoder.push(Linear::new(
             &mut layout,
@@ -39,7 +46,7 @@ fn build_layers(cfg: &VaeConfig) -> (ArenaLayout, Vec<Linear>, Linear, Vec<Linea
     }
     let head = Linear::new(&mut layout, "encoder.head", width, 2 * cfg.latent, Activation::Identity);
     let mut decoder = Vec::new();
-    let mut width = cfg.latent;
+    let mut width = cfg.dec_input_dim();
     for (i, &h) in cfg.hidden.iter().rev().enumerate() {
         decoder.push(Linear::new(
             &mut layout,
@@ -51,19 +58,24 @@ fn build_layers(cfg: &VaeConfig) -> (ArenaLayout, Vec<Linear>, Linear, Vec<Linea
         width = h;
     }
     let out = Linear::new(&mut layout, "decoder.out", width, cfg.input_dim, Activation::Identity);
-    (layout, encoder, head, decoder, out)
+    let log_c = cfg
+        .likelihood
+        .learned_log_c_len(cfg.input_dim)
+        .map(|n| layout.add("decoder.log_c", &[n]));
+    (layout, encoder, head, decoder, out, log_c)
 }
 
 impl Vae {
     /// A freshly initialised model (PyTorch's nn.Linear initialisation, host PCG64 from `seed`).
     pub fn new(gpu: &Gpu, config: VaeConfig, seed: u64) -> Result<Self> {
         config.validate()?;
-        let (layout, encoder, head, decoder, out) = build_layers(&config);
+        let (layout, encoder, head, decoder, out, log_c) = build_layers(&config);
         let mut values: Vec<Vec<f32>> = layout.slots().iter().map(|s| vec![0.0; s.len()]).collect();
         let mut rng = crate::rng::host_rng(seed, 0);
         for l in encoder.iter().chain([&head]).chain(decoder.iter()).chain([&out]) {
             l.init(&mut rng, &mut values);
         }
+        // log c starts at 0 (c = 1), as the zeros `values` already hold.
         let init = crate::nn::arena::flatten(&layout, &values)?;
         let arena = ParamArena::new(gpu, layout, &init)?;
         Ok(Vae {
@@ -72,6 +84,7 @@ impl Vae {
             head,
             decoder,
             out,
+            log_c,
             arena,
         })
     }
@@ -92,7 +105,10 @@ impl Vae {
 
     /// The checkpoint tensors in PyTorch's layout ([out, in] weights). With one hidden layer
     /// the keys are those of the PyTorch reference model: fc1 (encoder), fc21 (μ), fc22
-    /// (log σ²), fc3 and fc4 (decoder). Otherwise: enc{i}, mu, logvar, dec{i}, out.
+    /// (log σ²), fc3 and fc4 (decoder). Otherwise: enc{i}, mu, logvar, dec{i}, out. A learned
+    /// variance adds `log_c`. A conditional model's first encoder and decoder layers take
+    /// [x | one-hot | zero padding] and [z | one-hot | zero padding]: their weights keep the
+    /// padding columns, which multiply zeros and never change.
     pub fn checkpoint_tensors(&self, gpu: &Gpu) -> Result<Vec<NamedTensor>> {
         let values = self.arena.read_params(gpu)?;
         let names = self.checkpoint_names();
@@ -126,6 +142,13 @@ impl Vae {
         push(ni.next().map(String::as_str).unwrap_or(""), &self.head, z..2 * z);
         for l in self.decoder.iter().chain([&self.out]) {
             push(ni.next().map(String::as_str).unwrap_or(""), l, 0..l.out_features);
+        }
+        if let Some(slot) = self.log_c {
+            out.push(NamedTensor {
+                name: LOG_C_KEY.into(),
+                shape: vec![values[slot].len()],
+                data: values[slot].clone(),
+            });
         }
         Ok(out)
     }
@@ -220,6 +243,10 @@ impl Vae {
         for l in self.decoder.iter().chain([&self.out]) {
             fill(&next(), l, 0..l.out_features, &mut values)?;
         }
+        if let Some(slot) = self.log_c {
+            let t = find(LOG_C_KEY, &[values[slot].len()])?;
+            values[slot].copy_from_slice(&t.data);
+        }
         self.arena.write_params(gpu, &values)
     }
 
@@ -235,10 +262,13 @@ impl Vae {
             v.push((format!("{name}.weight"), vec![l.out_features, l.in_features]));
             v.push((format!("{name}.bias"), vec![l.out_features]));
         }
+        if let Some(slot) = self.log_c {
+            v.push((LOG_C_KEY.into(), vec![self.arena.layout.slots()[slot].len()]));
+        }
         v
     }
 
-    /// Plans the encoder: x [B, D] → hidden activations → enc [B, 2Z] = [μ | log σ²].
+    /// Plans the encoder: x [B, D'] (D' = `config.enc_input_dim()`) → hidden activations → enc [B, 2Z] = [μ | log σ²].
     pub fn plan_encode(&self, gpu: &Gpu, x: &Tensor, hidden: &[Tensor], enc: &Tensor) -> Result<Vec<Dispatch>> {
         let mut out = Vec::new();
         let mut input = x;
@@ -250,7 +280,7 @@ impl Vae {
         Ok(out)
     }
 
-    /// Plans the decoder: z [R, Z] → hidden activations → out [R, D] (logits or means).
+    /// Plans the decoder: z [R, Z'] (Z' = `config.dec_input_dim()`) → hidden activations → out [R, D] (logits or means).
     pub fn plan_decode(&self, gpu: &Gpu, z: &Tensor, hidden: &[Tensor], out_t: &Tensor) -> Result<Vec<Dispatch>> {
         let mut out = Vec::new();
         let mut input = z;

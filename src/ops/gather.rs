@@ -12,12 +12,14 @@ struct GatherParams {
     d4: u32,
     count: u32,
     perm_len: u32,
+    x_stride4: u32,
+    _pad: [u32; 3],
 }
 
-/// Plans x[b] = data[perm[batch_start + b]] / 255 for the B rows of `x` [B, D] (`batch_start`
-/// from the step uniform), or Bernoulli draws with those probabilities when `binarize`.
-/// `data` holds `count` examples of D bytes packed four per u32 word; positions past the end
-/// of `perm` give zero rows.
+/// Plans x[b, ..D] = data[perm[batch_start + b]] / 255 for the B rows of `x` [B, D'] (D' ≥ D;
+/// `batch_start` from the step uniform), or Bernoulli draws with those probabilities when
+/// `binarize`. `data` holds `count` examples of D = `dim` bytes packed four per u32 word;
+/// positions past the end of `perm` give zero rows. Columns past D are left to [`condition`].
 #[allow(clippy::too_many_arguments)]
 pub fn gather(
     gpu: &Gpu,
@@ -25,20 +27,22 @@ pub fn gather(
     step: &StepBuffer,
     data: &Tensor,
     count: usize,
+    dim: usize,
     perm: &Tensor,
     x: &Tensor,
     binarize: bool,
 ) -> Result<Dispatch> {
-    let [rows, d] = *x.shape() else {
+    let d = dim;
+    let [rows, width] = *x.shape() else {
         return Err(VaeError::Shape(format!(
             "{label}: batch must be [B, D], got {:?}",
             x.shape()
         )));
     };
-    if d % 4 != 0 || count == 0 || data.len() < count * d / 4 {
+    if d % 4 != 0 || width % 4 != 0 || width < d || count == 0 || data.len() < count * d / 4 {
         return Err(VaeError::Shape(format!(
-            "{label}: example size {d} must be a multiple of 4 and the data must hold {count} examples \
-             ({} words), got {} words",
+            "{label}: example size {d} and batch row width {width} must be multiples of 4 (width ≥ size) \
+             and the data must hold {count} examples ({} words), got {} words",
             count * d / 4,
             data.len()
         )));
@@ -57,6 +61,8 @@ pub fn gather(
         d4: (d / 4) as u32,
         count: count as u32,
         perm_len: perm.len() as u32,
+        x_stride4: (width / 4) as u32,
+        _pad: [0; 3],
     };
     let ubuf = gpu.uniform(label, &raw)?;
     let res = [
@@ -74,5 +80,89 @@ pub fn gather(
         grid_1d(rows * d / 4, 64),
         0.0,
         5.0 * (rows * d) as f64,
+    )
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct CondParams {
+    rows: u32,
+    samples: u32,
+    x_dim: u32,
+    x_width: u32,
+    z_dim: u32,
+    z_width: u32,
+    count: u32,
+    perm_len: u32,
+}
+
+/// Plans the class conditioning of a batch: columns D.. of `x` [B, D'] and Z.. of `z` [L·B, Z']
+/// become the one-hot label of the row's example (`labels` one u32 per dataset example, in
+/// the order `perm` indexes), zero past the classes. Pixels and latent codes are untouched.
+#[allow(clippy::too_many_arguments)]
+pub fn condition(
+    gpu: &Gpu,
+    label: &str,
+    step: &StepBuffer,
+    labels: &Tensor,
+    perm: &Tensor,
+    x: &Tensor,
+    x_dim: usize,
+    z: &Tensor,
+    z_dim: usize,
+) -> Result<Dispatch> {
+    let ([b, xw], [r, zw]) = (x.shape(), z.shape()) else {
+        return Err(VaeError::Shape(format!(
+            "{label}: x and z must be 2-D, got {:?} and {:?}",
+            x.shape(),
+            z.shape()
+        )));
+    };
+    let (b, xw, r, zw) = (*b, *xw, *r, *zw);
+    if b == 0 || r % b != 0 || xw < x_dim || zw < z_dim || labels.is_empty() {
+        return Err(VaeError::Shape(format!(
+            "{label}: x {:?} must be wider than {x_dim}, z {:?} wider than {z_dim} with a multiple of \
+             x's rows, and labels non-empty",
+            x.shape(),
+            z.shape()
+        )));
+    }
+    let layout = [
+        uniform(0),
+        uniform(1),
+        storage(3, true),
+        storage(5, true),
+        storage(6, false),
+        storage(7, false),
+    ];
+    let pipeline = gpu.kernels.pipeline(Shader::Gather, "condition", &[], &layout)?;
+    let raw = CondParams {
+        rows: b as u32,
+        samples: (r / b) as u32,
+        x_dim: x_dim as u32,
+        x_width: xw as u32,
+        z_dim: z_dim as u32,
+        z_width: zw as u32,
+        count: labels.len() as u32,
+        perm_len: perm.len() as u32,
+    };
+    let ubuf = gpu.uniform(label, &raw)?;
+    let res = [
+        (0, ubuf.raw().as_entire_binding()),
+        (1, step.binding()),
+        (3, perm.binding()),
+        (5, labels.binding()),
+        (6, x.binding()),
+        (7, z.binding()),
+    ];
+    let items = b * (xw - x_dim) + r * (zw - z_dim);
+    gpu.dispatch_bound(
+        label,
+        pipeline,
+        &res,
+        Some(ubuf.clone()),
+        grid_1d(items.max(1), 64),
+        0.0,
+        4.0 * items as f64,
     )
 }

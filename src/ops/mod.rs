@@ -12,8 +12,8 @@ pub mod step;
 
 pub use activation::{activation_backward, activation_forward, Activation};
 pub use adam::{adam, AdamConfig};
-pub use gather::gather;
-pub use loss::{loss, Likelihood};
+pub use gather::{condition, gather};
+pub use loss::{log_c_grad, loss, LearnedLogC, Likelihood, LOG_C_MAX, LOG_C_MIN};
 pub use matmul::{matmul, Epilogue, MatmulStrategy};
 pub use reduce::{colsum, read_log_totals, sum_segments, Segment};
 pub use reparam::{reparam_kl_backward, reparam_kl_forward, LOGVAR_MAX, LOGVAR_MIN};

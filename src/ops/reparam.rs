@@ -19,7 +19,8 @@ struct ReparamParams {
     samples: u32,
     lv_min: f32,
     lv_max: f32,
-    _pad: [u32; 3],
+    z_stride: u32,
+    _pad: [u32; 2],
 }
 
 fn layout() -> [wgpu::BindGroupLayoutEntry; 7] {
@@ -41,9 +42,10 @@ fn check(label: &str, enc: &Tensor, z: &Tensor, samples: usize) -> Result<(usize
             enc.shape()
         )));
     };
-    if z2 % 2 != 0 || samples == 0 || z.shape() != [samples * b, z2 / 2] {
+    let ok = matches!(z.shape(), [r, w] if *r == samples * b && *w >= z2 / 2);
+    if z2 % 2 != 0 || samples == 0 || !ok {
         return Err(VaeError::Shape(format!(
-            "{label}: encoder output {:?} = [B, 2Z] needs z of [L·B, Z] = [{}, {}] with L = {samples} >= 1; got {:?}",
+            "{label}: encoder output {:?} = [B, 2Z] needs z of [L·B, Z' ≥ Z] = [{}, {}+] with L = {samples} >= 1; got {:?}",
             enc.shape(),
             samples * b,
             z2 / 2,
@@ -53,12 +55,17 @@ fn check(label: &str, enc: &Tensor, z: &Tensor, samples: usize) -> Result<(usize
     Ok((b, z2 / 2))
 }
 
+fn z_stride(z: &Tensor) -> usize {
+    z.shape().get(1).copied().unwrap_or(0)
+}
+
 fn params(
     gpu: &Gpu,
     label: &str,
     b: usize,
     zd: usize,
     samples: usize,
+    z_stride: usize,
 ) -> Result<std::sync::Arc<crate::gpu::GpuBuffer>> {
     gpu.uniform(
         label,
@@ -68,13 +75,15 @@ fn params(
             samples: samples as u32,
             lv_min: LOGVAR_MIN,
             lv_max: LOGVAR_MAX,
-            _pad: [0; 3],
+            z_stride: z_stride as u32,
+            _pad: [0; 2],
         },
     )
 }
 
-/// Plans z = μ + σ·ε for L samples per example (rows sample-major), kl[b] (length B) and,
-/// when given, log_ratio[s·B + b] = log p(z) − log q(z|x) (length L·B).
+/// Plans z = μ + σ·ε for L samples per example (rows sample-major, the first Z columns of each
+/// row of `z` [L·B, Z']), the KL's terms kl [B·Z] (their sum is Σ_b KL_b) and, when given, the
+/// terms of log p(z) − log q(z|x) in log_ratio [L·B·Z] (row sums over Z give the log-ratio).
 #[allow(clippy::too_many_arguments)]
 pub fn reparam_kl_forward(
     gpu: &Gpu,
@@ -87,17 +96,18 @@ pub fn reparam_kl_forward(
     log_ratio: Option<&Tensor>,
 ) -> Result<Dispatch> {
     let (b, zd) = check(label, enc, z, samples)?;
-    if kl.len() != b {
+    if kl.len() != b * zd {
         return Err(VaeError::Shape(format!(
-            "{label}: kl must have {b} elements, got {:?}",
+            "{label}: kl must have B·Z = {} elements, got {:?}",
+            b * zd,
             kl.shape()
         )));
     }
     if let Some(lr) = log_ratio {
-        if lr.len() != samples * b {
+        if lr.len() != samples * b * zd {
             return Err(VaeError::Shape(format!(
-                "{label}: log_ratio must have {} elements, got {:?}",
-                samples * b,
+                "{label}: log_ratio must have L·B·Z = {} elements, got {:?}",
+                samples * b * zd,
                 lr.shape()
             )));
         }
@@ -106,7 +116,7 @@ pub fn reparam_kl_forward(
     let pipeline = gpu
         .kernels
         .pipeline(Shader::ReparamKl, "reparam_kl_forward", &constants, &layout())?;
-    let ubuf = params(gpu, label, b, zd, samples)?;
+    let ubuf = params(gpu, label, b, zd, samples, z_stride(z))?;
     let dw = gpu.dummy_write();
     let res = [
         ubuf.raw().as_entire_binding(),
@@ -117,8 +127,16 @@ pub fn reparam_kl_forward(
         dw.binding(),
         log_ratio.unwrap_or(dw).binding(),
     ];
-    let bytes = 4.0 * (2 * b * zd + samples * b * zd + b) as f64;
-    gpu.dispatch(label, pipeline, &res, Some(ubuf.clone()), grid_1d(b, 64), 0.0, bytes)
+    let bytes = 4.0 * (3 * b * zd + samples * b * zd) as f64;
+    gpu.dispatch(
+        label,
+        pipeline,
+        &res,
+        Some(ubuf.clone()),
+        grid_1d(b * zd, 64),
+        0.0,
+        bytes,
+    )
 }
 
 /// Plans denc = [dμ | d log σ²] from dz (shape of z), with the KL weighted by the step's β.
@@ -142,7 +160,7 @@ pub fn reparam_kl_backward(
     let pipeline = gpu
         .kernels
         .pipeline(Shader::ReparamKl, "reparam_kl_backward", &[], &layout())?;
-    let ubuf = params(gpu, label, b, zd, samples)?;
+    let ubuf = params(gpu, label, b, zd, samples, z_stride(dz))?;
     let res = [
         ubuf.raw().as_entire_binding(),
         step.binding(),
@@ -157,7 +175,7 @@ pub fn reparam_kl_backward(
         pipeline,
         &res,
         Some(ubuf.clone()),
-        grid_1d(b, 64),
+        grid_1d(b * zd, 64),
         0.0,
         4.0 * (4 * b * zd + samples * b * zd) as f64,
     )

@@ -26,8 +26,14 @@ pub struct TrainConfig {
     pub binarize: bool,
     /// Monte Carlo samples per example.
     pub mc_samples: usize,
-    /// Weight of the KL term in the gradient.
+    /// Weight β of the KL term in the gradient (its final value under a schedule). The
+    /// reported −ELBO always uses β = 1.
     pub beta: f32,
+    /// How β moves over the run.
+    pub kl_schedule: KlSchedule,
+    /// The run's length T in steps, over which cyclical annealing spreads its cycles (0: one
+    /// epoch).
+    pub total_steps: u64,
 }
 
 impl Default for TrainConfig {
@@ -40,6 +46,8 @@ impl Default for TrainConfig {
             binarize: false,
             mc_samples: 1,
             beta: 1.0,
+            kl_schedule: KlSchedule::Constant,
+            total_steps: 0,
         }
     }
 }
@@ -77,6 +85,8 @@ pub struct EpochReport {
     /// Training examples per second of wall time, waiting for the GPU at the end.
     pub samples_per_sec: f64,
     pub seconds: f64,
+    /// The KL weight at the epoch's last step.
+    pub beta: f32,
 }
 
 /// Trains a [`Vae`] on a GPU-resident dataset. All state that a resume needs is explicit:
@@ -107,6 +117,12 @@ impl<'g> Trainer<'g> {
                 "batch size and Monte Carlo samples must be at least 1".into(),
             ));
         }
+        if !(config.beta >= 0.0 && config.beta.is_finite()) {
+            return Err(VaeError::Config(format!(
+                "the KL weight beta must be a finite number >= 0, got {}",
+                config.beta
+            )));
+        }
         if data.dim != vae.config.input_dim {
             return Err(VaeError::Shape(format!(
                 "dataset examples have {} values, the model expects {}",
@@ -121,6 +137,7 @@ impl<'g> Trainer<'g> {
                 data.count
             )));
         }
+        config.kl_schedule.validate(Self::schedule_steps(&config, steps))?;
         let ws = Workspace::new(gpu, vae, b, config.mc_samples, true, false)?;
         let step_buf = StepBuffer::new(gpu)?;
         let perm = gpu.tensor("perm", &[data.count])?;
@@ -163,6 +180,20 @@ impl<'g> Trainer<'g> {
         }
     }
 
+    fn schedule_steps(config: &TrainConfig, steps_per_epoch: usize) -> u64 {
+        if config.total_steps == 0 {
+            steps_per_epoch as u64
+        } else {
+            config.total_steps
+        }
+    }
+
+    /// The KL weight used at global step `step` (0-based).
+    pub fn beta_at(&self, step: u64) -> f32 {
+        let t = Self::schedule_steps(&self.config, self.steps_per_epoch());
+        self.config.kl_schedule.beta_at(self.config.beta, step, t)
+    }
+
     /// Steps per epoch.
     pub fn steps_per_epoch(&self) -> usize {
         Self::steps_for(self.data.count, self.ws.batch, self.config.drop_last)
@@ -190,7 +221,7 @@ impl<'g> Trainer<'g> {
             step: self.step as u32,
             batch_start: batch_start as u32,
             stream: rng::STREAM_TRAIN,
-            kl_beta: self.config.beta,
+            kl_beta: self.beta_at(self.step),
             log_row: log_row as u32,
             ..Default::default()
         };
@@ -259,6 +290,7 @@ impl<'g> Trainer<'g> {
             steps,
             samples_per_sec: examples as f64 / seconds,
             seconds,
+            beta: self.beta_at(self.step.saturating_sub(1)),
         })
     }
 }
@@ -363,6 +395,7 @@ impl<'g> Evaluator<'g> {
         }
         // Decoder rows are K·B: keep them near 5000.
         let b = (5000 / k).clamp(1, self.data.count);
+        let zd = vae.config.latent;
         let steps = self.data.count.div_ceil(b);
         let ws = Workspace::new(self.gpu, vae, b, k, false, true)?;
         let log = self.gpu.tensor("iw_log", &[steps, METRIC_SLOTS])?;
@@ -383,11 +416,13 @@ impl<'g> Evaluator<'g> {
             let refs: Vec<&Dispatch> = plan.iter().collect();
             self.gpu.run(&refs)?;
             let nll = self.gpu.read(&ws.nll(rows))?;
-            let lr = self.gpu.read(&lr_all.reshape_prefix(&[k * rows]))?;
+            let lr_terms = self.gpu.read(&lr_all.reshape_prefix(&[k * rows * zd]))?;
+            let lr: Vec<f64> = lr_terms
+                .chunks_exact(zd)
+                .map(|t| t.iter().map(|&v| v as f64).sum())
+                .collect();
             for e in 0..rows {
-                let w: Vec<f64> = (0..k)
-                    .map(|s| -(nll[s * rows + e] as f64) + lr[s * rows + e] as f64)
-                    .collect();
+                let w: Vec<f64> = (0..k).map(|s| -(nll[s * rows + e] as f64) + lr[s * rows + e]).collect();
                 let m = w.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let lse = m + w.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
                 total += -(lse - (k as f64).ln());
@@ -410,15 +445,52 @@ impl<'g> Evaluator<'g> {
         let plan = plan_step(self.gpu, vae, &ws, n, &src, &self.step_buf, &log, None)?;
         self.write_step(seed, 0, 0);
         self.gpu.run(&plan.iter().collect::<Vec<_>>())?;
-        let x = self.gpu.read(&ws.x)?;
+        let x = strip_columns(&self.gpu.read(&ws.x)?, vae.config.enc_input_dim(), vae.config.input_dim);
         let out = self.gpu.read(&ws.out)?;
         Ok((x, mean_image(vae.config.likelihood, &out)))
     }
+
+    /// The posterior means μ(x) of every example, n·Z values in dataset order.
+    pub fn encode_means(&self, vae: &Vae, seed: u64) -> Result<Vec<f32>> {
+        let b = self.batch;
+        let steps = self.data.count.div_ceil(b);
+        let ws = Workspace::new(self.gpu, vae, b, 1, false, false)?;
+        let log = self.gpu.tensor("encode_log", &[steps, METRIC_SLOTS])?;
+        let (full, last) = self.plans(vae, &ws, b, &log, false)?;
+        let zd = vae.config.latent;
+        let mut means = Vec::with_capacity(self.data.count * zd);
+        for i in 0..steps {
+            let rows = b.min(self.data.count - i * b);
+            let plan = if rows < b {
+                last.as_ref().unwrap_or(&full)
+            } else {
+                &full
+            };
+            self.write_step(seed, i * b, i);
+            self.gpu.run(&plan.iter().collect::<Vec<_>>())?;
+            let enc = self.gpu.read(&ws.enc.reshape_prefix(&[rows, 2 * zd]))?;
+            means.extend(strip_columns(&enc, 2 * zd, zd));
+        }
+        Ok(means)
+    }
 }
 
-/// Decodes latent codes `z` (n·Z values) into decoder means.
+/// The first `keep` columns of each `width`-wide row.
+fn strip_columns(v: &[f32], width: usize, keep: usize) -> Vec<f32> {
+    v.chunks_exact(width).flat_map(|r| r[..keep].iter().copied()).collect()
+}
+
+/// Decodes latent codes `z` (n·Z values) into decoder means. A conditional model needs
+/// [`decode_conditional`].
 pub fn decode(gpu: &Gpu, vae: &Vae, z: &[f32]) -> Result<Vec<f32>> {
-    let zd = vae.config.latent;
+    decode_conditional(gpu, vae, z, None)
+}
+
+/// Decodes latent codes `z` (n·Z values) into decoder means, each conditioned on its class in
+/// `labels` (n values) for a conditional model; `labels` must be None for other models.
+pub fn decode_conditional(gpu: &Gpu, vae: &Vae, z: &[f32], labels: Option<&[u8]>) -> Result<Vec<f32>> {
+    let cfg = &vae.config;
+    let zd = cfg.latent;
     if z.is_empty() || z.len() % zd != 0 {
         return Err(VaeError::Shape(format!(
             "{} latent values are not a whole number of {zd}-vectors",
@@ -426,7 +498,34 @@ pub fn decode(gpu: &Gpu, vae: &Vae, z: &[f32]) -> Result<Vec<f32>> {
         )));
     }
     let n = z.len() / zd;
-    let zt = gpu.upload("z", &[n, zd], z)?;
+    let width = cfg.dec_input_dim();
+    let mut rows = vec![0.0f32; n * width];
+    match (cfg.classes, labels) {
+        (0, None) => rows.copy_from_slice(z),
+        (0, Some(_)) => {
+            return Err(VaeError::Config(
+                "labels given, but the model is not conditional".into(),
+            ))
+        }
+        (_, None) => {
+            return Err(VaeError::Config(
+                "a conditional model decodes with a class label per code".into(),
+            ))
+        }
+        (classes, Some(l)) => {
+            if l.len() != n || l.iter().any(|&c| c as usize >= classes) {
+                return Err(VaeError::Shape(format!(
+                    "{} labels for {n} codes, each must be below {classes}",
+                    l.len()
+                )));
+            }
+            for i in 0..n {
+                rows[i * width..i * width + zd].copy_from_slice(&z[i * zd..(i + 1) * zd]);
+                rows[i * width + zd + l[i] as usize] = 1.0;
+            }
+        }
+    }
+    let zt = gpu.upload("z", &[n, width], &rows)?;
     let hidden = vae
         .config
         .hidden
@@ -455,6 +554,8 @@ pub fn prior_samples(seed: u64, n: usize, latent: usize, temperature: f32) -> Ve
 pub fn mean_image(lik: Likelihood, out: &[f32]) -> Vec<f32> {
     match lik {
         Likelihood::Bernoulli => out.iter().map(|&l| 1.0 / (1.0 + (-l).exp())).collect(),
-        Likelihood::Gaussian { .. } => out.iter().map(|&m| m.clamp(0.0, 1.0)).collect(),
+        Likelihood::Gaussian { .. } | Likelihood::GaussianLearned { .. } => {
+            out.iter().map(|&m| m.clamp(0.0, 1.0)).collect()
+        }
     }
 }

@@ -420,27 +420,34 @@ fn reparam_kl_forward_and_backward() {
         ..Default::default()
     };
     step.write(g, &sp);
-    for &(b, zd, l) in &[(1usize, 1usize, 1usize), (7, 5, 1), (129, 20, 3)] {
+    // (B, Z, L, row width of z: wider than Z for a conditional decoder's input)
+    for &(b, zd, l, zw) in &[
+        (1usize, 1usize, 1usize, 1usize),
+        (7, 5, 1, 8),
+        (129, 20, 3, 20),
+        (9, 2, 2, 12),
+    ] {
         let mut enc_h = rand_vec(b * 2 * zd, 900 + b as u64, -2.0, 2.0);
         if b * zd > 2 {
             enc_h[zd] = -45.0; // log-variance below the clamp: zero gradient there
             enc_h[zd + 1] = 31.0; // above the clamp
         }
         let enc = g.upload("enc", &[b, 2 * zd], &enc_h).unwrap();
-        let z = g.tensor("z", &[l * b, zd]).unwrap();
-        let kl = g.tensor("kl", &[b]).unwrap();
-        let lr = g.tensor("log_ratio", &[l * b]).unwrap();
+        // Columns past Z hold a sentinel the forward pass must not touch.
+        let z = g.upload("z", &[l * b, zw], &vec![7.5; l * b * zw]).unwrap();
+        let kl = g.tensor("kl", &[b * zd]).unwrap();
+        let lr = g.tensor("log_ratio", &[l * b * zd]).unwrap();
         let fwd = ops::reparam_kl_forward(g, "reparam", &step, &enc, l, &z, &kl, Some(&lr)).unwrap();
-        let dz_h = rand_vec(l * b * zd, 901, -1.0, 1.0);
-        let dz = g.upload("dz", &[l * b, zd], &dz_h).unwrap();
+        let dz_h = rand_vec(l * b * zw, 901, -1.0, 1.0);
+        let dz = g.upload("dz", &[l * b, zw], &dz_h).unwrap();
         let denc = g.tensor("denc", &[b, 2 * zd]).unwrap();
         let bwd = ops::reparam_kl_backward(g, "reparam_bwd", &step, &enc, l, &dz, &denc).unwrap();
         g.run(&[&fwd, &bwd]).unwrap();
         let (zg, klg, dg) = (g.read(&z).unwrap(), g.read(&kl).unwrap(), g.read(&denc).unwrap());
         let lrg = g.read(&lr).unwrap();
-        let mut lr_want = vec![0.0; l * b];
-        let mut z_want = vec![0.0; l * b * zd];
-        let mut kl_want = vec![0.0; b];
+        let mut lr_want = vec![0.0; l * b * zd];
+        let mut z_want = vec![7.5; l * b * zw];
+        let mut kl_want = vec![0.0; b * zd];
         let mut d_want = vec![0.0; b * 2 * zd];
         let beta = sp.kl_beta as f64;
         for bi in 0..b {
@@ -458,16 +465,16 @@ fn reparam_kl_forward_and_backward() {
                         (bi * zd + j) as u32,
                     );
                     let zv = mu + sigma * eps;
-                    z_want[(s * b + bi) * zd + j] = zv;
+                    z_want[(s * b + bi) * zw + j] = zv;
                     // log N(z; 0, 1) − log N(z; μ, σ²), written out in full.
                     let log_p = -0.5 * zv * zv - 0.5 * std::f64::consts::TAU.ln();
                     let log_q = -0.5 * ((zv - mu) / sigma).powi(2) - sigma.ln() - 0.5 * std::f64::consts::TAU.ln();
-                    lr_want[s * b + bi] += log_p - log_q;
-                    let gz = dz_h[(s * b + bi) * zd + j] as f64;
+                    lr_want[(s * b + bi) * zd + j] = log_p - log_q;
+                    let gz = dz_h[(s * b + bi) * zw + j] as f64;
                     gs += gz;
                     ge += gz * eps;
                 }
-                kl_want[bi] += 0.5 * (sigma * sigma + mu * mu - 1.0 - lv);
+                kl_want[bi * zd + j] = 0.5 * (sigma * sigma + mu * mu - 1.0 - lv);
                 d_want[bi * 2 * zd + j] = gs + beta * mu;
                 let inside = raw >= ops::LOGVAR_MIN as f64 && raw <= ops::LOGVAR_MAX as f64;
                 d_want[bi * 2 * zd + zd + j] = if inside {
@@ -513,7 +520,7 @@ fn losses_and_gradients() {
         let grad = g.tensor("grad", &[r, d]).unwrap();
         let scale = 1.0 / (r / b) as f32;
         for lik in [Likelihood::Bernoulli, Likelihood::Gaussian { variance: 0.3 }] {
-            let dsp = ops::loss(g, "loss", lik, &out, &x, scale, &nll, &grad).unwrap();
+            let dsp = ops::loss(g, "loss", lik, &out, &x, scale, &nll, &grad, None).unwrap();
             g.run(&[&dsp]).unwrap();
             let mut nll_want = vec![0.0; r];
             let mut g_want = vec![0.0; r * d];
@@ -531,6 +538,7 @@ fn losses_and_gradients() {
                                 (o - t) / c,
                             )
                         }
+                        Likelihood::GaussianLearned { .. } => unreachable!("not in this test's list"),
                     };
                     nll_want[ri] += v;
                     mag[ri] += v.abs();
@@ -552,6 +560,86 @@ fn losses_and_gradients() {
             );
         }
     }
+}
+
+/// The learned-variance loss (shared and per-pixel log c, one value below the floor and one
+/// above the ceiling), read from target rows wider than D, and the reduction of its per-element
+/// log-c gradient terms into the parameter's gradient.
+#[test]
+fn learned_variance_loss_and_log_c_gradient() {
+    let g = gpu();
+    let (r, b, d, xw) = (6usize, 3usize, 8usize, 12usize);
+    let out_h = rand_vec(r * d, 1300, -0.5, 1.5);
+    let x_h = rand_vec(b * xw, 1301, 0.0, 1.0);
+    let out = g.upload("out", &[r, d], &out_h).unwrap();
+    let x = g.upload("x", &[b, xw], &x_h).unwrap();
+    let nll = g.tensor("nll", &[r]).unwrap();
+    let grad = g.tensor("grad", &[r, d]).unwrap();
+    let dlc = g.tensor("dlc", &[r, d]).unwrap();
+    let scale = 0.5f32;
+    for per_pixel in [false, true] {
+        let mut lc_h = if per_pixel {
+            rand_vec(d, 1302, -2.0, 1.0)
+        } else {
+            vec![-0.7]
+        };
+        if per_pixel {
+            lc_h[2] = ops::LOG_C_MIN - 0.5;
+            lc_h[5] = ops::LOG_C_MAX + 0.5;
+        }
+        // Arena-like: the parameter's slot is padded to a vec4, as log_c_grad writes one.
+        let n = lc_h.len();
+        let mut padded = lc_h.clone();
+        padded.resize(n.div_ceil(4) * 4, 0.0);
+        let lc_buf = g.upload("log_c", &[padded.len()], &padded).unwrap();
+        let lc = lc_buf.reshape_prefix(&[n]);
+        let dlc_sum_buf = g.upload("dlc_sum", &[padded.len()], &vec![9.0; padded.len()]).unwrap();
+        let dlc_sum = dlc_sum_buf.reshape_prefix(&[n]);
+        let lik = Likelihood::GaussianLearned { per_pixel };
+        let learned = ops::LearnedLogC { log_c: &lc, dlc: &dlc };
+        let dl = ops::loss(g, "loss", lik, &out, &x, scale, &nll, &grad, Some(&learned)).unwrap();
+        let dr = ops::log_c_grad(g, "log_c.grad", per_pixel, &dlc, &dlc_sum).unwrap();
+        g.run(&[&dl, &dr]).unwrap();
+        let (mut nll_want, mut g_want) = (vec![0.0f64; r], vec![0.0f64; r * d]);
+        let mut lc_grad_want = vec![0.0f64; n];
+        for ri in 0..r {
+            for j in 0..d {
+                let raw = lc_h[if per_pixel { j } else { 0 }] as f64;
+                let lcv = raw.clamp(ops::LOG_C_MIN as f64, ops::LOG_C_MAX as f64);
+                let c = lcv.exp();
+                let (o, t) = (out_h[ri * d + j] as f64, x_h[(ri % b) * xw + j] as f64);
+                nll_want[ri] += 0.5 * ((std::f64::consts::TAU * c).ln() + (o - t).powi(2) / c);
+                g_want[ri * d + j] = scale as f64 * (o - t) / c;
+                if raw == lcv {
+                    lc_grad_want[if per_pixel { j } else { 0 }] += scale as f64 * 0.5 * (1.0 - (o - t).powi(2) / c);
+                }
+            }
+        }
+        assert_close(
+            &format!("learned({per_pixel}) nll"),
+            &g.read(&nll).unwrap(),
+            &nll_want,
+            |i| 2e-6 * (1.0 + nll_want[i].abs()),
+        );
+        assert_close(
+            &format!("learned({per_pixel}) grad"),
+            &g.read(&grad).unwrap(),
+            &g_want,
+            |i| 2e-6 * (1.0 + g_want[i].abs()),
+        );
+        let got = g.read(&dlc_sum_buf).unwrap();
+        assert_close(&format!("learned({per_pixel}) dlog c"), &got[..n], &lc_grad_want, |i| {
+            2e-5 * (1.0 + lc_grad_want[i].abs())
+        });
+        if per_pixel {
+            assert_eq!((got[2], got[5]), (0.0, 0.0), "clamped log c gets no gradient");
+        } else {
+            assert_eq!(&got[1..4], &[0.0, 0.0, 0.0], "the rest of the vec4 is zero padding");
+        }
+    }
+    // A learned variance without its parameter is a configuration error.
+    let lik = Likelihood::GaussianLearned { per_pixel: true };
+    assert!(ops::loss(g, "loss", lik, &out, &x, 1.0, &nll, &grad, None).is_err());
 }
 
 #[test]
@@ -640,7 +728,7 @@ fn gather_and_dynamic_binarization() {
             ..Default::default()
         };
         step.write(g, &sp);
-        let dsp = ops::gather(g, "gather", &step, &data, count, &perm, &x, binarize).unwrap();
+        let dsp = ops::gather(g, "gather", &step, &data, count, d, &perm, &x, binarize).unwrap();
         g.run(&[&dsp]).unwrap();
         let got = g.read(&x).unwrap();
         let mut want = vec![0.0f64; rows * d];
@@ -670,5 +758,62 @@ fn gather_and_dynamic_binarization() {
             &want,
             |_| 1e-7,
         );
+    }
+}
+
+/// Class conditioning: the one-hot label after the pixels of each batch row and after the
+/// code of each of the L·B decoder rows, zero padding after the classes, zero for rows past
+/// the permutation's end, and the pixels and codes left alone.
+#[test]
+fn condition_writes_one_hot_labels() {
+    let g = gpu();
+    let count = 11usize;
+    let labels_h: Vec<u32> = (0..count as u32).map(|i| (i * 5 + 2) % 3).collect();
+    let labels = g.upload_words("labels", &labels_h).unwrap();
+    let perm_h: Vec<u32> = (0..count as u32).map(|i| (i * 4) % count as u32).collect();
+    let perm = g.upload_words("perm", &perm_h).unwrap();
+    let (b, l, d, xw, zd, zw) = (4usize, 2usize, 8usize, 12usize, 2usize, 8usize);
+    let x = g.upload("x", &[b, xw], &vec![0.25; b * xw]).unwrap();
+    let z = g.upload("z", &[l * b, zw], &vec![-0.5; l * b * zw]).unwrap();
+    let step = StepBuffer::new(g).unwrap();
+    let dsp = ops::condition(g, "condition", &step, &labels, &perm, &x, d, &z, zd).unwrap();
+    for start in [0u32, 9] {
+        step.write(
+            g,
+            &StepParams {
+                batch_start: start,
+                ..Default::default()
+            },
+        );
+        g.run(&[&dsp]).unwrap();
+        let (xg, zg) = (g.read(&x).unwrap(), g.read(&z).unwrap());
+        let label = |row: usize| {
+            let pos = start as usize + row;
+            (pos < count).then(|| labels_h[perm_h[pos] as usize] as usize)
+        };
+        for row in 0..b {
+            for c in 0..xw {
+                let want = if c < d {
+                    0.25
+                } else if label(row) == Some(c - d) {
+                    1.0
+                } else {
+                    0.0
+                };
+                assert_eq!(xg[row * xw + c], want, "x row {row} col {c} (start {start})");
+            }
+        }
+        for row in 0..l * b {
+            for c in 0..zw {
+                let want = if c < zd {
+                    -0.5
+                } else if label(row % b) == Some(c - zd) {
+                    1.0
+                } else {
+                    0.0
+                };
+                assert_eq!(zg[row * zw + c], want, "z row {row} col {c} (start {start})");
+            }
+        }
     }
 }

@@ -12,6 +12,7 @@ use crate::reference::{self, AdamState, Batch};
 /// A byte dataset on the device, its host copy and an example order.
 struct Data {
     bytes: Vec<u8>,
+    labels: Vec<u8>,
     dim: usize,
     perm: Vec<u32>,
     set: GpuDataset,
@@ -28,10 +29,13 @@ impl Data {
         bytes[0] = 0;
         bytes[1] = 255;
         let perm = rng::permutation(&mut rng::host_rng(seed, 1), count);
-        let set = GpuDataset::upload(g, "train", &bytes, count, dim, vec![0; count]).unwrap();
+        // Three classes, not in the order of the examples.
+        let labels: Vec<u8> = (0..count).map(|i| ((i * 7 + 1) % 3) as u8).collect();
+        let set = GpuDataset::upload(g, "train", &bytes, count, dim, labels.clone()).unwrap();
         let perm_t = g.upload_words("perm", &perm).unwrap();
         Data {
             bytes,
+            labels,
             dim,
             perm,
             set,
@@ -48,6 +52,11 @@ impl Data {
                 self.bytes[ex * d..(ex + 1) * d].iter().map(|&v| v as f64 / 255.0)
             })
             .collect()
+    }
+
+    /// The labels of the batch's rows.
+    fn batch_labels(&self, start: usize, b: usize) -> Vec<u8> {
+        (0..b).map(|row| self.labels[self.perm[start + row] as usize]).collect()
     }
 
     fn source(&self) -> BatchSource<'_> {
@@ -165,7 +174,13 @@ fn small(hidden: Vec<usize>, latent: usize, activation: Activation, likelihood: 
         latent,
         activation,
         likelihood,
+        classes: 0,
     }
+}
+
+fn conditional(mut cfg: VaeConfig) -> VaeConfig {
+    cfg.classes = 3;
+    cfg
 }
 
 /// Runs one step with lr = 0 (the gradients are written, the parameters stay) and checks:
@@ -201,12 +216,14 @@ fn check_gradients(case: &Case) {
     let params = to_f64(&res.params_before);
     let x = data.batch_x(start, b);
     let eps = step_eps(&sp, l, b, zd);
+    let labels = data.batch_labels(start, b);
     let batch = Batch {
         x: &x,
         batch: b,
         eps: &eps,
         samples: l,
         beta: case.beta as f64,
+        labels: (case.cfg.classes > 0).then_some(&labels[..]),
     };
     let fwd = reference::forward(&case.cfg, &params, &batch);
     // Preconditions of the comparison: log-variances far inside the clamp, and no ReLU
@@ -325,6 +342,58 @@ fn gradients_match_f64_reference_variants() {
     }
 }
 
+/// Issue-5 objectives on the device: learned variances, class conditioning, β = 0.
+#[test]
+fn gradients_match_f64_reference_family() {
+    let global = Likelihood::GaussianLearned { per_pixel: false };
+    let pixel = Likelihood::GaussianLearned { per_pixel: true };
+    let cases = [
+        Case {
+            name: "gaussian learned-global tanh [12] Z=4 L=2",
+            cfg: small(vec![12], 4, Activation::Tanh, global),
+            batch: 5,
+            samples: 2,
+            beta: 1.0,
+            seed: 8,
+        },
+        Case {
+            name: "gaussian learned-pixel relu [12] Z=4 β=0.5",
+            cfg: small(vec![12], 4, Activation::Relu, pixel),
+            batch: 5,
+            samples: 1,
+            beta: 0.5,
+            seed: 9,
+        },
+        Case {
+            name: "conditional bernoulli relu [12] Z=4 L=2",
+            cfg: conditional(small(vec![12], 4, Activation::Relu, Likelihood::Bernoulli)),
+            batch: 5,
+            samples: 2,
+            beta: 1.0,
+            seed: 10,
+        },
+        Case {
+            name: "conditional learned-pixel tanh [8, 12] Z=2 L=3 β=2",
+            cfg: conditional(small(vec![8, 12], 2, Activation::Tanh, pixel)),
+            batch: 4,
+            samples: 3,
+            beta: 2.0,
+            seed: 11,
+        },
+        Case {
+            name: "bernoulli relu [12] Z=4 β=0 (pure reconstruction)",
+            cfg: small(vec![12], 4, Activation::Relu, Likelihood::Bernoulli),
+            batch: 5,
+            samples: 1,
+            beta: 0.0,
+            seed: 12,
+        },
+    ];
+    for case in &cases {
+        check_gradients(case);
+    }
+}
+
 #[test]
 fn one_step_matches_reference_step() {
     let g = gpu();
@@ -334,6 +403,7 @@ fn one_step_matches_reference_step() {
         latent: 4,
         activation: Activation::Relu,
         likelihood: Likelihood::Bernoulli,
+        classes: 0,
     };
     let (b, l) = (10, 1);
     let vae = Vae::new(g, cfg.clone(), 11).unwrap();
@@ -364,6 +434,7 @@ fn one_step_matches_reference_step() {
         eps: &eps,
         samples: l,
         beta: 1.0,
+        labels: None,
     };
     let fwd = reference::forward(&cfg, &params, &batch);
     assert!(
@@ -423,6 +494,7 @@ fn partial_batch_plan_views_prefix() {
         latent: 2,
         activation: Activation::Relu,
         likelihood: Likelihood::Bernoulli,
+        classes: 0,
     };
     let l = 2;
     let vae = Vae::new(g, cfg.clone(), 21).unwrap();
@@ -465,6 +537,7 @@ fn partial_batch_plan_views_prefix() {
         eps: &eps,
         samples: l,
         beta: 0.75,
+        labels: None,
     };
     let (_, want) = reference::gradients(&cfg, &params, &batch);
     assert_tensors_close(

@@ -1,8 +1,9 @@
 //! An f64 CPU reference of the whole VAE, for checking the GPU training step end to end.
 //!
 //! It shares nothing with the crate's kernels: only the parameter layout (one weight [in, out]
-//! row-major and one bias [out] per dense layer, in forward order) and the configuration types
-//! are read. Everything else — forward pass, reparameterization, KL, likelihoods, analytic
+//! row-major and one bias [out] per dense layer, in forward order, then a learned log-variance
+//! if any) and the configuration types (including the padded input widths of a conditional
+//! model) are read. Everything else — forward pass, reparameterization, KL, likelihoods, analytic
 //! backprop, Adam — is written out here in f64, and the analytic gradients are themselves
 //! checked against central finite differences of the reference loss.
 
@@ -15,6 +16,10 @@ pub const LEAKY_SLOPE: f64 = 0.01;
 pub const LOGVAR_MIN: f64 = -30.0;
 /// Upper end of the log-variance clamp.
 pub const LOGVAR_MAX: f64 = 20.0;
+/// Bounds of a learned decoder log-variance.
+pub const LOG_C_MIN: f64 = -6.0;
+/// Upper bound of a learned decoder log-variance.
+pub const LOG_C_MAX: f64 = 6.0;
 
 /// The shape and activation of one dense layer y = act(x·W + b).
 #[derive(Clone, Debug, PartialEq)]
@@ -36,7 +41,7 @@ pub fn layers(cfg: &VaeConfig) -> Vec<Dense> {
         act,
     };
     let mut out = Vec::new();
-    let mut width = cfg.input_dim;
+    let mut width = cfg.enc_input_dim();
     for (i, &h) in cfg.hidden.iter().enumerate() {
         out.push(dense(format!("encoder.{i}"), width, h, cfg.activation));
         width = h;
@@ -47,7 +52,7 @@ pub fn layers(cfg: &VaeConfig) -> Vec<Dense> {
         2 * cfg.latent,
         Activation::Identity,
     ));
-    let mut width = cfg.latent;
+    let mut width = cfg.dec_input_dim();
     for (i, &h) in cfg.hidden.iter().rev().enumerate() {
         out.push(dense(format!("decoder.{i}"), width, h, cfg.activation));
         width = h;
@@ -56,9 +61,18 @@ pub fn layers(cfg: &VaeConfig) -> Vec<Dense> {
     out
 }
 
+/// Values of a learned log-variance: one per pixel or one shared; None for other likelihoods.
+pub fn log_c_len(cfg: &VaeConfig) -> Option<usize> {
+    match cfg.likelihood {
+        Likelihood::GaussianLearned { per_pixel: true } => Some(cfg.input_dim),
+        Likelihood::GaussianLearned { per_pixel: false } => Some(1),
+        _ => None,
+    }
+}
+
 /// The parameter slots this reference reads, as (name, shape) in arena order.
 pub fn param_slots(cfg: &VaeConfig) -> Vec<(String, Vec<usize>)> {
-    layers(cfg)
+    let mut v: Vec<(String, Vec<usize>)> = layers(cfg)
         .iter()
         .flat_map(|l| {
             [
@@ -66,7 +80,23 @@ pub fn param_slots(cfg: &VaeConfig) -> Vec<(String, Vec<usize>)> {
                 (format!("{}.bias", l.name), vec![l.outputs]),
             ]
         })
-        .collect()
+        .collect();
+    if let Some(n) = log_c_len(cfg) {
+        v.push(("decoder.log_c".into(), vec![n]));
+    }
+    v
+}
+
+/// Rows of `v` ([rows, width]) followed by the one-hot of each row's label and zeros, to
+/// `padded` columns: a conditional model's layer input.
+pub fn with_one_hot(v: &[f64], width: usize, labels: &[u8], padded: usize) -> Vec<f64> {
+    let rows = v.len() / width;
+    let mut out = vec![0.0; rows * padded];
+    for r in 0..rows {
+        out[r * padded..r * padded + width].copy_from_slice(&v[r * width..(r + 1) * width]);
+        out[r * padded + width + labels[r % labels.len()] as usize] = 1.0;
+    }
+    out
 }
 
 /// The activation function.
@@ -176,10 +206,30 @@ pub fn dense_backward(
     (dw, db, dx)
 }
 
+/// The clamped learned log c of pixel `d`, and whether the clamp was inactive.
+fn log_c_at(log_c: &[f64], d: usize) -> (f64, bool) {
+    let raw = if log_c.len() == 1 { log_c[0] } else { log_c[d] };
+    (raw.clamp(LOG_C_MIN, LOG_C_MAX), (LOG_C_MIN..=LOG_C_MAX).contains(&raw))
+}
+
 /// The reconstruction NLL of one row: Bernoulli with logits `out`, or Gaussian with means
-/// `out` and fixed variance c.
+/// `out` and fixed variance c, or with the learned `log_c` (one per pixel or one shared).
 pub fn nll_row(lik: Likelihood, out: &[f64], x: &[f64]) -> f64 {
+    nll_row_learned(lik, out, x, &[])
+}
+
+/// [`nll_row`] with the learned log-variance values.
+pub fn nll_row_learned(lik: Likelihood, out: &[f64], x: &[f64], log_c: &[f64]) -> f64 {
     match lik {
+        Likelihood::GaussianLearned { .. } => out
+            .iter()
+            .zip(x)
+            .enumerate()
+            .map(|(d, (&m, &t))| {
+                let (lc, _) = log_c_at(log_c, d);
+                0.5 * (std::f64::consts::TAU.ln() + lc + (t - m).powi(2) * (-lc).exp())
+            })
+            .sum(),
         Likelihood::Bernoulli => out.iter().zip(x).map(|(&l, &t)| softplus(l) - t * l).sum(),
         Likelihood::Gaussian { variance } => {
             let c = variance as f64;
@@ -192,22 +242,24 @@ pub fn nll_row(lik: Likelihood, out: &[f64], x: &[f64]) -> f64 {
     }
 }
 
-/// ∂NLL/∂out for one output element.
-pub fn nll_grad(lik: Likelihood, out: f64, x: f64) -> f64 {
+/// ∂NLL/∂out for one output element (pixel `d`).
+pub fn nll_grad(lik: Likelihood, out: f64, x: f64, log_c: &[f64], d: usize) -> f64 {
     match lik {
         Likelihood::Bernoulli => sigmoid(out) - x,
         Likelihood::Gaussian { variance } => (out - x) / variance as f64,
+        Likelihood::GaussianLearned { .. } => (out - x) * (-log_c_at(log_c, d).0).exp(),
     }
 }
 
 /// One batch and its noise: x [B, D] in [0, 1], ε [L, B, Z] (row s·B + b is sample s of
-/// example b, as the GPU stacks z), and the KL weight β.
+/// example b, as the GPU stacks z), the KL weight β, and (conditional models) the labels [B].
 pub struct Batch<'a> {
     pub x: &'a [f64],
     pub batch: usize,
     pub eps: &'a [f64],
     pub samples: usize,
     pub beta: f64,
+    pub labels: Option<&'a [u8]>,
 }
 
 /// Every intermediate of the forward pass, kept for backprop.
@@ -219,6 +271,10 @@ pub struct Forward {
     pub enc: Vec<f64>,
     /// z [L·B, Z].
     pub z: Vec<f64>,
+    /// The decoder's input [L·B, Z']: z, or z with the one-hot label (conditional).
+    pub dec_in: Vec<f64>,
+    /// The encoder's input [B, D']: x, or x with the one-hot label (conditional).
+    pub enc_in: Vec<f64>,
     /// Decoder hidden layers, [L·B, h] each.
     pub dec_pre: Vec<Vec<f64>>,
     pub dec_act: Vec<Vec<f64>>,
@@ -250,13 +306,24 @@ fn log_variance(raw: f64) -> (f64, f64, bool) {
 /// The forward pass: encoder, reparameterization z = μ + σ·ε, closed-form KL, decoder, NLL.
 pub fn forward(cfg: &VaeConfig, params: &[Vec<f64>], batch: &Batch<'_>) -> Forward {
     let ls = layers(cfg);
-    assert_eq!(params.len(), 2 * ls.len(), "one weight and one bias per layer");
+    let extra = usize::from(log_c_len(cfg).is_some());
+    assert_eq!(
+        params.len(),
+        2 * ls.len() + extra,
+        "one weight and one bias per layer, then log c"
+    );
     let (b, l, zd, d) = (batch.batch, batch.samples, cfg.latent, cfg.input_dim);
     let m = cfg.hidden.len();
     assert_eq!(batch.x.len(), b * d, "x is [B, D]");
     assert_eq!(batch.eps.len(), l * b * zd, "ε is [L, B, Z]");
+    let log_c: &[f64] = if extra == 1 { &params[2 * ls.len()] } else { &[] };
+    let enc_in = match (cfg.classes, batch.labels) {
+        (0, _) => batch.x.to_vec(),
+        (_, Some(y)) => with_one_hot(batch.x, d, y, cfg.enc_input_dim()),
+        (_, None) => panic!("a conditional model needs labels"),
+    };
     let (mut enc_pre, mut enc_act) = (Vec::new(), Vec::new());
-    let mut h = batch.x.to_vec();
+    let mut h = enc_in.clone();
     for (k, layer) in ls.iter().enumerate().take(m) {
         let (pre, y) = dense_forward(layer, &h, b, &params[2 * k], &params[2 * k + 1]);
         enc_pre.push(pre);
@@ -280,8 +347,12 @@ pub fn forward(cfg: &VaeConfig, params: &[Vec<f64>], batch: &Batch<'_>) -> Forwa
     }
 
     let r = l * b;
+    let dec_in = match batch.labels {
+        Some(y) if cfg.classes > 0 => with_one_hot(&z, zd, y, cfg.dec_input_dim()),
+        _ => z.clone(),
+    };
     let (mut dec_pre, mut dec_act) = (Vec::new(), Vec::new());
-    let mut h = z.clone();
+    let mut h = dec_in.clone();
     for k in m + 1..=2 * m {
         let (pre, y) = dense_forward(&ls[k], &h, r, &params[2 * k], &params[2 * k + 1]);
         dec_pre.push(pre);
@@ -293,10 +364,11 @@ pub fn forward(cfg: &VaeConfig, params: &[Vec<f64>], batch: &Batch<'_>) -> Forwa
     let nll = (0..r)
         .map(|row| {
             let e = row % b;
-            nll_row(
+            nll_row_learned(
                 cfg.likelihood,
                 &out[row * d..(row + 1) * d],
                 &batch.x[e * d..(e + 1) * d],
+                log_c,
             )
         })
         .collect();
@@ -305,6 +377,8 @@ pub fn forward(cfg: &VaeConfig, params: &[Vec<f64>], batch: &Batch<'_>) -> Forwa
         enc_act,
         enc,
         z,
+        dec_in,
+        enc_in,
         dec_pre,
         dec_act,
         out,
@@ -340,24 +414,47 @@ pub fn gradients(cfg: &VaeConfig, params: &[Vec<f64>], batch: &Batch<'_>) -> (Lo
     let (b, l, zd, d) = (batch.batch, batch.samples, cfg.latent, cfg.input_dim);
     let (m, r) = (cfg.hidden.len(), l * b);
     let mut grads: Vec<Vec<f64>> = params.iter().map(|p| vec![0.0; p.len()]).collect();
+    let log_c: Vec<f64> = if log_c_len(cfg).is_some() {
+        params[2 * ls.len()].clone()
+    } else {
+        Vec::new()
+    };
 
     // ∂loss/∂out: each of the L draws of an example carries weight 1/L.
     let mut dpre: Vec<f64> = (0..r * d)
         .map(|i| {
             let (row, col) = (i / d, i % d);
-            nll_grad(cfg.likelihood, fwd.out[i], batch.x[(row % b) * d + col]) / l as f64
+            nll_grad(cfg.likelihood, fwd.out[i], batch.x[(row % b) * d + col], &log_c, col) / l as f64
         })
         .collect();
+    // ∂loss/∂log c: ½(1 − (x − μ)²/c) per element, zero where the clamp is active.
+    if !log_c.is_empty() {
+        let g = &mut grads[2 * ls.len()];
+        for i in 0..r * d {
+            let (row, col) = (i / d, i % d);
+            let (lc, inside) = log_c_at(&log_c, col);
+            if inside {
+                let diff = fwd.out[i] - batch.x[(row % b) * d + col];
+                g[if log_c.len() == 1 { 0 } else { col }] += 0.5 * (1.0 - diff * diff * (-lc).exp()) / l as f64;
+            }
+        }
+    }
 
-    // Decoder, output layer first; the first decoder layer's input is z.
+    // Decoder, output layer first; the first decoder layer's input is z (with the label).
     let mut dz = Vec::new();
+    let zw = cfg.dec_input_dim();
     for k in (m + 1..=2 * m + 1).rev() {
-        let input = if k == m + 1 { &fwd.z } else { &fwd.dec_act[k - m - 2] };
+        let input = if k == m + 1 {
+            &fwd.dec_in
+        } else {
+            &fwd.dec_act[k - m - 2]
+        };
         let (dw, db, dx) = dense_backward(&ls[k], input, r, &params[2 * k], &dpre);
         grads[2 * k] = dw;
         grads[2 * k + 1] = db;
         if k == m + 1 {
-            dz = dx;
+            // Only the code's columns lead back to the encoder.
+            dz = dx.chunks_exact(zw).flat_map(|row| row[..zd].to_vec()).collect();
         } else {
             let (prev_pre, prev_act) = (&fwd.dec_pre[k - m - 2], ls[k - 1].act);
             dpre = dx
@@ -392,7 +489,11 @@ pub fn gradients(cfg: &VaeConfig, params: &[Vec<f64>], batch: &Batch<'_>) -> (Lo
     // Encoder, head first; the first layer's input is x.
     let mut dpre = denc;
     for k in (0..=m).rev() {
-        let input = if k == 0 { batch.x } else { &fwd.enc_act[k - 1][..] };
+        let input = if k == 0 {
+            &fwd.enc_in[..]
+        } else {
+            &fwd.enc_act[k - 1][..]
+        };
         let (dw, db, dx) = dense_backward(&ls[k], input, b, &params[2 * k], &dpre);
         grads[2 * k] = dw;
         grads[2 * k + 1] = db;
@@ -544,6 +645,7 @@ mod tests {
                 latent: 2,
                 activation: act,
                 likelihood: lik,
+                classes: 0,
             };
             let b = 3;
             let x: Vec<f64> = rand_vec(b * 4, 50 + n as u64, 0.0, 1.0)
@@ -560,6 +662,7 @@ mod tests {
                 eps: &eps,
                 samples,
                 beta,
+                labels: None,
             };
             let mut params = params_for(&cfg, 100 * n as u64);
             if n == 0 {
@@ -584,6 +687,101 @@ mod tests {
         }
     }
 
+    /// The issue-5 objectives: a learned variance (shared and per pixel, one value below its
+    /// floor), class conditioning, β = 0 and several samples, each against finite differences.
+    #[test]
+    fn reference_variant_gradients_match_finite_differences() {
+        let global = Likelihood::GaussianLearned { per_pixel: false };
+        let pixel = Likelihood::GaussianLearned { per_pixel: true };
+        // (likelihood, hidden, classes, samples, beta)
+        let cases = [
+            (global, vec![8], 0, 2, 1.0),
+            (pixel, vec![4], 0, 1, 0.5),
+            (Likelihood::Bernoulli, vec![8], 3, 2, 1.0),
+            (pixel, vec![6, 4], 3, 3, 2.0),
+            (Likelihood::Bernoulli, vec![8], 0, 1, 0.0),
+        ];
+        for (n, (lik, hidden, classes, samples, beta)) in cases.into_iter().enumerate() {
+            let cfg = VaeConfig {
+                input_dim: 4,
+                hidden,
+                latent: 2,
+                activation: Activation::Tanh,
+                likelihood: lik,
+                classes,
+            };
+            let b = 3;
+            let x: Vec<f64> = rand_vec(b * 4, 70 + n as u64, 0.0, 1.0)
+                .iter()
+                .map(|&v| v as f64)
+                .collect();
+            let eps: Vec<f64> = rand_vec(samples * b * 2, 80 + n as u64, -2.0, 2.0)
+                .iter()
+                .map(|&v| v as f64)
+                .collect();
+            let labels = [2u8, 0, 1];
+            let batch = Batch {
+                x: &x,
+                batch: b,
+                eps: &eps,
+                samples,
+                beta,
+                labels: (classes > 0).then_some(&labels[..]),
+            };
+            let mut params = params_for(&cfg, 200 + 10 * n as u64);
+            let last = params.len() - 1;
+            if lik == pixel {
+                params[last][1] = LOG_C_MIN - 1.0;
+            }
+            let (_, g) = gradients(&cfg, &params, &batch);
+            let fd = finite_differences(&cfg, &params, &batch, 1e-5);
+            let w = worst_relative(&g, &fd);
+            assert!(
+                w < 1e-6,
+                "case {n} ({lik:?}, classes {classes}): worst relative error {w:.3e}"
+            );
+            if lik == pixel {
+                assert_eq!(g[last][1], 0.0, "log c below its floor must get zero gradient");
+                assert_ne!(g[last][0], 0.0);
+            }
+        }
+        // β = 0: the encoder's gradient comes from the reconstruction alone, so it is the same
+        // for any KL weight only when β = 0 removes the KL term — check it against β = 1.
+        let cfg = VaeConfig {
+            input_dim: 4,
+            hidden: vec![4],
+            latent: 2,
+            activation: Activation::Tanh,
+            likelihood: Likelihood::Bernoulli,
+            classes: 0,
+        };
+        let x = [0.1, 0.9, 0.4, 0.6];
+        let eps = [0.3, -0.5];
+        let params = params_for(&cfg, 7);
+        let run = |beta: f64| {
+            let batch = Batch {
+                x: &x,
+                batch: 1,
+                eps: &eps,
+                samples: 1,
+                beta,
+                labels: None,
+            };
+            gradients(&cfg, &params, &batch)
+        };
+        let (l0, g0) = run(0.0);
+        let (l1, g1) = run(1.0);
+        assert!(
+            (l0.loss - l0.nll[0]).abs() < 1e-15,
+            "β = 0 leaves the reconstruction alone"
+        );
+        assert!((l1.loss - l1.nll[0] - l1.kl[0]).abs() < 1e-12);
+        // Slots: encoder.0 (0, 1), head (2, 3), decoder (4..). The decoder's gradients do not
+        // see β; the head's do.
+        assert_eq!(g0[4..], g1[4..]);
+        assert_ne!(g0[3], g1[3]);
+    }
+
     #[test]
     fn reference_likelihoods_and_kl_closed_forms() {
         // Logit 0 is probability ½ whatever the target: NLL = D·ln 2.
@@ -601,6 +799,7 @@ mod tests {
             latent: 2,
             activation: Activation::Relu,
             likelihood: Likelihood::Bernoulli,
+            classes: 0,
         };
         let mut params = params_for(&cfg, 3);
         params[0].iter_mut().for_each(|v| *v = 0.0);
@@ -613,6 +812,7 @@ mod tests {
             eps: &eps,
             samples: 1,
             beta: 1.0,
+            labels: None,
         };
         let fwd = forward(&cfg, &params, &batch);
         assert_eq!(fwd.kl, vec![0.0]);

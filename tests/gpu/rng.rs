@@ -20,7 +20,7 @@ fn draw(g: &Gpu, seed: u32, step: u32, samples: usize, b: usize, zd: usize) -> V
     );
     let enc = g.upload("enc", &[b, 2 * zd], &vec![0.0; b * 2 * zd]).unwrap();
     let z = g.tensor("z", &[samples * b, zd]).unwrap();
-    let kl = g.tensor("kl", &[b]).unwrap();
+    let kl = g.tensor("kl", &[b * zd]).unwrap();
     let d = ops::reparam_kl_forward(g, "draw", &sb, &enc, samples, &z, &kl, None).unwrap();
     g.run(&[&d]).unwrap();
     g.read(&z).unwrap()

@@ -64,7 +64,7 @@ fn writes_and_ops_check_lengths() {
     let x = g.tensor("x", &[2, 8]).unwrap();
     let nll = g.tensor("nll", &[3]).unwrap();
     let grad = g.tensor("grad", &[3, 8]).unwrap();
-    let e = ops::loss(g, "loss", ops::Likelihood::Bernoulli, &out, &x, 1.0, &nll, &grad)
+    let e = ops::loss(g, "loss", ops::Likelihood::Bernoulli, &out, &x, 1.0, &nll, &grad, None)
         .err()
         .unwrap();
     assert!(matches!(e, VaeError::Shape(_)), "{e}");
@@ -78,6 +78,7 @@ fn writes_and_ops_check_lengths() {
         1.0,
         &nll,
         &grad,
+        None,
     )
     .err()
     .unwrap();
