@@ -1,22 +1,26 @@
 //! Writes a grid of new samples from a trained checkpoint:
 //! `cargo run --release --example sample -- --checkpoint FILE [--out samples.png] [--n 64]
-//! [--seed N] [--temperature T]`.
+//! [--seed N] [--temperature T] [--class C]`. A conditional model draws class C, or (without
+//! --class) cycles through its classes, one per grid row of 8.
 
 use std::path::PathBuf;
 
 use vae_wgpu::data::IMAGE_SIDE;
 use vae_wgpu::io::write_grid_png;
 use vae_wgpu::model::Vae;
-use vae_wgpu::train::{decode, prior_samples};
+use vae_wgpu::train::{decode_conditional, prior_samples};
 use vae_wgpu::{Gpu, Result, VaeError};
 
 fn run() -> Result<()> {
     let (mut checkpoint, mut out, mut n, mut seed, mut temperature) =
         (None, PathBuf::from("samples.png"), 64usize, 7u64, 1.0f32);
+    let mut class: Option<u8> = None;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--help" {
-            println!("sample --checkpoint FILE [--out samples.png] [--n 64] [--seed 7] [--temperature 1.0]");
+            println!(
+                "sample --checkpoint FILE [--out samples.png] [--n 64] [--seed 7] [--temperature 1.0] [--class C]"
+            );
             return Ok(());
         }
         let v = it
@@ -34,6 +38,7 @@ fn run() -> Result<()> {
                     .ok_or_else(|| bad("a positive whole number"))?
             }
             "--seed" => seed = v.parse().map_err(|_| bad("a whole number"))?,
+            "--class" => class = Some(v.parse().map_err(|_| bad("a class number"))?),
             "--temperature" => {
                 temperature = v
                     .parse()
@@ -54,7 +59,20 @@ fn run() -> Result<()> {
         )));
     }
     let z = prior_samples(seed, n, vae.config.latent, temperature);
-    let images = decode(&gpu, &vae, &z)?;
+    let classes = vae.config.classes;
+    let labels: Option<Vec<u8>> = match (classes, class) {
+        (0, Some(_)) => return Err(VaeError::Config("--class needs a conditional model".into())),
+        (0, None) => None,
+        (c, Some(k)) if k as usize >= c => {
+            return Err(VaeError::Config(format!(
+                "--class {k}: the model has classes 0..{}",
+                c - 1
+            )))
+        }
+        (_, Some(k)) => Some(vec![k; n]),
+        (c, None) => Some((0..n).map(|i| ((i / 8) % c) as u8).collect()),
+    };
+    let images = decode_conditional(&gpu, &vae, &z, labels.as_deref())?;
     write_grid_png(&out, &images, n, IMAGE_SIDE, IMAGE_SIDE, 8, 2)?;
     println!("wrote {} samples to {}", n, out.display());
     Ok(())

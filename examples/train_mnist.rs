@@ -5,10 +5,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use vae_wgpu::data::NUM_CLASSES;
 use vae_wgpu::data::{DatasetKind, MnistSet, IMAGE_SIDE};
 use vae_wgpu::io::write_grid_png;
-use vae_wgpu::model::{parse_hidden, parse_likelihood, GpuDataset, Vae, VaeConfig};
-use vae_wgpu::train::{decode, prior_samples, Evaluator, TrainConfig, Trainer};
+use vae_wgpu::model::{parse_hidden, parse_likelihood, parse_variance, GpuDataset, Vae, VaeConfig};
+use vae_wgpu::ops::{Likelihood, MatmulStrategy};
+use vae_wgpu::train::{decode_conditional, prior_samples, Evaluator, KlSchedule, TrainConfig, Trainer};
 use vae_wgpu::{Gpu, Result, VaeError};
 
 const HELP: &str = "train_mnist: train a VAE on MNIST on the GPU
@@ -22,8 +24,20 @@ USAGE: cargo run --release --example train_mnist -- [FLAGS]
   --lr F                  Adam learning rate (default 1e-3)
   --seed N                seed for init, shuffles and the device RNG (default 1)
   --likelihood L          bernoulli | gaussian (fixed variance 1.0) | gaussian:C (variance C)
-  --dataset D             mnist | fashion-mnist (default mnist)
-  --data-dir DIR          directory with the four IDX files (default: the dataset's own)
+  --variance V            Gaussian decoder variance: fixed:C (C the variance, default fixed:1),
+                          learned-global (one learned log c) or learned-pixel (one per pixel);
+                          a learned log c is floored at -6 (sigma >= 0.05)
+  --beta F                weight of the KL term in training (default 1; beta-VAE for F > 1);
+                          the reported -ELBO always uses beta = 1
+  --kl-warmup N           KL annealing: beta(t) = beta * min(1, t / N) over global steps t
+  --kl-cycles M           cyclical annealing: M cycles over the run, beta rising linearly over
+                          the first half of each and held over the second
+  --mc-samples L          Monte Carlo samples of z per example in training (default 1)
+  --conditional           conditional VAE: the one-hot label feeds encoder and decoder; the
+                          bound reported is then on -log p(x|y)
+  --dataset D             mnist | fashion-mnist | binarized-mnist (default mnist); binarized
+                          MNIST is read from binarized_mnist_{train,test}.amat[.gz]
+  --data-dir DIR          directory with the dataset's files (default: the dataset's own)
   --limit-train N         train on the first N training images
   --drop-last             drop the last partial batch of each epoch
   --binarize dynamic      resample binary pixels with probability = grey level each step
@@ -31,7 +45,9 @@ USAGE: cargo run --release --example train_mnist -- [FLAGS]
   --eval-iw K             after the last epoch, estimate test -log p(x) with K importance samples
   --help                  this text
 
-Writes to --out: metrics.jsonl, reconstructions.png, samples.png, checkpoint.safetensors.";
+Writes to --out: metrics.jsonl (one line per epoch, with the epoch's last beta), run.json
+(configuration, adapter, matmul strategy), reconstructions.png, samples.png (for a
+conditional model: one row per class), checkpoint.safetensors.";
 
 struct Args {
     epochs: usize,
@@ -42,6 +58,9 @@ struct Args {
     limit_train: Option<usize>,
     out: Option<PathBuf>,
     eval_iw: Option<usize>,
+    variance: Option<Likelihood>,
+    kl_warmup: Option<u64>,
+    kl_cycles: Option<u32>,
 }
 
 fn parse_args() -> Result<Option<Args>> {
@@ -54,6 +73,9 @@ fn parse_args() -> Result<Option<Args>> {
         limit_train: None,
         out: None,
         eval_iw: None,
+        variance: None,
+        kl_warmup: None,
+        kl_cycles: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -63,6 +85,10 @@ fn parse_args() -> Result<Option<Args>> {
         }
         if flag == "--drop-last" {
             a.train.drop_last = true;
+            continue;
+        }
+        if flag == "--conditional" {
+            a.model.classes = NUM_CLASSES;
             continue;
         }
         let value = it
@@ -85,6 +111,17 @@ fn parse_args() -> Result<Option<Args>> {
                     .ok_or_else(|| VaeError::Config(format!("--lr takes a positive number, got {value:?}")))?
             }
             "--seed" => a.train.seed = num(&value)? as u64,
+            "--beta" => {
+                a.train.beta = value
+                    .parse()
+                    .ok()
+                    .filter(|v: &f32| *v >= 0.0 && v.is_finite())
+                    .ok_or_else(|| VaeError::Config(format!("--beta takes a number >= 0, got {value:?}")))?
+            }
+            "--kl-warmup" => a.kl_warmup = Some(num(&value)? as u64),
+            "--kl-cycles" => a.kl_cycles = Some(num(&value)? as u32),
+            "--mc-samples" => a.train.mc_samples = num(&value)?,
+            "--variance" => a.variance = Some(parse_variance(&value)?),
             "--likelihood" => a.model.likelihood = parse_likelihood(&value)?,
             "--dataset" => a.dataset = DatasetKind::parse(&value)?,
             "--data-dir" => a.data_dir = Some(PathBuf::from(value)),
@@ -103,9 +140,26 @@ fn parse_args() -> Result<Option<Args>> {
             _ => return Err(VaeError::Config(format!("unknown flag {flag} (see --help)"))),
         }
     }
-    if a.epochs == 0 || a.train.batch_size == 0 {
-        return Err(VaeError::Config("--epochs and --batch-size must be at least 1".into()));
+    if a.epochs == 0 || a.train.batch_size == 0 || a.train.mc_samples == 0 {
+        return Err(VaeError::Config(
+            "--epochs, --batch-size and --mc-samples must be at least 1".into(),
+        ));
     }
+    if let Some(v) = a.variance {
+        if matches!(a.model.likelihood, Likelihood::Bernoulli) {
+            return Err(VaeError::Config(
+                "--variance applies to a Gaussian decoder; add --likelihood gaussian".into(),
+            ));
+        }
+        a.model.likelihood = v;
+    }
+    if a.model.classes > 0 && !a.dataset.has_labels() {
+        return Err(VaeError::Config(format!(
+            "--conditional needs class labels, and {} has none",
+            a.dataset.name()
+        )));
+    }
+    a.train.kl_schedule = KlSchedule::parse(a.kl_warmup, a.kl_cycles)?;
     a.model.validate()?;
     Ok(Some(a))
 }
@@ -151,6 +205,21 @@ fn append_line(path: &Path, line: &str) -> Result<()> {
     writeln!(f, "{line}").map_err(|e| VaeError::io(path, e))
 }
 
+/// A JSON string literal.
+fn json_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 fn json_num(v: f64) -> String {
     if v.is_finite() {
         format!("{v:.6}")
@@ -189,7 +258,7 @@ fn run(args: Args) -> Result<()> {
         &train.images[..n_train * d],
         n_train,
         d,
-        train.labels[..n_train].to_vec(),
+        train.labels.get(..n_train).map(<[u8]>::to_vec).unwrap_or_default(),
     )?;
     let test_gpu = GpuDataset::upload(&gpu, "test", &test.images, test.count, d, test.labels.clone())?;
 
@@ -212,7 +281,14 @@ fn run(args: Args) -> Result<()> {
     if metrics.exists() {
         std::fs::remove_file(&metrics).map_err(|e| VaeError::io(&metrics, e))?;
     }
-    let mut trainer = Trainer::new(&gpu, &vae, train_gpu, args.train.clone())?;
+    let steps_per_epoch = if args.train.drop_last {
+        n_train / args.train.batch_size.min(n_train)
+    } else {
+        n_train.div_ceil(args.train.batch_size.min(n_train))
+    };
+    let mut train_cfg = args.train.clone();
+    train_cfg.total_steps = (steps_per_epoch * args.epochs) as u64;
+    let mut trainer = Trainer::new(&gpu, &vae, train_gpu, train_cfg)?;
     let evaluator = Evaluator::new(&gpu, test_gpu)?;
     let (compile, pipelines) = gpu.kernels.compile_stats();
     println!(
@@ -224,6 +300,60 @@ fn run(args: Args) -> Result<()> {
         compile.as_secs_f64(),
         out_dir.display()
     );
+    // What the numbers depend on, for reproducing them: configuration, adapter and the matmul
+    // strategy chosen for it (VAE_WGPU_MATMUL overrides the rule).
+    let strategy = MatmulStrategy::preferred(&gpu)?;
+    let mut run_meta: Vec<(String, String)> = args.model.to_metadata();
+    run_meta.extend([
+        ("dataset".to_string(), args.dataset.name().to_string()),
+        ("train_examples".to_string(), n_train.to_string()),
+        ("epochs".to_string(), args.epochs.to_string()),
+        ("batch_size".to_string(), args.train.batch_size.to_string()),
+        ("lr".to_string(), args.train.adam.lr.to_string()),
+        ("seed".to_string(), args.train.seed.to_string()),
+        ("beta".to_string(), args.train.beta.to_string()),
+        ("kl_schedule".to_string(), args.train.kl_schedule.to_string()),
+        ("mc_samples".to_string(), args.train.mc_samples.to_string()),
+        (
+            "binarize".to_string(),
+            if args.train.binarize { "dynamic" } else { "none" }.to_string(),
+        ),
+        (
+            "bound".to_string(),
+            if args.model.classes > 0 {
+                "-log p(x|y)"
+            } else {
+                "-log p(x)"
+            }
+            .to_string(),
+        ),
+        ("adapter".to_string(), r.name.clone()),
+        ("driver".to_string(), r.driver.trim().to_string()),
+        (
+            "subgroup_size".to_string(),
+            format!("{}..{}", r.subgroup_min_size, r.subgroup_max_size),
+        ),
+        (
+            "lp_native_vector_width".to_string(),
+            r.lp_native_vector_width.clone().unwrap_or_else(|| "unset".into()),
+        ),
+        ("matmul_strategy".to_string(), format!("{strategy:?}").to_lowercase()),
+    ]);
+    let run_json = format!(
+        "{{{}}}\n",
+        run_meta
+            .iter()
+            .map(|(k, v)| format!("{}:{}", json_str(k), json_str(v)))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let run_path = out_dir.join("run.json");
+    std::fs::write(&run_path, run_json).map_err(|e| VaeError::io(&run_path, e))?;
+    let bound = if args.model.classes > 0 {
+        "-log p(x|y)"
+    } else {
+        "-log p(x)"
+    };
     let run_start = Instant::now();
     for epoch in 1..=args.epochs {
         let t0 = Instant::now();
@@ -231,35 +361,38 @@ fn run(args: Args) -> Result<()> {
         let test_stats = evaluator.elbo(&vae, args.train.seed, args.train.binarize)?;
         let elapsed = run_start.elapsed().as_secs_f64();
         let mut line = format!(
-            "{{\"epoch\":{epoch},\"train_loss\":{},\"train_recon\":{},\"train_kl\":{},\"test_loss\":{},\"test_recon\":{},\"test_kl\":{},\"samples_per_sec\":{},\"elapsed_s\":{}",
+            "{{\"epoch\":{epoch},\"train_loss\":{},\"train_recon\":{},\"train_kl\":{},\"test_loss\":{},\"test_recon\":{},\"test_kl\":{},\"beta\":{},\"bound_on\":{},\"samples_per_sec\":{},\"elapsed_s\":{}",
             json_num(rep.train.loss),
             json_num(rep.train.recon),
             json_num(rep.train.kl),
             json_num(test_stats.loss),
             json_num(test_stats.recon),
             json_num(test_stats.kl),
+            json_num(rep.beta as f64),
+            json_str(bound),
             json_num(rep.samples_per_sec),
             json_num(elapsed)
         );
         println!(
-            "epoch {epoch:>3} | train -ELBO {:.2} (recon {:.2} + KL {:.2}) | test -ELBO {:.2} | {:.0} samples/s | {:.1}s",
-            rep.train.loss, rep.train.recon, rep.train.kl, test_stats.loss, rep.samples_per_sec, elapsed
+            "epoch {epoch:>3} | beta {:.3} | train -ELBO {:.2} (recon {:.2} + KL {:.2}) | test -ELBO {:.2} (bound on {bound}) | {:.0} samples/s | {:.1}s",
+            rep.beta, rep.train.loss, rep.train.recon, rep.train.kl, test_stats.loss, rep.samples_per_sec, elapsed
         );
         if epoch == args.epochs {
             if let Some(k) = args.eval_iw {
                 let iw = evaluator.iw_nll(&vae, args.train.seed, k, args.train.binarize)?;
-                println!("test -log p(x) (importance weighted, K = {k}): {iw:.2}");
+                println!("test {bound} (importance weighted, K = {k}): {iw:.2}");
                 line.push_str(&format!(",\"test_iw_nll\":{},\"iw_k\":{k}", json_num(iw)));
             }
         }
         line.push('}');
         append_line(&metrics, &line)?;
-        let meta = vec![
-            ("epoch".to_string(), epoch.to_string()),
-            ("step".to_string(), trainer.step.to_string()),
-            ("seed".to_string(), args.train.seed.to_string()),
-            ("dataset".to_string(), args.dataset.name().to_string()),
-        ];
+        let mut meta: Vec<(String, String)> = run_meta
+            .iter()
+            .filter(|(k, _)| !args.model.to_metadata().iter().any(|(mk, _)| mk == k))
+            .cloned()
+            .collect();
+        meta.push(("epoch".to_string(), epoch.to_string()));
+        meta.push(("step".to_string(), trainer.step.to_string()));
         vae.save(&gpu, &out_dir.join("checkpoint.safetensors"), &meta)?;
     }
     // Pictures: 16 test images over their reconstructions, and 64 samples from the prior.
@@ -280,11 +413,18 @@ fn run(args: Args) -> Result<()> {
         8,
         2,
     )?;
-    let z = prior_samples(args.train.seed, 64, args.model.latent, 1.0);
-    let samples = decode(&gpu, &vae, &z)?;
-    write_grid_png(&out_dir.join("samples.png"), &samples, 64, IMAGE_SIDE, IMAGE_SIDE, 8, 2)?;
+    // Samples from the prior; a conditional model draws one row of 8 per class.
+    let (n, labels) = if args.model.classes > 0 {
+        let l: Vec<u8> = (0..8 * args.model.classes).map(|i| (i / 8) as u8).collect();
+        (l.len(), Some(l))
+    } else {
+        (64, None)
+    };
+    let z = prior_samples(args.train.seed, n, args.model.latent, 1.0);
+    let samples = decode_conditional(&gpu, &vae, &z, labels.as_deref())?;
+    write_grid_png(&out_dir.join("samples.png"), &samples, n, IMAGE_SIDE, IMAGE_SIDE, 8, 2)?;
     println!(
-        "wrote {}/{{metrics.jsonl, checkpoint.safetensors, reconstructions.png, samples.png}}",
+        "wrote {}/{{metrics.jsonl, run.json, checkpoint.safetensors, reconstructions.png, samples.png}}",
         out_dir.display()
     );
     Ok(())

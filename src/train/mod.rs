@@ -435,11 +435,27 @@ impl<'g> Evaluator<'g> {
     /// with the originals: (x, x̂), each n·D values.
     pub fn reconstruct(&self, vae: &Vae, seed: u64, n: usize) -> Result<(Vec<f32>, Vec<f32>)> {
         let n = n.min(self.data.count);
+        let chosen: Vec<usize> = (0..n).collect();
+        self.reconstruct_examples(vae, seed, &chosen)
+    }
+
+    /// Reconstructions of the chosen examples (dataset indices), with the originals: (x, x̂),
+    /// each n·D values in the order given.
+    pub fn reconstruct_examples(&self, vae: &Vae, seed: u64, chosen: &[usize]) -> Result<(Vec<f32>, Vec<f32>)> {
+        let n = chosen.len();
+        if n == 0 || chosen.iter().any(|&i| i >= self.data.count) {
+            return Err(VaeError::Config(format!(
+                "choose 1 or more examples below {}, got {chosen:?}",
+                self.data.count
+            )));
+        }
+        let order: Vec<u32> = chosen.iter().map(|&i| i as u32).collect();
+        let perm = self.gpu.upload_words("chosen", &order)?;
         let ws = Workspace::new(self.gpu, vae, n, 1, false, false)?;
         let log = self.gpu.tensor("recon_log", &[1, METRIC_SLOTS])?;
         let src = BatchSource {
             data: &self.data,
-            perm: &self.perm,
+            perm: &perm,
             binarize: false,
         };
         let plan = plan_step(self.gpu, vae, &ws, n, &src, &self.step_buf, &log, None)?;

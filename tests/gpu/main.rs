@@ -3,6 +3,7 @@
 //! lavapipe). No adapter is a failure with the install hint, never a skip.
 
 mod common;
+mod family;
 mod kernels;
 mod model;
 mod reference;

@@ -1,0 +1,162 @@
+//! Pictures of a trained model's latent space, decoded on the GPU: interpolation strips, latent
+//! arithmetic, a class grid (conditional models) and the 2-D manifold. Each returns a
+//! [`Figure`] (images and grid layout) that [`Figure::write`] saves as a PNG.
+
+use std::path::Path;
+
+use crate::error::{Result, VaeError};
+use crate::explore::interp::{class_means, interpolation_path, latent_arithmetic, manifold_grid};
+use crate::gpu::Gpu;
+use crate::io::write_grid_png;
+use crate::model::Vae;
+use crate::train::{decode_conditional, prior_samples};
+
+/// Pixels between grid cells and around the border of a figure.
+pub const FIGURE_PAD: usize = 2;
+
+/// Decoded images laid out as a grid: `count` images of the model's pixels, `cols` per row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Figure {
+    pub images: Vec<f32>,
+    pub count: usize,
+    pub cols: usize,
+}
+
+impl Figure {
+    /// Writes the grid as a greyscale PNG of square `side`×`side` cells (see
+    /// [`crate::io::grid_size`] for its size, with pad [`FIGURE_PAD`]).
+    pub fn write(&self, path: &Path, side: usize) -> Result<()> {
+        write_grid_png(path, &self.images, self.count, side, side, self.cols, FIGURE_PAD)
+    }
+}
+
+/// Decodes codes (n·Z values) with the labels a conditional model needs (ignored otherwise).
+fn decode_with(gpu: &Gpu, vae: &Vae, z: &[f32], labels: &[u8]) -> Result<Vec<f32>> {
+    if vae.config.classes > 0 {
+        decode_conditional(gpu, vae, z, Some(labels))
+    } else {
+        decode_conditional(gpu, vae, z, None)
+    }
+}
+
+fn code(means: &[f32], zd: usize, i: usize) -> Result<&[f32]> {
+    means
+        .get(i * zd..(i + 1) * zd)
+        .ok_or_else(|| VaeError::Shape(format!("example {i} is past the {} encoded examples", means.len() / zd)))
+}
+
+/// Interpolation between the latent means of pairs of examples: for each pair, a row of
+/// `steps` decodings along the straight line and a row along the great circle (slerp), the
+/// end points being the pair's own codes. A conditional model decodes the whole path with the
+/// first example's label, so the strip varies style, not class.
+pub fn interpolation_figure(
+    gpu: &Gpu,
+    vae: &Vae,
+    means: &[f32],
+    labels: &[u8],
+    pairs: &[(usize, usize)],
+    steps: usize,
+) -> Result<Figure> {
+    let zd = vae.config.latent;
+    if steps < 2 || pairs.is_empty() {
+        return Err(VaeError::Config(
+            "interpolation needs a pair of examples and at least 2 steps".into(),
+        ));
+    }
+    let mut z = Vec::new();
+    let mut y = Vec::new();
+    for &(a, b) in pairs {
+        let (za, zb) = (code(means, zd, a)?, code(means, zd, b)?);
+        let label = labels.get(a).copied().unwrap_or(0);
+        for spherical in [false, true] {
+            z.extend(interpolation_path(za, zb, steps, spherical));
+            y.extend(std::iter::repeat_n(label, steps));
+        }
+    }
+    let count = z.len() / zd;
+    Ok(Figure {
+        images: decode_with(gpu, vae, &z, &y)?,
+        count,
+        cols: steps,
+    })
+}
+
+/// Latent arithmetic with class means: one row per source example, showing its decoded code,
+/// then z − mean(its class) + mean(class c) for every class c. Needs labels.
+pub fn arithmetic_figure(
+    gpu: &Gpu,
+    vae: &Vae,
+    means: &[f32],
+    labels: &[u8],
+    classes: usize,
+    sources: &[usize],
+) -> Result<Figure> {
+    let zd = vae.config.latent;
+    if labels.len() * zd != means.len() {
+        return Err(VaeError::Config(
+            "latent arithmetic needs a label for every encoded example".into(),
+        ));
+    }
+    let centres = class_means(means, zd, labels, classes)?;
+    let mut z = Vec::new();
+    let mut y = Vec::new();
+    for &i in sources {
+        let zi = code(means, zd, i)?;
+        let from = labels[i] as usize;
+        z.extend_from_slice(zi);
+        y.push(labels[i]);
+        for c in 0..classes {
+            z.extend(latent_arithmetic(
+                zi,
+                &centres[from * zd..(from + 1) * zd],
+                &centres[c * zd..(c + 1) * zd],
+            ));
+            y.push(c as u8);
+        }
+    }
+    Ok(Figure {
+        images: decode_with(gpu, vae, &z, &y)?,
+        count: sources.len() * (classes + 1),
+        cols: classes + 1,
+    })
+}
+
+/// A conditional model's classes: row c decodes the same `per_class` prior draws (scaled by
+/// `temperature`) with label c, so columns hold style fixed while rows change the class.
+pub fn class_figure(gpu: &Gpu, vae: &Vae, seed: u64, per_class: usize, temperature: f32) -> Result<Figure> {
+    let classes = vae.config.classes;
+    if classes == 0 {
+        return Err(VaeError::Config("a class grid needs a conditional model".into()));
+    }
+    let zd = vae.config.latent;
+    let draws = prior_samples(seed, per_class, zd, temperature);
+    let mut z = Vec::with_capacity(classes * per_class * zd);
+    let mut y = Vec::with_capacity(classes * per_class);
+    for c in 0..classes {
+        z.extend_from_slice(&draws);
+        y.extend(std::iter::repeat_n(c as u8, per_class));
+    }
+    Ok(Figure {
+        images: decode_with(gpu, vae, &z, &y)?,
+        count: classes * per_class,
+        cols: per_class,
+    })
+}
+
+/// The learned 2-D manifold: an n×n grid of decodings at the prior's quantiles (first latent
+/// along columns, second decreasing down the rows); a conditional model uses `label`.
+pub fn manifold_figure(gpu: &Gpu, vae: &Vae, n: usize, label: u8) -> Result<Figure> {
+    if vae.config.latent != 2 || n == 0 {
+        return Err(VaeError::Config(format!(
+            "a manifold picture needs a 2-D latent (this model has {}) and n >= 1",
+            vae.config.latent
+        )));
+    }
+    let z: Vec<f32> = manifold_grid(n).into_iter().flatten().collect();
+    let y = vec![label; n * n];
+    Ok(Figure {
+        images: decode_with(gpu, vae, &z, &y)?,
+        count: n * n,
+        cols: n,
+    })
+}
