@@ -284,3 +284,28 @@ fn figures_have_documented_sizes_and_content() {
     assert_eq!(&fig.images[2 * n..3 * n], &direct[n..2 * n]);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The step structure of each objective: the default 17 dispatches, one more for the class
+/// conditioning, one more for a learned variance's gradient reduction; all within one pass.
+#[test]
+fn dispatch_counts_per_objective() {
+    let g = gpu();
+    let (images, labels) = mnist(128, true);
+    let learned = Likelihood::GaussianLearned { per_pixel: true };
+    for (classes, likelihood, want) in [
+        (0, Likelihood::Bernoulli, 17),
+        (10, Likelihood::Bernoulli, 18),
+        (0, learned, 18),
+        (10, learned, 19),
+    ] {
+        let cfg = VaeConfig {
+            classes,
+            likelihood,
+            ..Default::default()
+        };
+        let vae = Vae::new(g, cfg, 1).unwrap();
+        let data = GpuDataset::upload(g, "train", &images, 128, 784, labels.clone()).unwrap();
+        let tr = Trainer::new(g, &vae, data, TrainConfig::default()).unwrap();
+        assert_eq!(tr.dispatches_per_step(), want, "classes {classes}, {likelihood:?}");
+    }
+}
