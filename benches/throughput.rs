@@ -40,12 +40,40 @@ fn time_runs(repeats: usize, mut f: impl FnMut() -> AnyResult<f64>) -> AnyResult
 }
 
 /// GPU seconds of each dispatch, from timestamps written before each dispatch and after the last.
+/// How per-dispatch GPU time is measured on this adapter, best first.
+#[derive(Clone, Copy, PartialEq)]
+enum Timing {
+    /// Timestamps between dispatches inside one pass (the step as it really runs).
+    InsidePass,
+    /// One pass per dispatch with timestamps at its start and end (adds per-pass overhead).
+    PerPass,
+    /// Wall clock around a synchronised submit per dispatch (adds submit and wait overhead).
+    WallClock,
+}
+
+fn timing_for(gpu: &Gpu) -> Timing {
+    let f = gpu.ctx.device.features();
+    if gpu.report().timestamps_inside_passes {
+        Timing::InsidePass
+    } else if f.contains(wgpu::Features::TIMESTAMP_QUERY) {
+        Timing::PerPass
+    } else {
+        Timing::WallClock
+    }
+}
+
 fn profile_dispatches(gpu: &Gpu, plan: &[&Dispatch]) -> AnyResult<Option<Vec<f64>>> {
-    if !gpu.report().timestamps_inside_passes {
+    let timing = timing_for(gpu);
+    if timing == Timing::WallClock {
         return Ok(None);
     }
     let dev = &gpu.ctx.device;
-    let n = plan.len() as u32 + 1;
+    // Inside a pass: a stamp before each dispatch and one at the end. Per pass: two each.
+    let n = if timing == Timing::InsidePass {
+        plan.len() as u32 + 1
+    } else {
+        2 * plan.len() as u32
+    };
     let qs = dev.create_query_set(&wgpu::QuerySetDescriptor {
         label: Some("profile"),
         ty: wgpu::QueryType::Timestamp,
@@ -64,13 +92,25 @@ fn profile_dispatches(gpu: &Gpu, plan: &[&Dispatch]) -> AnyResult<Option<Vec<f64
         mapped_at_creation: false,
     });
     let mut enc = dev.create_command_encoder(&Default::default());
-    {
+    if timing == Timing::InsidePass {
         let mut pass = enc.begin_compute_pass(&Default::default());
         for (i, d) in plan.iter().enumerate() {
             pass.write_timestamp(&qs, i as u32);
             d.record(&mut pass);
         }
         pass.write_timestamp(&qs, n - 1);
+    } else {
+        for (i, d) in plan.iter().enumerate() {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(&d.label),
+                timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                    query_set: &qs,
+                    beginning_of_pass_write_index: Some(2 * i as u32),
+                    end_of_pass_write_index: Some(2 * i as u32 + 1),
+                }),
+            });
+            d.record(&mut pass);
+        }
     }
     enc.resolve_query_set(&qs, 0..n, &resolve, 0);
     enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, 8 * n as u64);
@@ -79,12 +119,18 @@ fn profile_dispatches(gpu: &Gpu, plan: &[&Dispatch]) -> AnyResult<Option<Vec<f64
     gpu.ctx.wait()?;
     let ticks: Vec<u64> = bytemuck::cast_slice(&read.slice(..).get_mapped_range()?).to_vec();
     let period = gpu.ctx.queue.get_timestamp_period() as f64 * 1e-9;
-    Ok(Some(
+    let spans: Vec<f64> = if timing == Timing::InsidePass {
         ticks
             .windows(2)
             .map(|w| w[1].saturating_sub(w[0]) as f64 * period)
-            .collect(),
-    ))
+            .collect()
+    } else {
+        ticks
+            .chunks_exact(2)
+            .map(|w| w[1].saturating_sub(w[0]) as f64 * period)
+            .collect()
+    };
+    Ok(Some(spans))
 }
 
 fn main() -> AnyResult<()> {
@@ -166,11 +212,12 @@ fn main() -> AnyResult<()> {
     // Resident memory against what the model needs.
     let live = gpu.memory.stats().live_bytes;
     let arena = 4 * 4 * vae.arena.layout.len() as u64;
-    let data = trainer.data().words.buffer().bytes();
+    let data =
+        trainer.data().words.buffer().bytes() + trainer.data().labels_gpu.as_ref().map_or(0, |l| l.buffer().bytes());
     let ws = trainer.workspace_bytes();
     let need = arena + data + ws;
     println!(
-        "device memory: {:.2} MB resident | params+grads+Adam m,v {:.2} MB + dataset {:.2} MB + activations and their gradients {:.2} MB = {:.2} MB | ratio {:.3}",
+        "device memory: {:.2} MB resident | params+grads+Adam m,v {:.2} MB + dataset (bytes and labels) {:.2} MB + activations and their gradients {:.2} MB = {:.2} MB | ratio {:.3}",
         live as f64 / 1e6,
         arena as f64 / 1e6,
         data as f64 / 1e6,
@@ -184,10 +231,10 @@ fn main() -> AnyResult<()> {
     let plan: Vec<&Dispatch> = trainer.full_plan().iter().collect();
     println!("\none training step, batch 128 ({} dispatches):", plan.len());
     let mut per_dispatch: Vec<Vec<f64>> = vec![Vec::new(); plan.len()];
-    let timed_by = if r.timestamps_inside_passes {
-        "timestamps inside the pass"
-    } else {
-        "wall clock per dispatch"
+    let timed_by = match timing_for(&gpu) {
+        Timing::InsidePass => "timestamps inside the pass",
+        Timing::PerPass => "timestamps around one pass per dispatch",
+        Timing::WallClock => "wall clock around a synchronised submit per dispatch",
     };
     for rep in 0..=repeats {
         let times = match profile_dispatches(&gpu, &plan)? {
