@@ -39,7 +39,6 @@ fn time_runs(repeats: usize, mut f: impl FnMut() -> AnyResult<f64>) -> AnyResult
     Ok(stat((0..repeats).map(|_| f()).collect::<AnyResult<Vec<f64>>>()?))
 }
 
-/// GPU seconds of each dispatch, from timestamps written before each dispatch and after the last.
 /// How per-dispatch GPU time is measured on this adapter, best first.
 #[derive(Clone, Copy, PartialEq)]
 enum Timing {
@@ -62,6 +61,8 @@ fn timing_for(gpu: &Gpu) -> Timing {
     }
 }
 
+/// GPU seconds of each dispatch of `plan`, by the best [`Timing`] the adapter offers (None: wall
+/// clock only).
 fn profile_dispatches(gpu: &Gpu, plan: &[&Dispatch]) -> AnyResult<Option<Vec<f64>>> {
     let timing = timing_for(gpu);
     if timing == Timing::WallClock {
@@ -227,7 +228,9 @@ fn main() -> AnyResult<()> {
     );
     json.push(format!("\"resident_bytes\":{live},\"needed_bytes\":{need}"));
 
-    // Per-dispatch GPU time at batch 128.
+    // Per-dispatch GPU time at batch 128, after a warm-up long enough for the first-use costs
+    // (page faults in fresh buffers, the driver's lazy set-up) to be gone.
+    trainer.train_steps(40)?;
     let plan: Vec<&Dispatch> = trainer.full_plan().iter().collect();
     println!("\none training step, batch 128 ({} dispatches):", plan.len());
     let mut per_dispatch: Vec<Vec<f64>> = vec![Vec::new(); plan.len()];
@@ -334,7 +337,7 @@ fn main() -> AnyResult<()> {
     let enc_h = vec![gpu.tensor("h", &[b, 400])?];
     let enc = gpu.tensor("enc", &[b, 40])?;
     let z = gpu.tensor("z", &[b, 20])?;
-    let kl = gpu.tensor("kl", &[b])?;
+    let kl = gpu.tensor("kl", &[b * 20])?;
     let dec_h = vec![gpu.tensor("g", &[b, 400])?];
     let out = gpu.tensor("out", &[b, 784])?;
     let step = ops::StepBuffer::new(&gpu)?;
