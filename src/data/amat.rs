@@ -202,6 +202,7 @@ fn token_value(token: &[u8]) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::test_util::expect_format;
     use crate::io::test_util::unique_dir;
     use flate2::write::GzEncoder;
     use flate2::Compression;
@@ -248,17 +249,6 @@ mod tests {
         (text, expected)
     }
 
-    fn expect_format(r: Result<MnistSet>, needles: &[&str]) {
-        match r {
-            Err(e @ VaeError::Format { .. }) => {
-                let msg = e.to_string();
-                for n in needles {
-                    assert!(msg.contains(n), "message {msg:?} lacks {n:?}");
-                }
-            }
-            other => panic!("expected VaeError::Format, got {other:?}"),
-        }
-    }
 
     #[test]
     fn file_names() {

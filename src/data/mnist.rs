@@ -193,6 +193,7 @@ fn locate(dir: &Path, name: &str, hint: &str) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::test_util::expect_format;
     use crate::data::idx::tests::{gzip, idx_bytes, TempDir};
     use std::fs;
 
@@ -211,17 +212,6 @@ mod tests {
         .unwrap();
     }
 
-    fn expect_format(r: Result<MnistSet>, needles: &[&str]) {
-        match r {
-            Err(e @ VaeError::Format { .. }) => {
-                let msg = e.to_string();
-                for n in needles {
-                    assert!(msg.contains(n), "message {msg:?} lacks {n:?}");
-                }
-            }
-            other => panic!("expected VaeError::Format, got {other:?}"),
-        }
-    }
 
     #[test]
     fn loads_small_split_mixed_compression() {

@@ -7,3 +7,22 @@ pub mod mnist;
 pub use amat::{load_binarized_mnist, AmatSplit};
 pub use idx::{read_idx_images, read_idx_labels, resolve_idx_path, IdxImages};
 pub use mnist::{load_mnist_split, DatasetKind, MnistSet, IMAGE_PIXELS, IMAGE_SIDE, NUM_CLASSES};
+
+#[cfg(test)]
+pub(crate) mod test_util {
+    use crate::data::MnistSet;
+    use crate::error::{Result, VaeError};
+
+    /// Asserts that loading failed with a format error whose message names every needle.
+    pub fn expect_format(r: Result<MnistSet>, needles: &[&str]) {
+        match r {
+            Err(e @ VaeError::Format { .. }) => {
+                let msg = e.to_string();
+                for n in needles {
+                    assert!(msg.contains(n), "message {msg:?} lacks {n:?}");
+                }
+            }
+            other => panic!("expected VaeError::Format, got {other:?}"),
+        }
+    }
+}
