@@ -36,6 +36,10 @@ override ACT: u32 = 0u;
 override DACT: u32 = 0u;
 // Workgroup size of the subgroup strategy: max(16, subgroup size).
 override SG_WG: u32 = 16u;
+// Subgroup strategy: B comes from b_tex, a read-only storage texture mirroring B row-major as
+// rgba32float (texel (n/4, k) = B[k, n..n+3]), instead of the buffer b. On lavapipe a texel
+// fetch is a vectorised gather, while every buffer load is a per-lane scalar loop.
+override B_TEXTURE: bool = false;
 
 @group(0) @binding(0) var<uniform> p: MatmulParams;
 @group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
@@ -44,6 +48,7 @@ override SG_WG: u32 = 16u;
 @group(0) @binding(4) var<storage, read> aux: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> c: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read_write> colsum: array<vec4<f32>>;
+@group(0) @binding(7) var b_tex: texture_storage_2d<rgba32float, read>;
 
 // ---- scalar loads (any shape; zero outside the matrix) ----
 
@@ -190,6 +195,22 @@ fn a_unit(m0: u32, k: u32, u: u32) -> vec4<f32> {
 // op(B)[k..k+3, n..n+3] as a matrix whose column j is op(B)[k + j, n..n+3].
 fn b_block(k: u32, n: u32) -> mat4x4<f32> {
     if (n >= p.n) { return mat4x4<f32>(); }
+    if (B_TEXTURE) {
+        // The texture holds B as stored: [K, N] (texel (n/4, k)), or [N, K] when TRANS_B
+        // (texel (k/4, n)).
+        if (TRANS_B) {
+            let kq = k / 4u;
+            return transpose(mat4x4<f32>(textureLoad(b_tex, vec2<u32>(kq, n)), textureLoad(b_tex, vec2<u32>(kq, n + 1u)),
+                                         textureLoad(b_tex, vec2<u32>(kq, n + 2u)), textureLoad(b_tex, vec2<u32>(kq, n + 3u))));
+        }
+        let nq = n / 4u;
+        let last = p.k - 1u;
+        return mat4x4<f32>(
+            textureLoad(b_tex, vec2<u32>(nq, k)),
+            select(vec4<f32>(0.0), textureLoad(b_tex, vec2<u32>(nq, min(k + 1u, last))), k + 1u < p.k),
+            select(vec4<f32>(0.0), textureLoad(b_tex, vec2<u32>(nq, min(k + 2u, last))), k + 2u < p.k),
+            select(vec4<f32>(0.0), textureLoad(b_tex, vec2<u32>(nq, min(k + 3u, last))), k + 3u < p.k));
+    }
     if (TRANS_B) {
         let r0 = b[(n * p.k + k) / 4u];
         let r1 = b[((n + 1u) * p.k + k) / 4u];

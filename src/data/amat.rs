@@ -249,7 +249,6 @@ mod tests {
         (text, expected)
     }
 
-
     #[test]
     fn file_names() {
         assert_eq!(AmatSplit::Train.file_name(), "binarized_mnist_train.amat");

@@ -193,8 +193,8 @@ fn locate(dir: &Path, name: &str, hint: &str) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::test_util::expect_format;
     use crate::data::idx::tests::{gzip, idx_bytes, TempDir};
+    use crate::data::test_util::expect_format;
     use std::fs;
 
     /// Writes a split of `count` images of `rows x cols` with the given labels.
@@ -211,7 +211,6 @@ mod tests {
         )
         .unwrap();
     }
-
 
     #[test]
     fn loads_small_split_mixed_compression() {

@@ -21,11 +21,12 @@ pub enum Shader {
     Loss,
     Adam,
     Gather,
+    Mirror,
 }
 
 impl Shader {
     /// Every kernel family, for validation and warm-up.
-    pub const ALL: [Shader; 7] = [
+    pub const ALL: [Shader; 8] = [
         Shader::Matmul,
         Shader::Activation,
         Shader::Reduce,
@@ -33,6 +34,7 @@ impl Shader {
         Shader::Loss,
         Shader::Adam,
         Shader::Gather,
+        Shader::Mirror,
     ];
 
     /// File name under `shaders/`.
@@ -45,6 +47,7 @@ impl Shader {
             Shader::Loss => "loss.wgsl",
             Shader::Adam => "adam.wgsl",
             Shader::Gather => "gather.wgsl",
+            Shader::Mirror => "mirror.wgsl",
         }
     }
 
@@ -58,6 +61,7 @@ impl Shader {
             Shader::Loss => (&[], include_str!("../../shaders/loss.wgsl")),
             Shader::Adam => (&[STEP], include_str!("../../shaders/adam.wgsl")),
             Shader::Gather => (&[STEP, RNG], include_str!("../../shaders/gather.wgsl")),
+            Shader::Mirror => (&[], include_str!("../../shaders/mirror.wgsl")),
         };
         // Kernel development: VAE_WGPU_SHADER_DIR points at a directory of edited WGSL files,
         // read at run time so a change needs no rebuild. Files missing there use the built-in copy.
@@ -220,6 +224,23 @@ pub mod layout {
                 ty: wgpu::BufferBindingType::Storage { read_only },
                 has_dynamic_offset: false,
                 min_binding_size: None,
+            },
+            count: None,
+        }
+    }
+    /// A 2-D rgba32float storage texture at `binding`, read-only or write-only.
+    pub fn storage_texture(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
+        wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::StorageTexture {
+                access: if read_only {
+                    wgpu::StorageTextureAccess::ReadOnly
+                } else {
+                    wgpu::StorageTextureAccess::WriteOnly
+                },
+                format: wgpu::TextureFormat::Rgba32Float,
+                view_dimension: wgpu::TextureViewDimension::D2,
             },
             count: None,
         }

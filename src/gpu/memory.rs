@@ -75,6 +75,37 @@ impl Drop for GpuBuffer {
     }
 }
 
+/// A 2-D rgba32float storage texture with its accounting (each texel is one vec4).
+pub struct GpuTexture {
+    raw: wgpu::Texture,
+    view: wgpu::TextureView,
+    bytes: u64,
+    ledger: Arc<Mutex<Ledger>>,
+}
+
+impl GpuTexture {
+    /// The texture view, for binding.
+    pub fn view(&self) -> &wgpu::TextureView {
+        &self.view
+    }
+    /// Width and height in texels.
+    pub fn size(&self) -> (u32, u32) {
+        (self.raw.width(), self.raw.height())
+    }
+    /// Size in bytes.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+impl Drop for GpuTexture {
+    fn drop(&mut self) {
+        if let Ok(mut l) = self.ledger.lock() {
+            l.stats.live_bytes -= self.bytes;
+        }
+    }
+}
+
 /// Storage buffers are sized in whole vec4s, so every kernel may read them as `array<vec4<f32>>`.
 pub const SIZE_ALIGN: u64 = 16;
 
@@ -172,6 +203,45 @@ impl DeviceMemory {
             bytes,
             usage,
             pooled: true,
+            ledger: self.ledger.clone(),
+        }))
+    }
+
+    /// A `width`×`height` rgba32float texture bound as a storage texture (read or write).
+    pub fn texture(&self, label: &str, width: u32, height: u32) -> Result<Arc<GpuTexture>> {
+        let max = self.device.limits().max_texture_dimension_2d;
+        if width == 0 || height == 0 || width > max || height > max {
+            return Err(VaeError::Shape(format!(
+                "{label}: a {width}×{height} texture exceeds the device's 2-D texture limit of {max}"
+            )));
+        }
+        let raw = self.device.create_texture(&wgpu::TextureDescriptor {
+            label: Some(label),
+            size: wgpu::Extent3d {
+                width,
+                height,
+                depth_or_array_layers: 1,
+            },
+            mip_level_count: 1,
+            sample_count: 1,
+            dimension: wgpu::TextureDimension::D2,
+            format: wgpu::TextureFormat::Rgba32Float,
+            usage: wgpu::TextureUsages::STORAGE_BINDING,
+            view_formats: &[],
+        });
+        let view = raw.create_view(&Default::default());
+        let bytes = 16 * width as u64 * height as u64;
+        let mut l = self
+            .ledger
+            .lock()
+            .map_err(|_| VaeError::Gpu("memory ledger poisoned".into()))?;
+        l.stats.allocations += 1;
+        l.stats.live_bytes += bytes;
+        l.stats.peak_bytes = l.stats.peak_bytes.max(l.stats.live_bytes);
+        Ok(Arc::new(GpuTexture {
+            raw,
+            view,
+            bytes,
             ledger: self.ledger.clone(),
         }))
     }

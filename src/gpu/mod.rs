@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 pub use context::{device_requirements, AdapterReport, GpuContext};
 pub use kernels::{KernelRegistry, Shader};
-pub use memory::{DeviceMemory, GpuBuffer, MemoryStats};
+pub use memory::{DeviceMemory, GpuBuffer, GpuTexture, MemoryStats};
 pub use tensor::Tensor;
 
 use crate::error::{Result, VaeError};
@@ -67,6 +67,7 @@ pub struct Gpu {
     // Bound where a kernel's optional input or output is unused.
     dummy_read: Tensor,
     dummy_write: Tensor,
+    dummy_texture: Arc<GpuTexture>,
     submits: AtomicU64,
     readbacks: AtomicU64,
     dispatches: AtomicU64,
@@ -88,12 +89,14 @@ impl Gpu {
         let kernels = KernelRegistry::new(&ctx.device);
         let dummy_read = Tensor::view(memory.alloc("dummy.read", 16, TENSOR_USAGE)?, 0, &[4]);
         let dummy_write = Tensor::view(memory.alloc("dummy.write", 16, TENSOR_USAGE)?, 0, &[4]);
+        let dummy_texture = memory.texture("dummy.texture", 1, 1)?;
         Ok(Gpu {
             ctx,
             memory,
             kernels,
             dummy_read,
             dummy_write,
+            dummy_texture,
             submits: AtomicU64::new(0),
             readbacks: AtomicU64::new(0),
             dispatches: AtomicU64::new(0),
@@ -234,6 +237,11 @@ impl Gpu {
     /// Placeholder for an unused read-only binding.
     pub fn dummy_read(&self) -> &Tensor {
         &self.dummy_read
+    }
+
+    /// Placeholder for an unused storage-texture binding (1×1 rgba32float).
+    pub fn dummy_texture(&self) -> &GpuTexture {
+        &self.dummy_texture
     }
 
     /// Placeholder for an unused read-write binding.

@@ -392,6 +392,10 @@ pub fn plan_step(
     if let Some(adam) = adam {
         let a = &vae.arena;
         d.push(ops::adam(gpu, "adam", adam, step, &a.params, &a.grads, &a.m, &a.v)?);
+        // Copies derived from the parameters (weight texture mirrors) follow the update.
+        for l in vae.layers() {
+            d.extend(l.after_update(gpu, a)?);
+        }
     }
     Ok(d)
 }

@@ -9,6 +9,36 @@ use crate::model::config::VaeConfig;
 use crate::nn::{ArenaLayout, Layer, Linear, ParamArena};
 use crate::ops::Activation;
 
+/// Which weights get a texture mirror that the subgroup matmul reads B from (see
+/// [`crate::ops::mirror`]). Mirrors only exist where the subgroup strategy is chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightMirrors {
+    /// Weights of at least [`MIRROR_MIN_WEIGHTS`] values.
+    Auto,
+    /// Every weight whose width is a whole number of texels.
+    All,
+    /// No mirrors: every matmul reads W from the arena buffer.
+    None,
+}
+
+/// Under [`WeightMirrors::Auto`], the smallest weight that gets a mirror: below it the copy
+/// after each step costs about what the texel fetches save.
+pub const MIRROR_MIN_WEIGHTS: usize = 65_536;
+
+impl WeightMirrors {
+    /// `VAE_WGPU_WEIGHT_TEXTURES` = auto | all | none; auto when unset.
+    pub fn from_env() -> Result<Self> {
+        match std::env::var("VAE_WGPU_WEIGHT_TEXTURES").as_deref() {
+            Err(_) | Ok("auto") => Ok(WeightMirrors::Auto),
+            Ok("all") => Ok(WeightMirrors::All),
+            Ok("none") => Ok(WeightMirrors::None),
+            Ok(v) => Err(VaeError::Config(format!(
+                "VAE_WGPU_WEIGHT_TEXTURES={v:?}; expected auto, all or none"
+            ))),
+        }
+    }
+}
+
 /// Checkpoint key of a learned decoder log-variance.
 pub const LOG_C_KEY: &str = "log_c";
 
@@ -78,7 +108,7 @@ impl Vae {
         // log c starts at 0 (c = 1), as the zeros `values` already hold.
         let init = crate::nn::arena::flatten(&layout, &values)?;
         let arena = ParamArena::new(gpu, layout, &init)?;
-        Ok(Vae {
+        let mut vae = Vae {
             config,
             encoder,
             head,
@@ -86,7 +116,60 @@ impl Vae {
             out,
             log_c,
             arena,
-        })
+        };
+        vae.set_weight_mirrors(gpu, WeightMirrors::from_env()?)?;
+        Ok(vae)
+    }
+
+    /// Creates (or drops) the weights' texture mirrors by `policy` and fills them. Training
+    /// keeps them current (each layer's `after_update` runs after the optimizer); after writing
+    /// parameters any other way, call [`Vae::sync_mirrors`].
+    pub fn set_weight_mirrors(&mut self, gpu: &Gpu, policy: WeightMirrors) -> Result<()> {
+        let subgroup = crate::ops::MatmulStrategy::preferred(gpu)? == crate::ops::MatmulStrategy::Subgroup;
+        let arena = &self.arena;
+        for l in self
+            .encoder
+            .iter_mut()
+            .chain([&mut self.head])
+            .chain(self.decoder.iter_mut())
+            .chain([&mut self.out])
+        {
+            let size = l.in_features * l.out_features;
+            let wanted = subgroup
+                && l.out_features % 4 == 0
+                && match policy {
+                    WeightMirrors::Auto => size >= MIRROR_MIN_WEIGHTS,
+                    WeightMirrors::All => true,
+                    WeightMirrors::None => false,
+                };
+            l.w_mirror = if wanted {
+                Some(crate::ops::mirror_texture(
+                    gpu,
+                    &format!("{}.weight.mirror", l.name),
+                    &arena.param(l.w),
+                )?)
+            } else {
+                None
+            };
+        }
+        self.sync_mirrors(gpu)
+    }
+
+    /// Refreshes every weight mirror from the arena (after parameters were written directly).
+    pub fn sync_mirrors(&self, gpu: &Gpu) -> Result<()> {
+        let mut d = Vec::new();
+        for l in self.layers() {
+            d.extend(l.after_update(gpu, &self.arena)?);
+        }
+        if d.is_empty() {
+            return Ok(());
+        }
+        gpu.run(&d.iter().collect::<Vec<_>>())
+    }
+
+    /// Number of weights with a texture mirror.
+    pub fn mirrored_weights(&self) -> usize {
+        self.layers().filter(|l| l.w_mirror.is_some()).count()
     }
 
     /// Every layer in forward order.
@@ -247,7 +330,8 @@ impl Vae {
             let t = find(LOG_C_KEY, &[values[slot].len()])?;
             values[slot].copy_from_slice(&t.data);
         }
-        self.arena.write_params(gpu, &values)
+        self.arena.write_params(gpu, &values)?;
+        self.sync_mirrors(gpu)
     }
 
     fn checkpoint_tensors_shapes(&self) -> Vec<(String, Vec<usize>)> {

@@ -1,8 +1,8 @@
 //! `shaders/matmul.wgsl`: C = epilogue(op(A)·op(B)), the one kernel behind every dense layer.
 
 use crate::error::{Result, VaeError};
-use crate::gpu::kernels::layout::{storage, uniform};
-use crate::gpu::{Dispatch, Gpu, Shader, Tensor};
+use crate::gpu::kernels::layout::{storage, storage_texture, uniform};
+use crate::gpu::{Dispatch, Gpu, GpuTexture, Shader, Tensor};
 use crate::ops::activation::Activation;
 
 /// How the matmul tiles its work. All strategies compute the same result (up to f32 summation
@@ -104,9 +104,9 @@ struct MatmulParams {
     leaky_slope: f32,
 }
 
-/// The bind group layout of matmul.wgsl.
-fn layout() -> [wgpu::BindGroupLayoutEntry; 7] {
-    [
+/// The bind group layout of matmul.wgsl; the subgroup entry also reads B's texture mirror.
+fn layout(subgroup: bool) -> Vec<wgpu::BindGroupLayoutEntry> {
+    let mut l = vec![
         uniform(0),
         storage(1, true),  // a
         storage(2, true),  // b
@@ -114,7 +114,11 @@ fn layout() -> [wgpu::BindGroupLayoutEntry; 7] {
         storage(4, true),  // aux (activation output for DACT)
         storage(5, false), // c
         storage(6, false), // colsum
-    ]
+    ];
+    if subgroup {
+        l.push(storage_texture(7, true)); // b_tex
+    }
+    l
 }
 
 fn dims2(t: &Tensor, what: &str) -> Result<(usize, usize)> {
@@ -134,6 +138,25 @@ pub fn matmul(
     trans_a: bool,
     b: &Tensor,
     trans_b: bool,
+    c: &Tensor,
+    epi: &Epilogue<'_>,
+    strategy: Option<MatmulStrategy>,
+) -> Result<Dispatch> {
+    matmul_with_b_mirror(gpu, label, a, trans_a, b, trans_b, None, c, epi, strategy)
+}
+
+/// [`matmul`] where B also has a texture mirror (see [`crate::ops::mirror`]): the subgroup
+/// strategy then reads B from the texture, which must hold B as stored (`b`'s rows × cols/4
+/// texels) and be current. Other strategies ignore the mirror.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_with_b_mirror(
+    gpu: &Gpu,
+    label: &str,
+    a: &Tensor,
+    trans_a: bool,
+    b: &Tensor,
+    trans_b: bool,
+    b_mirror: Option<&GpuTexture>,
     c: &Tensor,
     epi: &Epilogue<'_>,
     strategy: Option<MatmulStrategy>,
@@ -209,19 +232,35 @@ pub fn matmul(
         ("ACT", epi.act.code() as f64),
         ("DACT", epi.dact.map(|(act, _)| act.code()).unwrap_or(0) as f64),
     ];
+    let use_mirror = strategy == MatmulStrategy::Subgroup && b_mirror.is_some();
+    if let (true, Some(t)) = (use_mirror, b_mirror) {
+        let (br, bc) = dims2(b, "B")?;
+        if t.size() != ((bc / 4) as u32, br as u32) || bc % 4 != 0 {
+            return Err(VaeError::Shape(format!(
+                "{label}: B {:?} needs a mirror of {}×{br} texels, got {:?}",
+                b.shape(),
+                bc / 4,
+                t.size()
+            )));
+        }
+    }
     let (entry, workgroups) = match strategy {
         MatmulStrategy::Naive => ("matmul_naive", [n.div_ceil(8) as u32, m.div_ceil(8) as u32, 1]),
         MatmulStrategy::Tiled => ("matmul_tiled", [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1]),
         MatmulStrategy::Subgroup => {
             let wg = sg.max(16) as usize;
             constants.push(("SG_WG", wg as f64));
+            constants.push(("B_TEXTURE", flag(use_mirror)));
             (
                 "matmul_subgroup",
                 [(n / 4).div_ceil(wg) as u32, m.div_ceil(32) as u32, 1],
             )
         }
     };
-    let pipeline = gpu.kernels.pipeline(Shader::Matmul, entry, &constants, &layout())?;
+    let subgroup = strategy == MatmulStrategy::Subgroup;
+    let pipeline = gpu
+        .kernels
+        .pipeline(Shader::Matmul, entry, &constants, &layout(subgroup))?;
     let params = MatmulParams {
         m: m as u32,
         n: n as u32,
@@ -230,7 +269,7 @@ pub fn matmul(
     };
     let ubuf = gpu.uniform(label, &params)?;
     let read = gpu.dummy_read();
-    let resources = [
+    let mut resources = vec![
         ubuf.raw().as_entire_binding(),
         a.binding(),
         b.binding(),
@@ -239,10 +278,19 @@ pub fn matmul(
         c.binding(),
         epi.colsum.unwrap_or(gpu.dummy_write()).binding(),
     ];
+    if subgroup {
+        let tex = if use_mirror { b_mirror } else { None }.unwrap_or(gpu.dummy_texture());
+        resources.push(wgpu::BindingResource::TextureView(tex.view()));
+    }
     let flops = 2.0 * (m * n * k) as f64;
     let bytes = 4.0 * (m * k + k * n + m * n) as f64;
+    let tag = if use_mirror {
+        "Subgroup, B texture".to_string()
+    } else {
+        format!("{strategy:?}")
+    };
     gpu.dispatch(
-        format!("{label} [{strategy:?}]"),
+        format!("{label} [{tag}]"),
         pipeline,
         &resources,
         Some(ubuf.clone()),

@@ -55,6 +55,8 @@ struct MatCase {
     dact: Option<Activation>,
     accumulate: bool,
     colsum: bool,
+    /// B read through a texture mirror (subgroup strategy).
+    mirror: bool,
 }
 
 impl MatCase {
@@ -70,6 +72,7 @@ impl MatCase {
             dact: None,
             accumulate: false,
             colsum: false,
+            mirror: false,
         }
     }
 }
@@ -105,7 +108,21 @@ fn run_matmul(g: &Gpu, st: MatmulStrategy, c: &MatCase, seed: u64) -> bool {
         colsum: c.colsum.then_some(&cs),
         leaky_slope: slope,
     };
-    let d = match ops::matmul(g, "test", &a, c.ta, &b, c.tb, &out, &epi, Some(st)) {
+    let planned = if c.mirror {
+        if b_shape[1] % 4 != 0 {
+            return false;
+        }
+        let tex = ops::mirror_texture(g, "b.mirror", &b).unwrap();
+        g.run(&[&ops::mirror(g, "mirror", &b, &tex).unwrap()]).unwrap();
+        let d = ops::matmul_with_b_mirror(g, "test", &a, c.ta, &b, c.tb, Some(&tex), &out, &epi, Some(st));
+        if let Ok(d) = &d {
+            assert!(d.label.contains("B texture"), "{}: the mirror was not used", d.label);
+        }
+        d
+    } else {
+        ops::matmul(g, "test", &a, c.ta, &b, c.tb, &out, &epi, Some(st))
+    };
+    let d = match planned {
         Ok(d) => d,
         Err(vae_wgpu::VaeError::Shape(_)) if st != MatmulStrategy::Naive => return false,
         Err(e) => panic!("{st:?} {m}×{n}×{k}: {e}"),
@@ -197,6 +214,47 @@ fn matmul_all_strategies_transposes_and_shapes() {
             20
         };
         assert!(ran >= expected_min, "{st:?} ran only {ran} cases");
+    }
+}
+
+/// The subgroup strategy with B read from its texture mirror: every shape and transpose it
+/// takes, and the forward, input-gradient and weight-gradient epilogues.
+#[test]
+fn matmul_subgroup_with_b_texture_mirror() {
+    let g = gpu();
+    if MatmulStrategy::Subgroup.check_supported(g).is_err() {
+        eprintln!("subgroup strategy unsupported on this adapter; no texture-mirror cases");
+        return;
+    }
+    let st = MatmulStrategy::Subgroup;
+    let mut ran = 0;
+    for (i, &(m, n, k)) in SHAPES.iter().enumerate() {
+        // The mirror replaces B's loads: its two layouts (forward, input gradient) suffice.
+        for (ta, tb) in [(false, false), (false, true)] {
+            let case = MatCase {
+                mirror: true,
+                ..MatCase::plain(m, n, k, ta, tb)
+            };
+            if run_matmul(g, st, &case, 500 + 10 * i as u64) {
+                ran += 1;
+            }
+        }
+    }
+    assert!(ran >= 8, "ran only {ran} mirror cases");
+    for (i, act) in [Activation::Relu, Activation::Tanh].into_iter().enumerate() {
+        let fwd = MatCase {
+            bias: true,
+            act,
+            mirror: true,
+            ..MatCase::plain(37, 20, 24, false, false)
+        };
+        assert!(run_matmul(g, st, &fwd, 600 + i as u64));
+        let bwd = MatCase {
+            dact: Some(act),
+            mirror: true,
+            ..MatCase::plain(37, 24, 20, false, true)
+        };
+        assert!(run_matmul(g, st, &bwd, 700 + i as u64));
     }
 }
 

@@ -2,7 +2,7 @@
 //! `reference.rs` — the gradient of every parameter, the metric log row and one Adam update —
 //! and a partial-batch plan against a workspace built for exactly that batch.
 
-use vae_wgpu::model::{plan_step, BatchSource, GpuDataset, Vae, VaeConfig, Workspace, METRIC_SLOTS};
+use vae_wgpu::model::{plan_step, BatchSource, GpuDataset, Vae, VaeConfig, WeightMirrors, Workspace, METRIC_SLOTS};
 use vae_wgpu::ops::{self, Activation, AdamConfig, Likelihood, StepBuffer, StepParams};
 use vae_wgpu::{rng, Dispatch, Gpu, Tensor};
 
@@ -161,6 +161,8 @@ fn slot_names(vae: &Vae) -> Vec<String> {
 struct Case {
     name: &'static str,
     cfg: VaeConfig,
+    /// Weights read through texture mirrors in the matmuls.
+    mirrors: bool,
     batch: usize,
     samples: usize,
     beta: f32,
@@ -189,7 +191,10 @@ fn conditional(mut cfg: VaeConfig) -> VaeConfig {
 fn check_gradients(case: &Case) {
     let g = gpu();
     let (b, l, zd) = (case.batch, case.samples, case.cfg.latent);
-    let vae = Vae::new(g, case.cfg.clone(), case.seed).unwrap();
+    let mut vae = Vae::new(g, case.cfg.clone(), case.seed).unwrap();
+    if case.mirrors {
+        vae.set_weight_mirrors(g, WeightMirrors::All).unwrap();
+    }
     let names = slot_names(&vae);
     let start = 3;
     let data = Data::new(g, b + 4, case.cfg.input_dim, case.seed + 1);
@@ -278,6 +283,7 @@ fn gradients_match_f64_reference() {
     check_gradients(&Case {
         name: "bernoulli relu [12] Z=4 B=5 L=1 β=1",
         cfg: small(vec![12], 4, Activation::Relu, Likelihood::Bernoulli),
+        mirrors: false,
         batch: 5,
         samples: 1,
         beta: 1.0,
@@ -291,6 +297,7 @@ fn gradients_match_f64_reference_variants() {
         Case {
             name: "gaussian(0.5) relu [12] Z=4",
             cfg: small(vec![12], 4, Activation::Relu, Likelihood::Gaussian { variance: 0.5 }),
+            mirrors: false,
             batch: 5,
             samples: 1,
             beta: 1.0,
@@ -299,6 +306,7 @@ fn gradients_match_f64_reference_variants() {
         Case {
             name: "bernoulli relu [12] Z=2 L=3 β=0.5",
             cfg: small(vec![12], 2, Activation::Relu, Likelihood::Bernoulli),
+            mirrors: false,
             batch: 5,
             samples: 3,
             beta: 0.5,
@@ -307,6 +315,7 @@ fn gradients_match_f64_reference_variants() {
         Case {
             name: "bernoulli tanh [12, 8] Z=4 L=2",
             cfg: small(vec![12, 8], 4, Activation::Tanh, Likelihood::Bernoulli),
+            mirrors: false,
             batch: 5,
             samples: 2,
             beta: 1.0,
@@ -315,6 +324,7 @@ fn gradients_match_f64_reference_variants() {
         Case {
             name: "bernoulli leaky_relu [12] Z=4",
             cfg: small(vec![12], 4, Activation::LeakyRelu, Likelihood::Bernoulli),
+            mirrors: false,
             batch: 5,
             samples: 1,
             beta: 1.0,
@@ -323,6 +333,7 @@ fn gradients_match_f64_reference_variants() {
         Case {
             name: "gaussian(2) sigmoid [8] Z=2 β=0.25",
             cfg: small(vec![8], 2, Activation::Sigmoid, Likelihood::Gaussian { variance: 2.0 }),
+            mirrors: false,
             batch: 3,
             samples: 1,
             beta: 0.25,
@@ -331,6 +342,7 @@ fn gradients_match_f64_reference_variants() {
         Case {
             name: "bernoulli no hidden layer Z=2 L=2",
             cfg: small(vec![], 2, Activation::Relu, Likelihood::Bernoulli),
+            mirrors: false,
             batch: 5,
             samples: 2,
             beta: 1.0,
@@ -351,6 +363,7 @@ fn gradients_match_f64_reference_family() {
         Case {
             name: "gaussian learned-global tanh [12] Z=4 L=2",
             cfg: small(vec![12], 4, Activation::Tanh, global),
+            mirrors: false,
             batch: 5,
             samples: 2,
             beta: 1.0,
@@ -359,6 +372,7 @@ fn gradients_match_f64_reference_family() {
         Case {
             name: "gaussian learned-pixel relu [12] Z=4 β=0.5",
             cfg: small(vec![12], 4, Activation::Relu, pixel),
+            mirrors: false,
             batch: 5,
             samples: 1,
             beta: 0.5,
@@ -367,6 +381,7 @@ fn gradients_match_f64_reference_family() {
         Case {
             name: "conditional bernoulli relu [12] Z=4 L=2",
             cfg: conditional(small(vec![12], 4, Activation::Relu, Likelihood::Bernoulli)),
+            mirrors: false,
             batch: 5,
             samples: 2,
             beta: 1.0,
@@ -375,6 +390,7 @@ fn gradients_match_f64_reference_family() {
         Case {
             name: "conditional learned-pixel tanh [8, 12] Z=2 L=3 β=2",
             cfg: conditional(small(vec![8, 12], 2, Activation::Tanh, pixel)),
+            mirrors: false,
             batch: 4,
             samples: 3,
             beta: 2.0,
@@ -383,10 +399,20 @@ fn gradients_match_f64_reference_family() {
         Case {
             name: "bernoulli relu [12] Z=4 β=0 (pure reconstruction)",
             cfg: small(vec![12], 4, Activation::Relu, Likelihood::Bernoulli),
+            mirrors: false,
             batch: 5,
             samples: 1,
             beta: 0.0,
             seed: 12,
+        },
+        Case {
+            name: "conditional learned-pixel relu [12] Z=4 L=2, weights read through texture mirrors",
+            cfg: conditional(small(vec![12], 4, Activation::Relu, pixel)),
+            mirrors: true,
+            batch: 5,
+            samples: 2,
+            beta: 1.0,
+            seed: 13,
         },
     ];
     for case in &cases {
