@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use vae_wgpu::data::DatasetKind;
 use vae_wgpu::gpu::Dispatch;
-use vae_wgpu::model::{GpuDataset, Vae, VaeConfig};
+use vae_wgpu::model::{GpuDataset, Vae, VaeConfig, WeightMirrors};
 use vae_wgpu::ops::{self, Epilogue, MatmulStrategy};
 use vae_wgpu::train::{TrainConfig, Trainer};
 use vae_wgpu::Gpu;
@@ -175,7 +175,7 @@ fn main() -> AnyResult<()> {
 
     // Start-up: device creation, then every pipeline a training run needs.
     let t1 = Instant::now();
-    let vae = Vae::new(&gpu, VaeConfig::default(), 1)?;
+    let mut vae = Vae::new(&gpu, VaeConfig::default(), 1)?;
     let mut trainer = Trainer::new(&gpu, &vae, upload(&gpu)?, TrainConfig::default())?;
     let plan_s = t1.elapsed().as_secs_f64();
     let (compile, pipelines) = gpu.kernels.compile_stats();
@@ -341,28 +341,43 @@ fn main() -> AnyResult<()> {
     let dec_h = vec![gpu.tensor("g", &[b, 400])?];
     let out = gpu.tensor("out", &[b, 784])?;
     let step = ops::StepBuffer::new(&gpu)?;
-    let encode = vae.plan_encode(&gpu, &x, &enc_h, &enc)?;
-    let decode = vae.plan_decode(&gpu, &z, &dec_h, &out)?;
-    let reparam = ops::reparam_kl_forward(&gpu, "reparam", &step, &enc, 1, &z, &kl, None)?;
-    let mut recon: Vec<&Dispatch> = encode.iter().collect();
-    recon.push(&reparam);
-    recon.extend(decode.iter());
     let mut inf = Vec::new();
-    for (name, list) in [
-        ("encode", encode.iter().collect::<Vec<_>>()),
-        ("decode", decode.iter().collect()),
-        ("reconstruct", recon),
-    ] {
-        let s = time_runs(repeats, || {
-            let t = Instant::now();
-            gpu.run(&list)?;
-            Ok(b as f64 / t.elapsed().as_secs_f64())
-        })?;
-        println!(
-            "  {name:<12} {:>9.0} samples/s (min {:.0}, max {:.0})",
-            s.median, s.min, s.max
-        );
-        inf.push(format!("\"{name}\":{:.1}", s.median));
+    // Inference plans read fixed weights: with texture mirrors of the large ones (refreshed
+    // once), the subgroup matmul fetches them as texels instead of per-lane buffer loads.
+    for policy in [WeightMirrors::None, WeightMirrors::Auto] {
+        vae.set_weight_mirrors(&gpu, policy)?;
+        let tag = if policy == WeightMirrors::None {
+            String::new()
+        } else {
+            format!(" ({} weights through texture mirrors)", vae.mirrored_weights())
+        };
+        let encode = vae.plan_encode(&gpu, &x, &enc_h, &enc)?;
+        let decode = vae.plan_decode(&gpu, &z, &dec_h, &out)?;
+        let reparam = ops::reparam_kl_forward(&gpu, "reparam", &step, &enc, 1, &z, &kl, None)?;
+        let mut recon: Vec<&Dispatch> = encode.iter().collect();
+        recon.push(&reparam);
+        recon.extend(decode.iter());
+        for (name, list) in [
+            ("encode", encode.iter().collect::<Vec<_>>()),
+            ("decode", decode.iter().collect()),
+            ("reconstruct", recon),
+        ] {
+            let s = time_runs(repeats, || {
+                let t = Instant::now();
+                gpu.run(&list)?;
+                Ok(b as f64 / t.elapsed().as_secs_f64())
+            })?;
+            println!(
+                "  {name:<12} {:>9.0} samples/s (min {:.0}, max {:.0}){tag}",
+                s.median, s.min, s.max
+            );
+            let key = if policy == WeightMirrors::None {
+                name.to_string()
+            } else {
+                format!("{name}_mirrored")
+            };
+            inf.push(format!("\"{key}\":{:.1}", s.median));
+        }
     }
     json.push(format!("\"inference_samples_per_sec\":{{{}}}", inf.join(",")));
 
