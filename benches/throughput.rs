@@ -228,9 +228,7 @@ fn main() -> AnyResult<()> {
     );
     json.push(format!("\"resident_bytes\":{live},\"needed_bytes\":{need}"));
 
-    // Per-dispatch GPU time at batch 128, after a warm-up long enough for the first-use costs
-    // (page faults in fresh buffers, the driver's lazy set-up) to be gone.
-    trainer.train_steps(40)?;
+    // Per-dispatch GPU time at batch 128 (the 8 steps above were the warm-up).
     let plan: Vec<&Dispatch> = trainer.full_plan().iter().collect();
     println!("\none training step, batch 128 ({} dispatches):", plan.len());
     let mut per_dispatch: Vec<Vec<f64>> = vec![Vec::new(); plan.len()];
