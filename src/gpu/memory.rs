@@ -154,13 +154,7 @@ impl DeviceMemory {
             usage,
             mapped_at_creation: false,
         });
-        let mut l = self
-            .ledger
-            .lock()
-            .map_err(|_| VaeError::Gpu("memory ledger poisoned".into()))?;
-        l.stats.allocations += 1;
-        l.stats.live_bytes += bytes;
-        l.stats.peak_bytes = l.stats.peak_bytes.max(l.stats.live_bytes);
+        self.record_allocation(bytes)?;
         Ok(raw)
     }
 
@@ -207,6 +201,18 @@ impl DeviceMemory {
         }))
     }
 
+    /// Counts a new device allocation of `bytes` in the ledger.
+    fn record_allocation(&self, bytes: u64) -> Result<()> {
+        let mut l = self
+            .ledger
+            .lock()
+            .map_err(|_| VaeError::Gpu("memory ledger poisoned".into()))?;
+        l.stats.allocations += 1;
+        l.stats.live_bytes += bytes;
+        l.stats.peak_bytes = l.stats.peak_bytes.max(l.stats.live_bytes);
+        Ok(())
+    }
+
     /// A `width`×`height` rgba32float texture bound as a storage texture (read or write).
     pub fn texture(&self, label: &str, width: u32, height: u32) -> Result<Arc<GpuTexture>> {
         let max = self.device.limits().max_texture_dimension_2d;
@@ -231,13 +237,7 @@ impl DeviceMemory {
         });
         let view = raw.create_view(&Default::default());
         let bytes = 16 * width as u64 * height as u64;
-        let mut l = self
-            .ledger
-            .lock()
-            .map_err(|_| VaeError::Gpu("memory ledger poisoned".into()))?;
-        l.stats.allocations += 1;
-        l.stats.live_bytes += bytes;
-        l.stats.peak_bytes = l.stats.peak_bytes.max(l.stats.live_bytes);
+        self.record_allocation(bytes)?;
         Ok(Arc::new(GpuTexture {
             raw,
             view,

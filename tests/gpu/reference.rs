@@ -592,6 +592,10 @@ mod tests {
     use super::*;
     use crate::common::rand_vec;
 
+    fn rand_f64(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f64> {
+        rand_vec(n, seed, lo, hi).iter().map(|&v| v as f64).collect()
+    }
+
     fn params_for(cfg: &VaeConfig, seed: u64) -> Vec<Vec<f64>> {
         param_slots(cfg)
             .iter()
@@ -648,14 +652,8 @@ mod tests {
                 classes: 0,
             };
             let b = 3;
-            let x: Vec<f64> = rand_vec(b * 4, 50 + n as u64, 0.0, 1.0)
-                .iter()
-                .map(|&v| v as f64)
-                .collect();
-            let eps: Vec<f64> = rand_vec(samples * b * 2, 60 + n as u64, -2.0, 2.0)
-                .iter()
-                .map(|&v| v as f64)
-                .collect();
+            let x = rand_f64(b * 4, 50 + n as u64, 0.0, 1.0);
+            let eps = rand_f64(samples * b * 2, 60 + n as u64, -2.0, 2.0);
             let batch = Batch {
                 x: &x,
                 batch: b,
@@ -711,14 +709,8 @@ mod tests {
                 classes,
             };
             let b = 3;
-            let x: Vec<f64> = rand_vec(b * 4, 70 + n as u64, 0.0, 1.0)
-                .iter()
-                .map(|&v| v as f64)
-                .collect();
-            let eps: Vec<f64> = rand_vec(samples * b * 2, 80 + n as u64, -2.0, 2.0)
-                .iter()
-                .map(|&v| v as f64)
-                .collect();
+            let x = rand_f64(b * 4, 70 + n as u64, 0.0, 1.0);
+            let eps = rand_f64(samples * b * 2, 80 + n as u64, -2.0, 2.0);
             let labels = [2u8, 0, 1];
             let batch = Batch {
                 x: &x,
