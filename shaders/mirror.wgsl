@@ -1,13 +1,11 @@
 // Copies a row-major [rows, cols] matrix from a buffer (the parameter arena) into an rgba32float
 // storage texture of cols/4 × rows texels, texel (q, r) = src[r, 4q..4q+3]. Run after each
 // optimizer step for the weights the subgroup matmul reads as a texture (see matmul.wgsl,
-// B_TEXTURE). cols must be a multiple of 4 and the matrix must start on a vec4.
+// B_TEXTURE). cols must be a multiple of 4; src is bound at the matrix's first element.
 
 struct MirrorParams {
-    offset4: u32,  // first vec4 of the matrix in src
     cols4: u32,    // texels per row
     rows: u32,
-    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: MirrorParams;
@@ -21,5 +19,5 @@ fn mirror(@builtin(global_invocation_id) gid: vec3<u32>) {
     let q = gid.x;
     let r = gid.y;
     if (q >= p.cols4 || r >= p.rows) { return; }
-    textureStore(dst, vec2<u32>(q, r), src[p.offset4 + r * p.cols4 + q]);
+    textureStore(dst, vec2<u32>(q, r), src[r * p.cols4 + q]);
 }

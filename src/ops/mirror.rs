@@ -11,10 +11,9 @@ use crate::gpu::{Dispatch, Gpu, GpuTexture, Shader, Tensor};
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct MirrorParams {
-    offset4: u32,
     cols4: u32,
     rows: u32,
-    _pad: u32,
+    _pad: [u32; 2],
 }
 
 /// A texture shaped to mirror the row-major matrix `m` [rows, cols]: cols/4 × rows texels.
@@ -51,10 +50,9 @@ pub fn mirror(gpu: &Gpu, label: &str, m: &Tensor, tex: &GpuTexture) -> Result<Di
     let layout = [uniform(0), storage(1, true), storage_texture(2, false)];
     let pipeline = gpu.kernels.pipeline(Shader::Mirror, "mirror", &[], &layout)?;
     let params = MirrorParams {
-        offset4: 0,
         cols4: (cols / 4) as u32,
         rows: rows as u32,
-        _pad: 0,
+        _pad: [0; 2],
     };
     let ubuf = gpu.uniform(label, &params)?;
     let res = [
