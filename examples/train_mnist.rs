@@ -281,13 +281,10 @@ fn run(args: Args) -> Result<()> {
     if metrics.exists() {
         std::fs::remove_file(&metrics).map_err(|e| VaeError::io(&metrics, e))?;
     }
-    let steps_per_epoch = if args.train.drop_last {
-        n_train / args.train.batch_size.min(n_train)
-    } else {
-        n_train.div_ceil(args.train.batch_size.min(n_train))
+    let train_cfg = TrainConfig {
+        epochs: args.epochs,
+        ..args.train.clone()
     };
-    let mut train_cfg = args.train.clone();
-    train_cfg.total_steps = (steps_per_epoch * args.epochs) as u64;
     let mut trainer = Trainer::new(&gpu, &vae, train_gpu, train_cfg)?;
     let evaluator = Evaluator::new(&gpu, test_gpu)?;
     let (compile, pipelines) = gpu.kernels.compile_stats();
@@ -354,6 +351,13 @@ fn run(args: Args) -> Result<()> {
     } else {
         "-log p(x)"
     };
+    // The checkpoint stores the configuration itself; it gets the rest of the run's metadata.
+    let config_keys = args.model.to_metadata();
+    let ckpt_meta: Vec<(String, String)> = run_meta
+        .iter()
+        .filter(|(k, _)| !config_keys.iter().any(|(ck, _)| ck == k))
+        .cloned()
+        .collect();
     let run_start = Instant::now();
     for epoch in 1..=args.epochs {
         let t0 = Instant::now();
@@ -386,11 +390,7 @@ fn run(args: Args) -> Result<()> {
         }
         line.push('}');
         append_line(&metrics, &line)?;
-        let mut meta: Vec<(String, String)> = run_meta
-            .iter()
-            .filter(|(k, _)| !args.model.to_metadata().iter().any(|(mk, _)| mk == k))
-            .cloned()
-            .collect();
+        let mut meta = ckpt_meta.clone();
         meta.push(("epoch".to_string(), epoch.to_string()));
         meta.push(("step".to_string(), trainer.step.to_string()));
         vae.save(&gpu, &out_dir.join("checkpoint.safetensors"), &meta)?;

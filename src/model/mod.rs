@@ -5,5 +5,5 @@ pub mod plan;
 pub mod vae;
 
 pub use config::{likelihood_name, parse_hidden, parse_likelihood, parse_variance, VaeConfig};
-pub use plan::{plan_step, BatchSource, GpuDataset, Workspace, METRIC_SLOTS, SLOT_KL, SLOT_RECON};
+pub use plan::{plan_inputs, plan_step, BatchSource, GpuDataset, Workspace, METRIC_SLOTS, SLOT_KL, SLOT_RECON};
 pub use vae::{Vae, WeightMirrors, MIRROR_MIN_WEIGHTS};

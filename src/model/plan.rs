@@ -192,6 +192,49 @@ pub struct BatchSource<'a> {
     pub binarize: bool,
 }
 
+/// Plans the batch's inputs for `b` examples (b ≤ ws.batch): the gather into `ws.x` and, for a
+/// conditional model, the one-hot labels after the pixels and after each of the L·B codes.
+pub fn plan_inputs(
+    gpu: &Gpu,
+    vae: &Vae,
+    ws: &Workspace,
+    b: usize,
+    src: &BatchSource<'_>,
+    step: &StepBuffer,
+) -> Result<Vec<Dispatch>> {
+    let x = rows(&ws.x, b);
+    let mut d = vec![ops::gather(
+        gpu,
+        "gather",
+        step,
+        &src.data.words,
+        src.data.count,
+        src.data.dim,
+        src.perm,
+        &x,
+        src.binarize,
+    )?];
+    if vae.config.classes > 0 {
+        let labels = src.data.labels_gpu.as_ref().ok_or_else(|| {
+            crate::VaeError::Config(
+                "a conditional model needs a labelled dataset (binarized MNIST has no labels)".into(),
+            )
+        })?;
+        d.push(ops::condition(
+            gpu,
+            "condition",
+            step,
+            labels,
+            src.perm,
+            &x,
+            vae.config.input_dim,
+            &rows(&ws.z, ws.samples * b),
+            vae.config.latent,
+        )?);
+    }
+    Ok(d)
+}
+
 /// Plans one step for `b` examples (b ≤ ws.batch): gather, encode, reparameterize, decode,
 /// loss, and the metric row; with `adam`, also the full backward pass and the optimizer.
 /// Every list starts from the step uniform, so one plan serves every step of its batch size.
@@ -222,37 +265,8 @@ pub fn plan_step(
     let zd = vae.config.latent;
     let log_ratio = ws.log_ratio.as_ref().map(|t| t.reshape_prefix(&[r * zd]));
 
-    let mut d = Vec::new();
     // Forward.
-    d.push(ops::gather(
-        gpu,
-        "gather",
-        step,
-        &src.data.words,
-        src.data.count,
-        src.data.dim,
-        src.perm,
-        &x,
-        src.binarize,
-    )?);
-    if vae.config.classes > 0 {
-        let labels = src.data.labels_gpu.as_ref().ok_or_else(|| {
-            crate::VaeError::Config(
-                "a conditional model needs a labelled dataset (binarized MNIST has no labels)".into(),
-            )
-        })?;
-        d.push(ops::condition(
-            gpu,
-            "condition",
-            step,
-            labels,
-            src.perm,
-            &x,
-            vae.config.input_dim,
-            &z,
-            zd,
-        )?);
-    }
+    let mut d = plan_inputs(gpu, vae, ws, b, src, step)?;
     d.extend(vae.plan_encode(gpu, &x, &enc_h, &enc)?);
     d.push(ops::reparam_kl_forward(
         gpu,

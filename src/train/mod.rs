@@ -9,7 +9,9 @@ use std::time::Instant;
 
 use crate::error::{Result, VaeError};
 use crate::gpu::{Dispatch, Gpu, Tensor};
-use crate::model::plan::{plan_step, BatchSource, GpuDataset, Workspace, METRIC_SLOTS, SLOT_KL, SLOT_RECON};
+use crate::model::plan::{
+    plan_inputs, plan_step, BatchSource, GpuDataset, Workspace, METRIC_SLOTS, SLOT_KL, SLOT_RECON,
+};
 use crate::model::Vae;
 use crate::ops::{self, AdamConfig, Likelihood, StepBuffer, StepParams};
 use crate::rng;
@@ -31,9 +33,9 @@ pub struct TrainConfig {
     pub beta: f32,
     /// How β moves over the run.
     pub kl_schedule: KlSchedule,
-    /// The run's length T in steps, over which cyclical annealing spreads its cycles (0: one
-    /// epoch).
-    pub total_steps: u64,
+    /// The run's length in epochs: cyclical annealing spreads its cycles over its
+    /// T = epochs × steps-per-epoch steps (0 counts as 1).
+    pub epochs: usize,
 }
 
 impl Default for TrainConfig {
@@ -47,7 +49,7 @@ impl Default for TrainConfig {
             mc_samples: 1,
             beta: 1.0,
             kl_schedule: KlSchedule::Constant,
-            total_steps: 0,
+            epochs: 1,
         }
     }
 }
@@ -181,11 +183,7 @@ impl<'g> Trainer<'g> {
     }
 
     fn schedule_steps(config: &TrainConfig, steps_per_epoch: usize) -> u64 {
-        if config.total_steps == 0 {
-            steps_per_epoch as u64
-        } else {
-            config.total_steps
-        }
+        (config.epochs.max(1) * steps_per_epoch) as u64
     }
 
     /// The KL weight used at global step `step` (0-based).
@@ -466,24 +464,42 @@ impl<'g> Evaluator<'g> {
         Ok((x, mean_image(vae.config.likelihood, &out)))
     }
 
-    /// The posterior means μ(x) of every example, n·Z values in dataset order.
+    /// The posterior means μ(x) of every example, n·Z values in dataset order: only the
+    /// batch inputs and the encoder run.
     pub fn encode_means(&self, vae: &Vae, seed: u64) -> Result<Vec<f32>> {
         let b = self.batch;
         let steps = self.data.count.div_ceil(b);
         let ws = Workspace::new(self.gpu, vae, b, 1, false, false)?;
-        let log = self.gpu.tensor("encode_log", &[steps, METRIC_SLOTS])?;
-        let (full, last) = self.plans(vae, &ws, b, &log, false)?;
+        let src = BatchSource {
+            data: &self.data,
+            perm: &self.perm,
+            binarize: false,
+        };
+        let plan = |rows: usize| -> Result<Vec<Dispatch>> {
+            let mut d = plan_inputs(self.gpu, vae, &ws, rows, &src, &self.step_buf)?;
+            let hidden: Vec<Tensor> = ws
+                .enc_hidden
+                .iter()
+                .map(|t| t.reshape_prefix(&[rows, t.shape()[1]]))
+                .collect();
+            let enc = ws.enc.reshape_prefix(&[rows, 2 * vae.config.latent]);
+            d.extend(vae.plan_encode(self.gpu, &ws.x.reshape_prefix(&[rows, ws.x.shape()[1]]), &hidden, &enc)?);
+            Ok(d)
+        };
+        let full = plan(b)?;
+        let rem = self.data.count % b;
+        let last = if rem > 0 { Some(plan(rem)?) } else { None };
         let zd = vae.config.latent;
         let mut means = Vec::with_capacity(self.data.count * zd);
         for i in 0..steps {
             let rows = b.min(self.data.count - i * b);
-            let plan = if rows < b {
+            let list = if rows < b {
                 last.as_ref().unwrap_or(&full)
             } else {
                 &full
             };
             self.write_step(seed, i * b, i);
-            self.gpu.run(&plan.iter().collect::<Vec<_>>())?;
+            self.gpu.run(&list.iter().collect::<Vec<_>>())?;
             let enc = self.gpu.read(&ws.enc.reshape_prefix(&[rows, 2 * zd]))?;
             means.extend(strip_columns(&enc, 2 * zd, zd));
         }

@@ -165,11 +165,11 @@ fn trainer_applies_the_kl_schedule() {
         "β at the epoch's last step (t = 3) is 1, got {}",
         rep.beta
     );
-    // More cycles than steps in the run cannot be spread over it.
+    // More cycles than steps in the run (5 epochs of 2 steps) cannot be spread over it.
     let data = GpuDataset::upload(g, "train", &images, 256, 784, vec![]).unwrap();
     let bad = TrainConfig {
         kl_schedule: KlSchedule::Cyclical { cycles: 50 },
-        total_steps: 10,
+        epochs: 5,
         ..Default::default()
     };
     let vae = Vae::new(g, VaeConfig::default(), 1).unwrap();
