@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use vae_wgpu::data::DatasetKind;
 use vae_wgpu::gpu::Dispatch;
-use vae_wgpu::model::{GpuDataset, Vae, VaeConfig, WeightMirrors};
+use vae_wgpu::model::{GpuDataset, TextureMirrors, Vae, VaeConfig};
 use vae_wgpu::ops::{self, Epilogue, MatmulStrategy};
 use vae_wgpu::train::{TrainConfig, Trainer};
 use vae_wgpu::Gpu;
@@ -69,12 +69,12 @@ fn profile_dispatches(gpu: &Gpu, plan: &[&Dispatch]) -> AnyResult<Option<Vec<f64
         return Ok(None);
     }
     let dev = &gpu.ctx.device;
-    // Inside a pass: a stamp before each dispatch and one at the end. Per pass: two each.
-    let n = if timing == Timing::InsidePass {
-        plan.len() as u32 + 1
-    } else {
-        2 * plan.len() as u32
-    };
+    // Inside a pass: a stamp before each kernel and one at the end of each pass (and an empty
+    // pass after trailing copies); a run of mirror copies between passes is timed from the
+    // previous pass's end to the next pass's first stamp. Per pass: two stamps per dispatch.
+    // An upper bound on the queries; `used` counts those written.
+    let n = 2 * plan.len() as u32 + 2;
+    let mut used = 0u32;
     let qs = dev.create_query_set(&wgpu::QuerySetDescriptor {
         label: Some("profile"),
         ty: wgpu::QueryType::Timestamp,
@@ -93,42 +93,81 @@ fn profile_dispatches(gpu: &Gpu, plan: &[&Dispatch]) -> AnyResult<Option<Vec<f64
         mapped_at_creation: false,
     });
     let mut enc = dev.create_command_encoder(&Default::default());
+    // (query index at the item's start, query index at its end) per item, inside-pass timing.
+    let mut marks: Vec<(u32, u32)> = vec![(0, 0); plan.len()];
     if timing == Timing::InsidePass {
-        let mut pass = enc.begin_compute_pass(&Default::default());
-        for (i, d) in plan.iter().enumerate() {
-            pass.write_timestamp(&qs, i as u32);
-            d.record(&mut pass);
+        let mut q = 0u32;
+        let mut i = 0;
+        let mut pending_copies: Vec<usize> = Vec::new();
+        let mut copies_from = 0u32;
+        while i < plan.len() || !pending_copies.is_empty() {
+            let run = plan[i..].iter().take_while(|d| !d.is_copy()).count();
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            for &c in &pending_copies {
+                marks[c] = (copies_from, q);
+            }
+            pending_copies.clear();
+            for d in &plan[i..i + run] {
+                pass.write_timestamp(&qs, q);
+                d.record(&mut pass);
+                q += 1;
+            }
+            pass.write_timestamp(&qs, q);
+            for (j, m) in marks[i..i + run].iter_mut().enumerate() {
+                *m = (q - run as u32 + j as u32, q - run as u32 + j as u32 + 1);
+            }
+            copies_from = q;
+            q += 1;
+            drop(pass);
+            used = q;
+            i += run;
+            while i < plan.len() && plan[i].is_copy() {
+                plan[i].record_copy(&mut enc);
+                pending_copies.push(i);
+                i += 1;
+            }
         }
-        pass.write_timestamp(&qs, n - 1);
     } else {
         for (i, d) in plan.iter().enumerate() {
+            if d.is_copy() {
+                d.record_copy(&mut enc);
+                continue;
+            }
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(&d.label),
                 timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
                     query_set: &qs,
-                    beginning_of_pass_write_index: Some(2 * i as u32),
-                    end_of_pass_write_index: Some(2 * i as u32 + 1),
+                    beginning_of_pass_write_index: Some(used),
+                    end_of_pass_write_index: Some(used + 1),
                 }),
             });
             d.record(&mut pass);
+            marks[i] = (used, used + 1);
+            used += 2;
         }
     }
-    enc.resolve_query_set(&qs, 0..n, &resolve, 0);
-    enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, 8 * n as u64);
+    enc.resolve_query_set(&qs, 0..used, &resolve, 0);
+    enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, 8 * used as u64);
     gpu.ctx.queue.submit([enc.finish()]);
     read.slice(..).map_async(wgpu::MapMode::Read, |_| {});
     gpu.ctx.wait()?;
     let ticks: Vec<u64> = bytemuck::cast_slice(&read.slice(..).get_mapped_range()?).to_vec();
     let period = gpu.ctx.queue.get_timestamp_period() as f64 * 1e-9;
+    let span = |from: u32, to: u32| ticks[to as usize].saturating_sub(ticks[from as usize]) as f64 * period;
     let spans: Vec<f64> = if timing == Timing::InsidePass {
-        ticks
-            .windows(2)
-            .map(|w| w[1].saturating_sub(w[0]) as f64 * period)
-            .collect()
+        // A run of copies shares its span evenly.
+        let mut spans: Vec<f64> = marks.iter().map(|&(a, b)| span(a, b)).collect();
+        for (i, d) in plan.iter().enumerate() {
+            if d.is_copy() {
+                let share = marks.iter().filter(|&&m| m == marks[i]).count();
+                spans[i] /= share as f64;
+            }
+        }
+        spans
     } else {
-        ticks
-            .chunks_exact(2)
-            .map(|w| w[1].saturating_sub(w[0]) as f64 * period)
+        // Copies are not timed per pass; they show as zero.
+        (0..plan.len())
+            .map(|i| if plan[i].is_copy() { 0.0 } else { span(marks[i].0, marks[i].1) })
             .collect()
     };
     Ok(Some(spans))
@@ -198,14 +237,20 @@ fn main() -> AnyResult<()> {
     let after = gpu.traffic();
     let per = |a: u64, b: u64| (a - b) as f64 / steps as f64;
     println!(
-        "per training step: {} dispatches in 1 compute pass | {} submits | {} host readbacks",
+        "per training step: {} dispatches in {} compute passes, {} copies into texture mirrors ({:?}) | {} submits | {} host readbacks",
         per(after.dispatches, before.dispatches),
+        per(after.passes, before.passes),
+        per(after.copies, before.copies),
+        vae.texture_mirrors(),
         per(after.submits, before.submits),
         per(after.readbacks, before.readbacks)
     );
     json.push(format!(
-        "\"dispatches_per_step\":{},\"submits_per_step\":{},\"readbacks_per_step\":{}",
+        "\"dispatches_per_step\":{},\"passes_per_step\":{},\"mirror_copies_per_step\":{},\"texture_mirrors\":\"{:?}\",\"submits_per_step\":{},\"readbacks_per_step\":{}",
         per(after.dispatches, before.dispatches),
+        per(after.passes, before.passes),
+        per(after.copies, before.copies),
+        vae.texture_mirrors(),
         per(after.submits, before.submits),
         per(after.readbacks, before.readbacks)
     ));
@@ -217,16 +262,19 @@ fn main() -> AnyResult<()> {
         trainer.data().words.buffer().bytes() + trainer.data().labels_gpu.as_ref().map_or(0, |l| l.buffer().bytes());
     let ws = trainer.workspace_bytes();
     let need = arena + data + ws;
+    // Texture mirrors are copies, so they count as overhead, not as need.
+    let mirrors = trainer.workspace_mirror_bytes() + vae.arena.mirror_bytes();
     println!(
-        "device memory: {:.2} MB resident | params+grads+Adam m,v {:.2} MB + dataset (bytes and labels) {:.2} MB + activations and their gradients {:.2} MB = {:.2} MB | ratio {:.3}",
+        "device memory: {:.2} MB resident, of which texture mirrors {:.2} MB | params+grads+Adam m,v {:.2} MB + dataset (bytes and labels) {:.2} MB + activations and their gradients {:.2} MB = {:.2} MB | ratio {:.3}",
         live as f64 / 1e6,
+        mirrors as f64 / 1e6,
         arena as f64 / 1e6,
         data as f64 / 1e6,
         ws as f64 / 1e6,
         need as f64 / 1e6,
         live as f64 / need as f64
     );
-    json.push(format!("\"resident_bytes\":{live},\"needed_bytes\":{need}"));
+    json.push(format!("\"resident_bytes\":{live},\"needed_bytes\":{need},\"mirror_bytes\":{mirrors}"));
 
     // Per-dispatch GPU time at batch 128 (the 8 steps above were the warm-up).
     let plan: Vec<&Dispatch> = trainer.full_plan().iter().collect();
@@ -324,32 +372,28 @@ fn main() -> AnyResult<()> {
     // Inference throughput at batch 1024.
     println!("\ninference throughput (batch 1024):");
     let b = 1024;
-    let x = gpu.upload(
-        "x",
-        &[b, 784],
-        &set.images[..b * 784]
-            .iter()
-            .map(|&p| p as f32 / 255.0)
-            .collect::<Vec<_>>(),
-    )?;
-    let enc_h = vec![gpu.tensor("h", &[b, 400])?];
+    let x_host: Vec<f32> = set.images[..b * 784].iter().map(|&p| p as f32 / 255.0).collect();
     let enc = gpu.tensor("enc", &[b, 40])?;
     let z = gpu.tensor("z", &[b, 20])?;
     let kl = gpu.tensor("kl", &[b * 20])?;
-    let dec_h = vec![gpu.tensor("g", &[b, 400])?];
     let out = gpu.tensor("out", &[b, 784])?;
     let step = ops::StepBuffer::new(&gpu)?;
     let mut inf = Vec::new();
-    // Inference plans read fixed weights: with texture mirrors of the large ones (refreshed
-    // once), the subgroup matmul fetches them as texels instead of per-lane buffer loads.
-    for policy in [WeightMirrors::None, WeightMirrors::Auto] {
-        vae.set_weight_mirrors(&gpu, policy)?;
-        let tag = if policy == WeightMirrors::None {
+    // Inference plans with and without texture mirrors: the weights' mirrors are filled once,
+    // the activations' are refreshed by each plan (the input's too, as for a new batch).
+    for policy in [TextureMirrors::None, TextureMirrors::Auto] {
+        vae.set_texture_mirrors(&gpu, policy)?;
+        let on = vae.texture_mirrors() != TextureMirrors::None;
+        let x = ops::mirrored(&gpu, "x", gpu.upload("x", &[b, 784], &x_host)?, on)?;
+        let enc_h = vec![ops::mirrored(&gpu, "h", gpu.tensor("h", &[b, 400])?, on)?];
+        let dec_h = vec![ops::mirrored(&gpu, "g", gpu.tensor("g", &[b, 400])?, on)?];
+        let tag = if !on {
             String::new()
         } else {
-            format!(" ({} weights through texture mirrors)", vae.mirrored_weights())
+            format!(" (texture mirrors: {} weights and the activations)", vae.mirrored_weights())
         };
-        let encode = vae.plan_encode(&gpu, &x, &enc_h, &enc)?;
+        let mut encode: Vec<Dispatch> = ops::refresh_mirror("x", &x).into_iter().collect();
+        encode.extend(vae.plan_encode(&gpu, &x, &enc_h, &enc)?);
         let decode = vae.plan_decode(&gpu, &z, &dec_h, &out)?;
         let reparam = ops::reparam_kl_forward(&gpu, "reparam", &step, &enc, 1, &z, &kl, None)?;
         let mut recon: Vec<&Dispatch> = encode.iter().collect();
@@ -369,7 +413,7 @@ fn main() -> AnyResult<()> {
                 "  {name:<12} {:>9.0} samples/s (min {:.0}, max {:.0}){tag}",
                 s.median, s.min, s.max
             );
-            let key = if policy == WeightMirrors::None {
+            let key = if !on {
                 name.to_string()
             } else {
                 format!("{name}_mirrored")

@@ -9,7 +9,7 @@ use vae_wgpu::explore::{
     arithmetic_figure, class_figure, interpolation_figure, manifold_figure, write_scatter_png, Figure, LinearProbe,
 };
 use vae_wgpu::io::{read_safetensors, write_grid_png};
-use vae_wgpu::model::{GpuDataset, Vae, WeightMirrors};
+use vae_wgpu::model::{GpuDataset, Vae};
 use vae_wgpu::train::Evaluator;
 use vae_wgpu::{Gpu, Result, VaeError};
 
@@ -99,9 +99,7 @@ fn run(args: Args) -> Result<()> {
     let dataset = DatasetKind::parse(get("dataset").unwrap_or("mnist"))?;
     let binarize = get("binarize") == Some("dynamic");
     let gpu = Gpu::new()?;
-    let mut vae = Vae::load(&gpu, &args.checkpoint)?;
-    // Inference only: the weights stay fixed, so reading them through texture mirrors pays.
-    vae.set_weight_mirrors(&gpu, WeightMirrors::Auto)?;
+    let vae = Vae::load(&gpu, &args.checkpoint)?;
     let cfg = vae.config.clone();
     if cfg.input_dim != IMAGE_SIDE * IMAGE_SIDE {
         return Err(VaeError::Config(format!(

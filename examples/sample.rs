@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use vae_wgpu::data::IMAGE_SIDE;
 use vae_wgpu::io::write_grid_png;
-use vae_wgpu::model::{Vae, WeightMirrors};
+use vae_wgpu::model::Vae;
 use vae_wgpu::train::{decode_conditional, prior_samples};
 use vae_wgpu::{Gpu, Result, VaeError};
 
@@ -51,9 +51,7 @@ fn run() -> Result<()> {
     }
     let checkpoint = checkpoint.ok_or_else(|| VaeError::Config("--checkpoint FILE is required".into()))?;
     let gpu = Gpu::new()?;
-    let mut vae = Vae::load(&gpu, &checkpoint)?;
-    // Inference only: the weights stay fixed, so reading them through texture mirrors pays.
-    vae.set_weight_mirrors(&gpu, WeightMirrors::Auto)?;
+    let vae = Vae::load(&gpu, &checkpoint)?;
     if vae.config.input_dim != IMAGE_SIDE * IMAGE_SIDE {
         return Err(VaeError::Config(format!(
             "the model makes {} pixels, not 28×28 images",

@@ -36,10 +36,13 @@ override ACT: u32 = 0u;
 override DACT: u32 = 0u;
 // Workgroup size of the subgroup strategy: max(16, subgroup size).
 override SG_WG: u32 = 16u;
-// Subgroup strategy: B comes from b_tex, a read-only storage texture mirroring B row-major as
-// rgba32float (texel (n/4, k) = B[k, n..n+3]), instead of the buffer b. On lavapipe a texel
-// fetch is a vectorised gather, while every buffer load is a per-lane scalar loop.
+// Subgroup strategy: A (B) comes from a_tex (b_tex) instead of the buffer a (b). The texture is
+// a packed rgba32float copy of the matrix as stored: vec4 number i of the buffer is texel
+// (i % TEX_W, i / TEX_W). On lavapipe a texel fetch is a vectorised gather, while every buffer
+// load is a per-lane scalar loop.
+override A_TEXTURE: bool = false;
 override B_TEXTURE: bool = false;
+const TEX_W: u32 = 256u;
 
 @group(0) @binding(0) var<uniform> p: MatmulParams;
 @group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
@@ -49,6 +52,18 @@ override B_TEXTURE: bool = false;
 @group(0) @binding(5) var<storage, read_write> c: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read_write> colsum: array<vec4<f32>>;
 @group(0) @binding(7) var b_tex: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(8) var a_tex: texture_storage_2d<rgba32float, read>;
+
+// vec4 number i of A and of B as stored, from the buffer or its packed texture.
+fn a_vec(i: u32) -> vec4<f32> {
+    if (A_TEXTURE) { return textureLoad(a_tex, vec2<u32>(i % TEX_W, i / TEX_W)); }
+    return a[i];
+}
+
+fn b_vec(i: u32) -> vec4<f32> {
+    if (B_TEXTURE) { return textureLoad(b_tex, vec2<u32>(i % TEX_W, i / TEX_W)); }
+    return b[i];
+}
 
 // ---- scalar loads (any shape; zero outside the matrix) ----
 
@@ -185,45 +200,29 @@ fn a_unit(m0: u32, k: u32, u: u32) -> vec4<f32> {
         let kr = k + u / 8u;
         let m = m0 + (u % 8u) * 4u;
         if (kr >= p.k || m >= p.m) { return vec4<f32>(0.0); }
-        return a[(kr * p.m + m) / 4u];
+        return a_vec((kr * p.m + m) / 4u);
     }
     let m = m0 + u;
     if (m >= p.m) { return vec4<f32>(0.0); }
-    return a[(m * p.k + k) / 4u];
+    return a_vec((m * p.k + k) / 4u);
 }
 
 // op(B)[k..k+3, n..n+3] as a matrix whose column j is op(B)[k + j, n..n+3].
 fn b_block(k: u32, n: u32) -> mat4x4<f32> {
     if (n >= p.n) { return mat4x4<f32>(); }
-    if (B_TEXTURE) {
-        // The texture holds B as stored: [K, N] (texel (n/4, k)), or [N, K] when TRANS_B
-        // (texel (k/4, n)).
-        if (TRANS_B) {
-            let kq = k / 4u;
-            return transpose(mat4x4<f32>(textureLoad(b_tex, vec2<u32>(kq, n)), textureLoad(b_tex, vec2<u32>(kq, n + 1u)),
-                                         textureLoad(b_tex, vec2<u32>(kq, n + 2u)), textureLoad(b_tex, vec2<u32>(kq, n + 3u))));
-        }
-        let nq = n / 4u;
-        let last = p.k - 1u;
-        return mat4x4<f32>(
-            textureLoad(b_tex, vec2<u32>(nq, k)),
-            select(vec4<f32>(0.0), textureLoad(b_tex, vec2<u32>(nq, min(k + 1u, last))), k + 1u < p.k),
-            select(vec4<f32>(0.0), textureLoad(b_tex, vec2<u32>(nq, min(k + 2u, last))), k + 2u < p.k),
-            select(vec4<f32>(0.0), textureLoad(b_tex, vec2<u32>(nq, min(k + 3u, last))), k + 3u < p.k));
-    }
     if (TRANS_B) {
-        let r0 = b[(n * p.k + k) / 4u];
-        let r1 = b[((n + 1u) * p.k + k) / 4u];
-        let r2 = b[((n + 2u) * p.k + k) / 4u];
-        let r3 = b[((n + 3u) * p.k + k) / 4u];
+        let r0 = b_vec((n * p.k + k) / 4u);
+        let r1 = b_vec(((n + 1u) * p.k + k) / 4u);
+        let r2 = b_vec(((n + 2u) * p.k + k) / 4u);
+        let r3 = b_vec(((n + 3u) * p.k + k) / 4u);
         return transpose(mat4x4<f32>(r0, r1, r2, r3));
     }
     let nq = n / 4u;
     let stride = p.n / 4u;
-    let c0 = b[k * stride + nq];
-    let c1 = select(vec4<f32>(0.0), b[min(k + 1u, p.k - 1u) * stride + nq], k + 1u < p.k);
-    let c2 = select(vec4<f32>(0.0), b[min(k + 2u, p.k - 1u) * stride + nq], k + 2u < p.k);
-    let c3 = select(vec4<f32>(0.0), b[min(k + 3u, p.k - 1u) * stride + nq], k + 3u < p.k);
+    let c0 = b_vec(k * stride + nq);
+    let c1 = select(vec4<f32>(0.0), b_vec(min(k + 1u, p.k - 1u) * stride + nq), k + 1u < p.k);
+    let c2 = select(vec4<f32>(0.0), b_vec(min(k + 2u, p.k - 1u) * stride + nq), k + 2u < p.k);
+    let c3 = select(vec4<f32>(0.0), b_vec(min(k + 3u, p.k - 1u) * stride + nq), k + 3u < p.k);
     return mat4x4<f32>(c0, c1, c2, c3);
 }
 

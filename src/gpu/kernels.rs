@@ -21,12 +21,11 @@ pub enum Shader {
     Loss,
     Adam,
     Gather,
-    Mirror,
 }
 
 impl Shader {
     /// Every kernel family, for validation and warm-up.
-    pub const ALL: [Shader; 8] = [
+    pub const ALL: [Shader; 7] = [
         Shader::Matmul,
         Shader::Activation,
         Shader::Reduce,
@@ -34,7 +33,6 @@ impl Shader {
         Shader::Loss,
         Shader::Adam,
         Shader::Gather,
-        Shader::Mirror,
     ];
 
     /// File name under `shaders/`.
@@ -47,7 +45,6 @@ impl Shader {
             Shader::Loss => "loss.wgsl",
             Shader::Adam => "adam.wgsl",
             Shader::Gather => "gather.wgsl",
-            Shader::Mirror => "mirror.wgsl",
         }
     }
 
@@ -61,7 +58,6 @@ impl Shader {
             Shader::Loss => (&[], include_str!("../../shaders/loss.wgsl")),
             Shader::Adam => (&[STEP], include_str!("../../shaders/adam.wgsl")),
             Shader::Gather => (&[STEP, RNG], include_str!("../../shaders/gather.wgsl")),
-            Shader::Mirror => (&[], include_str!("../../shaders/mirror.wgsl")),
         };
         // Kernel development: VAE_WGPU_SHADER_DIR points at a directory of edited WGSL files,
         // read at run time so a change needs no rebuild. Files missing there use the built-in copy.

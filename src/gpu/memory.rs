@@ -88,6 +88,10 @@ impl GpuTexture {
     pub fn view(&self) -> &wgpu::TextureView {
         &self.view
     }
+    /// The texture itself, for copies.
+    pub fn raw(&self) -> &wgpu::Texture {
+        &self.raw
+    }
     /// Width and height in texels.
     pub fn size(&self) -> (u32, u32) {
         (self.raw.width(), self.raw.height())
@@ -232,7 +236,7 @@ impl DeviceMemory {
             sample_count: 1,
             dimension: wgpu::TextureDimension::D2,
             format: wgpu::TextureFormat::Rgba32Float,
-            usage: wgpu::TextureUsages::STORAGE_BINDING,
+            usage: wgpu::TextureUsages::STORAGE_BINDING.union(wgpu::TextureUsages::COPY_DST),
             view_formats: &[],
         });
         let view = raw.create_view(&Default::default());

@@ -25,29 +25,71 @@ pub const TENSOR_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::COPY_DST)
     .union(wgpu::BufferUsages::COPY_SRC);
 
-/// One recorded kernel launch: pipeline, bound buffers and grid, planned once.
+/// One planned unit of GPU work in a step's list: a kernel launch (pipeline, bound buffers and
+/// grid, planned once) or the copy of a tensor into its texture mirror. A copy is a transfer,
+/// so [`Gpu::record`] ends the compute pass before it and starts a new one after it.
 pub struct Dispatch {
     /// Name shown in profiles, e.g. `fc1.forward`.
     pub label: String,
-    pipeline: wgpu::ComputePipeline,
-    bind_group: wgpu::BindGroup,
-    /// Workgroup counts.
+    work: Work,
+    /// Workgroup counts (zero for a copy).
     pub workgroups: [u32; 3],
     /// Floating point operations of one launch (for GFLOP/s reports).
     pub flops: f64,
     /// Bytes read and written by one launch, counted once (for GB/s reports).
     pub bytes: f64,
-    // Keeps the dispatch's own uniform alive as long as the bind group refers to it.
-    _uniform: Option<Arc<GpuBuffer>>,
+}
+
+enum Work {
+    Kernel {
+        pipeline: wgpu::ComputePipeline,
+        bind_group: wgpu::BindGroup,
+        // Keeps the dispatch's own uniform alive as long as the bind group refers to it.
+        _uniform: Option<Arc<GpuBuffer>>,
+    },
+    MirrorCopy {
+        src: Tensor,
+        dst: Arc<GpuTexture>,
+    },
 }
 
 impl Dispatch {
-    /// Records this launch into a compute pass.
+    /// The copy of `src` into its mirror `dst` (see [`crate::ops::refresh_mirror`]).
+    pub(crate) fn mirror_copy(label: String, src: Tensor, dst: Arc<GpuTexture>) -> Self {
+        let bytes = 2.0 * src.bytes() as f64;
+        Dispatch {
+            label,
+            work: Work::MirrorCopy { src, dst },
+            workgroups: [0; 3],
+            flops: 0.0,
+            bytes,
+        }
+    }
+
+    /// True for a copy into a texture mirror, which must be recorded outside compute passes
+    /// with [`Dispatch::record_copy`].
+    pub fn is_copy(&self) -> bool {
+        matches!(self.work, Work::MirrorCopy { .. })
+    }
+
+    /// Records this kernel launch into a compute pass (a copy records nothing here).
     pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
-        pass.set_pipeline(&self.pipeline);
-        pass.set_bind_group(0, &self.bind_group, &[]);
-        let [x, y, z] = self.workgroups;
-        pass.dispatch_workgroups(x, y, z);
+        if let Work::Kernel {
+            pipeline, bind_group, ..
+        } = &self.work
+        {
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, bind_group, &[]);
+            let [x, y, z] = self.workgroups;
+            pass.dispatch_workgroups(x, y, z);
+        }
+    }
+
+    /// Records this copy into `encoder`, outside any pass (a kernel records nothing here).
+    pub fn record_copy(&self, encoder: &mut wgpu::CommandEncoder) {
+        if let Work::MirrorCopy { src, dst } = &self.work {
+            crate::ops::mirror::copy_to_mirror(encoder, src, dst);
+        }
     }
 }
 
@@ -56,7 +98,12 @@ impl Dispatch {
 pub struct TrafficStats {
     pub submits: u64,
     pub readbacks: u64,
+    /// Kernel launches.
     pub dispatches: u64,
+    /// Compute passes.
+    pub passes: u64,
+    /// Copies into texture mirrors.
+    pub copies: u64,
 }
 
 /// The runtime: device, memory ledger, kernels. Everything else borrows it.
@@ -71,6 +118,8 @@ pub struct Gpu {
     submits: AtomicU64,
     readbacks: AtomicU64,
     dispatches: AtomicU64,
+    passes: AtomicU64,
+    copies: AtomicU64,
 }
 
 impl Gpu {
@@ -100,6 +149,8 @@ impl Gpu {
             submits: AtomicU64::new(0),
             readbacks: AtomicU64::new(0),
             dispatches: AtomicU64::new(0),
+            passes: AtomicU64::new(0),
+            copies: AtomicU64::new(0),
         })
     }
 
@@ -114,6 +165,8 @@ impl Gpu {
             submits: self.submits.load(Ordering::Relaxed),
             readbacks: self.readbacks.load(Ordering::Relaxed),
             dispatches: self.dispatches.load(Ordering::Relaxed),
+            passes: self.passes.load(Ordering::Relaxed),
+            copies: self.copies.load(Ordering::Relaxed),
         }
     }
 
@@ -308,25 +361,41 @@ impl Gpu {
         }
         Ok(Dispatch {
             label,
-            pipeline,
-            bind_group,
+            work: Work::Kernel {
+                pipeline,
+                bind_group,
+                _uniform: uniform,
+            },
             workgroups,
             flops,
             bytes,
-            _uniform: uniform,
         })
     }
 
-    /// Records `dispatches` into one compute pass of `encoder`.
+    /// Records `dispatches` into `encoder`: runs of kernel launches share one compute pass,
+    /// and each mirror copy sits between two passes.
     pub fn record(&self, encoder: &mut wgpu::CommandEncoder, dispatches: &[&Dispatch]) {
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("vae-wgpu"),
-            timestamp_writes: None,
-        });
-        for d in dispatches {
-            d.record(&mut pass);
+        let mut rest = dispatches;
+        while !rest.is_empty() {
+            let run = rest.iter().take_while(|d| !d.is_copy()).count();
+            if run > 0 {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("vae-wgpu"),
+                    timestamp_writes: None,
+                });
+                for d in &rest[..run] {
+                    d.record(&mut pass);
+                }
+                self.passes.fetch_add(1, Ordering::Relaxed);
+                self.dispatches.fetch_add(run as u64, Ordering::Relaxed);
+            }
+            let copies = rest[run..].iter().take_while(|d| d.is_copy()).count();
+            for d in &rest[run..run + copies] {
+                d.record_copy(encoder);
+            }
+            self.copies.fetch_add(copies as u64, Ordering::Relaxed);
+            rest = &rest[run + copies..];
         }
-        self.dispatches.fetch_add(dispatches.len() as u64, Ordering::Relaxed);
     }
 
     /// Submits finished command buffers (counted for the step-structure checks).

@@ -2,15 +2,20 @@
 
 use std::sync::Arc;
 
-use crate::gpu::memory::GpuBuffer;
+use crate::gpu::memory::{GpuBuffer, GpuTexture};
 
 /// An f32 (or u32-word) tensor living in a device buffer. Several tensors may view one buffer
 /// (the parameter arena); views start at offsets aligned for storage binding.
+///
+/// A tensor may carry a texture mirror (see [`crate::ops::mirror`]): a packed copy that the
+/// subgroup matmul reads instead of the buffer. Whoever writes the tensor also plans the copy
+/// into its mirror ([`crate::ops::refresh_mirror`]), so a mirror is current wherever it is read.
 #[derive(Clone)]
 pub struct Tensor {
     buf: Arc<GpuBuffer>,
     offset: u64,
     shape: Vec<usize>,
+    mirror: Option<Arc<GpuTexture>>,
 }
 
 impl Tensor {
@@ -20,7 +25,17 @@ impl Tensor {
             buf,
             offset,
             shape: shape.to_vec(),
+            mirror: None,
         }
+    }
+    /// The same view with a texture mirror (or without one).
+    pub fn with_mirror(mut self, mirror: Option<Arc<GpuTexture>>) -> Self {
+        self.mirror = mirror;
+        self
+    }
+    /// The texture mirror, if the tensor has one.
+    pub fn mirror(&self) -> Option<&Arc<GpuTexture>> {
+        self.mirror.as_ref()
     }
     /// The dimensions, outermost first.
     pub fn shape(&self) -> &[usize] {
@@ -60,13 +75,15 @@ impl Tensor {
             size: std::num::NonZeroU64::new(size),
         })
     }
-    /// Same tensor with another shape of the same element count... or fewer (a prefix view).
+    /// Same tensor with another shape of the same element count, or fewer (a prefix view). The
+    /// mirror stays: its layout is the buffer's, so its first texels mirror the prefix.
     pub fn reshape_prefix(&self, shape: &[usize]) -> Self {
         debug_assert!(shape.iter().product::<usize>() <= self.len());
         Tensor {
             buf: self.buf.clone(),
             offset: self.offset,
             shape: shape.to_vec(),
+            mirror: self.mirror.clone(),
         }
     }
 }

@@ -6,4 +6,4 @@ pub mod vae;
 
 pub use config::{likelihood_name, parse_hidden, parse_likelihood, parse_variance, VaeConfig};
 pub use plan::{plan_inputs, plan_step, BatchSource, GpuDataset, Workspace, METRIC_SLOTS, SLOT_KL, SLOT_RECON};
-pub use vae::{Vae, WeightMirrors, MIRROR_MIN_WEIGHTS};
+pub use vae::{TextureMirrors, Vae, MIRROR_MIN_WEIGHTS};

@@ -3,7 +3,7 @@
 
 use crate::error::Result;
 use crate::gpu::{Dispatch, Gpu, Tensor};
-use crate::model::vae::Vae;
+use crate::model::vae::{TextureMirrors, Vae};
 use crate::nn::{Layer, PARAM_ALIGN};
 use crate::ops::{self, Activation, AdamConfig, Segment, StepBuffer};
 
@@ -101,16 +101,22 @@ impl Workspace {
         let cfg = &vae.config;
         let r = samples * batch;
         let t = |name: &str, shape: &[usize]| gpu.tensor(name, shape);
+        // The operands of the large products get texture mirrors when the model's policy asks.
+        let mirror = !matches!(vae.texture_mirrors(), TextureMirrors::None);
+        let tm = |name: &str, shape: &[usize]| {
+            let whole = shape.iter().product::<usize>() % 4 == 0;
+            ops::mirrored(gpu, name, gpu.tensor(name, shape)?, mirror && whole)
+        };
         let enc_hidden = cfg
             .hidden
             .iter()
-            .map(|&h| t("enc_hidden", &[batch, h]))
+            .map(|&h| tm("enc_hidden", &[batch, h]))
             .collect::<Result<Vec<_>>>()?;
         let dec_hidden = cfg
             .hidden
             .iter()
             .rev()
-            .map(|&h| t("dec_hidden", &[r, h]))
+            .map(|&h| tm("dec_hidden", &[r, h]))
             .collect::<Result<Vec<_>>>()?;
         let kl_offset = r.div_ceil(PARAM_ALIGN) * PARAM_ALIGN;
         let grads = if train {
@@ -119,14 +125,14 @@ impl Workspace {
                     .hidden
                     .iter()
                     .rev()
-                    .map(|&h| t("d_dec_hidden", &[r, h]))
+                    .map(|&h| tm("d_dec_hidden", &[r, h]))
                     .collect::<Result<Vec<_>>>()?,
                 z: t("d_z", &[r, cfg.dec_input_dim()])?,
                 enc: t("d_enc", &[batch, 2 * cfg.latent])?,
                 enc_hidden: cfg
                     .hidden
                     .iter()
-                    .map(|&h| t("d_enc_hidden", &[batch, h]))
+                    .map(|&h| tm("d_enc_hidden", &[batch, h]))
                     .collect::<Result<Vec<_>>>()?,
             })
         } else {
@@ -135,14 +141,18 @@ impl Workspace {
         Ok(Workspace {
             batch,
             samples,
-            x: t("x", &[batch, cfg.enc_input_dim()])?,
+            x: tm("x", &[batch, cfg.enc_input_dim()])?,
             enc_hidden,
             enc: t("enc", &[batch, 2 * cfg.latent])?,
             z: t("z", &[r, cfg.dec_input_dim()])?,
             dec_hidden,
             out: t("out", &[r, cfg.input_dim])?,
             // The loss always writes its gradient (evaluation simply ignores it).
-            d_out: t("d_out", &[r, cfg.input_dim])?,
+            d_out: if train {
+                tm("d_out", &[r, cfg.input_dim])?
+            } else {
+                t("d_out", &[r, cfg.input_dim])?
+            },
             per_example: t("per_example", &[kl_offset + batch * cfg.latent])?,
             kl_offset,
             log_ratio: if log_ratio {
@@ -158,8 +168,17 @@ impl Workspace {
         })
     }
 
-    /// Device bytes of every tensor in the workspace.
+    /// Device bytes of every tensor in the workspace (buffers; see [`Workspace::mirror_bytes`]).
     pub fn bytes(&self) -> u64 {
+        self.tensors().iter().map(|t| t.buffer().bytes()).sum()
+    }
+
+    /// Device bytes of the workspace's texture mirrors.
+    pub fn mirror_bytes(&self) -> u64 {
+        self.tensors().iter().filter_map(|t| t.mirror()).map(|m| m.bytes()).sum()
+    }
+
+    fn tensors(&self) -> Vec<&Tensor> {
         let mut all: Vec<&Tensor> = vec![&self.x, &self.enc, &self.z, &self.out, &self.d_out, &self.per_example];
         all.extend(self.enc_hidden.iter().chain(&self.dec_hidden));
         all.extend(self.log_ratio.iter().chain(self.dlc.iter()));
@@ -167,7 +186,7 @@ impl Workspace {
             all.extend([&g.z, &g.enc]);
             all.extend(g.dec_hidden.iter().chain(&g.enc_hidden));
         }
-        all.iter().map(|t| t.buffer().bytes()).sum()
+        all
     }
 
     /// Per-draw NLL for the first `b` examples.
@@ -232,6 +251,7 @@ pub fn plan_inputs(
             vae.config.latent,
         )?);
     }
+    d.extend(ops::refresh_mirror("x", &x));
     Ok(d)
 }
 
@@ -299,6 +319,9 @@ pub fn plan_step(
         &grad_out,
         learned.as_ref(),
     )?);
+    if adam.is_some() {
+        d.extend(ops::refresh_mirror("loss", &grad_out));
+    }
 
     if let (Some(g), Some(_)) = (&ws.grads, adam) {
         // The learned log-variance's gradient, reduced from the loss's per-element terms.
@@ -406,10 +429,8 @@ pub fn plan_step(
     if let Some(adam) = adam {
         let a = &vae.arena;
         d.push(ops::adam(gpu, "adam", adam, step, &a.params, &a.grads, &a.m, &a.v)?);
-        // Copies derived from the parameters (weight texture mirrors) follow the update.
-        for l in vae.layers() {
-            d.extend(l.after_update(gpu, a)?);
-        }
+        // The weights' texture mirrors follow the update.
+        d.extend(a.refresh_mirrors());
     }
     Ok(d)
 }

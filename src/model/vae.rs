@@ -9,35 +9,34 @@ use crate::model::config::VaeConfig;
 use crate::nn::{ArenaLayout, Layer, Linear, ParamArena};
 use crate::ops::Activation;
 
-/// Which weights get a texture mirror that the subgroup matmul reads B from (see
-/// [`crate::ops::mirror`]). Mirrors only exist where the subgroup strategy is chosen. They pay
-/// off where weights stay fixed (evaluation, inference: about +23 % on lavapipe); in training
-/// the refresh after every optimizer step costs what the faster matmuls save, so
-/// [`Vae::new`] creates none unless `VAE_WGPU_WEIGHT_TEXTURES` asks for them.
+/// Which tensors get a texture mirror that the subgroup matmul reads instead of the buffer
+/// (see [`crate::ops::mirror`]). Mirrors only exist where the subgroup strategy is chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WeightMirrors {
-    /// Weights of at least [`MIRROR_MIN_WEIGHTS`] values.
+pub enum TextureMirrors {
+    /// The operands of the large products: weights of at least [`MIRROR_MIN_WEIGHTS`] values,
+    /// and in every workspace the input, the hidden activations, their gradients and the
+    /// output gradient.
     Auto,
-    /// Every weight whose width is a whole number of texels.
+    /// As `Auto`, and every weight whose size is a whole number of texels.
     All,
-    /// No mirrors: every matmul reads W from the arena buffer.
+    /// No mirrors: every matmul reads buffers.
     None,
 }
 
-/// Under [`WeightMirrors::Auto`], the smallest weight that gets a mirror: below it the copy
+/// Under [`TextureMirrors::Auto`], the smallest weight that gets a mirror: below it the copy
 /// after each step costs about what the texel fetches save.
 pub const MIRROR_MIN_WEIGHTS: usize = 65_536;
 
-impl WeightMirrors {
-    /// `VAE_WGPU_WEIGHT_TEXTURES` = auto | all | none; none when unset.
-    pub fn from_env() -> Result<Self> {
-        match std::env::var("VAE_WGPU_WEIGHT_TEXTURES").as_deref() {
-            Ok("auto") => Ok(WeightMirrors::Auto),
-            Err(_) => Ok(WeightMirrors::None),
-            Ok("all") => Ok(WeightMirrors::All),
-            Ok("none") => Ok(WeightMirrors::None),
+impl TextureMirrors {
+    /// `VAE_WGPU_TEXTURES` = auto | all | none; `default` when unset.
+    pub fn from_env(default: TextureMirrors) -> Result<Self> {
+        match std::env::var("VAE_WGPU_TEXTURES").as_deref() {
+            Err(_) => Ok(default),
+            Ok("auto") => Ok(TextureMirrors::Auto),
+            Ok("all") => Ok(TextureMirrors::All),
+            Ok("none") => Ok(TextureMirrors::None),
             Ok(v) => Err(VaeError::Config(format!(
-                "VAE_WGPU_WEIGHT_TEXTURES={v:?}; expected auto, all or none"
+                "VAE_WGPU_TEXTURES={v:?}; expected auto, all or none"
             ))),
         }
     }
@@ -60,6 +59,9 @@ pub struct Vae {
     /// Arena slot of the learned log-variance (Gaussian decoders with a learned variance).
     pub log_c: Option<usize>,
     pub arena: ParamArena,
+    /// Texture mirrors of the weights, and of the activations of workspaces built from now on
+    /// (none unless the subgroup strategy is chosen).
+    mirrors: TextureMirrors,
 }
 
 type Layers = (ArenaLayout, Vec<Linear>, Linear, Vec<Linear>, Linear, Option<usize>);
@@ -120,60 +122,46 @@ impl Vae {
             out,
             log_c,
             arena,
+            mirrors: TextureMirrors::None,
         };
-        vae.set_weight_mirrors(gpu, WeightMirrors::from_env()?)?;
+        vae.set_texture_mirrors(gpu, TextureMirrors::from_env(TextureMirrors::Auto)?)?;
         Ok(vae)
     }
 
-    /// Creates (or drops) the weights' texture mirrors by `policy` and fills them. Training
-    /// keeps them current (each layer's `after_update` runs after the optimizer); after writing
-    /// parameters any other way, call [`Vae::sync_mirrors`].
-    pub fn set_weight_mirrors(&mut self, gpu: &Gpu, policy: WeightMirrors) -> Result<()> {
+    /// Creates (or drops) the weights' texture mirrors by `policy` and fills them; workspaces
+    /// built from now on follow the same policy. Training keeps the mirrors current; after
+    /// writing parameters other than through [`ParamArena::write_params`], call
+    /// [`ParamArena::sync_mirrors`].
+    pub fn set_texture_mirrors(&mut self, gpu: &Gpu, policy: TextureMirrors) -> Result<()> {
         let subgroup = crate::ops::MatmulStrategy::preferred(gpu)? == crate::ops::MatmulStrategy::Subgroup;
-        let arena = &self.arena;
-        for l in self
-            .encoder
-            .iter_mut()
-            .chain([&mut self.head])
-            .chain(self.decoder.iter_mut())
-            .chain([&mut self.out])
-        {
-            let size = l.in_features * l.out_features;
-            let wanted = subgroup
-                && l.out_features % 4 == 0
-                && match policy {
-                    WeightMirrors::Auto => size >= MIRROR_MIN_WEIGHTS,
-                    WeightMirrors::All => true,
-                    WeightMirrors::None => false,
-                };
-            l.w_mirror = if wanted {
-                Some(crate::ops::mirror_texture(
-                    gpu,
-                    &format!("{}.weight.mirror", l.name),
-                    &arena.param(l.w),
-                )?)
-            } else {
-                None
-            };
+        self.mirrors = if subgroup { policy } else { TextureMirrors::None };
+        let wanted: Vec<(usize, bool)> = self
+            .layers()
+            .map(|l| {
+                let size = l.in_features * l.out_features;
+                let on = size % 4 == 0
+                    && match self.mirrors {
+                        TextureMirrors::Auto => size >= MIRROR_MIN_WEIGHTS,
+                        TextureMirrors::All => true,
+                        TextureMirrors::None => false,
+                    };
+                (l.w, on)
+            })
+            .collect();
+        for (slot, on) in wanted {
+            self.arena.set_mirror(gpu, slot, on)?;
         }
-        self.sync_mirrors(gpu)
+        Ok(())
     }
 
-    /// Refreshes every weight mirror from the arena (after parameters were written directly).
-    pub fn sync_mirrors(&self, gpu: &Gpu) -> Result<()> {
-        let mut d = Vec::new();
-        for l in self.layers() {
-            d.extend(l.after_update(gpu, &self.arena)?);
-        }
-        if d.is_empty() {
-            return Ok(());
-        }
-        gpu.run(&d.iter().collect::<Vec<_>>())
+    /// The texture-mirror policy of this model (None where the subgroup strategy is not used).
+    pub fn texture_mirrors(&self) -> TextureMirrors {
+        self.mirrors
     }
 
     /// Number of weights with a texture mirror.
     pub fn mirrored_weights(&self) -> usize {
-        self.layers().filter(|l| l.w_mirror.is_some()).count()
+        self.arena.mirrored()
     }
 
     /// Every layer in forward order.
@@ -334,8 +322,7 @@ impl Vae {
             let t = find(LOG_C_KEY, &[values[slot].len()])?;
             values[slot].copy_from_slice(&t.data);
         }
-        self.arena.write_params(gpu, &values)?;
-        self.sync_mirrors(gpu)
+        self.arena.write_params(gpu, &values)
     }
 
     fn checkpoint_tensors_shapes(&self) -> Vec<(String, Vec<usize>)> {

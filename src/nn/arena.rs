@@ -2,7 +2,10 @@
 //! two moments in three more buffers of the same layout, so the optimizer is one dispatch.
 
 use crate::error::{Result, VaeError};
-use crate::gpu::{Gpu, Tensor};
+use std::sync::Arc;
+
+use crate::gpu::{Dispatch, Gpu, GpuTexture, Tensor};
+use crate::ops;
 
 /// Parameters start on 64-float (256-byte) boundaries: storage bindings need that offset
 /// alignment on most adapters, and vec4 kernels need the 16-byte part of it.
@@ -73,6 +76,8 @@ pub struct ParamArena {
     pub grads: Tensor,
     pub m: Tensor,
     pub v: Tensor,
+    /// Texture mirrors of parameters, by slot (see [`crate::ops::mirror`]).
+    mirrors: Vec<Option<Arc<GpuTexture>>>,
 }
 
 impl ParamArena {
@@ -92,6 +97,7 @@ impl ParamArena {
             grads: gpu.upload("arena.grads", &[n], &zeros)?,
             m: gpu.upload("arena.adam_m", &[n], &zeros)?,
             v: gpu.upload("arena.adam_v", &[n], &zeros)?,
+            mirrors: vec![None; layout.slots.len()],
             layout,
         })
     }
@@ -100,9 +106,44 @@ impl ParamArena {
         let s = &self.layout.slots[slot];
         Tensor::view(t.buffer().clone(), t.offset() + 4 * s.offset as u64, &s.shape)
     }
-    /// The parameter tensor of a slot.
+    /// The parameter tensor of a slot, with its texture mirror if it has one.
     pub fn param(&self, slot: usize) -> Tensor {
-        self.view(&self.params, slot)
+        self.view(&self.params, slot).with_mirror(self.mirrors[slot].clone())
+    }
+
+    /// Gives a slot's parameter a texture mirror (or drops it) and fills it.
+    pub fn set_mirror(&mut self, gpu: &Gpu, slot: usize, wanted: bool) -> Result<()> {
+        let name = self.layout.slots[slot].name.clone();
+        self.mirrors[slot] = ops::mirrored(gpu, &name, self.view(&self.params, slot), wanted)?
+            .mirror()
+            .cloned();
+        self.sync_mirrors(gpu)
+    }
+
+    /// Device bytes of the parameters' texture mirrors.
+    pub fn mirror_bytes(&self) -> u64 {
+        self.mirrors.iter().flatten().map(|m| m.bytes()).sum()
+    }
+
+    /// Number of parameters with a texture mirror.
+    pub fn mirrored(&self) -> usize {
+        self.mirrors.iter().flatten().count()
+    }
+
+    /// The copies that bring every mirror up to date; planned after each optimizer step.
+    pub fn refresh_mirrors(&self) -> Vec<Dispatch> {
+        (0..self.mirrors.len())
+            .filter_map(|slot| ops::refresh_mirror(&self.layout.slots[slot].name, &self.param(slot)))
+            .collect()
+    }
+
+    /// Brings every mirror up to date now (after parameters were written from the host).
+    pub fn sync_mirrors(&self, gpu: &Gpu) -> Result<()> {
+        let copies = self.refresh_mirrors();
+        if copies.is_empty() {
+            return Ok(());
+        }
+        gpu.run(&copies.iter().collect::<Vec<_>>())
     }
     /// The gradient tensor of a slot.
     pub fn grad(&self, slot: usize) -> Tensor {
@@ -129,9 +170,10 @@ impl ParamArena {
             .collect())
     }
 
-    /// Replaces all parameters (one vector per slot, in slot order).
+    /// Replaces all parameters (one vector per slot, in slot order) and their mirrors.
     pub fn write_params(&self, gpu: &Gpu, values: &[Vec<f32>]) -> Result<()> {
-        gpu.write(&self.params, &self.flatten(values)?)
+        gpu.write(&self.params, &self.flatten(values)?)?;
+        self.sync_mirrors(gpu)
     }
 
     /// One arena-length vector from per-slot values (padding zero).

@@ -1,9 +1,7 @@
 //! A dense layer y = act(x·W + b) and the [`Layer`] contract every layer type meets.
 
 use crate::error::Result;
-use std::sync::Arc;
-
-use crate::gpu::{Dispatch, Gpu, GpuTexture, Tensor};
+use crate::gpu::{Dispatch, Gpu, Tensor};
 use crate::nn::arena::{ArenaLayout, ParamArena};
 use crate::ops::{self, Activation, Epilogue};
 
@@ -22,14 +20,11 @@ pub trait Layer {
     fn activation(&self) -> Activation;
     /// Fills this layer's slots of `values` (one vector per arena slot) with initial values.
     fn init(&self, rng: &mut rand_pcg::Pcg64Mcg, values: &mut [Vec<f32>]);
-    /// Plans what must follow every change of the parameters (an optimizer step, a load):
-    /// refreshing derived copies such as a weight's texture mirror. Nothing by default.
-    fn after_update(&self, _gpu: &Gpu, _arena: &ParamArena) -> Result<Vec<Dispatch>> {
-        Ok(Vec::new())
-    }
-    /// Plans y = layer(x) for x [R, in] and y [R, out].
+    /// Plans y = layer(x) for x [R, in] and y [R, out], and the refresh of y's texture mirror
+    /// if it has one.
     fn forward(&self, gpu: &Gpu, arena: &ParamArena, x: &Tensor, y: &Tensor) -> Result<Vec<Dispatch>>;
-    /// Plans the parameter gradients (overwritten) and, if `dx` is given, the input gradient.
+    /// Plans the parameter gradients (overwritten) and, if `dx` is given, the input gradient
+    /// (and the refresh of its mirror).
     #[allow(clippy::too_many_arguments)]
     fn backward(
         &self,
@@ -56,9 +51,6 @@ pub struct Linear {
     pub w: usize,
     /// Arena slot of b [out].
     pub b: usize,
-    /// A texture copy of W that the subgroup matmul reads B from (forward and input gradient),
-    /// refreshed by [`Layer::after_update`]; see [`crate::ops::mirror`].
-    pub w_mirror: Option<Arc<GpuTexture>>,
 }
 
 impl Linear {
@@ -73,7 +65,6 @@ impl Linear {
             act,
             w,
             b,
-            w_mirror: None,
         }
     }
 }
@@ -110,30 +101,10 @@ impl Layer for Linear {
             leaky_slope: LEAKY_SLOPE,
             ..Default::default()
         };
-        Ok(vec![ops::matmul_with_b_mirror(
-            gpu,
-            &format!("{}.forward", self.name),
-            x,
-            false,
-            &w,
-            false,
-            self.w_mirror.as_deref(),
-            y,
-            &epi,
-            None,
-        )?])
-    }
-
-    fn after_update(&self, gpu: &Gpu, arena: &ParamArena) -> Result<Vec<Dispatch>> {
-        match &self.w_mirror {
-            Some(t) => Ok(vec![ops::mirror(
-                gpu,
-                &format!("{}.mirror", self.name),
-                &arena.param(self.w),
-                t,
-            )?]),
-            None => Ok(Vec::new()),
-        }
+        let label = format!("{}.forward", self.name);
+        let mut out = vec![ops::matmul(gpu, &label, x, false, &w, false, y, &epi, None)?];
+        out.extend(ops::refresh_mirror(&label, y));
+        Ok(out)
     }
 
     fn backward(
@@ -169,18 +140,9 @@ impl Layer for Linear {
                 leaky_slope: LEAKY_SLOPE,
                 ..Default::default()
             };
-            out.push(ops::matmul_with_b_mirror(
-                gpu,
-                &format!("{}.dgrad", self.name),
-                dy,
-                false,
-                &w,
-                true,
-                self.w_mirror.as_deref(),
-                dx,
-                &epi,
-                None,
-            )?);
+            let label = format!("{}.dgrad", self.name);
+            out.push(ops::matmul(gpu, &label, dy, false, &w, true, dx, &epi, None)?);
+            out.extend(ops::refresh_mirror(&label, dx));
         }
         Ok(out)
     }

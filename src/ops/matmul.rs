@@ -2,7 +2,7 @@
 
 use crate::error::{Result, VaeError};
 use crate::gpu::kernels::layout::{storage, storage_texture, uniform};
-use crate::gpu::{Dispatch, Gpu, GpuTexture, Shader, Tensor};
+use crate::gpu::{Dispatch, Gpu, Shader, Tensor};
 use crate::ops::activation::Activation;
 
 /// How the matmul tiles its work. All strategies compute the same result (up to f32 summation
@@ -117,6 +117,7 @@ fn layout(subgroup: bool) -> Vec<wgpu::BindGroupLayoutEntry> {
     ];
     if subgroup {
         l.push(storage_texture(7, true)); // b_tex
+        l.push(storage_texture(8, true)); // a_tex
     }
     l
 }
@@ -129,7 +130,9 @@ fn dims2(t: &Tensor, what: &str) -> Result<(usize, usize)> {
 }
 
 /// Plans C = epilogue(op(A)·op(B)) with op(X) = Xᵀ where `trans_*`. `strategy` None picks the
-/// adapter's preferred one, falling back to naive where the shape does not suit it.
+/// adapter's preferred one, falling back to naive where the shape does not suit it. The
+/// subgroup strategy reads A and B from their texture mirrors where they have one (see
+/// [`crate::ops::mirror`]); the caller keeps the mirrors current.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(
     gpu: &Gpu,
@@ -138,25 +141,6 @@ pub fn matmul(
     trans_a: bool,
     b: &Tensor,
     trans_b: bool,
-    c: &Tensor,
-    epi: &Epilogue<'_>,
-    strategy: Option<MatmulStrategy>,
-) -> Result<Dispatch> {
-    matmul_with_b_mirror(gpu, label, a, trans_a, b, trans_b, None, c, epi, strategy)
-}
-
-/// [`matmul`] where B also has a texture mirror (see [`crate::ops::mirror`]): the subgroup
-/// strategy then reads B from the texture, which must hold B as stored (`b`'s rows × cols/4
-/// texels) and be current. Other strategies ignore the mirror.
-#[allow(clippy::too_many_arguments)]
-pub fn matmul_with_b_mirror(
-    gpu: &Gpu,
-    label: &str,
-    a: &Tensor,
-    trans_a: bool,
-    b: &Tensor,
-    trans_b: bool,
-    b_mirror: Option<&GpuTexture>,
     c: &Tensor,
     epi: &Epilogue<'_>,
     strategy: Option<MatmulStrategy>,
@@ -232,16 +216,12 @@ pub fn matmul_with_b_mirror(
         ("ACT", epi.act.code() as f64),
         ("DACT", epi.dact.map(|(act, _)| act.code()).unwrap_or(0) as f64),
     ];
-    let use_mirror = strategy == MatmulStrategy::Subgroup && b_mirror.is_some();
-    if let (true, Some(t)) = (use_mirror, b_mirror) {
-        let (br, bc) = dims2(b, "B")?;
-        if t.size() != ((bc / 4) as u32, br as u32) || bc % 4 != 0 {
-            return Err(VaeError::Shape(format!(
-                "{label}: B {:?} needs a mirror of {}×{br} texels, got {:?}",
-                b.shape(),
-                bc / 4,
-                t.size()
-            )));
+    let subgroup = strategy == MatmulStrategy::Subgroup;
+    let a_tex = if subgroup { a.mirror().map(|t| &**t) } else { None };
+    let b_tex = if subgroup { b.mirror().map(|t| &**t) } else { None };
+    for (what, t, tex) in [("A", a, a_tex), ("B", b, b_tex)] {
+        if let Some(tex) = tex {
+            crate::ops::mirror::check_mirror(&format!("{label}: {what}"), t, tex)?;
         }
     }
     let (entry, workgroups) = match strategy {
@@ -250,14 +230,14 @@ pub fn matmul_with_b_mirror(
         MatmulStrategy::Subgroup => {
             let wg = sg.max(16) as usize;
             constants.push(("SG_WG", wg as f64));
-            constants.push(("B_TEXTURE", flag(use_mirror)));
+            constants.push(("A_TEXTURE", flag(a_tex.is_some())));
+            constants.push(("B_TEXTURE", flag(b_tex.is_some())));
             (
                 "matmul_subgroup",
                 [(n / 4).div_ceil(wg) as u32, m.div_ceil(32) as u32, 1],
             )
         }
     };
-    let subgroup = strategy == MatmulStrategy::Subgroup;
     let pipeline = gpu
         .kernels
         .pipeline(Shader::Matmul, entry, &constants, &layout(subgroup))?;
@@ -279,15 +259,17 @@ pub fn matmul_with_b_mirror(
         epi.colsum.unwrap_or(gpu.dummy_write()).binding(),
     ];
     if subgroup {
-        let tex = if use_mirror { b_mirror } else { None }.unwrap_or(gpu.dummy_texture());
-        resources.push(wgpu::BindingResource::TextureView(tex.view()));
+        for tex in [b_tex, a_tex] {
+            resources.push(wgpu::BindingResource::TextureView(tex.unwrap_or(gpu.dummy_texture()).view()));
+        }
     }
     let flops = 2.0 * (m * n * k) as f64;
     let bytes = 4.0 * (m * k + k * n + m * n) as f64;
-    let tag = if use_mirror {
-        "Subgroup, B texture".to_string()
-    } else {
-        format!("{strategy:?}")
+    let tag = match (a_tex.is_some(), b_tex.is_some()) {
+        (false, false) => format!("{strategy:?}"),
+        (true, false) => "Subgroup, A texture".to_string(),
+        (false, true) => "Subgroup, B texture".to_string(),
+        (true, true) => "Subgroup, A and B textures".to_string(),
     };
     gpu.dispatch(
         format!("{label} [{tag}]"),

@@ -1,66 +1,103 @@
-//! `shaders/mirror.wgsl`: a matrix copied from a buffer into an rgba32float storage texture, so
-//! the subgroup matmul can read it as B through texel fetches (vectorised gathers on lavapipe,
-//! where every buffer load is a per-lane loop).
+//! Texture mirrors: a tensor copied into a packed rgba32float storage texture, so the subgroup
+//! matmul can read it through texel fetches (vectorised gathers on lavapipe, where every buffer
+//! load is a per-lane loop). The layout is the buffer's own: vec4 number `i` of the tensor is
+//! texel (`i % TEX_W`, `i / TEX_W`), whatever the tensor's shape, so one texture serves both
+//! transposes and the copy is a plain buffer-to-texture transfer.
 
 use std::sync::Arc;
 
 use crate::error::{Result, VaeError};
-use crate::gpu::kernels::layout::{storage, storage_texture, uniform};
-use crate::gpu::{Dispatch, Gpu, GpuTexture, Shader, Tensor};
+use crate::gpu::{Dispatch, Gpu, GpuTexture, Tensor};
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct MirrorParams {
-    cols4: u32,
-    rows: u32,
-    _pad: [u32; 2],
+/// Texels per row of a mirror; `TEX_W` in matmul.wgsl. 256 texels are 4 KiB,
+/// a whole number of the 256-byte rows buffer-to-texture copies need.
+pub const TEX_W: usize = 256;
+
+/// Texture size (width, height) of the mirror of a tensor with `len` values.
+fn mirror_size(len: usize) -> (u32, u32) {
+    (TEX_W as u32, (len / 4).div_ceil(TEX_W).max(1) as u32)
 }
 
-/// A texture shaped to mirror the row-major matrix `m` [rows, cols]: cols/4 × rows texels.
-pub fn mirror_texture(gpu: &Gpu, label: &str, m: &Tensor) -> Result<Arc<GpuTexture>> {
-    let [rows, cols] = *m.shape() else {
+/// Checks that `tex` can mirror `t`: whole texels, a 16-byte aligned start, room for every
+/// texel (a prefix view of a mirrored tensor reads the first texels of its mirror).
+pub(crate) fn check_mirror(label: &str, t: &Tensor, tex: &GpuTexture) -> Result<()> {
+    let (w, h) = tex.size();
+    if t.len() % 4 != 0 || t.offset() % 16 != 0 || w as usize != TEX_W || ((w * h) as usize) < t.len() / 4 {
         return Err(VaeError::Shape(format!(
-            "{label}: a mirror needs a matrix, got {:?}",
-            m.shape()
-        )));
-    };
-    if cols % 4 != 0 {
-        return Err(VaeError::Shape(format!("{label}: {cols} columns are not whole texels")));
-    }
-    gpu.memory.texture(label, (cols / 4) as u32, rows as u32)
-}
-
-/// Plans the copy of `m` [rows, cols] (starting on a 16-byte boundary) into `tex`.
-pub fn mirror(gpu: &Gpu, label: &str, m: &Tensor, tex: &GpuTexture) -> Result<Dispatch> {
-    let [rows, cols] = *m.shape() else {
-        return Err(VaeError::Shape(format!(
-            "{label}: a mirror needs a matrix, got {:?}",
-            m.shape()
-        )));
-    };
-    if cols % 4 != 0 || m.offset() % 16 != 0 || tex.size() != ((cols / 4) as u32, rows as u32) {
-        return Err(VaeError::Shape(format!(
-            "{label}: matrix {:?} at byte {} needs whole, aligned texels and a {}×{rows} texture, got {:?}",
-            m.shape(),
-            m.offset(),
-            cols / 4,
+            "{label}: a tensor of {} values at byte {} needs a whole number of texels, a 16-byte \
+             aligned start and a mirror of at least {:?} texels, got {:?}",
+            t.len(),
+            t.offset(),
+            mirror_size(t.len()),
             tex.size()
         )));
     }
-    let layout = [uniform(0), storage(1, true), storage_texture(2, false)];
-    let pipeline = gpu.kernels.pipeline(Shader::Mirror, "mirror", &[], &layout)?;
-    let params = MirrorParams {
-        cols4: (cols / 4) as u32,
-        rows: rows as u32,
-        _pad: [0; 2],
+    Ok(())
+}
+
+/// A texture sized to mirror `t` (whose length must be a multiple of 4).
+pub fn mirror_texture(gpu: &Gpu, label: &str, t: &Tensor) -> Result<Arc<GpuTexture>> {
+    if t.len() % 4 != 0 || t.is_empty() || t.offset() % 16 != 0 {
+        return Err(VaeError::Shape(format!(
+            "{label}: a mirror needs a whole number of texels from a 16-byte boundary, got {} \
+             values at byte {}",
+            t.len(),
+            t.offset()
+        )));
+    }
+    let (w, h) = mirror_size(t.len());
+    gpu.memory.texture(label, w, h)
+}
+
+/// `t` with a new mirror when `wanted` (see [`mirror_texture`]), else `t` unchanged.
+pub fn mirrored(gpu: &Gpu, label: &str, t: Tensor, wanted: bool) -> Result<Tensor> {
+    if !wanted {
+        return Ok(t);
+    }
+    let tex = mirror_texture(gpu, &format!("{label}.mirror"), &t)?;
+    Ok(t.with_mirror(Some(tex)))
+}
+
+/// The copy of `t` into its mirror, for whoever just planned a write of `t`; nothing when `t`
+/// has no mirror.
+pub fn refresh_mirror(label: &str, t: &Tensor) -> Option<Dispatch> {
+    t.mirror()
+        .map(|tex| Dispatch::mirror_copy(format!("{label}.mirror"), t.clone(), tex.clone()))
+}
+
+/// Records the copy of `t` into its mirror `tex` as transfers (outside any compute pass): the
+/// whole rows in one copy, the last partial row in another. Plans use [`refresh_mirror`].
+pub fn copy_to_mirror(encoder: &mut wgpu::CommandEncoder, t: &Tensor, tex: &GpuTexture) {
+    let texels = t.len() / 4;
+    let full = texels / TEX_W;
+    let rest = texels % TEX_W;
+    let copy = |encoder: &mut wgpu::CommandEncoder, offset: u64, width: usize, row: usize, rows: usize| {
+        encoder.copy_buffer_to_texture(
+            wgpu::TexelCopyBufferInfo {
+                buffer: t.raw(),
+                layout: wgpu::TexelCopyBufferLayout {
+                    offset,
+                    bytes_per_row: Some(16 * TEX_W as u32),
+                    rows_per_image: None,
+                },
+            },
+            wgpu::TexelCopyTextureInfo {
+                texture: tex.raw(),
+                mip_level: 0,
+                origin: wgpu::Origin3d { x: 0, y: row as u32, z: 0 },
+                aspect: wgpu::TextureAspect::All,
+            },
+            wgpu::Extent3d {
+                width: width as u32,
+                height: rows as u32,
+                depth_or_array_layers: 1,
+            },
+        );
     };
-    let ubuf = gpu.uniform(label, &params)?;
-    let res = [
-        ubuf.raw().as_entire_binding(),
-        m.binding(),
-        wgpu::BindingResource::TextureView(tex.view()),
-    ];
-    let n = rows * cols;
-    let grid = [(cols / 4).div_ceil(64) as u32, rows as u32, 1];
-    gpu.dispatch(label, pipeline, &res, Some(ubuf.clone()), grid, 0.0, 8.0 * n as f64)
+    if full > 0 {
+        copy(encoder, t.offset(), TEX_W.min(texels), 0, full);
+    }
+    if rest > 0 {
+        copy(encoder, t.offset() + (16 * full * TEX_W) as u64, rest, full, 1);
+    }
 }

@@ -197,12 +197,17 @@ impl<'g> Trainer<'g> {
         Self::steps_for(self.data.count, self.ws.batch, self.config.drop_last)
     }
 
-    /// Dispatches in one full-batch training step.
+    /// Kernel dispatches in one full-batch training step.
     pub fn dispatches_per_step(&self) -> usize {
-        self.full_plan.len()
+        self.full_plan.iter().filter(|d| !d.is_copy()).count()
     }
 
-    /// The full-batch step's dispatches (for profiling).
+    /// Copies into texture mirrors in one full-batch training step.
+    pub fn mirror_copies_per_step(&self) -> usize {
+        self.full_plan.iter().filter(|d| d.is_copy()).count()
+    }
+
+    /// The full-batch step's dispatches and mirror copies, in order (for profiling).
     pub fn full_plan(&self) -> &[Dispatch] {
         &self.full_plan
     }
@@ -259,6 +264,11 @@ impl<'g> Trainer<'g> {
     /// Bytes of the step's activations and their gradients (the planned workspace).
     pub fn workspace_bytes(&self) -> u64 {
         self.ws.bytes()
+    }
+
+    /// Device bytes of the workspace's texture mirrors.
+    pub fn workspace_mirror_bytes(&self) -> u64 {
+        self.ws.mirror_bytes()
     }
 
     /// Trains one epoch: a fresh permutation uploaded once, one submit per step, no readback

@@ -55,8 +55,10 @@ struct MatCase {
     dact: Option<Activation>,
     accumulate: bool,
     colsum: bool,
-    /// B read through a texture mirror (subgroup strategy).
-    mirror: bool,
+    /// A and B read through texture mirrors (subgroup strategy). A mirrored operand is a
+    /// prefix view of a larger mirrored tensor, as a partial batch's rows are.
+    mirror_a: bool,
+    mirror_b: bool,
 }
 
 impl MatCase {
@@ -72,7 +74,8 @@ impl MatCase {
             dact: None,
             accumulate: false,
             colsum: false,
-            mirror: false,
+            mirror_a: false,
+            mirror_b: false,
         }
     }
 }
@@ -94,8 +97,25 @@ fn run_matmul(g: &Gpu, st: MatmulStrategy, c: &MatCase, seed: u64) -> bool {
     let cs0_host = rand_vec(n, seed + 5, -1.0, 1.0);
     let a_shape = if c.ta { [k, m] } else { [m, k] };
     let b_shape = if c.tb { [n, k] } else { [k, n] };
-    let a = g.upload("a", &a_shape, &a_host).unwrap();
-    let b = g.upload("b", &b_shape, &b_host).unwrap();
+    // A mirrored operand lives in a tensor with 3 more rows of junk, and is its prefix view.
+    let operand = |name: &str, shape: [usize; 2], host: &[f32], mirror: bool| {
+        if !mirror {
+            return Some(g.upload(name, &shape, host).unwrap());
+        }
+        let mut padded = host.to_vec();
+        padded.extend(rand_vec(3 * shape[1], seed + 9, -9.0, 9.0));
+        let big = g.upload(name, &[shape[0] + 3, shape[1]], &padded).unwrap();
+        let big = ops::mirrored(g, name, big, true).ok()?;
+        g.run(&[&ops::refresh_mirror(name, &big).unwrap()]).unwrap();
+        Some(big.reshape_prefix(&shape))
+    };
+    // Mirrors need whole texels; the strategy would refuse such shapes anyway.
+    let (Some(a), Some(b)) = (
+        operand("a", a_shape, &a_host, c.mirror_a),
+        operand("b", b_shape, &b_host, c.mirror_b),
+    ) else {
+        return false;
+    };
     let bias = g.upload("bias", &[n], &bias_host).unwrap();
     let aux = g.upload("aux", &[m, n], &aux_host).unwrap();
     let out = g.upload("c", &[m, n], &c0_host).unwrap();
@@ -108,20 +128,16 @@ fn run_matmul(g: &Gpu, st: MatmulStrategy, c: &MatCase, seed: u64) -> bool {
         colsum: c.colsum.then_some(&cs),
         leaky_slope: slope,
     };
-    let planned = if c.mirror {
-        if b_shape[1] % 4 != 0 {
-            return false;
-        }
-        let tex = ops::mirror_texture(g, "b.mirror", &b).unwrap();
-        g.run(&[&ops::mirror(g, "mirror", &b, &tex).unwrap()]).unwrap();
-        let d = ops::matmul_with_b_mirror(g, "test", &a, c.ta, &b, c.tb, Some(&tex), &out, &epi, Some(st));
-        if let Ok(d) = &d {
-            assert!(d.label.contains("B texture"), "{}: the mirror was not used", d.label);
-        }
-        d
-    } else {
-        ops::matmul(g, "test", &a, c.ta, &b, c.tb, &out, &epi, Some(st))
-    };
+    let planned = ops::matmul(g, "test", &a, c.ta, &b, c.tb, &out, &epi, Some(st));
+    if let Ok(d) = &planned {
+        let tag = match (c.mirror_a, c.mirror_b) {
+            (false, false) => "",
+            (true, false) => "A texture",
+            (false, true) => "B texture",
+            (true, true) => "A and B textures",
+        };
+        assert!(d.label.contains(tag), "{}: the mirrors were not used", d.label);
+    }
     let d = match planned {
         Ok(d) => d,
         Err(vae_wgpu::VaeError::Shape(_)) if st != MatmulStrategy::Naive => return false,
@@ -159,8 +175,8 @@ fn run_matmul(g: &Gpu, st: MatmulStrategy, c: &MatCase, seed: u64) -> bool {
     // f32 accumulation over K terms: a relative error of 1e-5 of Σ|a·b| bounds the rounding
     // with room (K ≤ 1024 here); 1e-6 absolute covers tiny sums.
     let what = format!(
-        "{st:?} {m}×{n}×{k} ta={} tb={} act={:?} dact={:?}",
-        c.ta, c.tb, c.act, c.dact
+        "{st:?} {m}×{n}×{k} ta={} tb={} act={:?} dact={:?} mirrors A {} B {}",
+        c.ta, c.tb, c.act, c.dact, c.mirror_a, c.mirror_b
     );
     assert_close(&what, &got, &want, |i| 1e-5 * scale[i] + 1e-6);
     if c.colsum {
@@ -217,45 +233,81 @@ fn matmul_all_strategies_transposes_and_shapes() {
     }
 }
 
-/// The subgroup strategy with B read from its texture mirror: every shape and transpose it
-/// takes, and the forward, input-gradient and weight-gradient epilogues.
+/// The subgroup strategy with A, B or both read from texture mirrors: every shape and
+/// transpose it takes, and the forward, input-gradient and weight-gradient epilogues.
 #[test]
-fn matmul_subgroup_with_b_texture_mirror() {
+fn matmul_subgroup_with_texture_mirrors() {
     let g = gpu();
     if MatmulStrategy::Subgroup.check_supported(g).is_err() {
         eprintln!("subgroup strategy unsupported on this adapter; no texture-mirror cases");
         return;
     }
     let st = MatmulStrategy::Subgroup;
+    let both = [(true, false), (false, true), (true, true)];
     let mut ran = 0;
     for (i, &(m, n, k)) in SHAPES.iter().enumerate() {
-        // The mirror replaces B's loads: its two layouts (forward, input gradient) suffice.
-        for (ta, tb) in [(false, false), (false, true)] {
-            let case = MatCase {
-                mirror: true,
-                ..MatCase::plain(m, n, k, ta, tb)
-            };
-            if run_matmul(g, st, &case, 500 + 10 * i as u64) {
-                ran += 1;
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            for (j, &(mirror_a, mirror_b)) in both.iter().enumerate() {
+                // A alone and B alone on the small shapes; both on every shape.
+                if m * n * k > 100_000 && !(mirror_a && mirror_b) {
+                    continue;
+                }
+                let case = MatCase {
+                    mirror_a,
+                    mirror_b,
+                    ..MatCase::plain(m, n, k, ta, tb)
+                };
+                if run_matmul(g, st, &case, 500 + 10 * i as u64 + j as u64) {
+                    ran += 1;
+                }
             }
         }
     }
-    assert!(ran >= 8, "ran only {ran} mirror cases");
+    assert!(ran >= 30, "ran only {ran} mirror cases");
     for (i, act) in [Activation::Relu, Activation::Tanh].into_iter().enumerate() {
         let fwd = MatCase {
             bias: true,
             act,
-            mirror: true,
+            mirror_a: true,
+            mirror_b: true,
             ..MatCase::plain(37, 20, 24, false, false)
         };
         assert!(run_matmul(g, st, &fwd, 600 + i as u64));
         let bwd = MatCase {
             dact: Some(act),
-            mirror: true,
+            mirror_a: true,
+            mirror_b: true,
             ..MatCase::plain(37, 24, 20, false, true)
         };
         assert!(run_matmul(g, st, &bwd, 700 + i as u64));
+        let wgrad = MatCase {
+            colsum: true,
+            accumulate: i == 1,
+            mirror_a: true,
+            mirror_b: true,
+            ..MatCase::plain(24, 20, 36, true, false)
+        };
+        assert!(run_matmul(g, st, &wgrad, 800 + i as u64));
     }
+}
+
+/// A mirror is checked against its tensor: wrong size or a tensor that is not whole texels.
+#[test]
+fn texture_mirror_rejects_mismatches() {
+    let g = gpu();
+    let t = g.tensor("t", &[6, 5]).unwrap();
+    assert!(matches!(ops::mirror_texture(g, "odd", &t), Err(vae_wgpu::VaeError::Shape(_))));
+    if MatmulStrategy::Subgroup.check_supported(g).is_err() {
+        return;
+    }
+    // A small mirror attached to a larger tensor is refused when planned.
+    let small = g.tensor("small", &[4, 4]).unwrap();
+    let tex = ops::mirror_texture(g, "small", &small).unwrap();
+    let big = g.tensor("big", &[4 * 300, 4]).unwrap().with_mirror(Some(tex));
+    let b = g.tensor("b", &[4, 4]).unwrap();
+    let c = g.tensor("c", &[1200, 4]).unwrap();
+    let e = ops::matmul(g, "m", &big, false, &b, false, &c, &Epilogue::default(), Some(MatmulStrategy::Subgroup));
+    assert!(matches!(e, Err(vae_wgpu::VaeError::Shape(ref m)) if m.contains("mirror")), "{:?}", e.err());
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! `reference.rs` — the gradient of every parameter, the metric log row and one Adam update —
 //! and a partial-batch plan against a workspace built for exactly that batch.
 
-use vae_wgpu::model::{plan_step, BatchSource, GpuDataset, Vae, VaeConfig, WeightMirrors, Workspace, METRIC_SLOTS};
+use vae_wgpu::model::{plan_step, BatchSource, GpuDataset, Vae, VaeConfig, TextureMirrors, Workspace, METRIC_SLOTS};
 use vae_wgpu::ops::{self, Activation, AdamConfig, Likelihood, StepBuffer, StepParams};
 use vae_wgpu::{rng, Dispatch, Gpu, Tensor};
 
@@ -161,7 +161,7 @@ fn slot_names(vae: &Vae) -> Vec<String> {
 struct Case {
     name: &'static str,
     cfg: VaeConfig,
-    /// Weights read through texture mirrors in the matmuls.
+    /// Weights and activations read through texture mirrors in the matmuls (else none).
     mirrors: bool,
     batch: usize,
     samples: usize,
@@ -192,9 +192,8 @@ fn check_gradients(case: &Case) {
     let g = gpu();
     let (b, l, zd) = (case.batch, case.samples, case.cfg.latent);
     let mut vae = Vae::new(g, case.cfg.clone(), case.seed).unwrap();
-    if case.mirrors {
-        vae.set_weight_mirrors(g, WeightMirrors::All).unwrap();
-    }
+    let policy = if case.mirrors { TextureMirrors::All } else { TextureMirrors::None };
+    vae.set_texture_mirrors(g, policy).unwrap();
     let names = slot_names(&vae);
     let start = 3;
     let data = Data::new(g, b + 4, case.cfg.input_dim, case.seed + 1);
@@ -406,7 +405,7 @@ fn gradients_match_f64_reference_family() {
             seed: 12,
         },
         Case {
-            name: "conditional learned-pixel relu [12] Z=4 L=2, weights read through texture mirrors",
+            name: "conditional learned-pixel relu [12] Z=4 L=2, weights and activations read through texture mirrors",
             cfg: conditional(small(vec![12], 4, Activation::Relu, pixel)),
             mirrors: true,
             batch: 5,

@@ -2,7 +2,7 @@
 //! structure, and checkpoints read back with an independent reader.
 
 use vae_wgpu::data::DatasetKind;
-use vae_wgpu::model::{GpuDataset, Vae, VaeConfig, WeightMirrors};
+use vae_wgpu::model::{GpuDataset, TextureMirrors, Vae, VaeConfig};
 use vae_wgpu::train::{Evaluator, TrainConfig, Trainer};
 use vae_wgpu::{Gpu, VaeError};
 
@@ -63,10 +63,19 @@ fn a_step_is_one_submit_and_no_readback() {
     let vae = Vae::new(&g, VaeConfig::default(), 1).unwrap();
     let mut tr = Trainer::new(&g, &vae, mnist_subset(&g, 256), TrainConfig::default()).unwrap();
     // 784-400-20-400-784: gather, 2+1 encoder/reparam, 2 decoder, loss, 2+2 decoder backward,
-    // reparam backward, 2+1 encoder backward, metrics, adam, and on an adapter that uses the
-    // subgroup matmul the refresh of the two large weights' texture mirrors.
-    let per_step = 17 + vae.mirrored_weights() as u64;
+    // reparam backward, 2+1 encoder backward, metrics, adam.
+    let per_step = 17;
     assert_eq!(tr.dispatches_per_step() as u64, per_step);
+    // With texture mirrors (the subgroup matmul's default): copies of the input, the two
+    // hidden activations, the output gradient and the two hidden gradients, and of the two
+    // large weights after Adam; each copy run splits the pass, so 7 passes, all in one submit.
+    let (copies, passes) = if vae.texture_mirrors() == TextureMirrors::None {
+        (0, 1)
+    } else {
+        assert_eq!(vae.mirrored_weights(), 2);
+        (8, 7)
+    };
+    assert_eq!(tr.mirror_copies_per_step() as u64, copies);
     let t0 = g.traffic();
     let mem0 = g.memory.stats();
     let steps = tr.steps_per_epoch();
@@ -77,6 +86,8 @@ fn a_step_is_one_submit_and_no_readback() {
         assert_eq!(t.submits - t0.submits, i as u64 + 1);
         assert_eq!(t.readbacks, t0.readbacks);
         assert_eq!(t.dispatches - t0.dispatches, per_step * (i as u64 + 1));
+        assert_eq!(t.copies - t0.copies, copies * (i as u64 + 1));
+        assert_eq!(t.passes - t0.passes, passes * (i as u64 + 1));
     }
     assert_eq!(submits_seen.len(), steps);
     // The metrics at the end are one readback; the epoch allocated no new device memory
@@ -185,15 +196,16 @@ fn evaluation_counts_every_test_example() {
     assert!(iw10 <= iw1 + 0.5, "IW(K=10) {iw10} above IW(K=1) {iw1}");
 }
 
-/// Reading the weights through texture mirrors changes where B comes from, not the arithmetic:
-/// three epochs with every weight mirrored give bit-identical parameters and metrics to three
-/// epochs without, which also shows the mirrors are refreshed after every optimizer step.
+/// Reading operands through texture mirrors changes where they come from, not the arithmetic:
+/// three epochs with every weight and activation mirrored give bit-identical parameters and
+/// metrics to three epochs without, which also shows every mirror is refreshed after each
+/// write (the last batch of 200 is partial, so prefix views of the mirrors are read too).
 #[test]
-fn weight_texture_mirrors_do_not_change_the_numbers() {
+fn texture_mirrors_do_not_change_the_numbers() {
     let g = gpu();
-    let run = |policy: WeightMirrors| {
+    let run = |policy: TextureMirrors| {
         let mut vae = Vae::new(g, small_config(), 5).unwrap();
-        vae.set_weight_mirrors(g, policy).unwrap();
+        vae.set_texture_mirrors(g, policy).unwrap();
         let cfg = TrainConfig {
             batch_size: 64,
             seed: 5,
@@ -201,16 +213,18 @@ fn weight_texture_mirrors_do_not_change_the_numbers() {
         };
         let mut tr = Trainer::new(g, &vae, mnist_subset(g, 200), cfg).unwrap();
         let losses: Vec<f64> = (0..3).map(|_| tr.train_epoch(|_, _| {}).unwrap().train.loss).collect();
-        (losses, g.read(&vae.arena.params).unwrap(), vae.mirrored_weights())
+        (losses, g.read(&vae.arena.params).unwrap(), vae.mirrored_weights(), tr.mirror_copies_per_step())
     };
-    let (la, pa, na) = run(WeightMirrors::None);
-    let (lb, pb, nb) = run(WeightMirrors::All);
+    let (la, pa, na, ca) = run(TextureMirrors::None);
+    let (lb, pb, nb, cb) = run(TextureMirrors::All);
+    assert_eq!((na, ca), (0, 0));
     assert_eq!(na, 0);
     if nb == 0 {
         eprintln!("the adapter does not use the subgroup matmul: no mirrors to compare");
         return;
     }
     assert_eq!(nb, 4, "every weight of 784-64-8-64-784 is mirrored");
+    assert_eq!(cb, 6 + 4, "x, the hidden activations and gradients, d_out; the 4 weights");
     assert_eq!(la, lb);
     assert!(pa == pb, "parameters differ with texture mirrors");
 }
