@@ -34,6 +34,55 @@ fn stat(mut v: Vec<f64>) -> Stat {
     }
 }
 
+/// CPU time the hypervisor gave to other guests ("steal", from /proc/stat), as a share of all
+/// CPU time since `start`. On a shared virtual machine it slows every figure here; None where
+/// /proc/stat is not available.
+struct StealMeter {
+    start: Option<(u64, u64)>,
+}
+
+impl StealMeter {
+    fn read() -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let fields: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .map(|f| f.parse().ok())
+            .collect::<Option<_>>()?;
+        Some((fields.iter().sum(), *fields.get(7)?))
+    }
+    fn start() -> Self {
+        StealMeter { start: Self::read() }
+    }
+    fn percent(&self) -> Option<f64> {
+        let ((t0, s0), (t1, s1)) = (self.start?, Self::read()?);
+        (t1 > t0).then(|| 100.0 * (s1 - s0) as f64 / (t1 - t0) as f64)
+    }
+    fn describe(&self) -> String {
+        match self.percent() {
+            Some(p) => format!("host steal {p:.0} %"),
+            None => "host steal unknown".to_string(),
+        }
+    }
+}
+
+/// The host CPU's model name and logical core count (Linux), or "unknown".
+fn host_cpu() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = info
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|m| m.trim().replace('"', "'"));
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    match model {
+        Some(m) => format!("{m}, {cores} logical cores"),
+        None => "unknown".to_string(),
+    }
+}
+
 fn time_runs(repeats: usize, mut f: impl FnMut() -> AnyResult<f64>) -> AnyResult<Stat> {
     f()?; // warm-up
     Ok(stat((0..repeats).map(|_| f()).collect::<AnyResult<Vec<f64>>>()?))
@@ -184,6 +233,14 @@ fn main() -> AnyResult<()> {
     let repeats = if quick { 3 } else { 7 };
     let mut json: Vec<String> = Vec::new();
 
+    let whole_run = StealMeter::start();
+    let mut steal: Vec<String> = Vec::new();
+    let mut note_steal = |section: &str, m: &StealMeter| {
+        println!("  ({})", m.describe());
+        if let Some(p) = m.percent() {
+            steal.push(format!("\"{section}\":{p:.1}"));
+        }
+    };
     let t0 = Instant::now();
     let gpu = Gpu::new()?;
     let device_s = t0.elapsed().as_secs_f64();
@@ -204,8 +261,11 @@ fn main() -> AnyResult<()> {
         strategy,
         r.timestamps_inside_passes
     );
+    // On a CPU adapter the host CPU is the device: name it.
+    let cpu = host_cpu();
+    println!("host CPU: {cpu}");
     json.push(format!(
-        "\"adapter\":\"{}\",\"matmul_strategy\":\"{strategy:?}\",\"subgroup_size\":{}",
+        "\"adapter\":\"{}\",\"host_cpu\":\"{cpu}\",\"matmul_strategy\":\"{strategy:?}\",\"subgroup_size\":{}",
         r.name, r.subgroup_min_size
     ));
 
@@ -277,6 +337,7 @@ fn main() -> AnyResult<()> {
     json.push(format!("\"resident_bytes\":{live},\"needed_bytes\":{need},\"mirror_bytes\":{mirrors}"));
 
     // Per-dispatch GPU time at batch 128 (the 8 steps above were the warm-up).
+    let meter = StealMeter::start();
     let plan: Vec<&Dispatch> = trainer.full_plan().iter().collect();
     println!("\none training step, batch 128 ({} dispatches):", plan.len());
     let mut per_dispatch: Vec<Vec<f64>> = vec![Vec::new(); plan.len()];
@@ -340,10 +401,12 @@ fn main() -> AnyResult<()> {
         sum * 1e3,
         step_wall.median * 1e3
     ));
+    note_steal("profile", &meter);
     drop(trainer);
 
     // Training throughput by batch size.
     println!("\ntraining throughput (default model):");
+    let meter = StealMeter::start();
     let mut tput = Vec::new();
     for &b in &[32usize, 128, 512, 2048] {
         let mut tr = Trainer::new(
@@ -368,9 +431,52 @@ fn main() -> AnyResult<()> {
         tput.push(format!("{{\"batch\":{b},\"samples_per_sec\":{:.1}}}", s.median));
     }
     json.push(format!("\"train_samples_per_sec\":[{}]", tput.join(",")));
+    note_steal("train", &meter);
+
+    // Texture mirrors on and off, interleaved: on a shared host the load changes from minute to
+    // minute, so only alternating runs in one process compare the two fairly.
+    println!("\ntexture mirrors on against off, batch 128, interleaved rounds of 16 steps:");
+    let meter = StealMeter::start();
+    let mut pair = Vec::new();
+    for policy in [TextureMirrors::None, TextureMirrors::Auto] {
+        let mut v = Vae::new(&gpu, VaeConfig::default(), 1)?;
+        v.set_texture_mirrors(&gpu, policy)?;
+        let tr = Trainer::new(&gpu, &v, upload(&gpu)?, TrainConfig::default())?;
+        pair.push((v, tr, Vec::new()));
+    }
+    for round in 0..(2 * repeats + 1) {
+        for (_, tr, times) in pair.iter_mut() {
+            let t = Instant::now();
+            tr.train_steps(16)?;
+            if round > 0 {
+                times.push(t.elapsed().as_secs_f64() / 16.0);
+            }
+        }
+    }
+    let mut ab = Vec::new();
+    for (v, _, times) in pair {
+        let s = stat(times);
+        println!(
+            "  {:<5} {:>8.2} ms per step, min {:.2} ms ({:.0} samples/s at the median, {:.0} at the min)",
+            format!("{:?}", v.texture_mirrors()),
+            s.median * 1e3,
+            s.min * 1e3,
+            128.0 / s.median,
+            128.0 / s.min
+        );
+        ab.push(format!(
+            "\"{:?}\":{{\"median_ms\":{:.3},\"min_ms\":{:.3}}}",
+            v.texture_mirrors(),
+            s.median * 1e3,
+            s.min * 1e3
+        ));
+    }
+    json.push(format!("\"mirrors_ab_step\":{{{}}}", ab.join(",")));
+    note_steal("mirrors_ab", &meter);
 
     // Inference throughput at batch 1024.
     println!("\ninference throughput (batch 1024):");
+    let meter = StealMeter::start();
     let b = 1024;
     let x_host: Vec<f32> = set.images[..b * 784].iter().map(|&p| p as f32 / 255.0).collect();
     let enc = gpu.tensor("enc", &[b, 40])?;
@@ -422,9 +528,11 @@ fn main() -> AnyResult<()> {
         }
     }
     json.push(format!("\"inference_samples_per_sec\":{{{}}}", inf.join(",")));
+    note_steal("inference", &meter);
 
     // Matmul at the model's shapes and 1024³, per strategy.
     println!("\nmatmul (median of {repeats}, 10 launches per submit):");
+    let meter = StealMeter::start();
     let shapes = [
         ("128x784 . 784x400", 128, 400, 784, false, false),
         ("128x400 . 400x784", 128, 784, 400, false, false),
@@ -437,11 +545,23 @@ fn main() -> AnyResult<()> {
         let a = gpu.upload("a", &if ta { [k, m] } else { [m, k] }, &vec![0.01; m * k])?;
         let bb = gpu.upload("b", &if tb { [n, k] } else { [k, n] }, &vec![0.02; k * n])?;
         let c = gpu.tensor("c", &[m, n])?;
+        let mut variants = Vec::new();
         for st in [MatmulStrategy::Subgroup, MatmulStrategy::Tiled] {
             if st.check_supported(&gpu).is_err() {
                 continue;
             }
-            let d = ops::matmul(&gpu, label, &a, ta, &bb, tb, &c, &Epilogue::default(), Some(st))?;
+            variants.push((st, format!("{st:?}"), a.clone(), bb.clone()));
+            if st == MatmulStrategy::Subgroup {
+                // Both operands through texture mirrors, as in the training step.
+                let am = ops::mirrored(&gpu, "a", a.clone(), true)?;
+                let bm = ops::mirrored(&gpu, "b", bb.clone(), true)?;
+                let fill: Vec<Dispatch> = [&am, &bm].iter().filter_map(|t| ops::refresh_mirror("fill", t)).collect();
+                gpu.run(&fill.iter().collect::<Vec<_>>())?;
+                variants.push((st, "Subgroup+tex".to_string(), am, bm));
+            }
+        }
+        for (st, name, a, bb) in &variants {
+            let d = ops::matmul(&gpu, label, a, ta, bb, tb, &c, &Epilogue::default(), Some(*st))?;
             let reps = if m * n * k > 100_000_000 { 2 } else { 10 };
             let list: Vec<&Dispatch> = (0..reps).map(|_| &d).collect();
             let s = time_runs(repeats.min(5), || {
@@ -450,19 +570,22 @@ fn main() -> AnyResult<()> {
                 Ok(t.elapsed().as_secs_f64() / reps as f64)
             })?;
             println!(
-                "  {label:<22} {:<9} {:>8.3} ms {:>7.1} GFLOP/s",
-                format!("{st:?}"),
+                "  {label:<22} {name:<13} {:>8.3} ms {:>7.1} GFLOP/s",
                 s.median * 1e3,
                 d.flops / s.median / 1e9
             );
             mm.push(format!(
-                "{{\"shape\":\"{label}\",\"strategy\":\"{st:?}\",\"gflops\":{:.2}}}",
+                "{{\"shape\":\"{label}\",\"strategy\":\"{name}\",\"gflops\":{:.2}}}",
                 d.flops / s.median / 1e9
             ));
         }
     }
     json.push(format!("\"matmul\":[{}]", mm.join(",")));
+    note_steal("matmul", &meter);
+    note_steal("whole_run", &whole_run);
+    json.push(format!("\"host_steal_percent\":{{{}}}", steal.join(",")));
     println!("\nper-dispatch times by {timed_by}; throughput by wall clock around synchronised submits.");
+    println!("host steal: CPU time the hypervisor gave other guests; every figure above is slowed by it.");
 
     if let Some(path) = json_path {
         std::fs::write(&path, format!("{{{}}}\n", json.join(",")))?;

@@ -335,6 +335,10 @@ fn run(args: Args) -> Result<()> {
             r.lp_native_vector_width.clone().unwrap_or_else(|| "unset".into()),
         ),
         ("matmul_strategy".to_string(), format!("{strategy:?}").to_lowercase()),
+        (
+            "texture_mirrors".to_string(),
+            format!("{:?}", vae.texture_mirrors()).to_lowercase(),
+        ),
     ]);
     let run_json = format!(
         "{{{}}}\n",
