@@ -289,10 +289,11 @@ fn run(args: Args) -> Result<()> {
     let evaluator = Evaluator::new(&gpu, test_gpu)?;
     let (compile, pipelines) = gpu.kernels.compile_stats();
     println!(
-        "training: batch {} | {} steps/epoch | {} dispatches, 1 submit per step | {} pipelines compiled in {:.2}s | output {}",
+        "training: batch {} | {} steps/epoch | {} dispatches + {} texture-mirror copies, 1 submit per step | {} pipelines compiled in {:.2}s | output {}",
         args.train.batch_size.min(n_train),
         trainer.steps_per_epoch(),
         trainer.dispatches_per_step(),
+        trainer.mirror_copies_per_step(),
         pipelines,
         compile.as_secs_f64(),
         out_dir.display()
