@@ -212,7 +212,12 @@ fn texture_mirrors_do_not_change_the_numbers() {
             ..Default::default()
         };
         let mut tr = Trainer::new(g, &vae, mnist_subset(g, 200), cfg).unwrap();
-        let losses: Vec<f64> = (0..3).map(|_| tr.train_epoch(|_, _| {}).unwrap().train.loss).collect();
+        let mut losses: Vec<f64> = (0..3).map(|_| tr.train_epoch(|_, _| {}).unwrap().train.loss).collect();
+        // Evaluation plans (a partial last batch of 75, and K = 3 importance samples) read
+        // their workspaces' mirrors too.
+        let ev = Evaluator::new(g, mnist_subset(g, 75)).unwrap();
+        losses.push(ev.elbo(&vae, 1, false).unwrap().loss);
+        losses.push(ev.iw_nll(&vae, 1, 3, false).unwrap());
         (losses, g.read(&vae.arena.params).unwrap(), vae.mirrored_weights(), tr.mirror_copies_per_step())
     };
     let (la, pa, na, ca) = run(TextureMirrors::None);
