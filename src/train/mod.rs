@@ -232,9 +232,11 @@ impl<'g> Trainer<'g> {
         p
     }
 
-    /// Records one training step into `encoder` (the caller submits): a host application
-    /// can put it in its own command buffer. Writes the step uniform.
-    pub fn record_step(&self, encoder: &mut wgpu::CommandEncoder, batch_index: usize) -> Result<usize> {
+    /// Records one training step (batch `batch_index` of the current epoch order) into
+    /// `encoder`, among a host application's own commands, and advances the step count.
+    /// Returns the batch's examples. Submit the encoder before recording the next step: the
+    /// step's uniform is written with `queue.write_buffer`, which lands at the next submit.
+    pub fn record_step(&mut self, encoder: &mut wgpu::CommandEncoder, batch_index: usize) -> Result<usize> {
         let b = self.ws.batch;
         let start = batch_index * b;
         let plan = match &self.last_plan {
@@ -245,6 +247,7 @@ impl<'g> Trainer<'g> {
         self.step_buf.write(self.gpu, &self.step_params(start, batch_index));
         let refs: Vec<&Dispatch> = plan.iter().collect();
         self.gpu.record(encoder, &refs);
+        self.step += 1;
         Ok(rows)
     }
 
@@ -256,7 +259,6 @@ impl<'g> Trainer<'g> {
             let mut enc = self.gpu.ctx.device.create_command_encoder(&Default::default());
             self.record_step(&mut enc, i % steps)?;
             self.gpu.submit(enc.finish());
-            self.step += 1;
         }
         self.gpu.ctx.wait()
     }
@@ -283,7 +285,6 @@ impl<'g> Trainer<'g> {
             let mut enc = self.gpu.ctx.device.create_command_encoder(&Default::default());
             examples += self.record_step(&mut enc, i)?;
             self.gpu.submit(enc.finish());
-            self.step += 1;
             // Keep the queue bounded without a per-step sync.
             if i % 32 == 31 {
                 self.gpu.ctx.wait()?;

@@ -233,3 +233,58 @@ fn texture_mirrors_do_not_change_the_numbers() {
     assert_eq!(la, lb);
     assert!(pa == pb, "parameters differ with texture mirrors");
 }
+
+/// Embedding: a host application creates its own device, hands it to vae-wgpu, and records
+/// training steps into its own command encoders among its own commands. The parameters come
+/// out bit-identical to the library's own loop on its own device (with the default texture
+/// mirrors, so the step's passes and copies are recorded into the host's encoder).
+#[test]
+fn a_host_device_and_encoder_train_as_the_library_does() {
+    use vae_wgpu::wgpu;
+    let instance = wgpu::Instance::default();
+    let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
+        .expect("GPU tests need an adapter");
+    let (features, limits) = vae_wgpu::gpu::device_requirements(&adapter);
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        label: Some("host"),
+        required_features: features,
+        required_limits: limits,
+        ..Default::default()
+    }))
+    .unwrap();
+    let host_buf = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("host's own"),
+        size: 256,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let hosted = Gpu::from_device(&adapter.get_info(), device, queue).unwrap();
+    let steps = 5;
+    let cfg = TrainConfig {
+        batch_size: 64,
+        seed: 9,
+        ..Default::default()
+    };
+    let vae = Vae::new(&hosted, small_config(), 9).unwrap();
+    let mut tr = Trainer::new(&hosted, &vae, mnist_subset(&hosted, 300), cfg.clone()).unwrap();
+    for i in 0..steps {
+        let mut enc = hosted.ctx.device.create_command_encoder(&Default::default());
+        enc.clear_buffer(&host_buf, 0, None);
+        tr.record_step(&mut enc, i).unwrap();
+        enc.clear_buffer(&host_buf, 0, None);
+        hosted.ctx.queue.submit([enc.finish()]);
+    }
+    hosted.ctx.wait().unwrap();
+    let got = hosted.read(&vae.arena.params).unwrap();
+
+    let own = Gpu::new().unwrap();
+    let vae2 = Vae::new(&own, small_config(), 9).unwrap();
+    let mut tr2 = Trainer::new(&own, &vae2, mnist_subset(&own, 300), cfg).unwrap();
+    tr2.train_steps(steps).unwrap();
+    let want = own.read(&vae2.arena.params).unwrap();
+    assert_eq!(vae.texture_mirrors(), vae2.texture_mirrors());
+    assert!(got == want, "parameters differ between the host's encoder and the library's loop");
+    // And the steps did something.
+    let init = Vae::new(&own, small_config(), 9).unwrap();
+    assert!(own.read(&init.arena.params).unwrap() != want);
+}
