@@ -8,6 +8,7 @@
 //                    load different vec4s of A and share them with subgroupBroadcast, B comes
 //                    as vec4 straight from storage. Fast on CPU adapters (lavapipe), where
 //                    every non-uniform load is a per-lane loop and loads, not FMAs, cost.
+//                    matmul_subgroup16 is the same for subgroups of 16 or more lanes.
 // op(A) is M×K, op(B) is K×N, C is M×N, all row-major. A is stored M×K (or K×M when
 // TRANS_A), B is stored K×N (or N×K when TRANS_B).
 // The vec4 strategies need N % 4 == 0, K % 4 == 0 when A is read along K (not TRANS_A) or B
@@ -299,6 +300,66 @@ fn matmul_subgroup(
     if (n >= p.n) { return; }
     let nq = n / 4u;
     store_rows(m0, nq, acc0);
+    store_rows(m0 + 4u, nq, acc1);
+    store_rows(m0 + 8u, nq, acc2);
+    store_rows(m0 + 12u, nq, acc3);
+    store_rows(m0 + 16u, nq, acc4);
+    store_rows(m0 + 20u, nq, acc5);
+    store_rows(m0 + 24u, nq, acc6);
+    store_rows(m0 + 28u, nq, acc7);
+    if (COLSUM && wid.y == 0u) { store_colsum4(nq, cs); }
+}
+
+// matmul_subgroup for subgroups of 16 or more lanes (lavapipe at LP_NATIVE_VECTOR_WIDTH=512):
+// the 32 A units of a k-step are two per lane instead of four, so each lane issues half the A
+// loads (lanes 0..15 hold unit u in u_(u/16)). 1.3-1.6x faster than matmul_subgroup at that
+// width; same arithmetic, same results.
+@compute @workgroup_size(SG_WG)
+fn matmul_subgroup16(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+    @builtin(subgroup_invocation_id) lane: u32,
+) {
+    let m0 = wid.y * S_ROWS;
+    let n = (wid.x * SG_WG + li) * 4u;
+    let l16 = lane % 16u;
+    var acc0 = mat4x4<f32>();
+    var acc1 = mat4x4<f32>();
+    var acc2 = mat4x4<f32>();
+    var acc3 = mat4x4<f32>();
+    var acc4 = mat4x4<f32>();
+    var acc5 = mat4x4<f32>();
+    var acc6 = mat4x4<f32>();
+    var acc7 = mat4x4<f32>();
+    var cs = vec4<f32>(0.0);
+    for (var k = 0u; k < p.k; k += 4u) {
+        let u0 = a_unit(m0, k, l16);
+        let u1 = a_unit(m0, k, l16 + 16u);
+        let bm = b_block(k, n);
+        if (COLSUM) { cs += bm * vec4<f32>(1.0); }
+        if (TRANS_A) {
+            acc0 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 0u), subgroupBroadcast(u0, 8u), subgroupBroadcast(u1, 0u), subgroupBroadcast(u1, 8u)), acc0);
+            acc1 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 1u), subgroupBroadcast(u0, 9u), subgroupBroadcast(u1, 1u), subgroupBroadcast(u1, 9u)), acc1);
+            acc2 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 2u), subgroupBroadcast(u0, 10u), subgroupBroadcast(u1, 2u), subgroupBroadcast(u1, 10u)), acc2);
+            acc3 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 3u), subgroupBroadcast(u0, 11u), subgroupBroadcast(u1, 3u), subgroupBroadcast(u1, 11u)), acc3);
+            acc4 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 4u), subgroupBroadcast(u0, 12u), subgroupBroadcast(u1, 4u), subgroupBroadcast(u1, 12u)), acc4);
+            acc5 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 5u), subgroupBroadcast(u0, 13u), subgroupBroadcast(u1, 5u), subgroupBroadcast(u1, 13u)), acc5);
+            acc6 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 6u), subgroupBroadcast(u0, 14u), subgroupBroadcast(u1, 6u), subgroupBroadcast(u1, 14u)), acc6);
+            acc7 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 7u), subgroupBroadcast(u0, 15u), subgroupBroadcast(u1, 7u), subgroupBroadcast(u1, 15u)), acc7);
+        } else {
+            acc0 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u0, 0u), subgroupBroadcast(u0, 1u), subgroupBroadcast(u0, 2u), subgroupBroadcast(u0, 3u)), acc0);
+            acc1 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u0, 4u), subgroupBroadcast(u0, 5u), subgroupBroadcast(u0, 6u), subgroupBroadcast(u0, 7u)), acc1);
+            acc2 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u0, 8u), subgroupBroadcast(u0, 9u), subgroupBroadcast(u0, 10u), subgroupBroadcast(u0, 11u)), acc2);
+            acc3 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u0, 12u), subgroupBroadcast(u0, 13u), subgroupBroadcast(u0, 14u), subgroupBroadcast(u0, 15u)), acc3);
+            acc4 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u1, 0u), subgroupBroadcast(u1, 1u), subgroupBroadcast(u1, 2u), subgroupBroadcast(u1, 3u)), acc4);
+            acc5 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u1, 4u), subgroupBroadcast(u1, 5u), subgroupBroadcast(u1, 6u), subgroupBroadcast(u1, 7u)), acc5);
+            acc6 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u1, 8u), subgroupBroadcast(u1, 9u), subgroupBroadcast(u1, 10u), subgroupBroadcast(u1, 11u)), acc6);
+            acc7 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u1, 12u), subgroupBroadcast(u1, 13u), subgroupBroadcast(u1, 14u), subgroupBroadcast(u1, 15u)), acc7);
+        }
+    }
+    if (n >= p.n) { return; }
+    let nq = n / 4u;
+    store_rows(m0 + 0u, nq, acc0);
     store_rows(m0 + 4u, nq, acc1);
     store_rows(m0 + 8u, nq, acc2);
     store_rows(m0 + 12u, nq, acc3);

@@ -229,13 +229,12 @@ pub fn matmul(
         MatmulStrategy::Tiled => ("matmul_tiled", [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1]),
         MatmulStrategy::Subgroup => {
             let wg = sg.max(16) as usize;
+            // With 16 or more lanes per subgroup each lane loads half as much of A.
+            let entry = if sg >= 16 { "matmul_subgroup16" } else { "matmul_subgroup" };
             constants.push(("SG_WG", wg as f64));
             constants.push(("A_TEXTURE", flag(a_tex.is_some())));
             constants.push(("B_TEXTURE", flag(b_tex.is_some())));
-            (
-                "matmul_subgroup",
-                [(n / 4).div_ceil(wg) as u32, m.div_ceil(32) as u32, 1],
-            )
+            (entry, [(n / 4).div_ceil(wg) as u32, m.div_ceil(32) as u32, 1])
         }
     };
     let pipeline = gpu
@@ -265,11 +264,16 @@ pub fn matmul(
     }
     let flops = 2.0 * (m * n * k) as f64;
     let bytes = 4.0 * (m * k + k * n + m * n) as f64;
+    let name = if entry == "matmul_subgroup16" {
+        "Subgroup16".to_string()
+    } else {
+        format!("{strategy:?}")
+    };
     let tag = match (a_tex.is_some(), b_tex.is_some()) {
-        (false, false) => format!("{strategy:?}"),
-        (true, false) => "Subgroup, A texture".to_string(),
-        (false, true) => "Subgroup, B texture".to_string(),
-        (true, true) => "Subgroup, A and B textures".to_string(),
+        (false, false) => name,
+        (true, false) => format!("{name}, A texture"),
+        (false, true) => format!("{name}, B texture"),
+        (true, true) => format!("{name}, A and B textures"),
     };
     gpu.dispatch(
         format!("{label} [{tag}]"),

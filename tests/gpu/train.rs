@@ -241,6 +241,9 @@ fn texture_mirrors_do_not_change_the_numbers() {
 #[test]
 fn a_host_device_and_encoder_train_as_the_library_does() {
     use vae_wgpu::wgpu;
+    // The driver reads its settings once per process: let the library start it first, as the
+    // other tests in this binary may (a host would start it its own way).
+    let _ = gpu();
     let instance = wgpu::Instance::default();
     let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
         .expect("GPU tests need an adapter");
