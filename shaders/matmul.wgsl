@@ -8,7 +8,6 @@
 //                    load different vec4s of A and share them with subgroupBroadcast, B comes
 //                    as vec4 straight from storage. Fast on CPU adapters (lavapipe), where
 //                    every non-uniform load is a per-lane loop and loads, not FMAs, cost.
-//                    matmul_subgroup16 is the same for subgroups of 16 or more lanes.
 // op(A) is M×K, op(B) is K×N, C is M×N, all row-major. A is stored M×K (or K×M when
 // TRANS_A), B is stored K×N (or N×K when TRANS_B).
 // The vec4 strategies need N % 4 == 0, K % 4 == 0 when A is read along K (not TRANS_A) or B
@@ -37,6 +36,9 @@ override ACT: u32 = 0u;
 override DACT: u32 = 0u;
 // Workgroup size of the subgroup strategy: max(16, subgroup size).
 override SG_WG: u32 = 16u;
+// Lanes the subgroup strategy spreads A's loads over: 8, or 16 where subgroups have 16 or
+// more lanes (lavapipe at 512 bits), which halves each lane's A loads.
+override LANES: u32 = 8u;
 // Subgroup strategy: A (B) comes from a_tex (b_tex) instead of the buffer a (b). The texture is
 // a packed rgba32float copy of the matrix as stored: vec4 number i of the buffer is texel
 // (i % TEX_W, i / TEX_W). On lavapipe a texel fetch is a vectorised gather, while every buffer
@@ -193,9 +195,10 @@ const S_ROWS: u32 = 32u;  // rows of C per workgroup; each lane holds 32×4 accu
 
 // The k..k+3 slice of op(A) for this workgroup's 32 rows is 32 vec4 "units": one per row along
 // K (not TRANS_A: unit u = row u), or 4 K-rows of 8 row-quads (TRANS_A: unit u = (u/8, u%8)).
-// Lane l (mod 8) of each subgroup loads units l, l+8, l+16, l+24; broadcasts from lanes 0..7
-// share them. WGSL wants a constant lane index, hence the unrolled broadcasts below, and
-// subgroups of 8 or more lanes.
+// Lane l (mod LANES) of each subgroup loads units l, l+LANES, ... (4 units with 8 lanes, 2 with
+// 16); broadcasts from lanes 0..LANES-1 share them. WGSL wants a constant lane index, hence
+// the unrolled broadcasts below, one block per LANES and TRANS_A (the override folds the
+// others away), and subgroups of 8 or more lanes.
 fn a_unit(m0: u32, k: u32, u: u32) -> vec4<f32> {
     if (TRANS_A) {
         let kr = k + u / 8u;
@@ -259,7 +262,7 @@ fn matmul_subgroup(
 ) {
     let m0 = wid.y * S_ROWS;
     let n = (wid.x * SG_WG + li) * 4u;
-    let l8 = lane % 8u;
+    let li_a = lane % LANES;
     var acc0 = mat4x4<f32>();
     var acc1 = mat4x4<f32>();
     var acc2 = mat4x4<f32>();
@@ -270,13 +273,20 @@ fn matmul_subgroup(
     var acc7 = mat4x4<f32>();
     var cs = vec4<f32>(0.0);
     for (var k = 0u; k < p.k; k += 4u) {
-        let u0 = a_unit(m0, k, l8);
-        let u1 = a_unit(m0, k, l8 + 8u);
-        let u2 = a_unit(m0, k, l8 + 16u);
-        let u3 = a_unit(m0, k, l8 + 24u);
+        let u0 = a_unit(m0, k, li_a);
+        let u1 = a_unit(m0, k, li_a + LANES);
+        var u2 = vec4<f32>(0.0);
+        var u3 = vec4<f32>(0.0);
+        if (LANES == 8u) {
+            u2 = a_unit(m0, k, li_a + 16u);
+            u3 = a_unit(m0, k, li_a + 24u);
+        }
         let bm = b_block(k, n);
         if (COLSUM) { cs += bm * vec4<f32>(1.0); }
-        if (TRANS_A) {
+        // Unit u sits in u_(u / LANES) of lane u % LANES. TRANS_A: block q takes units
+        // q, 8 + q, 16 + q, 24 + q (its four K-rows); otherwise block q's columns are the
+        // units (rows) 4q..4q+3.
+        if (TRANS_A && LANES == 8u) {
             acc0 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 0u), subgroupBroadcast(u1, 0u), subgroupBroadcast(u2, 0u), subgroupBroadcast(u3, 0u)), acc0);
             acc1 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 1u), subgroupBroadcast(u1, 1u), subgroupBroadcast(u2, 1u), subgroupBroadcast(u3, 1u)), acc1);
             acc2 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 2u), subgroupBroadcast(u1, 2u), subgroupBroadcast(u2, 2u), subgroupBroadcast(u3, 2u)), acc2);
@@ -285,8 +295,16 @@ fn matmul_subgroup(
             acc5 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 5u), subgroupBroadcast(u1, 5u), subgroupBroadcast(u2, 5u), subgroupBroadcast(u3, 5u)), acc5);
             acc6 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 6u), subgroupBroadcast(u1, 6u), subgroupBroadcast(u2, 6u), subgroupBroadcast(u3, 6u)), acc6);
             acc7 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 7u), subgroupBroadcast(u1, 7u), subgroupBroadcast(u2, 7u), subgroupBroadcast(u3, 7u)), acc7);
-        } else {
-            // Row i lives in u_(i/8) of lane i%8; a block's columns are its four rows.
+        } else if (TRANS_A) {
+            acc0 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 0u), subgroupBroadcast(u0, 8u), subgroupBroadcast(u1, 0u), subgroupBroadcast(u1, 8u)), acc0);
+            acc1 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 1u), subgroupBroadcast(u0, 9u), subgroupBroadcast(u1, 1u), subgroupBroadcast(u1, 9u)), acc1);
+            acc2 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 2u), subgroupBroadcast(u0, 10u), subgroupBroadcast(u1, 2u), subgroupBroadcast(u1, 10u)), acc2);
+            acc3 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 3u), subgroupBroadcast(u0, 11u), subgroupBroadcast(u1, 3u), subgroupBroadcast(u1, 11u)), acc3);
+            acc4 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 4u), subgroupBroadcast(u0, 12u), subgroupBroadcast(u1, 4u), subgroupBroadcast(u1, 12u)), acc4);
+            acc5 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 5u), subgroupBroadcast(u0, 13u), subgroupBroadcast(u1, 5u), subgroupBroadcast(u1, 13u)), acc5);
+            acc6 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 6u), subgroupBroadcast(u0, 14u), subgroupBroadcast(u1, 6u), subgroupBroadcast(u1, 14u)), acc6);
+            acc7 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 7u), subgroupBroadcast(u0, 15u), subgroupBroadcast(u1, 7u), subgroupBroadcast(u1, 15u)), acc7);
+        } else if (LANES == 8u) {
             acc0 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u0, 0u), subgroupBroadcast(u0, 1u), subgroupBroadcast(u0, 2u), subgroupBroadcast(u0, 3u)), acc0);
             acc1 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u0, 4u), subgroupBroadcast(u0, 5u), subgroupBroadcast(u0, 6u), subgroupBroadcast(u0, 7u)), acc1);
             acc2 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u1, 0u), subgroupBroadcast(u1, 1u), subgroupBroadcast(u1, 2u), subgroupBroadcast(u1, 3u)), acc2);
@@ -295,6 +313,15 @@ fn matmul_subgroup(
             acc5 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u2, 4u), subgroupBroadcast(u2, 5u), subgroupBroadcast(u2, 6u), subgroupBroadcast(u2, 7u)), acc5);
             acc6 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u3, 0u), subgroupBroadcast(u3, 1u), subgroupBroadcast(u3, 2u), subgroupBroadcast(u3, 3u)), acc6);
             acc7 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u3, 4u), subgroupBroadcast(u3, 5u), subgroupBroadcast(u3, 6u), subgroupBroadcast(u3, 7u)), acc7);
+        } else {
+            acc0 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u0, 0u), subgroupBroadcast(u0, 1u), subgroupBroadcast(u0, 2u), subgroupBroadcast(u0, 3u)), acc0);
+            acc1 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u0, 4u), subgroupBroadcast(u0, 5u), subgroupBroadcast(u0, 6u), subgroupBroadcast(u0, 7u)), acc1);
+            acc2 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u0, 8u), subgroupBroadcast(u0, 9u), subgroupBroadcast(u0, 10u), subgroupBroadcast(u0, 11u)), acc2);
+            acc3 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u0, 12u), subgroupBroadcast(u0, 13u), subgroupBroadcast(u0, 14u), subgroupBroadcast(u0, 15u)), acc3);
+            acc4 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u1, 0u), subgroupBroadcast(u1, 1u), subgroupBroadcast(u1, 2u), subgroupBroadcast(u1, 3u)), acc4);
+            acc5 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u1, 4u), subgroupBroadcast(u1, 5u), subgroupBroadcast(u1, 6u), subgroupBroadcast(u1, 7u)), acc5);
+            acc6 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u1, 8u), subgroupBroadcast(u1, 9u), subgroupBroadcast(u1, 10u), subgroupBroadcast(u1, 11u)), acc6);
+            acc7 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u1, 12u), subgroupBroadcast(u1, 13u), subgroupBroadcast(u1, 14u), subgroupBroadcast(u1, 15u)), acc7);
         }
     }
     if (n >= p.n) { return; }
@@ -310,62 +337,3 @@ fn matmul_subgroup(
     if (COLSUM && wid.y == 0u) { store_colsum4(nq, cs); }
 }
 
-// matmul_subgroup for subgroups of 16 or more lanes (lavapipe at LP_NATIVE_VECTOR_WIDTH=512):
-// the 32 A units of a k-step are two per lane instead of four, so each lane issues half the A
-// loads (lanes 0..15 hold unit u in u_(u/16)). 1.3-1.6x faster than matmul_subgroup at that
-// width; same arithmetic, same results.
-@compute @workgroup_size(SG_WG)
-fn matmul_subgroup16(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(local_invocation_index) li: u32,
-    @builtin(subgroup_invocation_id) lane: u32,
-) {
-    let m0 = wid.y * S_ROWS;
-    let n = (wid.x * SG_WG + li) * 4u;
-    let l16 = lane % 16u;
-    var acc0 = mat4x4<f32>();
-    var acc1 = mat4x4<f32>();
-    var acc2 = mat4x4<f32>();
-    var acc3 = mat4x4<f32>();
-    var acc4 = mat4x4<f32>();
-    var acc5 = mat4x4<f32>();
-    var acc6 = mat4x4<f32>();
-    var acc7 = mat4x4<f32>();
-    var cs = vec4<f32>(0.0);
-    for (var k = 0u; k < p.k; k += 4u) {
-        let u0 = a_unit(m0, k, l16);
-        let u1 = a_unit(m0, k, l16 + 16u);
-        let bm = b_block(k, n);
-        if (COLSUM) { cs += bm * vec4<f32>(1.0); }
-        if (TRANS_A) {
-            acc0 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 0u), subgroupBroadcast(u0, 8u), subgroupBroadcast(u1, 0u), subgroupBroadcast(u1, 8u)), acc0);
-            acc1 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 1u), subgroupBroadcast(u0, 9u), subgroupBroadcast(u1, 1u), subgroupBroadcast(u1, 9u)), acc1);
-            acc2 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 2u), subgroupBroadcast(u0, 10u), subgroupBroadcast(u1, 2u), subgroupBroadcast(u1, 10u)), acc2);
-            acc3 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 3u), subgroupBroadcast(u0, 11u), subgroupBroadcast(u1, 3u), subgroupBroadcast(u1, 11u)), acc3);
-            acc4 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 4u), subgroupBroadcast(u0, 12u), subgroupBroadcast(u1, 4u), subgroupBroadcast(u1, 12u)), acc4);
-            acc5 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 5u), subgroupBroadcast(u0, 13u), subgroupBroadcast(u1, 5u), subgroupBroadcast(u1, 13u)), acc5);
-            acc6 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 6u), subgroupBroadcast(u0, 14u), subgroupBroadcast(u1, 6u), subgroupBroadcast(u1, 14u)), acc6);
-            acc7 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 7u), subgroupBroadcast(u0, 15u), subgroupBroadcast(u1, 7u), subgroupBroadcast(u1, 15u)), acc7);
-        } else {
-            acc0 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u0, 0u), subgroupBroadcast(u0, 1u), subgroupBroadcast(u0, 2u), subgroupBroadcast(u0, 3u)), acc0);
-            acc1 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u0, 4u), subgroupBroadcast(u0, 5u), subgroupBroadcast(u0, 6u), subgroupBroadcast(u0, 7u)), acc1);
-            acc2 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u0, 8u), subgroupBroadcast(u0, 9u), subgroupBroadcast(u0, 10u), subgroupBroadcast(u0, 11u)), acc2);
-            acc3 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u0, 12u), subgroupBroadcast(u0, 13u), subgroupBroadcast(u0, 14u), subgroupBroadcast(u0, 15u)), acc3);
-            acc4 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u1, 0u), subgroupBroadcast(u1, 1u), subgroupBroadcast(u1, 2u), subgroupBroadcast(u1, 3u)), acc4);
-            acc5 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u1, 4u), subgroupBroadcast(u1, 5u), subgroupBroadcast(u1, 6u), subgroupBroadcast(u1, 7u)), acc5);
-            acc6 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u1, 8u), subgroupBroadcast(u1, 9u), subgroupBroadcast(u1, 10u), subgroupBroadcast(u1, 11u)), acc6);
-            acc7 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u1, 12u), subgroupBroadcast(u1, 13u), subgroupBroadcast(u1, 14u), subgroupBroadcast(u1, 15u)), acc7);
-        }
-    }
-    if (n >= p.n) { return; }
-    let nq = n / 4u;
-    store_rows(m0 + 0u, nq, acc0);
-    store_rows(m0 + 4u, nq, acc1);
-    store_rows(m0 + 8u, nq, acc2);
-    store_rows(m0 + 12u, nq, acc3);
-    store_rows(m0 + 16u, nq, acc4);
-    store_rows(m0 + 20u, nq, acc5);
-    store_rows(m0 + 24u, nq, acc6);
-    store_rows(m0 + 28u, nq, acc7);
-    if (COLSUM && wid.y == 0u) { store_colsum4(nq, cs); }
-}

@@ -1,6 +1,6 @@
 //! The kernel tests again at the lavapipe width the library would not pick on this machine:
-//! 256-bit (8-lane subgroups, `matmul_subgroup`) where it picks 512, else 512-bit (16 lanes,
-//! `matmul_subgroup16`), so both entry points are tested on every machine. A separate test
+//! 256-bit (8-lane subgroups) where it picks 512, else 512-bit (16 lanes), so the subgroup
+//! matmul's two lane layouts (`LANES` = 8 and 16) are tested on every machine. A separate test
 //! binary because the driver reads `LP_NATIVE_VECTOR_WIDTH` once per process, when the first
 //! device starts it; `tests/gpu` runs at the library's choice.
 
@@ -54,10 +54,10 @@ fn set_width() {
 }
 
 /// On lavapipe the width sets the subgroup size (8 lanes at 256 bits, 16 at 512), and the
-/// subgroup matmul picks its entry point by it; the kernel tests above check that entry point
+/// subgroup matmul picks its lane layout by it; the kernel tests above check that layout
 /// against f64.
 #[test]
-fn lavapipe_width_picks_the_matmul_entry_point() {
+fn lavapipe_width_picks_the_matmul_lane_layout() {
     use vae_wgpu::ops::{self, Epilogue, MatmulStrategy};
     let g = common::gpu();
     if !g.report().name.contains("llvmpipe") {
@@ -68,6 +68,17 @@ fn lavapipe_width_picks_the_matmul_entry_point() {
     assert_eq!(g.report().subgroup_min_size, width / 32, "lanes = width / 32 bits");
     let a = g.tensor("a", &[8, 8]).unwrap();
     let c = g.tensor("c", &[8, 8]).unwrap();
-    let d = ops::matmul(g, "m", &a, false, &a, false, &c, &Epilogue::default(), Some(MatmulStrategy::Subgroup)).unwrap();
+    let d = ops::matmul(
+        g,
+        "m",
+        &a,
+        false,
+        &a,
+        false,
+        &c,
+        &Epilogue::default(),
+        Some(MatmulStrategy::Subgroup),
+    )
+    .unwrap();
     assert_eq!(d.label.contains("Subgroup16"), width >= 512, "{}", d.label);
 }

@@ -230,11 +230,15 @@ pub fn matmul(
         MatmulStrategy::Subgroup => {
             let wg = sg.max(16) as usize;
             // With 16 or more lanes per subgroup each lane loads half as much of A.
-            let entry = if sg >= 16 { "matmul_subgroup16" } else { "matmul_subgroup" };
+            let lanes = if sg >= 16 { 16 } else { 8 };
+            constants.push(("LANES", lanes as f64));
             constants.push(("SG_WG", wg as f64));
             constants.push(("A_TEXTURE", flag(a_tex.is_some())));
             constants.push(("B_TEXTURE", flag(b_tex.is_some())));
-            (entry, [(n / 4).div_ceil(wg) as u32, m.div_ceil(32) as u32, 1])
+            (
+                "matmul_subgroup",
+                [(n / 4).div_ceil(wg) as u32, m.div_ceil(32) as u32, 1],
+            )
         }
     };
     let pipeline = gpu
@@ -259,12 +263,14 @@ pub fn matmul(
     ];
     if subgroup {
         for tex in [b_tex, a_tex] {
-            resources.push(wgpu::BindingResource::TextureView(tex.unwrap_or(gpu.dummy_texture()).view()));
+            resources.push(wgpu::BindingResource::TextureView(
+                tex.unwrap_or(gpu.dummy_texture()).view(),
+            ));
         }
     }
     let flops = 2.0 * (m * n * k) as f64;
     let bytes = 4.0 * (m * k + k * n + m * n) as f64;
-    let name = if entry == "matmul_subgroup16" {
+    let name = if subgroup && sg >= 16 {
         "Subgroup16".to_string()
     } else {
         format!("{strategy:?}")
