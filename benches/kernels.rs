@@ -46,8 +46,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for &st in &strategies {
             variants.push((st, format!("{st:?}"), a.clone(), b.clone()));
             if st == MatmulStrategy::Subgroup {
-                let (am, bm) = (ops::mirrored(&gpu, "a", a.clone(), true)?, ops::mirrored(&gpu, "b", b.clone(), true)?);
-                let copies: Vec<_> = [&am, &bm].iter().filter_map(|t| ops::refresh_mirror("fill", t)).collect();
+                let (am, bm) = (
+                    ops::mirrored(&gpu, "a", a.clone(), true)?,
+                    ops::mirrored(&gpu, "b", b.clone(), true)?,
+                );
+                let copies: Vec<_> = [&am, &bm]
+                    .iter()
+                    .filter_map(|t| ops::refresh_mirror("fill", t))
+                    .collect();
                 gpu.run(&copies.iter().collect::<Vec<_>>())?;
                 variants.push((st, "Subgroup+tex".to_string(), am, bm));
             }

@@ -216,7 +216,13 @@ fn profile_dispatches(gpu: &Gpu, plan: &[&Dispatch]) -> AnyResult<Option<Vec<f64
     } else {
         // Copies are not timed per pass; they show as zero.
         (0..plan.len())
-            .map(|i| if plan[i].is_copy() { 0.0 } else { span(marks[i].0, marks[i].1) })
+            .map(|i| {
+                if plan[i].is_copy() {
+                    0.0
+                } else {
+                    span(marks[i].0, marks[i].1)
+                }
+            })
             .collect()
     };
     Ok(Some(spans))
@@ -334,7 +340,9 @@ fn main() -> AnyResult<()> {
         need as f64 / 1e6,
         live as f64 / need as f64
     );
-    json.push(format!("\"resident_bytes\":{live},\"needed_bytes\":{need},\"mirror_bytes\":{mirrors}"));
+    json.push(format!(
+        "\"resident_bytes\":{live},\"needed_bytes\":{need},\"mirror_bytes\":{mirrors}"
+    ));
 
     // Per-dispatch GPU time at batch 128 (the 8 steps above were the warm-up).
     let meter = StealMeter::start();
@@ -496,7 +504,10 @@ fn main() -> AnyResult<()> {
         let tag = if !on {
             String::new()
         } else {
-            format!(" (texture mirrors: {} weights and the activations)", vae.mirrored_weights())
+            format!(
+                " (texture mirrors: {} weights and the activations)",
+                vae.mirrored_weights()
+            )
         };
         let mut encode: Vec<Dispatch> = ops::refresh_mirror("x", &x).into_iter().collect();
         encode.extend(vae.plan_encode(&gpu, &x, &enc_h, &enc)?);
@@ -555,7 +566,10 @@ fn main() -> AnyResult<()> {
                 // Both operands through texture mirrors, as in the training step.
                 let am = ops::mirrored(&gpu, "a", a.clone(), true)?;
                 let bm = ops::mirrored(&gpu, "b", bb.clone(), true)?;
-                let fill: Vec<Dispatch> = [&am, &bm].iter().filter_map(|t| ops::refresh_mirror("fill", t)).collect();
+                let fill: Vec<Dispatch> = [&am, &bm]
+                    .iter()
+                    .filter_map(|t| ops::refresh_mirror("fill", t))
+                    .collect();
                 gpu.run(&fill.iter().collect::<Vec<_>>())?;
                 variants.push((st, "Subgroup+tex".to_string(), am, bm));
             }

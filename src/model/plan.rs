@@ -175,7 +175,11 @@ impl Workspace {
 
     /// Device bytes of the workspace's texture mirrors.
     pub fn mirror_bytes(&self) -> u64 {
-        self.tensors().iter().filter_map(|t| t.mirror()).map(|m| m.bytes()).sum()
+        self.tensors()
+            .iter()
+            .filter_map(|t| t.mirror())
+            .map(|m| m.bytes())
+            .sum()
     }
 
     fn tensors(&self) -> Vec<&Tensor> {

@@ -84,7 +84,11 @@ pub fn copy_to_mirror(encoder: &mut wgpu::CommandEncoder, t: &Tensor, tex: &GpuT
             wgpu::TexelCopyTextureInfo {
                 texture: tex.raw(),
                 mip_level: 0,
-                origin: wgpu::Origin3d { x: 0, y: row as u32, z: 0 },
+                origin: wgpu::Origin3d {
+                    x: 0,
+                    y: row as u32,
+                    z: 0,
+                },
                 aspect: wgpu::TextureAspect::All,
             },
             wgpu::Extent3d {

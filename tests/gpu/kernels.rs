@@ -296,7 +296,10 @@ fn matmul_subgroup_with_texture_mirrors() {
 fn texture_mirror_rejects_mismatches() {
     let g = gpu();
     let t = g.tensor("t", &[6, 5]).unwrap();
-    assert!(matches!(ops::mirror_texture(g, "odd", &t), Err(vae_wgpu::VaeError::Shape(_))));
+    assert!(matches!(
+        ops::mirror_texture(g, "odd", &t),
+        Err(vae_wgpu::VaeError::Shape(_))
+    ));
     if MatmulStrategy::Subgroup.check_supported(g).is_err() {
         return;
     }
@@ -306,8 +309,22 @@ fn texture_mirror_rejects_mismatches() {
     let big = g.tensor("big", &[4 * 300, 4]).unwrap().with_mirror(Some(tex));
     let b = g.tensor("b", &[4, 4]).unwrap();
     let c = g.tensor("c", &[1200, 4]).unwrap();
-    let e = ops::matmul(g, "m", &big, false, &b, false, &c, &Epilogue::default(), Some(MatmulStrategy::Subgroup));
-    assert!(matches!(e, Err(vae_wgpu::VaeError::Shape(ref m)) if m.contains("mirror")), "{:?}", e.err());
+    let e = ops::matmul(
+        g,
+        "m",
+        &big,
+        false,
+        &b,
+        false,
+        &c,
+        &Epilogue::default(),
+        Some(MatmulStrategy::Subgroup),
+    );
+    assert!(
+        matches!(e, Err(vae_wgpu::VaeError::Shape(ref m)) if m.contains("mirror")),
+        "{:?}",
+        e.err()
+    );
 }
 
 #[test]

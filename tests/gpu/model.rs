@@ -2,7 +2,7 @@
 //! `reference.rs` — the gradient of every parameter, the metric log row and one Adam update —
 //! and a partial-batch plan against a workspace built for exactly that batch.
 
-use vae_wgpu::model::{plan_step, BatchSource, GpuDataset, Vae, VaeConfig, TextureMirrors, Workspace, METRIC_SLOTS};
+use vae_wgpu::model::{plan_step, BatchSource, GpuDataset, TextureMirrors, Vae, VaeConfig, Workspace, METRIC_SLOTS};
 use vae_wgpu::ops::{self, Activation, AdamConfig, Likelihood, StepBuffer, StepParams};
 use vae_wgpu::{rng, Dispatch, Gpu, Tensor};
 
@@ -192,7 +192,11 @@ fn check_gradients(case: &Case) {
     let g = gpu();
     let (b, l, zd) = (case.batch, case.samples, case.cfg.latent);
     let mut vae = Vae::new(g, case.cfg.clone(), case.seed).unwrap();
-    let policy = if case.mirrors { TextureMirrors::All } else { TextureMirrors::None };
+    let policy = if case.mirrors {
+        TextureMirrors::All
+    } else {
+        TextureMirrors::None
+    };
     vae.set_texture_mirrors(g, policy).unwrap();
     let names = slot_names(&vae);
     let start = 3;

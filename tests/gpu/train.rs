@@ -218,7 +218,12 @@ fn texture_mirrors_do_not_change_the_numbers() {
         let ev = Evaluator::new(g, mnist_subset(g, 75)).unwrap();
         losses.push(ev.elbo(&vae, 1, false).unwrap().loss);
         losses.push(ev.iw_nll(&vae, 1, 3, false).unwrap());
-        (losses, g.read(&vae.arena.params).unwrap(), vae.mirrored_weights(), tr.mirror_copies_per_step())
+        (
+            losses,
+            g.read(&vae.arena.params).unwrap(),
+            vae.mirrored_weights(),
+            tr.mirror_copies_per_step(),
+        )
     };
     let (la, pa, na, ca) = run(TextureMirrors::None);
     let (lb, pb, nb, cb) = run(TextureMirrors::All);
@@ -229,7 +234,11 @@ fn texture_mirrors_do_not_change_the_numbers() {
         return;
     }
     assert_eq!(nb, 4, "every weight of 784-64-8-64-784 is mirrored");
-    assert_eq!(cb, 6 + 4, "x, the hidden activations and gradients, d_out; the 4 weights");
+    assert_eq!(
+        cb,
+        6 + 4,
+        "x, the hidden activations and gradients, d_out; the 4 weights"
+    );
     assert_eq!(la, lb);
     assert!(pa == pb, "parameters differ with texture mirrors");
 }
@@ -286,7 +295,10 @@ fn a_host_device_and_encoder_train_as_the_library_does() {
     tr2.train_steps(steps).unwrap();
     let want = own.read(&vae2.arena.params).unwrap();
     assert_eq!(vae.texture_mirrors(), vae2.texture_mirrors());
-    assert!(got == want, "parameters differ between the host's encoder and the library's loop");
+    assert!(
+        got == want,
+        "parameters differ between the host's encoder and the library's loop"
+    );
     // And the steps did something.
     let init = Vae::new(&own, small_config(), 9).unwrap();
     assert!(own.read(&init.arena.params).unwrap() != want);
