@@ -187,8 +187,8 @@ impl KernelRegistry {
     }
 }
 
-/// Removes the subgroup matmul entry points (from the first one's attribute line to the end of
-/// the file: they are the last functions of matmul.wgsl) for devices without subgroup support.
+/// Removes the `matmul_subgroup` entry point (from its attribute line to the end of the file:
+/// it is the last function of matmul.wgsl) for devices without subgroup support.
 pub fn strip_subgroup_entry(src: &str) -> String {
     match src.find("@compute @workgroup_size(SG_WG)") {
         Some(i) => src[..i].to_string(),

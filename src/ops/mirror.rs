@@ -49,9 +49,12 @@ pub fn mirror_texture(gpu: &Gpu, label: &str, t: &Tensor) -> Result<Arc<GpuTextu
     gpu.memory.texture(label, w, h)
 }
 
-/// `t` with a new mirror when `wanted` (see [`mirror_texture`]), else `t` unchanged.
+/// `t` with a new mirror when `wanted` (see [`mirror_texture`]), else `t` unchanged. A mirror
+/// is only a faster way to read `t`, so a tensor too long for the device's largest texture
+/// simply gets none.
 pub fn mirrored(gpu: &Gpu, label: &str, t: Tensor, wanted: bool) -> Result<Tensor> {
-    if !wanted {
+    let max_rows = gpu.ctx.device.limits().max_texture_dimension_2d;
+    if !wanted || mirror_size(t.len()).1 > max_rows {
         return Ok(t);
     }
     let tex = mirror_texture(gpu, &format!("{label}.mirror"), &t)?;

@@ -944,3 +944,16 @@ fn condition_writes_one_hot_labels() {
         }
     }
 }
+
+/// A tensor longer than the largest texture gets no mirror (it is read from its buffer), so a
+/// large batch still trains; smaller ones get one.
+#[test]
+fn texture_mirror_is_skipped_past_the_texture_limit() {
+    let g = gpu();
+    let rows = g.ctx.device.limits().max_texture_dimension_2d as usize;
+    let fits = ops::mirrored(g, "fits", g.tensor("fits", &[rows * ops::TEX_W * 4]).unwrap(), true).unwrap();
+    assert!(fits.mirror().is_some());
+    drop(fits);
+    let long = ops::mirrored(g, "long", g.tensor("long", &[rows * ops::TEX_W * 4 + 4]).unwrap(), true).unwrap();
+    assert!(long.mirror().is_none());
+}
