@@ -5,8 +5,11 @@
 //! every dispatch of one training step at batch 128 from timestamp queries written inside the
 //! pass (wall clock around a synchronised submit where the adapter lacks them), with GFLOP/s
 //! or GB/s; dispatches, passes, submits and readbacks per step; resident device bytes against
-//! the sum of what the model needs. Each figure is the median (and min–max) of repeats after
-//! a warm-up.
+//! the sum of what the model needs; the step with texture mirrors on and off, interleaved in
+//! one process; matmul GFLOP/s per strategy. Each figure is the median (and min–max) of
+//! repeats after a warm-up. The host CPU and the share of CPU time the hypervisor took
+//! ("steal") during each section are printed too: on a shared machine they explain most of
+//! the run-to-run differences.
 
 use std::time::Instant;
 
