@@ -148,10 +148,7 @@ impl Vae {
                 (l.w, on)
             })
             .collect();
-        for (slot, on) in wanted {
-            self.arena.set_mirror(gpu, slot, on)?;
-        }
-        Ok(())
+        self.arena.set_mirrors(gpu, &wanted)
     }
 
     /// The texture-mirror policy of this model (None where the subgroup strategy is not used).

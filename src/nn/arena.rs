@@ -111,12 +111,15 @@ impl ParamArena {
         self.view(&self.params, slot).with_mirror(self.mirrors[slot].clone())
     }
 
-    /// Gives a slot's parameter a texture mirror (or drops it) and fills it.
-    pub fn set_mirror(&mut self, gpu: &Gpu, slot: usize, wanted: bool) -> Result<()> {
-        let name = self.layout.slots[slot].name.clone();
-        self.mirrors[slot] = ops::mirrored(gpu, &name, self.view(&self.params, slot), wanted)?
-            .mirror()
-            .cloned();
+    /// Gives each listed slot's parameter a texture mirror (or drops it), then fills them all
+    /// in one submit.
+    pub fn set_mirrors(&mut self, gpu: &Gpu, wanted: &[(usize, bool)]) -> Result<()> {
+        for &(slot, on) in wanted {
+            let name = self.layout.slots[slot].name.clone();
+            self.mirrors[slot] = ops::mirrored(gpu, &name, self.view(&self.params, slot), on)?
+                .mirror()
+                .cloned();
+        }
         self.sync_mirrors(gpu)
     }
 
