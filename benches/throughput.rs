@@ -263,19 +263,22 @@ fn main() -> AnyResult<()> {
         r.driver.trim()
     );
     println!(
-        "settings: subgroup {}..{} | LP_NATIVE_VECTOR_WIDTH={} | matmul strategy {:?} | timestamps in passes: {}",
+        "settings: subgroup {}..{} | LP_NATIVE_VECTOR_WIDTH={} | matmul strategy {:?} | timestamps in passes: {} | worker threads pinned: {}",
         r.subgroup_min_size,
         r.subgroup_max_size,
         r.lp_native_vector_width.as_deref().unwrap_or("unset"),
         strategy,
-        r.timestamps_inside_passes
+        r.timestamps_inside_passes,
+        r.pinned_worker_threads.len()
     );
     // On a CPU adapter the host CPU is the device: name it.
     let cpu = host_cpu();
     println!("host CPU: {cpu}");
     json.push(format!(
-        "\"adapter\":\"{}\",\"host_cpu\":\"{cpu}\",\"matmul_strategy\":\"{strategy:?}\",\"subgroup_size\":{}",
-        r.name, r.subgroup_min_size
+        "\"adapter\":\"{}\",\"host_cpu\":\"{cpu}\",\"matmul_strategy\":\"{strategy:?}\",\"subgroup_size\":{},\"pinned_worker_threads\":{}",
+        r.name,
+        r.subgroup_min_size,
+        r.pinned_worker_threads.len()
     ));
 
     let set = DatasetKind::Mnist.load_split(&DatasetKind::Mnist.default_dir(), true)?;

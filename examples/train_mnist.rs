@@ -337,6 +337,10 @@ fn run(args: Args) -> Result<()> {
         ),
         ("matmul_strategy".to_string(), format!("{strategy:?}").to_lowercase()),
         (
+            "pinned_worker_threads".to_string(),
+            r.pinned_worker_threads.len().to_string(),
+        ),
+        (
             "texture_mirrors".to_string(),
             format!("{:?}", vae.texture_mirrors()).to_lowercase(),
         ),

@@ -22,6 +22,9 @@ pub struct AdapterReport {
     pub timestamps_inside_passes: bool,
     /// `LP_NATIVE_VECTOR_WIDTH` as seen when the instance was created (lavapipe's SIMD width).
     pub lp_native_vector_width: Option<String>,
+    /// Thread ids of the lavapipe workers [`GpuContext::new`] pinned to distinct CPUs (see
+    /// [`crate::gpu::affinity`]); empty for other adapters, a host's device, or when disabled.
+    pub pinned_worker_threads: Vec<u32>,
 }
 
 impl std::fmt::Display for AdapterReport {
@@ -54,7 +57,9 @@ impl GpuContext {
     /// `WGPU_ADAPTER_NAME` selects by name substring, `WGPU_POWER_PREF` (low/high) sets the
     /// preference; with none set it takes the default adapter and falls back to a software one.
     /// When `LP_NATIVE_VECTOR_WIDTH` is unset it first sets it to
-    /// [`preferred_lavapipe_width`] (for the whole process: only lavapipe reads it).
+    /// [`preferred_lavapipe_width`] (for the whole process: only lavapipe reads it). On lavapipe
+    /// it pins the driver's worker threads to distinct CPUs ([`crate::gpu::affinity`];
+    /// `VAE_WGPU_PIN_THREADS=0` turns that off).
     pub fn new() -> Result<Self> {
         pollster::block_on(Self::new_async())
     }
@@ -67,6 +72,7 @@ impl GpuContext {
             }
         }
         let lp_width = std::env::var("LP_NATIVE_VECTOR_WIDTH").ok();
+        let threads_before = super::affinity::thread_ids();
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
         let adapter = match std::env::var("WGPU_ADAPTER_NAME") {
@@ -101,7 +107,12 @@ impl GpuContext {
             }
         };
         let (device, queue) = request_device(&adapter).await?;
-        Ok(Self::assemble(&adapter.get_info(), device, queue, lp_width))
+        let info = adapter.get_info();
+        let mut ctx = Self::assemble(&info, device, queue, lp_width);
+        if is_lavapipe(&info) && super::affinity::pinning_enabled() {
+            ctx.report.pinned_worker_threads = super::affinity::pin_new_threads(&threads_before);
+        }
+        Ok(ctx)
     }
 
     /// Wraps a host application's device and queue, so the host and vae-wgpu share buffers.
@@ -136,6 +147,7 @@ impl GpuContext {
             timestamps_inside_passes: features
                 .contains(wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES),
             lp_native_vector_width,
+            pinned_worker_threads: Vec::new(),
         };
         let errors = Arc::new(Mutex::new(Vec::new()));
         let sink = errors.clone();
@@ -173,6 +185,11 @@ impl GpuContext {
             .map_err(|e| VaeError::Gpu(format!("waiting for the GPU: {e}")))?;
         self.check_errors()
     }
+}
+
+/// Whether the adapter is Mesa's software Vulkan driver (lavapipe, adapter "llvmpipe").
+pub fn is_lavapipe(info: &wgpu::AdapterInfo) -> bool {
+    info.device_type == wgpu::DeviceType::Cpu && info.name.to_lowercase().contains("llvmpipe")
 }
 
 /// The `LP_NATIVE_VECTOR_WIDTH` that [`GpuContext::new`] sets when the variable is unset: "512"

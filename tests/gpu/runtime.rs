@@ -1,9 +1,10 @@
 //! Runtime behaviour: memory accounting, typed errors for bad requests.
 
+use vae_wgpu::gpu::Dispatch;
 use vae_wgpu::ops::{self, Epilogue};
 use vae_wgpu::{Gpu, VaeError};
 
-use crate::common::gpu;
+use crate::common::{gpu, rand_vec};
 
 #[test]
 fn repeated_work_allocates_nothing_new() {
@@ -100,4 +101,58 @@ fn lavapipe_runs_at_the_recorded_width() {
     }
     let width: u32 = recorded.as_deref().unwrap_or("256").parse().unwrap();
     assert_eq!(g.report().subgroup_min_size, width / 32, "lanes = width / 32 bits");
+}
+
+/// CPU time (user + system, clock ticks) of one of this process's threads.
+fn thread_ticks(tid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// On lavapipe with two or more CPUs, `Gpu::new` pins the driver's worker threads one per
+/// CPU, and those threads are the ones that run the kernels.
+#[test]
+fn lavapipe_workers_are_pinned_one_per_cpu_and_run_the_kernels() {
+    let g = gpu();
+    let cpus = vae_wgpu::gpu::affinity::process_cpus();
+    if !g.report().name.contains("llvmpipe") || cpus.len() < 2 || !cfg!(target_os = "linux") {
+        eprintln!("not lavapipe on two or more Linux CPUs: nothing is pinned");
+        return;
+    }
+    if !vae_wgpu::gpu::affinity::pinning_enabled() {
+        assert!(
+            g.report().pinned_worker_threads.is_empty(),
+            "VAE_WGPU_PIN_THREADS=0 must disable it"
+        );
+        return;
+    }
+    let pinned = g.report().pinned_worker_threads.clone();
+    assert!(
+        pinned.len() >= cpus.len(),
+        "lavapipe starts a worker per CPU; pinned {pinned:?} on {cpus:?}"
+    );
+    let mut used = std::collections::BTreeSet::new();
+    for &t in &pinned {
+        let status = std::fs::read_to_string(format!("/proc/self/task/{t}/status")).unwrap();
+        let list = status.lines().find(|l| l.starts_with("Cpus_allowed_list:")).unwrap();
+        let cpu: usize = list["Cpus_allowed_list:".len()..]
+            .trim()
+            .parse()
+            .expect("one CPU per worker");
+        used.insert(cpu);
+    }
+    assert_eq!(used.len(), cpus.len(), "every CPU gets a worker");
+    // A matmul of ~0.3 GFLOP keeps the workers busy for several scheduler ticks.
+    let a = g.upload("a", &[512, 512], &rand_vec(512 * 512, 1, -1.0, 1.0)).unwrap();
+    let c = g.tensor("c", &[512, 512]).unwrap();
+    let d = ops::matmul(g, "mm", &a, false, &a, false, &c, &Epilogue::default(), None).unwrap();
+    let before: u64 = pinned.iter().map(|&t| thread_ticks(t)).sum();
+    let list: Vec<&Dispatch> = (0..20).map(|_| &d).collect();
+    g.run(&list).unwrap();
+    let after: u64 = pinned.iter().map(|&t| thread_ticks(t)).sum();
+    assert!(
+        after > before,
+        "the pinned threads did not run the kernels ({before} → {after} ticks)"
+    );
 }
