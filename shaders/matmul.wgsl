@@ -103,11 +103,13 @@ fn epilogue1(m: u32, n: u32, v: f32) {
     c[idx / 4u][idx % 4u] = r;
 }
 
-// Row m, columns 4·nq .. 4·nq+3 (requires N % 4 == 0).
-fn epilogue4(m: u32, nq: u32, v: vec4<f32>) {
+// Row m, columns 4·nq .. 4·nq+3 (requires N % 4 == 0); bq = bias[nq] (HAS_BIAS), loaded once
+// per column quad by the caller: on lavapipe every buffer load is a per-lane loop, and the
+// compiler does not merge the repeated loads across the stores in between.
+fn epilogue4(m: u32, nq: u32, v: vec4<f32>, bq: vec4<f32>) {
     let idx = m * (p.n / 4u) + nq;
     var r = v;
-    if (HAS_BIAS) { r += bias[nq]; }
+    if (HAS_BIAS) { r += bq; }
     r = act_apply4(ACT, r, p.leaky_slope);
     if (DACT != 0u) { r *= act_grad4(DACT, aux[idx], p.leaky_slope); }
     if (ACCUMULATE) { r += c[idx]; }
@@ -185,7 +187,7 @@ fn matmul_tiled(
     }
     let nq = n0 / 4u + lid.x;
     if (nq * 4u >= p.n) { return; }
-    store_rows(m0 + lid.y * 4u, nq, acc);
+    store_rows(m0 + lid.y * 4u, nq, acc, bias_quad(nq));
     if (COLSUM && wid.y == 0u && lid.y == 0u) { store_colsum4(nq, cs); }
 }
 
@@ -236,10 +238,16 @@ fn a_quad_t(c0: vec4<f32>, c1: vec4<f32>, c2: vec4<f32>, c3: vec4<f32>) -> mat4x
     return transpose(mat4x4<f32>(c0, c1, c2, c3));
 }
 
-// Stores four rows of C held as the columns of a 4×4 block.
-fn store_rows(m: u32, nq: u32, blk: mat4x4<f32>) {
+// The bias quad of column quad nq (zero without HAS_BIAS).
+fn bias_quad(nq: u32) -> vec4<f32> {
+    if (HAS_BIAS) { return bias[nq]; }
+    return vec4<f32>(0.0);
+}
+
+// Stores four rows of C held as the columns of a 4×4 block; bq = bias_quad(nq).
+fn store_rows(m: u32, nq: u32, blk: mat4x4<f32>, bq: vec4<f32>) {
     for (var r = 0u; r < 4u; r++) {
-        if (m + r < p.m) { epilogue4(m + r, nq, blk[r]); }
+        if (m + r < p.m) { epilogue4(m + r, nq, blk[r], bq); }
     }
 }
 
@@ -326,14 +334,15 @@ fn matmul_subgroup(
     }
     if (n >= p.n) { return; }
     let nq = n / 4u;
-    store_rows(m0, nq, acc0);
-    store_rows(m0 + 4u, nq, acc1);
-    store_rows(m0 + 8u, nq, acc2);
-    store_rows(m0 + 12u, nq, acc3);
-    store_rows(m0 + 16u, nq, acc4);
-    store_rows(m0 + 20u, nq, acc5);
-    store_rows(m0 + 24u, nq, acc6);
-    store_rows(m0 + 28u, nq, acc7);
+    let bq = bias_quad(nq);
+    store_rows(m0, nq, acc0, bq);
+    store_rows(m0 + 4u, nq, acc1, bq);
+    store_rows(m0 + 8u, nq, acc2, bq);
+    store_rows(m0 + 12u, nq, acc3, bq);
+    store_rows(m0 + 16u, nq, acc4, bq);
+    store_rows(m0 + 20u, nq, acc5, bq);
+    store_rows(m0 + 24u, nq, acc6, bq);
+    store_rows(m0 + 28u, nq, acc7, bq);
     if (COLSUM && wid.y == 0u) { store_colsum4(nq, cs); }
 }
 
