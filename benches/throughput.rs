@@ -71,6 +71,30 @@ impl StealMeter {
     }
 }
 
+/// f32 multiplies and adds per second of one host core, from a short loop the compiler vectorises
+/// (baseline SIMD, so a fraction of the core's peak; only its changes matter). On a CPU adapter
+/// the host is the device, and on a shared virtual machine its speed changes by up to 2× over
+/// minutes without any steal showing (another guest on the same physical cores); measured
+/// after each section, it tells which figures were taken on a slow host.
+fn host_core_gflops() -> f64 {
+    let x: Vec<f32> = (0..4096).map(|i| 1.0 + i as f32 * 1e-6).collect();
+    let mut acc = [0f32; 32];
+    let t = Instant::now();
+    let mut passes = 0u64;
+    while t.elapsed().as_secs_f64() < 0.05 {
+        for _ in 0..64 {
+            for chunk in std::hint::black_box(&x).chunks_exact(32) {
+                for (a, v) in acc.iter_mut().zip(chunk) {
+                    *a = *a * 0.999_9 + *v;
+                }
+            }
+        }
+        passes += 64;
+    }
+    std::hint::black_box(acc);
+    2.0 * (passes * x.len() as u64) as f64 / t.elapsed().as_secs_f64() / 1e9
+}
+
 /// The host CPU's model name and logical core count (Linux), or "unknown".
 fn host_cpu() -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -244,11 +268,14 @@ fn main() -> AnyResult<()> {
 
     let whole_run = StealMeter::start();
     let mut steal: Vec<String> = Vec::new();
+    let mut core_speed: Vec<String> = Vec::new();
     let mut note_steal = |section: &str, m: &StealMeter| {
-        println!("  ({})", m.describe());
+        let speed = host_core_gflops();
+        println!("  ({}; one host core now at {speed:.1} GFLOP/s in a reference loop)", m.describe());
         if let Some(p) = m.percent() {
             steal.push(format!("\"{section}\":{p:.1}"));
         }
+        core_speed.push(format!("\"{section}\":{speed:.2}"));
     };
     let t0 = Instant::now();
     let gpu = Gpu::new()?;
@@ -604,6 +631,7 @@ fn main() -> AnyResult<()> {
     note_steal("matmul", &meter);
     note_steal("whole_run", &whole_run);
     json.push(format!("\"host_steal_percent\":{{{}}}", steal.join(",")));
+    json.push(format!("\"host_core_gflops\":{{{}}}", core_speed.join(",")));
     println!("\nper-dispatch times by {timed_by}; throughput by wall clock around synchronised submits.");
     println!("host steal: CPU time the hypervisor gave other guests; every figure above is slowed by it.");
 
