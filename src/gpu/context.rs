@@ -192,17 +192,13 @@ pub fn is_lavapipe(info: &wgpu::AdapterInfo) -> bool {
     info.device_type == wgpu::DeviceType::Cpu && info.name.to_lowercase().contains("llvmpipe")
 }
 
-/// The `LP_NATIVE_VECTOR_WIDTH` that [`GpuContext::new`] sets when the variable is unset: "512"
-/// on x86-64 CPUs with AVX-512, where lavapipe then runs 16-lane subgroups and the training
-/// step is about 20 % faster (README, performance section); None elsewhere. Set the variable
-/// yourself (256 or 512) to choose; [`GpuContext::from_device`] never touches it.
+/// The `LP_NATIVE_VECTOR_WIDTH` that [`GpuContext::new`] sets when the variable is unset: none,
+/// so lavapipe runs at its own default (256 bits on x86-64 with AVX). 512 bits makes the
+/// matmuls about 2× faster but the kernels that load and store per element (Adam, the loss)
+/// about 2× slower, and the training step is about 20 % slower overall, measured with a fresh
+/// shader cache (README, performance section). Set the variable yourself (256 or 512) to
+/// choose; [`GpuContext::from_device`] never touches it.
 pub fn preferred_lavapipe_width() -> Option<&'static str> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx512f") {
-            return Some("512");
-        }
-    }
     None
 }
 
