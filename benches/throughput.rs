@@ -271,7 +271,10 @@ fn main() -> AnyResult<()> {
     let mut core_speed: Vec<String> = Vec::new();
     let mut note_steal = |section: &str, m: &StealMeter| {
         let speed = host_core_gflops();
-        println!("  ({}; one host core now at {speed:.1} GFLOP/s in a reference loop)", m.describe());
+        println!(
+            "  ({}; one host core now at {speed:.1} GFLOP/s in a reference loop)",
+            m.describe()
+        );
         if let Some(p) = m.percent() {
             steal.push(format!("\"{section}\":{p:.1}"));
         }
