@@ -22,8 +22,9 @@ pub struct AdapterReport {
     pub timestamps_inside_passes: bool,
     /// `LP_NATIVE_VECTOR_WIDTH` as seen when the instance was created (lavapipe's SIMD width).
     pub lp_native_vector_width: Option<String>,
-    /// Thread ids of the lavapipe workers [`GpuContext::new`] pinned to distinct CPUs (see
-    /// [`crate::gpu::affinity`]); empty for other adapters, a host's device, or when disabled.
+    /// Thread ids [`GpuContext::new`] pinned one CPU each: the unnamed threads lavapipe started
+    /// (its compute workers and its queue thread; see [`crate::gpu::affinity`]). Empty for
+    /// other adapters, a host's device, or when disabled.
     pub pinned_worker_threads: Vec<u32>,
 }
 
