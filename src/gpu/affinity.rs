@@ -7,13 +7,13 @@
 //! 1.4–2.0 ms or 2.5–4.0 ms from one run to the next. With each worker pinned to its own CPU
 //! every run is at the fast end (README, performance section).
 //!
-//! The workers are the threads the driver starts while [`super::GpuContext::new`] creates the
-//! instance and device, and which it leaves unnamed (so they carry the name of the thread that
-//! created the context; the driver's named threads, such as `llvmpipe-0` for rasterisation,
-//! are left alone). They are
-//! spread round-robin in creation order over the CPUs the process may run on. Only our own
-//! instance is touched: [`super::GpuContext::from_device`] never pins a host's threads.
-//! `VAE_WGPU_PIN_THREADS=0` turns it off.
+//! The threads pinned are those the driver starts while [`super::GpuContext::new`] creates the
+//! instance and device and leaves unnamed, so that they carry the name of the thread creating
+//! the context: the compute workers and the queue thread (which sleeps while they run). The
+//! driver's named threads, such as `llvmpipe-0` for rasterisation, are left alone. They are
+//! spread round-robin, in creation order, over the CPUs the creating thread may run on. Only
+//! our own instance is touched: [`super::GpuContext::from_device`] never pins a host's
+//! threads. `VAE_WGPU_PIN_THREADS=0` turns it off.
 
 /// Thread ids of this process, ascending (empty where /proc is unavailable).
 pub fn thread_ids() -> Vec<u32> {
@@ -39,8 +39,8 @@ pub fn pinning_enabled() -> bool {
 }
 
 /// Pins the threads started since `before` (a [`thread_ids`] snapshot) that carry the calling
-/// thread's name, which a new thread inherits until it names itself, to the process's CPUs,
-/// round-robin in id order. Returns the ids pinned; threads that ended meanwhile, or a
+/// thread's name, which a new thread inherits until it names itself, one CPU each from those
+/// the calling thread may use, round-robin in id order. Returns the ids pinned; threads that ended meanwhile, or a
 /// platform without affinity control, are not pinned. Needs two CPUs or more.
 pub fn pin_new_threads(before: &[u32]) -> Vec<u32> {
     let Ok(own) = std::fs::read_to_string("/proc/thread-self/comm") else {
@@ -64,7 +64,7 @@ pub fn pin_new_threads(before: &[u32]) -> Vec<u32> {
         .collect()
 }
 
-/// The CPUs the process may run on (empty where that is unknown).
+/// The CPUs the calling thread may run on (empty where that is unknown).
 pub fn process_cpus() -> Vec<usize> {
     allowed_cpus()
 }
