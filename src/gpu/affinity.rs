@@ -40,8 +40,9 @@ pub fn pinning_enabled() -> bool {
 
 /// Pins the threads started since `before` (a [`thread_ids`] snapshot) that carry the calling
 /// thread's name, which a new thread inherits until it names itself, one CPU each from those
-/// the calling thread may use, round-robin in id order. Returns the ids pinned; threads that ended meanwhile, or a
-/// platform without affinity control, are not pinned. Needs two CPUs or more.
+/// the calling thread may use, round-robin in id order. Returns the ids pinned; threads that
+/// ended meanwhile, or a platform without affinity control, are not pinned. Needs two CPUs or
+/// more.
 pub fn pin_new_threads(before: &[u32]) -> Vec<u32> {
     let Ok(own) = std::fs::read_to_string("/proc/thread-self/comm") else {
         return Vec::new();
@@ -65,12 +66,8 @@ pub fn pin_new_threads(before: &[u32]) -> Vec<u32> {
 }
 
 /// The CPUs the calling thread may run on (empty where that is unknown).
-pub fn process_cpus() -> Vec<usize> {
-    allowed_cpus()
-}
-
 #[cfg(target_os = "linux")]
-fn allowed_cpus() -> Vec<usize> {
+pub fn allowed_cpus() -> Vec<usize> {
     // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most its size.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -93,8 +90,9 @@ fn pin(tid: u32, cpu: usize) -> bool {
     }
 }
 
+/// The CPUs the calling thread may run on (empty where that is unknown).
 #[cfg(not(target_os = "linux"))]
-fn allowed_cpus() -> Vec<usize> {
+pub fn allowed_cpus() -> Vec<usize> {
     Vec::new()
 }
 
@@ -117,7 +115,7 @@ mod tests {
     /// round-robin; a thread that names itself, like the driver's rasteriser threads, is left.
     #[test]
     fn new_unnamed_threads_are_spread_over_the_cpus() {
-        let cpus = process_cpus();
+        let cpus = allowed_cpus();
         if cpus.len() < 2 {
             eprintln!("one CPU: nothing to spread");
             return;
