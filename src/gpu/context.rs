@@ -196,8 +196,8 @@ pub fn is_lavapipe(info: &wgpu::AdapterInfo) -> bool {
 /// The `LP_NATIVE_VECTOR_WIDTH` that [`GpuContext::new`] sets when the variable is unset: none,
 /// so lavapipe runs at its own default (256 bits on x86-64 with AVX). 512 bits makes the
 /// matmuls about 2× faster but the kernels that load and store per element (Adam, the loss)
-/// about 2× slower, and the training step is about 20 % slower overall, measured with a fresh
-/// shader cache (README, performance section). Set the variable yourself (256 or 512) to
+/// about 2× slower, and the training step is slower overall: 256 bits won eight of nine
+/// interleaved pairs of fresh-cache runs (README, performance section). Set the variable yourself (256 or 512) to
 /// choose; [`GpuContext::from_device`] never touches it.
 pub fn preferred_lavapipe_width() -> Option<&'static str> {
     None
