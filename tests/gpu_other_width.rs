@@ -1,8 +1,7 @@
-//! The kernel tests again at the lavapipe width the library would not pick on this machine:
-//! 256-bit (8-lane subgroups) where it picks 512, else 512-bit (16 lanes), so the subgroup
-//! matmul's two lane layouts (`LANES` = 8 and 16) are tested on every machine. A separate test
-//! binary because the driver reads `LP_NATIVE_VECTOR_WIDTH` once per process, when the first
-//! device starts it; `tests/gpu` runs at the library's choice.
+//! The kernel tests again with lavapipe at 512 bits (16-lane subgroups), while `tests/gpu`
+//! runs at the driver's default (256 bits, 8 lanes), so the subgroup matmul's two lane layouts
+//! (`LANES` = 8 and 16) are tested on every machine. A separate test binary because the driver
+//! reads `LP_NATIVE_VECTOR_WIDTH` once per process, when the first device starts it.
 
 use std::sync::OnceLock;
 
@@ -34,13 +33,8 @@ mod common {
 #[path = "gpu/kernels.rs"]
 mod kernels;
 
-/// The width this binary runs at: the one the library would not pick.
-fn other_width() -> &'static str {
-    match vae_wgpu::gpu::preferred_lavapipe_width() {
-        Some("512") => "256",
-        _ => "512",
-    }
-}
+/// The width this binary runs at, unless the environment already sets one.
+const OTHER_WIDTH: &str = "512";
 
 fn set_width() {
     static SET: OnceLock<()> = OnceLock::new();
@@ -48,7 +42,7 @@ fn set_width() {
         // Before any device: nothing else in this process reads the environment yet. An
         // explicit setting wins (then both binaries run at it).
         if std::env::var_os("LP_NATIVE_VECTOR_WIDTH").is_none() {
-            std::env::set_var("LP_NATIVE_VECTOR_WIDTH", other_width());
+            std::env::set_var("LP_NATIVE_VECTOR_WIDTH", OTHER_WIDTH);
         }
     });
 }

@@ -57,21 +57,15 @@ impl GpuContext {
     /// Picks an adapter the way wgpu's own tools do: `WGPU_BACKEND` restricts backends,
     /// `WGPU_ADAPTER_NAME` selects by name substring, `WGPU_POWER_PREF` (low/high) sets the
     /// preference; with none set it takes the default adapter and falls back to a software one.
-    /// When `LP_NATIVE_VECTOR_WIDTH` is unset it first sets it to
-    /// [`preferred_lavapipe_width`] (for the whole process: only lavapipe reads it). On lavapipe
-    /// it pins the driver's worker threads to distinct CPUs ([`crate::gpu::affinity`];
+    /// lavapipe's SIMD width is left to `LP_NATIVE_VECTOR_WIDTH` (the driver's default, 256
+    /// bits, trains faster here than 512: README, performance section). On lavapipe it pins the
+    /// driver's worker threads to distinct CPUs ([`crate::gpu::affinity`];
     /// `VAE_WGPU_PIN_THREADS=0` turns that off).
     pub fn new() -> Result<Self> {
         pollster::block_on(Self::new_async())
     }
 
     async fn new_async() -> Result<Self> {
-        if std::env::var_os("LP_NATIVE_VECTOR_WIDTH").is_none() {
-            if let Some(width) = preferred_lavapipe_width() {
-                // lavapipe reads it once, when the first instance in the process starts it.
-                std::env::set_var("LP_NATIVE_VECTOR_WIDTH", width);
-            }
-        }
         let lp_width = std::env::var("LP_NATIVE_VECTOR_WIDTH").ok();
         let threads_before = super::affinity::thread_ids();
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
@@ -191,16 +185,6 @@ impl GpuContext {
 /// Whether the adapter is Mesa's software Vulkan driver (lavapipe, adapter "llvmpipe").
 pub fn is_lavapipe(info: &wgpu::AdapterInfo) -> bool {
     info.device_type == wgpu::DeviceType::Cpu && info.name.to_lowercase().contains("llvmpipe")
-}
-
-/// The `LP_NATIVE_VECTOR_WIDTH` that [`GpuContext::new`] sets when the variable is unset: none,
-/// so lavapipe runs at its own default (256 bits on x86-64 with AVX). 512 bits makes the
-/// matmuls about 2× faster but the kernels that load and store per element (Adam, the loss)
-/// about 2× slower, and the training step is slower overall: 256 bits won eight of nine
-/// interleaved pairs of fresh-cache runs (README, performance section). Set the variable yourself (256 or 512) to
-/// choose; [`GpuContext::from_device`] never touches it.
-pub fn preferred_lavapipe_width() -> Option<&'static str> {
-    None
 }
 
 /// The features and limits vae-wgpu asks of an adapter: subgroups and in-pass timestamps when

@@ -14,7 +14,7 @@ pub mod tensor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-pub use context::{device_requirements, is_lavapipe, preferred_lavapipe_width, AdapterReport, GpuContext};
+pub use context::{device_requirements, is_lavapipe, AdapterReport, GpuContext};
 pub use kernels::{KernelRegistry, Shader};
 pub use memory::{DeviceMemory, GpuBuffer, GpuTexture, MemoryStats};
 pub use tensor::Tensor;

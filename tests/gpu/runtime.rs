@@ -86,8 +86,9 @@ fn writes_and_ops_check_lengths() {
     assert!(matches!(e, VaeError::Config(_)), "{e}");
 }
 
-/// Without an explicit setting, the library starts lavapipe at its preferred width (512 bits
-/// on AVX-512 CPUs); the width shows in the subgroup size, and the report records it.
+/// The library leaves lavapipe's width to `LP_NATIVE_VECTOR_WIDTH` (the driver's default, 256
+/// bits on x86-64 with AVX, when unset); the width shows in the subgroup size, and the report
+/// records the setting.
 #[test]
 fn lavapipe_runs_at_the_recorded_width() {
     let g = gpu();
@@ -96,9 +97,6 @@ fn lavapipe_runs_at_the_recorded_width() {
         return;
     }
     let recorded = g.report().lp_native_vector_width.clone();
-    if let (None, Some(w)) = (&recorded, vae_wgpu::gpu::preferred_lavapipe_width()) {
-        panic!("LP_NATIVE_VECTOR_WIDTH was unset but the library did not set it to {w}");
-    }
     let width: u32 = recorded.as_deref().unwrap_or("256").parse().unwrap();
     assert_eq!(g.report().subgroup_min_size, width / 32, "lanes = width / 32 bits");
 }
