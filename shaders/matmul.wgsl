@@ -36,6 +36,13 @@ override ACT: u32 = 0u;
 override DACT: u32 = 0u;
 // Workgroup size of the subgroup strategy: max(16, subgroup size).
 override SG_WG: u32 = 16u;
+// Subgroup strategy: K % 4 != 0 (possible only with TRANS_A and not TRANS_B), so the last k
+// step must zero the rows of op(A) and op(B) past K.
+override K_TAIL: bool = false;
+// Subgroup strategy: two k steps per loop iteration. On lavapipe every loop-carried write is
+// blended with the execution mask, so this halves the accumulators' blends and spill traffic;
+// it does not pay with TRANS_A, whose transposed A slices raise register pressure further.
+override K8: bool = false;
 // Lanes the subgroup strategy spreads A's loads over: 8, or 16 where subgroups have 16 or
 // more lanes (lavapipe at 512 bits), which halves each lane's A loads.
 override LANES: u32 = 8u;
@@ -201,21 +208,22 @@ const S_ROWS: u32 = 32u;  // rows of C per workgroup; each lane holds 32×4 accu
 // 16); broadcasts from lanes 0..LANES-1 share them. WGSL wants a constant lane index, hence
 // the unrolled broadcasts below, one block per LANES and TRANS_A (the override folds the
 // others away), and subgroups of 8 or more lanes.
+// Rows past M (and columns past N in b_block) are not checked: they only feed accumulators
+// that are never stored, and every out-of-range load is defined (robust buffer access, zero
+// texels). Each check would cost a blend per value on lavapipe.
 fn a_unit(m0: u32, k: u32, u: u32) -> vec4<f32> {
     if (TRANS_A) {
         let kr = k + u / 8u;
         let m = m0 + (u % 8u) * 4u;
-        if (kr >= p.k || m >= p.m) { return vec4<f32>(0.0); }
+        if (K_TAIL && kr >= p.k) { return vec4<f32>(0.0); }
         return a_vec((kr * p.m + m) / 4u);
     }
     let m = m0 + u;
-    if (m >= p.m) { return vec4<f32>(0.0); }
     return a_vec((m * p.k + k) / 4u);
 }
 
 // op(B)[k..k+3, n..n+3] as a matrix whose column j is op(B)[k + j, n..n+3].
 fn b_block(k: u32, n: u32) -> mat4x4<f32> {
-    if (n >= p.n) { return mat4x4<f32>(); }
     if (TRANS_B) {
         let r0 = b_vec((n * p.k + k) / 4u);
         let r1 = b_vec(((n + 1u) * p.k + k) / 4u);
@@ -226,6 +234,9 @@ fn b_block(k: u32, n: u32) -> mat4x4<f32> {
     let nq = n / 4u;
     let stride = p.n / 4u;
     let c0 = b_vec(k * stride + nq);
+    if (!K_TAIL) {
+        return mat4x4<f32>(c0, b_vec((k + 1u) * stride + nq), b_vec((k + 2u) * stride + nq), b_vec((k + 3u) * stride + nq));
+    }
     let c1 = select(vec4<f32>(0.0), b_vec(min(k + 1u, p.k - 1u) * stride + nq), k + 1u < p.k);
     let c2 = select(vec4<f32>(0.0), b_vec(min(k + 2u, p.k - 1u) * stride + nq), k + 2u < p.k);
     let c3 = select(vec4<f32>(0.0), b_vec(min(k + 3u, p.k - 1u) * stride + nq), k + 3u < p.k);
@@ -251,7 +262,8 @@ fn store_rows(m: u32, nq: u32, blk: mat4x4<f32>, bq: vec4<f32>) {
     }
 }
 
-// c + b·a for 4×4 blocks, with explicit fused multiply-adds (lavapipe does not contract a·b + c).
+// c + b·a for 4×4 blocks. fma() is one instruction where the adapter fuses; lavapipe 22.3 emits
+// a multiply and an add either way (its code has no FMA instructions).
 fn mad_col(b: mat4x4<f32>, a: vec4<f32>, c: vec4<f32>) -> vec4<f32> {
     return fma(b[3], vec4<f32>(a.w), fma(b[2], vec4<f32>(a.z), fma(b[1], vec4<f32>(a.y), fma(b[0], vec4<f32>(a.x), c))));
 }
@@ -260,8 +272,69 @@ fn mad_blk(b: mat4x4<f32>, a: mat4x4<f32>, c: mat4x4<f32>) -> mat4x4<f32> {
     return mat4x4<f32>(mad_col(b, a[0], c[0]), mad_col(b, a[1], c[1]), mad_col(b, a[2], c[2]), mad_col(b, a[3], c[3]));
 }
 
-// Accumulators are eight named 4×4 blocks (block q: rows 4q..4q+3, column r = row 4q + r),
-// not an array: lavapipe keeps a dynamically indexed array in memory, which costs 10×.
+// The accumulators: eight 4×4 blocks (block q: rows 4q..4q+3, column r = row 4q + r) and the
+// column sums. A struct of named blocks, not an array: lavapipe keeps a dynamically indexed
+// array in memory, which costs 10×.
+struct Acc {
+    q0: mat4x4<f32>, q1: mat4x4<f32>, q2: mat4x4<f32>, q3: mat4x4<f32>,
+    q4: mat4x4<f32>, q5: mat4x4<f32>, q6: mat4x4<f32>, q7: mat4x4<f32>,
+    cs: vec4<f32>,
+}
+
+// Adds op(A)[m0.., k..k+3] · op(B)[k..k+3, n..n+3] into acc.
+fn k_step(m0: u32, k: u32, n: u32, li_a: u32, acc: ptr<function, Acc>) {
+    let u0 = a_unit(m0, k, li_a);
+    let u1 = a_unit(m0, k, li_a + LANES);
+    var u2 = vec4<f32>(0.0);
+    var u3 = vec4<f32>(0.0);
+    if (LANES == 8u) {
+        u2 = a_unit(m0, k, li_a + 16u);
+        u3 = a_unit(m0, k, li_a + 24u);
+    }
+    let bm = b_block(k, n);
+    if (COLSUM) { (*acc).cs += bm * vec4<f32>(1.0); }
+    // Unit u sits in u_(u / LANES) of lane u % LANES. TRANS_A: block q takes units
+    // q, 8 + q, 16 + q, 24 + q (its four K-rows); otherwise block q's columns are the
+    // units (rows) 4q..4q+3.
+    if (TRANS_A && LANES == 8u) {
+        (*acc).q0 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 0u), subgroupBroadcast(u1, 0u), subgroupBroadcast(u2, 0u), subgroupBroadcast(u3, 0u)), (*acc).q0);
+        (*acc).q1 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 1u), subgroupBroadcast(u1, 1u), subgroupBroadcast(u2, 1u), subgroupBroadcast(u3, 1u)), (*acc).q1);
+        (*acc).q2 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 2u), subgroupBroadcast(u1, 2u), subgroupBroadcast(u2, 2u), subgroupBroadcast(u3, 2u)), (*acc).q2);
+        (*acc).q3 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 3u), subgroupBroadcast(u1, 3u), subgroupBroadcast(u2, 3u), subgroupBroadcast(u3, 3u)), (*acc).q3);
+        (*acc).q4 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 4u), subgroupBroadcast(u1, 4u), subgroupBroadcast(u2, 4u), subgroupBroadcast(u3, 4u)), (*acc).q4);
+        (*acc).q5 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 5u), subgroupBroadcast(u1, 5u), subgroupBroadcast(u2, 5u), subgroupBroadcast(u3, 5u)), (*acc).q5);
+        (*acc).q6 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 6u), subgroupBroadcast(u1, 6u), subgroupBroadcast(u2, 6u), subgroupBroadcast(u3, 6u)), (*acc).q6);
+        (*acc).q7 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 7u), subgroupBroadcast(u1, 7u), subgroupBroadcast(u2, 7u), subgroupBroadcast(u3, 7u)), (*acc).q7);
+    } else if (TRANS_A) {
+        (*acc).q0 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 0u), subgroupBroadcast(u0, 8u), subgroupBroadcast(u1, 0u), subgroupBroadcast(u1, 8u)), (*acc).q0);
+        (*acc).q1 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 1u), subgroupBroadcast(u0, 9u), subgroupBroadcast(u1, 1u), subgroupBroadcast(u1, 9u)), (*acc).q1);
+        (*acc).q2 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 2u), subgroupBroadcast(u0, 10u), subgroupBroadcast(u1, 2u), subgroupBroadcast(u1, 10u)), (*acc).q2);
+        (*acc).q3 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 3u), subgroupBroadcast(u0, 11u), subgroupBroadcast(u1, 3u), subgroupBroadcast(u1, 11u)), (*acc).q3);
+        (*acc).q4 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 4u), subgroupBroadcast(u0, 12u), subgroupBroadcast(u1, 4u), subgroupBroadcast(u1, 12u)), (*acc).q4);
+        (*acc).q5 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 5u), subgroupBroadcast(u0, 13u), subgroupBroadcast(u1, 5u), subgroupBroadcast(u1, 13u)), (*acc).q5);
+        (*acc).q6 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 6u), subgroupBroadcast(u0, 14u), subgroupBroadcast(u1, 6u), subgroupBroadcast(u1, 14u)), (*acc).q6);
+        (*acc).q7 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 7u), subgroupBroadcast(u0, 15u), subgroupBroadcast(u1, 7u), subgroupBroadcast(u1, 15u)), (*acc).q7);
+    } else if (LANES == 8u) {
+        (*acc).q0 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u0, 0u), subgroupBroadcast(u0, 1u), subgroupBroadcast(u0, 2u), subgroupBroadcast(u0, 3u)), (*acc).q0);
+        (*acc).q1 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u0, 4u), subgroupBroadcast(u0, 5u), subgroupBroadcast(u0, 6u), subgroupBroadcast(u0, 7u)), (*acc).q1);
+        (*acc).q2 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u1, 0u), subgroupBroadcast(u1, 1u), subgroupBroadcast(u1, 2u), subgroupBroadcast(u1, 3u)), (*acc).q2);
+        (*acc).q3 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u1, 4u), subgroupBroadcast(u1, 5u), subgroupBroadcast(u1, 6u), subgroupBroadcast(u1, 7u)), (*acc).q3);
+        (*acc).q4 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u2, 0u), subgroupBroadcast(u2, 1u), subgroupBroadcast(u2, 2u), subgroupBroadcast(u2, 3u)), (*acc).q4);
+        (*acc).q5 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u2, 4u), subgroupBroadcast(u2, 5u), subgroupBroadcast(u2, 6u), subgroupBroadcast(u2, 7u)), (*acc).q5);
+        (*acc).q6 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u3, 0u), subgroupBroadcast(u3, 1u), subgroupBroadcast(u3, 2u), subgroupBroadcast(u3, 3u)), (*acc).q6);
+        (*acc).q7 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u3, 4u), subgroupBroadcast(u3, 5u), subgroupBroadcast(u3, 6u), subgroupBroadcast(u3, 7u)), (*acc).q7);
+    } else {
+        (*acc).q0 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u0, 0u), subgroupBroadcast(u0, 1u), subgroupBroadcast(u0, 2u), subgroupBroadcast(u0, 3u)), (*acc).q0);
+        (*acc).q1 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u0, 4u), subgroupBroadcast(u0, 5u), subgroupBroadcast(u0, 6u), subgroupBroadcast(u0, 7u)), (*acc).q1);
+        (*acc).q2 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u0, 8u), subgroupBroadcast(u0, 9u), subgroupBroadcast(u0, 10u), subgroupBroadcast(u0, 11u)), (*acc).q2);
+        (*acc).q3 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u0, 12u), subgroupBroadcast(u0, 13u), subgroupBroadcast(u0, 14u), subgroupBroadcast(u0, 15u)), (*acc).q3);
+        (*acc).q4 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u1, 0u), subgroupBroadcast(u1, 1u), subgroupBroadcast(u1, 2u), subgroupBroadcast(u1, 3u)), (*acc).q4);
+        (*acc).q5 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u1, 4u), subgroupBroadcast(u1, 5u), subgroupBroadcast(u1, 6u), subgroupBroadcast(u1, 7u)), (*acc).q5);
+        (*acc).q6 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u1, 8u), subgroupBroadcast(u1, 9u), subgroupBroadcast(u1, 10u), subgroupBroadcast(u1, 11u)), (*acc).q6);
+        (*acc).q7 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u1, 12u), subgroupBroadcast(u1, 13u), subgroupBroadcast(u1, 14u), subgroupBroadcast(u1, 15u)), (*acc).q7);
+    }
+}
+
 @compute @workgroup_size(SG_WG)
 fn matmul_subgroup(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -271,78 +344,27 @@ fn matmul_subgroup(
     let m0 = wid.y * S_ROWS;
     let n = (wid.x * SG_WG + li) * 4u;
     let li_a = lane % LANES;
-    var acc0 = mat4x4<f32>();
-    var acc1 = mat4x4<f32>();
-    var acc2 = mat4x4<f32>();
-    var acc3 = mat4x4<f32>();
-    var acc4 = mat4x4<f32>();
-    var acc5 = mat4x4<f32>();
-    var acc6 = mat4x4<f32>();
-    var acc7 = mat4x4<f32>();
-    var cs = vec4<f32>(0.0);
-    for (var k = 0u; k < p.k; k += 4u) {
-        let u0 = a_unit(m0, k, li_a);
-        let u1 = a_unit(m0, k, li_a + LANES);
-        var u2 = vec4<f32>(0.0);
-        var u3 = vec4<f32>(0.0);
-        if (LANES == 8u) {
-            u2 = a_unit(m0, k, li_a + 16u);
-            u3 = a_unit(m0, k, li_a + 24u);
+    var acc = Acc();
+    var k = 0u;
+    if (K8) {
+        for (; k + 8u <= p.k; k += 8u) {
+            k_step(m0, k, n, li_a, &acc);
+            k_step(m0, k + 4u, n, li_a, &acc);
         }
-        let bm = b_block(k, n);
-        if (COLSUM) { cs += bm * vec4<f32>(1.0); }
-        // Unit u sits in u_(u / LANES) of lane u % LANES. TRANS_A: block q takes units
-        // q, 8 + q, 16 + q, 24 + q (its four K-rows); otherwise block q's columns are the
-        // units (rows) 4q..4q+3.
-        if (TRANS_A && LANES == 8u) {
-            acc0 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 0u), subgroupBroadcast(u1, 0u), subgroupBroadcast(u2, 0u), subgroupBroadcast(u3, 0u)), acc0);
-            acc1 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 1u), subgroupBroadcast(u1, 1u), subgroupBroadcast(u2, 1u), subgroupBroadcast(u3, 1u)), acc1);
-            acc2 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 2u), subgroupBroadcast(u1, 2u), subgroupBroadcast(u2, 2u), subgroupBroadcast(u3, 2u)), acc2);
-            acc3 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 3u), subgroupBroadcast(u1, 3u), subgroupBroadcast(u2, 3u), subgroupBroadcast(u3, 3u)), acc3);
-            acc4 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 4u), subgroupBroadcast(u1, 4u), subgroupBroadcast(u2, 4u), subgroupBroadcast(u3, 4u)), acc4);
-            acc5 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 5u), subgroupBroadcast(u1, 5u), subgroupBroadcast(u2, 5u), subgroupBroadcast(u3, 5u)), acc5);
-            acc6 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 6u), subgroupBroadcast(u1, 6u), subgroupBroadcast(u2, 6u), subgroupBroadcast(u3, 6u)), acc6);
-            acc7 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 7u), subgroupBroadcast(u1, 7u), subgroupBroadcast(u2, 7u), subgroupBroadcast(u3, 7u)), acc7);
-        } else if (TRANS_A) {
-            acc0 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 0u), subgroupBroadcast(u0, 8u), subgroupBroadcast(u1, 0u), subgroupBroadcast(u1, 8u)), acc0);
-            acc1 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 1u), subgroupBroadcast(u0, 9u), subgroupBroadcast(u1, 1u), subgroupBroadcast(u1, 9u)), acc1);
-            acc2 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 2u), subgroupBroadcast(u0, 10u), subgroupBroadcast(u1, 2u), subgroupBroadcast(u1, 10u)), acc2);
-            acc3 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 3u), subgroupBroadcast(u0, 11u), subgroupBroadcast(u1, 3u), subgroupBroadcast(u1, 11u)), acc3);
-            acc4 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 4u), subgroupBroadcast(u0, 12u), subgroupBroadcast(u1, 4u), subgroupBroadcast(u1, 12u)), acc4);
-            acc5 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 5u), subgroupBroadcast(u0, 13u), subgroupBroadcast(u1, 5u), subgroupBroadcast(u1, 13u)), acc5);
-            acc6 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 6u), subgroupBroadcast(u0, 14u), subgroupBroadcast(u1, 6u), subgroupBroadcast(u1, 14u)), acc6);
-            acc7 = mad_blk(bm, a_quad_t(subgroupBroadcast(u0, 7u), subgroupBroadcast(u0, 15u), subgroupBroadcast(u1, 7u), subgroupBroadcast(u1, 15u)), acc7);
-        } else if (LANES == 8u) {
-            acc0 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u0, 0u), subgroupBroadcast(u0, 1u), subgroupBroadcast(u0, 2u), subgroupBroadcast(u0, 3u)), acc0);
-            acc1 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u0, 4u), subgroupBroadcast(u0, 5u), subgroupBroadcast(u0, 6u), subgroupBroadcast(u0, 7u)), acc1);
-            acc2 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u1, 0u), subgroupBroadcast(u1, 1u), subgroupBroadcast(u1, 2u), subgroupBroadcast(u1, 3u)), acc2);
-            acc3 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u1, 4u), subgroupBroadcast(u1, 5u), subgroupBroadcast(u1, 6u), subgroupBroadcast(u1, 7u)), acc3);
-            acc4 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u2, 0u), subgroupBroadcast(u2, 1u), subgroupBroadcast(u2, 2u), subgroupBroadcast(u2, 3u)), acc4);
-            acc5 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u2, 4u), subgroupBroadcast(u2, 5u), subgroupBroadcast(u2, 6u), subgroupBroadcast(u2, 7u)), acc5);
-            acc6 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u3, 0u), subgroupBroadcast(u3, 1u), subgroupBroadcast(u3, 2u), subgroupBroadcast(u3, 3u)), acc6);
-            acc7 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u3, 4u), subgroupBroadcast(u3, 5u), subgroupBroadcast(u3, 6u), subgroupBroadcast(u3, 7u)), acc7);
-        } else {
-            acc0 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u0, 0u), subgroupBroadcast(u0, 1u), subgroupBroadcast(u0, 2u), subgroupBroadcast(u0, 3u)), acc0);
-            acc1 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u0, 4u), subgroupBroadcast(u0, 5u), subgroupBroadcast(u0, 6u), subgroupBroadcast(u0, 7u)), acc1);
-            acc2 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u0, 8u), subgroupBroadcast(u0, 9u), subgroupBroadcast(u0, 10u), subgroupBroadcast(u0, 11u)), acc2);
-            acc3 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u0, 12u), subgroupBroadcast(u0, 13u), subgroupBroadcast(u0, 14u), subgroupBroadcast(u0, 15u)), acc3);
-            acc4 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u1, 0u), subgroupBroadcast(u1, 1u), subgroupBroadcast(u1, 2u), subgroupBroadcast(u1, 3u)), acc4);
-            acc5 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u1, 4u), subgroupBroadcast(u1, 5u), subgroupBroadcast(u1, 6u), subgroupBroadcast(u1, 7u)), acc5);
-            acc6 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u1, 8u), subgroupBroadcast(u1, 9u), subgroupBroadcast(u1, 10u), subgroupBroadcast(u1, 11u)), acc6);
-            acc7 = mad_blk(bm, mat4x4<f32>(subgroupBroadcast(u1, 12u), subgroupBroadcast(u1, 13u), subgroupBroadcast(u1, 14u), subgroupBroadcast(u1, 15u)), acc7);
-        }
+    }
+    for (; k < p.k; k += 4u) {
+        k_step(m0, k, n, li_a, &acc);
     }
     if (n >= p.n) { return; }
     let nq = n / 4u;
     let bq = bias_quad(nq);
-    store_rows(m0, nq, acc0, bq);
-    store_rows(m0 + 4u, nq, acc1, bq);
-    store_rows(m0 + 8u, nq, acc2, bq);
-    store_rows(m0 + 12u, nq, acc3, bq);
-    store_rows(m0 + 16u, nq, acc4, bq);
-    store_rows(m0 + 20u, nq, acc5, bq);
-    store_rows(m0 + 24u, nq, acc6, bq);
-    store_rows(m0 + 28u, nq, acc7, bq);
-    if (COLSUM && wid.y == 0u) { store_colsum4(nq, cs); }
+    store_rows(m0, nq, acc.q0, bq);
+    store_rows(m0 + 4u, nq, acc.q1, bq);
+    store_rows(m0 + 8u, nq, acc.q2, bq);
+    store_rows(m0 + 12u, nq, acc.q3, bq);
+    store_rows(m0 + 16u, nq, acc.q4, bq);
+    store_rows(m0 + 20u, nq, acc.q5, bq);
+    store_rows(m0 + 24u, nq, acc.q6, bq);
+    store_rows(m0 + 28u, nq, acc.q7, bq);
+    if (COLSUM && wid.y == 0u) { store_colsum4(nq, acc.cs); }
 }
-

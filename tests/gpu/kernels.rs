@@ -199,11 +199,13 @@ fn strategies(g: &Gpu) -> Vec<MatmulStrategy> {
     v
 }
 
-const SHAPES: [(usize, usize, usize); 9] = [
+const SHAPES: [(usize, usize, usize); 10] = [
     (1, 1, 1),
     (7, 13, 5),
     (1, 4, 4),
     (36, 8, 12),
+    // K % 4 != 0 with Aᵀ: the subgroup strategy's last k step must zero the rows past K.
+    (40, 12, 30),
     (33, 68, 20),
     (129, 784, 400),
     (128, 20, 400),
