@@ -1,4 +1,7 @@
-// Reconstruction losses and their gradients in one pass; one workgroup per row.
+// Reconstruction losses and their gradients in one pass; one invocation per row, which keeps
+// four running sums (one per vec4 lane) along its row. No workgroup reduction: on lavapipe a
+// workgroup per row with a tree in workgroup memory took twice as long, since every barrier
+// switches between the workgroup's SIMD batches.
 // Per row r (an example, or one of its L samples: target row r mod B), over D pixels:
 //   bernoulli: nll = Σ_d softplus(l_d) − x_d·l_d      dl = scale·(sigmoid(l_d) − x_d)
 //   gaussian:  nll = Σ_d (x_d − μ_d)²/(2c) + ½·log(2πc)   dμ = scale·(μ_d − x_d)/c
@@ -26,6 +29,8 @@ struct LossParams {
 const LOG_C_MIN: f32 = -6.0;
 const LOG_C_MAX: f32 = 6.0;
 override PER_PIXEL: bool = false;
+// Rows (invocations) per workgroup of the row kernels.
+const ROWS_WG: u32 = 16u;
 
 @group(0) @binding(0) var<uniform> p: LossParams;
 @group(0) @binding(1) var<storage, read> out: array<vec4<f32>>;         // [R, D] logits or means
@@ -35,8 +40,6 @@ override PER_PIXEL: bool = false;
 @group(0) @binding(5) var<storage, read> log_c: array<vec4<f32>>;       // learned: [D] or [1] (padded)
 @group(0) @binding(6) var<storage, read_write> dlc: array<vec4<f32>>;   // learned: [R, D]
 @group(0) @binding(7) var<storage, read_write> dlc_total: array<vec4<f32>>; // log_c_sum: [4]
-
-var<workgroup> partial: array<f32, 64>;
 
 fn softplus4(l: vec4<f32>) -> vec4<f32> {
     // softplus(l) = max(l, 0) + log1p(exp(-|l|)); log(1 + t) loses nothing that matters at
@@ -51,51 +54,42 @@ fn sigmoid4(l: vec4<f32>) -> vec4<f32> {
     return select(t / (1.0 + t), 1.0 / (1.0 + t), l >= vec4<f32>(0.0));
 }
 
-fn finish_row(r: u32, li: u32, s: f32) {
-    partial[li] = s;
-    workgroupBarrier();
-    for (var width = 32u; width > 0u; width >>= 1u) {
-        if (li < width) { partial[li] += partial[li + width]; }
-        workgroupBarrier();
-    }
-    if (li == 0u) { nll[r] = partial[0]; }
+// Row r of invocation gid (the grid may be 2-D for many rows).
+fn row_of(gid: vec3<u32>) -> u32 {
+    return gid.x + gid.y * 65535u * ROWS_WG;
 }
 
-@compute @workgroup_size(64)
-fn bernoulli(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let r = wid.x + wid.y * 65535u;
+@compute @workgroup_size(ROWS_WG)
+fn bernoulli(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let r = row_of(gid);
     if (r >= p.rows) { return; }
     let t = r % p.batch;
-    var s = 0.0;
-    for (var q = li; q < p.d4; q += 64u) {
+    var s = vec4<f32>(0.0);
+    for (var q = 0u; q < p.d4; q++) {
         let l = out[r * p.d4 + q];
         let x = target_x[t * p.x_stride4 + q];
         let v = softplus4(l) - x * l;
-        s += v.x + v.y + v.z + v.w;
+        s += v;
         grad[r * p.d4 + q] = p.scale * (sigmoid4(l) - x);
     }
-    finish_row(r, li, s);
+    nll[r] = s.x + s.y + s.z + s.w;
 }
 
-@compute @workgroup_size(64)
-fn gaussian(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let r = wid.x + wid.y * 65535u;
+@compute @workgroup_size(ROWS_WG)
+fn gaussian(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let r = row_of(gid);
     if (r >= p.rows) { return; }
     let t = r % p.batch;
     let inv_c = exp(-p.log_c);
-    var s = 0.0;
-    for (var q = li; q < p.d4; q += 64u) {
+    var s = vec4<f32>(0.0);
+    for (var q = 0u; q < p.d4; q++) {
         let mu = out[r * p.d4 + q];
         let diff = mu - target_x[t * p.x_stride4 + q];
         let v = diff * diff;
-        s += v.x + v.y + v.z + v.w;
+        s += v;
         grad[r * p.d4 + q] = p.scale * inv_c * diff;
     }
-    s = 0.5 * inv_c * s;
-    if (li == 0u) {
-        s += f32(p.d4 * 4u) * 0.5 * (log(6.283185307179586) + p.log_c);
-    }
-    finish_row(r, li, s);
+    nll[r] = 0.5 * inv_c * (s.x + s.y + s.z + s.w) + f32(p.d4 * 4u) * 0.5 * (log(6.283185307179586) + p.log_c);
 }
 
 fn raw_log_c(q: u32) -> vec4<f32> {
@@ -103,26 +97,28 @@ fn raw_log_c(q: u32) -> vec4<f32> {
     return vec4<f32>(log_c[0].x);
 }
 
-@compute @workgroup_size(64)
-fn gaussian_learned(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let r = wid.x + wid.y * 65535u;
+@compute @workgroup_size(ROWS_WG)
+fn gaussian_learned(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let r = row_of(gid);
     if (r >= p.rows) { return; }
     let t = r % p.batch;
-    var s = 0.0;
-    for (var q = li; q < p.d4; q += 64u) {
+    var s = vec4<f32>(0.0);
+    for (var q = 0u; q < p.d4; q++) {
         let raw = raw_log_c(q);
         let lc = clamp(raw, vec4<f32>(LOG_C_MIN), vec4<f32>(LOG_C_MAX));
         let inv_c = exp(-lc);
         let diff = out[r * p.d4 + q] - target_x[t * p.x_stride4 + q];
         let e = diff * diff * inv_c;
         let v = 0.5 * (vec4<f32>(1.8378770664093453) + lc + e);
-        s += v.x + v.y + v.z + v.w;
+        s += v;
         grad[r * p.d4 + q] = p.scale * inv_c * diff;
         let inside = raw >= vec4<f32>(LOG_C_MIN) & raw <= vec4<f32>(LOG_C_MAX);
         dlc[r * p.d4 + q] = select(vec4<f32>(0.0), p.scale * 0.5 * (vec4<f32>(1.0) - e), inside);
     }
-    finish_row(r, li, s);
+    nll[r] = s.x + s.y + s.z + s.w;
 }
+
+var<workgroup> partial: array<f32, 64>;
 
 // The gradient of a single learned log c: the sum of every dlc element, written to
 // dlc_total[0].x (the other lanes of the vec4 are zero: they are arena padding).

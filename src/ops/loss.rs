@@ -150,10 +150,12 @@ pub fn loss(
     if let (Likelihood::GaussianLearned { .. }, Some(l)) = (likelihood, learned) {
         res.extend([l.log_c.binding(), l.dlc.binding()]);
     }
-    let grid = if r <= 65535 {
-        [r as u32, 1, 1]
+    // One invocation per row, ROWS_WG (16) rows per workgroup.
+    let groups = r.div_ceil(16);
+    let grid = if groups <= 65535 {
+        [groups as u32, 1, 1]
     } else {
-        [65535, r.div_ceil(65535) as u32, 1]
+        [65535, groups.div_ceil(65535) as u32, 1]
     };
     gpu.dispatch(
         label,
