@@ -10,20 +10,25 @@ struct ActParams {
 override ACT: u32 = 0u;
 
 @group(0) @binding(0) var<uniform> p: ActParams;
+// Private copies of the uniforms, taken first thing in each entry: once a branch has made the
+// execution mask live, lavapipe loads a uniform lane by lane (a gather) on every read.
+var<private> P: ActParams;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;   // forward: input; backward: y
 @group(0) @binding(2) var<storage, read> dy: array<vec4<f32>>;  // backward only
 @group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;
 
 @compute @workgroup_size(64)
 fn act_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    P = p;
     let i = gid.x + gid.y * 65535u * 64u;
-    if (i >= p.len4) { return; }
-    out[i] = act_apply4(ACT, x[i], p.leaky_slope);
+    if (i >= P.len4) { return; }
+    out[i] = act_apply4(ACT, x[i], P.leaky_slope);
 }
 
 @compute @workgroup_size(64)
 fn act_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    P = p;
     let i = gid.x + gid.y * 65535u * 64u;
-    if (i >= p.len4) { return; }
-    out[i] = dy[i] * act_grad4(ACT, x[i], p.leaky_slope);
+    if (i >= P.len4) { return; }
+    out[i] = dy[i] * act_grad4(ACT, x[i], P.leaky_slope);
 }

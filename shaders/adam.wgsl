@@ -17,7 +17,11 @@ struct AdamParams {
 override DECOUPLED: bool = false;
 
 @group(0) @binding(0) var<uniform> p: AdamParams;
+// Private copies of the uniforms, taken first thing in each entry: once a branch has made the
+// execution mask live, lavapipe loads a uniform lane by lane (a gather) on every read.
+var<private> P: AdamParams;
 @group(0) @binding(1) var<uniform> step: Step;
+var<private> S: Step;
 @group(0) @binding(2) var<storage, read_write> params: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> grads: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> m1: array<vec4<f32>>;
@@ -25,20 +29,22 @@ override DECOUPLED: bool = false;
 
 @compute @workgroup_size(64)
 fn adam(@builtin(global_invocation_id) gid: vec3<u32>) {
+    P = p;
+    S = step;
     let i = gid.x + gid.y * 65535u * 64u;
-    if (i >= p.len4) { return; }
-    let lr = step.adam_lr;
+    if (i >= P.len4) { return; }
+    let lr = S.adam_lr;
     var w = params[i];
     var g = grads[i];
     if (DECOUPLED) {
-        w -= lr * p.weight_decay * w;
+        w -= lr * P.weight_decay * w;
     } else {
-        g += p.weight_decay * w;
+        g += P.weight_decay * w;
     }
-    let m = p.beta1 * m1[i] + (1.0 - p.beta1) * g;
-    let v = p.beta2 * m2[i] + (1.0 - p.beta2) * g * g;
+    let m = P.beta1 * m1[i] + (1.0 - P.beta1) * g;
+    let v = P.beta2 * m2[i] + (1.0 - P.beta2) * g * g;
     m1[i] = m;
     m2[i] = v;
-    let denom = sqrt(v) / sqrt(step.adam_bc2) + vec4<f32>(p.eps);
-    params[i] = w - (lr / step.adam_bc1) * m / denom;
+    let denom = sqrt(v) / sqrt(S.adam_bc2) + vec4<f32>(P.eps);
+    params[i] = w - (lr / S.adam_bc1) * m / denom;
 }

@@ -18,34 +18,40 @@ override BINARIZE: bool = false;
 const BINARIZE_STREAM: u32 = 2u;
 
 @group(0) @binding(0) var<uniform> p: GatherParams;
+// Private copies of the uniforms, taken first thing in each entry: once a branch has made the
+// execution mask live, lavapipe loads a uniform lane by lane (a gather) on every read.
+var<private> P: GatherParams;
 @group(0) @binding(1) var<uniform> step: Step;
+var<private> S: Step;
 @group(0) @binding(2) var<storage, read> data: array<u32>;
 @group(0) @binding(3) var<storage, read> perm: array<u32>;
 @group(0) @binding(4) var<storage, read_write> x: array<vec4<f32>>;
 
 @compute @workgroup_size(64)
 fn gather(@builtin(global_invocation_id) gid: vec3<u32>) {
+    P = p;
+    S = step;
     let i = gid.x + gid.y * 65535u * 64u;
-    if (i >= p.rows * p.d4) { return; }
-    let b = i / p.d4;
-    let q = i % p.d4;
-    let pos = step.batch_start + b;
+    if (i >= P.rows * P.d4) { return; }
+    let b = i / P.d4;
+    let q = i % P.d4;
+    let pos = S.batch_start + b;
     var v = vec4<f32>(0.0);
-    if (pos < p.perm_len) {
-        let ex = min(perm[pos], p.count - 1u);
-        let w = data[ex * p.d4 + q];
+    if (pos < P.perm_len) {
+        let ex = min(perm[pos], P.count - 1u);
+        let w = data[ex * P.d4 + q];
         v = vec4<f32>(f32(w & 255u), f32((w >> 8u) & 255u), f32((w >> 16u) & 255u), f32(w >> 24u)) * (1.0 / 255.0);
     }
     if (BINARIZE) {
         let e = i * 4u;
         let u = vec4<f32>(
-            rng_uniform(step.seed, step.step, BINARIZE_STREAM, e),
-            rng_uniform(step.seed, step.step, BINARIZE_STREAM, e + 1u),
-            rng_uniform(step.seed, step.step, BINARIZE_STREAM, e + 2u),
-            rng_uniform(step.seed, step.step, BINARIZE_STREAM, e + 3u));
+            rng_uniform(S.seed, S.step, BINARIZE_STREAM, e),
+            rng_uniform(S.seed, S.step, BINARIZE_STREAM, e + 1u),
+            rng_uniform(S.seed, S.step, BINARIZE_STREAM, e + 2u),
+            rng_uniform(S.seed, S.step, BINARIZE_STREAM, e + 3u));
         v = select(vec4<f32>(0.0), vec4<f32>(1.0), u < v);
     }
-    x[b * p.x_stride4 + q] = v;
+    x[b * P.x_stride4 + q] = v;
 }
 
 // ---- class conditioning: one-hot labels after the pixels and after the latent code ----
@@ -64,31 +70,34 @@ struct CondParams {
 }
 
 @group(0) @binding(0) var<uniform> cp: CondParams;
+var<private> CP: CondParams;
 @group(0) @binding(5) var<storage, read> labels: array<u32>;
 @group(0) @binding(6) var<storage, read_write> xc: array<f32>;
 @group(0) @binding(7) var<storage, read_write> zc: array<f32>;
 
 fn label_of(b: u32) -> u32 {
-    let pos = step.batch_start + b;
-    if (pos >= cp.perm_len) { return 0xffffffffu; }
-    return labels[min(perm[pos], cp.count - 1u)];
+    let pos = S.batch_start + b;
+    if (pos >= CP.perm_len) { return 0xffffffffu; }
+    return labels[min(perm[pos], CP.count - 1u)];
 }
 
 @compute @workgroup_size(64)
 fn condition(@builtin(global_invocation_id) gid: vec3<u32>) {
+    CP = cp;
+    S = step;
     let i = gid.x + gid.y * 65535u * 64u;
-    let xe = cp.x_width - cp.x_dim;
-    let ze = cp.z_width - cp.z_dim;
-    let nx = cp.rows * xe;
+    let xe = CP.x_width - CP.x_dim;
+    let ze = CP.z_width - CP.z_dim;
+    let nx = CP.rows * xe;
     if (i < nx) {
         let b = i / xe;
         let c = i % xe;
-        xc[b * cp.x_width + cp.x_dim + c] = select(0.0, 1.0, label_of(b) == c);
+        xc[b * CP.x_width + CP.x_dim + c] = select(0.0, 1.0, label_of(b) == c);
         return;
     }
     let j = i - nx;
-    if (j >= cp.samples * cp.rows * ze) { return; }
+    if (j >= CP.samples * CP.rows * ze) { return; }
     let r = j / ze;
     let c = j % ze;
-    zc[r * cp.z_width + cp.z_dim + c] = select(0.0, 1.0, label_of(r % cp.rows) == c);
+    zc[r * CP.z_width + CP.z_dim + c] = select(0.0, 1.0, label_of(r % CP.rows) == c);
 }

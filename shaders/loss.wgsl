@@ -33,6 +33,9 @@ override PER_PIXEL: bool = false;
 const ROWS_WG: u32 = 16u;
 
 @group(0) @binding(0) var<uniform> p: LossParams;
+// Private copies of the uniforms, taken first thing in each entry: once a branch has made the
+// execution mask live, lavapipe loads a uniform lane by lane (a gather) on every read.
+var<private> P: LossParams;
 @group(0) @binding(1) var<storage, read> out: array<vec4<f32>>;         // [R, D] logits or means
 @group(0) @binding(2) var<storage, read> target_x: array<vec4<f32>>;    // [B, D]
 @group(0) @binding(3) var<storage, read_write> nll: array<f32>;         // [R]
@@ -61,35 +64,37 @@ fn row_of(gid: vec3<u32>) -> u32 {
 
 @compute @workgroup_size(ROWS_WG)
 fn bernoulli(@builtin(global_invocation_id) gid: vec3<u32>) {
+    P = p;
     let r = row_of(gid);
-    if (r >= p.rows) { return; }
-    let t = r % p.batch;
+    if (r >= P.rows) { return; }
+    let t = r % P.batch;
     var s = vec4<f32>(0.0);
-    for (var q = 0u; q < p.d4; q++) {
-        let l = out[r * p.d4 + q];
-        let x = target_x[t * p.x_stride4 + q];
+    for (var q = 0u; q < P.d4; q++) {
+        let l = out[r * P.d4 + q];
+        let x = target_x[t * P.x_stride4 + q];
         let v = softplus4(l) - x * l;
         s += v;
-        grad[r * p.d4 + q] = p.scale * (sigmoid4(l) - x);
+        grad[r * P.d4 + q] = P.scale * (sigmoid4(l) - x);
     }
     nll[r] = s.x + s.y + s.z + s.w;
 }
 
 @compute @workgroup_size(ROWS_WG)
 fn gaussian(@builtin(global_invocation_id) gid: vec3<u32>) {
+    P = p;
     let r = row_of(gid);
-    if (r >= p.rows) { return; }
-    let t = r % p.batch;
-    let inv_c = exp(-p.log_c);
+    if (r >= P.rows) { return; }
+    let t = r % P.batch;
+    let inv_c = exp(-P.log_c);
     var s = vec4<f32>(0.0);
-    for (var q = 0u; q < p.d4; q++) {
-        let mu = out[r * p.d4 + q];
-        let diff = mu - target_x[t * p.x_stride4 + q];
+    for (var q = 0u; q < P.d4; q++) {
+        let mu = out[r * P.d4 + q];
+        let diff = mu - target_x[t * P.x_stride4 + q];
         let v = diff * diff;
         s += v;
-        grad[r * p.d4 + q] = p.scale * inv_c * diff;
+        grad[r * P.d4 + q] = P.scale * inv_c * diff;
     }
-    nll[r] = 0.5 * inv_c * (s.x + s.y + s.z + s.w) + f32(p.d4 * 4u) * 0.5 * (log(6.283185307179586) + p.log_c);
+    nll[r] = 0.5 * inv_c * (s.x + s.y + s.z + s.w) + f32(P.d4 * 4u) * 0.5 * (log(6.283185307179586) + P.log_c);
 }
 
 fn raw_log_c(q: u32) -> vec4<f32> {
@@ -99,21 +104,22 @@ fn raw_log_c(q: u32) -> vec4<f32> {
 
 @compute @workgroup_size(ROWS_WG)
 fn gaussian_learned(@builtin(global_invocation_id) gid: vec3<u32>) {
+    P = p;
     let r = row_of(gid);
-    if (r >= p.rows) { return; }
-    let t = r % p.batch;
+    if (r >= P.rows) { return; }
+    let t = r % P.batch;
     var s = vec4<f32>(0.0);
-    for (var q = 0u; q < p.d4; q++) {
+    for (var q = 0u; q < P.d4; q++) {
         let raw = raw_log_c(q);
         let lc = clamp(raw, vec4<f32>(LOG_C_MIN), vec4<f32>(LOG_C_MAX));
         let inv_c = exp(-lc);
-        let diff = out[r * p.d4 + q] - target_x[t * p.x_stride4 + q];
+        let diff = out[r * P.d4 + q] - target_x[t * P.x_stride4 + q];
         let e = diff * diff * inv_c;
         let v = 0.5 * (vec4<f32>(1.8378770664093453) + lc + e);
         s += v;
-        grad[r * p.d4 + q] = p.scale * inv_c * diff;
+        grad[r * P.d4 + q] = P.scale * inv_c * diff;
         let inside = raw >= vec4<f32>(LOG_C_MIN) & raw <= vec4<f32>(LOG_C_MAX);
-        dlc[r * p.d4 + q] = select(vec4<f32>(0.0), p.scale * 0.5 * (vec4<f32>(1.0) - e), inside);
+        dlc[r * P.d4 + q] = select(vec4<f32>(0.0), P.scale * 0.5 * (vec4<f32>(1.0) - e), inside);
     }
     nll[r] = s.x + s.y + s.z + s.w;
 }
@@ -124,8 +130,9 @@ var<workgroup> partial: array<f32, 64>;
 // dlc_total[0].x (the other lanes of the vec4 are zero: they are arena padding).
 @compute @workgroup_size(64)
 fn log_c_sum(@builtin(local_invocation_index) li: u32) {
+    P = p;
     var s = vec4<f32>(0.0);
-    for (var i = li; i < p.n4; i += 64u) {
+    for (var i = li; i < P.n4; i += 64u) {
         s += dlc[i];
     }
     partial[li] = s.x + s.y + s.z + s.w;

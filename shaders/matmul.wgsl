@@ -55,6 +55,9 @@ override B_TEXTURE: bool = false;
 const TEX_W: u32 = 256u;
 
 @group(0) @binding(0) var<uniform> p: MatmulParams;
+// A private copy of p, taken first thing in each entry: once a branch has made the execution
+// mask live, lavapipe loads a uniform lane by lane (a gather) on every read.
+var<private> P: MatmulParams;
 @group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
@@ -86,26 +89,26 @@ fn load1(buf_is_a: bool, idx: u32) -> f32 {
 
 // op(A)[m, k]
 fn a_at(m: u32, k: u32) -> f32 {
-    if (m >= p.m || k >= p.k) { return 0.0; }
-    if (TRANS_A) { return load1(true, k * p.m + m); }
-    return load1(true, m * p.k + k);
+    if (m >= P.m || k >= P.k) { return 0.0; }
+    if (TRANS_A) { return load1(true, k * P.m + m); }
+    return load1(true, m * P.k + k);
 }
 
 // op(B)[k, n]
 fn b_at(k: u32, n: u32) -> f32 {
-    if (k >= p.k || n >= p.n) { return 0.0; }
-    if (TRANS_B) { return load1(false, n * p.k + k); }
-    return load1(false, k * p.n + n);
+    if (k >= P.k || n >= P.n) { return 0.0; }
+    if (TRANS_B) { return load1(false, n * P.k + k); }
+    return load1(false, k * P.n + n);
 }
 
 // ---- epilogues ----
 
 fn epilogue1(m: u32, n: u32, v: f32) {
-    let idx = m * p.n + n;
+    let idx = m * P.n + n;
     var r = v;
     if (HAS_BIAS) { r += bias[n / 4u][n % 4u]; }
-    r = act_apply(ACT, r, p.leaky_slope);
-    if (DACT != 0u) { r *= act_grad(DACT, aux[idx / 4u][idx % 4u], p.leaky_slope); }
+    r = act_apply(ACT, r, P.leaky_slope);
+    if (DACT != 0u) { r *= act_grad(DACT, aux[idx / 4u][idx % 4u], P.leaky_slope); }
     if (ACCUMULATE) { r += c[idx / 4u][idx % 4u]; }
     c[idx / 4u][idx % 4u] = r;
 }
@@ -114,11 +117,11 @@ fn epilogue1(m: u32, n: u32, v: f32) {
 // per column quad by the caller: on lavapipe every buffer load is a per-lane loop, and the
 // compiler does not merge the repeated loads across the stores in between.
 fn epilogue4(m: u32, nq: u32, v: vec4<f32>, bq: vec4<f32>) {
-    let idx = m * (p.n / 4u) + nq;
+    let idx = m * (P.n / 4u) + nq;
     var r = v;
     if (HAS_BIAS) { r += bq; }
-    r = act_apply4(ACT, r, p.leaky_slope);
-    if (DACT != 0u) { r *= act_grad4(DACT, aux[idx], p.leaky_slope); }
+    r = act_apply4(ACT, r, P.leaky_slope);
+    if (DACT != 0u) { r *= act_grad4(DACT, aux[idx], P.leaky_slope); }
     if (ACCUMULATE) { r += c[idx]; }
     c[idx] = r;
 }
@@ -139,17 +142,18 @@ fn store_colsum4(nq: u32, s: vec4<f32>) {
 
 @compute @workgroup_size(8, 8)
 fn matmul_naive(@builtin(global_invocation_id) gid: vec3<u32>) {
+    P = p;
     let n = gid.x;
     let m = gid.y;
-    if (n >= p.n || m >= p.m) { return; }
+    if (n >= P.n || m >= P.m) { return; }
     var acc = 0.0;
-    for (var k = 0u; k < p.k; k++) {
+    for (var k = 0u; k < P.k; k++) {
         acc += a_at(m, k) * b_at(k, n);
     }
     epilogue1(m, n, acc);
     if (COLSUM && m == 0u) {
         var s = 0.0;
-        for (var k = 0u; k < p.k; k++) {
+        for (var k = 0u; k < P.k; k++) {
             s += b_at(k, n);
         }
         store_colsum1(n, s);
@@ -169,6 +173,7 @@ fn matmul_tiled(
     @builtin(local_invocation_id) lid: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
 ) {
+    P = p;
     let m0 = wid.y * T_TILE;
     let n0 = wid.x * T_TILE;
     var acc = mat4x4<f32>();  // column i = row lid.y·4 + i
@@ -176,7 +181,7 @@ fn matmul_tiled(
     // Which quad of the tiles this invocation fills.
     let lk = li / 16u;
     let lq = li % 16u;
-    for (var k0 = 0u; k0 < p.k; k0 += T_K) {
+    for (var k0 = 0u; k0 < P.k; k0 += T_K) {
         let mq = m0 + lq * 4u;
         tile_a[li] = vec4<f32>(a_at(mq, k0 + lk), a_at(mq + 1u, k0 + lk),
                                a_at(mq + 2u, k0 + lk), a_at(mq + 3u, k0 + lk));
@@ -193,7 +198,7 @@ fn matmul_tiled(
         workgroupBarrier();
     }
     let nq = n0 / 4u + lid.x;
-    if (nq * 4u >= p.n) { return; }
+    if (nq * 4u >= P.n) { return; }
     store_rows(m0 + lid.y * 4u, nq, acc, bias_quad(nq));
     if (COLSUM && wid.y == 0u && lid.y == 0u) { store_colsum4(nq, cs); }
 }
@@ -215,31 +220,31 @@ fn a_unit(m0: u32, k: u32, u: u32) -> vec4<f32> {
     if (TRANS_A) {
         let kr = k + u / 8u;
         let m = m0 + (u % 8u) * 4u;
-        if (K_TAIL && kr >= p.k) { return vec4<f32>(0.0); }
-        return a_vec((kr * p.m + m) / 4u);
+        if (K_TAIL && kr >= P.k) { return vec4<f32>(0.0); }
+        return a_vec((kr * P.m + m) / 4u);
     }
     let m = m0 + u;
-    return a_vec((m * p.k + k) / 4u);
+    return a_vec((m * P.k + k) / 4u);
 }
 
 // op(B)[k..k+3, n..n+3] as a matrix whose column j is op(B)[k + j, n..n+3].
 fn b_block(k: u32, n: u32) -> mat4x4<f32> {
     if (TRANS_B) {
-        let r0 = b_vec((n * p.k + k) / 4u);
-        let r1 = b_vec(((n + 1u) * p.k + k) / 4u);
-        let r2 = b_vec(((n + 2u) * p.k + k) / 4u);
-        let r3 = b_vec(((n + 3u) * p.k + k) / 4u);
+        let r0 = b_vec((n * P.k + k) / 4u);
+        let r1 = b_vec(((n + 1u) * P.k + k) / 4u);
+        let r2 = b_vec(((n + 2u) * P.k + k) / 4u);
+        let r3 = b_vec(((n + 3u) * P.k + k) / 4u);
         return transpose(mat4x4<f32>(r0, r1, r2, r3));
     }
     let nq = n / 4u;
-    let stride = p.n / 4u;
+    let stride = P.n / 4u;
     let c0 = b_vec(k * stride + nq);
     if (!K_TAIL) {
         return mat4x4<f32>(c0, b_vec((k + 1u) * stride + nq), b_vec((k + 2u) * stride + nq), b_vec((k + 3u) * stride + nq));
     }
-    let c1 = select(vec4<f32>(0.0), b_vec(min(k + 1u, p.k - 1u) * stride + nq), k + 1u < p.k);
-    let c2 = select(vec4<f32>(0.0), b_vec(min(k + 2u, p.k - 1u) * stride + nq), k + 2u < p.k);
-    let c3 = select(vec4<f32>(0.0), b_vec(min(k + 3u, p.k - 1u) * stride + nq), k + 3u < p.k);
+    let c1 = select(vec4<f32>(0.0), b_vec(min(k + 1u, P.k - 1u) * stride + nq), k + 1u < P.k);
+    let c2 = select(vec4<f32>(0.0), b_vec(min(k + 2u, P.k - 1u) * stride + nq), k + 2u < P.k);
+    let c3 = select(vec4<f32>(0.0), b_vec(min(k + 3u, P.k - 1u) * stride + nq), k + 3u < P.k);
     return mat4x4<f32>(c0, c1, c2, c3);
 }
 
@@ -258,7 +263,7 @@ fn bias_quad(nq: u32) -> vec4<f32> {
 // Stores four rows of C held as the columns of a 4×4 block; bq = bias_quad(nq).
 fn store_rows(m: u32, nq: u32, blk: mat4x4<f32>, bq: vec4<f32>) {
     for (var r = 0u; r < 4u; r++) {
-        if (m + r < p.m) { epilogue4(m + r, nq, blk[r], bq); }
+        if (m + r < P.m) { epilogue4(m + r, nq, blk[r], bq); }
     }
 }
 
@@ -341,21 +346,22 @@ fn matmul_subgroup(
     @builtin(local_invocation_index) li: u32,
     @builtin(subgroup_invocation_id) lane: u32,
 ) {
+    P = p;
     let m0 = wid.y * S_ROWS;
     let n = (wid.x * SG_WG + li) * 4u;
     let li_a = lane % LANES;
     var acc = Acc();
     var k = 0u;
     if (K8) {
-        for (; k + 8u <= p.k; k += 8u) {
+        for (; k + 8u <= P.k; k += 8u) {
             k_step(m0, k, n, li_a, &acc);
             k_step(m0, k + 4u, n, li_a, &acc);
         }
     }
-    for (; k < p.k; k += 4u) {
+    for (; k < P.k; k += 4u) {
         k_step(m0, k, n, li_a, &acc);
     }
-    if (n >= p.n) { return; }
+    if (n >= P.n) { return; }
     let nq = n / 4u;
     let bq = bias_quad(nq);
     store_rows(m0, nq, acc.q0, bq);

@@ -11,16 +11,20 @@ struct ColsumParams {
 override ACCUMULATE: bool = false;
 
 @group(0) @binding(0) var<uniform> cp: ColsumParams;
+// Private copies of the uniforms, taken first thing in each entry: once a branch has made the
+// execution mask live, lavapipe loads a uniform lane by lane (a gather) on every read.
+var<private> CP: ColsumParams;
 @group(0) @binding(1) var<storage, read> cx: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> cout: array<vec4<f32>>;
 
 @compute @workgroup_size(64)
 fn colsum(@builtin(global_invocation_id) gid: vec3<u32>) {
+    CP = cp;
     let q = gid.x;
-    if (q >= cp.cols4) { return; }
+    if (q >= CP.cols4) { return; }
     var s = vec4<f32>(0.0);
-    for (var m = 0u; m < cp.rows; m++) {
-        s += cx[m * cp.cols4 + q];
+    for (var m = 0u; m < CP.rows; m++) {
+        s += cx[m * CP.cols4 + q];
     }
     if (ACCUMULATE) { s += cout[q]; }
     cout[q] = s;
@@ -48,15 +52,19 @@ struct SegmentParams {
 }
 
 @group(0) @binding(0) var<uniform> sp: SegmentParams;
+var<private> SP: SegmentParams;
 @group(0) @binding(1) var<storage, read> sx: array<f32>;
 @group(0) @binding(2) var<storage, read_write> log_rows: array<f32>;
 @group(0) @binding(3) var<uniform> step: Step;
+var<private> S: Step;
 
 var<workgroup> partial: array<f32, 64>;
 
 @compute @workgroup_size(64)
 fn sum_segments(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    let seg = sp.segments[wid.x];
+    SP = sp;
+    S = step;
+    let seg = SP.segments[wid.x];
     var s = 0.0;
     for (var i = li; i < seg.len; i += 64u) {
         s += sx[seg.offset + i];
@@ -68,6 +76,6 @@ fn sum_segments(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
         workgroupBarrier();
     }
     if (li == 0u) {
-        log_rows[step.log_row * sp.slots + seg.slot] = partial[0] * seg.scale;
+        log_rows[S.log_row * SP.slots + seg.slot] = partial[0] * seg.scale;
     }
 }

@@ -24,7 +24,11 @@ struct ReparamParams {
 }
 
 @group(0) @binding(0) var<uniform> p: ReparamParams;
+// Private copies of the uniforms, taken first thing in each entry: once a branch has made the
+// execution mask live, lavapipe loads a uniform lane by lane (a gather) on every read.
+var<private> P: ReparamParams;
 @group(0) @binding(1) var<uniform> step: Step;
+var<private> S: Step;
 @group(0) @binding(2) var<storage, read> enc: array<f32>;          // [B, 2Z]
 @group(0) @binding(3) var<storage, read_write> z: array<f32>;      // forward: [L·B, Z'] out; backward: dz in
 @group(0) @binding(4) var<storage, read_write> kl: array<f32>;     // forward: [B, Z] out
@@ -35,24 +39,26 @@ struct ReparamParams {
 override LOG_RATIO: bool = false;
 
 fn eps_at(s: u32, b: u32, j: u32) -> f32 {
-    return rng_normal(step.seed, step.step, (step.stream << 16u) | s, b * p.latent + j);
+    return rng_normal(S.seed, S.step, (S.stream << 16u) | s, b * P.latent + j);
 }
 
 @compute @workgroup_size(64)
 fn reparam_kl_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    P = p;
+    S = step;
     let i = gid.x + gid.y * 65535u * 64u;
-    let zd = p.latent;
-    if (i >= p.batch * zd) { return; }
+    let zd = P.latent;
+    if (i >= P.batch * zd) { return; }
     let b = i / zd;
     let j = i % zd;
     let mu = enc[b * 2u * zd + j];
-    let lv = clamp(enc[b * 2u * zd + zd + j], p.lv_min, p.lv_max);
+    let lv = clamp(enc[b * 2u * zd + zd + j], P.lv_min, P.lv_max);
     let sigma = exp(0.5 * lv);
-    for (var s = 0u; s < p.samples; s++) {
+    for (var s = 0u; s < P.samples; s++) {
         let e = eps_at(s, b, j);
         let zv = mu + sigma * e;
-        let r = s * p.batch + b;
-        z[r * p.z_stride + j] = zv;
+        let r = s * P.batch + b;
+        z[r * P.z_stride + j] = zv;
         // log N(z; 0, 1) − log N(z; μ, σ²): the 2π terms cancel.
         if (LOG_RATIO) { log_ratio[r * zd + j] = 0.5 * (e * e - zv * zv + lv); }
     }
@@ -61,24 +67,26 @@ fn reparam_kl_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 @compute @workgroup_size(64)
 fn reparam_kl_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    P = p;
+    S = step;
     let i = gid.x + gid.y * 65535u * 64u;
-    let zd = p.latent;
-    if (i >= p.batch * zd) { return; }
+    let zd = P.latent;
+    if (i >= P.batch * zd) { return; }
     let b = i / zd;
     let j = i % zd;
-    let beta = step.kl_beta;
+    let beta = S.kl_beta;
     let mu = enc[b * 2u * zd + j];
     let raw = enc[b * 2u * zd + zd + j];
-    let lv = clamp(raw, p.lv_min, p.lv_max);
+    let lv = clamp(raw, P.lv_min, P.lv_max);
     let sigma = exp(0.5 * lv);
     var dz_sum = 0.0;
     var dz_eps = 0.0;
-    for (var s = 0u; s < p.samples; s++) {
-        let g = z[(s * p.batch + b) * p.z_stride + j];
+    for (var s = 0u; s < P.samples; s++) {
+        let g = z[(s * P.batch + b) * P.z_stride + j];
         dz_sum += g;
         dz_eps += g * eps_at(s, b, j);
     }
     denc[b * 2u * zd + j] = dz_sum + beta * mu;
-    let inside = raw >= p.lv_min && raw <= p.lv_max;
+    let inside = raw >= P.lv_min && raw <= P.lv_max;
     denc[b * 2u * zd + zd + j] = select(0.0, 0.5 * dz_eps * sigma + 0.5 * beta * (sigma * sigma - 1.0), inside);
 }
