@@ -138,6 +138,19 @@ fn store_colsum4(nq: u32, s: vec4<f32>) {
     colsum[nq] = r;
 }
 
+// The bias quad of column quad nq (zero without HAS_BIAS).
+fn bias_quad(nq: u32) -> vec4<f32> {
+    if (HAS_BIAS) { return bias[nq]; }
+    return vec4<f32>(0.0);
+}
+
+// Stores four rows of C held as the columns of a 4×4 block; bq = bias_quad(nq).
+fn store_rows(m: u32, nq: u32, blk: mat4x4<f32>, bq: vec4<f32>) {
+    for (var r = 0u; r < 4u; r++) {
+        if (m + r < P.m) { epilogue4(m + r, nq, blk[r], bq); }
+    }
+}
+
 // ---- strategy 1: naive ----
 
 @compute @workgroup_size(8, 8)
@@ -204,6 +217,8 @@ fn matmul_tiled(
 }
 
 // ---- strategy 3: subgroup broadcast, register blocked ----
+// Everything from here to the end is this strategy: a device without subgroups compiles the
+// file up to the line above (strip_subgroup_entry in src/gpu/kernels.rs).
 
 const S_ROWS: u32 = 32u;  // rows of C per workgroup; each lane holds 32×4 accumulators
 
@@ -252,19 +267,6 @@ fn b_block(k: u32, n: u32) -> mat4x4<f32> {
 // returned has column r = op(A)[4q + r, k..k+3].
 fn a_quad_t(c0: vec4<f32>, c1: vec4<f32>, c2: vec4<f32>, c3: vec4<f32>) -> mat4x4<f32> {
     return transpose(mat4x4<f32>(c0, c1, c2, c3));
-}
-
-// The bias quad of column quad nq (zero without HAS_BIAS).
-fn bias_quad(nq: u32) -> vec4<f32> {
-    if (HAS_BIAS) { return bias[nq]; }
-    return vec4<f32>(0.0);
-}
-
-// Stores four rows of C held as the columns of a 4×4 block; bq = bias_quad(nq).
-fn store_rows(m: u32, nq: u32, blk: mat4x4<f32>, bq: vec4<f32>) {
-    for (var r = 0u; r < 4u; r++) {
-        if (m + r < P.m) { epilogue4(m + r, nq, blk[r], bq); }
-    }
 }
 
 // c + b·a for 4×4 blocks. fma() is one instruction where the adapter fuses; lavapipe 22.3 emits
