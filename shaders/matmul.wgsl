@@ -34,8 +34,8 @@ override COLSUM: bool = false;
 // Activation codes as in act.wgsl (prepended).
 override ACT: u32 = 0u;
 override DACT: u32 = 0u;
-// Workgroup size of the subgroup strategy: max(16, subgroup size).
-override SG_WG: u32 = 16u;
+// Workgroup size of the subgroup strategy: one subgroup (8 or more lanes).
+override SG_WG: u32 = 8u;
 // Subgroup strategy: K % 4 != 0 (possible only with TRANS_A and not TRANS_B), so the last k
 // step must zero the rows of op(A) and op(B) past K.
 override K_TAIL: bool = false;
