@@ -208,3 +208,196 @@ pub fn parse_likelihood(s: &str) -> Result<Likelihood> {
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(cfg: &VaeConfig) -> Vec<(String, String)> {
+        cfg.to_metadata()
+    }
+
+    #[test]
+    fn hidden_sizes_parse() {
+        assert_eq!(parse_hidden("400").unwrap(), vec![400]);
+        assert_eq!(parse_hidden(" 512, 256 ").unwrap(), vec![512, 256]);
+        assert_eq!(parse_hidden("").unwrap(), Vec::<usize>::new());
+        for bad in ["400,", "a", "4x4", "-4"] {
+            assert!(parse_hidden(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn likelihoods_parse_and_print_back() {
+        assert_eq!(parse_likelihood("bernoulli").unwrap(), Likelihood::Bernoulli);
+        assert_eq!(
+            parse_likelihood("gaussian").unwrap(),
+            Likelihood::Gaussian { variance: 1.0 }
+        );
+        assert_eq!(
+            parse_likelihood("gaussian:0.3").unwrap(),
+            Likelihood::Gaussian { variance: 0.3 }
+        );
+        assert_eq!(
+            parse_likelihood("gaussian:learned-global").unwrap(),
+            Likelihood::GaussianLearned { per_pixel: false }
+        );
+        assert_eq!(
+            parse_likelihood("gaussian:learned-pixel").unwrap(),
+            Likelihood::GaussianLearned { per_pixel: true }
+        );
+        for bad in [
+            "gaussian:0",
+            "gaussian:-1",
+            "gaussian:inf",
+            "gaussian:x",
+            "gaussian:learned",
+            "poisson",
+            "",
+        ] {
+            assert!(parse_likelihood(bad).is_err(), "{bad:?} parsed");
+        }
+        for l in [
+            Likelihood::Bernoulli,
+            Likelihood::Gaussian { variance: 0.3 },
+            Likelihood::GaussianLearned { per_pixel: false },
+            Likelihood::GaussianLearned { per_pixel: true },
+        ] {
+            assert_eq!(parse_likelihood(&likelihood_name(l)).unwrap(), l);
+        }
+    }
+
+    #[test]
+    fn variance_option_parses() {
+        assert_eq!(
+            parse_variance("fixed:0.5").unwrap(),
+            Likelihood::Gaussian { variance: 0.5 }
+        );
+        assert_eq!(
+            parse_variance("learned-pixel").unwrap(),
+            Likelihood::GaussianLearned { per_pixel: true }
+        );
+        for bad in ["0.5", "fixed:0", "fixed:", "learned"] {
+            assert!(parse_variance(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn metadata_round_trips_every_option() {
+        let cases = [
+            VaeConfig::default(),
+            VaeConfig {
+                input_dim: 16,
+                hidden: vec![],
+                latent: 2,
+                activation: Activation::LeakyRelu,
+                likelihood: Likelihood::Gaussian { variance: 0.3 },
+                classes: 10,
+            },
+            VaeConfig {
+                hidden: vec![512, 256],
+                activation: Activation::Tanh,
+                likelihood: Likelihood::GaussianLearned { per_pixel: true },
+                ..Default::default()
+            },
+            VaeConfig {
+                activation: Activation::Sigmoid,
+                likelihood: Likelihood::GaussianLearned { per_pixel: false },
+                ..Default::default()
+            },
+        ];
+        for cfg in cases {
+            assert_eq!(VaeConfig::from_metadata(&meta(&cfg)).unwrap(), cfg);
+        }
+        // Checkpoints from before conditional models have no "classes": unconditional.
+        let mut old = meta(&VaeConfig::default());
+        old.retain(|(k, _)| k != "classes");
+        assert_eq!(VaeConfig::from_metadata(&old).unwrap().classes, 0);
+        // A missing key, a non-number and an invalid model are errors naming the problem.
+        let mut missing = meta(&VaeConfig::default());
+        missing.retain(|(k, _)| k != "latent");
+        let e = VaeConfig::from_metadata(&missing).unwrap_err().to_string();
+        assert!(e.contains("latent"), "{e}");
+        let mut nan = meta(&VaeConfig::default());
+        nan.iter_mut()
+            .filter(|(k, _)| k == "input_dim")
+            .for_each(|(_, v)| *v = "x".into());
+        assert!(VaeConfig::from_metadata(&nan)
+            .unwrap_err()
+            .to_string()
+            .contains("input_dim"));
+        let mut odd = meta(&VaeConfig::default());
+        odd.iter_mut()
+            .filter(|(k, _)| k == "latent")
+            .for_each(|(_, v)| *v = "3".into());
+        assert!(VaeConfig::from_metadata(&odd).is_err());
+    }
+
+    #[test]
+    fn validation_refuses_what_the_kernels_cannot_run() {
+        let ok = VaeConfig::default();
+        assert!(ok.validate().is_ok());
+        let bad = [
+            VaeConfig {
+                input_dim: 0,
+                ..ok.clone()
+            },
+            VaeConfig {
+                input_dim: 786,
+                ..ok.clone()
+            },
+            VaeConfig {
+                latent: 0,
+                ..ok.clone()
+            },
+            VaeConfig {
+                latent: 7,
+                ..ok.clone()
+            },
+            VaeConfig {
+                hidden: vec![400, 0],
+                ..ok.clone()
+            },
+            VaeConfig {
+                hidden: vec![402],
+                ..ok.clone()
+            },
+            VaeConfig {
+                classes: 1,
+                ..ok.clone()
+            },
+            VaeConfig {
+                classes: 1025,
+                ..ok.clone()
+            },
+            VaeConfig {
+                likelihood: Likelihood::Gaussian { variance: 0.0 },
+                ..ok.clone()
+            },
+            VaeConfig {
+                likelihood: Likelihood::Gaussian { variance: f32::NAN },
+                ..ok.clone()
+            },
+        ];
+        for cfg in bad {
+            assert!(cfg.validate().is_err(), "{cfg:?} validated");
+        }
+    }
+
+    #[test]
+    fn sizes_and_parameter_count() {
+        // 784·400 + 400 + 400·40 + 40 + 20·400 + 400 + 400·784 + 784: the reference model.
+        assert_eq!(VaeConfig::default().num_params(), 652_824);
+        let c = VaeConfig {
+            classes: 10,
+            ..Default::default()
+        };
+        // Inputs padded to whole vec4s: 784 + 10 → 796, 20 + 10 → 32.
+        assert_eq!((c.enc_input_dim(), c.dec_input_dim()), (796, 32));
+        let learned = VaeConfig {
+            likelihood: Likelihood::GaussianLearned { per_pixel: true },
+            ..Default::default()
+        };
+        assert_eq!(learned.num_params(), 652_824 + 784);
+    }
+}
