@@ -10,7 +10,7 @@ use vae_wgpu::ops::{Activation, Likelihood};
 use vae_wgpu::rng;
 use vae_wgpu::train::{Evaluator, KlSchedule, TrainConfig, Trainer};
 
-use crate::common::{gpu, rand_vec};
+use crate::common::{assert_close, gpu, rand_vec};
 use crate::reference::{self, Batch};
 
 fn mnist(n: usize, train: bool) -> (Vec<u8>, Vec<u8>) {
@@ -364,5 +364,94 @@ fn dispatch_counts_per_objective() {
         let data = GpuDataset::upload(g, "train", &images, 128, 784, labels.clone()).unwrap();
         let tr = Trainer::new(g, &vae, data, TrainConfig::default()).unwrap();
         assert_eq!(tr.dispatches_per_step(), want, "classes {classes}, {likelihood:?}");
+    }
+}
+
+/// `decode_conditional` and `decode` against the f64 decoder (sigmoid of the logits for
+/// Bernoulli, the mean clamped to [0, 1] for Gaussian), and `encode_means` against the f64
+/// encoder's μ, on small random models with a condition and without.
+#[test]
+fn decode_and_encode_means_match_the_reference() {
+    let g = gpu();
+    let n = 7;
+    for (classes, likelihood) in [
+        (3usize, Likelihood::Bernoulli),
+        (0, Likelihood::Gaussian { variance: 0.5 }),
+    ] {
+        let cfg = VaeConfig {
+            input_dim: 16,
+            hidden: vec![12],
+            latent: 2,
+            activation: Activation::Tanh,
+            likelihood,
+            classes,
+        };
+        let vae = Vae::new(g, cfg.clone(), 21).unwrap();
+        let params: Vec<Vec<f64>> = vae
+            .arena
+            .read_params(g)
+            .unwrap()
+            .iter()
+            .map(|t| t.iter().map(|&v| v as f64).collect())
+            .collect();
+        let ls = reference::layers(&cfg);
+        let m = cfg.hidden.len();
+        let labels: Vec<u8> = (0..n).map(|i| (i % 3) as u8).collect();
+
+        // Decoding: codes spread over ±3 so the Gaussian means leave [0, 1] and get clamped.
+        let z = rand_vec(n * cfg.latent, 77, -3.0, 3.0);
+        let got = if classes > 0 {
+            vae_wgpu::train::decode_conditional(g, &vae, &z, Some(&labels)).unwrap()
+        } else {
+            vae_wgpu::train::decode(g, &vae, &z).unwrap()
+        };
+        let z64: Vec<f64> = z.iter().map(|&v| v as f64).collect();
+        let mut h = if classes > 0 {
+            reference::with_one_hot(&z64, cfg.latent, &labels, cfg.dec_input_dim())
+        } else {
+            z64
+        };
+        for k in m + 1..ls.len() {
+            h = reference::dense_forward(&ls[k], &h, n, &params[2 * k], &params[2 * k + 1]).1;
+        }
+        let want: Vec<f64> = h
+            .iter()
+            .map(|&o| match likelihood {
+                Likelihood::Bernoulli => reference::sigmoid(o),
+                _ => o.clamp(0.0, 1.0),
+            })
+            .collect();
+        assert_close(&format!("decode ({likelihood:?})"), &got, &want, |_| 2e-6);
+        if likelihood != Likelihood::Bernoulli {
+            assert!(
+                want.iter().any(|&v| v == 0.0 || v == 1.0),
+                "no mean was clamped: the test is blind"
+            );
+        }
+
+        // Posterior means of a dataset.
+        let bytes: Vec<u8> = rand_vec(n * 16, 78, 0.0, 256.0)
+            .iter()
+            .map(|&v| v.min(255.0) as u8)
+            .collect();
+        let data_labels = if classes > 0 { labels.clone() } else { vec![] };
+        let eval = Evaluator::new(g, GpuDataset::upload(g, "data", &bytes, n, 16, data_labels).unwrap()).unwrap();
+        let got = eval.encode_means(&vae, 1).unwrap();
+        let x: Vec<f64> = bytes.iter().map(|&v| v as f64 / 255.0).collect();
+        let mut h = if classes > 0 {
+            reference::with_one_hot(&x, 16, &labels, cfg.enc_input_dim())
+        } else {
+            x
+        };
+        for k in 0..=m {
+            h = reference::dense_forward(&ls[k], &h, n, &params[2 * k], &params[2 * k + 1]).1;
+        }
+        let mu: Vec<f64> = h
+            .chunks_exact(2 * cfg.latent)
+            .flat_map(|r| r[..cfg.latent].to_vec())
+            .collect();
+        assert_close(&format!("encode_means ({likelihood:?})"), &got, &mu, |i| {
+            2e-6 * (1.0 + mu[i].abs())
+        });
     }
 }
