@@ -143,6 +143,10 @@ impl<'g> Trainer<'g> {
         let ws = Workspace::new(gpu, vae, b, config.mc_samples, true, false)?;
         let step_buf = StepBuffer::new(gpu)?;
         let perm = gpu.tensor("perm", &[data.count])?;
+        // The first epoch's order (train_epoch writes the same one again), so that steps
+        // recorded before any epoch (record_step, train_steps) draw real batches, not example
+        // 0 in every row of a zero-filled permutation.
+        gpu.write_words(&perm, &rng::permutation(&mut rng::host_rng(config.seed, 1), data.count))?;
         let log = gpu.tensor("metric_log", &[steps, METRIC_SLOTS])?;
         let src = BatchSource {
             data: &data,
@@ -237,6 +241,12 @@ impl<'g> Trainer<'g> {
     /// Returns the batch's examples. Submit the encoder before recording the next step: the
     /// step's uniform is written with `queue.write_buffer`, which lands at the next submit.
     pub fn record_step(&mut self, encoder: &mut wgpu::CommandEncoder, batch_index: usize) -> Result<usize> {
+        let steps = self.steps_per_epoch();
+        if batch_index >= steps {
+            return Err(VaeError::Config(format!(
+                "batch {batch_index} does not exist: an epoch has {steps} batches (0..{steps})"
+            )));
+        }
         let b = self.ws.batch;
         let start = batch_index * b;
         let plan = match &self.last_plan {

@@ -399,11 +399,19 @@ fn a_host_device_and_encoder_train_as_the_library_does() {
     }
     hosted.ctx.wait().unwrap();
     let got = hosted.read(&vae.arena.params).unwrap();
+    let mut enc = hosted.ctx.device.create_command_encoder(&Default::default());
+    assert!(
+        tr.record_step(&mut enc, steps).is_err(),
+        "a batch past the epoch must be refused"
+    );
 
     let own = Gpu::new().unwrap();
     let vae2 = Vae::new(&own, small_config(), 9).unwrap();
     let mut tr2 = Trainer::new(&own, &vae2, mnist_subset(&own, 300), cfg).unwrap();
-    tr2.train_steps(steps).unwrap();
+    // One epoch of the library's own loop (5 batches of 300 examples, the last partial): the
+    // host's steps, recorded before any epoch, used the same first-epoch order.
+    assert_eq!(tr2.steps_per_epoch(), steps);
+    tr2.train_epoch(|_, _| {}).unwrap();
     let want = own.read(&vae2.arena.params).unwrap();
     assert_eq!(vae.texture_mirrors(), vae2.texture_mirrors());
     assert!(
