@@ -143,10 +143,9 @@ impl<'g> Trainer<'g> {
         let ws = Workspace::new(gpu, vae, b, config.mc_samples, true, false)?;
         let step_buf = StepBuffer::new(gpu)?;
         let perm = gpu.tensor("perm", &[data.count])?;
-        // The first epoch's order (train_epoch writes the same one again), so that steps
-        // recorded before any epoch (record_step, train_steps) draw real batches, not example
-        // 0 in every row of a zero-filled permutation.
-        gpu.write_words(&perm, &rng::permutation(&mut rng::host_rng(config.seed, 1), data.count))?;
+        // The first epoch's order, so that steps recorded before any epoch (record_step,
+        // train_steps) draw real batches, not example 0 in every row of a zero-filled buffer.
+        gpu.write_words(&perm, &epoch_order(config.seed, 0, data.count))?;
         let log = gpu.tensor("metric_log", &[steps, METRIC_SLOTS])?;
         let src = BatchSource {
             data: &data,
@@ -287,8 +286,9 @@ impl<'g> Trainer<'g> {
     /// until the end. `progress(done, total)` is called after each submit.
     pub fn train_epoch(&mut self, mut progress: impl FnMut(usize, usize)) -> Result<EpochReport> {
         let t0 = Instant::now();
-        let perm = rng::permutation(&mut rng::host_rng(self.config.seed, 1 + self.epoch), self.data.count);
-        self.gpu.write_words(&self.perm, &perm)?;
+        // Written every epoch, the first included: `epoch` is a public field a caller may set.
+        self.gpu
+            .write_words(&self.perm, &epoch_order(self.config.seed, self.epoch, self.data.count))?;
         let steps = self.steps_per_epoch();
         let mut examples = 0;
         for i in 0..steps {
@@ -526,6 +526,12 @@ impl<'g> Evaluator<'g> {
         }
         Ok(means)
     }
+}
+
+/// The example order of training epoch `epoch` (0-based): a permutation from the host
+/// generator, its purpose tag 1 + epoch.
+fn epoch_order(seed: u64, epoch: u64, count: usize) -> Vec<u32> {
+    rng::permutation(&mut rng::host_rng(seed, 1 + epoch), count)
 }
 
 /// The first `keep` columns of each `width`-wide row.
