@@ -213,10 +213,6 @@ pub fn parse_likelihood(s: &str) -> Result<Likelihood> {
 mod tests {
     use super::*;
 
-    fn meta(cfg: &VaeConfig) -> Vec<(String, String)> {
-        cfg.to_metadata()
-    }
-
     #[test]
     fn hidden_sizes_parse() {
         assert_eq!(parse_hidden("400").unwrap(), vec![400]);
@@ -307,18 +303,18 @@ mod tests {
             },
         ];
         for cfg in cases {
-            assert_eq!(VaeConfig::from_metadata(&meta(&cfg)).unwrap(), cfg);
+            assert_eq!(VaeConfig::from_metadata(&cfg.to_metadata()).unwrap(), cfg);
         }
         // Checkpoints from before conditional models have no "classes": unconditional.
-        let mut old = meta(&VaeConfig::default());
+        let mut old = VaeConfig::default().to_metadata();
         old.retain(|(k, _)| k != "classes");
         assert_eq!(VaeConfig::from_metadata(&old).unwrap().classes, 0);
         // A missing key, a non-number and an invalid model are errors naming the problem.
-        let mut missing = meta(&VaeConfig::default());
+        let mut missing = VaeConfig::default().to_metadata();
         missing.retain(|(k, _)| k != "latent");
         let e = VaeConfig::from_metadata(&missing).unwrap_err().to_string();
         assert!(e.contains("latent"), "{e}");
-        let mut nan = meta(&VaeConfig::default());
+        let mut nan = VaeConfig::default().to_metadata();
         nan.iter_mut()
             .filter(|(k, _)| k == "input_dim")
             .for_each(|(_, v)| *v = "x".into());
@@ -326,7 +322,7 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("input_dim"));
-        let mut odd = meta(&VaeConfig::default());
+        let mut odd = VaeConfig::default().to_metadata();
         odd.iter_mut()
             .filter(|(k, _)| k == "latent")
             .for_each(|(_, v)| *v = "3".into());

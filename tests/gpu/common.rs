@@ -53,3 +53,9 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], tol: impl Fn(usize) -
         worst.2
     );
 }
+
+/// Tensors (one vector each, e.g. the arena's parameters by slot) widened to f64 for the
+/// reference.
+pub fn to_f64(v: &[Vec<f32>]) -> Vec<Vec<f64>> {
+    v.iter().map(|t| t.iter().map(|&x| x as f64).collect()).collect()
+}

@@ -10,7 +10,7 @@ use vae_wgpu::ops::{Activation, Likelihood};
 use vae_wgpu::rng;
 use vae_wgpu::train::{Evaluator, KlSchedule, TrainConfig, Trainer};
 
-use crate::common::{assert_close, gpu, rand_vec};
+use crate::common::{assert_close, gpu, rand_vec, to_f64};
 use crate::reference::{self, Batch};
 
 fn mnist(n: usize, train: bool) -> (Vec<u8>, Vec<u8>) {
@@ -97,13 +97,7 @@ fn iw_bound_matches_the_reference_for_one_and_many_samples() {
         .collect();
     let vae = Vae::new(g, cfg.clone(), 5).unwrap();
     let eval = Evaluator::new(g, GpuDataset::upload(g, "test", &bytes, n, 16, vec![]).unwrap()).unwrap();
-    let params: Vec<Vec<f64>> = vae
-        .arena
-        .read_params(g)
-        .unwrap()
-        .iter()
-        .map(|t| t.iter().map(|&v| v as f64).collect())
-        .collect();
+    let params = to_f64(&vae.arena.read_params(g).unwrap());
     let seed = 9u64;
     assert!(eval.iw_nll(&vae, seed, 0, false).is_err(), "K = 0 must be refused");
     for k in [1usize, 3, 1000] {
@@ -387,13 +381,7 @@ fn decode_and_encode_means_match_the_reference() {
             classes,
         };
         let vae = Vae::new(g, cfg.clone(), 21).unwrap();
-        let params: Vec<Vec<f64>> = vae
-            .arena
-            .read_params(g)
-            .unwrap()
-            .iter()
-            .map(|t| t.iter().map(|&v| v as f64).collect())
-            .collect();
+        let params = to_f64(&vae.arena.read_params(g).unwrap());
         let ls = reference::layers(&cfg);
         let m = cfg.hidden.len();
         let labels: Vec<u8> = (0..n).map(|i| (i % 3) as u8).collect();

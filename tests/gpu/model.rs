@@ -6,7 +6,7 @@ use vae_wgpu::model::{plan_step, BatchSource, GpuDataset, TextureMirrors, Vae, V
 use vae_wgpu::ops::{self, Activation, AdamConfig, Likelihood, StepBuffer, StepParams};
 use vae_wgpu::{rng, Dispatch, Gpu, Tensor};
 
-use crate::common::{gpu, rand_vec};
+use crate::common::{gpu, rand_vec, to_f64};
 use crate::reference::{self, AdamState, Batch};
 
 /// A byte dataset on the device, its host copy and an example order.
@@ -117,10 +117,6 @@ fn gpu_step(
         params_after: vae.arena.read_params(g).unwrap(),
         totals: ops::read_log_totals(g, &log, 1).unwrap(),
     }
-}
-
-fn to_f64(v: &[Vec<f32>]) -> Vec<Vec<f64>> {
-    v.iter().map(|t| t.iter().map(|&x| x as f64).collect()).collect()
 }
 
 /// Per tensor: every |got − want| ≤ rel·max|want| + abs; reports the worst element.
