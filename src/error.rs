@@ -7,7 +7,10 @@ use std::path::PathBuf;
 #[derive(Debug)]
 pub enum VaeError {
     /// No wgpu adapter could be found on this machine.
-    NoAdapter { tried: String },
+    NoAdapter {
+        /// The backends and selection that were tried, for the message.
+        tried: String,
+    },
     /// The adapter refused to create a device with the features/limits we need.
     DeviceRequest(String),
     /// The adapter lacks a capability a requested kernel strategy needs.
@@ -16,9 +19,13 @@ pub enum VaeError {
     Shape(String),
     /// A buffer request exceeds what the device allows.
     BufferTooLarge {
+        /// The buffer's label.
         label: String,
+        /// The size requested.
         bytes: u64,
+        /// The device's limit.
         limit: u64,
+        /// The name of the `wgpu::Limits` field that sets it.
         limit_name: &'static str,
     },
     /// A wgpu validation or out-of-memory error surfaced while recording or submitting work.
@@ -26,11 +33,26 @@ pub enum VaeError {
     /// Mapping a buffer for readback failed.
     Readback(String),
     /// An I/O error on a named file.
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the operating system reported.
+        source: std::io::Error,
+    },
     /// A data file exists but its contents are not what the format requires.
-    Format { path: PathBuf, problem: String },
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// A checkpoint does not match the model it is loaded into, or is malformed.
-    Checkpoint { path: PathBuf, problem: String },
+    Checkpoint {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// What does not match, with the tensor's name.
+        problem: String,
+    },
     /// An invalid configuration value or command-line argument.
     Config(String),
 }

@@ -1,9 +1,12 @@
 //! vae-wgpu: variational autoencoders trained and run entirely on the GPU, every numeric
 //! operation a WGSL compute shader dispatched through wgpu.
 //!
-//! Layout: [`gpu`] (context, memory, kernel registry, dispatch recording), [`ops`] (one typed
-//! wrapper per kernel), [`rng`], [`data`] (IDX readers), [`io`] (safetensors, PNG), [`explore`]
-//! (CPU latent-space helpers: interpolation, linear probe, scatter plots).
+//! Layout, bottom up: [`gpu`] (context, memory, kernel registry, dispatch recording), [`ops`]
+//! (one typed wrapper per kernel), [`nn`] (the parameter arena and linear layers), [`model`]
+//! (configuration, the VAE, checkpoints, and the plan of one step), [`train`] (the trainer and
+//! the evaluator), [`rng`], [`data`] (IDX and .amat readers), [`io`] (safetensors, PNG) and
+//! [`explore`] (latent-space tools: interpolation, arithmetic, the linear probe, figures).
+#![warn(missing_docs)]
 
 pub mod data;
 pub mod error;

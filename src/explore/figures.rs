@@ -17,8 +17,11 @@ pub const FIGURE_PAD: usize = 2;
 /// Decoded images laid out as a grid: `count` images of the model's pixels, `cols` per row.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Figure {
+    /// The images' pixels, image after image, each in [0, 1].
     pub images: Vec<f32>,
+    /// How many images `images` holds.
     pub count: usize,
+    /// Images per row of the grid.
     pub cols: usize,
 }
 

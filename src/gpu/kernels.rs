@@ -14,12 +14,19 @@ const STEP: &str = include_str!("../../shaders/step.wgsl");
 /// The shader files in `shaders/`, one per kernel family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Shader {
+    /// `matmul.wgsl`: every matrix product with its epilogues, in three strategies.
     Matmul,
+    /// `activation.wgsl`: standalone activation forward and backward.
     Activation,
+    /// `reduce.wgsl`: column sums and the per-step metric rows.
     Reduce,
+    /// `reparam_kl.wgsl`: the reparameterization and closed-form KL, forward and backward.
     ReparamKl,
+    /// `loss.wgsl`: the reconstruction losses and their gradients.
     Loss,
+    /// `adam.wgsl`: Adam / AdamW over the parameter arena.
     Adam,
+    /// `gather.wgsl`: the batch gather and the one-hot class inputs.
     Gather,
 }
 

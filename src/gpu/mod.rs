@@ -97,7 +97,9 @@ impl Dispatch {
 /// Counters of host–device traffic, for the step-structure tests and benchmarks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TrafficStats {
+    /// Queue submits.
     pub submits: u64,
+    /// Buffers mapped and read on the host.
     pub readbacks: u64,
     /// Kernel launches.
     pub dispatches: u64,
@@ -109,8 +111,11 @@ pub struct TrafficStats {
 
 /// The runtime: device, memory ledger, kernels. Everything else borrows it.
 pub struct Gpu {
+    /// Device, queue and adapter report.
     pub ctx: GpuContext,
+    /// The ledger of every buffer and texture this runtime allocated.
     pub memory: DeviceMemory,
+    /// Shader modules and pipelines, compiled once and cached by key.
     pub kernels: KernelRegistry,
     // Bound where a kernel's optional input or output is unused.
     dummy_read: Tensor,
@@ -160,7 +165,7 @@ impl Gpu {
         &self.ctx.report
     }
 
-    /// Submits, readbacks and dispatches so far.
+    /// Submits, readbacks, dispatches, compute passes and mirror copies so far.
     pub fn traffic(&self) -> TrafficStats {
         TrafficStats {
             submits: self.submits.load(Ordering::Relaxed),
@@ -303,7 +308,7 @@ impl Gpu {
         &self.dummy_write
     }
 
-    /// Builds a dispatch: a bind group over `resources` (binding i = resources[i]) for a
+    /// Builds a dispatch: a bind group over `resources` (binding i = `resources[i]`) for a
     /// pipeline of `kernels`.
     #[allow(clippy::too_many_arguments)]
     pub fn dispatch(
@@ -405,7 +410,8 @@ impl Gpu {
         self.submits.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Records `dispatches` in one pass, submits, and waits.
+    /// Records `dispatches` with [`Gpu::record`] (one compute pass per run of kernels between
+    /// mirror copies), submits once, and waits.
     pub fn run(&self, dispatches: &[&Dispatch]) -> Result<()> {
         let mut enc = self.ctx.device.create_command_encoder(&Default::default());
         self.record(&mut enc, dispatches);

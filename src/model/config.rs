@@ -190,7 +190,7 @@ pub fn parse_variance(s: &str) -> Result<Likelihood> {
     }
 }
 
-/// Parses "bernoulli", "gaussian[:VARIANCE]" (variance default 1.0), "gaussian:learned-global"
+/// Parses "bernoulli", `"gaussian[:VARIANCE]"` (variance default 1.0), "gaussian:learned-global"
 /// or "gaussian:learned-pixel".
 pub fn parse_likelihood(s: &str) -> Result<Likelihood> {
     match s.split_once(':') {

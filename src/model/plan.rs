@@ -17,10 +17,15 @@ pub const METRIC_SLOTS: usize = 2;
 /// A byte dataset resident on the GPU (four pixels per u32 word), with its labels on the host
 /// and, when it has labels, on the device (one u32 each, for conditional models).
 pub struct GpuDataset {
+    /// The pixels as bytes, four per u32 word, example after example.
     pub words: Tensor,
+    /// Examples.
     pub count: usize,
+    /// Pixels per example (a multiple of 4).
     pub dim: usize,
+    /// One class label per example, or empty for an unlabelled dataset.
     pub labels: Vec<u8>,
+    /// The labels as u32 on the device, when there are labels.
     pub labels_gpu: Option<Tensor>,
 }
 
@@ -62,23 +67,36 @@ impl GpuDataset {
 
 /// Gradients of the activations (training only).
 pub struct ActivationGrads {
+    /// ∂L/∂ of each decoder hidden layer's output, [L·B, h], in decoder order.
     pub dec_hidden: Vec<Tensor>,
+    /// ∂L/∂ of the decoder's input (z and, for a conditional model, its class columns).
     pub z: Tensor,
+    /// ∂L/∂ of the encoder head's output [B, 2Z] (μ then log σ²).
     pub enc: Tensor,
+    /// ∂L/∂ of each encoder hidden layer's output, [B, h].
     pub enc_hidden: Vec<Tensor>,
 }
 
 /// Every activation of a step for up to `batch` examples and `samples` draws each, allocated
 /// once. Plans for fewer rows (the last partial batch) view prefixes of the same buffers.
 pub struct Workspace {
+    /// Examples per step (B).
     pub batch: usize,
+    /// Draws of z per example (L).
     pub samples: usize,
+    /// The encoder's input [B, D (+ classes)], gathered from the dataset.
     pub x: Tensor,
+    /// Each encoder hidden layer's output, [B, h].
     pub enc_hidden: Vec<Tensor>,
+    /// The encoder head's output [B, 2Z]: μ then log σ² per row.
     pub enc: Tensor,
+    /// The decoder's input [L·B, Z (+ classes)]: the draws of z.
     pub z: Tensor,
+    /// Each decoder hidden layer's output, [L·B, h], in decoder order.
     pub dec_hidden: Vec<Tensor>,
+    /// The decoder's output [L·B, D]: logits (Bernoulli) or means (Gaussian).
     pub out: Tensor,
+    /// ∂L/∂out, written by the loss.
     pub d_out: Tensor,
     /// nll [L·B] at offset 0, the KL's terms [B·Z] at `kl_offset` floats.
     pub per_example: Tensor,
@@ -87,6 +105,7 @@ pub struct Workspace {
     pub log_ratio: Option<Tensor>,
     /// Per-element gradient of a learned log-variance, [L·B, D].
     pub dlc: Option<Tensor>,
+    /// The activations' gradients, for a training workspace.
     pub grads: Option<ActivationGrads>,
 }
 
@@ -208,6 +227,7 @@ impl Workspace {
 
 /// Where a step's batch comes from.
 pub struct BatchSource<'a> {
+    /// The dataset the batch is gathered from.
     pub data: &'a GpuDataset,
     /// Example order; the step uniform's batch_start indexes it.
     pub perm: &'a Tensor,

@@ -47,6 +47,7 @@ pub const LOG_C_KEY: &str = "log_c";
 
 /// A Gaussian-encoder VAE with an MLP encoder and decoder, all parameters in one arena.
 pub struct Vae {
+    /// The architecture and likelihood it was built from.
     pub config: VaeConfig,
     /// Encoder hidden layers.
     pub encoder: Vec<Linear>,
@@ -58,6 +59,7 @@ pub struct Vae {
     pub out: Linear,
     /// Arena slot of the learned log-variance (Gaussian decoders with a learned variance).
     pub log_c: Option<usize>,
+    /// Every parameter, gradient and Adam moment, one buffer each.
     pub arena: ParamArena,
     /// Texture mirrors of the weights, and of the activations of workspaces built from now on
     /// (none unless the subgroup strategy is chosen).

@@ -14,7 +14,9 @@ pub const PARAM_ALIGN: usize = 64;
 /// Where one named parameter lives in the arena.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ParamSlot {
+    /// Name within the model ("enc0.weight", …); checkpoints map it to their keys.
     pub name: String,
+    /// Shape as stored (weights [in, out]).
     pub shape: Vec<usize>,
     /// Offset in floats.
     pub offset: usize,
@@ -71,10 +73,15 @@ impl ArenaLayout {
 
 /// The arena on the device: parameters, gradients and Adam's first and second moments.
 pub struct ParamArena {
+    /// Where each named parameter lives; the same offsets index all four buffers.
     pub layout: ArenaLayout,
+    /// The parameters.
     pub params: Tensor,
+    /// Their gradients, written (not accumulated) by each step's backward pass.
     pub grads: Tensor,
+    /// Adam's first moments.
     pub m: Tensor,
+    /// Adam's second moments.
     pub v: Tensor,
     /// Texture mirrors of parameters, by slot (see [`crate::ops::mirror`]).
     mirrors: Vec<Option<Arc<GpuTexture>>>,

@@ -43,13 +43,17 @@ pub const LEAKY_SLOPE: f32 = 0.01;
 /// y = act(x·W + b) with W stored [in, out] (the transpose of PyTorch's [out, in], so the
 /// forward reads W row-major along the output; checkpoints transpose on the way out).
 pub struct Linear {
+    /// Prefix of its parameters' names ("enc0", "head", …).
     pub name: String,
+    /// Columns of its input.
     pub in_features: usize,
+    /// Columns of its output.
     pub out_features: usize,
+    /// Applied to x·W + b in the matmul's epilogue.
     pub act: Activation,
     /// Arena slot of W [in, out].
     pub w: usize,
-    /// Arena slot of b [out].
+    /// Arena slot of b, `[out]`.
     pub b: usize,
 }
 

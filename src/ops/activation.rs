@@ -8,12 +8,16 @@ use crate::gpu::{grid_1d, Dispatch, Gpu, Shader, Tensor};
 /// Activation functions. Derivatives are computed from the output, so layers keep only y.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Activation {
+    /// y = x.
     #[default]
     Identity,
+    /// y = max(x, 0).
     Relu,
     /// Negative slope set where it is applied (matmul epilogue or activation op).
     LeakyRelu,
+    /// y = tanh(x).
     Tanh,
+    /// y = 1 / (1 + e^−x).
     Sigmoid,
 }
 

@@ -8,10 +8,15 @@ use crate::ops::step::{StepBuffer, StepParams};
 /// Adam hyper-parameters (PyTorch's defaults).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamConfig {
+    /// Learning rate (1e-3).
     pub lr: f32,
+    /// Decay of the first moment (0.9).
     pub beta1: f32,
+    /// Decay of the second moment (0.999).
     pub beta2: f32,
+    /// Added to √v̂ in the denominator (1e-8).
     pub eps: f32,
+    /// L2 penalty (0): added to the gradient as wd·p, or with `decoupled` applied to the weights.
     pub weight_decay: f32,
     /// AdamW: decay the weights directly instead of adding wd·p to the gradient.
     pub decoupled: bool,

@@ -10,10 +10,16 @@ pub enum Likelihood {
     /// Bernoulli with logits: NLL = Σ softplus(l) − x·l (x may be grey levels in [0, 1]).
     Bernoulli,
     /// Gaussian with fixed variance c: NLL = Σ (x − μ)²/(2c) + ½·log(2πc).
-    Gaussian { variance: f32 },
+    Gaussian {
+        /// The variance c (> 0).
+        variance: f32,
+    },
     /// Gaussian with a learned log-variance parameter, one per pixel or one shared by all,
     /// clamped to [`LOG_C_MIN`, `LOG_C_MAX`] (zero gradient outside). Initialised to 0 (c = 1).
-    GaussianLearned { per_pixel: bool },
+    GaussianLearned {
+        /// One log-variance per pixel, or one shared by all.
+        per_pixel: bool,
+    },
 }
 
 /// Floor of a learned log-variance: σ ≥ e⁻³ ≈ 0.05, about 13 grey levels of 255. Without it a
@@ -35,7 +41,7 @@ impl Likelihood {
 
 /// The learned log-variance's parameter view and a scratch for its per-element gradient.
 pub struct LearnedLogC<'a> {
-    /// The parameter (arena view): [D] per pixel or [1] shared.
+    /// The parameter (arena view): `[D]` per pixel or `[1]` shared.
     pub log_c: &'a Tensor,
     /// Per-element gradient contributions, [R, D]; reduced by [`log_c_grad`].
     pub dlc: &'a Tensor,
@@ -54,7 +60,7 @@ struct LossParams {
     _pad: u32,
 }
 
-/// Plans nll[r] and grad = scale · ∂nll/∂out for decoder output `out` [R, D] against targets
+/// Plans `nll[r]` and grad = scale · ∂nll/∂out for decoder output `out` [R, D] against targets
 /// `x` [B, D'] (row r uses target r mod B; R = L·B for L samples; the first D of each target
 /// row's D' ≥ D values are the pixels). D and D' must be multiples of 4. A learned variance
 /// needs `learned`, where the per-element gradient of log c goes.
@@ -169,7 +175,7 @@ pub fn loss(
 }
 
 /// Plans the gradient of a learned log-variance from the loss's per-element contributions
-/// `dlc` [R, D]: column sums into `grad` [D] (per pixel) or the total into `grad` [1] (shared;
+/// `dlc` [R, D]: column sums into `grad` `[D]` (per pixel) or the total into `grad` `[1]` (shared;
 /// written as a vec4 whose other lanes are zero, so `grad` must be a 4-aligned arena slot).
 pub fn log_c_grad(gpu: &Gpu, label: &str, per_pixel: bool, dlc: &Tensor, grad: &Tensor) -> Result<Dispatch> {
     if per_pixel {

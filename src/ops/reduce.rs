@@ -13,7 +13,7 @@ struct ColsumParams {
     _pad: [u32; 2],
 }
 
-/// Plans out[n] = Σ_m x[m, n] (or += with `accumulate`); x is [M, N] with N % 4 == 0.
+/// Plans `out[n] = Σ_m x[m, n]` (or += with `accumulate`); x is [M, N] with N % 4 == 0.
 pub fn colsum(gpu: &Gpu, label: &str, x: &Tensor, out: &Tensor, accumulate: bool) -> Result<Dispatch> {
     let [m, n] = *x.shape() else {
         return Err(VaeError::Shape(format!(
@@ -54,9 +54,13 @@ pub fn colsum(gpu: &Gpu, label: &str, x: &Tensor, out: &Tensor, accumulate: bool
 /// One segment of [`sum_segments`]: `scale · Σ x[offset .. offset+len]` goes to column `slot`.
 #[derive(Clone, Copy, Debug)]
 pub struct Segment {
+    /// First element summed, in floats.
     pub offset: usize,
+    /// Elements summed.
     pub len: usize,
+    /// Column of the output row that receives the sum.
     pub slot: usize,
+    /// Factor on the sum.
     pub scale: f32,
 }
 

@@ -27,6 +27,7 @@ pub struct StepParams {
     pub adam_bc2: f32,
     /// Row of the metric log that this step's sums are written to.
     pub log_row: u32,
+    /// Pads the uniform to 16-byte alignment; always zero.
     pub _pad: [u32; 3],
 }
 
