@@ -54,6 +54,13 @@ pub fn uniform(seed: u32, step: u32, stream: u32, index: u32) -> f64 {
     ((h[0] >> 8) as f64 + 0.5) / 16777216.0
 }
 
+/// The device generator's 32-bit seed word for a run's 64-bit seed. Seeds below 2³² are used
+/// as they are; the high word is mixed in (times the golden-ratio constant) rather than
+/// dropped, so seeds such as 1 and 2³² + 1 no longer draw the same ε.
+pub fn device_seed(seed: u64) -> u32 {
+    (seed as u32) ^ ((seed >> 32) as u32).wrapping_mul(0x9E37_79B9)
+}
+
 /// The stream word of a key: stream in the high 16 bits, Monte Carlo sample in the low.
 pub fn stream_word(stream: u32, sample: u32) -> u32 {
     (stream << 16) | sample
@@ -97,6 +104,15 @@ fn bounded(rng: &mut impl Rng, n: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_seed_keeps_small_seeds_and_mixes_the_high_word() {
+        assert_eq!(device_seed(1), 1);
+        assert_eq!(device_seed(u32::MAX as u64), u32::MAX);
+        assert_eq!(device_seed((1 << 32) | 1), 1 ^ 0x9E37_79B9);
+        assert_ne!(device_seed((1 << 32) | 1), device_seed(1));
+        assert_ne!(device_seed(2 << 32), device_seed(1 << 32));
+    }
 
     #[test]
     fn permutation_is_a_permutation_and_reproducible() {

@@ -7,18 +7,29 @@ use crate::error::{Result, VaeError};
 /// What a report needs to know about the adapter: name, backend and the relevant limits.
 #[derive(Clone, Debug)]
 pub struct AdapterReport {
+    /// The adapter's name ("llvmpipe (LLVM 15.0.6, 256 bits)" for lavapipe).
     pub name: String,
+    /// Vulkan, Metal, DX12, …
     pub backend: wgpu::Backend,
+    /// Discrete, integrated, CPU, …; the matmul strategy is chosen from it.
     pub device_type: wgpu::DeviceType,
+    /// Driver name and version, as the adapter reports them.
     pub driver: String,
+    /// The device's limit on one storage binding, in bytes.
     pub max_storage_buffer_binding_size: u64,
+    /// The device's limit on one buffer, in bytes.
     pub max_buffer_size: u64,
+    /// Past this many workgroups in x, dispatches use a 2-D grid.
     pub max_compute_workgroups_per_dimension: u32,
+    /// Binding offsets into a shared buffer are rounded up to this.
     pub min_storage_buffer_offset_alignment: u32,
     /// Subgroup size range reported by the adapter (0 when subgroups are unavailable).
     pub subgroup_min_size: u32,
+    /// Upper end of that range.
     pub subgroup_max_size: u32,
+    /// Whether the device was created with `Features::SUBGROUP`.
     pub subgroups: bool,
+    /// Whether timestamp queries can be written inside a compute pass (per-dispatch profiling).
     pub timestamps_inside_passes: bool,
     /// `LP_NATIVE_VECTOR_WIDTH` as seen when the instance was created (lavapipe's SIMD width).
     pub lp_native_vector_width: Option<String>,
@@ -47,8 +58,11 @@ impl std::fmt::Display for AdapterReport {
 /// [`VaeError::Gpu`] from [`GpuContext::check_errors`], which the runtime calls after waits.
 #[derive(Clone)]
 pub struct GpuContext {
+    /// The device every buffer and pipeline belongs to.
     pub device: wgpu::Device,
+    /// Its queue; the runtime submits here.
     pub queue: wgpu::Queue,
+    /// What was learned about the adapter when the context was made.
     pub report: AdapterReport,
     errors: Arc<Mutex<Vec<String>>>,
 }
@@ -75,12 +89,25 @@ impl GpuContext {
                 let wanted_lc = wanted.to_lowercase();
                 let adapters = instance.enumerate_adapters(backends).await;
                 let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
-                adapters
+                // With adapters present, a name that matches none is a setting to fix, not a
+                // driver to install.
+                let found = adapters
                     .into_iter()
-                    .find(|a| a.get_info().name.to_lowercase().contains(&wanted_lc))
-                    .ok_or_else(|| VaeError::NoAdapter {
-                        tried: format!("WGPU_ADAPTER_NAME={wanted:?} matches none of the adapters found: {names:?}"),
-                    })?
+                    .find(|a| a.get_info().name.to_lowercase().contains(&wanted_lc));
+                match found {
+                    Some(a) => a,
+                    None if names.is_empty() => {
+                        return Err(VaeError::NoAdapter {
+                            tried: format!("backends {backends:?}, WGPU_ADAPTER_NAME={wanted:?}"),
+                        })
+                    }
+                    None => {
+                        return Err(VaeError::Config(format!(
+                            "WGPU_ADAPTER_NAME={wanted:?} matches none of the adapters found: {names:?}; \
+                             set it to part of one of those names, or unset it for the default adapter"
+                        )))
+                    }
+                }
             }
             Err(_) => {
                 let power = wgpu::PowerPreference::from_env().unwrap_or_default();

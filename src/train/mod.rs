@@ -19,8 +19,12 @@ use crate::rng;
 /// How to train.
 #[derive(Clone, Debug)]
 pub struct TrainConfig {
+    /// Examples per step.
     pub batch_size: usize,
+    /// The optimizer's hyper-parameters.
     pub adam: AdamConfig,
+    /// Seeds the epochs' example order and the draws of ε (with the model's own seed for
+    /// the initial weights).
     pub seed: u64,
     /// Drop the last partial batch of each epoch instead of training on it.
     pub drop_last: bool,
@@ -63,6 +67,7 @@ pub struct ElboStats {
     pub recon: f64,
     /// KL(q(z|x) ‖ p(z)).
     pub kl: f64,
+    /// Examples the means are over.
     pub examples: usize,
 }
 
@@ -82,10 +87,13 @@ impl ElboStats {
 /// One epoch's outcome.
 #[derive(Clone, Copy, Debug)]
 pub struct EpochReport {
+    /// Means over the epoch's training examples, as trained (with β and any binarization).
     pub train: ElboStats,
+    /// Steps taken.
     pub steps: usize,
     /// Training examples per second of wall time, waiting for the GPU at the end.
     pub samples_per_sec: f64,
+    /// Wall time of the epoch.
     pub seconds: f64,
     /// The KL weight at the epoch's last step.
     pub beta: f32,
@@ -95,6 +103,7 @@ pub struct EpochReport {
 /// the global step, the seed, the model's arena (params, grads, Adam moments).
 pub struct Trainer<'g> {
     gpu: &'g Gpu,
+    /// How it trains; fixed at construction.
     pub config: TrainConfig,
     data: GpuDataset,
     ws: Workspace,
@@ -223,7 +232,7 @@ impl<'g> Trainer<'g> {
     /// Values of the step uniform for a step.
     fn step_params(&self, batch_start: usize, log_row: usize) -> StepParams {
         let mut p = StepParams {
-            seed: self.config.seed as u32,
+            seed: rng::device_seed(self.config.seed),
             step: self.step as u32,
             batch_start: batch_start as u32,
             stream: rng::STREAM_TRAIN,
@@ -347,7 +356,7 @@ impl<'g> Evaluator<'g> {
 
     fn write_step(&self, seed: u64, batch_start: usize, log_row: usize) {
         let p = StepParams {
-            seed: seed as u32,
+            seed: rng::device_seed(seed),
             step: 0,
             batch_start: batch_start as u32,
             stream: rng::STREAM_EVAL,
@@ -603,7 +612,12 @@ pub fn decode_conditional(gpu: &Gpu, vae: &Vae, z: &[f32], labels: Option<&[u8]>
 pub fn prior_samples(seed: u64, n: usize, latent: usize, temperature: f32) -> Vec<f32> {
     (0..n * latent)
         .map(|i| {
-            (rng::normal(seed as u32, 0, rng::stream_word(rng::STREAM_SAMPLE, 0), i as u32) * temperature as f64) as f32
+            (rng::normal(
+                rng::device_seed(seed),
+                0,
+                rng::stream_word(rng::STREAM_SAMPLE, 0),
+                i as u32,
+            ) * temperature as f64) as f32
         })
         .collect()
 }

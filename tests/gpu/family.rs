@@ -37,8 +37,14 @@ fn iw_reference(cfg: &VaeConfig, params: &[Vec<f64>], bytes: &[u8], n: usize, se
             .collect();
         let eps: Vec<f64> = (0..k)
             .flat_map(|s| {
-                (0..rows * zd)
-                    .map(move |i| rng::normal(seed as u32, 0, rng::stream_word(rng::STREAM_EVAL, s as u32), i as u32))
+                (0..rows * zd).map(move |i| {
+                    rng::normal(
+                        rng::device_seed(seed),
+                        0,
+                        rng::stream_word(rng::STREAM_EVAL, s as u32),
+                        i as u32,
+                    )
+                })
             })
             .collect();
         let batch = Batch {
