@@ -55,9 +55,39 @@ impl Shader {
         }
     }
 
-    /// The WGSL module as compiled: the shared preludes it uses, then the file itself.
+    /// The built-in WGSL module: the shared preludes it uses, then the file itself.
     pub fn source(self) -> String {
-        let (preludes, body): (&[&str], &str) = match self {
+        let (preludes, body) = self.parts();
+        join(preludes, body)
+    }
+
+    /// The module the registry compiles: [`Shader::source`], except that with
+    /// `VAE_WGPU_SHADER_DIR` set (kernel development: edit WGSL without a rebuild) the file is
+    /// read from that directory where it has a copy. A setting that is not a directory, or a
+    /// copy that cannot be read, is an error rather than a silent fall-back to the built-in
+    /// kernel, so an edit cannot be measured by mistake against the old code.
+    pub fn development_source(self) -> Result<String> {
+        let Some(dir) = std::env::var_os("VAE_WGPU_SHADER_DIR") else {
+            return Ok(self.source());
+        };
+        let dir = std::path::PathBuf::from(dir);
+        if !dir.is_dir() {
+            return Err(VaeError::Config(format!(
+                "VAE_WGPU_SHADER_DIR={} is not a directory; point it at a directory of edited \
+                 .wgsl files, or unset it to use the built-in kernels",
+                dir.display()
+            )));
+        }
+        let path = dir.join(self.file());
+        match std::fs::read_to_string(&path) {
+            Ok(body) => Ok(join(self.parts().0, &body)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(self.source()),
+            Err(source) => Err(VaeError::Io { path, source }),
+        }
+    }
+
+    fn parts(self) -> (&'static [&'static str], &'static str) {
+        match self {
             Shader::Matmul => (&[ACT], include_str!("../../shaders/matmul.wgsl")),
             Shader::Activation => (&[ACT], include_str!("../../shaders/activation.wgsl")),
             Shader::Reduce => (&[STEP], include_str!("../../shaders/reduce.wgsl")),
@@ -65,19 +95,7 @@ impl Shader {
             Shader::Loss => (&[], include_str!("../../shaders/loss.wgsl")),
             Shader::Adam => (&[STEP], include_str!("../../shaders/adam.wgsl")),
             Shader::Gather => (&[STEP, RNG], include_str!("../../shaders/gather.wgsl")),
-        };
-        // Kernel development: VAE_WGPU_SHADER_DIR points at a directory of edited WGSL files,
-        // read at run time so a change needs no rebuild. Files missing there use the built-in copy.
-        let dev_copy = std::env::var_os("VAE_WGPU_SHADER_DIR")
-            .and_then(|dir| std::fs::read_to_string(std::path::Path::new(&dir).join(self.file())).ok());
-        let body = dev_copy.as_deref().unwrap_or(body);
-        let mut s = String::new();
-        for p in preludes {
-            s.push_str(p);
-            s.push('\n');
         }
-        s.push_str(body);
-        s
     }
 
     /// Whether the module needs `Features::SUBGROUP` (only the subgroup matmul entry does, but
@@ -121,7 +139,7 @@ impl KernelRegistry {
         if let Some(m) = mods.get(&shader) {
             return Ok(m.clone());
         }
-        let mut src = shader.source();
+        let mut src = shader.development_source()?;
         if shader.needs_subgroups() && !self.subgroups {
             // Without the feature the subgroup builtins do not validate; drop that entry point.
             src = strip_subgroup_entry(&src);
@@ -194,6 +212,17 @@ impl KernelRegistry {
     }
 }
 
+/// A module's text: each prelude, then the kernel file.
+fn join(preludes: &[&str], body: &str) -> String {
+    let mut s = String::new();
+    for p in preludes {
+        s.push_str(p);
+        s.push('\n');
+    }
+    s.push_str(body);
+    s
+}
+
 /// Removes the subgroup strategy of matmul.wgsl (its section runs from the marker comment to
 /// the end of the file) for devices without subgroup support.
 pub fn strip_subgroup_entry(src: &str) -> String {
@@ -254,6 +283,31 @@ pub mod layout {
 mod tests {
     use super::*;
     use wgpu::naga;
+
+    /// The only test that sets VAE_WGPU_SHADER_DIR (nothing else in this binary reads it).
+    #[test]
+    fn shader_dir_overrides_present_files_and_refuses_a_bad_setting() {
+        let dir = std::env::temp_dir().join(format!("vae_wgpu_shader_dir_{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("adam.wgsl"), "// edited adam\n").unwrap();
+        std::env::set_var("VAE_WGPU_SHADER_DIR", &dir);
+        let adam = Shader::Adam.development_source().unwrap();
+        let loss = Shader::Loss.development_source().unwrap();
+        std::env::set_var("VAE_WGPU_SHADER_DIR", dir.join("adam.wgsl"));
+        let not_dir = Shader::Adam.development_source();
+        std::env::remove_var("VAE_WGPU_SHADER_DIR");
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        // The edited file replaces the kernel but keeps its preludes.
+        assert!(adam.starts_with(STEP) && adam.ends_with("// edited adam\n"), "{adam}");
+        assert!(!adam.contains("@compute"));
+        // A file the directory lacks is the built-in one.
+        assert_eq!(loss, Shader::Loss.source());
+        match not_dir {
+            Err(VaeError::Config(m)) => assert!(m.contains("is not a directory"), "{m}"),
+            other => panic!("expected a Config error, got {other:?}"),
+        }
+    }
 
     /// Every shader, as the registry composes it, parses and validates with the naga that wgpu
     /// uses, with no adapter involved.
