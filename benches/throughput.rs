@@ -7,7 +7,7 @@
 //! or GB/s; dispatches, passes, submits and readbacks per step; resident device bytes against
 //! the sum of what the model needs; the step with texture mirrors on and off, interleaved in
 //! one process; matmul GFLOP/s per strategy. Each figure is the median (and min–max) of
-//! repeats after a warm-up. The host CPU and the share of CPU time the hypervisor took
+//! repeats after a warm-up: 7 (3 with `--quick`), at most 5 for training and matmul. The host CPU and the share of CPU time the hypervisor took
 //! ("steal") during each section are printed too: on a shared machine they explain most of
 //! the run-to-run differences.
 
@@ -264,6 +264,8 @@ fn main() -> AnyResult<()> {
         .cloned();
     let quick = args.iter().any(|a| a == "--quick");
     let repeats = if quick { 3 } else { 7 };
+    // The training and matmul sections take longer per run, so they stop at 5.
+    let long_repeats = repeats.min(5);
     let mut json: Vec<String> = Vec::new();
 
     let whole_run = StealMeter::start();
@@ -383,7 +385,10 @@ fn main() -> AnyResult<()> {
     // Per-dispatch GPU time at batch 128 (the 8 steps above were the warm-up).
     let meter = StealMeter::start();
     let plan: Vec<&Dispatch> = trainer.full_plan().iter().collect();
-    println!("\none training step, batch 128 ({} dispatches):", plan.len());
+    println!(
+        "\none training step, batch 128 ({} dispatches; median of {repeats} after a warm-up):",
+        plan.len()
+    );
     let mut per_dispatch: Vec<Vec<f64>> = vec![Vec::new(); plan.len()];
     let timed_by = match timing_for(&gpu) {
         Timing::InsidePass => "timestamps inside the pass",
@@ -449,7 +454,7 @@ fn main() -> AnyResult<()> {
     drop(trainer);
 
     // Training throughput by batch size.
-    println!("\ntraining throughput (default model):");
+    println!("\ntraining throughput (default model; median of {long_repeats} runs after a warm-up):");
     let meter = StealMeter::start();
     let mut tput = Vec::new();
     for &b in &[32usize, 128, 512, 2048] {
@@ -463,7 +468,7 @@ fn main() -> AnyResult<()> {
             },
         )?;
         let steps = (8192 / b).clamp(4, 64);
-        let s = time_runs(repeats.min(5), || {
+        let s = time_runs(long_repeats, || {
             let t = Instant::now();
             tr.train_steps(steps)?;
             Ok((steps * b) as f64 / t.elapsed().as_secs_f64())
@@ -479,7 +484,10 @@ fn main() -> AnyResult<()> {
 
     // Texture mirrors on and off, interleaved: on a shared host the load changes from minute to
     // minute, so only alternating runs in one process compare the two fairly.
-    println!("\ntexture mirrors on against off, batch 128, interleaved rounds of 16 steps:");
+    println!(
+        "\ntexture mirrors on against off, batch 128, {} interleaved rounds of 16 steps after a warm-up:",
+        2 * repeats
+    );
     let meter = StealMeter::start();
     let mut pair = Vec::new();
     for policy in [TextureMirrors::None, TextureMirrors::Auto] {
@@ -519,7 +527,7 @@ fn main() -> AnyResult<()> {
     note_steal("mirrors_ab", &meter);
 
     // Inference throughput at batch 1024.
-    println!("\ninference throughput (batch 1024):");
+    println!("\ninference throughput (batch 1024; median of {repeats} after a warm-up):");
     let meter = StealMeter::start();
     let b = 1024;
     let x_host: Vec<f32> = set.images[..b * 784].iter().map(|&p| p as f32 / 255.0).collect();
@@ -578,7 +586,7 @@ fn main() -> AnyResult<()> {
     note_steal("inference", &meter);
 
     // Matmul at the model's shapes and 1024³, per strategy.
-    println!("\nmatmul (median of {repeats}, 10 launches per submit):");
+    println!("\nmatmul (median of {long_repeats} submits after a warm-up; 10 launches per submit, 2 at 1024³):");
     let meter = StealMeter::start();
     let shapes = [
         ("128x784 . 784x400", 128, 400, 784, false, false),
@@ -614,7 +622,7 @@ fn main() -> AnyResult<()> {
             let d = ops::matmul(&gpu, label, a, ta, bb, tb, &c, &Epilogue::default(), Some(*st))?;
             let reps = if m * n * k > 100_000_000 { 2 } else { 10 };
             let list: Vec<&Dispatch> = (0..reps).map(|_| &d).collect();
-            let s = time_runs(repeats.min(5), || {
+            let s = time_runs(long_repeats, || {
                 let t = Instant::now();
                 gpu.run(&list)?;
                 Ok(t.elapsed().as_secs_f64() / reps as f64)
