@@ -22,7 +22,8 @@ USAGE: cargo run --release --example explore -- --checkpoint FILE --out DIR [FLA
   --data-dir DIR      the dataset's directory (default: the dataset the checkpoint names, in
                       its default place)
   --eval-iw K         importance samples for test_iw_nll (default 100)
-  --seed N            evaluation seed (default 1)
+  --seed N            evaluation seed (default: the checkpoint's training seed, so test_loss
+                      repeats train_mnist's last figure; 1 if the checkpoint has none)
 
 Writes (28x28 cells, 2 px padding):
   reconstructions.png  8 chosen test images over their reconstructions
@@ -42,11 +43,12 @@ struct Args {
     out: PathBuf,
     data_dir: Option<PathBuf>,
     iw_k: usize,
-    seed: u64,
+    /// None: the seed the checkpoint was trained with.
+    seed: Option<u64>,
 }
 
 fn parse_args() -> Result<Option<Args>> {
-    let (mut checkpoint, mut out, mut data_dir, mut iw_k, mut seed) = (None, None, None, 100usize, 1u64);
+    let (mut checkpoint, mut out, mut data_dir, mut iw_k, mut seed) = (None, None, None, 100usize, None);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--help" || flag == "-h" {
@@ -65,7 +67,7 @@ fn parse_args() -> Result<Option<Args>> {
             "--out" => out = Some(PathBuf::from(&v)),
             "--data-dir" => data_dir = Some(PathBuf::from(&v)),
             "--eval-iw" => iw_k = num(&v)?,
-            "--seed" => seed = num(&v)? as u64,
+            "--seed" => seed = Some(num(&v)? as u64),
             _ => return Err(VaeError::Config(format!("unknown flag {flag} (see --help)"))),
         }
     }
@@ -98,6 +100,10 @@ fn run(args: Args) -> Result<()> {
     let get = |k: &str| meta.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
     let dataset = DatasetKind::parse(get("dataset").unwrap_or("mnist"))?;
     let binarize = get("binarize") == Some("dynamic");
+    let seed = args
+        .seed
+        .or_else(|| get("seed").and_then(|s| s.parse().ok()))
+        .unwrap_or(1);
     let gpu = Gpu::new()?;
     let vae = Vae::load(&gpu, &args.checkpoint)?;
     let cfg = vae.config.clone();
@@ -118,12 +124,12 @@ fn run(args: Args) -> Result<()> {
     std::fs::create_dir_all(&args.out).map_err(|e| VaeError::io(&args.out, e))?;
 
     // Numbers: the bound, its importance-weighted tightening, and the probe.
-    let stats = test_eval.elbo(&vae, args.seed, binarize)?;
-    let iw = test_eval.iw_nll(&vae, args.seed, args.iw_k, binarize)?;
-    let test_means = test_eval.encode_means(&vae, args.seed)?;
+    let stats = test_eval.elbo(&vae, seed, binarize)?;
+    let iw = test_eval.iw_nll(&vae, seed, args.iw_k, binarize)?;
+    let test_means = test_eval.encode_means(&vae, seed)?;
     let labelled = !test.labels.is_empty();
     let probe_accuracy = if cfg.classes == 0 && labelled {
-        let train_means = train_eval.encode_means(&vae, args.seed)?;
+        let train_means = train_eval.encode_means(&vae, seed)?;
         let probe = LinearProbe::fit(&train_means, cfg.latent, &train.labels, NUM_CLASSES, 1e-4, 200)?;
         Some(probe.accuracy(&test_means, &test.labels))
     } else {
@@ -135,7 +141,7 @@ fn run(args: Args) -> Result<()> {
     let side = IMAGE_SIDE;
     let chosen = one_per_class(&test.labels, NUM_CLASSES, 8);
     let shown = &chosen[..chosen.len().min(8)];
-    let (x, xr) = test_eval.reconstruct_examples(&vae, args.seed, shown)?;
+    let (x, xr) = test_eval.reconstruct_examples(&vae, seed, shown)?;
     let mut pairs_img = x.clone();
     pairs_img.extend_from_slice(&xr);
     let recon_path = args.out.join("reconstructions.png");
@@ -160,7 +166,7 @@ fn run(args: Args) -> Result<()> {
         );
     }
     if cfg.classes > 0 {
-        let fig: Figure = class_figure(&gpu, &vae, args.seed, 10, 1.0)?;
+        let fig: Figure = class_figure(&gpu, &vae, seed, 10, 1.0)?;
         fig.write(&args.out.join("class_grid.png"), side)?;
         wrote.push("class_grid.png");
     }
@@ -181,7 +187,7 @@ fn run(args: Args) -> Result<()> {
     let bound = if cfg.classes > 0 { "-log p(x|y)" } else { "-log p(x)" };
     let probe = probe_accuracy.map_or("null".to_string(), |a| format!("{a:.4}"));
     println!(
-        "{{\"test_loss\":{:.4},\"test_iw_nll\":{iw:.4},\"iw_k\":{},\"probe_accuracy\":{probe},\"bound_on\":\"{bound}\",\"dataset\":\"{}\",\"latent\":{}}}",
+        "{{\"test_loss\":{:.4},\"test_iw_nll\":{iw:.4},\"iw_k\":{},\"probe_accuracy\":{probe},\"bound_on\":\"{bound}\",\"dataset\":\"{}\",\"latent\":{},\"seed\":{seed}}}",
         stats.loss,
         args.iw_k,
         dataset.name(),

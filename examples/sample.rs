@@ -11,16 +11,27 @@ use vae_wgpu::model::Vae;
 use vae_wgpu::train::{decode_conditional, prior_samples};
 use vae_wgpu::{Gpu, Result, VaeError};
 
+const HELP: &str = "sample: new images from a trained VAE's prior
+
+USAGE: cargo run --release --example sample -- --checkpoint FILE [FLAGS]
+
+  --checkpoint FILE   a checkpoint written by train_mnist
+  --out FILE          the PNG to write, 8 images per row (default samples.png; its directory
+                      must exist)
+  --n N               how many samples (default 64)
+  --seed N            seed of the prior draws (default 7)
+  --temperature T     scales the prior draws: z ~ N(0, T²I) (default 1)
+  --class C           conditional models: draw class C (default: cycle through the classes,
+                      one per row)";
+
 fn run() -> Result<()> {
     let (mut checkpoint, mut out, mut n, mut seed, mut temperature) =
         (None, PathBuf::from("samples.png"), 64usize, 7u64, 1.0f32);
     let mut class: Option<u8> = None;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        if flag == "--help" {
-            println!(
-                "sample --checkpoint FILE [--out samples.png] [--n 64] [--seed 7] [--temperature 1.0] [--class C]"
-            );
+        if flag == "--help" || flag == "-h" {
+            println!("{HELP}");
             return Ok(());
         }
         let v = it

@@ -94,8 +94,9 @@ fn locate(dir: &Path, split: AmatSplit) -> Result<PathBuf> {
         }
     }
     let msg = format!(
-        "neither {} nor {} exists; binarized MNIST is not bundled; pass the directory holding \
-         binarized_mnist_{{train,valid,test}}.amat, e.g. /work/shared/data/binarized-mnist",
+        "neither {} nor {} exists; binarized MNIST is not bundled: download \
+         binarized_mnist_{{train,valid,test}}.amat (Larochelle & Murray) and pass their directory \
+         (train_mnist and explore: --data-dir DIR)",
         plain.display(),
         gz.display()
     );
@@ -377,7 +378,7 @@ mod tests {
                     "binarized_mnist_valid.amat ",
                     "binarized_mnist_valid.amat.gz",
                     "not bundled",
-                    "/work/shared/data/binarized-mnist",
+                    "--data-dir DIR",
                 ] {
                     assert!(msg.contains(needle), "message {msg:?} lacks {needle:?}");
                 }

@@ -115,7 +115,9 @@ impl DatasetKind {
 /// raw or gzipped, and checks that images are 28x28 and match the labels one to one.
 pub fn load_mnist_split(dir: &Path, train: bool) -> Result<MnistSet> {
     let hint = format!(
-        "MNIST ships with vae-wgpu in {}; install Fashion-MNIST with \
+        "MNIST ships in the vae-wgpu repository's data/mnist ({}), but not in the crates.io \
+         package: use a clone of the repository, or pass a directory holding the four MNIST IDX \
+         files (train_mnist and explore: --data-dir DIR); install Fashion-MNIST with \
          `apt-get install -y dataset-fashion-mnist`",
         DatasetKind::Mnist.default_dir().display()
     );

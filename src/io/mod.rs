@@ -48,7 +48,14 @@ where
     })();
     if let Err(e) = written {
         let _ = fs::remove_file(&tmp);
-        return Err(VaeError::io(&tmp, e));
+        // Name the file the caller asked for, not our temporary sibling, and say when the
+        // reason is a missing directory (we do not create directories behind the caller).
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        if let Some(dir) = dir.filter(|d| e.kind() == std::io::ErrorKind::NotFound && !d.is_dir()) {
+            let msg = format!("the directory {} does not exist; create it first", dir.display());
+            return Err(VaeError::io(path, std::io::Error::new(e.kind(), msg)));
+        }
+        return Err(VaeError::io(path, e));
     }
     if let Err(e) = fs::rename(&tmp, path) {
         let _ = fs::remove_file(&tmp);
@@ -122,9 +129,29 @@ mod tests {
             Err(std::io::Error::other("boom"))
         })
         .unwrap_err();
-        assert!(matches!(err, VaeError::Io { .. }), "{err}");
+        match &err {
+            VaeError::Io { path, .. } => assert_eq!(path, &target),
+            other => panic!("expected an Io error, got {other}"),
+        }
         assert_eq!(fs::read(&target).unwrap(), b"old");
         assert_eq!(test_util::dir_entries(&dir), vec!["out.bin".to_string()]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn missing_directory_is_named_in_the_error() {
+        let dir = test_util::unique_dir("atomic-missing");
+        let target = dir.join("absent").join("out.png");
+        let err = write_atomically(&target, |w| w.write_all(b"x")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with(&target.display().to_string()), "{msg}");
+        assert!(
+            msg.contains(&format!(
+                "the directory {} does not exist",
+                dir.join("absent").display()
+            )),
+            "{msg}"
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 }

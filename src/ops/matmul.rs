@@ -56,14 +56,16 @@ impl MatmulStrategy {
         let r = gpu.report();
         if !r.subgroups {
             return Err(VaeError::Unsupported(
-                "the subgroup matmul needs Features::SUBGROUP; use the tiled or naive strategy".into(),
+                "the subgroup matmul needs Features::SUBGROUP, which this device lacks; unset \
+                 VAE_WGPU_MATMUL or set it to tiled (or naive)"
+                    .into(),
             ));
         }
         let sg = r.subgroup_min_size;
         if sg != r.subgroup_max_size || sg < 8 || !sg.is_power_of_two() {
             return Err(VaeError::Unsupported(format!(
                 "the subgroup matmul needs a fixed subgroup size of 8 or more lanes \
-                 (adapter reports {}..{}); use the tiled strategy",
+                 (adapter reports {}..{}); unset VAE_WGPU_MATMUL or set it to tiled",
                 r.subgroup_min_size, r.subgroup_max_size
             )));
         }
