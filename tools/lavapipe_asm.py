@@ -24,6 +24,7 @@ is why each run gets a fresh cache directory.
 import argparse
 import collections
 import os
+import shutil
 import re
 import subprocess
 import sys
@@ -105,6 +106,9 @@ def main():
     cmd = a.command[1:] if a.command[:1] == ["--"] else a.command
     if not cmd:
         ap.error("give the command to run after --")
+    missing = [t for t in ("zstd", "objdump") if shutil.which(t) is None]
+    if missing:
+        sys.exit(f"needs {' and '.join(missing)} on PATH (Debian: apt-get install -y zstd binutils)")
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, MESA_SHADER_CACHE_DIR=cache)
         env.pop("MESA_SHADER_CACHE_DISABLE", None)
