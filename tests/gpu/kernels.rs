@@ -427,6 +427,40 @@ fn matmul_rejects_bad_shapes() {
     assert!(err.to_string().contains("naive"), "{err}");
 }
 
+/// Past 65535 workgroups a 1-D launch is folded into a 2-D grid and the kernel unfolds it
+/// (`gid.x + gid.y·65535·64`); every element, those in the second row of workgroups
+/// included, must be computed, and the padding invocations must write nothing past the tensor.
+/// (Checked to fail with the row stride 65536·64 or without the row term.)
+#[test]
+fn elementwise_grid_folds_past_65535_workgroups() {
+    let g = gpu();
+    // 65535·64 vec4s plus 1000: 16 more workgroups, in the grid's second row.
+    let len4 = 65535 * 64 + 1000;
+    let n = 4 * len4;
+    let xh: Vec<f32> = (0..n).map(|i| ((i * 7919) % 2001) as f32 - 1000.0).collect();
+    let x = g.upload("x", &[n], &xh).unwrap();
+    // One vec4 more than the launch covers, filled beforehand: it must stay untouched.
+    let y_all = g.upload("y", &[n + 4], &vec![7.0f32; n + 4]).unwrap();
+    let y = y_all.reshape_prefix(&[n]);
+    let slope = 0.25f32;
+    let d = ops::activation_forward(g, "act", Activation::LeakyRelu, slope, &x, &y).unwrap();
+    assert_eq!(d.workgroups, [65535, 2, 1], "the grid is folded");
+    g.run(&[&d]).unwrap();
+    let yh = g.read(&y_all).unwrap();
+    let wrong = (0..n)
+        .filter(|&i| yh[i] != if xh[i] > 0.0 { xh[i] } else { xh[i] * slope })
+        .collect::<Vec<_>>();
+    assert!(
+        wrong.is_empty(),
+        "{} wrong elements, first at {} of {n} (x {}, y {})",
+        wrong.len(),
+        wrong[0],
+        xh[wrong[0]],
+        yh[wrong[0]]
+    );
+    assert_eq!(&yh[n..], &[7.0; 4], "the launch wrote past its tensor");
+}
+
 #[test]
 fn activation_forward_backward() {
     let g = gpu();
