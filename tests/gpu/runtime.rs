@@ -156,3 +156,170 @@ fn lavapipe_workers_are_pinned_one_per_cpu_and_run_the_kernels() {
         "the pinned threads did not run the kernels ({before} → {after} ticks)"
     );
 }
+
+/// Every op refuses operands that do not fit, before any pipeline or bind group is made, with
+/// a Shape error that names the dispatch and what was wrong (the matmul's refusals are in
+/// kernels.rs). One case per check.
+#[test]
+fn ops_refuse_mismatched_shapes_with_typed_errors() {
+    let g = gpu();
+    let t = |shape: &[usize]| g.tensor("t", shape).unwrap();
+    let step = ops::StepBuffer::new(g).unwrap();
+    let adam = ops::AdamConfig::default();
+    let relu = ops::Activation::Relu;
+    let bern = ops::Likelihood::Bernoulli;
+    let seg = |offset, len, slot| ops::Segment {
+        offset,
+        len,
+        slot,
+        scale: 1.0,
+    };
+    let (x8, words) = (t(&[2, 8]), t(&[4]));
+    let perm = g.upload_words("perm", &[0, 1]).unwrap();
+    let cases: Vec<(&str, Result<Dispatch, VaeError>, &str)> = vec![
+        (
+            "act-len",
+            ops::activation_forward(g, "act-len", relu, 0.0, &t(&[8]), &t(&[12])),
+            "differ",
+        ),
+        (
+            "act-odd",
+            ops::activation_forward(g, "act-odd", relu, 0.0, &t(&[6]), &t(&[6])),
+            "multiple of 4",
+        ),
+        (
+            "act-bwd",
+            ops::activation_backward(g, "act-bwd", relu, 0.0, &t(&[8]), &t(&[8]), &t(&[4])),
+            "differ",
+        ),
+        (
+            "adam",
+            ops::adam(g, "adam", &adam, &step, &t(&[8]), &t(&[8]), &t(&[8]), &t(&[4])),
+            "8, 8, 8, 4",
+        ),
+        (
+            "adam-odd",
+            ops::adam(g, "adam-odd", &adam, &step, &t(&[6]), &t(&[6]), &t(&[6]), &t(&[6])),
+            "divisible by 4",
+        ),
+        (
+            "gather-1d",
+            ops::gather(g, "gather-1d", &step, &words, 2, 8, &perm, &t(&[16]), false),
+            "[B, D]",
+        ),
+        (
+            "gather-data",
+            ops::gather(g, "gather-data", &step, &t(&[3]), 2, 8, &perm, &x8, false),
+            "got 3 words",
+        ),
+        (
+            "gather-narrow",
+            ops::gather(g, "gather-narrow", &step, &words, 2, 8, &perm, &t(&[2, 4]), false),
+            "width 4",
+        ),
+        (
+            "condition-rows",
+            ops::condition(g, "condition-rows", &step, &perm, &perm, &x8, 4, &t(&[3, 8]), 4),
+            "multiple",
+        ),
+        (
+            "loss-1d",
+            ops::loss(g, "loss-1d", bern, &t(&[8]), &x8, 1.0, &t(&[2]), &t(&[8]), None),
+            "2-D",
+        ),
+        (
+            "loss-nll",
+            ops::loss(g, "loss-nll", bern, &x8, &x8, 1.0, &t(&[3]), &x8, None),
+            "got [3]",
+        ),
+        (
+            "loss-rows",
+            ops::loss(g, "loss-rows", bern, &t(&[3, 8]), &x8, 1.0, &t(&[3]), &t(&[3, 8]), None),
+            "multiple",
+        ),
+        (
+            "loss-grad",
+            ops::loss(g, "loss-grad", bern, &x8, &x8, 1.0, &t(&[2]), &t(&[8, 2]), None),
+            "got [8, 2]",
+        ),
+        (
+            "loss-log-c",
+            ops::loss(
+                g,
+                "loss-log-c",
+                ops::Likelihood::GaussianLearned { per_pixel: true },
+                &x8,
+                &x8,
+                1.0,
+                &t(&[2]),
+                &x8,
+                Some(&ops::LearnedLogC {
+                    log_c: &t(&[4]),
+                    dlc: &t(&[16]),
+                }),
+            ),
+            "needs 8 values (got 4)",
+        ),
+        (
+            "log-c-grad",
+            ops::log_c_grad(g, "log-c-grad", false, &t(&[16]), &t(&[2])),
+            "one gradient",
+        ),
+        ("colsum", ops::colsum(g, "colsum", &x8, &t(&[4]), false), "output of 8"),
+        (
+            "colsum-1d",
+            ops::colsum(g, "colsum-1d", &t(&[8]), &t(&[8]), false),
+            "2-D",
+        ),
+        (
+            "segments-none",
+            ops::sum_segments(g, "segments-none", &step, &t(&[8]), &t(&[1, 2]), &[]),
+            "got 0",
+        ),
+        (
+            "segments-out",
+            ops::sum_segments(g, "segments-out", &step, &t(&[8]), &t(&[1, 2]), &[seg(4, 8, 0)]),
+            "outside",
+        ),
+        (
+            "segments-slot",
+            ops::sum_segments(g, "segments-slot", &step, &t(&[8]), &t(&[1, 2]), &[seg(0, 8, 2)]),
+            "2 slots",
+        ),
+        (
+            "reparam-z",
+            ops::reparam_kl_forward(g, "reparam-z", &step, &x8, 2, &t(&[2, 4]), &t(&[8]), None),
+            "[4, 4+]",
+        ),
+        (
+            "reparam-kl",
+            ops::reparam_kl_forward(g, "reparam-kl", &step, &x8, 1, &t(&[2, 4]), &t(&[6]), None),
+            "B·Z = 8",
+        ),
+        (
+            "reparam-ratio",
+            ops::reparam_kl_forward(g, "reparam-ratio", &step, &x8, 1, &t(&[2, 4]), &t(&[8]), Some(&t(&[4]))),
+            "L·B·Z = 8",
+        ),
+        (
+            "reparam-bwd",
+            ops::reparam_kl_backward(g, "reparam-bwd", &step, &x8, 1, &t(&[2, 4]), &t(&[2, 4])),
+            "gradient must be [2, 8]",
+        ),
+    ];
+    for (label, result, fragment) in cases {
+        match result {
+            Err(VaeError::Shape(m)) => {
+                assert!(m.starts_with(label), "{label}: message does not name the dispatch: {m}");
+                assert!(m.contains(fragment), "{label}: message lacks {fragment:?}: {m}");
+            }
+            Err(other) => panic!("{label}: expected a Shape error, got {other}"),
+            Ok(_) => panic!("{label}: accepted"),
+        }
+    }
+    // Reading more rows than the metric log holds is refused too.
+    match ops::read_log_totals(g, &t(&[2, 2]), 3) {
+        Err(VaeError::Shape(m)) => assert!(m.contains("holds 2 rows, asked for 3"), "{m}"),
+        other => panic!("read_log_totals: expected a Shape error, got {:?}", other.err()),
+    }
+}
