@@ -1,7 +1,9 @@
 //! The kernel tests again with lavapipe at 512 bits (16-lane subgroups), while `tests/gpu`
-//! runs at the driver's default (256 bits, 8 lanes), so the subgroup matmul's two lane layouts
-//! (`LANES` = 8 and 16) are tested on every machine. A separate test binary because the driver
-//! reads `LP_NATIVE_VECTOR_WIDTH` once per process, when the first device starts it.
+//! runs at the driver's default (256 bits, 8 lanes), so on lavapipe the subgroup matmul's two
+//! lane layouts (`LANES` = 8 and 16) are both tested. All kernel tests run, not only the
+//! matmul's: the driver compiles every kernel differently at each width. Other adapters ignore
+//! the setting and simply run the kernel tests twice. A separate test binary because the
+//! driver reads `LP_NATIVE_VECTOR_WIDTH` once per process, when the first device starts it.
 
 use std::sync::OnceLock;
 
