@@ -101,3 +101,43 @@ fn condition(@builtin(global_invocation_id) gid: vec3<u32>) {
     let c = j % ze;
     zc[r * CP.z_width + CP.z_dim + c] = select(0.0, 1.0, label_of(r % CP.rows) == c);
 }
+
+// ---- masking noise for denoising: the encoder's input is a corrupted copy of the batch ----
+// dst[b, d] = 0 with probability `drop`, else src[b, d], for the D pixels (the draw keyed by
+// (seed, step, stream 4, b·D + d)); the columns past D (a conditional model's one-hot label)
+// are copied unchanged. The loss still compares the reconstruction with the clean src.
+
+struct CorruptParams {
+    rows: u32,      // B
+    d4: u32,        // D / 4
+    stride4: u32,   // row stride of src and dst in vec4s (≥ d4)
+    drop: f32,      // probability that a pixel is zeroed
+}
+
+const CORRUPT_STREAM: u32 = 4u;
+
+@group(0) @binding(0) var<uniform> mp: CorruptParams;
+var<private> MP: CorruptParams;
+@group(0) @binding(8) var<storage, read> clean: array<vec4<f32>>;
+@group(0) @binding(9) var<storage, read_write> noisy: array<vec4<f32>>;
+
+@compute @workgroup_size(64)
+fn corrupt(@builtin(global_invocation_id) gid: vec3<u32>) {
+    MP = mp;
+    S = step;
+    let i = gid.x + gid.y * 65535u * 64u;
+    if (i >= MP.rows * MP.stride4) { return; }
+    let b = i / MP.stride4;
+    let q = i % MP.stride4;
+    var v = clean[i];
+    if (q < MP.d4) {
+        let e = (b * MP.d4 + q) * 4u;
+        let u = vec4<f32>(
+            rng_uniform(S.seed, S.step, CORRUPT_STREAM, e),
+            rng_uniform(S.seed, S.step, CORRUPT_STREAM, e + 1u),
+            rng_uniform(S.seed, S.step, CORRUPT_STREAM, e + 2u),
+            rng_uniform(S.seed, S.step, CORRUPT_STREAM, e + 3u));
+        v = select(v, vec4<f32>(0.0), u < vec4<f32>(MP.drop));
+    }
+    noisy[i] = v;
+}

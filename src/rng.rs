@@ -14,6 +14,8 @@ pub const STREAM_EVAL: u32 = 1;
 pub const STREAM_BINARIZE: u32 = 2;
 /// Stream of prior samples.
 pub const STREAM_SAMPLE: u32 = 3;
+/// Stream of a denoising model's masking noise (fixed in gather.wgsl).
+pub const STREAM_CORRUPT: u32 = 4;
 
 fn pcg4d(v: [u32; 4]) -> [u32; 4] {
     let mut v = v.map(|x| x.wrapping_mul(1664525).wrapping_add(1013904223));

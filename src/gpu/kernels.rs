@@ -22,6 +22,8 @@ pub enum Shader {
     Reduce,
     /// `reparam_kl.wgsl`: the reparameterization and closed-form KL, forward and backward.
     ReparamKl,
+    /// `code.wgsl`: an autoencoder's deterministic code and L1 penalty, forward and backward.
+    Code,
     /// `loss.wgsl`: the reconstruction losses and their gradients.
     Loss,
     /// `adam.wgsl`: Adam / AdamW over the parameter arena.
@@ -32,11 +34,12 @@ pub enum Shader {
 
 impl Shader {
     /// Every kernel family, for validation and warm-up.
-    pub const ALL: [Shader; 7] = [
+    pub const ALL: [Shader; 8] = [
         Shader::Matmul,
         Shader::Activation,
         Shader::Reduce,
         Shader::ReparamKl,
+        Shader::Code,
         Shader::Loss,
         Shader::Adam,
         Shader::Gather,
@@ -49,6 +52,7 @@ impl Shader {
             Shader::Activation => "activation.wgsl",
             Shader::Reduce => "reduce.wgsl",
             Shader::ReparamKl => "reparam_kl.wgsl",
+            Shader::Code => "code.wgsl",
             Shader::Loss => "loss.wgsl",
             Shader::Adam => "adam.wgsl",
             Shader::Gather => "gather.wgsl",
@@ -92,6 +96,7 @@ impl Shader {
             Shader::Activation => (&[ACT], include_str!("../../shaders/activation.wgsl")),
             Shader::Reduce => (&[STEP], include_str!("../../shaders/reduce.wgsl")),
             Shader::ReparamKl => (&[STEP, RNG], include_str!("../../shaders/reparam_kl.wgsl")),
+            Shader::Code => (&[], include_str!("../../shaders/code.wgsl")),
             Shader::Loss => (&[], include_str!("../../shaders/loss.wgsl")),
             Shader::Adam => (&[STEP], include_str!("../../shaders/adam.wgsl")),
             Shader::Gather => (&[STEP, RNG], include_str!("../../shaders/gather.wgsl")),

@@ -3,6 +3,22 @@
 use crate::error::{Result, VaeError};
 use crate::ops::{Activation, Likelihood};
 
+/// What the encoder's head produces, and the term the objective adds for it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum Code {
+    /// The VAE: q(z|x) = N(μ, σ²), the head 2·Z wide ([μ | log σ²]), z drawn by the
+    /// reparameterization, and KL(q ‖ N(0, I)) weighted by β.
+    #[default]
+    Gaussian,
+    /// An autoencoder: the code z = head(x) is deterministic (the head Z wide), and the
+    /// objective adds the L1 penalty `l1`·Σ|z| in place of the KL (a sparse autoencoder when
+    /// `l1` > 0). There is no prior, so no sampling and no likelihood bound.
+    Deterministic {
+        /// Weight of the L1 penalty on the code (0: a plain autoencoder).
+        l1: f32,
+    },
+}
+
 /// Architecture and likelihood of a VAE. The default is the reference model used across the
 /// field: 784 → 400 (ReLU) → 20 μ, 20 log σ²; 20 → 400 (ReLU) → 784 Bernoulli logits.
 #[derive(Clone, Debug, PartialEq)]
@@ -21,6 +37,8 @@ pub struct VaeConfig {
     /// one-hot label after their input: [x | one-hot(y) | 0…] and [z | one-hot(y) | 0…],
     /// zero-padded to a multiple of 4 so the matmul reads whole vec4s.
     pub classes: usize,
+    /// The code: a Gaussian posterior (the VAE) or a deterministic code (an autoencoder).
+    pub code: Code,
 }
 
 impl Default for VaeConfig {
@@ -32,6 +50,7 @@ impl Default for VaeConfig {
             activation: Activation::Relu,
             likelihood: Likelihood::Bernoulli,
             classes: 0,
+            code: Code::Gaussian,
         }
     }
 }
@@ -55,6 +74,20 @@ impl VaeConfig {
         }
     }
 
+    /// Width of the encoder head's output: [μ | log σ²] (2·Z) for a VAE, the code (Z) for an
+    /// autoencoder.
+    pub fn head_width(&self) -> usize {
+        match self.code {
+            Code::Gaussian => 2 * self.latent,
+            Code::Deterministic { .. } => self.latent,
+        }
+    }
+
+    /// Whether the model is a VAE (a Gaussian code with a prior), not an autoencoder.
+    pub fn is_vae(&self) -> bool {
+        self.code == Code::Gaussian
+    }
+
     /// Checks the sizes the kernels need.
     pub fn validate(&self) -> Result<()> {
         if self.input_dim == 0 || self.input_dim % 4 != 0 {
@@ -63,7 +96,14 @@ impl VaeConfig {
                 self.input_dim
             )));
         }
-        if self.latent == 0 || self.latent % 2 != 0 {
+        if let Code::Deterministic { l1 } = self.code {
+            if !(l1 >= 0.0 && l1.is_finite()) {
+                return Err(VaeError::Config(format!(
+                    "the L1 weight on the code must be 0 or positive, got {l1}"
+                )));
+            }
+        }
+        if self.latent == 0 || (self.is_vae() && self.latent % 2 != 0) {
             return Err(VaeError::Config(format!(
                 "latent size {} must be a positive even number (the encoder head is 2·Z wide and read as vec4)",
                 self.latent
@@ -101,6 +141,7 @@ impl VaeConfig {
             ("activation".into(), format!("{:?}", self.activation).to_lowercase()),
             ("likelihood".into(), lik),
             ("classes".into(), self.classes.to_string()),
+            ("code".into(), code_name(self.code)),
         ]
     }
 
@@ -131,6 +172,8 @@ impl VaeConfig {
             likelihood,
             // Checkpoints from before conditional models were added are unconditional.
             classes: if get("classes").is_ok() { num("classes")? } else { 0 },
+            // Checkpoints from before autoencoders were added are VAEs.
+            code: get("code").map_or(Ok(Code::Gaussian), parse_code)?,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -142,12 +185,37 @@ impl VaeConfig {
         widths.extend(&self.hidden);
         let enc: usize = widths.windows(2).map(|w| w[0] * w[1] + w[1]).sum();
         let last = *widths.last().unwrap_or(&self.input_dim);
-        let head = last * 2 * self.latent + 2 * self.latent;
+        let head = last * self.head_width() + self.head_width();
         let mut dw = vec![self.dec_input_dim()];
         dw.extend(self.hidden.iter().rev());
         dw.push(self.input_dim);
         let dec: usize = dw.windows(2).map(|w| w[0] * w[1] + w[1]).sum();
         enc + head + dec + self.likelihood.learned_log_c_len(self.input_dim).unwrap_or(0)
+    }
+}
+
+/// The string form of a code, as [`parse_code`] reads it back: "gaussian" or
+/// "deterministic:L1".
+pub fn code_name(c: Code) -> String {
+    match c {
+        Code::Gaussian => "gaussian".to_string(),
+        Code::Deterministic { l1 } => format!("deterministic:{l1}"),
+    }
+}
+
+/// Parses "gaussian" or "deterministic:L1" (L1 ≥ 0, the weight of the code's L1 penalty).
+pub fn parse_code(s: &str) -> Result<Code> {
+    match s.split_once(':') {
+        None if s == "gaussian" => Ok(Code::Gaussian),
+        Some(("deterministic", v)) => v
+            .parse::<f32>()
+            .ok()
+            .filter(|l1| *l1 >= 0.0 && l1.is_finite())
+            .map(|l1| Code::Deterministic { l1 })
+            .ok_or_else(|| VaeError::Config(format!("the L1 weight must be 0 or positive, got {v:?}"))),
+        _ => Err(VaeError::Config(format!(
+            "unknown code {s:?}; expected gaussian or deterministic:L1"
+        ))),
     }
 }
 
@@ -289,6 +357,7 @@ mod tests {
                 activation: Activation::LeakyRelu,
                 likelihood: Likelihood::Gaussian { variance: 0.3 },
                 classes: 10,
+                ..Default::default()
             },
             VaeConfig {
                 hidden: vec![512, 256],

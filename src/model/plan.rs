@@ -3,6 +3,7 @@
 
 use crate::error::Result;
 use crate::gpu::{Dispatch, Gpu, Tensor};
+use crate::model::config::Code;
 use crate::model::vae::{TextureMirrors, Vae};
 use crate::nn::{Layer, PARAM_ALIGN};
 use crate::ops::{self, Activation, AdamConfig, Segment, StepBuffer};
@@ -84,11 +85,15 @@ pub struct Workspace {
     pub batch: usize,
     /// Draws of z per example (L).
     pub samples: usize,
-    /// The encoder's input [B, D (+ classes)], gathered from the dataset.
+    /// The batch [B, D (+ classes)], gathered from the dataset: the encoder's input and the
+    /// loss's target.
     pub x: Tensor,
+    /// A denoising model's encoder input: `x` with masking noise (see
+    /// [`Workspace::with_noisy_input`]); the loss still reads the clean `x`.
+    pub x_noisy: Option<Tensor>,
     /// Each encoder hidden layer's output, [B, h].
     pub enc_hidden: Vec<Tensor>,
-    /// The encoder head's output [B, 2Z]: μ then log σ² per row.
+    /// The encoder head's output [B, 2Z]: μ then log σ² per row (an autoencoder: the code, [B, Z]).
     pub enc: Tensor,
     /// The decoder's input [L·B, Z (+ classes)]: the draws of z.
     pub z: Tensor,
@@ -101,6 +106,7 @@ pub struct Workspace {
     /// nll [L·B] at offset 0, the KL's terms [B·Z] at `kl_offset` floats.
     pub per_example: Tensor,
     kl_offset: usize,
+    latent: usize,
     /// Terms of log p(z) − log q(z|x), [L·B, Z], for importance-weighted evaluation.
     pub log_ratio: Option<Tensor>,
     /// Per-element gradient of a learned log-variance, [L·B, D].
@@ -147,7 +153,7 @@ impl Workspace {
                     .map(|&h| tm("d_dec_hidden", &[r, h]))
                     .collect::<Result<Vec<_>>>()?,
                 z: t("d_z", &[r, cfg.dec_input_dim()])?,
-                enc: t("d_enc", &[batch, 2 * cfg.latent])?,
+                enc: t("d_enc", &[batch, cfg.head_width()])?,
                 enc_hidden: cfg
                     .hidden
                     .iter()
@@ -161,8 +167,9 @@ impl Workspace {
             batch,
             samples,
             x: tm("x", &[batch, cfg.enc_input_dim()])?,
+            x_noisy: None,
             enc_hidden,
-            enc: t("enc", &[batch, 2 * cfg.latent])?,
+            enc: t("enc", &[batch, cfg.head_width()])?,
             z: t("z", &[r, cfg.dec_input_dim()])?,
             dec_hidden,
             out: t("out", &[r, cfg.input_dim])?,
@@ -174,6 +181,7 @@ impl Workspace {
             },
             per_example: t("per_example", &[kl_offset + batch * cfg.latent])?,
             kl_offset,
+            latent: cfg.latent,
             log_ratio: if log_ratio {
                 Some(t("log_ratio", &[r * cfg.latent])?)
             } else {
@@ -185,6 +193,15 @@ impl Workspace {
             },
             grads,
         })
+    }
+
+    /// Adds the encoder input of a denoising model, [`Workspace::x_noisy`] (with a texture
+    /// mirror where `x` has one: the first encoder layer reads it instead of `x`).
+    pub fn with_noisy_input(mut self, gpu: &Gpu) -> Result<Self> {
+        let shape = self.x.shape().to_vec();
+        let mirror = self.x.mirror().is_some();
+        self.x_noisy = Some(ops::mirrored(gpu, "x_noisy", gpu.tensor("x_noisy", &shape)?, mirror)?);
+        Ok(self)
     }
 
     /// Device bytes of every tensor in the workspace (buffers; see [`Workspace::mirror_bytes`]).
@@ -204,7 +221,7 @@ impl Workspace {
     fn tensors(&self) -> Vec<&Tensor> {
         let mut all: Vec<&Tensor> = vec![&self.x, &self.enc, &self.z, &self.out, &self.d_out, &self.per_example];
         all.extend(self.enc_hidden.iter().chain(&self.dec_hidden));
-        all.extend(self.log_ratio.iter().chain(self.dlc.iter()));
+        all.extend(self.log_ratio.iter().chain(self.dlc.iter()).chain(self.x_noisy.iter()));
         if let Some(g) = &self.grads {
             all.extend([&g.z, &g.enc]);
             all.extend(g.dec_hidden.iter().chain(&g.enc_hidden));
@@ -217,10 +234,10 @@ impl Workspace {
         self.per_example.reshape_prefix(&[self.samples * b])
     }
 
-    /// The KL's terms [b·Z] for the first `b` examples.
+    /// The KL's terms [b·Z] for the first `b` examples (an autoencoder: its L1 penalty's).
     pub fn kl(&self, b: usize) -> Tensor {
         let buf = self.per_example.buffer().clone();
-        let n = b * (self.enc.shape()[1] / 2);
+        let n = b * self.latent;
         Tensor::view(buf, self.per_example.offset() + 4 * self.kl_offset as u64, &[n])
     }
 }
@@ -233,10 +250,15 @@ pub struct BatchSource<'a> {
     pub perm: &'a Tensor,
     /// Dynamic binarization of grey levels.
     pub binarize: bool,
+    /// Denoising: the probability that masking noise zeroes an input pixel of the encoder
+    /// (0: off). Needs a workspace [`Workspace::with_noisy_input`].
+    pub denoise: f32,
 }
 
-/// Plans the batch's inputs for `b` examples (b ≤ ws.batch): the gather into `ws.x` and, for a
-/// conditional model, the one-hot labels after the pixels and after each of the L·B codes.
+/// Plans the batch's inputs for `b` examples (b ≤ ws.batch): the gather into `ws.x`; for a
+/// conditional model, the one-hot labels after the pixels and after each of the L·B codes; and
+/// for a denoising model the masking noise into `ws.x_noisy`. Returns the dispatches and the
+/// encoder's input (`x` or its noisy copy).
 pub fn plan_inputs(
     gpu: &Gpu,
     vae: &Vae,
@@ -244,7 +266,7 @@ pub fn plan_inputs(
     b: usize,
     src: &BatchSource<'_>,
     step: &StepBuffer,
-) -> Result<Vec<Dispatch>> {
+) -> Result<(Vec<Dispatch>, Tensor)> {
     let x = rows(&ws.x, b);
     let mut d = vec![ops::gather(
         gpu,
@@ -275,8 +297,27 @@ pub fn plan_inputs(
             vae.config.latent,
         )?);
     }
+    if src.denoise > 0.0 {
+        let noisy = ws.x_noisy.as_ref().ok_or_else(|| {
+            crate::VaeError::Config(
+                "a denoising step needs a workspace with its noisy input (Workspace::with_noisy_input)".into(),
+            )
+        })?;
+        let noisy = rows(noisy, b);
+        d.push(ops::corrupt(
+            gpu,
+            "corrupt",
+            step,
+            &x,
+            vae.config.input_dim,
+            src.denoise,
+            &noisy,
+        )?);
+        d.extend(ops::refresh_mirror("x_noisy", &noisy));
+        return Ok((d, noisy));
+    }
     d.extend(ops::refresh_mirror("x", &x));
-    Ok(d)
+    Ok((d, x))
 }
 
 /// Plans one step for `b` examples (b ≤ ws.batch): gather, encode, reparameterize, decode,
@@ -310,18 +351,30 @@ pub fn plan_step(
     let log_ratio = ws.log_ratio.as_ref().map(|t| t.reshape_prefix(&[r * zd]));
 
     // Forward.
-    let mut d = plan_inputs(gpu, vae, ws, b, src, step)?;
-    d.extend(vae.plan_encode(gpu, &x, &enc_h, &enc)?);
-    d.push(ops::reparam_kl_forward(
-        gpu,
-        "reparam_kl.forward",
-        step,
-        &enc,
-        l,
-        &z,
-        &kl,
-        log_ratio.as_ref(),
-    )?);
+    let (mut d, x_enc) = plan_inputs(gpu, vae, ws, b, src, step)?;
+    d.extend(vae.plan_encode(gpu, &x_enc, &enc_h, &enc)?);
+    match vae.config.code {
+        Code::Gaussian => d.push(ops::reparam_kl_forward(
+            gpu,
+            "reparam_kl.forward",
+            step,
+            &enc,
+            l,
+            &z,
+            &kl,
+            log_ratio.as_ref(),
+        )?),
+        Code::Deterministic { l1 } => {
+            if l != 1 || log_ratio.is_some() {
+                return Err(crate::VaeError::Config(
+                    "an autoencoder's code is deterministic: one sample per example, and no \
+                     importance-weighted bound (it has no prior)"
+                        .into(),
+                ));
+            }
+            d.push(ops::code_forward(gpu, "code.forward", &enc, l1, &z, &kl)?);
+        }
+    }
     d.extend(vae.plan_decode(gpu, &z, &dec_h, &out)?);
     // Loss: summed over the batch (as the PyTorch reference), averaged over the L draws.
     let scale = 1.0 / l as f32;
@@ -394,21 +447,16 @@ pub fn plan_step(
                 dy = dx.clone();
             }
         }
-        // Through the reparameterization and the KL term.
+        // Through the reparameterization and the KL term (an autoencoder: the code's penalty).
         let denc = rows(&g.enc, b);
-        d.push(ops::reparam_kl_backward(
-            gpu,
-            "reparam_kl.backward",
-            step,
-            &enc,
-            l,
-            &dz,
-            &denc,
-        )?);
+        d.push(match vae.config.code {
+            Code::Gaussian => ops::reparam_kl_backward(gpu, "reparam_kl.backward", step, &enc, l, &dz, &denc)?,
+            Code::Deterministic { l1 } => ops::code_backward(gpu, "code.backward", &enc, l1, &dz, &denc)?,
+        });
         // Backward through the encoder, head first; the first layer needs no input gradient.
         let d_enc: Vec<Tensor> = g.enc_hidden.iter().map(|t| rows(t, b)).collect();
         let m = vae.encoder.len();
-        let head_in = if m > 0 { &enc_h[m - 1] } else { &x };
+        let head_in = if m > 0 { &enc_h[m - 1] } else { &x_enc };
         let head_act = if m > 0 {
             vae.encoder[m - 1].act
         } else {
@@ -417,7 +465,7 @@ pub fn plan_step(
         let head_dx = if m > 0 { Some(&d_enc[m - 1]) } else { None };
         d.extend(vae.head.backward(gpu, &vae.arena, head_in, &denc, head_dx, head_act)?);
         for i in (0..m).rev() {
-            let input = if i > 0 { &enc_h[i - 1] } else { &x };
+            let input = if i > 0 { &enc_h[i - 1] } else { &x_enc };
             let act = if i > 0 {
                 vae.encoder[i - 1].act
             } else {

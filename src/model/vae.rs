@@ -51,7 +51,7 @@ pub struct Vae {
     pub config: VaeConfig,
     /// Encoder hidden layers.
     pub encoder: Vec<Linear>,
-    /// Encoder head: [μ | log σ²], 2·Z wide (one matmul for both).
+    /// Encoder head: [μ | log σ²], 2·Z wide (one matmul for both); an autoencoder's code, Z wide.
     pub head: Linear,
     /// Decoder hidden layers.
     pub decoder: Vec<Linear>,
@@ -82,7 +82,13 @@ fn build_layers(cfg: &VaeConfig) -> Layers {
         ));
         width = h;
     }
-    let head = Linear::new(&mut layout, "encoder.head", width, 2 * cfg.latent, Activation::Identity);
+    let head = Linear::new(
+        &mut layout,
+        "encoder.head",
+        width,
+        cfg.head_width(),
+        Activation::Identity,
+    );
     let mut decoder = Vec::new();
     let mut width = cfg.dec_input_dim();
     for (i, &h) in cfg.hidden.iter().rev().enumerate() {
@@ -186,7 +192,6 @@ impl Vae {
     pub fn checkpoint_tensors(&self, gpu: &Gpu) -> Result<Vec<NamedTensor>> {
         let values = self.arena.read_params(gpu)?;
         let names = self.checkpoint_names();
-        let z = self.config.latent;
         let mut out = Vec::new();
         let mut push = |name: &str, l: &Linear, cols: std::ops::Range<usize>| {
             let (w, b) = (&values[l.w], &values[l.b]);
@@ -212,8 +217,9 @@ impl Vae {
         for l in &self.encoder {
             push(ni.next().map(String::as_str).unwrap_or(""), l, 0..l.out_features);
         }
-        push(ni.next().map(String::as_str).unwrap_or(""), &self.head, 0..z);
-        push(ni.next().map(String::as_str).unwrap_or(""), &self.head, z..2 * z);
+        for cols in self.head_pieces() {
+            push(ni.next().map(String::as_str).unwrap_or(""), &self.head, cols);
+        }
         for l in self.decoder.iter().chain([&self.out]) {
             push(ni.next().map(String::as_str).unwrap_or(""), l, 0..l.out_features);
         }
@@ -227,16 +233,33 @@ impl Vae {
         Ok(out)
     }
 
+    /// The head's columns as checkpoint tensors: μ and log σ² apart (as the PyTorch model
+    /// has them), or the autoencoder's code whole.
+    fn head_pieces(&self) -> Vec<std::ops::Range<usize>> {
+        let z = self.config.latent;
+        if self.config.is_vae() {
+            vec![0..z, z..2 * z]
+        } else {
+            vec![0..z]
+        }
+    }
+
     fn checkpoint_names(&self) -> Vec<String> {
         if self.config.hidden.len() == 1 {
-            return ["fc1", "fc21", "fc22", "fc3", "fc4"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
+            let names: &[&str] = if self.config.is_vae() {
+                &["fc1", "fc21", "fc22", "fc3", "fc4"]
+            } else {
+                &["fc1", "fc2", "fc3", "fc4"]
+            };
+            return names.iter().map(|s| s.to_string()).collect();
         }
         let mut n: Vec<String> = (0..self.encoder.len()).map(|i| format!("enc{i}")).collect();
-        n.push("mu".into());
-        n.push("logvar".into());
+        if self.config.is_vae() {
+            n.push("mu".into());
+            n.push("logvar".into());
+        } else {
+            n.push("code".into());
+        }
         n.extend((0..self.decoder.len()).map(|i| format!("dec{i}")));
         n.push("out".into());
         n
@@ -284,7 +307,6 @@ impl Vae {
             return Err(bad(format!("{} tensors, expected {}", tensors.len(), expected.len())));
         }
         let mut values: Vec<Vec<f32>> = self.arena.layout.slots().iter().map(|s| vec![0.0; s.len()]).collect();
-        let z = self.config.latent;
         let names = self.checkpoint_names();
         let find = |name: &str, shape: &[usize]| -> Result<&NamedTensor> {
             let t = tensors
@@ -312,8 +334,9 @@ impl Vae {
         for l in &self.encoder {
             fill(&next(), l, 0..l.out_features, &mut values)?;
         }
-        fill(&next(), &self.head, 0..z, &mut values)?;
-        fill(&next(), &self.head, z..2 * z, &mut values)?;
+        for cols in self.head_pieces() {
+            fill(&next(), &self.head, cols, &mut values)?;
+        }
         for l in self.decoder.iter().chain([&self.out]) {
             fill(&next(), l, 0..l.out_features, &mut values)?;
         }
@@ -326,15 +349,16 @@ impl Vae {
 
     fn checkpoint_tensors_shapes(&self) -> Vec<(String, Vec<usize>)> {
         let mut v = Vec::new();
-        for (name, l) in self.checkpoint_names().iter().zip(
-            self.encoder
-                .iter()
-                .chain([&self.head, &self.head])
-                .chain(self.decoder.iter())
-                .chain([&self.out]),
-        ) {
-            v.push((format!("{name}.weight"), vec![l.out_features, l.in_features]));
-            v.push((format!("{name}.bias"), vec![l.out_features]));
+        let pieces = self.head_pieces();
+        let widths = self
+            .encoder
+            .iter()
+            .map(|l| (l, l.out_features))
+            .chain(pieces.iter().map(|c| (&self.head, c.len())))
+            .chain(self.decoder.iter().chain([&self.out]).map(|l| (l, l.out_features)));
+        for (name, (l, outs)) in self.checkpoint_names().iter().zip(widths) {
+            v.push((format!("{name}.weight"), vec![outs, l.in_features]));
+            v.push((format!("{name}.bias"), vec![outs]));
         }
         if let Some(slot) = self.log_c {
             v.push((LOG_C_KEY.into(), vec![self.arena.layout.slots()[slot].len()]));
@@ -342,7 +366,8 @@ impl Vae {
         v
     }
 
-    /// Plans the encoder: x [B, D'] (D' = `config.enc_input_dim()`) → hidden activations → enc [B, 2Z] = [μ | log σ²].
+    /// Plans the encoder: x [B, D'] (D' = `config.enc_input_dim()`) → hidden activations → enc
+    /// [B, 2Z] = [μ | log σ²] (an autoencoder: the code, [B, Z]).
     pub fn plan_encode(&self, gpu: &Gpu, x: &Tensor, hidden: &[Tensor], enc: &Tensor) -> Result<Vec<Dispatch>> {
         let mut out = Vec::new();
         let mut input = x;

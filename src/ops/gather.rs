@@ -166,3 +166,69 @@ pub fn condition(
         4.0 * items as f64,
     )
 }
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct CorruptParams {
+    rows: u32,
+    d4: u32,
+    stride4: u32,
+    drop: f32,
+}
+
+/// Plans masking noise for a denoising model: `noisy` [B, D'] = `clean` with each of the first
+/// D = `dim` columns zeroed with probability `drop` (keyed by the step's seed and step, stream
+/// [`crate::rng::STREAM_CORRUPT`], element b·D + d); columns past D are copied.
+pub fn corrupt(
+    gpu: &Gpu,
+    label: &str,
+    step: &StepBuffer,
+    clean: &Tensor,
+    dim: usize,
+    drop: f32,
+    noisy: &Tensor,
+) -> Result<Dispatch> {
+    let [rows, width] = *clean.shape() else {
+        return Err(VaeError::Shape(format!(
+            "{label}: the batch must be [B, D'], got {:?}",
+            clean.shape()
+        )));
+    };
+    if noisy.shape() != clean.shape() || dim % 4 != 0 || width % 4 != 0 || dim > width {
+        return Err(VaeError::Shape(format!(
+            "{label}: clean {:?} and noisy {:?} must match, with {dim} pixels a multiple of 4 within the width",
+            clean.shape(),
+            noisy.shape()
+        )));
+    }
+    if !(0.0..1.0).contains(&drop) {
+        return Err(VaeError::Config(format!(
+            "{label}: the masking probability must be in [0, 1), got {drop}"
+        )));
+    }
+    let layout = [uniform(0), uniform(1), storage(8, true), storage(9, false)];
+    let pipeline = gpu.kernels.pipeline(Shader::Gather, "corrupt", &[], &layout)?;
+    let raw = CorruptParams {
+        rows: rows as u32,
+        d4: (dim / 4) as u32,
+        stride4: (width / 4) as u32,
+        drop,
+    };
+    let ubuf = gpu.uniform(label, &raw)?;
+    let res = [
+        (0, ubuf.raw().as_entire_binding()),
+        (1, step.binding()),
+        (8, clean.binding()),
+        (9, noisy.binding()),
+    ];
+    let items = rows * width / 4;
+    gpu.dispatch_bound(
+        label,
+        pipeline,
+        &res,
+        Some(ubuf.clone()),
+        grid_1d(items.max(1), 64),
+        0.0,
+        8.0 * (rows * width) as f64,
+    )
+}

@@ -3,6 +3,7 @@
 
 pub mod activation;
 pub mod adam;
+pub mod code;
 pub mod gather;
 pub mod loss;
 pub mod matmul;
@@ -13,7 +14,8 @@ pub mod step;
 
 pub use activation::{activation_backward, activation_forward, Activation};
 pub use adam::{adam, AdamConfig};
-pub use gather::{condition, gather};
+pub use code::{code_backward, code_forward};
+pub use gather::{condition, corrupt, gather};
 pub use loss::{log_c_grad, loss, LearnedLogC, Likelihood, LOG_C_MAX, LOG_C_MIN};
 pub use matmul::{matmul, Epilogue, MatmulStrategy};
 pub use mirror::{mirror_texture, mirrored, refresh_mirror, TEX_W};

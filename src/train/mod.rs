@@ -32,6 +32,10 @@ pub struct TrainConfig {
     pub binarize: bool,
     /// Monte Carlo samples per example.
     pub mc_samples: usize,
+    /// Denoising: the probability that masking noise zeroes each input pixel of the encoder
+    /// in training (0: off); the loss compares the reconstruction with the clean input.
+    /// Evaluation always encodes clean inputs.
+    pub denoise: f32,
     /// Weight β of the KL term in the gradient (its final value under a schedule). The
     /// reported −ELBO always uses β = 1.
     pub beta: f32,
@@ -51,6 +55,7 @@ impl Default for TrainConfig {
             drop_last: false,
             binarize: false,
             mc_samples: 1,
+            denoise: 0.0,
             beta: 1.0,
             kl_schedule: KlSchedule::Constant,
             epochs: 1,
@@ -65,7 +70,7 @@ pub struct ElboStats {
     pub loss: f64,
     /// Reconstruction NLL.
     pub recon: f64,
-    /// KL(q(z|x) ‖ p(z)).
+    /// KL(q(z|x) ‖ p(z)); for an autoencoder, its L1 penalty on the code.
     pub kl: f64,
     /// Examples the means are over.
     pub examples: usize,
@@ -134,6 +139,21 @@ impl<'g> Trainer<'g> {
                 config.beta
             )));
         }
+        if !(0.0..1.0).contains(&config.denoise) {
+            return Err(VaeError::Config(format!(
+                "the denoising mask probability must be in [0, 1), got {}",
+                config.denoise
+            )));
+        }
+        if !vae.config.is_vae()
+            && (config.mc_samples != 1 || config.beta != 1.0 || config.kl_schedule != KlSchedule::Constant)
+        {
+            return Err(VaeError::Config(
+                "an autoencoder has a deterministic code and no KL term: it takes one sample per \
+                 example and no β or KL schedule (its code penalty is the model's l1 weight)"
+                    .into(),
+            ));
+        }
         if data.dim != vae.config.input_dim {
             return Err(VaeError::Shape(format!(
                 "dataset examples have {} values, the model expects {}",
@@ -149,7 +169,10 @@ impl<'g> Trainer<'g> {
             )));
         }
         config.kl_schedule.validate(Self::schedule_steps(&config, steps))?;
-        let ws = Workspace::new(gpu, vae, b, config.mc_samples, true, false)?;
+        let mut ws = Workspace::new(gpu, vae, b, config.mc_samples, true, false)?;
+        if config.denoise > 0.0 {
+            ws = ws.with_noisy_input(gpu)?;
+        }
         let step_buf = StepBuffer::new(gpu)?;
         let perm = gpu.tensor("perm", &[data.count])?;
         // The first epoch's order, so that steps recorded before any epoch (record_step,
@@ -160,6 +183,7 @@ impl<'g> Trainer<'g> {
             data: &data,
             perm: &perm,
             binarize: config.binarize,
+            denoise: config.denoise,
         };
         let full_plan = plan_step(gpu, vae, &ws, b, &src, &step_buf, &log, Some(&config.adam))?;
         let rem = data.count % b;
@@ -380,6 +404,7 @@ impl<'g> Evaluator<'g> {
             data: &self.data,
             perm: &self.perm,
             binarize,
+            denoise: 0.0,
         };
         let full = plan_step(self.gpu, vae, ws, b, &src, &self.step_buf, log, None)?;
         let rem = self.data.count % b;
@@ -420,6 +445,11 @@ impl<'g> Evaluator<'g> {
     pub fn iw_nll(&self, vae: &Vae, seed: u64, k: usize, binarize: bool) -> Result<f64> {
         if k == 0 {
             return Err(VaeError::Config("--eval-iw needs K >= 1".into()));
+        }
+        if !vae.config.is_vae() {
+            return Err(VaeError::Config(
+                "the importance-weighted bound needs a VAE: an autoencoder has no prior and no likelihood bound".into(),
+            ));
         }
         // Decoder rows are K·B: keep them near 5000.
         let b = (5000 / k).clamp(1, self.data.count);
@@ -485,6 +515,7 @@ impl<'g> Evaluator<'g> {
             data: &self.data,
             perm: &perm,
             binarize: false,
+            denoise: 0.0,
         };
         let plan = plan_step(self.gpu, vae, &ws, n, &src, &self.step_buf, &log, None)?;
         self.write_step(seed, 0, 0);
@@ -494,8 +525,8 @@ impl<'g> Evaluator<'g> {
         Ok((x, mean_image(vae.config.likelihood, &out)))
     }
 
-    /// The posterior means μ(x) of every example, n·Z values in dataset order: only the
-    /// batch inputs and the encoder run.
+    /// The posterior means μ(x) of every example (an autoencoder: its codes), n·Z values in
+    /// dataset order: only the batch inputs and the encoder run.
     pub fn encode_means(&self, vae: &Vae, seed: u64) -> Result<Vec<f32>> {
         let b = self.batch;
         let steps = self.data.count.div_ceil(b);
@@ -504,16 +535,17 @@ impl<'g> Evaluator<'g> {
             data: &self.data,
             perm: &self.perm,
             binarize: false,
+            denoise: 0.0,
         };
         let plan = |rows: usize| -> Result<Vec<Dispatch>> {
-            let mut d = plan_inputs(self.gpu, vae, &ws, rows, &src, &self.step_buf)?;
+            let (mut d, x) = plan_inputs(self.gpu, vae, &ws, rows, &src, &self.step_buf)?;
             let hidden: Vec<Tensor> = ws
                 .enc_hidden
                 .iter()
                 .map(|t| t.reshape_prefix(&[rows, t.shape()[1]]))
                 .collect();
-            let enc = ws.enc.reshape_prefix(&[rows, 2 * vae.config.latent]);
-            d.extend(vae.plan_encode(self.gpu, &ws.x.reshape_prefix(&[rows, ws.x.shape()[1]]), &hidden, &enc)?);
+            let enc = ws.enc.reshape_prefix(&[rows, vae.config.head_width()]);
+            d.extend(vae.plan_encode(self.gpu, &x, &hidden, &enc)?);
             Ok(d)
         };
         let full = plan(b)?;
@@ -530,8 +562,9 @@ impl<'g> Evaluator<'g> {
             };
             self.write_step(seed, i * b, i);
             self.gpu.run(&list.iter().collect::<Vec<_>>())?;
-            let enc = self.gpu.read(&ws.enc.reshape_prefix(&[rows, 2 * zd]))?;
-            means.extend(strip_columns(&enc, 2 * zd, zd));
+            let hw = vae.config.head_width();
+            let enc = self.gpu.read(&ws.enc.reshape_prefix(&[rows, hw]))?;
+            means.extend(strip_columns(&enc, hw, zd));
         }
         Ok(means)
     }

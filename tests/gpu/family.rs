@@ -49,6 +49,7 @@ fn iw_reference(cfg: &VaeConfig, params: &[Vec<f64>], bytes: &[u8], n: usize, se
             .collect();
         let batch = Batch {
             x: &x,
+            x_in: None,
             batch: rows,
             eps: &eps,
             samples: k,
@@ -95,6 +96,7 @@ fn iw_bound_matches_the_reference_for_one_and_many_samples() {
         activation: Activation::Tanh,
         likelihood: Likelihood::Bernoulli,
         classes: 0,
+        ..Default::default()
     };
     let n = 7;
     let bytes: Vec<u8> = rand_vec(n * 16, 31, 0.0, 256.0)
@@ -385,6 +387,7 @@ fn decode_and_encode_means_match_the_reference() {
             activation: Activation::Tanh,
             likelihood,
             classes,
+            ..Default::default()
         };
         let vae = Vae::new(g, cfg.clone(), 21).unwrap();
         let params = to_f64(&vae.arena.read_params(g).unwrap());

@@ -2,7 +2,9 @@
 //! `reference.rs` — the gradient of every parameter, the metric log row and one Adam update —
 //! and a partial-batch plan against a workspace built for exactly that batch.
 
-use vae_wgpu::model::{plan_step, BatchSource, GpuDataset, TextureMirrors, Vae, VaeConfig, Workspace, METRIC_SLOTS};
+use vae_wgpu::model::{
+    plan_step, BatchSource, Code, GpuDataset, TextureMirrors, Vae, VaeConfig, Workspace, METRIC_SLOTS,
+};
 use vae_wgpu::ops::{self, Activation, AdamConfig, Likelihood, StepBuffer, StepParams};
 use vae_wgpu::train::{TrainConfig, Trainer};
 use vae_wgpu::{rng, Dispatch, Gpu, Tensor};
@@ -12,6 +14,8 @@ use crate::reference::{self, AdamState, Batch};
 
 /// A byte dataset on the device, its host copy and an example order.
 struct Data {
+    /// The masking probability the steps' source asks for (0: no denoising).
+    denoise: f32,
     bytes: Vec<u8>,
     labels: Vec<u8>,
     dim: usize,
@@ -35,6 +39,7 @@ impl Data {
         let set = GpuDataset::upload(g, "train", &bytes, count, dim, labels.clone()).unwrap();
         let perm_t = g.upload_words("perm", &perm).unwrap();
         Data {
+            denoise: 0.0,
             bytes,
             labels,
             dim,
@@ -65,6 +70,7 @@ impl Data {
             data: &self.set,
             perm: &self.perm_t,
             binarize: false,
+            denoise: self.denoise,
         }
     }
 }
@@ -164,6 +170,8 @@ struct Case {
     samples: usize,
     beta: f32,
     seed: u64,
+    /// Probability of the masking noise on the encoder's input (0: none).
+    denoise: f32,
 }
 
 fn small(hidden: Vec<usize>, latent: usize, activation: Activation, likelihood: Likelihood) -> VaeConfig {
@@ -174,6 +182,7 @@ fn small(hidden: Vec<usize>, latent: usize, activation: Activation, likelihood: 
         activation,
         likelihood,
         classes: 0,
+        ..Default::default()
     }
 }
 
@@ -197,8 +206,12 @@ fn check_gradients(case: &Case) {
     vae.set_texture_mirrors(g, policy).unwrap();
     let names = slot_names(&vae);
     let start = 3;
-    let data = Data::new(g, b + 4, case.cfg.input_dim, case.seed + 1);
-    let ws = Workspace::new(g, &vae, b, l, true, false).unwrap();
+    let mut data = Data::new(g, b + 4, case.cfg.input_dim, case.seed + 1);
+    data.denoise = case.denoise;
+    let mut ws = Workspace::new(g, &vae, b, l, true, false).unwrap();
+    if case.denoise > 0.0 {
+        ws = ws.with_noisy_input(g).unwrap();
+    }
     let sp = StepParams {
         seed: 1000 + case.seed as u32,
         step: 17,
@@ -222,8 +235,26 @@ fn check_gradients(case: &Case) {
     let x = data.batch_x(start, b);
     let eps = step_eps(&sp, l, b, zd);
     let labels = data.batch_labels(start, b);
+    // Masking noise: pixel e of the batch is zeroed where its draw falls below the probability.
+    let x_noisy: Vec<f64> = x
+        .iter()
+        .enumerate()
+        .map(|(e, &v)| {
+            let u = rng::uniform(sp.seed, sp.step, rng::STREAM_CORRUPT, e as u32);
+            if u < case.denoise as f64 {
+                0.0
+            } else {
+                v
+            }
+        })
+        .collect();
+    if case.denoise > 0.0 {
+        let dropped = x_noisy.iter().zip(&x).filter(|(n, c)| n != c).count();
+        assert!(dropped > 0, "{}: the noise dropped no pixel", case.name);
+    }
     let batch = Batch {
         x: &x,
+        x_in: (case.denoise > 0.0).then_some(&x_noisy[..]),
         batch: b,
         eps: &eps,
         samples: l,
@@ -234,11 +265,17 @@ fn check_gradients(case: &Case) {
     // Preconditions of the comparison: log-variances far inside the clamp, and no ReLU
     // pre-activation within reach of a finite-difference step (h·max|input| ≈ 1e-5) or of f32
     // rounding, either of which would compare different branches.
-    for e in 0..b {
-        for j in 0..zd {
-            let raw = fwd.enc[e * 2 * zd + zd + j];
-            assert!(raw.abs() < 10.0, "{}: log-variance {raw} too near the clamp", case.name);
+    if case.cfg.is_vae() {
+        for e in 0..b {
+            for j in 0..zd {
+                let raw = fwd.enc[e * 2 * zd + zd + j];
+                assert!(raw.abs() < 10.0, "{}: log-variance {raw} too near the clamp", case.name);
+            }
         }
+    } else {
+        // The L1 penalty has its kink at 0.
+        let near = fwd.enc.iter().fold(f64::INFINITY, |a, v| a.min(v.abs()));
+        assert!(near > 1e-4, "{}: a code is {near:.1e} from 0", case.name);
     }
     let margin = reference::kink_margin(&case.cfg, &fwd);
     assert!(
@@ -288,6 +325,7 @@ fn gradients_match_f64_reference() {
         samples: 1,
         beta: 1.0,
         seed: 1,
+        denoise: 0.0,
     });
 }
 
@@ -302,6 +340,7 @@ fn gradients_match_f64_reference_variants() {
             samples: 1,
             beta: 1.0,
             seed: 2,
+            denoise: 0.0,
         },
         Case {
             name: "bernoulli relu [12] Z=2 L=3 β=0.5",
@@ -311,6 +350,7 @@ fn gradients_match_f64_reference_variants() {
             samples: 3,
             beta: 0.5,
             seed: 3,
+            denoise: 0.0,
         },
         Case {
             name: "bernoulli tanh [12, 8] Z=4 L=2",
@@ -320,6 +360,7 @@ fn gradients_match_f64_reference_variants() {
             samples: 2,
             beta: 1.0,
             seed: 4,
+            denoise: 0.0,
         },
         Case {
             name: "bernoulli leaky_relu [12] Z=4",
@@ -329,6 +370,7 @@ fn gradients_match_f64_reference_variants() {
             samples: 1,
             beta: 1.0,
             seed: 5,
+            denoise: 0.0,
         },
         Case {
             name: "gaussian(2) sigmoid [8] Z=2 β=0.25",
@@ -338,6 +380,7 @@ fn gradients_match_f64_reference_variants() {
             samples: 1,
             beta: 0.25,
             seed: 6,
+            denoise: 0.0,
         },
         Case {
             name: "bernoulli no hidden layer Z=2 L=2",
@@ -347,6 +390,7 @@ fn gradients_match_f64_reference_variants() {
             samples: 2,
             beta: 1.0,
             seed: 7,
+            denoise: 0.0,
         },
     ];
     for case in &cases {
@@ -368,6 +412,7 @@ fn gradients_match_f64_reference_family() {
             samples: 2,
             beta: 1.0,
             seed: 8,
+            denoise: 0.0,
         },
         Case {
             name: "gaussian learned-pixel relu [12] Z=4 β=0.5",
@@ -377,6 +422,7 @@ fn gradients_match_f64_reference_family() {
             samples: 1,
             beta: 0.5,
             seed: 9,
+            denoise: 0.0,
         },
         Case {
             name: "conditional bernoulli relu [12] Z=4 L=2",
@@ -386,6 +432,7 @@ fn gradients_match_f64_reference_family() {
             samples: 2,
             beta: 1.0,
             seed: 10,
+            denoise: 0.0,
         },
         Case {
             name: "conditional learned-pixel tanh [8, 12] Z=2 L=3 β=2",
@@ -395,6 +442,7 @@ fn gradients_match_f64_reference_family() {
             samples: 3,
             beta: 2.0,
             seed: 11,
+            denoise: 0.0,
         },
         Case {
             name: "bernoulli relu [12] Z=4 β=0 (pure reconstruction)",
@@ -404,6 +452,7 @@ fn gradients_match_f64_reference_family() {
             samples: 1,
             beta: 0.0,
             seed: 12,
+            denoise: 0.0,
         },
         Case {
             name: "conditional learned-pixel relu [12] Z=4 L=2, weights and activations read through texture mirrors",
@@ -413,6 +462,62 @@ fn gradients_match_f64_reference_family() {
             samples: 2,
             beta: 1.0,
             seed: 13,
+            denoise: 0.0,
+        },
+    ];
+    for case in &cases {
+        check_gradients(case);
+    }
+}
+
+/// Autoencoders (a deterministic code, with and without the L1 penalty) and denoising (masking
+/// noise on the encoder's input, the clean batch as the target), for autoencoders and a VAE.
+#[test]
+fn gradients_match_f64_reference_autoencoders_and_denoising() {
+    let ae = |l1: f32, latent: usize, likelihood: Likelihood| VaeConfig {
+        code: Code::Deterministic { l1 },
+        ..small(vec![12], latent, Activation::Relu, likelihood)
+    };
+    let cases = [
+        Case {
+            name: "autoencoder bernoulli relu [12] Z=3 (odd: no μ/σ pairs)",
+            cfg: ae(0.0, 3, Likelihood::Bernoulli),
+            mirrors: false,
+            batch: 5,
+            samples: 1,
+            beta: 1.0,
+            seed: 21,
+            denoise: 0.0,
+        },
+        Case {
+            name: "sparse autoencoder l1=0.5 gaussian:0.5 relu [12] Z=4, through texture mirrors",
+            cfg: ae(0.5, 4, Likelihood::Gaussian { variance: 0.5 }),
+            mirrors: true,
+            batch: 5,
+            samples: 1,
+            beta: 1.0,
+            seed: 22,
+            denoise: 0.0,
+        },
+        Case {
+            name: "denoising conditional sparse autoencoder l1=0.1 mask 0.3",
+            cfg: conditional(ae(0.1, 4, Likelihood::Bernoulli)),
+            mirrors: false,
+            batch: 5,
+            samples: 1,
+            beta: 1.0,
+            seed: 23,
+            denoise: 0.3,
+        },
+        Case {
+            name: "denoising VAE mask 0.25 L=2 β=0.5, through texture mirrors",
+            cfg: small(vec![12], 4, Activation::Relu, Likelihood::Bernoulli),
+            mirrors: true,
+            batch: 5,
+            samples: 2,
+            beta: 0.5,
+            seed: 24,
+            denoise: 0.25,
         },
     ];
     for case in &cases {
@@ -430,6 +535,7 @@ fn one_step_matches_reference_step() {
         activation: Activation::Relu,
         likelihood: Likelihood::Bernoulli,
         classes: 0,
+        ..Default::default()
     };
     let (b, l) = (10, 1);
     let vae = Vae::new(g, cfg.clone(), 11).unwrap();
@@ -456,6 +562,7 @@ fn one_step_matches_reference_step() {
     let eps = step_eps(&sp, l, b, cfg.latent);
     let batch = Batch {
         x: &x,
+        x_in: None,
         batch: b,
         eps: &eps,
         samples: l,
@@ -521,6 +628,7 @@ fn partial_batch_plan_views_prefix() {
         activation: Activation::Relu,
         likelihood: Likelihood::Bernoulli,
         classes: 0,
+        ..Default::default()
     };
     let l = 2;
     let vae = Vae::new(g, cfg.clone(), 21).unwrap();
@@ -559,6 +667,7 @@ fn partial_batch_plan_views_prefix() {
     let eps = step_eps(&sp(9, 4), l, 3, cfg.latent);
     let batch = Batch {
         x: &x,
+        x_in: None,
         batch: 3,
         eps: &eps,
         samples: l,
@@ -591,6 +700,7 @@ fn trainer_epochs_match_the_reference_with_every_option() {
         activation: Activation::Relu,
         likelihood: Likelihood::Bernoulli,
         classes: 0,
+        ..Default::default()
     };
     let (count, b, l) = (10, 4, 2);
     let vae = Vae::new(g, cfg.clone(), 31).unwrap();
@@ -651,6 +761,7 @@ fn trainer_epochs_match_the_reference_with_every_option() {
             let eps = step_eps(&sp, l, b, cfg.latent);
             let batch = Batch {
                 x: &x,
+                x_in: None,
                 batch: b,
                 eps: &eps,
                 samples: l,
@@ -680,7 +791,14 @@ fn trainer_epochs_match_the_reference_with_every_option() {
         // 1e-4) moves it by about lr·δ, so 2e-5 after four steps is far below a wrong decay
         // (lr·wd·p ≈ 1e-4 per step) or a wrong batch (≈ lr).
         let what = format!("after epoch {epoch}");
-        assert_tensors_close(&what, &names, &to_f64(&vae.arena.read_params(g).unwrap()), &params, 0.0, 2e-5);
+        assert_tensors_close(
+            &what,
+            &names,
+            &to_f64(&vae.arena.read_params(g).unwrap()),
+            &params,
+            0.0,
+            2e-5,
+        );
     }
     // The arena holds the last step's gradients, taken at parameters the reference tracks.
     assert_tensors_close(

@@ -7,7 +7,7 @@
 //! backprop, Adam — is written out here in f64, and the analytic gradients are themselves
 //! checked against central finite differences of the reference loss.
 
-use vae_wgpu::model::VaeConfig;
+use vae_wgpu::model::{Code, VaeConfig};
 use vae_wgpu::ops::{Activation, AdamConfig, Likelihood};
 
 /// Negative slope of LeakyReLU layers.
@@ -46,12 +46,12 @@ pub fn layers(cfg: &VaeConfig) -> Vec<Dense> {
         out.push(dense(format!("encoder.{i}"), width, h, cfg.activation));
         width = h;
     }
-    out.push(dense(
-        "encoder.head".into(),
-        width,
-        2 * cfg.latent,
-        Activation::Identity,
-    ));
+    // A VAE's head writes [μ | log σ²]; an autoencoder's, the code itself.
+    let head = match cfg.code {
+        Code::Gaussian => 2 * cfg.latent,
+        Code::Deterministic { .. } => cfg.latent,
+    };
+    out.push(dense("encoder.head".into(), width, head, Activation::Identity));
     let mut width = cfg.dec_input_dim();
     for (i, &h) in cfg.hidden.iter().rev().enumerate() {
         out.push(dense(format!("decoder.{i}"), width, h, cfg.activation));
@@ -252,9 +252,11 @@ pub fn nll_grad(lik: Likelihood, out: f64, x: f64, log_c: &[f64], d: usize) -> f
 }
 
 /// One batch and its noise: x [B, D] in [0, 1], ε [L, B, Z] (row s·B + b is sample s of
-/// example b, as the GPU stacks z), the KL weight β, and (conditional models) the labels [B].
+/// example b, as the GPU stacks z), the KL weight β, (conditional models) the labels [B], and
+/// (denoising) the encoder's corrupted input [B, D] in place of x.
 pub struct Batch<'a> {
     pub x: &'a [f64],
+    pub x_in: Option<&'a [f64]>,
     pub batch: usize,
     pub eps: &'a [f64],
     pub samples: usize,
@@ -267,7 +269,7 @@ pub struct Forward {
     /// Encoder hidden layers: pre-activations and activations, [B, h] each.
     pub enc_pre: Vec<Vec<f64>>,
     pub enc_act: Vec<Vec<f64>>,
-    /// The head's output [B, 2Z]: μ then the raw (unclamped) log σ².
+    /// The head's output [B, 2Z]: μ then the raw (unclamped) log σ² (autoencoder: the code [B, Z]).
     pub enc: Vec<f64>,
     /// z [L·B, Z].
     pub z: Vec<f64>,
@@ -282,7 +284,7 @@ pub struct Forward {
     pub out: Vec<f64>,
     /// NLL per row [L·B].
     pub nll: Vec<f64>,
-    /// KL(q(z|x) ‖ N(0, I)) per example [B].
+    /// KL(q(z|x) ‖ N(0, I)) per example [B] (autoencoder: l1·Σ_j |z_j|).
     pub kl: Vec<f64>,
 }
 
@@ -317,9 +319,11 @@ pub fn forward(cfg: &VaeConfig, params: &[Vec<f64>], batch: &Batch<'_>) -> Forwa
     assert_eq!(batch.x.len(), b * d, "x is [B, D]");
     assert_eq!(batch.eps.len(), l * b * zd, "ε is [L, B, Z]");
     let log_c: &[f64] = if extra == 1 { &params[2 * ls.len()] } else { &[] };
+    let x_in = batch.x_in.unwrap_or(batch.x);
+    assert_eq!(x_in.len(), b * d, "the encoder's input is [B, D]");
     let enc_in = match (cfg.classes, batch.labels) {
-        (0, _) => batch.x.to_vec(),
-        (_, Some(y)) => with_one_hot(batch.x, d, y, cfg.enc_input_dim()),
+        (0, _) => x_in.to_vec(),
+        (_, Some(y)) => with_one_hot(x_in, d, y, cfg.enc_input_dim()),
         (_, None) => panic!("a conditional model needs labels"),
     };
     let (mut enc_pre, mut enc_act) = (Vec::new(), Vec::new());
@@ -334,7 +338,22 @@ pub fn forward(cfg: &VaeConfig, params: &[Vec<f64>], batch: &Batch<'_>) -> Forwa
 
     let mut z = vec![0.0; l * b * zd];
     let mut kl = vec![0.0; b];
+    if let Code::Deterministic { l1 } = cfg.code {
+        // The code is the head's output; its penalty stands where the KL stands.
+        assert_eq!(l, 1, "an autoencoder takes one sample");
+        assert_eq!(
+            batch.beta, 1.0,
+            "an autoencoder has no β: its penalty enters with weight 1"
+        );
+        z.copy_from_slice(&enc);
+        for e in 0..b {
+            kl[e] = l1 as f64 * enc[e * zd..(e + 1) * zd].iter().map(|v| v.abs()).sum::<f64>();
+        }
+    }
     for e in 0..b {
+        if !cfg.is_vae() {
+            break;
+        }
         for j in 0..zd {
             let mu = enc[e * 2 * zd + j];
             let (lv, sigma, _) = log_variance(enc[e * 2 * zd + zd + j]);
@@ -466,8 +485,19 @@ pub fn gradients(cfg: &VaeConfig, params: &[Vec<f64>], batch: &Batch<'_>) -> (Lo
     }
 
     // Reparameterization and KL: z = μ + σ·ε with σ = exp(lv/2), KL = ½ Σ (σ² + μ² − 1 − lv).
+    // An autoencoder: z is the code, and its penalty l1·Σ|z| adds l1·sign(z) (0 at 0).
     let mut denc = vec![0.0; b * 2 * zd];
+    if let Code::Deterministic { l1 } = cfg.code {
+        denc = dz
+            .iter()
+            .zip(&fwd.enc)
+            .map(|(g, &v)| g + l1 as f64 * if v == 0.0 { 0.0 } else { v.signum() })
+            .collect();
+    }
     for e in 0..b {
+        if !cfg.is_vae() {
+            break;
+        }
         for j in 0..zd {
             let mu = fwd.enc[e * 2 * zd + j];
             let (_, sigma, inside) = log_variance(fwd.enc[e * 2 * zd + zd + j]);
@@ -650,12 +680,14 @@ mod tests {
                 activation: act,
                 likelihood: lik,
                 classes: 0,
+                ..Default::default()
             };
             let b = 3;
             let x = rand_f64(b * 4, 50 + n as u64, 0.0, 1.0);
             let eps = rand_f64(samples * b * 2, 60 + n as u64, -2.0, 2.0);
             let batch = Batch {
                 x: &x,
+                x_in: None,
                 batch: b,
                 eps: &eps,
                 samples,
@@ -707,6 +739,7 @@ mod tests {
                 activation: Activation::Tanh,
                 likelihood: lik,
                 classes,
+                ..Default::default()
             };
             let b = 3;
             let x = rand_f64(b * 4, 70 + n as u64, 0.0, 1.0);
@@ -714,6 +747,7 @@ mod tests {
             let labels = [2u8, 0, 1];
             let batch = Batch {
                 x: &x,
+                x_in: None,
                 batch: b,
                 eps: &eps,
                 samples,
@@ -746,6 +780,7 @@ mod tests {
             activation: Activation::Tanh,
             likelihood: Likelihood::Bernoulli,
             classes: 0,
+            ..Default::default()
         };
         let x = [0.1, 0.9, 0.4, 0.6];
         let eps = [0.3, -0.5];
@@ -753,6 +788,7 @@ mod tests {
         let run = |beta: f64| {
             let batch = Batch {
                 x: &x,
+                x_in: None,
                 batch: 1,
                 eps: &eps,
                 samples: 1,
@@ -792,6 +828,7 @@ mod tests {
             activation: Activation::Relu,
             likelihood: Likelihood::Bernoulli,
             classes: 0,
+            ..Default::default()
         };
         let mut params = params_for(&cfg, 3);
         params[0].iter_mut().for_each(|v| *v = 0.0);
@@ -800,6 +837,7 @@ mod tests {
         let eps = [0.1, -0.2];
         let batch = Batch {
             x: &x,
+            x_in: None,
             batch: 1,
             eps: &eps,
             samples: 1,
