@@ -332,6 +332,33 @@ mod tests {
     }
 
     #[test]
+    fn codes_parse_and_print_back() {
+        assert_eq!(parse_code("gaussian").unwrap(), Code::Gaussian);
+        assert_eq!(parse_code("deterministic:0").unwrap(), Code::Deterministic { l1: 0.0 });
+        assert_eq!(
+            parse_code("deterministic:0.5").unwrap(),
+            Code::Deterministic { l1: 0.5 }
+        );
+        for bad in [
+            "deterministic",
+            "deterministic:-1",
+            "deterministic:nan",
+            "deterministic:x",
+            "vq",
+            "",
+        ] {
+            assert!(parse_code(bad).is_err(), "{bad:?} parsed");
+        }
+        for c in [
+            Code::Gaussian,
+            Code::Deterministic { l1: 0.0 },
+            Code::Deterministic { l1: 1e-3 },
+        ] {
+            assert_eq!(parse_code(&code_name(c)).unwrap(), c);
+        }
+    }
+
+    #[test]
     fn variance_option_parses() {
         assert_eq!(
             parse_variance("fixed:0.5").unwrap(),
@@ -370,6 +397,16 @@ mod tests {
                 likelihood: Likelihood::GaussianLearned { per_pixel: false },
                 ..Default::default()
             },
+            VaeConfig {
+                latent: 3,
+                code: Code::Deterministic { l1: 0.25 },
+                ..Default::default()
+            },
+            VaeConfig {
+                code: Code::Deterministic { l1: 0.0 },
+                classes: 10,
+                ..Default::default()
+            },
         ];
         for cfg in cases {
             assert_eq!(VaeConfig::from_metadata(&cfg.to_metadata()).unwrap(), cfg);
@@ -378,6 +415,10 @@ mod tests {
         let mut old = VaeConfig::default().to_metadata();
         old.retain(|(k, _)| k != "classes");
         assert_eq!(VaeConfig::from_metadata(&old).unwrap().classes, 0);
+        // Checkpoints from before autoencoders have no "code": a VAE.
+        let mut old = VaeConfig::default().to_metadata();
+        old.retain(|(k, _)| k != "code");
+        assert_eq!(VaeConfig::from_metadata(&old).unwrap().code, Code::Gaussian);
         // A missing key, a non-number and an invalid model are errors naming the problem.
         let mut missing = VaeConfig::default().to_metadata();
         missing.retain(|(k, _)| k != "latent");
@@ -443,16 +484,42 @@ mod tests {
                 likelihood: Likelihood::Gaussian { variance: f32::NAN },
                 ..ok.clone()
             },
+            VaeConfig {
+                code: Code::Deterministic { l1: -0.1 },
+                ..ok.clone()
+            },
+            VaeConfig {
+                code: Code::Deterministic { l1: f32::INFINITY },
+                ..ok.clone()
+            },
+            VaeConfig {
+                latent: 0,
+                code: Code::Deterministic { l1: 0.0 },
+                ..ok.clone()
+            },
         ];
         for cfg in bad {
             assert!(cfg.validate().is_err(), "{cfg:?} validated");
         }
+        // An autoencoder's head is the code alone, so an odd latent size is fine.
+        let odd = VaeConfig {
+            latent: 7,
+            code: Code::Deterministic { l1: 0.0 },
+            ..ok.clone()
+        };
+        assert!(odd.validate().is_ok());
     }
 
     #[test]
     fn sizes_and_parameter_count() {
         // 784·400 + 400 + 400·40 + 40 + 20·400 + 400 + 400·784 + 784: the reference model.
         assert_eq!(VaeConfig::default().num_params(), 652_824);
+        // The autoencoder's head is 400·20 + 20 instead of 400·40 + 40.
+        let ae = VaeConfig {
+            code: Code::Deterministic { l1: 1.0 },
+            ..Default::default()
+        };
+        assert_eq!((ae.head_width(), ae.num_params()), (20, 652_824 - 8_020));
         let c = VaeConfig {
             classes: 10,
             ..Default::default()

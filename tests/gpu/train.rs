@@ -2,8 +2,8 @@
 //! structure, and checkpoints read back with an independent reader.
 
 use vae_wgpu::data::DatasetKind;
-use vae_wgpu::model::{GpuDataset, TextureMirrors, Vae, VaeConfig};
-use vae_wgpu::train::{Evaluator, TrainConfig, Trainer};
+use vae_wgpu::model::{Code, GpuDataset, TextureMirrors, Vae, VaeConfig};
+use vae_wgpu::train::{Evaluator, KlSchedule, TrainConfig, Trainer};
 use vae_wgpu::{Gpu, VaeError};
 
 use crate::common::gpu;
@@ -421,4 +421,113 @@ fn a_host_device_and_encoder_train_as_the_library_does() {
     // And the steps did something.
     let init = Vae::new(&own, small_config(), 9).unwrap();
     assert!(own.read(&init.arena.params).unwrap() != want);
+}
+
+/// An autoencoder (sparse, denoising) trains through the same plan: the step keeps its
+/// structure (one more dispatch for the masking noise), the loss falls, the checkpoint names
+/// the code `fc2` and round-trips, and what an autoencoder cannot do is refused by name.
+#[test]
+fn autoencoder_trains_checkpoints_and_refuses_vae_options() {
+    // A private device so that other tests' traffic does not move the counters.
+    let g = Gpu::new().expect("GPU tests need an adapter");
+    let cfg = VaeConfig {
+        hidden: vec![64],
+        latent: 8,
+        code: Code::Deterministic { l1: 0.01 },
+        ..Default::default()
+    };
+    let vae = Vae::new(&g, cfg.clone(), 3).unwrap();
+    let tc = TrainConfig {
+        batch_size: 64,
+        denoise: 0.25,
+        ..Default::default()
+    };
+    let mut tr = Trainer::new(&g, &vae, mnist_subset(&g, 300), tc.clone()).unwrap();
+    // The VAE's 17 (the code's forward and backward stand where reparameterize+KL stood),
+    // plus the masking noise.
+    assert_eq!(tr.dispatches_per_step(), 18);
+    let t0 = g.traffic();
+    let losses: Vec<f64> = (0..4).map(|_| tr.train_epoch(|_, _| {}).unwrap().train.loss).collect();
+    let t1 = g.traffic();
+    assert_eq!(t1.submits - t0.submits, 4 * 5, "one submit per step");
+    assert_eq!(t1.readbacks - t0.readbacks, 4, "one readback per epoch");
+    // From ~545 nats per image the reconstruction NLL (plus the small penalty) must fall.
+    assert!(losses[0] > losses[3] + 100.0, "loss did not fall: {losses:?}");
+
+    // Evaluation encodes clean inputs and reports the reconstruction NLL and the penalty.
+    let eval = Evaluator::new(&g, mnist_subset(&g, 100)).unwrap();
+    let stats = eval.elbo(&vae, 1, false).unwrap();
+    assert!(stats.recon > 0.0 && stats.kl > 0.0 && (stats.loss - stats.recon - stats.kl).abs() < 1e-9);
+    let e = eval.iw_nll(&vae, 1, 5, false).unwrap_err().to_string();
+    assert!(e.contains("needs a VAE"), "{e}");
+
+    // Checkpoint: the code layer is fc2 [Z, h]; a VAE of the same sizes refuses the file.
+    let dir = std::env::temp_dir().join(format!("vae-wgpu-ae-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("ae.safetensors");
+    vae.save(&g, &path, &[]).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
+    names.sort();
+    let want = [
+        "fc1.bias",
+        "fc1.weight",
+        "fc2.bias",
+        "fc2.weight",
+        "fc3.bias",
+        "fc3.weight",
+        "fc4.bias",
+        "fc4.weight",
+    ];
+    assert_eq!(names, want);
+    assert_eq!(st.tensor("fc2.weight").unwrap().shape(), &[8, 64]);
+    let back = Vae::load(&g, &path).unwrap();
+    assert_eq!(back.config, cfg);
+    assert_eq!(back.arena.read_params(&g).unwrap(), vae.arena.read_params(&g).unwrap());
+    let as_vae = Vae::new(
+        &g,
+        VaeConfig {
+            code: Code::Gaussian,
+            ..cfg.clone()
+        },
+        3,
+    )
+    .unwrap();
+    match as_vae.load_weights(&g, &path) {
+        Err(e @ VaeError::Checkpoint { .. }) => assert!(e.to_string().contains("Deterministic"), "{e}"),
+        other => panic!("expected a checkpoint error, got {:?}", other.err()),
+    }
+    std::fs::remove_dir_all(&dir).ok();
+
+    // No sampling, β or KL schedule for a deterministic code; masking probabilities in [0, 1).
+    let refused = [
+        TrainConfig {
+            mc_samples: 2,
+            ..tc.clone()
+        },
+        TrainConfig {
+            beta: 2.0,
+            ..tc.clone()
+        },
+        TrainConfig {
+            kl_schedule: KlSchedule::Warmup { steps: 10 },
+            ..tc.clone()
+        },
+        TrainConfig {
+            denoise: 1.0,
+            ..tc.clone()
+        },
+        TrainConfig {
+            denoise: -0.1,
+            ..tc.clone()
+        },
+    ];
+    for bad in refused {
+        let what = format!("{bad:?}");
+        match Trainer::new(&g, &vae, mnist_subset(&g, 64), bad) {
+            Err(VaeError::Config(_)) => {}
+            other => panic!("{what}: expected a Config error, got {:?}", other.err()),
+        }
+    }
 }
