@@ -30,13 +30,15 @@ Writes (28x28 cells, 2 px padding):
   interpolation.png    4 pairs of test images, each a linear then a spherical row of 10 steps
   arithmetic.png       10 test images (one per class), each: its decoding, then
                        z - mean(its class) + mean(c) for c = 0..9   [labelled data]
-  class_grid.png       one row per class, the same 10 prior draws     [conditional models]
+  class_grid.png       one row per class, the same 10 prior draws     [conditional VAEs]
   latent_scatter.png   test-set latent means coloured by label        [2-D latents]
-  manifold.png         20x20 decodings over the prior's quantiles     [2-D latents]
+  manifold.png         20x20 decodings over the prior's quantiles     [2-D latent VAEs]
 and prints one JSON line: test_loss (the -ELBO, a bound on -log p(x), or on -log p(x|y) for a
 conditional model: see bound_on), test_iw_nll (K importance samples), probe_accuracy (a
 logistic-regression probe on the latent means, trained on the training set, test accuracy;
-null for conditional models, whose latent is meant to carry no label, and unlabelled data).";
+null for conditional models, whose latent is meant to carry no label, and unlabelled data).
+For an autoencoder the latent means are its codes, test_loss is the reconstruction NLL plus the
+code's L1 penalty, and test_iw_nll is null (there is no prior).";
 
 struct Args {
     checkpoint: PathBuf,
@@ -125,7 +127,12 @@ fn run(args: Args) -> Result<()> {
 
     // Numbers: the bound, its importance-weighted tightening, and the probe.
     let stats = test_eval.elbo(&vae, seed, binarize)?;
-    let iw = test_eval.iw_nll(&vae, seed, args.iw_k, binarize)?;
+    // An autoencoder has no prior, so no importance-weighted bound.
+    let iw = if cfg.is_vae() {
+        Some(test_eval.iw_nll(&vae, seed, args.iw_k, binarize)?)
+    } else {
+        None
+    };
     let test_means = test_eval.encode_means(&vae, seed)?;
     let labelled = !test.labels.is_empty();
     let probe_accuracy = if cfg.classes == 0 && labelled {
@@ -165,7 +172,7 @@ fn run(args: Args) -> Result<()> {
             dataset.name()
         );
     }
-    if cfg.classes > 0 {
+    if cfg.classes > 0 && cfg.is_vae() {
         let fig: Figure = class_figure(&gpu, &vae, seed, 10, 1.0)?;
         fig.write(&args.out.join("class_grid.png"), side)?;
         wrote.push("class_grid.png");
@@ -179,15 +186,22 @@ fn run(args: Args) -> Result<()> {
         };
         write_scatter_png(&args.out.join("latent_scatter.png"), &points, &labels, 600)?;
         wrote.push("latent_scatter.png");
-        manifold_figure(&gpu, &vae, 20, 0)?.write(&args.out.join("manifold.png"), side)?;
-        wrote.push("manifold.png");
+        if cfg.is_vae() {
+            manifold_figure(&gpu, &vae, 20, 0)?.write(&args.out.join("manifold.png"), side)?;
+            wrote.push("manifold.png");
+        }
     }
     eprintln!("wrote {} to {}", wrote.join(", "), args.out.display());
 
-    let bound = if cfg.classes > 0 { "-log p(x|y)" } else { "-log p(x)" };
+    let bound = match (cfg.is_vae(), cfg.classes > 0) {
+        (false, _) => "none (autoencoder)",
+        (true, true) => "-log p(x|y)",
+        (true, false) => "-log p(x)",
+    };
     let probe = probe_accuracy.map_or("null".to_string(), |a| format!("{a:.4}"));
+    let iw = iw.map_or("null".to_string(), |v| format!("{v:.4}"));
     println!(
-        "{{\"test_loss\":{:.4},\"test_iw_nll\":{iw:.4},\"iw_k\":{},\"probe_accuracy\":{probe},\"bound_on\":\"{bound}\",\"dataset\":\"{}\",\"latent\":{},\"seed\":{seed}}}",
+        "{{\"test_loss\":{:.4},\"test_iw_nll\":{iw},\"iw_k\":{},\"probe_accuracy\":{probe},\"bound_on\":\"{bound}\",\"dataset\":\"{}\",\"latent\":{},\"seed\":{seed}}}",
         stats.loss,
         args.iw_k,
         dataset.name(),

@@ -8,18 +8,18 @@ use std::time::Instant;
 use vae_wgpu::data::NUM_CLASSES;
 use vae_wgpu::data::{DatasetKind, MnistSet, IMAGE_SIDE};
 use vae_wgpu::io::write_grid_png;
-use vae_wgpu::model::{parse_hidden, parse_likelihood, parse_variance, GpuDataset, Vae, VaeConfig};
+use vae_wgpu::model::{parse_hidden, parse_likelihood, parse_variance, Code, GpuDataset, Vae, VaeConfig};
 use vae_wgpu::ops::{Likelihood, MatmulStrategy};
 use vae_wgpu::train::{decode_conditional, prior_samples, Evaluator, KlSchedule, TrainConfig, Trainer};
 use vae_wgpu::{Gpu, Result, VaeError};
 
-const HELP: &str = "train_mnist: train a VAE on MNIST on the GPU
+const HELP: &str = "train_mnist: train a VAE (or an autoencoder) on MNIST on the GPU
 
 USAGE: cargo run --release --example train_mnist -- [FLAGS]
 
   --epochs N              epochs (default 10)
   --batch-size N          examples per step (default 128)
-  --latent N              latent dimensions (default 20; even)
+  --latent N              latent dimensions (default 20; even for a VAE)
   --hidden N[,N...]       encoder hidden widths, decoder mirrors them (default 400)
   --lr F                  Adam learning rate (default 1e-3)
   --seed N                seed for init, shuffles and the device RNG (default 1)
@@ -35,6 +35,12 @@ USAGE: cargo run --release --example train_mnist -- [FLAGS]
   --mc-samples L          Monte Carlo samples of z per example in training (default 1)
   --conditional           conditional VAE: the one-hot label feeds encoder and decoder; the
                           bound reported is then on -log p(x|y)
+  --autoencoder           a deterministic code instead of a Gaussian posterior (no KL, no
+                          prior: no samples.png, no --eval-iw, --mc-samples 1, no beta)
+  --l1 F                  with --autoencoder: L1 penalty F * sum |z| on the code (sparse
+                          autoencoder; default 0), reported in the *_kl columns
+  --denoise P             denoising: zero each input pixel with probability P in training
+                          (0 <= P < 1); the target stays the clean image
   --dataset D             mnist | fashion-mnist | binarized-mnist (default mnist); binarized
                           MNIST is read from binarized_mnist_{train,test}.amat[.gz]
   --data-dir DIR          directory with the dataset's files (default: the dataset's own)
@@ -61,6 +67,8 @@ struct Args {
     variance: Option<Likelihood>,
     kl_warmup: Option<u64>,
     kl_cycles: Option<u32>,
+    autoencoder: bool,
+    l1: Option<f32>,
 }
 
 fn parse_args() -> Result<Option<Args>> {
@@ -76,6 +84,8 @@ fn parse_args() -> Result<Option<Args>> {
         variance: None,
         kl_warmup: None,
         kl_cycles: None,
+        autoencoder: false,
+        l1: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -89,6 +99,10 @@ fn parse_args() -> Result<Option<Args>> {
         }
         if flag == "--conditional" {
             a.model.classes = NUM_CLASSES;
+            continue;
+        }
+        if flag == "--autoencoder" {
+            a.autoencoder = true;
             continue;
         }
         let value = it
@@ -121,6 +135,24 @@ fn parse_args() -> Result<Option<Args>> {
             "--kl-warmup" => a.kl_warmup = Some(num(&value)? as u64),
             "--kl-cycles" => a.kl_cycles = Some(num(&value)? as u32),
             "--mc-samples" => a.train.mc_samples = num(&value)?,
+            "--l1" => {
+                a.l1 = Some(
+                    value
+                        .parse()
+                        .ok()
+                        .filter(|v: &f32| *v >= 0.0 && v.is_finite())
+                        .ok_or_else(|| VaeError::Config(format!("--l1 takes a number >= 0, got {value:?}")))?,
+                )
+            }
+            "--denoise" => {
+                a.train.denoise = value
+                    .parse()
+                    .ok()
+                    .filter(|v: &f32| (0.0..1.0).contains(v))
+                    .ok_or_else(|| {
+                        VaeError::Config(format!("--denoise takes a probability in [0, 1), got {value:?}"))
+                    })?
+            }
             "--variance" => a.variance = Some(parse_variance(&value)?),
             "--likelihood" => a.model.likelihood = parse_likelihood(&value)?,
             "--dataset" => a.dataset = DatasetKind::parse(&value)?,
@@ -160,6 +192,26 @@ fn parse_args() -> Result<Option<Args>> {
         )));
     }
     a.train.kl_schedule = KlSchedule::parse(a.kl_warmup, a.kl_cycles)?;
+    if a.autoencoder {
+        let vae_only = [
+            (a.eval_iw.is_some(), "--eval-iw"),
+            (a.train.mc_samples != 1, "--mc-samples"),
+            (a.train.beta != 1.0, "--beta"),
+            (a.train.kl_schedule != KlSchedule::Constant, "--kl-warmup/--kl-cycles"),
+        ];
+        if let Some((_, flag)) = vae_only.iter().find(|(set, _)| *set) {
+            return Err(VaeError::Config(format!(
+                "{flag} applies to a VAE; an autoencoder has a deterministic code and no prior or KL term"
+            )));
+        }
+        a.model.code = Code::Deterministic {
+            l1: a.l1.unwrap_or(0.0),
+        };
+    } else if a.l1.is_some() {
+        return Err(VaeError::Config(
+            "--l1 penalises an autoencoder's code; add --autoencoder".into(),
+        ));
+    }
     a.model.validate()?;
     Ok(Some(a))
 }
@@ -265,10 +317,14 @@ fn run(args: Args) -> Result<()> {
     let vae = Vae::new(&gpu, args.model.clone(), args.train.seed)?;
     let np = vae.num_params();
     println!(
-        "model: {} -> {:?} -> {} (x2) -> {:?} -> {} | {:?} | {} parameters, {:.2} MB",
+        "model: {} -> {:?} -> {} {} -> {:?} -> {} | {:?} | {} parameters, {:.2} MB",
         args.model.input_dim,
         args.model.hidden,
         args.model.latent,
+        match args.model.code {
+            Code::Gaussian => "(mu, log var)".to_string(),
+            Code::Deterministic { l1 } => format!("(deterministic code, L1 {l1})"),
+        },
         args.model.hidden.iter().rev().collect::<Vec<_>>(),
         args.model.input_dim,
         args.model.likelihood,
@@ -312,19 +368,12 @@ fn run(args: Args) -> Result<()> {
         ("beta".to_string(), args.train.beta.to_string()),
         ("kl_schedule".to_string(), args.train.kl_schedule.to_string()),
         ("mc_samples".to_string(), args.train.mc_samples.to_string()),
+        ("denoise".to_string(), args.train.denoise.to_string()),
         (
             "binarize".to_string(),
             if args.train.binarize { "dynamic" } else { "none" }.to_string(),
         ),
-        (
-            "bound".to_string(),
-            if args.model.classes > 0 {
-                "-log p(x|y)"
-            } else {
-                "-log p(x)"
-            }
-            .to_string(),
-        ),
+        ("bound".to_string(), bound_name(&args.model).to_string()),
         ("adapter".to_string(), r.name.clone()),
         ("driver".to_string(), r.driver.trim().to_string()),
         (
@@ -355,10 +404,16 @@ fn run(args: Args) -> Result<()> {
     );
     let run_path = out_dir.join("run.json");
     std::fs::write(&run_path, run_json).map_err(|e| VaeError::io(&run_path, e))?;
-    let bound = if args.model.classes > 0 {
-        "-log p(x|y)"
+    let bound = bound_name(&args.model);
+    let (loss_name, kl_name) = if args.model.is_vae() {
+        ("-ELBO", "KL")
     } else {
-        "-log p(x)"
+        ("loss", "L1")
+    };
+    let bound_note = if args.model.is_vae() {
+        format!("(bound on {bound})")
+    } else {
+        "(autoencoder: no bound)".to_string()
     };
     // The checkpoint stores the configuration itself; it gets the rest of the run's metadata.
     let config_keys = args.model.to_metadata();
@@ -387,7 +442,7 @@ fn run(args: Args) -> Result<()> {
             json_num(elapsed)
         );
         println!(
-            "epoch {epoch:>3} | beta {:.3} | train -ELBO {:.2} (recon {:.2} + KL {:.2}) | test -ELBO {:.2} (bound on {bound}) | {:.0} samples/s | {:.1}s",
+            "epoch {epoch:>3} | beta {:.3} | train {loss_name} {:.2} (recon {:.2} + {kl_name} {:.2}) | test {loss_name} {:.2} {bound_note} | {:.0} samples/s | {:.1}s",
             rep.beta, rep.train.loss, rep.train.recon, rep.train.kl, test_stats.loss, rep.samples_per_sec, elapsed
         );
         if epoch == args.epochs {
@@ -422,6 +477,14 @@ fn run(args: Args) -> Result<()> {
         8,
         2,
     )?;
+    if !args.model.is_vae() {
+        // An autoencoder has no prior to sample from.
+        println!(
+            "wrote {}/{{metrics.jsonl, run.json, checkpoint.safetensors, reconstructions.png}}",
+            out_dir.display()
+        );
+        return Ok(());
+    }
     // Samples from the prior; a conditional model draws one row of 8 per class.
     let (n, labels) = if args.model.classes > 0 {
         let l: Vec<u8> = (0..8 * args.model.classes).map(|i| (i / 8) as u8).collect();
@@ -437,6 +500,16 @@ fn run(args: Args) -> Result<()> {
         out_dir.display()
     );
     Ok(())
+}
+
+/// What the reported loss is a bound on: −log p(x), −log p(x|y), or nothing (an autoencoder's
+/// loss is its reconstruction NLL plus the code's penalty).
+fn bound_name(model: &VaeConfig) -> &'static str {
+    match (model.is_vae(), model.classes > 0) {
+        (false, _) => "none (autoencoder)",
+        (true, true) => "-log p(x|y)",
+        (true, false) => "-log p(x)",
+    }
 }
 
 fn main() {
