@@ -237,11 +237,11 @@ impl Vae {
     /// has them), or the autoencoder's code whole.
     fn head_pieces(&self) -> Vec<std::ops::Range<usize>> {
         let z = self.config.latent;
+        let mut pieces = vec![0..z];
         if self.config.is_vae() {
-            vec![0..z, z..2 * z]
-        } else {
-            vec![0..z]
+            pieces.push(z..2 * z);
         }
+        pieces
     }
 
     fn checkpoint_names(&self) -> Vec<String> {
