@@ -1,8 +1,10 @@
 //! Training and evaluation loops around the planned steps: one submit per step, no readback
 //! inside an epoch, metrics read once per epoch from the GPU-side log.
 
+mod resume;
 pub mod schedule;
 
+pub use resume::TRAIN_STATE_FORMAT;
 pub use schedule::KlSchedule;
 
 use std::time::Instant;

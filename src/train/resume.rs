@@ -1,0 +1,107 @@
+//! Exact resume: what a [`Trainer`] needs beyond the model's weights to continue a run as if
+//! it had never stopped — Adam's moments, the global step (Adam's bias correction and every
+//! RNG key) and the epoch (the next epoch's example order). Saved at epoch boundaries, next to
+//! the model's checkpoint; resuming with the same seed and batch size gives bit-identical
+//! parameters to an uninterrupted run.
+
+use std::path::Path;
+
+use super::Trainer;
+use crate::error::{Result, VaeError};
+use crate::io::{read_safetensors, write_safetensors, NamedTensor};
+use crate::model::{Vae, VaeConfig};
+
+/// The `format` metadata of a training-state file.
+pub const TRAIN_STATE_FORMAT: &str = "vae-wgpu-train-state/1";
+
+impl Trainer<'_> {
+    /// Writes Adam's first and second moments (the whole parameter arena, `adam.m` and
+    /// `adam.v`) and the step and epoch counters to `path`, atomically. The model's own
+    /// weights go to its checkpoint ([`Vae::save`]); together they resume the run exactly.
+    pub fn save_state(&self, vae: &Vae, path: &Path) -> Result<()> {
+        let a = &vae.arena;
+        let tensors = [
+            NamedTensor {
+                name: "adam.m".into(),
+                shape: vec![a.m.len()],
+                data: self.gpu.read(&a.m)?,
+            },
+            NamedTensor {
+                name: "adam.v".into(),
+                shape: vec![a.v.len()],
+                data: self.gpu.read(&a.v)?,
+            },
+        ];
+        let mut meta = vae.config.to_metadata();
+        meta.extend([
+            ("format".to_string(), TRAIN_STATE_FORMAT.to_string()),
+            ("step".to_string(), self.step.to_string()),
+            ("epoch".to_string(), self.epoch.to_string()),
+            ("seed".to_string(), self.config.seed.to_string()),
+            ("batch_size".to_string(), self.ws.batch.to_string()),
+        ]);
+        write_safetensors(path, &tensors, &meta)
+    }
+
+    /// Restores what [`Trainer::save_state`] wrote: Adam's moments into `vae`'s arena, and the
+    /// step and epoch counters. The file must come from a run of the same model, seed and
+    /// batch size (else the data order and noise would differ from the run it continues);
+    /// load the weights first with [`Vae::load`] or [`Vae::load_weights`].
+    pub fn load_state(&mut self, vae: &Vae, path: &Path) -> Result<()> {
+        let (tensors, meta) = read_safetensors(path)?;
+        let bad = |problem: String| VaeError::Checkpoint {
+            path: path.into(),
+            problem,
+        };
+        let get = |k: &str| {
+            meta.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+                .ok_or_else(|| bad(format!("lacks the metadata '{k}'; is it a training-state file?")))
+        };
+        if get("format")? != TRAIN_STATE_FORMAT {
+            return Err(bad(format!(
+                "format '{}', expected '{TRAIN_STATE_FORMAT}'",
+                get("format")?
+            )));
+        }
+        let num = |k: &str| -> Result<u64> {
+            get(k)?
+                .parse()
+                .map_err(|_| bad(format!("metadata '{k}' is not a whole number")))
+        };
+        let config = VaeConfig::from_metadata(&meta).map_err(|e| bad(e.to_string()))?;
+        if config != vae.config {
+            return Err(bad(format!(
+                "it holds the optimizer state of a model configured as {config:?}, not {:?}",
+                vae.config
+            )));
+        }
+        let (seed, batch) = (num("seed")?, num("batch_size")? as usize);
+        if seed != self.config.seed || batch != self.ws.batch {
+            return Err(bad(format!(
+                "it was saved by a run with seed {seed} and batch size {batch}; this trainer has seed {} \
+                 and batch size {}: resume with the run's own settings",
+                self.config.seed, self.ws.batch
+            )));
+        }
+        let a = &vae.arena;
+        for (name, t) in [("adam.m", &a.m), ("adam.v", &a.v)] {
+            let found = tensors
+                .iter()
+                .find(|x| x.name == name)
+                .ok_or_else(|| bad(format!("missing tensor '{name}'")))?;
+            if found.shape != [t.len()] {
+                return Err(bad(format!(
+                    "'{name}' has shape {:?}, expected [{}]",
+                    found.shape,
+                    t.len()
+                )));
+            }
+            self.gpu.write(t, &found.data)?;
+        }
+        self.step = num("step")?;
+        self.epoch = num("epoch")?;
+        Ok(())
+    }
+}
