@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use vae_wgpu::data::NUM_CLASSES;
 use vae_wgpu::data::{DatasetKind, MnistSet, IMAGE_SIDE};
-use vae_wgpu::io::write_grid_png;
+use vae_wgpu::io::{read_safetensors, write_grid_png};
 use vae_wgpu::model::{parse_hidden, parse_likelihood, parse_variance, Code, GpuDataset, Vae, VaeConfig};
 use vae_wgpu::ops::{Likelihood, MatmulStrategy};
 use vae_wgpu::train::{decode_conditional, prior_samples, Evaluator, KlSchedule, TrainConfig, Trainer};
@@ -48,12 +48,16 @@ USAGE: cargo run --release --example train_mnist -- [FLAGS]
   --drop-last             drop the last partial batch of each epoch
   --binarize dynamic      resample binary pixels with probability = grey level each step
   --out DIR               output directory (default runs/<unix time>)
+  --resume DIR            continue the run in DIR (its checkpoint and training state) up to
+                          --epochs in all; pass the run's own flags (they are checked
+                          against its record), its outputs are updated in place
   --eval-iw K             after the last epoch, estimate test -log p(x) with K importance samples
   --help                  this text
 
 Writes to --out: metrics.jsonl (one line per epoch, with the epoch's last beta), run.json
 (configuration, adapter, matmul strategy), reconstructions.png, samples.png (for a
-conditional model: one row per class), checkpoint.safetensors.";
+conditional model: one row per class), checkpoint.safetensors and training_state.safetensors
+(Adam's moments and the step, for --resume).";
 
 struct Args {
     epochs: usize,
@@ -69,6 +73,7 @@ struct Args {
     kl_cycles: Option<u32>,
     autoencoder: bool,
     l1: Option<f32>,
+    resume: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Option<Args>> {
@@ -86,6 +91,7 @@ fn parse_args() -> Result<Option<Args>> {
         kl_cycles: None,
         autoencoder: false,
         l1: None,
+        resume: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -159,6 +165,7 @@ fn parse_args() -> Result<Option<Args>> {
             "--data-dir" => a.data_dir = Some(PathBuf::from(value)),
             "--limit-train" => a.limit_train = Some(num(&value)?),
             "--out" => a.out = Some(PathBuf::from(value)),
+            "--resume" => a.resume = Some(PathBuf::from(value)),
             "--eval-iw" => a.eval_iw = Some(num(&value)?),
             "--binarize" => match value.as_str() {
                 "dynamic" => a.train.binarize = true,
@@ -211,6 +218,13 @@ fn parse_args() -> Result<Option<Args>> {
         return Err(VaeError::Config(
             "--l1 penalises an autoencoder's code; add --autoencoder".into(),
         ));
+    }
+    if let (Some(r), Some(o)) = (&a.resume, &a.out) {
+        if r != o {
+            return Err(VaeError::Config(
+                "--resume DIR writes into DIR; drop --out or make it the same directory".into(),
+            ));
+        }
     }
     a.model.validate()?;
     Ok(Some(a))
@@ -331,12 +345,16 @@ fn run(args: Args) -> Result<()> {
         np,
         np as f64 * 4.0 / 1e6
     );
-    let out_dir = args.out.clone().unwrap_or_else(fresh_run_dir);
+    let out_dir = args.resume.clone().or(args.out.clone()).unwrap_or_else(fresh_run_dir);
     std::fs::create_dir_all(&out_dir).map_err(|e| VaeError::io(&out_dir, e))?;
     let metrics = out_dir.join("metrics.jsonl");
-    if metrics.exists() {
+    if metrics.exists() && args.resume.is_none() {
         std::fs::remove_file(&metrics).map_err(|e| VaeError::io(&metrics, e))?;
     }
+    let (ckpt_path, state_path) = (
+        out_dir.join("checkpoint.safetensors"),
+        out_dir.join("training_state.safetensors"),
+    );
     let train_cfg = TrainConfig {
         epochs: args.epochs,
         ..args.train.clone()
@@ -368,6 +386,7 @@ fn run(args: Args) -> Result<()> {
         ("beta".to_string(), args.train.beta.to_string()),
         ("kl_schedule".to_string(), args.train.kl_schedule.to_string()),
         ("mc_samples".to_string(), args.train.mc_samples.to_string()),
+        ("drop_last".to_string(), args.train.drop_last.to_string()),
         ("denoise".to_string(), args.train.denoise.to_string()),
         (
             "binarize".to_string(),
@@ -422,8 +441,26 @@ fn run(args: Args) -> Result<()> {
         .filter(|(k, _)| !config_keys.iter().any(|(ck, _)| ck == k))
         .cloned()
         .collect();
+    if args.resume.is_some() {
+        resume_run(
+            &gpu,
+            &vae,
+            &mut trainer,
+            &args,
+            &run_meta,
+            &ckpt_path,
+            &state_path,
+            &metrics,
+        )?;
+        println!(
+            "resumed {} after epoch {} (step {})",
+            out_dir.display(),
+            trainer.epoch,
+            trainer.step
+        );
+    }
     let run_start = Instant::now();
-    for epoch in 1..=args.epochs {
+    for epoch in (trainer.epoch as usize + 1)..=args.epochs {
         let t0 = Instant::now();
         let rep = trainer.train_epoch(|done, total| progress_bar(epoch, done, total, t0))?;
         let test_stats = evaluator.elbo(&vae, args.train.seed, args.train.binarize)?;
@@ -457,7 +494,8 @@ fn run(args: Args) -> Result<()> {
         let mut meta = ckpt_meta.clone();
         meta.push(("epoch".to_string(), epoch.to_string()));
         meta.push(("step".to_string(), trainer.step.to_string()));
-        vae.save(&gpu, &out_dir.join("checkpoint.safetensors"), &meta)?;
+        vae.save(&gpu, &ckpt_path, &meta)?;
+        trainer.save_state(&vae, &state_path)?;
     }
     // Pictures: 16 test images over their reconstructions, and 64 samples from the prior.
     let (x, xr) = evaluator.reconstruct(&vae, args.train.seed, 16)?;
@@ -500,6 +538,91 @@ fn run(args: Args) -> Result<()> {
         out_dir.display()
     );
     Ok(())
+}
+
+/// Loads the run in `--resume DIR` after checking that this invocation's settings are the
+/// run's own (every recorded key that decides the numbers), and drops metric lines of epochs
+/// the checkpoint does not contain (a run stopped between the two writes).
+#[allow(clippy::too_many_arguments)]
+fn resume_run(
+    gpu: &Gpu,
+    vae: &Vae,
+    trainer: &mut Trainer<'_>,
+    args: &Args,
+    run_meta: &[(String, String)],
+    ckpt_path: &Path,
+    state_path: &Path,
+    metrics: &Path,
+) -> Result<()> {
+    let (_, recorded) = read_safetensors(ckpt_path)?;
+    let get = |k: &str| recorded.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+    // Adapter, driver and the like may change between machines; these decide the numbers.
+    let decisive = [
+        "dataset",
+        "train_examples",
+        "batch_size",
+        "lr",
+        "seed",
+        "beta",
+        "kl_schedule",
+        "mc_samples",
+        "drop_last",
+        "denoise",
+        "binarize",
+    ];
+    let config_keys: Vec<String> = args.model.to_metadata().into_iter().map(|(k, _)| k).collect();
+    let differ: Vec<String> = run_meta
+        .iter()
+        .filter(|(k, _)| decisive.contains(&k.as_str()) || config_keys.contains(k))
+        .filter_map(|(k, v)| match get(k) {
+            Some(r) if r != v => Some(format!("{k} = {r} in the run, {v} now")),
+            _ => None,
+        })
+        .collect();
+    if !differ.is_empty() {
+        return Err(VaeError::Config(format!(
+            "--resume: pass the run's own flags; {}",
+            differ.join("; ")
+        )));
+    }
+    if matches!(args.train.kl_schedule, KlSchedule::Cyclical { .. })
+        && get("epochs").is_some_and(|e| e != args.epochs.to_string())
+    {
+        return Err(VaeError::Config(
+            "--resume: cyclical annealing spreads its cycles over the run's epochs; keep --epochs".into(),
+        ));
+    }
+    vae.load_weights(gpu, ckpt_path)?;
+    trainer.load_state(vae, state_path)?;
+    if get("epoch") != Some(trainer.epoch.to_string().as_str()) {
+        return Err(VaeError::Checkpoint {
+            path: state_path.into(),
+            problem: format!(
+                "it is from epoch {} but the checkpoint from epoch {}; the run stopped while saving",
+                trainer.epoch,
+                get("epoch").unwrap_or("?")
+            ),
+        });
+    }
+    if trainer.epoch as usize >= args.epochs {
+        return Err(VaeError::Config(format!(
+            "--resume: the run has trained {} epochs already; pass --epochs with a larger total",
+            trainer.epoch
+        )));
+    }
+    // Keep the metric lines of the epochs the checkpoint holds.
+    let text = std::fs::read_to_string(metrics).unwrap_or_default();
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.strip_prefix("{\"epoch\":")
+                .and_then(|r| r.split(',').next())
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| n <= trainer.epoch)
+        })
+        .collect();
+    let body: String = kept.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(metrics, body).map_err(|e| VaeError::io(metrics, e))
 }
 
 /// What the reported loss is a bound on: −log p(x), −log p(x|y), or nothing (an autoencoder's
