@@ -39,6 +39,8 @@ USAGE: cargo run --release --example train_mnist -- [FLAGS]
                           prior: no samples.png, no --eval-iw, --mc-samples 1, no beta)
   --l1 F                  with --autoencoder: L1 penalty F * sum |z| on the code (sparse
                           autoencoder; default 0), reported in the *_kl columns
+  --contractive F         with --autoencoder: contractive penalty F * ||dz/dx||_F^2 (one hidden
+                          layer, relu or leakyrelu; default 0), reported in the *_kl columns
   --denoise P             denoising: zero each input pixel with probability P in training
                           (0 <= P < 1); the target stays the clean image
   --dataset D             mnist | fashion-mnist | binarized-mnist (default mnist); binarized
@@ -73,6 +75,7 @@ struct Args {
     kl_cycles: Option<u32>,
     autoencoder: bool,
     l1: Option<f32>,
+    contractive: Option<f32>,
     resume: Option<PathBuf>,
 }
 
@@ -91,6 +94,7 @@ fn parse_args() -> Result<Option<Args>> {
         kl_cycles: None,
         autoencoder: false,
         l1: None,
+        contractive: None,
         resume: None,
     };
     let mut it = std::env::args().skip(1);
@@ -148,6 +152,15 @@ fn parse_args() -> Result<Option<Args>> {
                         .ok()
                         .filter(|v: &f32| *v >= 0.0 && v.is_finite())
                         .ok_or_else(|| VaeError::Config(format!("--l1 takes a number >= 0, got {value:?}")))?,
+                )
+            }
+            "--contractive" => {
+                a.contractive = Some(
+                    value
+                        .parse()
+                        .ok()
+                        .filter(|v: &f32| *v >= 0.0 && v.is_finite())
+                        .ok_or_else(|| VaeError::Config(format!("--contractive takes a number >= 0, got {value:?}")))?,
                 )
             }
             "--denoise" => {
@@ -213,10 +226,11 @@ fn parse_args() -> Result<Option<Args>> {
         }
         a.model.code = Code::Deterministic {
             l1: a.l1.unwrap_or(0.0),
+            contractive: a.contractive.unwrap_or(0.0),
         };
-    } else if a.l1.is_some() {
+    } else if a.l1.is_some() || a.contractive.is_some() {
         return Err(VaeError::Config(
-            "--l1 penalises an autoencoder's code; add --autoencoder".into(),
+            "--l1 and --contractive penalise an autoencoder's code; add --autoencoder".into(),
         ));
     }
     if let (Some(r), Some(o)) = (&a.resume, &a.out) {
@@ -337,7 +351,9 @@ fn run(args: Args) -> Result<()> {
         args.model.latent,
         match args.model.code {
             Code::Gaussian => "(mu, log var)".to_string(),
-            Code::Deterministic { l1 } => format!("(deterministic code, L1 {l1})"),
+            Code::Deterministic { l1, contractive } => {
+                format!("(deterministic code, L1 {l1}, contractive {contractive})")
+            }
         },
         args.model.hidden.iter().rev().collect::<Vec<_>>(),
         args.model.input_dim,

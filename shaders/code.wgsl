@@ -44,3 +44,39 @@ fn code_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     let j = i % P.latent;
     denc[i] = z[b * P.z_stride + j] + P.l1 * sign(enc[i]);
 }
+
+// ---- the contractive penalty c·Σ_b ‖∂z/∂x‖²_F of a one-hidden-layer encoder ----
+// z = W2ᵀ·act(W1ᵀx + b1) + b2 has the Jacobian J_b = W2ᵀ·diag(m_b)·W1ᵀ, m_b = act′ of example
+// b's hidden layer, so Σ_b ‖J_b‖²_F = Σ_{h,h′} S·G1·G2 with S = MᵀM (Σ_b m_b m_bᵀ), G1 = W1ᵀW1
+// and G2 = W2W2ᵀ, all [H, H] and computed by the matmul kernel. This entry forms, per (h, h′):
+//   terms = c·S·G1·G2 (summed into the metric row), A1 = 2c·S·G2 and A2 = 2c·S·G1,
+// the gradients being ∂/∂W1 = W1·A1 and ∂/∂W2 = A2·W2 (the matmul adds them in). act′ is
+// piecewise constant (ReLU, LeakyReLU), so the mask carries no gradient.
+
+struct ContractiveParams {
+    count: u32,     // H·H
+    weight: f32,    // c
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> cp: ContractiveParams;
+var<private> CP: ContractiveParams;
+@group(0) @binding(5) var<storage, read> s_mm: array<f32>;
+@group(0) @binding(6) var<storage, read> g1: array<f32>;
+@group(0) @binding(7) var<storage, read> g2: array<f32>;
+@group(0) @binding(8) var<storage, read_write> terms: array<f32>;
+@group(0) @binding(9) var<storage, read_write> a1: array<f32>;
+@group(0) @binding(10) var<storage, read_write> a2: array<f32>;
+
+@compute @workgroup_size(64)
+fn contractive(@builtin(global_invocation_id) gid: vec3<u32>) {
+    CP = cp;
+    let i = gid.x + gid.y * 65535u * 64u;
+    if (i >= CP.count) { return; }
+    let s = s_mm[i];
+    let c = CP.weight;
+    terms[i] = c * s * g1[i] * g2[i];
+    a1[i] = 2.0 * c * s * g2[i];
+    a2[i] = 2.0 * c * s * g1[i];
+}

@@ -11,11 +11,15 @@ pub enum Code {
     #[default]
     Gaussian,
     /// An autoencoder: the code z = head(x) is deterministic (the head Z wide), and the
-    /// objective adds the L1 penalty `l1`·Σ|z| in place of the KL (a sparse autoencoder when
-    /// `l1` > 0). There is no prior, so no sampling and no likelihood bound.
+    /// objective adds, in place of the KL, the L1 penalty `l1`·Σ|z| (a sparse autoencoder)
+    /// and the contractive penalty `contractive`·‖∂z/∂x‖²_F (a contractive autoencoder; one
+    /// hidden layer with ReLU or LeakyReLU, whose Jacobian W_headᵀ·diag(act′)·W₁ᵀ has a closed
+    /// form). There is no prior, so no sampling and no likelihood bound.
     Deterministic {
-        /// Weight of the L1 penalty on the code (0: a plain autoencoder).
+        /// Weight of the L1 penalty on the code (0: none).
         l1: f32,
+        /// Weight of the squared Frobenius norm of the code's Jacobian (0: none).
+        contractive: f32,
     },
 }
 
@@ -96,10 +100,18 @@ impl VaeConfig {
                 self.input_dim
             )));
         }
-        if let Code::Deterministic { l1 } = self.code {
-            if !(l1 >= 0.0 && l1.is_finite()) {
+        if let Code::Deterministic { l1, contractive } = self.code {
+            if !(l1 >= 0.0 && l1.is_finite() && contractive >= 0.0 && contractive.is_finite()) {
                 return Err(VaeError::Config(format!(
-                    "the L1 weight on the code must be 0 or positive, got {l1}"
+                    "the code's L1 and contractive weights must be 0 or positive, got {l1} and {contractive}"
+                )));
+            }
+            let piecewise_linear = matches!(self.activation, Activation::Relu | Activation::LeakyRelu);
+            if contractive > 0.0 && (self.hidden.len() != 1 || !piecewise_linear) {
+                return Err(VaeError::Config(format!(
+                    "the contractive penalty needs one hidden layer with relu or leakyrelu (its Jacobian \
+                     then has a closed form), got hidden {:?} with {:?}",
+                    self.hidden, self.activation
                 )));
             }
         }
@@ -194,27 +206,36 @@ impl VaeConfig {
     }
 }
 
-/// The string form of a code, as [`parse_code`] reads it back: "gaussian" or
-/// "deterministic:L1".
+/// The string form of a code, as [`parse_code`] reads it back: "gaussian",
+/// "deterministic:L1" or "deterministic:L1:C" (C the contractive weight, when not 0).
 pub fn code_name(c: Code) -> String {
     match c {
         Code::Gaussian => "gaussian".to_string(),
-        Code::Deterministic { l1 } => format!("deterministic:{l1}"),
+        Code::Deterministic { l1, contractive } if contractive == 0.0 => format!("deterministic:{l1}"),
+        Code::Deterministic { l1, contractive } => format!("deterministic:{l1}:{contractive}"),
     }
 }
 
-/// Parses "gaussian" or "deterministic:L1" (L1 ≥ 0, the weight of the code's L1 penalty).
+/// Parses "gaussian", "deterministic:L1" or "deterministic:L1:C" (weights ≥ 0 of the code's
+/// L1 and contractive penalties).
 pub fn parse_code(s: &str) -> Result<Code> {
+    let weight = |v: &str| {
+        v.parse::<f32>()
+            .ok()
+            .filter(|w| *w >= 0.0 && w.is_finite())
+            .ok_or_else(|| VaeError::Config(format!("a penalty weight must be 0 or positive, got {v:?}")))
+    };
     match s.split_once(':') {
         None if s == "gaussian" => Ok(Code::Gaussian),
-        Some(("deterministic", v)) => v
-            .parse::<f32>()
-            .ok()
-            .filter(|l1| *l1 >= 0.0 && l1.is_finite())
-            .map(|l1| Code::Deterministic { l1 })
-            .ok_or_else(|| VaeError::Config(format!("the L1 weight must be 0 or positive, got {v:?}"))),
+        Some(("deterministic", v)) => {
+            let (l1, contractive) = match v.split_once(':') {
+                Some((a, b)) => (weight(a)?, weight(b)?),
+                None => (weight(v)?, 0.0),
+            };
+            Ok(Code::Deterministic { l1, contractive })
+        }
         _ => Err(VaeError::Config(format!(
-            "unknown code {s:?}; expected gaussian or deterministic:L1"
+            "unknown code {s:?}; expected gaussian, deterministic:L1 or deterministic:L1:C"
         ))),
     }
 }
@@ -334,16 +355,34 @@ mod tests {
     #[test]
     fn codes_parse_and_print_back() {
         assert_eq!(parse_code("gaussian").unwrap(), Code::Gaussian);
-        assert_eq!(parse_code("deterministic:0").unwrap(), Code::Deterministic { l1: 0.0 });
+        assert_eq!(
+            parse_code("deterministic:0").unwrap(),
+            Code::Deterministic {
+                l1: 0.0,
+                contractive: 0.0
+            }
+        );
         assert_eq!(
             parse_code("deterministic:0.5").unwrap(),
-            Code::Deterministic { l1: 0.5 }
+            Code::Deterministic {
+                l1: 0.5,
+                contractive: 0.0
+            }
+        );
+        assert_eq!(
+            parse_code("deterministic:0:0.25").unwrap(),
+            Code::Deterministic {
+                l1: 0.0,
+                contractive: 0.25
+            }
         );
         for bad in [
             "deterministic",
             "deterministic:-1",
             "deterministic:nan",
             "deterministic:x",
+            "deterministic:0:-1",
+            "deterministic:0:",
             "vq",
             "",
         ] {
@@ -351,8 +390,18 @@ mod tests {
         }
         for c in [
             Code::Gaussian,
-            Code::Deterministic { l1: 0.0 },
-            Code::Deterministic { l1: 1e-3 },
+            Code::Deterministic {
+                l1: 0.0,
+                contractive: 0.0,
+            },
+            Code::Deterministic {
+                l1: 1e-3,
+                contractive: 0.0,
+            },
+            Code::Deterministic {
+                l1: 0.5,
+                contractive: 2.0,
+            },
         ] {
             assert_eq!(parse_code(&code_name(c)).unwrap(), c);
         }
@@ -399,11 +448,17 @@ mod tests {
             },
             VaeConfig {
                 latent: 3,
-                code: Code::Deterministic { l1: 0.25 },
+                code: Code::Deterministic {
+                    l1: 0.25,
+                    contractive: 0.0,
+                },
                 ..Default::default()
             },
             VaeConfig {
-                code: Code::Deterministic { l1: 0.0 },
+                code: Code::Deterministic {
+                    l1: 0.0,
+                    contractive: 0.0,
+                },
                 classes: 10,
                 ..Default::default()
             },
@@ -485,16 +540,49 @@ mod tests {
                 ..ok.clone()
             },
             VaeConfig {
-                code: Code::Deterministic { l1: -0.1 },
+                code: Code::Deterministic {
+                    l1: -0.1,
+                    contractive: 0.0,
+                },
                 ..ok.clone()
             },
             VaeConfig {
-                code: Code::Deterministic { l1: f32::INFINITY },
+                code: Code::Deterministic {
+                    l1: f32::INFINITY,
+                    contractive: 0.0,
+                },
                 ..ok.clone()
             },
             VaeConfig {
                 latent: 0,
-                code: Code::Deterministic { l1: 0.0 },
+                code: Code::Deterministic {
+                    l1: 0.0,
+                    contractive: 0.0,
+                },
+                ..ok.clone()
+            },
+            // The contractive penalty's closed form needs one piecewise-linear hidden layer.
+            VaeConfig {
+                hidden: vec![400, 200],
+                code: Code::Deterministic {
+                    l1: 0.0,
+                    contractive: 0.1,
+                },
+                ..ok.clone()
+            },
+            VaeConfig {
+                activation: Activation::Tanh,
+                code: Code::Deterministic {
+                    l1: 0.0,
+                    contractive: 0.1,
+                },
+                ..ok.clone()
+            },
+            VaeConfig {
+                code: Code::Deterministic {
+                    l1: 0.0,
+                    contractive: -0.1,
+                },
                 ..ok.clone()
             },
         ];
@@ -504,7 +592,10 @@ mod tests {
         // An autoencoder's head is the code alone, so an odd latent size is fine.
         let odd = VaeConfig {
             latent: 7,
-            code: Code::Deterministic { l1: 0.0 },
+            code: Code::Deterministic {
+                l1: 0.0,
+                contractive: 0.0,
+            },
             ..ok.clone()
         };
         assert!(odd.validate().is_ok());
@@ -516,7 +607,10 @@ mod tests {
         assert_eq!(VaeConfig::default().num_params(), 652_824);
         // The autoencoder's head is 400·20 + 20 instead of 400·40 + 40.
         let ae = VaeConfig {
-            code: Code::Deterministic { l1: 1.0 },
+            code: Code::Deterministic {
+                l1: 1.0,
+                contractive: 0.0,
+            },
             ..Default::default()
         };
         assert_eq!((ae.head_width(), ae.num_params()), (20, 652_824 - 8_020));

@@ -7,5 +7,7 @@ pub mod vae;
 pub use config::{
     code_name, likelihood_name, parse_code, parse_hidden, parse_likelihood, parse_variance, Code, VaeConfig,
 };
-pub use plan::{plan_inputs, plan_step, BatchSource, GpuDataset, Workspace, METRIC_SLOTS, SLOT_KL, SLOT_RECON};
+pub use plan::{
+    plan_inputs, plan_step, BatchSource, ContractiveScratch, GpuDataset, Workspace, METRIC_SLOTS, SLOT_KL, SLOT_RECON,
+};
 pub use vae::{TextureMirrors, Vae, MIRROR_MIN_WEIGHTS};

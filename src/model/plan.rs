@@ -5,7 +5,7 @@ use crate::error::Result;
 use crate::gpu::{Dispatch, Gpu, Tensor};
 use crate::model::config::Code;
 use crate::model::vae::{TextureMirrors, Vae};
-use crate::nn::{Layer, PARAM_ALIGN};
+use crate::nn::{Layer, LEAKY_SLOPE, PARAM_ALIGN};
 use crate::ops::{self, Activation, AdamConfig, Segment, StepBuffer};
 
 /// Metric log columns written by every step.
@@ -78,6 +78,24 @@ pub struct ActivationGrads {
     pub enc_hidden: Vec<Tensor>,
 }
 
+/// Scratch of the contractive penalty (one hidden layer of width H; see code.wgsl).
+pub struct ContractiveScratch {
+    /// [B, H] of ones: the activation backward of these gives the mask.
+    pub ones: Tensor,
+    /// M = act′ of the hidden layer, [B, H].
+    pub mask: Tensor,
+    /// S = MᵀM, G1 = W1ᵀW1, G2 = W2W2ᵀ, and the gradient factors A1, A2: [H, H] each.
+    pub s: Tensor,
+    /// W1ᵀW1.
+    pub g1: Tensor,
+    /// W2W2ᵀ.
+    pub g2: Tensor,
+    /// 2c·S∘G2: the gradient of the penalty is W1·A1 for W1.
+    pub a1: Tensor,
+    /// 2c·S∘G1: the gradient of the penalty is A2·W2 for the head's W2.
+    pub a2: Tensor,
+}
+
 /// Every activation of a step for up to `batch` examples and `samples` draws each, allocated
 /// once. Plans for fewer rows (the last partial batch) view prefixes of the same buffers.
 pub struct Workspace {
@@ -107,6 +125,11 @@ pub struct Workspace {
     pub per_example: Tensor,
     kl_offset: usize,
     latent: usize,
+    /// The contractive penalty's H·H terms sit at `kl_offset`, before the KL's (L1's) terms, so
+    /// one segment sums both for any batch size.
+    pen_terms: usize,
+    /// The contractive penalty's scratch, for a model that has one.
+    pub contractive: Option<ContractiveScratch>,
     /// Terms of log p(z) − log q(z|x), [L·B, Z], for importance-weighted evaluation.
     pub log_ratio: Option<Tensor>,
     /// Per-element gradient of a learned log-variance, [L·B, D].
@@ -144,6 +167,23 @@ impl Workspace {
             .map(|&h| tm("dec_hidden", &[r, h]))
             .collect::<Result<Vec<_>>>()?;
         let kl_offset = r.div_ceil(PARAM_ALIGN) * PARAM_ALIGN;
+        let contractive = match cfg.code {
+            Code::Deterministic { contractive, .. } if contractive > 0.0 => {
+                let h = cfg.hidden[0];
+                let sq = |name: &str| t(name, &[h, h]);
+                Some(ContractiveScratch {
+                    ones: gpu.upload("contractive_ones", &[batch, h], &vec![1.0; batch * h])?,
+                    mask: t("contractive_mask", &[batch, h])?,
+                    s: sq("contractive_s")?,
+                    g1: sq("contractive_g1")?,
+                    g2: sq("contractive_g2")?,
+                    a1: sq("contractive_a1")?,
+                    a2: sq("contractive_a2")?,
+                })
+            }
+            _ => None,
+        };
+        let pen_terms = contractive.as_ref().map_or(0, |c| c.s.len());
         let grads = if train {
             Some(ActivationGrads {
                 dec_hidden: cfg
@@ -179,9 +219,11 @@ impl Workspace {
             } else {
                 t("d_out", &[r, cfg.input_dim])?
             },
-            per_example: t("per_example", &[kl_offset + batch * cfg.latent])?,
+            per_example: t("per_example", &[kl_offset + pen_terms + batch * cfg.latent])?,
             kl_offset,
             latent: cfg.latent,
+            pen_terms,
+            contractive,
             log_ratio: if log_ratio {
                 Some(t("log_ratio", &[r * cfg.latent])?)
             } else {
@@ -222,6 +264,9 @@ impl Workspace {
         let mut all: Vec<&Tensor> = vec![&self.x, &self.enc, &self.z, &self.out, &self.d_out, &self.per_example];
         all.extend(self.enc_hidden.iter().chain(&self.dec_hidden));
         all.extend(self.log_ratio.iter().chain(self.dlc.iter()).chain(self.x_noisy.iter()));
+        if let Some(c) = &self.contractive {
+            all.extend([&c.ones, &c.mask, &c.s, &c.g1, &c.g2, &c.a1, &c.a2]);
+        }
         if let Some(g) = &self.grads {
             all.extend([&g.z, &g.enc]);
             all.extend(g.dec_hidden.iter().chain(&g.enc_hidden));
@@ -238,7 +283,8 @@ impl Workspace {
     pub fn kl(&self, b: usize) -> Tensor {
         let buf = self.per_example.buffer().clone();
         let n = b * self.latent;
-        Tensor::view(buf, self.per_example.offset() + 4 * self.kl_offset as u64, &[n])
+        let start = self.kl_offset + self.pen_terms;
+        Tensor::view(buf, self.per_example.offset() + 4 * start as u64, &[n])
     }
 }
 
@@ -364,7 +410,7 @@ pub fn plan_step(
             &kl,
             log_ratio.as_ref(),
         )?),
-        Code::Deterministic { l1 } => {
+        Code::Deterministic { l1, .. } => {
             if l != 1 || log_ratio.is_some() {
                 return Err(crate::VaeError::Config(
                     "an autoencoder's code is deterministic: one sample per example, and no \
@@ -374,6 +420,9 @@ pub fn plan_step(
             }
             d.push(ops::code_forward(gpu, "code.forward", &enc, l1, &z, &kl)?);
         }
+    }
+    if let (Some(c), Code::Deterministic { contractive, .. }) = (&ws.contractive, vae.config.code) {
+        d.extend(plan_contractive_forward(gpu, vae, ws, c, contractive, b, &enc_h[0])?);
     }
     d.extend(vae.plan_decode(gpu, &z, &dec_h, &out)?);
     // Loss: summed over the batch (as the PyTorch reference), averaged over the L draws.
@@ -451,7 +500,7 @@ pub fn plan_step(
         let denc = rows(&g.enc, b);
         d.push(match vae.config.code {
             Code::Gaussian => ops::reparam_kl_backward(gpu, "reparam_kl.backward", step, &enc, l, &dz, &denc)?,
-            Code::Deterministic { l1 } => ops::code_backward(gpu, "code.backward", &enc, l1, &dz, &denc)?,
+            Code::Deterministic { l1, .. } => ops::code_backward(gpu, "code.backward", &enc, l1, &dz, &denc)?,
         });
         // Backward through the encoder, head first; the first layer needs no input gradient.
         let d_enc: Vec<Tensor> = g.enc_hidden.iter().map(|t| rows(t, b)).collect();
@@ -474,6 +523,37 @@ pub fn plan_step(
             let dx = if i > 0 { Some(&d_enc[i - 1]) } else { None };
             d.extend(vae.encoder[i].backward(gpu, &vae.arena, input, &d_enc[i], dx, act)?);
         }
+        // The contractive penalty's gradients, added to the weight gradients just written.
+        if let Some(c) = &ws.contractive {
+            let acc = ops::Epilogue {
+                accumulate: true,
+                ..Default::default()
+            };
+            let a = &vae.arena;
+            let (w1, w2) = (vae.encoder[0].w, vae.head.w);
+            d.push(ops::matmul(
+                gpu,
+                "contractive.dw1",
+                &a.param(w1),
+                false,
+                &c.a1,
+                false,
+                &a.grad(w1),
+                &acc,
+                None,
+            )?);
+            d.push(ops::matmul(
+                gpu,
+                "contractive.dw2",
+                &c.a2,
+                false,
+                &a.param(w2),
+                false,
+                &a.grad(w2),
+                &acc,
+                None,
+            )?);
+        }
     }
     // Metrics: this step's Σ NLL / L and Σ KL into its row of the log.
     let segs = [
@@ -485,7 +565,7 @@ pub fn plan_step(
         },
         Segment {
             offset: ws.kl_offset,
-            len: b * zd,
+            len: ws.pen_terms + b * zd,
             slot: SLOT_KL,
             scale: 1.0,
         },
@@ -505,4 +585,34 @@ pub fn plan_step(
         d.extend(a.refresh_mirrors());
     }
     Ok(d)
+}
+
+/// The contractive penalty's forward for `b` examples: the mask M = act′(h) of the hidden
+/// layer `hidden` [b, H], S = MᵀM, G1 = W1ᵀW1, G2 = W2W2ᵀ, then the terms and gradient factors
+/// (see code.wgsl). Its terms land before the code's L1 terms in `per_example`.
+fn plan_contractive_forward(
+    gpu: &Gpu,
+    vae: &Vae,
+    ws: &Workspace,
+    c: &ContractiveScratch,
+    weight: f32,
+    b: usize,
+    hidden: &Tensor,
+) -> Result<Vec<Dispatch>> {
+    let plain = ops::Epilogue::default();
+    let layer = &vae.encoder[0];
+    let (mask, ones) = (rows(&c.mask, b), rows(&c.ones, b));
+    let (w1, w2) = (vae.arena.param(layer.w), vae.arena.param(vae.head.w));
+    let terms = Tensor::view(
+        ws.per_example.buffer().clone(),
+        ws.per_example.offset() + 4 * ws.kl_offset as u64,
+        &[ws.pen_terms],
+    );
+    Ok(vec![
+        ops::activation_backward(gpu, "contractive.mask", layer.act, LEAKY_SLOPE, hidden, &ones, &mask)?,
+        ops::matmul(gpu, "contractive.s", &mask, true, &mask, false, &c.s, &plain, None)?,
+        ops::matmul(gpu, "contractive.g1", &w1, true, &w1, false, &c.g1, &plain, None)?,
+        ops::matmul(gpu, "contractive.g2", &w2, false, &w2, true, &c.g2, &plain, None)?,
+        ops::contractive(gpu, "contractive", weight, &c.s, &c.g1, &c.g2, &terms, &c.a1, &c.a2)?,
+    ])
 }

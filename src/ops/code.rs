@@ -108,3 +108,78 @@ fn params(b: usize, zd: usize, zs: usize, l1: f32) -> CodeParams {
         l1,
     }
 }
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct ContractiveParams {
+    count: u32,
+    weight: f32,
+    _pad: [u32; 2],
+}
+
+/// The contractive penalty's elementwise step (see code.wgsl): from S = MᵀM, G1 = W1ᵀW1 and
+/// G2 = W2W2ᵀ (all [H, H]) writes the penalty's terms c·S·G1·G2 and the factors A1 = 2c·S·G2,
+/// A2 = 2c·S·G1 of its gradients W1·A1 and A2·W2.
+#[allow(clippy::too_many_arguments)]
+pub fn contractive(
+    gpu: &Gpu,
+    label: &str,
+    weight: f32,
+    s: &Tensor,
+    g1: &Tensor,
+    g2: &Tensor,
+    terms: &Tensor,
+    a1: &Tensor,
+    a2: &Tensor,
+) -> Result<Dispatch> {
+    let n = s.len();
+    let square = matches!(s.shape(), [h, w] if h == w);
+    if !square || [g1, g2, a1, a2].iter().any(|t| t.shape() != s.shape()) || terms.len() != n {
+        return Err(VaeError::Shape(format!(
+            "{label}: S {:?}, G1 {:?}, G2 {:?}, A1 {:?} and A2 {:?} must be one square shape, and the \
+             terms {n} values (got {:?})",
+            s.shape(),
+            g1.shape(),
+            g2.shape(),
+            a1.shape(),
+            a2.shape(),
+            terms.shape()
+        )));
+    }
+    let layout = [
+        uniform(0),
+        storage(5, true),
+        storage(6, true),
+        storage(7, true),
+        storage(8, false),
+        storage(9, false),
+        storage(10, false),
+    ];
+    let pipeline = gpu.kernels.pipeline(Shader::Code, "contractive", &[], &layout)?;
+    let ubuf = gpu.uniform(
+        label,
+        &ContractiveParams {
+            count: n as u32,
+            weight,
+            _pad: [0; 2],
+        },
+    )?;
+    let res = [
+        (0, ubuf.raw().as_entire_binding()),
+        (5, s.binding()),
+        (6, g1.binding()),
+        (7, g2.binding()),
+        (8, terms.binding()),
+        (9, a1.binding()),
+        (10, a2.binding()),
+    ];
+    gpu.dispatch_bound(
+        label,
+        pipeline,
+        &res,
+        Some(ubuf.clone()),
+        grid_1d(n, 64),
+        0.0,
+        24.0 * n as f64,
+    )
+}

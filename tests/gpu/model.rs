@@ -475,7 +475,7 @@ fn gradients_match_f64_reference_family() {
 #[test]
 fn gradients_match_f64_reference_autoencoders_and_denoising() {
     let ae = |l1: f32, latent: usize, likelihood: Likelihood| VaeConfig {
-        code: Code::Deterministic { l1 },
+        code: Code::Deterministic { l1, contractive: 0.0 },
         ..small(vec![12], latent, Activation::Relu, likelihood)
     };
     let cases = [
@@ -508,6 +508,43 @@ fn gradients_match_f64_reference_autoencoders_and_denoising() {
             beta: 1.0,
             seed: 23,
             denoise: 0.3,
+        },
+        Case {
+            name: "contractive sparse autoencoder c=0.05 l1=0.1 relu [12] Z=4",
+            cfg: VaeConfig {
+                code: Code::Deterministic {
+                    l1: 0.1,
+                    contractive: 0.05,
+                },
+                ..small(vec![12], 4, Activation::Relu, Likelihood::Bernoulli)
+            },
+            mirrors: false,
+            batch: 5,
+            samples: 1,
+            beta: 1.0,
+            seed: 25,
+            denoise: 0.0,
+        },
+        Case {
+            name: "conditional denoising contractive autoencoder c=0.2 leakyrelu [12] Z=3, through mirrors",
+            cfg: conditional(VaeConfig {
+                code: Code::Deterministic {
+                    l1: 0.0,
+                    contractive: 0.2,
+                },
+                ..small(
+                    vec![12],
+                    3,
+                    Activation::LeakyRelu,
+                    Likelihood::Gaussian { variance: 0.5 },
+                )
+            }),
+            mirrors: true,
+            batch: 5,
+            samples: 1,
+            beta: 1.0,
+            seed: 26,
+            denoise: 0.2,
         },
         Case {
             name: "denoising VAE mask 0.25 L=2 β=0.5, through texture mirrors",

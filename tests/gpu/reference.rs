@@ -338,7 +338,14 @@ pub fn forward(cfg: &VaeConfig, params: &[Vec<f64>], batch: &Batch<'_>) -> Forwa
 
     let mut z = vec![0.0; l * b * zd];
     let mut kl = vec![0.0; b];
-    if let Code::Deterministic { l1 } = cfg.code {
+    if let Code::Deterministic { contractive, .. } = cfg.code {
+        if contractive > 0.0 {
+            for (e, j) in contractive_jacobians(cfg, params, &enc_pre).iter().enumerate() {
+                kl[e] += contractive as f64 * j.iter().map(|v| v * v).sum::<f64>();
+            }
+        }
+    }
+    if let Code::Deterministic { l1, .. } = cfg.code {
         // The code is the head's output; its penalty stands where the KL stands.
         assert_eq!(l, 1, "an autoencoder takes one sample");
         assert_eq!(
@@ -347,7 +354,7 @@ pub fn forward(cfg: &VaeConfig, params: &[Vec<f64>], batch: &Batch<'_>) -> Forwa
         );
         z.copy_from_slice(&enc);
         for e in 0..b {
-            kl[e] = l1 as f64 * enc[e * zd..(e + 1) * zd].iter().map(|v| v.abs()).sum::<f64>();
+            kl[e] += l1 as f64 * enc[e * zd..(e + 1) * zd].iter().map(|v| v.abs()).sum::<f64>();
         }
     }
     for e in 0..b {
@@ -487,7 +494,7 @@ pub fn gradients(cfg: &VaeConfig, params: &[Vec<f64>], batch: &Batch<'_>) -> (Lo
     // Reparameterization and KL: z = μ + σ·ε with σ = exp(lv/2), KL = ½ Σ (σ² + μ² − 1 − lv).
     // An autoencoder: z is the code, and its penalty l1·Σ|z| adds l1·sign(z) (0 at 0).
     let mut denc = vec![0.0; b * 2 * zd];
-    if let Code::Deterministic { l1 } = cfg.code {
+    if let Code::Deterministic { l1, .. } = cfg.code {
         denc = dz
             .iter()
             .zip(&fwd.enc)
@@ -516,6 +523,32 @@ pub fn gradients(cfg: &VaeConfig, params: &[Vec<f64>], batch: &Batch<'_>) -> (Lo
         }
     }
 
+    // The contractive penalty c·Σ_b ‖J_b‖², J_b[j, i] = Σ_h W2[h, j]·m_bh·W1[i, h], directly:
+    // ∂/∂W1[i, h] = 2c Σ_b Σ_j J_b[j, i]·W2[h, j]·m_bh, ∂/∂W2[h, j] = 2c Σ_b Σ_i J_b[j, i]·m_bh·W1[i, h]
+    // (the mask m = act′ is piecewise constant). Added after the layers' own gradients below.
+    let mut contractive_grads = None;
+    if let Code::Deterministic { contractive, .. } = cfg.code {
+        if contractive > 0.0 {
+            let (din, h) = (ls[0].inputs, ls[0].outputs);
+            let (w1, w2) = (&params[0], &params[2]);
+            let c = contractive as f64;
+            let (mut g1, mut g2) = (vec![0.0; din * h], vec![0.0; h * zd]);
+            for (e, jac) in contractive_jacobians(cfg, params, &fwd.enc_pre).iter().enumerate() {
+                for hh in 0..h {
+                    let m = act_grad(ls[0].act, fwd.enc_pre[0][e * h + hh]);
+                    for j in 0..zd {
+                        for i in 0..din {
+                            let jv = jac[j * din + i];
+                            g1[i * h + hh] += 2.0 * c * jv * w2[hh * zd + j] * m;
+                            g2[hh * zd + j] += 2.0 * c * jv * m * w1[i * h + hh];
+                        }
+                    }
+                }
+            }
+            contractive_grads = Some((g1, g2));
+        }
+    }
+
     // Encoder, head first; the first layer's input is x.
     let mut dpre = denc;
     for k in (0..=m).rev() {
@@ -536,7 +569,35 @@ pub fn gradients(cfg: &VaeConfig, params: &[Vec<f64>], batch: &Batch<'_>) -> (Lo
                 .collect();
         }
     }
+    if let Some((g1, g2)) = contractive_grads {
+        grads[0].iter_mut().zip(g1).for_each(|(g, v)| *g += v);
+        grads[2].iter_mut().zip(g2).for_each(|(g, v)| *g += v);
+    }
     (losses(&fwd, batch), grads)
+}
+
+/// Each example's Jacobian ∂z/∂x [Z, D'] of a one-hidden-layer autoencoder's code:
+/// J[j, i] = Σ_h W2[h, j]·act′(pre_h)·W1[i, h].
+fn contractive_jacobians(cfg: &VaeConfig, params: &[Vec<f64>], enc_pre: &[Vec<f64>]) -> Vec<Vec<f64>> {
+    let ls = layers(cfg);
+    assert_eq!(cfg.hidden.len(), 1, "the contractive penalty is for one hidden layer");
+    let (din, h, zd) = (ls[0].inputs, ls[0].outputs, cfg.latent);
+    let (w1, w2) = (&params[0], &params[2]);
+    let b = enc_pre[0].len() / h;
+    (0..b)
+        .map(|e| {
+            let mut jac = vec![0.0; zd * din];
+            for hh in 0..h {
+                let m = act_grad(ls[0].act, enc_pre[0][e * h + hh]);
+                for j in 0..zd {
+                    for i in 0..din {
+                        jac[j * din + i] += w2[hh * zd + j] * m * w1[i * h + hh];
+                    }
+                }
+            }
+            jac
+        })
+        .collect()
 }
 
 /// Central finite differences (L(p + h) − L(p − h)) / 2h of the reference loss w.r.t. every

@@ -433,7 +433,10 @@ fn autoencoder_trains_checkpoints_and_refuses_vae_options() {
     let cfg = VaeConfig {
         hidden: vec![64],
         latent: 8,
-        code: Code::Deterministic { l1: 0.01 },
+        code: Code::Deterministic {
+            l1: 0.01,
+            contractive: 0.0,
+        },
         ..Default::default()
     };
     let vae = Vae::new(&g, cfg.clone(), 3).unwrap();
@@ -499,6 +502,22 @@ fn autoencoder_trains_checkpoints_and_refuses_vae_options() {
         other => panic!("expected a checkpoint error, got {:?}", other.err()),
     }
     std::fs::remove_dir_all(&dir).ok();
+
+    // A contractive autoencoder adds 7 dispatches (the mask, S, G1, G2, the elementwise step and
+    // the two gradient products): 24, the ceiling. One epoch trains and its penalty is
+    // reported beside the reconstruction (its values are checked in model.rs).
+    let cae_cfg = VaeConfig {
+        code: Code::Deterministic {
+            l1: 0.0,
+            contractive: 0.1,
+        },
+        ..cfg.clone()
+    };
+    let cae = Vae::new(&g, cae_cfg, 3).unwrap();
+    let mut ctr = Trainer::new(&g, &cae, mnist_subset(&g, 300), TrainConfig::default()).unwrap();
+    assert_eq!(ctr.dispatches_per_step(), 24);
+    let rep = ctr.train_epoch(|_, _| {}).unwrap();
+    assert!(rep.train.kl > 0.0 && rep.train.recon > 0.0, "{rep:?}");
 
     // No sampling, β or KL schedule for a deterministic code; masking probabilities in [0, 1).
     let refused = [
