@@ -443,7 +443,7 @@ fn run(args: Args) -> Result<()> {
     let (loss_name, kl_name) = if args.model.is_vae() {
         ("-ELBO", "KL")
     } else {
-        ("loss", "L1")
+        ("loss", "penalty")
     };
     let bound_note = if args.model.is_vae() {
         format!("(bound on {bound})")
