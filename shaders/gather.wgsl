@@ -15,7 +15,9 @@ struct GatherParams {
 }
 
 override BINARIZE: bool = false;
-const BINARIZE_STREAM: u32 = 2u;
+// Stream words as rng::stream_word builds them (stream << 16 | sample 0): a raw 2 or 4 would
+// be the training ε of Monte Carlo sample 2 or 4.
+const BINARIZE_STREAM: u32 = 2u << 16u;
 
 @group(0) @binding(0) var<uniform> p: GatherParams;
 // Private copies of the uniforms, taken first thing in each entry: once a branch has made the
@@ -114,7 +116,7 @@ struct CorruptParams {
     drop: f32,      // probability that a pixel is zeroed
 }
 
-const CORRUPT_STREAM: u32 = 4u;
+const CORRUPT_STREAM: u32 = 4u << 16u;  // see BINARIZE_STREAM
 
 @group(0) @binding(0) var<uniform> mp: CorruptParams;
 var<private> MP: CorruptParams;

@@ -10,11 +10,11 @@ use rand::Rng;
 pub const STREAM_TRAIN: u32 = 0;
 /// Stream of evaluation ε (test ELBO, importance sampling).
 pub const STREAM_EVAL: u32 = 1;
-/// Stream of dynamic binarization (fixed in gather.wgsl).
+/// Stream of dynamic binarization (gather.wgsl keys it as `stream_word(2, 0)`).
 pub const STREAM_BINARIZE: u32 = 2;
 /// Stream of prior samples.
 pub const STREAM_SAMPLE: u32 = 3;
-/// Stream of a denoising model's masking noise (fixed in gather.wgsl).
+/// Stream of a denoising model's masking noise (gather.wgsl keys it as `stream_word(4, 0)`).
 pub const STREAM_CORRUPT: u32 = 4;
 
 fn pcg4d(v: [u32; 4]) -> [u32; 4] {

@@ -932,7 +932,12 @@ fn gather_and_dynamic_binarization() {
             for j in 0..d {
                 let p = bytes[ex * d + j] as f64 / 255.0;
                 want[r * d + j] = if binarize {
-                    let u = rng::uniform(sp.seed, sp.step, rng::STREAM_BINARIZE, (r * d + j) as u32);
+                    let u = rng::uniform(
+                        sp.seed,
+                        sp.step,
+                        rng::stream_word(rng::STREAM_BINARIZE, 0),
+                        (r * d + j) as u32,
+                    );
                     if u < p {
                         1.0
                     } else {

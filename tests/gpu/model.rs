@@ -240,7 +240,7 @@ fn check_gradients(case: &Case) {
         .iter()
         .enumerate()
         .map(|(e, &v)| {
-            let u = rng::uniform(sp.seed, sp.step, rng::STREAM_CORRUPT, e as u32);
+            let u = rng::uniform(sp.seed, sp.step, rng::stream_word(rng::STREAM_CORRUPT, 0), e as u32);
             if u < case.denoise as f64 {
                 0.0
             } else {
@@ -781,7 +781,7 @@ fn trainer_epochs_match_the_reference_with_every_option() {
             let x: Vec<f64> = (0..b * d)
                 .map(|e| {
                     let grey = data.bytes[order[i * b + e / d] as usize * d + e % d] as f64 / 255.0;
-                    let u = rng::uniform(seed, step, rng::STREAM_BINARIZE, e as u32);
+                    let u = rng::uniform(seed, step, rng::stream_word(rng::STREAM_BINARIZE, 0), e as u32);
                     if u < grey {
                         1.0
                     } else {
