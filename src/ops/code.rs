@@ -46,25 +46,13 @@ pub fn code_forward(gpu: &Gpu, label: &str, enc: &Tensor, l1: f32, z: &Tensor, p
             pen.shape()
         )));
     }
-    let pipeline = gpu.kernels.pipeline(Shader::Code, "code_forward", &[], &layout())?;
-    let ubuf = gpu.uniform(label, &params(b, zd, zs, l1))?;
-    let dw = gpu.dummy_write();
-    let res = [
-        ubuf.raw().as_entire_binding(),
-        enc.binding(),
-        z.binding(),
-        pen.binding(),
-        dw.binding(),
-    ];
-    let bytes = 4.0 * (3 * b * zd) as f64;
-    gpu.dispatch(
+    plan_code(
+        gpu,
         label,
-        pipeline,
-        &res,
-        Some(ubuf.clone()),
-        grid_1d(b * zd, 64),
-        0.0,
-        bytes,
+        "code_forward",
+        l1,
+        (b, zd, zs),
+        [enc, z, pen, gpu.dummy_write()],
     )
 }
 
@@ -78,16 +66,30 @@ pub fn code_backward(gpu: &Gpu, label: &str, enc: &Tensor, l1: f32, dz: &Tensor,
             denc.shape()
         )));
     }
-    let pipeline = gpu.kernels.pipeline(Shader::Code, "code_backward", &[], &layout())?;
+    plan_code(
+        gpu,
+        label,
+        "code_backward",
+        l1,
+        (b, zd, zs),
+        [enc, dz, gpu.dummy_write(), denc],
+    )
+}
+
+/// One of the two code entries over B·Z invocations, its four buffers at bindings 1–4 (the
+/// one it does not use bound to the dummy).
+fn plan_code(
+    gpu: &Gpu,
+    label: &str,
+    entry: &str,
+    l1: f32,
+    (b, zd, zs): (usize, usize, usize),
+    buffers: [&Tensor; 4],
+) -> Result<Dispatch> {
+    let pipeline = gpu.kernels.pipeline(Shader::Code, entry, &[], &layout())?;
     let ubuf = gpu.uniform(label, &params(b, zd, zs, l1))?;
-    let dw = gpu.dummy_write();
-    let res = [
-        ubuf.raw().as_entire_binding(),
-        enc.binding(),
-        dz.binding(),
-        dw.binding(),
-        denc.binding(),
-    ];
+    let mut res = vec![ubuf.raw().as_entire_binding()];
+    res.extend(buffers.iter().map(|t| t.binding()));
     let bytes = 4.0 * (3 * b * zd) as f64;
     gpu.dispatch(
         label,
