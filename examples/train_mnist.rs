@@ -41,6 +41,11 @@ USAGE: cargo run --release --example train_mnist -- [FLAGS]
                           autoencoder; default 0), reported in the *_kl columns
   --contractive F         with --autoencoder: contractive penalty F * ||dz/dx||_F^2 (one hidden
                           layer, relu or leakyrelu; default 0), reported in the *_kl columns
+  --vq K[:G]              VQ-VAE: the code is G vectors (default G = latent, one value each),
+                          each replaced by its nearest of K learned codebook entries; the
+                          decoder's gradient passes straight through (no prior: as
+                          --autoencoder, no samples.png and no --eval-iw)
+  --commitment B          with --vq: weight of the commitment term (default 0.25)
   --denoise P             denoising: zero each input pixel with probability P in training
                           (0 <= P < 1); the target stays the clean image
   --dataset D             mnist | fashion-mnist | binarized-mnist (default mnist); binarized
@@ -76,6 +81,8 @@ struct Args {
     autoencoder: bool,
     l1: Option<f32>,
     contractive: Option<f32>,
+    vq: Option<(usize, Option<usize>)>,
+    commitment: Option<f32>,
     resume: Option<PathBuf>,
 }
 
@@ -95,6 +102,8 @@ fn parse_args() -> Result<Option<Args>> {
         autoencoder: false,
         l1: None,
         contractive: None,
+        vq: None,
+        commitment: None,
         resume: None,
     };
     let mut it = std::env::args().skip(1);
@@ -152,6 +161,22 @@ fn parse_args() -> Result<Option<Args>> {
                         .ok()
                         .filter(|v: &f32| *v >= 0.0 && v.is_finite())
                         .ok_or_else(|| VaeError::Config(format!("--l1 takes a number >= 0, got {value:?}")))?,
+                )
+            }
+            "--vq" => {
+                let (k, g) = match value.split_once(':') {
+                    Some((k, g)) => (num(k)?, Some(num(g)?)),
+                    None => (num(&value)?, None),
+                };
+                a.vq = Some((k, g));
+            }
+            "--commitment" => {
+                a.commitment = Some(
+                    value
+                        .parse()
+                        .ok()
+                        .filter(|v: &f32| *v >= 0.0 && v.is_finite())
+                        .ok_or_else(|| VaeError::Config(format!("--commitment takes a number >= 0, got {value:?}")))?,
                 )
             }
             "--contractive" => {
@@ -212,7 +237,17 @@ fn parse_args() -> Result<Option<Args>> {
         )));
     }
     a.train.kl_schedule = KlSchedule::parse(a.kl_warmup, a.kl_cycles)?;
-    if a.autoencoder {
+    if a.autoencoder && a.vq.is_some() {
+        return Err(VaeError::Config(
+            "--autoencoder and --vq are two different codes; pick one".into(),
+        ));
+    }
+    if a.commitment.is_some() && a.vq.is_none() {
+        return Err(VaeError::Config(
+            "--commitment weighs a VQ-VAE's commitment term; add --vq K".into(),
+        ));
+    }
+    if a.autoencoder || a.vq.is_some() {
         let vae_only = [
             (a.eval_iw.is_some(), "--eval-iw"),
             (a.train.mc_samples != 1, "--mc-samples"),
@@ -221,13 +256,25 @@ fn parse_args() -> Result<Option<Args>> {
         ];
         if let Some((_, flag)) = vae_only.iter().find(|(set, _)| *set) {
             return Err(VaeError::Config(format!(
-                "{flag} applies to a VAE; an autoencoder has a deterministic code and no prior or KL term"
+                "{flag} applies to a VAE; an autoencoder or a VQ-VAE has a deterministic code and no KL term"
             )));
         }
-        a.model.code = Code::Deterministic {
-            l1: a.l1.unwrap_or(0.0),
-            contractive: a.contractive.unwrap_or(0.0),
+        a.model.code = match a.vq {
+            Some((codes, groups)) => Code::Quantized {
+                codes,
+                groups: groups.unwrap_or(a.model.latent),
+                commitment: a.commitment.unwrap_or(0.25),
+            },
+            None => Code::Deterministic {
+                l1: a.l1.unwrap_or(0.0),
+                contractive: a.contractive.unwrap_or(0.0),
+            },
         };
+        if a.vq.is_some() && (a.l1.is_some() || a.contractive.is_some()) {
+            return Err(VaeError::Config(
+                "--l1 and --contractive apply to --autoencoder, not --vq".into(),
+            ));
+        }
     } else if a.l1.is_some() || a.contractive.is_some() {
         return Err(VaeError::Config(
             "--l1 and --contractive penalise an autoencoder's code; add --autoencoder".into(),
@@ -354,6 +401,11 @@ fn run(args: Args) -> Result<()> {
             Code::Deterministic { l1, contractive } => {
                 format!("(deterministic code, L1 {l1}, contractive {contractive})")
             }
+            Code::Quantized {
+                codes,
+                groups,
+                commitment,
+            } => format!("({groups} vectors quantized to {codes} codebook entries, commitment {commitment})"),
         },
         args.model.hidden.iter().rev().collect::<Vec<_>>(),
         args.model.input_dim,

@@ -80,3 +80,91 @@ fn contractive(@builtin(global_invocation_id) gid: vec3<u32>) {
     a1[i] = 2.0 * c * s * g2[i];
     a2[i] = 2.0 * c * s * g1[i];
 }
+
+// ---- VQ-VAE: nearest-codebook quantization with the straight-through estimator ----
+// z_e = enc [B, Z] is G vectors of d = Z/G values per example; the codebook is K vectors of d.
+// forward  (one invocation per (b, g)): k = argmin_k ‖z_e[b, g] − e_k‖² (the first on ties);
+//          z[b, g·d + c] = e_k[c]; idx[b·G + g] = k; terms[b, g·d + c] = (1 + β)(z_e − e_k)²
+//          (the codebook term ‖sg(z_e) − e‖² and the commitment β‖z_e − sg(e)‖² have one value)
+// backward (per (b, j)): dz_e[b, j] = dz[b, j] + 2β(z_e[b, j] − e_k[j mod d])   (straight through)
+// codebook (per (k, c)): de_k[c] = Σ_{(b, g): idx = k} 2(e_k[c] − z_e[b, g·d + c]); only the
+//          codebook term trains the codebook, a fixed-order loop over the B·G assignments.
+
+struct VqParams {
+    batch: u32,     // B
+    latent: u32,    // Z
+    groups: u32,    // G
+    codes: u32,     // K
+    z_stride: u32,  // row stride of z (≥ Z)
+    commitment: f32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> vp: VqParams;
+var<private> VP: VqParams;
+@group(0) @binding(11) var<storage, read> codebook: array<f32>;       // [K, d]
+@group(0) @binding(12) var<storage, read_write> vq_idx: array<f32>;   // [B·G], exact integers
+@group(0) @binding(13) var<storage, read_write> dcodebook: array<f32>; // [K, d]
+
+@compute @workgroup_size(64)
+fn vq_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    VP = vp;
+    let i = gid.x + gid.y * 65535u * 64u;
+    if (i >= VP.batch * VP.groups) { return; }
+    let b = i / VP.groups;
+    let g = i % VP.groups;
+    let d = VP.latent / VP.groups;
+    let base = b * VP.latent + g * d;
+    var best = 0u;
+    var best_dist = 3.4e38;
+    for (var k = 0u; k < VP.codes; k++) {
+        var dist = 0.0;
+        for (var c = 0u; c < d; c++) {
+            let diff = enc[base + c] - codebook[k * d + c];
+            dist += diff * diff;
+        }
+        if (dist < best_dist) {
+            best_dist = dist;
+            best = k;
+        }
+    }
+    vq_idx[i] = f32(best);
+    for (var c = 0u; c < d; c++) {
+        let e = codebook[best * d + c];
+        let diff = enc[base + c] - e;
+        z[b * VP.z_stride + g * d + c] = e;
+        pen[base + c] = (1.0 + VP.commitment) * diff * diff;
+    }
+}
+
+@compute @workgroup_size(64)
+fn vq_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    VP = vp;
+    let i = gid.x + gid.y * 65535u * 64u;
+    if (i >= VP.batch * VP.latent) { return; }
+    let b = i / VP.latent;
+    let j = i % VP.latent;
+    let d = VP.latent / VP.groups;
+    let k = u32(vq_idx[b * VP.groups + j / d]);
+    let e = codebook[k * d + j % d];
+    denc[i] = z[b * VP.z_stride + j] + 2.0 * VP.commitment * (enc[i] - e);
+}
+
+@compute @workgroup_size(64)
+fn vq_codebook_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
+    VP = vp;
+    let i = gid.x + gid.y * 65535u * 64u;
+    let d = VP.latent / VP.groups;
+    if (i >= VP.codes * d) { return; }
+    let k = i / d;
+    let c = i % d;
+    let e = codebook[i];
+    var acc = 0.0;
+    for (var a = 0u; a < VP.batch * VP.groups; a++) {
+        if (u32(vq_idx[a]) == k) {
+            acc += 2.0 * (e - enc[(a / VP.groups) * VP.latent + (a % VP.groups) * d + c]);
+        }
+    }
+    dcodebook[i] = acc;
+}

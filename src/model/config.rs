@@ -21,6 +21,18 @@ pub enum Code {
         /// Weight of the squared Frobenius norm of the code's Jacobian (0: none).
         contractive: f32,
     },
+    /// VQ-VAE: the head's output z_e [Z] is cut into `groups` vectors of Z/`groups` values,
+    /// and each is replaced by its nearest entry of a learned codebook of `codes` vectors. The
+    /// decoder's gradient passes straight through to z_e; the objective adds
+    /// ‖sg(z_e) − e‖² (which alone trains the codebook) and `commitment`·‖z_e − sg(e)‖².
+    Quantized {
+        /// Codebook entries K.
+        codes: usize,
+        /// Vectors per code, each of Z/groups values.
+        groups: usize,
+        /// Weight β of the commitment term (0.25 in the VQ-VAE paper).
+        commitment: f32,
+    },
 }
 
 /// Architecture and likelihood of a VAE. The default is the reference model used across the
@@ -83,7 +95,7 @@ impl VaeConfig {
     pub fn head_width(&self) -> usize {
         match self.code {
             Code::Gaussian => 2 * self.latent,
-            Code::Deterministic { .. } => self.latent,
+            Code::Deterministic { .. } | Code::Quantized { .. } => self.latent,
         }
     }
 
@@ -94,6 +106,20 @@ impl VaeConfig {
 
     /// Checks the sizes the kernels need.
     pub fn validate(&self) -> Result<()> {
+        if let Code::Quantized {
+            codes,
+            groups,
+            commitment,
+        } = self.code
+        {
+            if codes < 2 || groups == 0 || self.latent % groups != 0 || !(commitment >= 0.0 && commitment.is_finite()) {
+                return Err(VaeError::Config(format!(
+                    "a quantized code needs 2 or more codebook entries, a group count dividing the latent \
+                     size {} and a commitment weight >= 0; got {codes} entries, {groups} groups, commitment {commitment}",
+                    self.latent
+                )));
+            }
+        }
         if self.input_dim == 0 || self.input_dim % 4 != 0 {
             return Err(VaeError::Config(format!(
                 "input size {} must be a positive multiple of 4",
@@ -202,7 +228,11 @@ impl VaeConfig {
         dw.extend(self.hidden.iter().rev());
         dw.push(self.input_dim);
         let dec: usize = dw.windows(2).map(|w| w[0] * w[1] + w[1]).sum();
-        enc + head + dec + self.likelihood.learned_log_c_len(self.input_dim).unwrap_or(0)
+        let codebook = match self.code {
+            Code::Quantized { codes, groups, .. } => codes * (self.latent / groups),
+            _ => 0,
+        };
+        enc + head + dec + codebook + self.likelihood.learned_log_c_len(self.input_dim).unwrap_or(0)
     }
 }
 
@@ -213,11 +243,17 @@ pub fn code_name(c: Code) -> String {
         Code::Gaussian => "gaussian".to_string(),
         Code::Deterministic { l1, contractive } if contractive == 0.0 => format!("deterministic:{l1}"),
         Code::Deterministic { l1, contractive } => format!("deterministic:{l1}:{contractive}"),
+        Code::Quantized {
+            codes,
+            groups,
+            commitment,
+        } => format!("quantized:{codes}:{groups}:{commitment}"),
     }
 }
 
 /// Parses "gaussian", "deterministic:L1" or "deterministic:L1:C" (weights ≥ 0 of the code's
-/// L1 and contractive penalties).
+/// L1 and contractive penalties), or "quantized:K:G:BETA" (K codebook entries, G groups,
+/// commitment weight BETA).
 pub fn parse_code(s: &str) -> Result<Code> {
     let weight = |v: &str| {
         v.parse::<f32>()
@@ -234,8 +270,23 @@ pub fn parse_code(s: &str) -> Result<Code> {
             };
             Ok(Code::Deterministic { l1, contractive })
         }
+        Some(("quantized", v)) => {
+            let parts: Vec<&str> = v.split(':').collect();
+            let count = |p: &str| {
+                p.parse::<usize>()
+                    .map_err(|_| VaeError::Config(format!("quantized:K:G:BETA needs whole numbers K and G, got {p:?}")))
+            };
+            match parts[..] {
+                [k, g, b] => Ok(Code::Quantized {
+                    codes: count(k)?,
+                    groups: count(g)?,
+                    commitment: weight(b)?,
+                }),
+                _ => Err(VaeError::Config(format!("expected quantized:K:G:BETA, got {s:?}"))),
+            }
+        }
         _ => Err(VaeError::Config(format!(
-            "unknown code {s:?}; expected gaussian, deterministic:L1 or deterministic:L1:C"
+            "unknown code {s:?}; expected gaussian, deterministic:L1, deterministic:L1:C or quantized:K:G:BETA"
         ))),
     }
 }

@@ -10,4 +10,4 @@ pub use config::{
 pub use plan::{
     plan_inputs, plan_step, BatchSource, ContractiveScratch, GpuDataset, Workspace, METRIC_SLOTS, SLOT_KL, SLOT_RECON,
 };
-pub use vae::{TextureMirrors, Vae, MIRROR_MIN_WEIGHTS};
+pub use vae::{TextureMirrors, Vae, CODEBOOK_KEY, MIRROR_MIN_WEIGHTS};

@@ -130,6 +130,8 @@ pub struct Workspace {
     pen_terms: usize,
     /// The contractive penalty's scratch, for a model that has one.
     pub contractive: Option<ContractiveScratch>,
+    /// A VQ-VAE's codebook index of each of the B·G vectors (exact integers as f32).
+    pub vq_index: Option<Tensor>,
     /// Terms of log p(z) − log q(z|x), [L·B, Z], for importance-weighted evaluation.
     pub log_ratio: Option<Tensor>,
     /// Per-element gradient of a learned log-variance, [L·B, D].
@@ -224,6 +226,10 @@ impl Workspace {
             latent: cfg.latent,
             pen_terms,
             contractive,
+            vq_index: match cfg.code {
+                Code::Quantized { groups, .. } => Some(t("vq_index", &[batch * groups])?),
+                _ => None,
+            },
             log_ratio: if log_ratio {
                 Some(t("log_ratio", &[r * cfg.latent])?)
             } else {
@@ -267,6 +273,7 @@ impl Workspace {
         if let Some(c) = &self.contractive {
             all.extend([&c.ones, &c.mask, &c.s, &c.g1, &c.g2, &c.a1, &c.a2]);
         }
+        all.extend(self.vq_index.iter());
         if let Some(g) = &self.grads {
             all.extend([&g.z, &g.enc]);
             all.extend(g.dec_hidden.iter().chain(&g.enc_hidden));
@@ -420,6 +427,26 @@ pub fn plan_step(
             }
             d.push(ops::code_forward(gpu, "code.forward", &enc, l1, &z, &kl)?);
         }
+        Code::Quantized { groups, commitment, .. } => {
+            let (book, idx) = vq_parts(vae, ws, b)?;
+            if l != 1 || log_ratio.is_some() {
+                return Err(crate::VaeError::Config(
+                    "a quantized code is deterministic: one sample per example, and no importance-weighted bound"
+                        .into(),
+                ));
+            }
+            d.push(ops::vq_forward(
+                gpu,
+                "vq.forward",
+                &enc,
+                &book,
+                groups,
+                commitment,
+                &z,
+                &kl,
+                &idx,
+            )?);
+        }
     }
     if let (Some(c), Code::Deterministic { contractive, .. }) = (&ws.contractive, vae.config.code) {
         d.extend(plan_contractive_forward(gpu, vae, ws, c, contractive, b, &enc_h[0])?);
@@ -498,10 +525,34 @@ pub fn plan_step(
         }
         // Through the reparameterization and the KL term (an autoencoder: the code's penalty).
         let denc = rows(&g.enc, b);
-        d.push(match vae.config.code {
-            Code::Gaussian => ops::reparam_kl_backward(gpu, "reparam_kl.backward", step, &enc, l, &dz, &denc)?,
-            Code::Deterministic { l1, .. } => ops::code_backward(gpu, "code.backward", &enc, l1, &dz, &denc)?,
-        });
+        match vae.config.code {
+            Code::Gaussian => d.push(ops::reparam_kl_backward(
+                gpu,
+                "reparam_kl.backward",
+                step,
+                &enc,
+                l,
+                &dz,
+                &denc,
+            )?),
+            Code::Deterministic { l1, .. } => d.push(ops::code_backward(gpu, "code.backward", &enc, l1, &dz, &denc)?),
+            Code::Quantized { groups, commitment, .. } => {
+                let (book, idx) = vq_parts(vae, ws, b)?;
+                let dbook = vae.arena.grad(vae.codebook.unwrap_or_default());
+                d.extend(ops::vq_backward(
+                    gpu,
+                    "vq.backward",
+                    &enc,
+                    &book,
+                    groups,
+                    commitment,
+                    &idx,
+                    &dz,
+                    &denc,
+                    &dbook,
+                )?);
+            }
+        }
         // Backward through the encoder, head first; the first layer needs no input gradient.
         let d_enc: Vec<Tensor> = g.enc_hidden.iter().map(|t| rows(t, b)).collect();
         let m = vae.encoder.len();
@@ -615,4 +666,16 @@ fn plan_contractive_forward(
         ops::matmul(gpu, "contractive.g2", &w2, false, &w2, true, &c.g2, &plain, None)?,
         ops::contractive(gpu, "contractive", weight, &c.s, &c.g1, &c.g2, &terms, &c.a1, &c.a2)?,
     ])
+}
+
+/// A VQ-VAE's codebook (arena view) and the first `b` examples' index slots.
+fn vq_parts(vae: &Vae, ws: &Workspace, b: usize) -> Result<(Tensor, Tensor)> {
+    match (vae.codebook, &ws.vq_index, vae.config.code) {
+        (Some(slot), Some(idx), Code::Quantized { groups, .. }) => {
+            Ok((vae.arena.param(slot), idx.reshape_prefix(&[b * groups])))
+        }
+        _ => Err(crate::VaeError::Config(
+            "a quantized code needs the model's codebook and a workspace built for it".into(),
+        )),
+    }
 }

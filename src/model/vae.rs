@@ -5,7 +5,7 @@ use std::path::Path;
 use crate::error::{Result, VaeError};
 use crate::gpu::{Dispatch, Gpu, Tensor};
 use crate::io::safetensors::{read_safetensors, write_safetensors, NamedTensor};
-use crate::model::config::VaeConfig;
+use crate::model::config::{Code, VaeConfig};
 use crate::nn::{ArenaLayout, Layer, Linear, ParamArena};
 use crate::ops::Activation;
 
@@ -44,6 +44,8 @@ impl TextureMirrors {
 
 /// Checkpoint key of a learned decoder log-variance.
 pub const LOG_C_KEY: &str = "log_c";
+/// Checkpoint key of a VQ-VAE's codebook, [K, Z/G].
+pub const CODEBOOK_KEY: &str = "codebook";
 
 /// A Gaussian-encoder VAE with an MLP encoder and decoder, all parameters in one arena.
 pub struct Vae {
@@ -59,6 +61,8 @@ pub struct Vae {
     pub out: Linear,
     /// Arena slot of the learned log-variance (Gaussian decoders with a learned variance).
     pub log_c: Option<usize>,
+    /// Arena slot of a VQ-VAE's codebook [K, Z/G].
+    pub codebook: Option<usize>,
     /// Every parameter, gradient and Adam moment, one buffer each.
     pub arena: ParamArena,
     /// Texture mirrors of the weights, and of the activations of workspaces built from now on
@@ -113,11 +117,22 @@ impl Vae {
     /// A freshly initialised model (PyTorch's nn.Linear initialisation, host PCG64 from `seed`).
     pub fn new(gpu: &Gpu, config: VaeConfig, seed: u64) -> Result<Self> {
         config.validate()?;
-        let (layout, encoder, head, decoder, out, log_c) = build_layers(&config);
+        let (mut layout, encoder, head, decoder, out, log_c) = build_layers(&config);
+        let codebook = match config.code {
+            Code::Quantized { codes, groups, .. } => Some(layout.add("codebook", &[codes, config.latent / groups])),
+            _ => None,
+        };
         let mut values: Vec<Vec<f32>> = layout.slots().iter().map(|s| vec![0.0; s.len()]).collect();
         let mut rng = crate::rng::host_rng(seed, 0);
         for l in encoder.iter().chain([&head]).chain(decoder.iter()).chain([&out]) {
             l.init(&mut rng, &mut values);
+        }
+        // The codebook uniform in ±1/K, as the reference VQ-VAE implementations start it.
+        if let (Some(slot), Code::Quantized { codes, .. }) = (codebook, config.code) {
+            let bound = 1.0 / codes as f32;
+            for v in values[slot].iter_mut() {
+                *v = crate::rng::uniform_f32(&mut rng, -bound, bound);
+            }
         }
         // log c starts at 0 (c = 1), as the zeros `values` already hold.
         let init = crate::nn::arena::flatten(&layout, &values)?;
@@ -129,6 +144,7 @@ impl Vae {
             decoder,
             out,
             log_c,
+            codebook,
             arena,
             mirrors: TextureMirrors::None,
         };
@@ -227,6 +243,13 @@ impl Vae {
             out.push(NamedTensor {
                 name: LOG_C_KEY.into(),
                 shape: vec![values[slot].len()],
+                data: values[slot].clone(),
+            });
+        }
+        if let Some(slot) = self.codebook {
+            out.push(NamedTensor {
+                name: CODEBOOK_KEY.into(),
+                shape: self.arena.layout.slots()[slot].shape.clone(),
                 data: values[slot].clone(),
             });
         }
@@ -344,6 +367,10 @@ impl Vae {
             let t = find(LOG_C_KEY, &[values[slot].len()])?;
             values[slot].copy_from_slice(&t.data);
         }
+        if let Some(slot) = self.codebook {
+            let t = find(CODEBOOK_KEY, &self.arena.layout.slots()[slot].shape)?;
+            values[slot].copy_from_slice(&t.data);
+        }
         self.arena.write_params(gpu, &values)
     }
 
@@ -362,6 +389,9 @@ impl Vae {
         }
         if let Some(slot) = self.log_c {
             v.push((LOG_C_KEY.into(), vec![self.arena.layout.slots()[slot].len()]));
+        }
+        if let Some(slot) = self.codebook {
+            v.push((CODEBOOK_KEY.into(), self.arena.layout.slots()[slot].shape.clone()));
         }
         v
     }

@@ -185,3 +185,205 @@ pub fn contractive(
         24.0 * n as f64,
     )
 }
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct VqParams {
+    batch: u32,
+    latent: u32,
+    groups: u32,
+    codes: u32,
+    z_stride: u32,
+    commitment: f32,
+    _pad: [u32; 2],
+}
+
+/// A VQ-VAE's codebook and the shapes of its quantization: `enc` [B, Z] in groups of d,
+/// `codebook` [K, d], `idx` [B·G].
+struct Vq {
+    b: usize,
+    zd: usize,
+    groups: usize,
+    codes: usize,
+}
+
+fn check_vq(label: &str, enc: &Tensor, codebook: &Tensor, groups: usize, idx: &Tensor) -> Result<Vq> {
+    let ok = |b: usize, zd: usize| {
+        groups > 0
+            && zd % groups == 0
+            && matches!(codebook.shape(), [k, d] if *d == zd / groups && *k > 0)
+            && idx.len() == b * groups
+    };
+    match enc.shape() {
+        [b, zd] if ok(*b, *zd) => Ok(Vq {
+            b: *b,
+            zd: *zd,
+            groups,
+            codes: codebook.shape()[0],
+        }),
+        _ => Err(VaeError::Shape(format!(
+            "{label}: z_e {:?} = [B, Z] in {groups} groups needs a codebook [K, Z/{groups}] (got {:?}) \
+             and B·G = {} indices (got {:?})",
+            enc.shape(),
+            codebook.shape(),
+            enc.shape().first().copied().unwrap_or(0) * groups,
+            idx.shape()
+        ))),
+    }
+}
+
+fn vq_uniform(
+    gpu: &Gpu,
+    label: &str,
+    q: &Vq,
+    z_stride: usize,
+    commitment: f32,
+) -> Result<std::sync::Arc<crate::gpu::GpuBuffer>> {
+    gpu.uniform(
+        label,
+        &VqParams {
+            batch: q.b as u32,
+            latent: q.zd as u32,
+            groups: q.groups as u32,
+            codes: q.codes as u32,
+            z_stride: z_stride as u32,
+            commitment,
+            _pad: [0; 2],
+        },
+    )
+}
+
+/// Plans the quantization of z_e = `enc` [B, Z] (see code.wgsl): z [B, Z' ≥ Z] gets the
+/// nearest codebook entries, `idx` [B·G] their indices and `pen` [B·Z] the terms of
+/// (1 + β)‖z_e − e‖².
+#[allow(clippy::too_many_arguments)]
+pub fn vq_forward(
+    gpu: &Gpu,
+    label: &str,
+    enc: &Tensor,
+    codebook: &Tensor,
+    groups: usize,
+    commitment: f32,
+    z: &Tensor,
+    pen: &Tensor,
+    idx: &Tensor,
+) -> Result<Dispatch> {
+    let q = check_vq(label, enc, codebook, groups, idx)?;
+    let (_, _, zs) = check(label, enc, z)?;
+    if pen.len() != q.b * q.zd {
+        return Err(VaeError::Shape(format!(
+            "{label}: the penalty's terms need B·Z = {} elements, got {:?}",
+            q.b * q.zd,
+            pen.shape()
+        )));
+    }
+    let layout = [
+        uniform(0),
+        storage(1, true),
+        storage(2, false),
+        storage(3, false),
+        storage(11, true),
+        storage(12, false),
+    ];
+    let pipeline = gpu.kernels.pipeline(Shader::Code, "vq_forward", &[], &layout)?;
+    let ubuf = vq_uniform(gpu, label, &q, zs, commitment)?;
+    let res = [
+        (0, ubuf.raw().as_entire_binding()),
+        (1, enc.binding()),
+        (2, z.binding()),
+        (3, pen.binding()),
+        (11, codebook.binding()),
+        (12, idx.binding()),
+    ];
+    let flops = 3.0 * (q.b * q.zd * q.codes) as f64;
+    gpu.dispatch_bound(
+        label,
+        pipeline,
+        &res,
+        Some(ubuf.clone()),
+        grid_1d(q.b * q.groups, 64),
+        flops,
+        4.0 * (3 * q.b * q.zd) as f64,
+    )
+}
+
+/// Plans the VQ backward: `denc` [B, Z] = dz (straight through) + 2β(z_e − e), and the
+/// codebook's gradient `dcodebook` [K, d] = Σ over the entries' assignments of 2(e − z_e).
+#[allow(clippy::too_many_arguments)]
+pub fn vq_backward(
+    gpu: &Gpu,
+    label: &str,
+    enc: &Tensor,
+    codebook: &Tensor,
+    groups: usize,
+    commitment: f32,
+    idx: &Tensor,
+    dz: &Tensor,
+    denc: &Tensor,
+    dcodebook: &Tensor,
+) -> Result<Vec<Dispatch>> {
+    let q = check_vq(label, enc, codebook, groups, idx)?;
+    let (_, _, zs) = check(label, enc, dz)?;
+    if denc.shape() != enc.shape() || dcodebook.shape() != codebook.shape() {
+        return Err(VaeError::Shape(format!(
+            "{label}: gradients must be {:?} and {:?}, got {:?} and {:?}",
+            enc.shape(),
+            codebook.shape(),
+            denc.shape(),
+            dcodebook.shape()
+        )));
+    }
+    let ubuf = vq_uniform(gpu, label, &q, zs, commitment)?;
+    let layout = [
+        uniform(0),
+        storage(1, true),
+        storage(2, false),
+        storage(4, false),
+        storage(11, true),
+        storage(12, false),
+    ];
+    let pipeline = gpu.kernels.pipeline(Shader::Code, "vq_backward", &[], &layout)?;
+    let res = [
+        (0, ubuf.raw().as_entire_binding()),
+        (1, enc.binding()),
+        (2, dz.binding()),
+        (4, denc.binding()),
+        (11, codebook.binding()),
+        (12, idx.binding()),
+    ];
+    let back = gpu.dispatch_bound(
+        format!("{label}.input"),
+        pipeline,
+        &res,
+        Some(ubuf.clone()),
+        grid_1d(q.b * q.zd, 64),
+        0.0,
+        4.0 * (4 * q.b * q.zd) as f64,
+    )?;
+    let layout = [
+        uniform(0),
+        storage(1, true),
+        storage(11, true),
+        storage(12, false),
+        storage(13, false),
+    ];
+    let pipeline = gpu.kernels.pipeline(Shader::Code, "vq_codebook_grad", &[], &layout)?;
+    let res = [
+        (0, ubuf.raw().as_entire_binding()),
+        (1, enc.binding()),
+        (11, codebook.binding()),
+        (12, idx.binding()),
+        (13, dcodebook.binding()),
+    ];
+    let d = q.zd / q.groups;
+    let grad = gpu.dispatch_bound(
+        format!("{label}.codebook"),
+        pipeline,
+        &res,
+        Some(ubuf.clone()),
+        grid_1d(q.codes * d, 64),
+        0.0,
+        4.0 * (q.codes * d * q.b * q.groups) as f64,
+    )?;
+    Ok(vec![back, grad])
+}

@@ -49,7 +49,7 @@ pub fn layers(cfg: &VaeConfig) -> Vec<Dense> {
     // A VAE's head writes [μ | log σ²]; an autoencoder's, the code itself.
     let head = match cfg.code {
         Code::Gaussian => 2 * cfg.latent,
-        Code::Deterministic { .. } => cfg.latent,
+        Code::Deterministic { .. } | Code::Quantized { .. } => cfg.latent,
     };
     out.push(dense("encoder.head".into(), width, head, Activation::Identity));
     let mut width = cfg.dec_input_dim();
@@ -84,7 +84,15 @@ pub fn param_slots(cfg: &VaeConfig) -> Vec<(String, Vec<usize>)> {
     if let Some(n) = log_c_len(cfg) {
         v.push(("decoder.log_c".into(), vec![n]));
     }
+    if let Code::Quantized { codes, groups, .. } = cfg.code {
+        v.push(("codebook".into(), vec![codes, cfg.latent / groups]));
+    }
     v
+}
+
+/// The slot of a VQ-VAE's codebook in `params` (after the layers and any log c).
+fn codebook_slot(cfg: &VaeConfig) -> usize {
+    2 * layers(cfg).len() + usize::from(log_c_len(cfg).is_some())
 }
 
 /// Rows of `v` ([rows, width]) followed by the one-hot of each row's label and zeros, to
@@ -286,6 +294,8 @@ pub struct Forward {
     pub nll: Vec<f64>,
     /// KL(q(z|x) ‖ N(0, I)) per example [B] (autoencoder: l1·Σ_j |z_j|).
     pub kl: Vec<f64>,
+    /// A VQ-VAE's codebook entry for each of the B·G code vectors.
+    pub vq_index: Vec<usize>,
 }
 
 /// The per-example terms and the loss the GPU differentiates.
@@ -309,9 +319,10 @@ fn log_variance(raw: f64) -> (f64, f64, bool) {
 pub fn forward(cfg: &VaeConfig, params: &[Vec<f64>], batch: &Batch<'_>) -> Forward {
     let ls = layers(cfg);
     let extra = usize::from(log_c_len(cfg).is_some());
+    let vq = usize::from(matches!(cfg.code, Code::Quantized { .. }));
     assert_eq!(
         params.len(),
-        2 * ls.len() + extra,
+        2 * ls.len() + extra + vq,
         "one weight and one bias per layer, then log c"
     );
     let (b, l, zd, d) = (batch.batch, batch.samples, cfg.latent, cfg.input_dim);
@@ -355,6 +366,29 @@ pub fn forward(cfg: &VaeConfig, params: &[Vec<f64>], batch: &Batch<'_>) -> Forwa
         z.copy_from_slice(&enc);
         for e in 0..b {
             kl[e] += l1 as f64 * enc[e * zd..(e + 1) * zd].iter().map(|v| v.abs()).sum::<f64>();
+        }
+    }
+    // VQ-VAE: each group of d = Z/G values becomes its nearest codebook entry (the first on
+    // ties), and (1 + β)‖z_e − e‖² stands where the KL stands.
+    let mut vq_index = Vec::new();
+    if let Code::Quantized { groups, commitment, .. } = cfg.code {
+        assert_eq!((l, batch.beta), (1, 1.0), "a VQ-VAE takes one sample and no β");
+        let book = &params[codebook_slot(cfg)];
+        let d = zd / groups;
+        for e in 0..b {
+            for g in 0..groups {
+                let ze = &enc[e * zd + g * d..e * zd + (g + 1) * d];
+                let dist = |k: usize| {
+                    ze.iter()
+                        .zip(&book[k * d..(k + 1) * d])
+                        .map(|(a, c)| (a - c) * (a - c))
+                        .sum::<f64>()
+                };
+                let k = (0..book.len() / d).fold(0, |best, k| if dist(k) < dist(best) { k } else { best });
+                vq_index.push(k);
+                z[e * zd + g * d..e * zd + (g + 1) * d].copy_from_slice(&book[k * d..(k + 1) * d]);
+                kl[e] += (1.0 + commitment as f64) * dist(k);
+            }
         }
     }
     for e in 0..b {
@@ -410,6 +444,7 @@ pub fn forward(cfg: &VaeConfig, params: &[Vec<f64>], batch: &Batch<'_>) -> Forwa
         out,
         nll,
         kl,
+        vq_index,
     }
 }
 
@@ -494,6 +529,26 @@ pub fn gradients(cfg: &VaeConfig, params: &[Vec<f64>], batch: &Batch<'_>) -> (Lo
     // Reparameterization and KL: z = μ + σ·ε with σ = exp(lv/2), KL = ½ Σ (σ² + μ² − 1 − lv).
     // An autoencoder: z is the code, and its penalty l1·Σ|z| adds l1·sign(z) (0 at 0).
     let mut denc = vec![0.0; b * 2 * zd];
+    // VQ-VAE: the decoder's gradient passes straight through to z_e, plus the commitment's
+    // 2β(z_e − e); the codebook learns from ‖sg(z_e) − e‖² alone: 2(e − z_e) per assignment.
+    if let Code::Quantized { groups, commitment, .. } = cfg.code {
+        let slot = codebook_slot(cfg);
+        let d = zd / groups;
+        let book = &params[slot];
+        let mut dbook = vec![0.0; book.len()];
+        denc = dz.clone();
+        for e in 0..b {
+            for g in 0..groups {
+                let k = fwd.vq_index[e * groups + g];
+                for c in 0..d {
+                    let diff = fwd.enc[e * zd + g * d + c] - book[k * d + c];
+                    denc[e * zd + g * d + c] += 2.0 * commitment as f64 * diff;
+                    dbook[k * d + c] -= 2.0 * diff;
+                }
+            }
+        }
+        grads[slot] = dbook;
+    }
     if let Code::Deterministic { l1, .. } = cfg.code {
         denc = dz
             .iter()
