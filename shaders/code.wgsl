@@ -83,11 +83,16 @@ fn contractive(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 // ---- VQ-VAE: nearest-codebook quantization with the straight-through estimator ----
 // z_e = enc [B, Z] is G vectors of d = Z/G values per example; the codebook is K vectors of d.
+// The two terms are weighted by s = D/Z: the VQ-VAE paper's implementation averages the
+// reconstruction over the D pixels and the codebook terms over the Z values, while here the
+// reconstruction is summed over pixels, so s keeps their balance (without it, a summed
+// Bernoulli loss overwhelms the commitment, z_e runs away from the codebook and every vector
+// collapses onto one entry).
 // forward  (one invocation per (b, g)): k = argmin_k ‖z_e[b, g] − e_k‖² (the first on ties);
-//          z[b, g·d + c] = e_k[c]; idx[b·G + g] = k; terms[b, g·d + c] = (1 + β)(z_e − e_k)²
+//          z[b, g·d + c] = e_k[c]; idx[b·G + g] = k; terms[b, g·d + c] = s(1 + β)(z_e − e_k)²
 //          (the codebook term ‖sg(z_e) − e‖² and the commitment β‖z_e − sg(e)‖² have one value)
-// backward (per (b, j)): dz_e[b, j] = dz[b, j] + 2β(z_e[b, j] − e_k[j mod d])   (straight through)
-// codebook (per (k, c)): de_k[c] = Σ_{(b, g): idx = k} 2(e_k[c] − z_e[b, g·d + c]); only the
+// backward (per (b, j)): dz_e[b, j] = dz[b, j] + 2sβ(z_e[b, j] − e_k[j mod d])   (straight through)
+// codebook (per (k, c)): de_k[c] = s·Σ_{(b, g): idx = k} 2(e_k[c] − z_e[b, g·d + c]); only the
 //          codebook term trains the codebook, a fixed-order loop over the B·G assignments.
 
 struct VqParams {
@@ -97,7 +102,7 @@ struct VqParams {
     codes: u32,     // K
     z_stride: u32,  // row stride of z (≥ Z)
     commitment: f32,
-    _pad0: u32,
+    scale: f32,     // D/Z: the VQ terms as per-value means against the per-pixel recon
     _pad1: u32,
 }
 
@@ -134,7 +139,7 @@ fn vq_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
         let e = codebook[best * d + c];
         let diff = enc[base + c] - e;
         z[b * VP.z_stride + g * d + c] = e;
-        pen[base + c] = (1.0 + VP.commitment) * diff * diff;
+        pen[base + c] = VP.scale * (1.0 + VP.commitment) * diff * diff;
     }
 }
 
@@ -148,7 +153,7 @@ fn vq_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     let d = VP.latent / VP.groups;
     let k = u32(vq_idx[b * VP.groups + j / d]);
     let e = codebook[k * d + j % d];
-    denc[i] = z[b * VP.z_stride + j] + 2.0 * VP.commitment * (enc[i] - e);
+    denc[i] = z[b * VP.z_stride + j] + 2.0 * VP.scale * VP.commitment * (enc[i] - e);
 }
 
 @compute @workgroup_size(64)
@@ -166,5 +171,5 @@ fn vq_codebook_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
             acc += 2.0 * (e - enc[(a / VP.groups) * VP.latent + (a % VP.groups) * d + c]);
         }
     }
-    dcodebook[i] = acc;
+    dcodebook[i] = VP.scale * acc;
 }

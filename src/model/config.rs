@@ -434,6 +434,9 @@ mod tests {
             "deterministic:x",
             "deterministic:0:-1",
             "deterministic:0:",
+            "quantized:512:10",
+            "quantized:x:10:0.25",
+            "quantized:512:10:-1",
             "vq",
             "",
         ] {
@@ -452,6 +455,11 @@ mod tests {
             Code::Deterministic {
                 l1: 0.5,
                 contractive: 2.0,
+            },
+            Code::Quantized {
+                codes: 512,
+                groups: 10,
+                commitment: 0.25,
             },
         ] {
             assert_eq!(parse_code(&code_name(c)).unwrap(), c);
@@ -636,6 +644,31 @@ mod tests {
                 },
                 ..ok.clone()
             },
+            // Codebooks of at least 2 entries, groups dividing the latent size.
+            VaeConfig {
+                code: Code::Quantized {
+                    codes: 1,
+                    groups: 10,
+                    commitment: 0.25,
+                },
+                ..ok.clone()
+            },
+            VaeConfig {
+                code: Code::Quantized {
+                    codes: 16,
+                    groups: 3,
+                    commitment: 0.25,
+                },
+                ..ok.clone()
+            },
+            VaeConfig {
+                code: Code::Quantized {
+                    codes: 16,
+                    groups: 0,
+                    commitment: 0.25,
+                },
+                ..ok.clone()
+            },
         ];
         for cfg in bad {
             assert!(cfg.validate().is_err(), "{cfg:?} validated");
@@ -656,6 +689,16 @@ mod tests {
     fn sizes_and_parameter_count() {
         // 784·400 + 400 + 400·40 + 40 + 20·400 + 400 + 400·784 + 784: the reference model.
         assert_eq!(VaeConfig::default().num_params(), 652_824);
+        // A VQ-VAE's head is the autoencoder's, plus its codebook: 512 entries of 20/10 values.
+        let vq = VaeConfig {
+            code: Code::Quantized {
+                codes: 512,
+                groups: 10,
+                commitment: 0.25,
+            },
+            ..Default::default()
+        };
+        assert_eq!(vq.num_params(), 652_824 - 8_020 + 1_024);
         // The autoencoder's head is 400·20 + 20 instead of 400·40 + 40.
         let ae = VaeConfig {
             code: Code::Deterministic {

@@ -442,6 +442,7 @@ pub fn plan_step(
                 &book,
                 groups,
                 commitment,
+                vq_scale(vae),
                 &z,
                 &kl,
                 &idx,
@@ -546,6 +547,7 @@ pub fn plan_step(
                     &book,
                     groups,
                     commitment,
+                    vq_scale(vae),
                     &idx,
                     &dz,
                     &denc,
@@ -678,4 +680,10 @@ fn vq_parts(vae: &Vae, ws: &Workspace, b: usize) -> Result<(Tensor, Tensor)> {
             "a quantized code needs the model's codebook and a workspace built for it".into(),
         )),
     }
+}
+
+/// The weight of a VQ-VAE's codebook terms, D/Z: the reconstruction is a sum over D pixels
+/// and the terms a sum over Z values, where the VQ-VAE paper's implementation takes means of both.
+fn vq_scale(vae: &Vae) -> f32 {
+    vae.config.input_dim as f32 / vae.config.latent as f32
 }

@@ -127,9 +127,12 @@ impl Vae {
         for l in encoder.iter().chain([&head]).chain(decoder.iter()).chain([&out]) {
             l.init(&mut rng, &mut values);
         }
-        // The codebook uniform in ±1/K, as the reference VQ-VAE implementations start it.
-        if let (Some(slot), Code::Quantized { codes, .. }) = (codebook, config.code) {
-            let bound = 1.0 / codes as f32;
+        // The codebook uniform in ±1, the scale of a fresh encoder's outputs. The ±1/K of some
+        // implementations leaves every z_e far from every entry: measured here, the penalty ran
+        // to 1,000 nats in the first epoch and the codes collapsed (recon 185 against 119 after
+        // 3 epochs of 10,000 images, K = 512, G = 10).
+        if let (Some(slot), Code::Quantized { .. }) = (codebook, config.code) {
+            let bound = 1.0f32;
             for v in values[slot].iter_mut() {
                 *v = crate::rng::uniform_f32(&mut rng, -bound, bound);
             }

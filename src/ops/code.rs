@@ -195,7 +195,8 @@ struct VqParams {
     codes: u32,
     z_stride: u32,
     commitment: f32,
-    _pad: [u32; 2],
+    scale: f32,
+    _pad: u32,
 }
 
 /// A VQ-VAE's codebook and the shapes of its quantization: `enc` [B, Z] in groups of d,
@@ -238,6 +239,7 @@ fn vq_uniform(
     q: &Vq,
     z_stride: usize,
     commitment: f32,
+    scale: f32,
 ) -> Result<std::sync::Arc<crate::gpu::GpuBuffer>> {
     gpu.uniform(
         label,
@@ -248,14 +250,15 @@ fn vq_uniform(
             codes: q.codes as u32,
             z_stride: z_stride as u32,
             commitment,
-            _pad: [0; 2],
+            scale,
+            _pad: 0,
         },
     )
 }
 
 /// Plans the quantization of z_e = `enc` [B, Z] (see code.wgsl): z [B, Z' ≥ Z] gets the
 /// nearest codebook entries, `idx` [B·G] their indices and `pen` [B·Z] the terms of
-/// (1 + β)‖z_e − e‖².
+/// s(1 + β)‖z_e − e‖², s = `scale` (the model uses D/Z).
 #[allow(clippy::too_many_arguments)]
 pub fn vq_forward(
     gpu: &Gpu,
@@ -264,6 +267,7 @@ pub fn vq_forward(
     codebook: &Tensor,
     groups: usize,
     commitment: f32,
+    scale: f32,
     z: &Tensor,
     pen: &Tensor,
     idx: &Tensor,
@@ -286,7 +290,7 @@ pub fn vq_forward(
         storage(12, false),
     ];
     let pipeline = gpu.kernels.pipeline(Shader::Code, "vq_forward", &[], &layout)?;
-    let ubuf = vq_uniform(gpu, label, &q, zs, commitment)?;
+    let ubuf = vq_uniform(gpu, label, &q, zs, commitment, scale)?;
     let res = [
         (0, ubuf.raw().as_entire_binding()),
         (1, enc.binding()),
@@ -307,8 +311,8 @@ pub fn vq_forward(
     )
 }
 
-/// Plans the VQ backward: `denc` [B, Z] = dz (straight through) + 2β(z_e − e), and the
-/// codebook's gradient `dcodebook` [K, d] = Σ over the entries' assignments of 2(e − z_e).
+/// Plans the VQ backward: `denc` [B, Z] = dz (straight through) + 2sβ(z_e − e), and the
+/// codebook's gradient `dcodebook` [K, d] = s·Σ over the entries' assignments of 2(e − z_e).
 #[allow(clippy::too_many_arguments)]
 pub fn vq_backward(
     gpu: &Gpu,
@@ -317,6 +321,7 @@ pub fn vq_backward(
     codebook: &Tensor,
     groups: usize,
     commitment: f32,
+    scale: f32,
     idx: &Tensor,
     dz: &Tensor,
     denc: &Tensor,
@@ -333,7 +338,7 @@ pub fn vq_backward(
             dcodebook.shape()
         )));
     }
-    let ubuf = vq_uniform(gpu, label, &q, zs, commitment)?;
+    let ubuf = vq_uniform(gpu, label, &q, zs, commitment, scale)?;
     let layout = [
         uniform(0),
         storage(1, true),

@@ -90,6 +90,12 @@ pub fn param_slots(cfg: &VaeConfig) -> Vec<(String, Vec<usize>)> {
     v
 }
 
+/// The weight of a VQ-VAE's codebook and commitment terms: D/Z, so that they stand to the
+/// pixel-summed reconstruction as the VQ-VAE paper's per-value means stand to its per-pixel mean.
+fn vq_weight(cfg: &VaeConfig) -> f64 {
+    cfg.input_dim as f64 / cfg.latent as f64
+}
+
 /// The slot of a VQ-VAE's codebook in `params` (after the layers and any log c).
 fn codebook_slot(cfg: &VaeConfig) -> usize {
     2 * layers(cfg).len() + usize::from(log_c_len(cfg).is_some())
@@ -369,7 +375,7 @@ pub fn forward(cfg: &VaeConfig, params: &[Vec<f64>], batch: &Batch<'_>) -> Forwa
         }
     }
     // VQ-VAE: each group of d = Z/G values becomes its nearest codebook entry (the first on
-    // ties), and (1 + β)‖z_e − e‖² stands where the KL stands.
+    // ties), and (D/Z)(1 + β)‖z_e − e‖² stands where the KL stands.
     let mut vq_index = Vec::new();
     if let Code::Quantized { groups, commitment, .. } = cfg.code {
         assert_eq!((l, batch.beta), (1, 1.0), "a VQ-VAE takes one sample and no β");
@@ -387,7 +393,7 @@ pub fn forward(cfg: &VaeConfig, params: &[Vec<f64>], batch: &Batch<'_>) -> Forwa
                 let k = (0..book.len() / d).fold(0, |best, k| if dist(k) < dist(best) { k } else { best });
                 vq_index.push(k);
                 z[e * zd + g * d..e * zd + (g + 1) * d].copy_from_slice(&book[k * d..(k + 1) * d]);
-                kl[e] += (1.0 + commitment as f64) * dist(k);
+                kl[e] += vq_weight(cfg) * (1.0 + commitment as f64) * dist(k);
             }
         }
     }
@@ -542,8 +548,8 @@ pub fn gradients(cfg: &VaeConfig, params: &[Vec<f64>], batch: &Batch<'_>) -> (Lo
                 let k = fwd.vq_index[e * groups + g];
                 for c in 0..d {
                     let diff = fwd.enc[e * zd + g * d + c] - book[k * d + c];
-                    denc[e * zd + g * d + c] += 2.0 * commitment as f64 * diff;
-                    dbook[k * d + c] -= 2.0 * diff;
+                    denc[e * zd + g * d + c] += 2.0 * vq_weight(cfg) * commitment as f64 * diff;
+                    dbook[k * d + c] -= 2.0 * vq_weight(cfg) * diff;
                 }
             }
         }
