@@ -9,7 +9,7 @@ use vae_wgpu::explore::{
     arithmetic_figure, class_figure, interpolation_figure, manifold_figure, write_scatter_png, Figure, LinearProbe,
 };
 use vae_wgpu::io::{read_safetensors, write_grid_png};
-use vae_wgpu::model::{GpuDataset, Vae};
+use vae_wgpu::model::{Code, GpuDataset, Vae};
 use vae_wgpu::train::Evaluator;
 use vae_wgpu::{Gpu, Result, VaeError};
 
@@ -194,6 +194,7 @@ fn run(args: Args) -> Result<()> {
     eprintln!("wrote {} to {}", wrote.join(", "), args.out.display());
 
     let bound = match (cfg.is_vae(), cfg.classes > 0) {
+        (false, _) if matches!(cfg.code, Code::Quantized { .. }) => "none (VQ-VAE)",
         (false, _) => "none (autoencoder)",
         (true, true) => "-log p(x|y)",
         (true, false) => "-log p(x)",

@@ -500,7 +500,10 @@ fn run(args: Args) -> Result<()> {
     let bound_note = if args.model.is_vae() {
         format!("(bound on {bound})")
     } else {
-        "(autoencoder: no bound)".to_string()
+        format!(
+            "({})",
+            bound.trim_start_matches("none ").trim_matches(['(', ')']).to_string() + ": no bound"
+        )
     };
     // The checkpoint stores the configuration itself; it gets the rest of the run's metadata.
     let config_keys = args.model.to_metadata();
@@ -697,6 +700,7 @@ fn resume_run(
 /// loss is its reconstruction NLL plus the code's penalty).
 fn bound_name(model: &VaeConfig) -> &'static str {
     match (model.is_vae(), model.classes > 0) {
+        (false, _) if matches!(model.code, Code::Quantized { .. }) => "none (VQ-VAE)",
         (false, _) => "none (autoencoder)",
         (true, true) => "-log p(x|y)",
         (true, false) => "-log p(x)",
