@@ -48,7 +48,8 @@ fn code_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
 // ---- the contractive penalty c·Σ_b ‖∂z/∂x‖²_F of a one-hidden-layer encoder ----
 // z = W2ᵀ·act(W1ᵀx + b1) + b2 has the Jacobian J_b = W2ᵀ·diag(m_b)·W1ᵀ, m_b = act′ of example
 // b's hidden layer, so Σ_b ‖J_b‖²_F = Σ_{h,h′} S·G1·G2 with S = MᵀM (Σ_b m_b m_bᵀ), G1 = W1ᵀW1
-// and G2 = W2W2ᵀ, all [H, H] and computed by the matmul kernel. This entry forms, per (h, h′):
+// and G2 = W2W2ᵀ, all [H, H] and computed by the matmul kernel. W1 here is the rows that
+// multiply pixels: a conditional model's one-hot is not part of x. This entry forms, per (h, h′):
 //   terms = c·S·G1·G2 (summed into the metric row), A1 = 2c·S·G2 and A2 = 2c·S·G1,
 // the gradients being ∂/∂W1 = W1·A1 and ∂/∂W2 = A2·W2 (the matmul adds them in). act′ is
 // piecewise constant (ReLU, LeakyReLU), so the mask carries no gradient.

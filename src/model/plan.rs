@@ -86,7 +86,7 @@ pub struct ContractiveScratch {
     pub mask: Tensor,
     /// S = MᵀM, G1 = W1ᵀW1, G2 = W2W2ᵀ, and the gradient factors A1, A2: [H, H] each.
     pub s: Tensor,
-    /// W1ᵀW1.
+    /// W1ᵀW1 over W1's pixel rows (a conditional model's label rows are not x's).
     pub g1: Tensor,
     /// W2W2ᵀ.
     pub g2: Tensor,
@@ -584,14 +584,15 @@ pub fn plan_step(
             };
             let a = &vae.arena;
             let (w1, w2) = (vae.encoder[0].w, vae.head.w);
+            let d_in = vae.config.input_dim;
             d.push(ops::matmul(
                 gpu,
                 "contractive.dw1",
-                &a.param(w1),
+                &pixel_rows(&a.param(w1), d_in),
                 false,
                 &c.a1,
                 false,
-                &a.grad(w1),
+                &pixel_rows(&a.grad(w1), d_in),
                 &acc,
                 None,
             )?);
@@ -641,8 +642,8 @@ pub fn plan_step(
 }
 
 /// The contractive penalty's forward for `b` examples: the mask M = act′(h) of the hidden
-/// layer `hidden` [b, H], S = MᵀM, G1 = W1ᵀW1, G2 = W2W2ᵀ, then the terms and gradient factors
-/// (see code.wgsl). Its terms land before the code's L1 terms in `per_example`.
+/// layer `hidden` [b, H], S = MᵀM, G1 = W1ᵀW1 (pixel rows only), G2 = W2W2ᵀ, then the terms
+/// and gradient factors (see code.wgsl). Its terms land before the code's L1 terms in `per_example`.
 fn plan_contractive_forward(
     gpu: &Gpu,
     vae: &Vae,
@@ -655,7 +656,8 @@ fn plan_contractive_forward(
     let plain = ops::Epilogue::default();
     let layer = &vae.encoder[0];
     let (mask, ones) = (rows(&c.mask, b), rows(&c.ones, b));
-    let (w1, w2) = (vae.arena.param(layer.w), vae.arena.param(vae.head.w));
+    let w1 = pixel_rows(&vae.arena.param(layer.w), vae.config.input_dim);
+    let w2 = vae.arena.param(vae.head.w);
     let terms = Tensor::view(
         ws.per_example.buffer().clone(),
         ws.per_example.offset() + 4 * ws.kl_offset as u64,
@@ -668,6 +670,15 @@ fn plan_contractive_forward(
         ops::matmul(gpu, "contractive.g2", &w2, false, &w2, true, &c.g2, &plain, None)?,
         ops::contractive(gpu, "contractive", weight, &c.s, &c.g1, &c.g2, &terms, &c.a1, &c.a2)?,
     ])
+}
+
+/// The first `d` rows of the first layer's weight (or gradient) [D', H]: the rows that multiply
+/// pixels. The contractive penalty is ‖∂z/∂x‖² over the image alone; a conditional model's
+/// one-hot and padding rows are not its input's and stay out of it. The view drops the texture
+/// mirror, which covers all D' rows.
+fn pixel_rows(w: &Tensor, d: usize) -> Tensor {
+    let h = w.shape()[1];
+    w.reshape_prefix(&[d, h]).with_mirror(None)
 }
 
 /// A VQ-VAE's codebook (arena view) and the first `b` examples' index slots.

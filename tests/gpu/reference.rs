@@ -590,7 +590,7 @@ pub fn gradients(cfg: &VaeConfig, params: &[Vec<f64>], batch: &Batch<'_>) -> (Lo
     let mut contractive_grads = None;
     if let Code::Deterministic { contractive, .. } = cfg.code {
         if contractive > 0.0 {
-            let (din, h) = (ls[0].inputs, ls[0].outputs);
+            let (din, h) = (cfg.input_dim, ls[0].outputs);
             let (w1, w2) = (&params[0], &params[2]);
             let c = contractive as f64;
             let (mut g1, mut g2) = (vec![0.0; din * h], vec![0.0; h * zd]);
@@ -637,12 +637,12 @@ pub fn gradients(cfg: &VaeConfig, params: &[Vec<f64>], batch: &Batch<'_>) -> (Lo
     (losses(&fwd, batch), grads)
 }
 
-/// Each example's Jacobian ∂z/∂x [Z, D'] of a one-hidden-layer autoencoder's code:
-/// J[j, i] = Σ_h W2[h, j]·act′(pre_h)·W1[i, h].
+/// Each example's Jacobian ∂z/∂x [Z, D] of a one-hidden-layer autoencoder's code with respect
+/// to its pixels (a conditional model's one-hot is not x): J[j, i] = Σ_h W2[h, j]·act′(pre_h)·W1[i, h].
 fn contractive_jacobians(cfg: &VaeConfig, params: &[Vec<f64>], enc_pre: &[Vec<f64>]) -> Vec<Vec<f64>> {
     let ls = layers(cfg);
     assert_eq!(cfg.hidden.len(), 1, "the contractive penalty is for one hidden layer");
-    let (din, h, zd) = (ls[0].inputs, ls[0].outputs, cfg.latent);
+    let (din, h, zd) = (cfg.input_dim, ls[0].outputs, cfg.latent);
     let (w1, w2) = (&params[0], &params[2]);
     let b = enc_pre[0].len() / h;
     (0..b)
