@@ -37,8 +37,9 @@ and prints one JSON line: test_loss (the -ELBO, a bound on -log p(x), or on -log
 conditional model: see bound_on), test_iw_nll (K importance samples), probe_accuracy (a
 logistic-regression probe on the latent means, trained on the training set, test accuracy;
 null for conditional models, whose latent is meant to carry no label, and unlabelled data).
-For an autoencoder the latent means are its codes, test_loss is the reconstruction NLL plus the
-code's L1 penalty, and test_iw_nll is null (there is no prior).";
+For an autoencoder the latent means are its codes, test_loss is the reconstruction NLL plus its
+penalties (L1, contractive), and test_iw_nll is null (there is no prior); for a VQ-VAE they are
+its unquantized codes and test_loss adds the codebook and commitment terms.";
 
 struct Args {
     checkpoint: PathBuf,

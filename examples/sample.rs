@@ -63,6 +63,14 @@ fn run() -> Result<()> {
     let checkpoint = checkpoint.ok_or_else(|| VaeError::Config("--checkpoint FILE is required".into()))?;
     let gpu = Gpu::new()?;
     let vae = Vae::load(&gpu, &checkpoint)?;
+    if !vae.config.is_vae() {
+        return Err(VaeError::Config(format!(
+            "{} holds a model without a prior (code {}): there is nothing to sample. \
+             `cargo run --release --example explore -- --checkpoint FILE` shows its reconstructions",
+            checkpoint.display(),
+            vae_wgpu::model::code_name(vae.config.code)
+        )));
+    }
     if vae.config.input_dim != IMAGE_SIDE * IMAGE_SIDE {
         return Err(VaeError::Config(format!(
             "the model makes {} pixels, not 28×28 images",

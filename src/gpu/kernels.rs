@@ -22,7 +22,8 @@ pub enum Shader {
     Reduce,
     /// `reparam_kl.wgsl`: the reparameterization and closed-form KL, forward and backward.
     ReparamKl,
-    /// `code.wgsl`: an autoencoder's deterministic code and L1 penalty, forward and backward.
+    /// `code.wgsl`: an autoencoder's code and L1 penalty, the contractive penalty's elementwise
+    /// step, and the VQ-VAE's quantization, forward and backward.
     Code,
     /// `loss.wgsl`: the reconstruction losses and their gradients.
     Loss,

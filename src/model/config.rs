@@ -141,9 +141,13 @@ impl VaeConfig {
                 )));
             }
         }
-        if self.latent == 0 || (self.is_vae() && self.latent % 2 != 0) {
+        if self.latent == 0 {
+            return Err(VaeError::Config("latent size must be positive, got 0".into()));
+        }
+        if self.is_vae() && self.latent % 2 != 0 {
             return Err(VaeError::Config(format!(
-                "latent size {} must be a positive even number (the encoder head is 2·Z wide and read as vec4)",
+                "a VAE's latent size must be even, got {} (the encoder head is 2·Z wide and read as vec4; \
+                 autoencoders and VQ-VAEs take any size)",
                 self.latent
             )));
         }
@@ -237,7 +241,8 @@ impl VaeConfig {
 }
 
 /// The string form of a code, as [`parse_code`] reads it back: "gaussian",
-/// "deterministic:L1" or "deterministic:L1:C" (C the contractive weight, when not 0).
+/// "deterministic:L1" or "deterministic:L1:C" (C the contractive weight, when not 0), or
+/// "quantized:K:G:BETA".
 pub fn code_name(c: Code) -> String {
     match c {
         Code::Gaussian => "gaussian".to_string(),

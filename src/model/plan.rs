@@ -286,7 +286,8 @@ impl Workspace {
         self.per_example.reshape_prefix(&[self.samples * b])
     }
 
-    /// The KL's terms [b·Z] for the first `b` examples (an autoencoder: its L1 penalty's).
+    /// The KL's terms [b·Z] for the first `b` examples (an autoencoder: its L1 penalty's; a
+    /// VQ-VAE: its codebook and commitment terms').
     pub fn kl(&self, b: usize) -> Tensor {
         let buf = self.per_example.buffer().clone();
         let n = b * self.latent;

@@ -1,5 +1,6 @@
-//! `shaders/code.wgsl`: an autoencoder's deterministic code and its L1 penalty, forward and
-//! backward (the counterpart of [`crate::ops::reparam_kl_forward`] for models without a prior).
+//! `shaders/code.wgsl`: the codes of models without a prior, forward and backward (the
+//! counterpart of [`crate::ops::reparam_kl_forward`]): an autoencoder's deterministic code and
+//! its L1 penalty, the contractive penalty's elementwise step, and the VQ-VAE's quantization.
 
 use crate::error::{Result, VaeError};
 use crate::gpu::kernels::layout::{storage, uniform};

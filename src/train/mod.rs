@@ -72,7 +72,8 @@ pub struct ElboStats {
     pub loss: f64,
     /// Reconstruction NLL.
     pub recon: f64,
-    /// KL(q(z|x) ‖ p(z)); for an autoencoder, its L1 penalty on the code.
+    /// KL(q(z|x) ‖ p(z)); for an autoencoder, its penalties (L1 on the code, contractive); for
+    /// a VQ-VAE, its codebook and commitment terms.
     pub kl: f64,
     /// Examples the means are over.
     pub examples: usize,
