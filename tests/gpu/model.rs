@@ -3,7 +3,7 @@
 //! and a partial-batch plan against a workspace built for exactly that batch.
 
 use vae_wgpu::model::{
-    plan_step, BatchSource, Code, GpuDataset, TextureMirrors, Vae, VaeConfig, Workspace, METRIC_SLOTS,
+    code_name, plan_step, BatchSource, Code, GpuDataset, TextureMirrors, Vae, VaeConfig, Workspace, METRIC_SLOTS,
 };
 use vae_wgpu::ops::{self, Activation, AdamConfig, Likelihood, StepBuffer, StepParams};
 use vae_wgpu::train::{TrainConfig, Trainer};
@@ -715,10 +715,12 @@ fn one_step_matches_reference_step() {
     assert!(moved > vae.num_params() / 2, "only {moved} parameters moved");
 }
 
+/// A plan for fewer rows than its workspace (the last partial batch) views prefixes of every
+/// buffer, for each kind of code: the VAE's, the contractive sparse autoencoder's (whose S = MᵀM
+/// must sum only the live rows' masks) and the VQ-VAE's (its index slots).
 #[test]
 fn partial_batch_plan_views_prefix() {
-    let g = gpu();
-    let cfg = VaeConfig {
+    let base = VaeConfig {
         input_dim: 8,
         hidden: vec![12],
         latent: 2,
@@ -727,7 +729,37 @@ fn partial_batch_plan_views_prefix() {
         classes: 0,
         ..Default::default()
     };
-    let l = 2;
+    partial_batch_case(base.clone(), 2);
+    let cae = Code::Deterministic {
+        l1: 0.1,
+        contractive: 0.3,
+    };
+    partial_batch_case(
+        VaeConfig {
+            code: cae,
+            ..base.clone()
+        },
+        1,
+    );
+    let vq = Code::Quantized {
+        codes: 5,
+        groups: 2,
+        commitment: 0.25,
+    };
+    partial_batch_case(
+        VaeConfig {
+            latent: 4,
+            code: vq,
+            ..base
+        },
+        1,
+    );
+}
+
+fn partial_batch_case(cfg: VaeConfig, l: usize) {
+    let g = gpu();
+    // Models without a prior have no β: their terms enter with weight 1.
+    let beta = if cfg.is_vae() { 0.75 } else { 1.0 };
     let vae = Vae::new(g, cfg.clone(), 21).unwrap();
     let names = slot_names(&vae);
     let data = Data::new(g, 12, cfg.input_dim, 22);
@@ -740,7 +772,7 @@ fn partial_batch_plan_views_prefix() {
         step,
         batch_start: start,
         stream: rng::STREAM_TRAIN,
-        kl_beta: 0.75,
+        kl_beta: beta,
         ..Default::default()
     };
     // A full batch first, so every row of the large workspace holds another batch's values.
@@ -752,7 +784,10 @@ fn partial_batch_plan_views_prefix() {
 
     // Same shapes, same kernels, same inputs: the results should agree to the last bit; allow
     // 1e-6 relative in case a strategy choice differs, far below any stale-row contribution.
-    let what = "batch-3 plan in a batch-8 workspace vs a batch-3 workspace";
+    let what = &format!(
+        "{}: batch-3 plan in a batch-8 workspace vs a batch-3 workspace",
+        code_name(cfg.code)
+    );
     assert_tensors_close(what, &names, &to_f64(&part.grads), &to_f64(&exact.grads), 1e-6, 0.0);
     for k in 0..2 {
         let (a, e) = (part.totals[k], exact.totals[k]);
@@ -768,12 +803,12 @@ fn partial_batch_plan_views_prefix() {
         batch: 3,
         eps: &eps,
         samples: l,
-        beta: 0.75,
+        beta: beta as f64,
         labels: None,
     };
     let (_, want) = reference::gradients(&cfg, &params, &batch);
     assert_tensors_close(
-        "partial batch vs reference",
+        &format!("{}: partial batch vs reference", code_name(cfg.code)),
         &names,
         &to_f64(&part.grads),
         &want,
