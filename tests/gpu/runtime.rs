@@ -174,7 +174,7 @@ fn ops_refuse_mismatched_shapes_with_typed_errors() {
         slot,
         scale: 1.0,
     };
-    let (x8, words) = (t(&[2, 8]), t(&[4]));
+    let (x8, words, sq) = (t(&[2, 8]), t(&[4]), t(&[4, 4]));
     let perm = g.upload_words("perm", &[0, 1]).unwrap();
     let cases: Vec<(&str, Result<Dispatch, VaeError>, &str)> = vec![
         (
@@ -305,6 +305,80 @@ fn ops_refuse_mismatched_shapes_with_typed_errors() {
             "reparam-bwd",
             ops::reparam_kl_backward(g, "reparam-bwd", &step, &x8, 1, &t(&[2, 4]), &t(&[2, 4])),
             "gradient must be [2, 8]",
+        ),
+        (
+            "code-z",
+            ops::code_forward(g, "code-z", &x8, 0.1, &t(&[2, 4]), &t(&[16])),
+            "Z' ≥ Z",
+        ),
+        (
+            "code-pen",
+            ops::code_forward(g, "code-pen", &x8, 0.1, &x8, &t(&[8])),
+            "B·Z = 16",
+        ),
+        (
+            "code-bwd",
+            ops::code_backward(g, "code-bwd", &x8, 0.1, &x8, &t(&[2, 4])),
+            "gradient must be [2, 8]",
+        ),
+        (
+            "contractive-square",
+            ops::contractive(g, "contractive-square", 0.1, &x8, &x8, &x8, &x8, &t(&[16]), &x8),
+            "one square shape",
+        ),
+        (
+            "contractive-terms",
+            ops::contractive(g, "contractive-terms", 0.1, &sq, &sq, &sq, &sq, &t(&[8]), &sq),
+            "terms 16 values",
+        ),
+        (
+            "vq-codebook",
+            ops::vq_forward(
+                g,
+                "vq-codebook",
+                &x8,
+                &t(&[5, 3]),
+                2,
+                0.25,
+                1.0,
+                &x8,
+                &t(&[16]),
+                &t(&[4]),
+            ),
+            "codebook [K, Z/2]",
+        ),
+        (
+            "vq-groups",
+            ops::vq_forward(g, "vq-groups", &x8, &t(&[5, 8]), 3, 0.25, 1.0, &x8, &t(&[16]), &t(&[6])),
+            "in 3 groups",
+        ),
+        (
+            "vq-index",
+            ops::vq_forward(g, "vq-index", &x8, &t(&[5, 4]), 2, 0.25, 1.0, &x8, &t(&[16]), &t(&[2])),
+            "B·G = 4 indices",
+        ),
+        (
+            "vq-pen",
+            ops::vq_forward(g, "vq-pen", &x8, &t(&[5, 4]), 2, 0.25, 1.0, &x8, &t(&[8]), &t(&[4])),
+            "B·Z = 16",
+        ),
+        (
+            "vq-bwd",
+            ops::vq_backward(
+                g,
+                "vq-bwd",
+                &x8,
+                &t(&[5, 4]),
+                2,
+                0.25,
+                1.0,
+                &t(&[4]),
+                &x8,
+                &x8,
+                &t(&[4, 4]),
+            )
+            .map(|mut d| d.remove(0)),
+            "got [2, 8] and [4, 4]",
         ),
     ];
     for (label, result, fragment) in cases {

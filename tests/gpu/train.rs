@@ -570,12 +570,80 @@ fn resuming_from_saved_state_matches_an_uninterrupted_run() {
         epochs: 3,
         ..Default::default()
     };
+    let run = resumed_run(g, &cfg, &tc, "vae");
+    let resume = |load: bool, seed: u64| -> Vec<f32> {
+        let vae = Vae::load(g, &run.ckpt).unwrap();
+        assert!(vae.mirrored_weights() > 0 || vae.texture_mirrors() == TextureMirrors::None);
+        let mut tr = Trainer::new(g, &vae, mnist_subset(g, 300), TrainConfig { seed, ..tc.clone() }).unwrap();
+        if load {
+            tr.load_state(&vae, &run.state).unwrap();
+        }
+        (0..2).for_each(|_| {
+            tr.train_epoch(|_, _| {}).unwrap();
+        });
+        g.read(&vae.arena.params).unwrap()
+    };
+    // Fresh moments, step and epoch do not continue the run.
+    assert!(resume(false, 7) != run.want, "the state made no difference");
+    // Another seed would draw another order and noise: refused by name.
+    let vae = Vae::load(g, &run.ckpt).unwrap();
+    let mut other = Trainer::new(g, &vae, mnist_subset(g, 300), TrainConfig { seed: 8, ..tc.clone() }).unwrap();
+    match other.load_state(&vae, &run.state) {
+        Err(e @ VaeError::Checkpoint { .. }) => assert!(e.to_string().contains("seed 7"), "{e}"),
+        r => panic!("expected a checkpoint error, got {:?}", r.err()),
+    }
+    // The model checkpoint is not a training state.
+    match other.load_state(&vae, &run.ckpt) {
+        Err(e @ VaeError::Checkpoint { .. }) => assert!(e.to_string().contains("format"), "{e}"),
+        r => panic!("expected a checkpoint error, got {:?}", r.err()),
+    }
+    std::fs::remove_dir_all(&run.dir).ok();
+}
+
+/// Resume is exact for a denoising VQ-VAE too: its codebook is in the saved arena, and the
+/// masking noise is keyed by the restored step.
+#[test]
+fn resuming_a_denoising_vq_vae_matches_an_uninterrupted_run() {
+    let g = gpu();
+    let cfg = VaeConfig {
+        hidden: vec![64],
+        latent: 8,
+        code: Code::Quantized {
+            codes: 16,
+            groups: 4,
+            commitment: 0.25,
+        },
+        ..Default::default()
+    };
+    let tc = TrainConfig {
+        batch_size: 64,
+        seed: 9,
+        denoise: 0.3,
+        epochs: 3,
+        ..Default::default()
+    };
+    let run = resumed_run(g, &cfg, &tc, "vq");
+    std::fs::remove_dir_all(&run.dir).ok();
+}
+
+/// The files of a run resumed by [`resumed_run`] and the uninterrupted run's final parameters.
+struct ResumedRun {
+    dir: std::path::PathBuf,
+    ckpt: std::path::PathBuf,
+    state: std::path::PathBuf,
+    want: Vec<f32>,
+}
+
+/// Trains three epochs straight, then one epoch, saves the checkpoint and training state,
+/// loads both into a fresh model and trainer and trains two more: asserts that the resumed
+/// epochs' losses and the final parameters are bit-identical to the straight run's.
+fn resumed_run(g: &Gpu, cfg: &VaeConfig, tc: &TrainConfig, tag: &str) -> ResumedRun {
     let vae = Vae::new(g, cfg.clone(), 7).unwrap();
     let mut tr = Trainer::new(g, &vae, mnist_subset(g, 300), tc.clone()).unwrap();
     let straight: Vec<f64> = (0..3).map(|_| tr.train_epoch(|_, _| {}).unwrap().train.loss).collect();
     let want = g.read(&vae.arena.params).unwrap();
 
-    let dir = std::env::temp_dir().join(format!("vae-wgpu-resume-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("vae-wgpu-resume-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (ckpt, state) = (
         dir.join("checkpoint.safetensors"),
@@ -589,36 +657,18 @@ fn resuming_from_saved_state_matches_an_uninterrupted_run() {
         vae.save(g, &ckpt, &[]).unwrap();
         tr.save_state(&vae, &state).unwrap();
     }
-    let resume = |load: bool, seed: u64| -> (Vec<f64>, Vec<f32>) {
-        let vae = Vae::load(g, &ckpt).unwrap();
-        assert!(vae.mirrored_weights() > 0 || vae.texture_mirrors() == TextureMirrors::None);
-        let mut tr = Trainer::new(g, &vae, mnist_subset(g, 300), TrainConfig { seed, ..tc.clone() }).unwrap();
-        if load {
-            tr.load_state(&vae, &state).unwrap();
-            assert_eq!((tr.epoch, tr.step), (1, 5));
-        }
-        let losses = (0..2).map(|_| tr.train_epoch(|_, _| {}).unwrap().train.loss).collect();
-        (losses, g.read(&vae.arena.params).unwrap())
-    };
-    let (losses, got) = resume(true, 7);
-    assert_eq!(losses, straight[1..], "the resumed epochs' losses");
-    assert!(got == want, "resumed parameters differ from the uninterrupted run's");
-    // Fresh moments, step and epoch do not continue the run.
-    let (_, fresh) = resume(false, 7);
-    assert!(fresh != want, "the state made no difference");
-    // Another seed would draw another order and noise: refused by name.
     let vae = Vae::load(g, &ckpt).unwrap();
-    let mut other = Trainer::new(g, &vae, mnist_subset(g, 300), TrainConfig { seed: 8, ..tc.clone() }).unwrap();
-    match other.load_state(&vae, &state) {
-        Err(e @ VaeError::Checkpoint { .. }) => assert!(e.to_string().contains("seed 7"), "{e}"),
-        r => panic!("expected a checkpoint error, got {:?}", r.err()),
-    }
-    // The model checkpoint is not a training state.
-    match other.load_state(&vae, &ckpt) {
-        Err(e @ VaeError::Checkpoint { .. }) => assert!(e.to_string().contains("format"), "{e}"),
-        r => panic!("expected a checkpoint error, got {:?}", r.err()),
-    }
-    std::fs::remove_dir_all(&dir).ok();
+    let mut tr = Trainer::new(g, &vae, mnist_subset(g, 300), tc.clone()).unwrap();
+    tr.load_state(&vae, &state).unwrap();
+    assert_eq!((tr.epoch, tr.step), (1, 5));
+    let losses: Vec<f64> = (0..2).map(|_| tr.train_epoch(|_, _| {}).unwrap().train.loss).collect();
+    assert_eq!(losses, straight[1..], "{tag}: the resumed epochs' losses");
+    let got = g.read(&vae.arena.params).unwrap();
+    assert!(
+        got == want,
+        "{tag}: resumed parameters differ from the uninterrupted run's"
+    );
+    ResumedRun { dir, ckpt, state, want }
 }
 
 /// A VQ-VAE trains through the same plan (18 dispatches: quantization forward, and the
