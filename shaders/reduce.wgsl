@@ -31,8 +31,8 @@ fn colsum(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 // ---- segment sums into the metric log ----
-// Workgroup w sums x[offset_w .. offset_w + len_w) times scale_w and writes it to
-// log[step.log_row · slots + slot_w]. One row per step, read once per epoch and added up on the
+// Workgroup w adds, over the segments k aimed at slot w, x[offset_k .. offset_k + len_k) times
+// scale_k, and writes it to log[step.log_row · slots + w]. One row per step, read once per epoch and added up on the
 // host in f64: exact bookkeeping without float atomics or a long f32 running sum, and
 // deterministic because each sum is a fixed reduction tree.
 
@@ -46,7 +46,7 @@ struct Segment {
 struct SegmentParams {
     segments: array<Segment, 4>,
     slots: u32,
-    _pad0: u32,
+    count: u32,     // segments in use
     _pad1: u32,
     _pad2: u32,
 }
@@ -64,10 +64,21 @@ var<workgroup> partial: array<f32, 64>;
 fn sum_segments(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     SP = sp;
     S = step;
-    let seg = SP.segments[wid.x];
+    // One workgroup per slot of the row: it adds every segment aimed at its slot (a slot may
+    // take several, e.g. a hierarchical VAE's two KL terms), and leaves a slot none aims at.
+    let slot = wid.x;
+    var used = false;
     var s = 0.0;
-    for (var i = li; i < seg.len; i += 64u) {
-        s += sx[seg.offset + i];
+    for (var k = 0u; k < SP.count; k++) {
+        let seg = SP.segments[k];
+        if (seg.slot == slot) {
+            used = true;
+            var part = 0.0;
+            for (var i = li; i < seg.len; i += 64u) {
+                part += sx[seg.offset + i];
+            }
+            s += part * seg.scale;
+        }
     }
     partial[li] = s;
     workgroupBarrier();
@@ -75,7 +86,7 @@ fn sum_segments(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
         if (li < width) { partial[li] += partial[li + width]; }
         workgroupBarrier();
     }
-    if (li == 0u) {
-        log_rows[S.log_row * SP.slots + seg.slot] = partial[0] * seg.scale;
+    if (li == 0u && used) {
+        log_rows[S.log_row * SP.slots + slot] = partial[0];
     }
 }

@@ -78,10 +78,12 @@ struct SegmentRaw {
 struct SegmentParams {
     segments: [SegmentRaw; 4],
     slots: u32,
-    _pad: [u32; 3],
+    count: u32,
+    _pad: [u32; 2],
 }
 
-/// Plans up to four segment sums of `x` into row `step.log_row` of `log` ([rows, slots]).
+/// Plans up to four segment sums of `x` into row `step.log_row` of `log` ([rows, slots]);
+/// segments aimed at one slot add up there, and slots no segment names keep their values.
 /// Each step writes its own row; [`read_log_totals`] adds the rows up in f64.
 pub fn sum_segments(
     gpu: &Gpu,
@@ -111,7 +113,8 @@ pub fn sum_segments(
             scale: 0.0,
         }; 4],
         slots: slots as u32,
-        _pad: [0; 3],
+        count: segments.len() as u32,
+        _pad: [0; 2],
     };
     for (r, s) in raw.segments.iter_mut().zip(segments) {
         if s.offset + s.len > x.len() || s.slot >= slots {
@@ -142,7 +145,7 @@ pub fn sum_segments(
         pipeline,
         &res,
         Some(ubuf.clone()),
-        [segments.len() as u32, 1, 1],
+        [slots as u32, 1, 1],
         n as f64,
         4.0 * n as f64,
     )

@@ -569,6 +569,25 @@ fn colsum_and_segment_sums() {
     }
     let totals = ops::read_log_totals(g, &log, rows).unwrap();
     assert!((totals[0] - 3.0 * s0).abs() < 3e-6 * s0 && (totals[1] - 3.0 * s1).abs() < 1e-9);
+    // Segments aimed at one slot add up there (a hierarchical VAE's two KL terms), and a slot
+    // no segment names keeps its value.
+    let log3 = g.upload("log3", &[1, 3], &[7.0, 8.0, 9.0]).unwrap();
+    let seg = |offset, len, slot, scale| Segment {
+        offset,
+        len,
+        slot,
+        scale,
+    };
+    let three = [seg(0, 300, 2, 1.0), seg(300, 10, 0, 1.0), seg(500, 200, 2, 0.25)];
+    let d = ops::sum_segments(g, "slot-sums", &step, &x, &log3, &three).unwrap();
+    step.write(g, &StepParams::default());
+    g.run(&[&d]).unwrap();
+    let got = g.read(&log3).unwrap();
+    let sum = |r: std::ops::Range<usize>| xh[r].iter().map(|&v| v as f64).sum::<f64>();
+    let want = [sum(300..310), 8.0, sum(0..300) + 0.25 * sum(500..700)];
+    for (k, (&a, &b)) in got.iter().zip(&want).enumerate() {
+        assert!((a as f64 - b).abs() <= 1e-6 * b, "slot {k}: {a} want {b}");
+    }
     assert!(ops::sum_segments(
         g,
         "bad",
