@@ -2,7 +2,7 @@
 // prepended). The encoder head writes one row per example: [μ (Z) | log σ² (Z)].
 //
 // forward:  lv = clamp(log σ², LV_MIN, LV_MAX); σ = exp(lv/2); ε = N(0,1) keyed by
-//           (seed, step, stream·2^16 + sample, example·Z + j);
+//           (seed, step, stream·2^16 + sample_base + sample, example·Z + j);
 //           z[s·B + b, j] = μ + σ·ε for each of the L samples s (rows stacked sample-major);
 //           kl[b, j] = ½ (σ² + μ² − 1 − lv), the KL's terms (a segment sum adds them up);
 //           with LOG_RATIO, log_ratio[s·B + b, j] = ½(ε² − z² + lv), whose row sums are
@@ -10,6 +10,7 @@
 // backward: with dz summed over the L samples,
 //           dμ = Σ_s dz + β·μ ;  dlv = ½ Σ_s dz·ε·σ + ½·β·(σ² − 1)   (0 where lv was clamped)
 // ε is drawn again in backward instead of being stored: the RNG is a pure function of its key.
+// A hierarchical VAE's upper layer draws with sample_base 2^15, so its ε never repeats z₁'s.
 // One invocation per (b, j): B·Z is small, and one lane per example would leave all but a
 // couple of workgroups (CPU threads, on lavapipe) idle. z rows may be wider than Z (z_stride):
 // a conditional decoder's input carries the one-hot label after the code.
@@ -21,6 +22,7 @@ struct ReparamParams {
     lv_min: f32,
     lv_max: f32,
     z_stride: u32,  // row stride of z (≥ Z)
+    sample_base: u32, // added to the sample index in ε's key
 }
 
 @group(0) @binding(0) var<uniform> p: ReparamParams;
@@ -37,9 +39,11 @@ var<private> S: Step;
 
 // Also write the terms of log p(z) − log q(z|x) per sample, for importance-weighted bounds.
 override LOG_RATIO: bool = false;
+// Write the KL's terms; off for a hierarchical VAE's z₁, whose prior is p(z₁|z₂) (hier_kl).
+override WRITE_KL: bool = true;
 
 fn eps_at(s: u32, b: u32, j: u32) -> f32 {
-    return rng_normal(S.seed, S.step, (S.stream << 16u) | s, b * P.latent + j);
+    return rng_normal(S.seed, S.step, (S.stream << 16u) | (P.sample_base + s), b * P.latent + j);
 }
 
 @compute @workgroup_size(64)
@@ -62,7 +66,7 @@ fn reparam_kl_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
         // log N(z; 0, 1) − log N(z; μ, σ²): the 2π terms cancel.
         if (LOG_RATIO) { log_ratio[r * zd + j] = 0.5 * (e * e - zv * zv + lv); }
     }
-    kl[i] = 0.5 * (sigma * sigma + mu * mu - 1.0 - lv);
+    if (WRITE_KL) { kl[i] = 0.5 * (sigma * sigma + mu * mu - 1.0 - lv); }
 }
 
 @compute @workgroup_size(64)
@@ -89,4 +93,59 @@ fn reparam_kl_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     denc[b * 2u * zd + j] = dz_sum + beta * mu;
     let inside = raw >= P.lv_min && raw <= P.lv_max;
     denc[b * 2u * zd + zd + j] = select(0.0, 0.5 * dz_eps * sigma + 0.5 * beta * (sigma * sigma - 1.0), inside);
+}
+
+// ---- a hierarchical VAE's lower layer: z₁ ~ q(z₁|x) = N(μ, σ²), prior p(z₁|z₂) = N(μₚ, σₚ²) ----
+// The ladder VAE's form of the lower KL term: the entropy of q in closed form, the cross
+// entropy with the conditional prior by the one sample of z₁ (and of z₂ inside μₚ, σₚ):
+//   t = E_q[log q(z₁|x)] − log p(z₁|z₂) = ½(lvₚ − 1 − lv + (z₁ − μₚ)²·e^(−lvₚ))   (2π cancels)
+// hier_kl writes t into kl and, weighted by β, its gradients: dz₁ (into dz_kl) and
+// [dμₚ | d lvₚ] (into dprior, 0 where lvₚ was clamped). sample_backward then adds the
+// decoder's, the upper encoder's and this term's dz₁, and ∂t/∂lv = −½ (the entropy).
+// One sample per example (L = 1): rows are examples.
+@group(0) @binding(7) var<storage, read> prior: array<f32>;          // [B, 2Z]: μₚ | log σₚ²
+@group(0) @binding(8) var<storage, read_write> dprior: array<f32>;   // [B, 2Z]
+@group(0) @binding(9) var<storage, read> dz_up: array<f32>;          // [B, Z]: from q(z₂|z₁)'s net
+@group(0) @binding(10) var<storage, read_write> dz_kl: array<f32>;   // [B, Z]
+
+@compute @workgroup_size(64)
+fn hier_kl(@builtin(global_invocation_id) gid: vec3<u32>) {
+    P = p;
+    S = step;
+    let i = gid.x + gid.y * 65535u * 64u;
+    let zd = P.latent;
+    if (i >= P.batch * zd) { return; }
+    let b = i / zd;
+    let j = i % zd;
+    let beta = S.kl_beta;
+    let lv = clamp(enc[b * 2u * zd + zd + j], P.lv_min, P.lv_max);
+    let zv = z[b * P.z_stride + j];
+    let mu_p = prior[b * 2u * zd + j];
+    let raw_p = prior[b * 2u * zd + zd + j];
+    let lv_p = clamp(raw_p, P.lv_min, P.lv_max);
+    let inv = exp(-lv_p);
+    let d = zv - mu_p;
+    kl[i] = 0.5 * (lv_p - 1.0 - lv + d * d * inv);
+    dz_kl[i] = beta * d * inv;
+    dprior[b * 2u * zd + j] = -beta * d * inv;
+    let inside = raw_p >= P.lv_min && raw_p <= P.lv_max;
+    dprior[b * 2u * zd + zd + j] = select(0.0, 0.5 * beta * (1.0 - d * d * inv), inside);
+}
+
+@compute @workgroup_size(64)
+fn sample_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    P = p;
+    S = step;
+    let i = gid.x + gid.y * 65535u * 64u;
+    let zd = P.latent;
+    if (i >= P.batch * zd) { return; }
+    let b = i / zd;
+    let j = i % zd;
+    let raw = enc[b * 2u * zd + zd + j];
+    let lv = clamp(raw, P.lv_min, P.lv_max);
+    let sigma = exp(0.5 * lv);
+    let g = z[b * P.z_stride + j] + dz_up[i] + dz_kl[i];
+    denc[b * 2u * zd + j] = g;
+    let inside = raw >= P.lv_min && raw <= P.lv_max;
+    denc[b * 2u * zd + zd + j] = select(0.0, 0.5 * g * eps_at(0u, b, j) * sigma - 0.5 * S.kl_beta, inside);
 }

@@ -35,6 +35,19 @@ pub enum Code {
     },
 }
 
+/// The upper stochastic layer of a two-layer hierarchical VAE (Burda et al. 2016's two
+/// stochastic layers, with the lower layer's posterior term computed as in the ladder VAE):
+/// q(z₂|z₁) = N(μ₂, σ₂²) from an MLP on z₁, the prior p(z₂) = N(0, I), and the learned
+/// conditional prior p(z₁|z₂) = N(μₚ, σₚ²) from an MLP on z₂, which replaces N(0, I) as z₁'s
+/// prior. Each MLP has one hidden layer of `hidden` units with the model's activation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TopLatent {
+    /// Dimensions of z₂ (even).
+    pub latent: usize,
+    /// Hidden width of the q(z₂|z₁) and p(z₁|z₂) networks (a multiple of 4).
+    pub hidden: usize,
+}
+
 /// Architecture and likelihood of a VAE. The default is the reference model used across the
 /// field: 784 → 400 (ReLU) → 20 μ, 20 log σ²; 20 → 400 (ReLU) → 784 Bernoulli logits.
 #[derive(Clone, Debug, PartialEq)]
@@ -55,6 +68,8 @@ pub struct VaeConfig {
     pub classes: usize,
     /// The code: a Gaussian posterior (the VAE) or a deterministic code (an autoencoder).
     pub code: Code,
+    /// A second stochastic layer above z (a hierarchical VAE), or None.
+    pub top: Option<TopLatent>,
 }
 
 impl Default for VaeConfig {
@@ -67,6 +82,7 @@ impl Default for VaeConfig {
             likelihood: Likelihood::Bernoulli,
             classes: 0,
             code: Code::Gaussian,
+            top: None,
         }
     }
 }
@@ -151,6 +167,20 @@ impl VaeConfig {
                 self.latent
             )));
         }
+        if let Some(t) = self.top {
+            if !self.is_vae() || self.classes > 0 {
+                return Err(VaeError::Config(
+                    "a second stochastic layer needs an unconditional VAE (a Gaussian code, no classes)".into(),
+                ));
+            }
+            if t.latent == 0 || t.latent % 2 != 0 || t.hidden == 0 || t.hidden % 4 != 0 {
+                return Err(VaeError::Config(format!(
+                    "the second stochastic layer needs an even latent size and a hidden width that is a \
+                     positive multiple of 4, got {} and {}",
+                    t.latent, t.hidden
+                )));
+            }
+        }
         if let Some(h) = self.hidden.iter().find(|&&h| h == 0 || h % 4 != 0) {
             return Err(VaeError::Config(format!(
                 "hidden size {h} must be a positive multiple of 4"
@@ -184,6 +214,7 @@ impl VaeConfig {
             ("likelihood".into(), lik),
             ("classes".into(), self.classes.to_string()),
             ("code".into(), code_name(self.code)),
+            ("top".into(), top_name(self.top)),
         ]
     }
 
@@ -216,6 +247,8 @@ impl VaeConfig {
             classes: if get("classes").is_ok() { num("classes")? } else { 0 },
             // Checkpoints from before autoencoders were added are VAEs.
             code: get("code").map_or(Ok(Code::Gaussian), parse_code)?,
+            // Checkpoints from before hierarchical models have one stochastic layer.
+            top: get("top").map_or(Ok(None), parse_top)?,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -236,8 +269,42 @@ impl VaeConfig {
             Code::Quantized { codes, groups, .. } => codes * (self.latent / groups),
             _ => 0,
         };
-        enc + head + dec + codebook + self.likelihood.learned_log_c_len(self.input_dim).unwrap_or(0)
+        // z₁ → h → [μ₂ | log σ₂²] and z₂ → h → [μₚ | log σₚ²].
+        let top = self.top.map_or(0, |t| {
+            let dense = |i: usize, o: usize| i * o + o;
+            dense(self.latent, t.hidden)
+                + dense(t.hidden, 2 * t.latent)
+                + dense(t.latent, t.hidden)
+                + dense(t.hidden, 2 * self.latent)
+        });
+        enc + head + dec + codebook + top + self.likelihood.learned_log_c_len(self.input_dim).unwrap_or(0)
     }
+}
+
+/// The string form of a second stochastic layer, as [`parse_top`] reads it back: "none" or
+/// "Z2:H2" (its latent size and hidden width).
+pub fn top_name(t: Option<TopLatent>) -> String {
+    match t {
+        None => "none".into(),
+        Some(t) => format!("{}:{}", t.latent, t.hidden),
+    }
+}
+
+/// Parses "none" or "Z2:H2" (see [`top_name`]); sizes are checked by [`VaeConfig::validate`].
+pub fn parse_top(s: &str) -> Result<Option<TopLatent>> {
+    if s == "none" {
+        return Ok(None);
+    }
+    let bad = || {
+        VaeError::Config(format!(
+            "second stochastic layer {s:?}: expected none or Z2:H2, e.g. 10:200"
+        ))
+    };
+    let (z, h) = s.split_once(':').ok_or_else(bad)?;
+    Ok(Some(TopLatent {
+        latent: z.trim().parse().map_err(|_| bad())?,
+        hidden: h.trim().parse().map_err(|_| bad())?,
+    }))
 }
 
 /// The string form of a code, as [`parse_code`] reads it back: "gaussian",

@@ -5,9 +5,11 @@ pub mod plan;
 pub mod vae;
 
 pub use config::{
-    code_name, likelihood_name, parse_code, parse_hidden, parse_likelihood, parse_variance, Code, VaeConfig,
+    code_name, likelihood_name, parse_code, parse_hidden, parse_likelihood, parse_top, parse_variance, top_name, Code,
+    TopLatent, VaeConfig,
 };
 pub use plan::{
-    plan_inputs, plan_step, BatchSource, ContractiveScratch, GpuDataset, Workspace, METRIC_SLOTS, SLOT_KL, SLOT_RECON,
+    plan_inputs, plan_step, BatchSource, ContractiveScratch, GpuDataset, TopGrads, TopWorkspace, Workspace,
+    METRIC_SLOTS, SLOT_KL, SLOT_RECON,
 };
-pub use vae::{TextureMirrors, Vae, CODEBOOK_KEY, MIRROR_MIN_WEIGHTS};
+pub use vae::{TextureMirrors, TopLayers, Vae, CODEBOOK_KEY, MIRROR_MIN_WEIGHTS};

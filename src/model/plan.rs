@@ -96,6 +96,41 @@ pub struct ContractiveScratch {
     pub a2: Tensor,
 }
 
+/// A hierarchical VAE's second stochastic layer's activations, [B, ·] each (one sample per
+/// example; see [`crate::model::TopLatent`]).
+pub struct TopWorkspace {
+    /// q(z₂|z₁)'s hidden layer, [B, H₂].
+    pub up_hidden: Tensor,
+    /// [μ₂ | log σ₂²], [B, 2Z₂].
+    pub q2: Tensor,
+    /// The draw of z₂, [B, Z₂].
+    pub z2: Tensor,
+    /// p(z₁|z₂)'s hidden layer, [B, H₂].
+    pub prior_hidden: Tensor,
+    /// [μₚ | log σₚ²] of p(z₁|z₂), [B, 2Z].
+    pub p1: Tensor,
+    /// ∂L/∂p1, written by the lower KL term in the forward pass, [B, 2Z].
+    pub d_p1: Tensor,
+    /// The lower KL term's ∂L/∂z₁, [B, Z].
+    pub dz1_kl: Tensor,
+    /// The rest of the layer's gradients, for a training workspace.
+    pub grads: Option<TopGrads>,
+}
+
+/// Gradients of a [`TopWorkspace`]'s activations (training only).
+pub struct TopGrads {
+    /// ∂L/∂ pre-activation of q(z₂|z₁)'s hidden layer.
+    pub up_hidden: Tensor,
+    /// ∂L/∂[μ₂ | log σ₂²].
+    pub q2: Tensor,
+    /// ∂L/∂z₂.
+    pub z2: Tensor,
+    /// ∂L/∂ pre-activation of p(z₁|z₂)'s hidden layer.
+    pub prior_hidden: Tensor,
+    /// ∂L/∂z₁ through q(z₂|z₁)'s network.
+    pub z1_up: Tensor,
+}
+
 /// Every activation of a step for up to `batch` examples and `samples` draws each, allocated
 /// once. Plans for fewer rows (the last partial batch) view prefixes of the same buffers.
 pub struct Workspace {
@@ -138,6 +173,8 @@ pub struct Workspace {
     pub dlc: Option<Tensor>,
     /// The activations' gradients, for a training workspace.
     pub grads: Option<ActivationGrads>,
+    /// A hierarchical VAE's second layer.
+    pub top: Option<TopWorkspace>,
 }
 
 fn rows(t: &Tensor, n: usize) -> Tensor {
@@ -186,6 +223,40 @@ impl Workspace {
             _ => None,
         };
         let pen_terms = contractive.as_ref().map_or(0, |c| c.s.len());
+        let top = match cfg.top {
+            Some(tl) => {
+                let g = |name: &str, shape: &[usize]| if train { t(name, shape).map(Some) } else { Ok(None) };
+                let grads = match (
+                    g("d_top_up_hidden", &[batch, tl.hidden])?,
+                    g("d_top_q2", &[batch, 2 * tl.latent])?,
+                    g("d_top_z2", &[batch, tl.latent])?,
+                    g("d_top_prior_hidden", &[batch, tl.hidden])?,
+                    g("d_top_z1_up", &[batch, cfg.latent])?,
+                ) {
+                    (Some(up_hidden), Some(q2), Some(z2), Some(prior_hidden), Some(z1_up)) => Some(TopGrads {
+                        up_hidden,
+                        q2,
+                        z2,
+                        prior_hidden,
+                        z1_up,
+                    }),
+                    _ => None,
+                };
+                Some(TopWorkspace {
+                    up_hidden: t("top_up_hidden", &[batch, tl.hidden])?,
+                    q2: t("top_q2", &[batch, 2 * tl.latent])?,
+                    z2: t("top_z2", &[batch, tl.latent])?,
+                    prior_hidden: t("top_prior_hidden", &[batch, tl.hidden])?,
+                    p1: t("top_p1", &[batch, 2 * cfg.latent])?,
+                    d_p1: t("d_top_p1", &[batch, 2 * cfg.latent])?,
+                    dz1_kl: t("d_top_z1_kl", &[batch, cfg.latent])?,
+                    grads,
+                })
+            }
+            None => None,
+        };
+        // The upper layer's KL terms follow the lower layer's, B·Z₂ of them.
+        let top_terms = cfg.top.map_or(0, |t| batch * t.latent);
         let grads = if train {
             Some(ActivationGrads {
                 dec_hidden: cfg
@@ -221,7 +292,7 @@ impl Workspace {
             } else {
                 t("d_out", &[r, cfg.input_dim])?
             },
-            per_example: t("per_example", &[kl_offset + pen_terms + batch * cfg.latent])?,
+            per_example: t("per_example", &[kl_offset + pen_terms + batch * cfg.latent + top_terms])?,
             kl_offset,
             latent: cfg.latent,
             pen_terms,
@@ -240,6 +311,7 @@ impl Workspace {
                 None => None,
             },
             grads,
+            top,
         })
     }
 
@@ -274,6 +346,12 @@ impl Workspace {
             all.extend([&c.ones, &c.mask, &c.s, &c.g1, &c.g2, &c.a1, &c.a2]);
         }
         all.extend(self.vq_index.iter());
+        if let Some(t) = &self.top {
+            all.extend([&t.up_hidden, &t.q2, &t.z2, &t.prior_hidden, &t.p1, &t.d_p1, &t.dz1_kl]);
+            if let Some(g) = &t.grads {
+                all.extend([&g.up_hidden, &g.q2, &g.z2, &g.prior_hidden, &g.z1_up]);
+            }
+        }
         if let Some(g) = &self.grads {
             all.extend([&g.z, &g.enc]);
             all.extend(g.dec_hidden.iter().chain(&g.enc_hidden));
@@ -293,6 +371,14 @@ impl Workspace {
         let n = b * self.latent;
         let start = self.kl_offset + self.pen_terms;
         Tensor::view(buf, self.per_example.offset() + 4 * start as u64, &[n])
+    }
+
+    /// A hierarchical VAE's upper KL terms [b·Z₂] for the first `b` examples (after the
+    /// lower layer's B·Z, for the workspace's B).
+    pub fn kl_top(&self, b: usize, top_latent: usize) -> Tensor {
+        let buf = self.per_example.buffer().clone();
+        let start = self.kl_offset + self.pen_terms + self.batch * self.latent;
+        Tensor::view(buf, self.per_example.offset() + 4 * start as u64, &[b * top_latent])
     }
 }
 
@@ -408,6 +494,17 @@ pub fn plan_step(
     let (mut d, x_enc) = plan_inputs(gpu, vae, ws, b, src, step)?;
     d.extend(vae.plan_encode(gpu, &x_enc, &enc_h, &enc)?);
     match vae.config.code {
+        Code::Gaussian if vae.top.is_some() => {
+            if l != 1 || log_ratio.is_some() {
+                return Err(crate::VaeError::Config(
+                    "a hierarchical VAE trains and evaluates with one sample per example, and has no \
+                     importance-weighted bound here"
+                        .into(),
+                ));
+            }
+            d.push(ops::sample_forward(gpu, "sample.forward", step, &enc, &z)?);
+            d.extend(plan_top_forward(gpu, vae, ws, step, b, &enc, &z, &kl)?);
+        }
         Code::Gaussian => d.push(ops::reparam_kl_forward(
             gpu,
             "reparam_kl.forward",
@@ -528,6 +625,9 @@ pub fn plan_step(
         // Through the reparameterization and the KL term (an autoencoder: the code's penalty).
         let denc = rows(&g.enc, b);
         match vae.config.code {
+            Code::Gaussian if vae.top.is_some() => {
+                d.extend(plan_top_backward(gpu, vae, ws, step, b, &enc, &dz, &denc)?)
+            }
             Code::Gaussian => d.push(ops::reparam_kl_backward(
                 gpu,
                 "reparam_kl.backward",
@@ -611,7 +711,7 @@ pub fn plan_step(
         }
     }
     // Metrics: this step's Σ NLL / L and Σ KL into its row of the log.
-    let segs = [
+    let mut segs = vec![
         Segment {
             offset: 0,
             len: r,
@@ -625,6 +725,14 @@ pub fn plan_step(
             scale: 1.0,
         },
     ];
+    if let Some(t) = vae.config.top {
+        segs.push(Segment {
+            offset: ws.kl_offset + ws.pen_terms + ws.batch * zd,
+            len: b * t.latent,
+            slot: SLOT_KL,
+            scale: 1.0,
+        });
+    }
     d.push(ops::sum_segments(
         gpu,
         "metrics",
@@ -640,6 +748,141 @@ pub fn plan_step(
         d.extend(a.refresh_mirrors());
     }
     Ok(d)
+}
+
+/// A hierarchical VAE's second layer, forward, for `b` examples whose z₁ is in `z`: q(z₂|z₁)'s
+/// network, z₂'s draw and its KL against N(0, I) (after the lower terms in `per_example`),
+/// p(z₁|z₂)'s network, and the lower KL term into `kl` with its gradients (see reparam_kl.wgsl).
+#[allow(clippy::too_many_arguments)]
+fn plan_top_forward(
+    gpu: &Gpu,
+    vae: &Vae,
+    ws: &Workspace,
+    step: &StepBuffer,
+    b: usize,
+    enc: &Tensor,
+    z: &Tensor,
+    kl: &Tensor,
+) -> Result<Vec<Dispatch>> {
+    let (layers, tw, tl) = top_parts(vae, ws)?;
+    let a = &vae.arena;
+    let (uh, q2, z2) = (rows(&tw.up_hidden, b), rows(&tw.q2, b), rows(&tw.z2, b));
+    let (ph, p1) = (rows(&tw.prior_hidden, b), rows(&tw.p1, b));
+    let mut d = layers.up.forward(gpu, a, z, &uh)?;
+    d.extend(layers.up_head.forward(gpu, a, &uh, &q2)?);
+    d.push(ops::reparam_kl_forward_at(
+        gpu,
+        "top.reparam_kl.forward",
+        step,
+        &q2,
+        1,
+        &z2,
+        &ws.kl_top(b, tl),
+        None,
+        ops::TOP_SAMPLE_BASE,
+    )?);
+    d.extend(layers.plan_prior(gpu, a, &z2, &ph, &p1)?);
+    d.push(ops::hier_kl(
+        gpu,
+        "top.hier_kl",
+        step,
+        enc,
+        z,
+        &p1,
+        kl,
+        &rows(&tw.d_p1, b),
+        &tw.dz1_kl.reshape_prefix(&[b * vae.config.latent]),
+    )?);
+    Ok(d)
+}
+
+/// A hierarchical VAE's second layer, backward: p(z₁|z₂)'s network from the lower KL term's
+/// gradient, z₂'s reparameterization and KL, q(z₂|z₁)'s network, then z₁'s sample backward
+/// summing the decoder's `dz`, the upper network's and the KL term's gradients into `denc`.
+#[allow(clippy::too_many_arguments)]
+fn plan_top_backward(
+    gpu: &Gpu,
+    vae: &Vae,
+    ws: &Workspace,
+    step: &StepBuffer,
+    b: usize,
+    enc: &Tensor,
+    dz: &Tensor,
+    denc: &Tensor,
+) -> Result<Vec<Dispatch>> {
+    let (layers, tw, _) = top_parts(vae, ws)?;
+    let g = tw
+        .grads
+        .as_ref()
+        .ok_or_else(|| crate::VaeError::Config("a training step needs a workspace built with train = true".into()))?;
+    let a = &vae.arena;
+    let z = rows(&ws.z, b);
+    let (uh, q2, z2, ph) = (
+        rows(&tw.up_hidden, b),
+        rows(&tw.q2, b),
+        rows(&tw.z2, b),
+        rows(&tw.prior_hidden, b),
+    );
+    let (d_uh, d_q2, dz2, d_ph) = (
+        rows(&g.up_hidden, b),
+        rows(&g.q2, b),
+        rows(&g.z2, b),
+        rows(&g.prior_hidden, b),
+    );
+    let dz1_up = rows(&g.z1_up, b);
+    let mut d = layers
+        .prior_head
+        .backward(gpu, a, &ph, &rows(&tw.d_p1, b), Some(&d_ph), layers.prior.act)?;
+    d.extend(
+        layers
+            .prior
+            .backward(gpu, a, &z2, &d_ph, Some(&dz2), Activation::Identity)?,
+    );
+    d.push(ops::reparam_kl_backward_at(
+        gpu,
+        "top.reparam_kl.backward",
+        step,
+        &q2,
+        1,
+        &dz2,
+        &d_q2,
+        ops::TOP_SAMPLE_BASE,
+    )?);
+    d.extend(
+        layers
+            .up_head
+            .backward(gpu, a, &uh, &d_q2, Some(&d_uh), layers.up.act)?,
+    );
+    d.extend(
+        layers
+            .up
+            .backward(gpu, a, &z, &d_uh, Some(&dz1_up), Activation::Identity)?,
+    );
+    let flat = |t: &Tensor| t.reshape_prefix(&[b * vae.config.latent]);
+    d.push(ops::sample_backward(
+        gpu,
+        "sample.backward",
+        step,
+        enc,
+        dz,
+        &flat(&dz1_up),
+        &flat(&rows(&tw.dz1_kl, b)),
+        denc,
+    )?);
+    Ok(d)
+}
+
+/// A hierarchical model's layers, workspace and upper latent size, or a Config error.
+fn top_parts<'a>(
+    vae: &'a Vae,
+    ws: &'a Workspace,
+) -> Result<(&'a crate::model::vae::TopLayers, &'a TopWorkspace, usize)> {
+    match (&vae.top, &ws.top, vae.config.top) {
+        (Some(l), Some(w), Some(t)) => Ok((l, w, t.latent)),
+        _ => Err(crate::VaeError::Config(
+            "a hierarchical VAE needs its second layer's networks and a workspace built for them".into(),
+        )),
+    }
 }
 
 /// The contractive penalty's forward for `b` examples: the mask M = act′(h) of the hidden

@@ -5,7 +5,7 @@ use std::path::Path;
 use crate::error::{Result, VaeError};
 use crate::gpu::{Dispatch, Gpu, Tensor};
 use crate::io::safetensors::{read_safetensors, write_safetensors, NamedTensor};
-use crate::model::config::{Code, VaeConfig};
+use crate::model::config::{Code, TopLatent, VaeConfig};
 use crate::nn::{ArenaLayout, Layer, Linear, ParamArena};
 use crate::ops::Activation;
 
@@ -47,6 +47,51 @@ pub const LOG_C_KEY: &str = "log_c";
 /// Checkpoint key of a VQ-VAE's codebook, [K, Z/G].
 pub const CODEBOOK_KEY: &str = "codebook";
 
+/// The networks of a hierarchical VAE's second stochastic layer (see [`TopLatent`]), one
+/// hidden layer each.
+pub struct TopLayers {
+    /// z₁ → hidden, in q(z₂|z₁).
+    pub up: Linear,
+    /// hidden → [μ₂ | log σ₂²].
+    pub up_head: Linear,
+    /// z₂ → hidden, in p(z₁|z₂).
+    pub prior: Linear,
+    /// hidden → [μₚ | log σₚ²].
+    pub prior_head: Linear,
+}
+
+impl TopLayers {
+    fn new(layout: &mut ArenaLayout, cfg: &VaeConfig, t: TopLatent) -> Self {
+        let act = cfg.activation;
+        TopLayers {
+            up: Linear::new(layout, "top.up.0", cfg.latent, t.hidden, act),
+            up_head: Linear::new(layout, "top.up.head", t.hidden, 2 * t.latent, Activation::Identity),
+            prior: Linear::new(layout, "top.prior.0", t.latent, t.hidden, act),
+            prior_head: Linear::new(layout, "top.prior.head", t.hidden, 2 * cfg.latent, Activation::Identity),
+        }
+    }
+
+    /// The four layers in forward order.
+    pub fn layers(&self) -> [&Linear; 4] {
+        [&self.up, &self.up_head, &self.prior, &self.prior_head]
+    }
+
+    /// Plans the conditional prior's network: z₂ [B, Z₂] → `hidden` [B, H] → `p1` [B, 2Z] =
+    /// [μₚ | log σₚ²] of p(z₁|z₂).
+    pub fn plan_prior(
+        &self,
+        gpu: &Gpu,
+        arena: &ParamArena,
+        z2: &Tensor,
+        hidden: &Tensor,
+        p1: &Tensor,
+    ) -> Result<Vec<Dispatch>> {
+        let mut d = self.prior.forward(gpu, arena, z2, hidden)?;
+        d.extend(self.prior_head.forward(gpu, arena, hidden, p1)?);
+        Ok(d)
+    }
+}
+
 /// A Gaussian-encoder VAE with an MLP encoder and decoder, all parameters in one arena.
 pub struct Vae {
     /// The architecture and likelihood it was built from.
@@ -63,6 +108,8 @@ pub struct Vae {
     pub log_c: Option<usize>,
     /// Arena slot of a VQ-VAE's codebook [K, Z/G].
     pub codebook: Option<usize>,
+    /// A hierarchical VAE's second stochastic layer.
+    pub top: Option<TopLayers>,
     /// Every parameter, gradient and Adam moment, one buffer each.
     pub arena: ParamArena,
     /// Texture mirrors of the weights, and of the activations of workspaces built from now on
@@ -122,11 +169,14 @@ impl Vae {
             Code::Quantized { codes, groups, .. } => Some(layout.add("codebook", &[codes, config.latent / groups])),
             _ => None,
         };
+        let top = config.top.map(|t| TopLayers::new(&mut layout, &config, t));
         let mut values: Vec<Vec<f32>> = layout.slots().iter().map(|s| vec![0.0; s.len()]).collect();
         let mut rng = crate::rng::host_rng(seed, 0);
         for l in encoder.iter().chain([&head]).chain(decoder.iter()).chain([&out]) {
             l.init(&mut rng, &mut values);
         }
+        // After the codebook's draws, so that adding a top layer changes no other initial value.
+        let top_layers = top.iter().flat_map(|t| t.layers());
         // The codebook uniform in ±1, the scale of a fresh encoder's outputs. The ±1/K of some
         // implementations leaves every z_e far from every entry: measured here, the penalty ran
         // to 1,000 nats in the first epoch and the codes collapsed (recon 185 against 119 after
@@ -136,6 +186,9 @@ impl Vae {
             for v in values[slot].iter_mut() {
                 *v = crate::rng::uniform_f32(&mut rng, -bound, bound);
             }
+        }
+        for l in top_layers {
+            l.init(&mut rng, &mut values);
         }
         // log c starts at 0 (c = 1), as the zeros `values` already hold.
         let init = crate::nn::arena::flatten(&layout, &values)?;
@@ -148,6 +201,7 @@ impl Vae {
             out,
             log_c,
             codebook,
+            top,
             arena,
             mirrors: TextureMirrors::None,
         };
@@ -195,6 +249,7 @@ impl Vae {
             .chain([&self.head])
             .chain(self.decoder.iter())
             .chain([&self.out])
+            .chain(self.top.iter().flat_map(|t| t.layers()))
     }
 
     /// Model size in parameters (padding excluded).
@@ -210,7 +265,6 @@ impl Vae {
     /// padding columns, which multiply zeros and never change.
     pub fn checkpoint_tensors(&self, gpu: &Gpu) -> Result<Vec<NamedTensor>> {
         let values = self.arena.read_params(gpu)?;
-        let names = self.checkpoint_names();
         let mut out = Vec::new();
         let mut push = |name: &str, l: &Linear, cols: std::ops::Range<usize>| {
             let (w, b) = (&values[l.w], &values[l.b]);
@@ -232,15 +286,8 @@ impl Vae {
                 data: b[cols].to_vec(),
             });
         };
-        let mut ni = names.iter();
-        for l in &self.encoder {
-            push(ni.next().map(String::as_str).unwrap_or(""), l, 0..l.out_features);
-        }
-        for cols in self.head_pieces() {
-            push(ni.next().map(String::as_str).unwrap_or(""), &self.head, cols);
-        }
-        for l in self.decoder.iter().chain([&self.out]) {
-            push(ni.next().map(String::as_str).unwrap_or(""), l, 0..l.out_features);
+        for (name, l, cols) in self.pieces() {
+            push(&name, l, cols);
         }
         if let Some(slot) = self.log_c {
             out.push(NamedTensor {
@@ -268,6 +315,35 @@ impl Vae {
             pieces.push(z..2 * z);
         }
         pieces
+    }
+
+    /// Every dense checkpoint tensor pair as (name, layer, the layer's output columns it
+    /// holds), in file order: the heads of Gaussian layers split into μ and log σ².
+    fn pieces(&self) -> Vec<(String, &Linear, std::ops::Range<usize>)> {
+        let names = self.checkpoint_names();
+        let mut ni = names.into_iter();
+        let mut out = Vec::new();
+        let whole = |l: &Linear| 0..l.out_features;
+        for l in &self.encoder {
+            out.push((ni.next().unwrap_or_default(), l, whole(l)));
+        }
+        for cols in self.head_pieces() {
+            out.push((ni.next().unwrap_or_default(), &self.head, cols));
+        }
+        for l in self.decoder.iter().chain([&self.out]) {
+            out.push((ni.next().unwrap_or_default(), l, whole(l)));
+        }
+        if let Some(t) = &self.top {
+            let half = |l: &Linear| (0..l.out_features / 2, l.out_features / 2..l.out_features);
+            let ((m2, v2), (mp, vp)) = (half(&t.up_head), half(&t.prior_head));
+            out.push(("q_z2.0".into(), &t.up, whole(&t.up)));
+            out.push(("q_z2.mu".into(), &t.up_head, m2));
+            out.push(("q_z2.logvar".into(), &t.up_head, v2));
+            out.push(("p_z1.0".into(), &t.prior, whole(&t.prior)));
+            out.push(("p_z1.mu".into(), &t.prior_head, mp));
+            out.push(("p_z1.logvar".into(), &t.prior_head, vp));
+        }
+        out
     }
 
     fn checkpoint_names(&self) -> Vec<String> {
@@ -333,7 +409,6 @@ impl Vae {
             return Err(bad(format!("{} tensors, expected {}", tensors.len(), expected.len())));
         }
         let mut values: Vec<Vec<f32>> = self.arena.layout.slots().iter().map(|s| vec![0.0; s.len()]).collect();
-        let names = self.checkpoint_names();
         let find = |name: &str, shape: &[usize]| -> Result<&NamedTensor> {
             let t = tensors
                 .iter()
@@ -355,16 +430,8 @@ impl Vae {
             }
             Ok(())
         };
-        let mut ni = names.iter();
-        let mut next = || ni.next().cloned().unwrap_or_default();
-        for l in &self.encoder {
-            fill(&next(), l, 0..l.out_features, &mut values)?;
-        }
-        for cols in self.head_pieces() {
-            fill(&next(), &self.head, cols, &mut values)?;
-        }
-        for l in self.decoder.iter().chain([&self.out]) {
-            fill(&next(), l, 0..l.out_features, &mut values)?;
+        for (name, l, cols) in self.pieces() {
+            fill(&name, l, cols, &mut values)?;
         }
         if let Some(slot) = self.log_c {
             let t = find(LOG_C_KEY, &[values[slot].len()])?;
@@ -379,16 +446,9 @@ impl Vae {
 
     fn checkpoint_tensors_shapes(&self) -> Vec<(String, Vec<usize>)> {
         let mut v = Vec::new();
-        let pieces = self.head_pieces();
-        let widths = self
-            .encoder
-            .iter()
-            .map(|l| (l, l.out_features))
-            .chain(pieces.iter().map(|c| (&self.head, c.len())))
-            .chain(self.decoder.iter().chain([&self.out]).map(|l| (l, l.out_features)));
-        for (name, (l, outs)) in self.checkpoint_names().iter().zip(widths) {
-            v.push((format!("{name}.weight"), vec![outs, l.in_features]));
-            v.push((format!("{name}.bias"), vec![outs]));
+        for (name, l, cols) in self.pieces() {
+            v.push((format!("{name}.weight"), vec![cols.len(), l.in_features]));
+            v.push((format!("{name}.bias"), vec![cols.len()]));
         }
         if let Some(slot) = self.log_c {
             v.push((LOG_C_KEY.into(), vec![self.arena.layout.slots()[slot].len()]));

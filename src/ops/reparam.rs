@@ -11,6 +11,10 @@ pub const LOGVAR_MIN: f32 = -30.0;
 /// Upper end of the log-variance clamp; see [`LOGVAR_MIN`].
 pub const LOGVAR_MAX: f32 = 20.0;
 
+/// The sample index offset in the ε keys of a hierarchical VAE's upper layer (z₂), so that
+/// its draws never repeat the lower layer's, which use offsets from 0 (one per sample).
+pub const TOP_SAMPLE_BASE: u32 = 1 << 15;
+
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct ReparamParams {
@@ -20,7 +24,8 @@ struct ReparamParams {
     lv_min: f32,
     lv_max: f32,
     z_stride: u32,
-    _pad: [u32; 2],
+    sample_base: u32,
+    _pad: u32,
 }
 
 fn layout() -> [wgpu::BindGroupLayoutEntry; 7] {
@@ -66,6 +71,7 @@ fn params(
     zd: usize,
     samples: usize,
     z_stride: usize,
+    sample_base: u32,
 ) -> Result<std::sync::Arc<crate::gpu::GpuBuffer>> {
     gpu.uniform(
         label,
@@ -76,7 +82,8 @@ fn params(
             lv_min: LOGVAR_MIN,
             lv_max: LOGVAR_MAX,
             z_stride: z_stride as u32,
-            _pad: [0; 2],
+            sample_base,
+            _pad: 0,
         },
     )
 }
@@ -94,6 +101,23 @@ pub fn reparam_kl_forward(
     z: &Tensor,
     kl: &Tensor,
     log_ratio: Option<&Tensor>,
+) -> Result<Dispatch> {
+    reparam_kl_forward_at(gpu, label, step, enc, samples, z, kl, log_ratio, 0)
+}
+
+/// [`reparam_kl_forward`] with ε keyed from sample index `sample_base` on (see
+/// [`TOP_SAMPLE_BASE`]); [`reparam_kl_backward_at`] must be given the same base.
+#[allow(clippy::too_many_arguments)]
+pub fn reparam_kl_forward_at(
+    gpu: &Gpu,
+    label: &str,
+    step: &StepBuffer,
+    enc: &Tensor,
+    samples: usize,
+    z: &Tensor,
+    kl: &Tensor,
+    log_ratio: Option<&Tensor>,
+    sample_base: u32,
 ) -> Result<Dispatch> {
     let (b, zd) = check(label, enc, z, samples)?;
     if kl.len() != b * zd {
@@ -116,7 +140,7 @@ pub fn reparam_kl_forward(
     let pipeline = gpu
         .kernels
         .pipeline(Shader::ReparamKl, "reparam_kl_forward", &constants, &layout())?;
-    let ubuf = params(gpu, label, b, zd, samples, z_stride(z))?;
+    let ubuf = params(gpu, label, b, zd, samples, z_stride(z), sample_base)?;
     let dw = gpu.dummy_write();
     let res = [
         ubuf.raw().as_entire_binding(),
@@ -149,6 +173,21 @@ pub fn reparam_kl_backward(
     dz: &Tensor,
     denc: &Tensor,
 ) -> Result<Dispatch> {
+    reparam_kl_backward_at(gpu, label, step, enc, samples, dz, denc, 0)
+}
+
+/// [`reparam_kl_backward`] for draws keyed from `sample_base` (see [`reparam_kl_forward_at`]).
+#[allow(clippy::too_many_arguments)]
+pub fn reparam_kl_backward_at(
+    gpu: &Gpu,
+    label: &str,
+    step: &StepBuffer,
+    enc: &Tensor,
+    samples: usize,
+    dz: &Tensor,
+    denc: &Tensor,
+    sample_base: u32,
+) -> Result<Dispatch> {
     let (b, zd) = check(label, enc, dz, samples)?;
     if denc.shape() != enc.shape() {
         return Err(VaeError::Shape(format!(
@@ -160,7 +199,7 @@ pub fn reparam_kl_backward(
     let pipeline = gpu
         .kernels
         .pipeline(Shader::ReparamKl, "reparam_kl_backward", &[], &layout())?;
-    let ubuf = params(gpu, label, b, zd, samples, z_stride(dz))?;
+    let ubuf = params(gpu, label, b, zd, samples, z_stride(dz), sample_base)?;
     let res = [
         ubuf.raw().as_entire_binding(),
         step.binding(),
@@ -178,5 +217,162 @@ pub fn reparam_kl_backward(
         grid_1d(b * zd, 64),
         0.0,
         4.0 * (4 * b * zd + samples * b * zd) as f64,
+    )
+}
+
+/// Checks that every tensor in `same` has `want`'s element count.
+fn check_len(label: &str, want: usize, same: &[(&str, &Tensor)]) -> Result<()> {
+    for (name, t) in same {
+        if t.len() != want {
+            return Err(VaeError::Shape(format!(
+                "{label}: {name} must have {want} elements, got {:?}",
+                t.shape()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A hierarchical VAE's z₁ = μ + σ·ε from `enc` [B, 2Z] into `z` [B, Z'] (one sample; no KL
+/// terms: z₁'s prior term is [`hier_kl`]'s).
+pub fn sample_forward(gpu: &Gpu, label: &str, step: &StepBuffer, enc: &Tensor, z: &Tensor) -> Result<Dispatch> {
+    let (b, zd) = check(label, enc, z, 1)?;
+    let constants = [("LOG_RATIO", 0.0), ("WRITE_KL", 0.0)];
+    let pipeline = gpu
+        .kernels
+        .pipeline(Shader::ReparamKl, "reparam_kl_forward", &constants, &layout())?;
+    let ubuf = params(gpu, label, b, zd, 1, z_stride(z), 0)?;
+    let dw = gpu.dummy_write();
+    let res = [
+        ubuf.raw().as_entire_binding(),
+        step.binding(),
+        enc.binding(),
+        z.binding(),
+        dw.binding(),
+        dw.binding(),
+        dw.binding(),
+    ];
+    gpu.dispatch(
+        label,
+        pipeline,
+        &res,
+        Some(ubuf.clone()),
+        grid_1d(b * zd, 64),
+        0.0,
+        4.0 * (3 * b * zd) as f64,
+    )
+}
+
+/// The lower KL term of a hierarchical VAE (see reparam_kl.wgsl): from q(z₁|x)'s `enc`
+/// [B, 2Z], the draw `z` [B, Z'] and p(z₁|z₂)'s `prior` [B, 2Z], its terms `kl` [B·Z] and,
+/// weighted by the step's β, the gradients `dprior` [B, 2Z] and `dz_kl` [B·Z].
+#[allow(clippy::too_many_arguments)]
+pub fn hier_kl(
+    gpu: &Gpu,
+    label: &str,
+    step: &StepBuffer,
+    enc: &Tensor,
+    z: &Tensor,
+    prior: &Tensor,
+    kl: &Tensor,
+    dprior: &Tensor,
+    dz_kl: &Tensor,
+) -> Result<Dispatch> {
+    let (b, zd) = check(label, enc, z, 1)?;
+    check_len(label, b * zd, &[("the terms", kl), ("dz_kl", dz_kl)])?;
+    if prior.shape() != enc.shape() || dprior.shape() != enc.shape() {
+        return Err(VaeError::Shape(format!(
+            "{label}: the prior {:?} and its gradient {:?} must be shaped as q's {:?}",
+            prior.shape(),
+            dprior.shape(),
+            enc.shape()
+        )));
+    }
+    let layout = [
+        uniform(0),
+        uniform(1),
+        storage(2, true),
+        storage(3, false),
+        storage(4, false),
+        storage(7, true),
+        storage(8, false),
+        storage(10, false),
+    ];
+    let pipeline = gpu.kernels.pipeline(Shader::ReparamKl, "hier_kl", &[], &layout)?;
+    let ubuf = params(gpu, label, b, zd, 1, z_stride(z), 0)?;
+    let res = [
+        (0, ubuf.raw().as_entire_binding()),
+        (1, step.binding()),
+        (2, enc.binding()),
+        (3, z.binding()),
+        (4, kl.binding()),
+        (7, prior.binding()),
+        (8, dprior.binding()),
+        (10, dz_kl.binding()),
+    ];
+    gpu.dispatch_bound(
+        label,
+        pipeline,
+        &res,
+        Some(ubuf.clone()),
+        grid_1d(b * zd, 64),
+        0.0,
+        4.0 * (9 * b * zd) as f64,
+    )
+}
+
+/// The backward of [`sample_forward`]: denc [B, 2Z] from the sum of the decoder's `dz`
+/// [B, Z'], the upper encoder's `dz_up` and [`hier_kl`]'s `dz_kl` (both [B·Z]), plus the
+/// entropy's −β/2 on log σ².
+#[allow(clippy::too_many_arguments)]
+pub fn sample_backward(
+    gpu: &Gpu,
+    label: &str,
+    step: &StepBuffer,
+    enc: &Tensor,
+    dz: &Tensor,
+    dz_up: &Tensor,
+    dz_kl: &Tensor,
+    denc: &Tensor,
+) -> Result<Dispatch> {
+    let (b, zd) = check(label, enc, dz, 1)?;
+    check_len(label, b * zd, &[("dz_up", dz_up), ("dz_kl", dz_kl)])?;
+    if denc.shape() != enc.shape() {
+        return Err(VaeError::Shape(format!(
+            "{label}: gradient must be {:?}, got {:?}",
+            enc.shape(),
+            denc.shape()
+        )));
+    }
+    let layout = [
+        uniform(0),
+        uniform(1),
+        storage(2, true),
+        storage(3, false),
+        storage(5, false),
+        storage(9, true),
+        storage(10, false),
+    ];
+    let pipeline = gpu
+        .kernels
+        .pipeline(Shader::ReparamKl, "sample_backward", &[], &layout)?;
+    let ubuf = params(gpu, label, b, zd, 1, z_stride(dz), 0)?;
+    let res = [
+        (0, ubuf.raw().as_entire_binding()),
+        (1, step.binding()),
+        (2, enc.binding()),
+        (3, dz.binding()),
+        (5, denc.binding()),
+        (9, dz_up.binding()),
+        (10, dz_kl.binding()),
+    ];
+    gpu.dispatch_bound(
+        label,
+        pipeline,
+        &res,
+        Some(ubuf.clone()),
+        grid_1d(b * zd, 64),
+        0.0,
+        4.0 * (7 * b * zd) as f64,
     )
 }

@@ -87,7 +87,109 @@ pub fn param_slots(cfg: &VaeConfig) -> Vec<(String, Vec<usize>)> {
     if let Code::Quantized { codes, groups, .. } = cfg.code {
         v.push(("codebook".into(), vec![codes, cfg.latent / groups]));
     }
+    for l in top_layers(cfg) {
+        v.push((format!("{}.weight", l.name), vec![l.inputs, l.outputs]));
+        v.push((format!("{}.bias", l.name), vec![l.outputs]));
+    }
     v
+}
+
+/// A hierarchical VAE's second-layer networks, after every other slot: q(z₂|z₁)'s hidden
+/// layer and head [μ₂ | log σ₂²], then p(z₁|z₂)'s hidden layer and head [μₚ | log σₚ²].
+pub fn top_layers(cfg: &VaeConfig) -> Vec<Dense> {
+    let Some(t) = cfg.top else { return Vec::new() };
+    let dense = |name: &str, inputs: usize, outputs: usize, act: Activation| Dense {
+        name: name.into(),
+        inputs,
+        outputs,
+        act,
+    };
+    vec![
+        dense("top.up.0", cfg.latent, t.hidden, cfg.activation),
+        dense("top.up.head", t.hidden, 2 * t.latent, Activation::Identity),
+        dense("top.prior.0", t.latent, t.hidden, cfg.activation),
+        dense("top.prior.head", t.hidden, 2 * cfg.latent, Activation::Identity),
+    ]
+}
+
+/// A hierarchical VAE's loss terms for one batch `x` [B, D] with the draws `eps1` [B, Z] of
+/// z₁ and `eps2` [B, Z₂] of z₂, written straight from the model's definition:
+/// recon = −Σ log p(x|z₁); kl = Σ [E_q log q(z₁|x) − log p(z₁|z₂)] + Σ KL(q(z₂|z₁) ‖ N(0, I)),
+/// the first with q's entropy in closed form and the conditional prior at the drawn z₁, z₂.
+/// The trained objective is recon + β·kl; its gradient is checked by finite differences.
+pub fn hier_losses(
+    cfg: &VaeConfig,
+    params: &[Vec<f64>],
+    x: &[f64],
+    b: usize,
+    eps1: &[f64],
+    eps2: &[f64],
+) -> (f64, f64) {
+    let ls = layers(cfg);
+    let tl = top_layers(cfg);
+    let m = cfg.hidden.len();
+    let zd = cfg.latent;
+    let z2d = cfg.top.expect("a hierarchical configuration").latent;
+    let top_slot = 2 * ls.len() + usize::from(log_c_len(cfg).is_some());
+    let p = |slot: usize| (&params[slot][..], &params[slot + 1][..]);
+    // Encoder: x → hidden → [μ₁ | log σ₁²], z₁ = μ₁ + σ₁ε₁.
+    let mut h = x.to_vec();
+    for (k, layer) in ls.iter().enumerate().take(m + 1) {
+        let (w, bias) = p(2 * k);
+        h = dense_forward(layer, &h, b, w, bias).1;
+    }
+    let gaussian = |head: &[f64], width: usize, eps: &[f64]| -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let (mut mu, mut lv, mut z) = (vec![], vec![], vec![]);
+        for e in 0..b {
+            for j in 0..width {
+                let (l, sigma, _) = log_variance(head[e * 2 * width + width + j]);
+                let u = head[e * 2 * width + j];
+                mu.push(u);
+                lv.push(l);
+                z.push(u + sigma * eps[e * width + j]);
+            }
+        }
+        (mu, lv, z)
+    };
+    let (_, lv1, z1) = gaussian(&h, zd, eps1);
+    // Decoder: z₁ → hidden → out, and the reconstruction NLL.
+    let mut y = z1.clone();
+    for (k, layer) in ls.iter().enumerate().skip(m + 1) {
+        let (w, bias) = p(2 * k);
+        y = dense_forward(layer, &y, b, w, bias).1;
+    }
+    let recon: f64 = (0..b)
+        .map(|e| {
+            let d = cfg.input_dim;
+            nll_row(cfg.likelihood, &y[e * d..(e + 1) * d], &x[e * d..(e + 1) * d])
+        })
+        .sum();
+    // q(z₂|z₁), z₂ and its KL against N(0, I).
+    let (w, bias) = p(top_slot);
+    let uh = dense_forward(&tl[0], &z1, b, w, bias).1;
+    let (w, bias) = p(top_slot + 2);
+    let q2 = dense_forward(&tl[1], &uh, b, w, bias).1;
+    let (mu2, lv2, z2) = gaussian(&q2, z2d, eps2);
+    let kl2: f64 = (0..b * z2d)
+        .map(|i| 0.5 * (lv2[i].exp() + mu2[i] * mu2[i] - 1.0 - lv2[i]))
+        .sum();
+    // p(z₁|z₂) and the lower term: −H[q(z₁|x)] − log N(z₁; μₚ, σₚ²), 2π cancelling.
+    let (w, bias) = p(top_slot + 4);
+    let ph = dense_forward(&tl[2], &z2, b, w, bias).1;
+    let (w, bias) = p(top_slot + 6);
+    let p1 = dense_forward(&tl[3], &ph, b, w, bias).1;
+    let mut kl1 = 0.0;
+    for e in 0..b {
+        for j in 0..zd {
+            let mu_p = p1[e * 2 * zd + j];
+            let (lv_p, _, _) = log_variance(p1[e * 2 * zd + zd + j]);
+            let entropy = 0.5 * (1.0 + lv1[e * zd + j]);
+            let d = z1[e * zd + j] - mu_p;
+            let log_p = -0.5 * (lv_p + d * d * (-lv_p).exp());
+            kl1 += -entropy - log_p;
+        }
+    }
+    (recon, kl1 + kl2)
 }
 
 /// The weight of a VQ-VAE's codebook and commitment terms: D/Z, so that they stand to the
