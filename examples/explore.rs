@@ -32,14 +32,16 @@ Writes (28x28 cells, 2 px padding):
                        z - mean(its class) + mean(c) for c = 0..9   [labelled data]
   class_grid.png       one row per class, the same 10 prior draws     [conditional VAEs]
   latent_scatter.png   test-set latent means coloured by label        [2-D latents]
-  manifold.png         20x20 decodings over the prior's quantiles     [2-D latent VAEs]
+  manifold.png         20x20 decodings over the prior's quantiles     [2-D latent VAEs, one layer]
 and prints one JSON line: test_loss (the -ELBO, a bound on -log p(x), or on -log p(x|y) for a
 conditional model: see bound_on), test_iw_nll (K importance samples), probe_accuracy (a
 logistic-regression probe on the latent means, trained on the training set, test accuracy;
 null for conditional models, whose latent is meant to carry no label, and unlabelled data).
 For an autoencoder the latent means are its codes, test_loss is the reconstruction NLL plus its
 penalties (L1, contractive), and test_iw_nll is null (there is no prior); for a VQ-VAE they are
-its unquantized codes and test_loss adds the codebook and commitment terms.";
+its unquantized codes and test_loss adds the codebook and commitment terms. A hierarchical
+VAE (--top) is probed and pictured through its lower latent z (its means of q(z|x)), and its
+test_iw_nll is null (not implemented for two stochastic layers).";
 
 struct Args {
     checkpoint: PathBuf,
@@ -128,8 +130,9 @@ fn run(args: Args) -> Result<()> {
 
     // Numbers: the bound, its importance-weighted tightening, and the probe.
     let stats = test_eval.elbo(&vae, seed, binarize)?;
-    // An autoencoder has no prior, so no importance-weighted bound.
-    let iw = if cfg.is_vae() {
+    // An autoencoder has no prior, so no importance-weighted bound; a hierarchical VAE's is
+    // not implemented.
+    let iw = if cfg.is_vae() && cfg.top.is_none() {
         Some(test_eval.iw_nll(&vae, seed, args.iw_k, binarize)?)
     } else {
         None
@@ -187,7 +190,8 @@ fn run(args: Args) -> Result<()> {
         };
         write_scatter_png(&args.out.join("latent_scatter.png"), &points, &labels, 600)?;
         wrote.push("latent_scatter.png");
-        if cfg.is_vae() {
+        // The quantiles of N(0, I) map z's prior only without a second stochastic layer.
+        if cfg.is_vae() && cfg.top.is_none() {
             manifold_figure(&gpu, &vae, 20, 0)?.write(&args.out.join("manifold.png"), side)?;
             wrote.push("manifold.png");
         }

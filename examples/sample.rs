@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use vae_wgpu::data::IMAGE_SIDE;
 use vae_wgpu::io::write_grid_png;
 use vae_wgpu::model::Vae;
-use vae_wgpu::train::{decode_conditional, prior_samples};
+use vae_wgpu::train::{decode_conditional, prior_latents};
 use vae_wgpu::{Gpu, Result, VaeError};
 
 const HELP: &str = "sample: new images from a trained VAE's prior
@@ -77,7 +77,7 @@ fn run() -> Result<()> {
             vae.config.input_dim
         )));
     }
-    let z = prior_samples(seed, n, vae.config.latent, temperature);
+    let z = prior_latents(&gpu, &vae, seed, n, temperature)?;
     let classes = vae.config.classes;
     let labels: Option<Vec<u8>> = match (classes, class) {
         (0, Some(_)) => return Err(VaeError::Config("--class needs a conditional model".into())),

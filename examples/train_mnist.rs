@@ -8,9 +8,9 @@ use std::time::Instant;
 use vae_wgpu::data::NUM_CLASSES;
 use vae_wgpu::data::{DatasetKind, MnistSet, IMAGE_SIDE};
 use vae_wgpu::io::{read_safetensors, write_grid_png};
-use vae_wgpu::model::{parse_hidden, parse_likelihood, parse_variance, Code, GpuDataset, Vae, VaeConfig};
+use vae_wgpu::model::{parse_hidden, parse_likelihood, parse_top, parse_variance, Code, GpuDataset, Vae, VaeConfig};
 use vae_wgpu::ops::{Likelihood, MatmulStrategy};
-use vae_wgpu::train::{decode_conditional, prior_samples, Evaluator, KlSchedule, TrainConfig, Trainer};
+use vae_wgpu::train::{decode_conditional, prior_latents, Evaluator, KlSchedule, TrainConfig, Trainer};
 use vae_wgpu::{Gpu, Result, VaeError};
 
 const HELP: &str = "train_mnist: train a VAE (or an autoencoder) on MNIST on the GPU
@@ -46,6 +46,9 @@ USAGE: cargo run --release --example train_mnist -- [FLAGS]
                           decoder's gradient passes straight through (no prior: as
                           --autoencoder, no samples.png and no --eval-iw)
   --commitment B          with --vq: weight of the commitment term (default 0.25)
+  --top Z2:H2             hierarchical VAE: a second stochastic layer z2 (Z2 dimensions) above
+                          z, with q(z2|z) and the learned prior p(z|z2) each one hidden layer
+                          of H2 units; --mc-samples 1, no --conditional, no --eval-iw
   --denoise P             denoising: zero each input pixel with probability P in training
                           (0 <= P < 1); the target stays the clean image
   --dataset D             mnist | fashion-mnist | binarized-mnist (default mnist); binarized
@@ -205,6 +208,7 @@ fn parse_args() -> Result<Option<Args>> {
             "--out" => a.out = Some(PathBuf::from(value)),
             "--resume" => a.resume = Some(PathBuf::from(value)),
             "--eval-iw" => a.eval_iw = Some(num(&value)?),
+            "--top" => a.model.top = parse_top(&value)?,
             "--binarize" => match value.as_str() {
                 "dynamic" => a.train.binarize = true,
                 "none" => a.train.binarize = false,
@@ -279,6 +283,20 @@ fn parse_args() -> Result<Option<Args>> {
         return Err(VaeError::Config(
             "--l1 and --contractive penalise an autoencoder's code; add --autoencoder".into(),
         ));
+    }
+    if a.model.top.is_some() {
+        let flat_only = [
+            (a.autoencoder || a.vq.is_some(), "--autoencoder/--vq"),
+            (a.model.classes > 0, "--conditional"),
+            (a.train.mc_samples != 1, "--mc-samples"),
+            (a.eval_iw.is_some(), "--eval-iw"),
+        ];
+        if let Some((_, flag)) = flat_only.iter().find(|(set, _)| *set) {
+            return Err(VaeError::Config(format!(
+                "{flag} is not available with --top (a hierarchical VAE trains one sample per example, \
+                 unconditional, and reports its -ELBO)"
+            )));
+        }
     }
     if let (Some(r), Some(o)) = (&a.resume, &a.out) {
         if r != o {
@@ -601,7 +619,7 @@ fn run(args: Args) -> Result<()> {
     } else {
         (64, None)
     };
-    let z = prior_samples(args.train.seed, n, args.model.latent, 1.0);
+    let z = prior_latents(&gpu, &vae, args.train.seed, n, 1.0)?;
     let samples = decode_conditional(&gpu, &vae, &z, labels.as_deref())?;
     write_grid_png(&out_dir.join("samples.png"), &samples, n, IMAGE_SIDE, IMAGE_SIDE, 8, 2)?;
     println!(

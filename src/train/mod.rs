@@ -454,6 +454,13 @@ impl<'g> Evaluator<'g> {
                 "the importance-weighted bound needs a VAE: an autoencoder has no prior and no likelihood bound".into(),
             ));
         }
+        if vae.config.top.is_some() {
+            return Err(VaeError::Config(
+                "the importance-weighted bound is not implemented for hierarchical VAEs (their \
+                 −ELBO is reported); leave out --eval-iw"
+                    .into(),
+            ));
+        }
         // Decoder rows are K·B: keep them near 5000.
         let b = (5000 / k).clamp(1, self.data.count);
         let zd = vae.config.latent;
@@ -656,6 +663,33 @@ pub fn prior_samples(seed: u64, n: usize, latent: usize, temperature: f32) -> Ve
             ) * temperature as f64) as f32
         })
         .collect()
+}
+
+/// Draws `n` codes for the decoder from the model's prior, the noise scaled by `temperature`:
+/// [`prior_samples`] for a one-layer model; for a hierarchical VAE, z₂ from N(0, I) (as
+/// [`prior_samples`] draws), then z₁ = μₚ + σₚ·ε from p(z₁|z₂) run on the device, ε from
+/// sample word 1 of [`rng::STREAM_SAMPLE`].
+pub fn prior_latents(gpu: &Gpu, vae: &Vae, seed: u64, n: usize, temperature: f32) -> Result<Vec<f32>> {
+    let zd = vae.config.latent;
+    let (Some(layers), Some(t)) = (&vae.top, vae.config.top) else {
+        return Ok(prior_samples(seed, n, zd, temperature));
+    };
+    let z2 = gpu.upload("z2", &[n, t.latent], &prior_samples(seed, n, t.latent, temperature))?;
+    let hidden = gpu.tensor("prior_hidden", &[n, t.hidden])?;
+    let p1 = gpu.tensor("p1", &[n, 2 * zd])?;
+    let plan = layers.plan_prior(gpu, &vae.arena, &z2, &hidden, &p1)?;
+    gpu.run(&plan.iter().collect::<Vec<_>>())?;
+    let p = gpu.read(&p1)?;
+    let word = rng::stream_word(rng::STREAM_SAMPLE, 1);
+    Ok((0..n * zd)
+        .map(|i| {
+            let (e, j) = (i / zd, i % zd);
+            let mu = p[e * 2 * zd + j] as f64;
+            let lv = (p[e * 2 * zd + zd + j] as f64).clamp(ops::LOGVAR_MIN as f64, ops::LOGVAR_MAX as f64);
+            let eps = rng::normal(rng::device_seed(seed), 0, word, i as u32) * temperature as f64;
+            (mu + (0.5 * lv).exp() * eps) as f32
+        })
+        .collect())
 }
 
 /// Decoder output to pixel means: sigmoid of logits (Bernoulli), the mean clamped to [0, 1]
