@@ -593,6 +593,13 @@ mod tests {
                 classes: 10,
                 ..Default::default()
             },
+            VaeConfig {
+                top: Some(TopLatent {
+                    latent: 10,
+                    hidden: 200,
+                }),
+                ..Default::default()
+            },
         ];
         for cfg in cases {
             assert_eq!(VaeConfig::from_metadata(&cfg.to_metadata()).unwrap(), cfg);
@@ -605,6 +612,14 @@ mod tests {
         let mut old = VaeConfig::default().to_metadata();
         old.retain(|(k, _)| k != "code");
         assert_eq!(VaeConfig::from_metadata(&old).unwrap().code, Code::Gaussian);
+        // Checkpoints from before hierarchical models have no "top": one stochastic layer.
+        let mut old = VaeConfig::default().to_metadata();
+        old.retain(|(k, _)| k != "top");
+        assert_eq!(VaeConfig::from_metadata(&old).unwrap().top, None);
+        for bad in ["10", "10:x", ":200", "a:b"] {
+            let e = parse_top(bad).unwrap_err().to_string();
+            assert!(e.contains("Z2:H2"), "{bad}: {e}");
+        }
         // A missing key, a non-number and an invalid model are errors naming the problem.
         let mut missing = VaeConfig::default().to_metadata();
         missing.retain(|(k, _)| k != "latent");
@@ -741,6 +756,37 @@ mod tests {
                 },
                 ..ok.clone()
             },
+            // A second stochastic layer: an unconditional VAE, an even z₂, hidden a multiple of 4.
+            VaeConfig {
+                top: Some(TopLatent { latent: 3, hidden: 200 }),
+                ..ok.clone()
+            },
+            VaeConfig {
+                top: Some(TopLatent {
+                    latent: 10,
+                    hidden: 202,
+                }),
+                ..ok.clone()
+            },
+            VaeConfig {
+                top: Some(TopLatent {
+                    latent: 10,
+                    hidden: 200,
+                }),
+                classes: 10,
+                ..ok.clone()
+            },
+            VaeConfig {
+                top: Some(TopLatent {
+                    latent: 10,
+                    hidden: 200,
+                }),
+                code: Code::Deterministic {
+                    l1: 0.0,
+                    contractive: 0.0,
+                },
+                ..ok.clone()
+            },
         ];
         for cfg in bad {
             assert!(cfg.validate().is_err(), "{cfg:?} validated");
@@ -791,5 +837,15 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(learned.num_params(), 652_824 + 784);
+        // A second layer of 10 with 200 hidden units: 20·200 + 200 + 200·20 + 20 for
+        // q(z₂|z₁), 10·200 + 200 + 200·40 + 40 for p(z₁|z₂).
+        let top = VaeConfig {
+            top: Some(TopLatent {
+                latent: 10,
+                hidden: 200,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(top.num_params(), 652_824 + 8_220 + 10_240);
     }
 }

@@ -2,11 +2,12 @@
 //! structure, and checkpoints read back with an independent reader.
 
 use vae_wgpu::data::DatasetKind;
-use vae_wgpu::model::{Code, GpuDataset, TextureMirrors, Vae, VaeConfig};
-use vae_wgpu::train::{Evaluator, KlSchedule, TrainConfig, Trainer};
-use vae_wgpu::{Gpu, VaeError};
+use vae_wgpu::model::{Code, GpuDataset, TextureMirrors, TopLatent, Vae, VaeConfig};
+use vae_wgpu::train::{prior_latents, prior_samples, Evaluator, KlSchedule, TrainConfig, Trainer};
+use vae_wgpu::{rng, Gpu, VaeError};
 
 use crate::common::gpu;
+use crate::reference;
 
 fn mnist_subset(g: &Gpu, n: usize) -> GpuDataset {
     let set = DatasetKind::Mnist
@@ -741,4 +742,100 @@ fn vq_vae_trains_and_checkpoints_its_codebook() {
     assert_eq!(back.config, cfg);
     assert_eq!(back.arena.read_params(g).unwrap(), params);
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A hierarchical VAE trains through the same trainer: 32 dispatches a step (the flat VAE's
+/// 17 with z₁'s sample in place of the reparameterization, plus q(z₂|z₁)'s and p(z₁|z₂)'s
+/// networks forward and backward, z₂'s reparameterization both ways and the lower KL term),
+/// its −ELBO falls, both KL terms are reported, one sample per example is enforced, its
+/// checkpoint carries the second layer's tensors in PyTorch's [out, in] layout and
+/// round-trips, and `prior_latents` draws z₁ from p(z₁|z₂) as an f64 replay of that network
+/// computes it.
+#[test]
+fn hierarchical_vae_trains_checkpoints_and_samples() {
+    let g = gpu();
+    let cfg = VaeConfig {
+        hidden: vec![64],
+        latent: 8,
+        top: Some(TopLatent { latent: 4, hidden: 16 }),
+        ..Default::default()
+    };
+    let vae = Vae::new(g, cfg.clone(), 5).unwrap();
+    assert_eq!(vae.num_params(), cfg.num_params());
+    let tc = TrainConfig {
+        batch_size: 64,
+        ..Default::default()
+    };
+    let mut tr = Trainer::new(g, &vae, mnist_subset(g, 300), tc.clone()).unwrap();
+    assert_eq!(tr.dispatches_per_step(), 32);
+    let reports: Vec<_> = (0..6).map(|_| tr.train_epoch(|_, _| {}).unwrap().train).collect();
+    let (first, last) = (reports[0], reports[5]);
+    assert!(
+        last.loss < first.loss - 100.0,
+        "loss did not fall: {first:?} -> {last:?}"
+    );
+    let eval = Evaluator::new(g, mnist_subset(g, 100)).unwrap();
+    let stats = eval.elbo(&vae, 1, false).unwrap();
+    assert!(
+        stats.kl > 0.0 && (stats.loss - stats.recon - stats.kl).abs() < 1e-6 * stats.loss,
+        "{stats:?}"
+    );
+    match eval.iw_nll(&vae, 1, 5, false) {
+        Err(VaeError::Config(m)) => assert!(m.contains("hierarchical"), "{m}"),
+        r => panic!("expected a Config error, got {r:?}"),
+    }
+    let two = TrainConfig { mc_samples: 2, ..tc };
+    assert!(matches!(
+        Trainer::new(g, &vae, mnist_subset(g, 64), two).err(),
+        Some(VaeError::Config(_))
+    ));
+
+    let dir = std::env::temp_dir().join(format!("vae-wgpu-hier-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("hier.safetensors");
+    vae.save(g, &path, &[]).unwrap();
+    let params = vae.arena.read_params(g).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let slot = |name: &str| vae.arena.layout.slots().iter().position(|s| s.name == name).unwrap();
+    // p(z₁|z₂)'s head [16, 2·8] is stored as μ and log σ² halves, each [8, 16].
+    let head_w = &params[slot("top.prior.head.weight")];
+    let logvar = f32s(&st.tensor("p_z1.logvar.weight").unwrap());
+    assert_eq!(st.tensor("p_z1.logvar.weight").unwrap().shape(), &[8, 16]);
+    for o in 0..8 {
+        for i in 0..16 {
+            assert_eq!(
+                logvar[o * 16 + i],
+                head_w[i * 16 + 8 + o],
+                "p_z1.logvar.weight[{o}, {i}]"
+            );
+        }
+    }
+    for key in ["q_z2.0", "q_z2.mu", "q_z2.logvar", "p_z1.0", "p_z1.mu"] {
+        assert!(st.tensor(&format!("{key}.weight")).is_ok(), "{key} missing");
+    }
+    let back = Vae::load(g, &path).unwrap();
+    assert_eq!(back.config, cfg);
+    assert_eq!(back.arena.read_params(g).unwrap(), params);
+    std::fs::remove_dir_all(&dir).ok();
+
+    // Samples: z₂ as prior_samples draws it, then the network and z₁ = μₚ + σₚ·ε in f64.
+    let (n, t) = (5, 0.8f32);
+    let z1 = prior_latents(g, &vae, 11, n, t).unwrap();
+    let z2: Vec<f64> = prior_samples(11, n, 4, t).iter().map(|&v| v as f64).collect();
+    let p = |name: &str| params[slot(name)].iter().map(|&v| v as f64).collect::<Vec<f64>>();
+    let tl = reference::top_layers(&cfg);
+    let h = reference::dense_forward(&tl[2], &z2, n, &p("top.prior.0.weight"), &p("top.prior.0.bias")).1;
+    let p1 = reference::dense_forward(&tl[3], &h, n, &p("top.prior.head.weight"), &p("top.prior.head.bias")).1;
+    let word = rng::stream_word(rng::STREAM_SAMPLE, 1);
+    for i in 0..n * 8 {
+        let (e, j) = (i / 8, i % 8);
+        let eps = rng::normal(rng::device_seed(11), 0, word, i as u32) * t as f64;
+        let want = p1[e * 16 + j] + (0.5 * p1[e * 16 + 8 + j]).exp() * eps;
+        assert!(
+            (z1[i] as f64 - want).abs() < 1e-4 * (1.0 + want.abs()),
+            "z1[{i}]: {} want {want}",
+            z1[i]
+        );
+    }
 }
