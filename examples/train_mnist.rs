@@ -46,6 +46,9 @@ USAGE: cargo run --release --example train_mnist -- [FLAGS]
                           decoder's gradient passes straight through (no prior: as
                           --autoencoder, no samples.png and no --eval-iw)
   --commitment B          with --vq: weight of the commitment term (default 0.25)
+  --vq-ema G              with --vq: train the codebook by exponential moving averages of the
+                          vectors assigned to each entry (decay G, e.g. 0.99) instead of by
+                          its gradient (the codebook term then only reported)
   --top Z2:H2             hierarchical VAE: a second stochastic layer z2 (Z2 dimensions) above
                           z, with q(z2|z) and the learned prior p(z|z2) each one hidden layer
                           of H2 units; --mc-samples 1, no --conditional, no --eval-iw
@@ -209,6 +212,15 @@ fn parse_args() -> Result<Option<Args>> {
             "--resume" => a.resume = Some(PathBuf::from(value)),
             "--eval-iw" => a.eval_iw = Some(num(&value)?),
             "--top" => a.model.top = parse_top(&value)?,
+            "--vq-ema" => {
+                a.train.vq_ema = Some(
+                    value
+                        .parse()
+                        .ok()
+                        .filter(|v: &f32| *v > 0.0 && *v < 1.0)
+                        .ok_or_else(|| VaeError::Config(format!("--vq-ema takes a decay in (0, 1), got {value:?}")))?,
+                )
+            }
             "--binarize" => match value.as_str() {
                 "dynamic" => a.train.binarize = true,
                 "none" => a.train.binarize = false,
@@ -244,6 +256,11 @@ fn parse_args() -> Result<Option<Args>> {
     if a.autoencoder && a.vq.is_some() {
         return Err(VaeError::Config(
             "--autoencoder and --vq are two different codes; pick one".into(),
+        ));
+    }
+    if a.train.vq_ema.is_some() && a.vq.is_none() {
+        return Err(VaeError::Config(
+            "--vq-ema trains a VQ-VAE's codebook; add --vq K".into(),
         ));
     }
     if a.commitment.is_some() && a.vq.is_none() {
@@ -475,6 +492,10 @@ fn run(args: Args) -> Result<()> {
         ("drop_last".to_string(), args.train.drop_last.to_string()),
         ("denoise".to_string(), args.train.denoise.to_string()),
         (
+            "vq_ema".to_string(),
+            args.train.vq_ema.map_or("none".to_string(), |g| g.to_string()),
+        ),
+        (
             "binarize".to_string(),
             if args.train.binarize { "dynamic" } else { "none" }.to_string(),
         ),
@@ -657,6 +678,7 @@ fn resume_run(
         "mc_samples",
         "drop_last",
         "denoise",
+        "vq_ema",
         "binarize",
     ];
     let config_keys: Vec<String> = args.model.to_metadata().into_iter().map(|(k, _)| k).collect();

@@ -104,7 +104,7 @@ struct VqParams {
     z_stride: u32,  // row stride of z (≥ Z)
     commitment: f32,
     scale: f32,     // D/Z: the VQ terms as per-value means against the per-pixel recon
-    _pad1: u32,
+    decay: f32,     // vq_ema: γ
 }
 
 @group(0) @binding(0) var<uniform> vp: VqParams;
@@ -112,6 +112,9 @@ var<private> VP: VqParams;
 @group(0) @binding(11) var<storage, read> codebook: array<f32>;       // [K, d]
 @group(0) @binding(12) var<storage, read_write> vq_idx: array<f32>;   // [B·G], exact integers
 @group(0) @binding(13) var<storage, read_write> dcodebook: array<f32>; // [K, d]
+@group(0) @binding(14) var<storage, read_write> ema_n: array<f32>;     // [K, d]: N_k, per value
+@group(0) @binding(15) var<storage, read_write> ema_m: array<f32>;     // [K, d]: M_k
+@group(0) @binding(16) var<storage, read_write> book_out: array<f32>;  // [K, d]: the codebook
 
 @compute @workgroup_size(64)
 fn vq_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -173,4 +176,32 @@ fn vq_codebook_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
         }
     }
     dcodebook[i] = VP.scale * acc;
+}
+
+// ---- the VQ-VAE's codebook by exponential moving averages (instead of its gradient) ----
+// per (k, c): n = #{(b, g): idx = k}, s = Σ of their z_e[.., c], in a fixed order;
+//   N = γN + (1 − γ)n ;  M = γM + (1 − γ)s ;  e_k[c] = M / N  (kept while N ≤ 1e-20: a code
+//   never chosen keeps its value, and one left unchosen keeps its last mean, M/N constant).
+// N is kept per value, [K, d], so that each invocation owns what it writes.
+@compute @workgroup_size(64)
+fn vq_ema(@builtin(global_invocation_id) gid: vec3<u32>) {
+    VP = vp;
+    let i = gid.x + gid.y * 65535u * 64u;
+    let d = VP.latent / VP.groups;
+    if (i >= VP.codes * d) { return; }
+    let k = i / d;
+    let c = i % d;
+    var n = 0.0;
+    var s = 0.0;
+    for (var a = 0u; a < VP.batch * VP.groups; a++) {
+        if (u32(vq_idx[a]) == k) {
+            n += 1.0;
+            s += enc[(a / VP.groups) * VP.latent + (a % VP.groups) * d + c];
+        }
+    }
+    let big_n = VP.decay * ema_n[i] + (1.0 - VP.decay) * n;
+    let big_m = VP.decay * ema_m[i] + (1.0 - VP.decay) * s;
+    ema_n[i] = big_n;
+    ema_m[i] = big_m;
+    if (big_n > 1e-20) { book_out[i] = big_m / big_n; }
 }

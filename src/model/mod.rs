@@ -9,7 +9,7 @@ pub use config::{
     TopLatent, VaeConfig,
 };
 pub use plan::{
-    plan_inputs, plan_step, BatchSource, ContractiveScratch, GpuDataset, TopGrads, TopWorkspace, Workspace,
+    plan_inputs, plan_step, BatchSource, ContractiveScratch, GpuDataset, TopGrads, TopWorkspace, VqEma, Workspace,
     METRIC_SLOTS, SLOT_KL, SLOT_RECON,
 };
 pub use vae::{TextureMirrors, TopLayers, Vae, CODEBOOK_KEY, MIRROR_MIN_WEIGHTS};

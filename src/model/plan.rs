@@ -96,6 +96,17 @@ pub struct ContractiveScratch {
     pub a2: Tensor,
 }
 
+/// The running state of a VQ-VAE codebook trained by moving averages (see code.wgsl's
+/// `vq_ema`): part of the training state, saved and restored with Adam's moments.
+pub struct VqEma {
+    /// γ: the weight of the past in each update.
+    pub decay: f32,
+    /// N, the decayed count of vectors assigned to each entry, [K, d] (repeated per value).
+    pub counts: Tensor,
+    /// M, the decayed sum of those vectors, [K, d].
+    pub sums: Tensor,
+}
+
 /// A hierarchical VAE's second stochastic layer's activations, [B, ·] each (one sample per
 /// example; see [`crate::model::TopLatent`]).
 pub struct TopWorkspace {
@@ -167,6 +178,9 @@ pub struct Workspace {
     pub contractive: Option<ContractiveScratch>,
     /// A VQ-VAE's codebook index of each of the B·G vectors (exact integers as f32).
     pub vq_index: Option<Tensor>,
+    /// A VQ-VAE's codebook moving averages, when it is trained by them (see
+    /// [`Workspace::with_vq_ema`]).
+    pub vq_ema: Option<VqEma>,
     /// Terms of log p(z) − log q(z|x), [L·B, Z], for importance-weighted evaluation.
     pub log_ratio: Option<Tensor>,
     /// Per-element gradient of a learned log-variance, [L·B, D].
@@ -312,7 +326,33 @@ impl Workspace {
             },
             grads,
             top,
+            vq_ema: None,
         })
+    }
+
+    /// Makes training steps update a VQ-VAE's codebook by exponential moving averages with
+    /// decay `decay` (the VQ-VAE paper's alternative to its gradient) instead of by Adam:
+    /// allocates the running counts and sums, zero.
+    pub fn with_vq_ema(mut self, gpu: &Gpu, vae: &Vae, decay: f32) -> Result<Self> {
+        let shape = match (vae.codebook, vae.config.code) {
+            (Some(slot), Code::Quantized { .. }) => vae.arena.layout.slots()[slot].shape.clone(),
+            _ => {
+                return Err(crate::VaeError::Config(
+                    "codebook moving averages need a VQ-VAE (a quantized code)".into(),
+                ))
+            }
+        };
+        if !(decay > 0.0 && decay < 1.0) {
+            return Err(crate::VaeError::Config(format!(
+                "the codebook's moving-average decay must be in (0, 1), got {decay}"
+            )));
+        }
+        self.vq_ema = Some(VqEma {
+            decay,
+            counts: gpu.tensor("vq_ema_counts", &shape)?,
+            sums: gpu.tensor("vq_ema_sums", &shape)?,
+        });
+        Ok(self)
     }
 
     /// Adds the encoder input of a denoising model, [`Workspace::x_noisy`] (with a texture
@@ -346,6 +386,9 @@ impl Workspace {
             all.extend([&c.ones, &c.mask, &c.s, &c.g1, &c.g2, &c.a1, &c.a2]);
         }
         all.extend(self.vq_index.iter());
+        if let Some(e) = &self.vq_ema {
+            all.extend([&e.counts, &e.sums]);
+        }
         if let Some(t) = &self.top {
             all.extend([&t.up_hidden, &t.q2, &t.z2, &t.prior_hidden, &t.p1, &t.d_p1, &t.dz1_kl]);
             if let Some(g) = &t.grads {
@@ -640,6 +683,8 @@ pub fn plan_step(
             Code::Deterministic { l1, .. } => d.push(ops::code_backward(gpu, "code.backward", &enc, l1, &dz, &denc)?),
             Code::Quantized { groups, commitment, .. } => {
                 let (book, idx) = vq_parts(vae, ws, b)?;
+                // With EMA updates the codebook gets no gradient: its slot's gradient stays 0,
+                // so Adam leaves it (the trainer refuses weight decay alongside).
                 let dbook = vae.arena.grad(vae.codebook.unwrap_or_default());
                 d.extend(ops::vq_backward(
                     gpu,
@@ -652,8 +697,21 @@ pub fn plan_step(
                     &idx,
                     &dz,
                     &denc,
-                    &dbook,
+                    if ws.vq_ema.is_some() { None } else { Some(&dbook) },
                 )?);
+                if let Some(ema) = &ws.vq_ema {
+                    d.push(ops::vq_ema(
+                        gpu,
+                        "vq.ema",
+                        &enc,
+                        &book,
+                        groups,
+                        &idx,
+                        ema.decay,
+                        &ema.counts,
+                        &ema.sums,
+                    )?);
+                }
             }
         }
         // Backward through the encoder, head first; the first layer needs no input gradient.

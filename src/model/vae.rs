@@ -260,7 +260,7 @@ impl Vae {
     /// The checkpoint tensors in PyTorch's layout ([out, in] weights). With one hidden layer
     /// the keys are those of the PyTorch reference model: fc1 (encoder), fc21 (μ), fc22
     /// (log σ²), fc3 and fc4 (decoder). Otherwise: enc{i}, mu, logvar, dec{i}, out. A learned
-    /// variance adds `log_c`. A conditional model's first encoder and decoder layers take
+    /// variance adds `log_c`; a hierarchical VAE, q_z2.{0, mu, logvar} and p_z1.{0, mu, logvar}. A conditional model's first encoder and decoder layers take
     /// [x | one-hot | zero padding] and [z | one-hot | zero padding]: their weights keep the
     /// padding columns, which multiply zeros and never change.
     pub fn checkpoint_tensors(&self, gpu: &Gpu) -> Result<Vec<NamedTensor>> {

@@ -197,7 +197,7 @@ struct VqParams {
     z_stride: u32,
     commitment: f32,
     scale: f32,
-    _pad: u32,
+    decay: f32,
 }
 
 /// A VQ-VAE's codebook and the shapes of its quantization: `enc` [B, Z] in groups of d,
@@ -252,7 +252,7 @@ fn vq_uniform(
             z_stride: z_stride as u32,
             commitment,
             scale,
-            _pad: 0,
+            decay: 0.0,
         },
     )
 }
@@ -326,17 +326,17 @@ pub fn vq_backward(
     idx: &Tensor,
     dz: &Tensor,
     denc: &Tensor,
-    dcodebook: &Tensor,
+    dcodebook: Option<&Tensor>,
 ) -> Result<Vec<Dispatch>> {
     let q = check_vq(label, enc, codebook, groups, idx)?;
     let (_, _, zs) = check(label, enc, dz)?;
-    if denc.shape() != enc.shape() || dcodebook.shape() != codebook.shape() {
+    if denc.shape() != enc.shape() || dcodebook.is_some_and(|t| t.shape() != codebook.shape()) {
         return Err(VaeError::Shape(format!(
-            "{label}: gradients must be {:?} and {:?}, got {:?} and {:?}",
+            "{label}: gradients must be {:?} and {:?}, got {:?} and {}",
             enc.shape(),
             codebook.shape(),
             denc.shape(),
-            dcodebook.shape()
+            dcodebook.map_or("none".to_string(), |t| format!("{:?}", t.shape()))
         )));
     }
     let ubuf = vq_uniform(gpu, label, &q, zs, commitment, scale)?;
@@ -366,6 +366,9 @@ pub fn vq_backward(
         0.0,
         4.0 * (4 * q.b * q.zd) as f64,
     )?;
+    let Some(dcodebook) = dcodebook else {
+        return Ok(vec![back]);
+    };
     let layout = [
         uniform(0),
         storage(1, true),
@@ -392,4 +395,72 @@ pub fn vq_backward(
         4.0 * (q.codes * d * q.b * q.groups) as f64,
     )?;
     Ok(vec![back, grad])
+}
+
+/// Plans the codebook's exponential-moving-average update (see code.wgsl), the alternative to
+/// training it by its gradient: from this step's assignments `idx` [B·G] of z_e = `enc`
+/// [B, Z], the running counts `ema_n` and sums `ema_m` (both [K, d], zero at the start) decay
+/// by `decay` and take the batch's, and `codebook` [K, d] becomes their ratio.
+#[allow(clippy::too_many_arguments)]
+pub fn vq_ema(
+    gpu: &Gpu,
+    label: &str,
+    enc: &Tensor,
+    codebook: &Tensor,
+    groups: usize,
+    idx: &Tensor,
+    decay: f32,
+    ema_n: &Tensor,
+    ema_m: &Tensor,
+) -> Result<Dispatch> {
+    let q = check_vq(label, enc, codebook, groups, idx)?;
+    if ema_n.shape() != codebook.shape() || ema_m.shape() != codebook.shape() || !(0.0..1.0).contains(&decay) {
+        return Err(VaeError::Shape(format!(
+            "{label}: the running counts {:?} and sums {:?} must be shaped as the codebook {:?}, and \
+             the decay in [0, 1) (got {decay})",
+            ema_n.shape(),
+            ema_m.shape(),
+            codebook.shape()
+        )));
+    }
+    let ubuf = gpu.uniform(
+        label,
+        &VqParams {
+            batch: q.b as u32,
+            latent: q.zd as u32,
+            groups: q.groups as u32,
+            codes: q.codes as u32,
+            z_stride: q.zd as u32,
+            commitment: 0.0,
+            scale: 0.0,
+            decay,
+        },
+    )?;
+    let layout = [
+        uniform(0),
+        storage(1, true),
+        storage(12, false),
+        storage(14, false),
+        storage(15, false),
+        storage(16, false),
+    ];
+    let pipeline = gpu.kernels.pipeline(Shader::Code, "vq_ema", &[], &layout)?;
+    let res = [
+        (0, ubuf.raw().as_entire_binding()),
+        (1, enc.binding()),
+        (12, idx.binding()),
+        (14, ema_n.binding()),
+        (15, ema_m.binding()),
+        (16, codebook.binding()),
+    ];
+    let d = q.zd / q.groups;
+    gpu.dispatch_bound(
+        label,
+        pipeline,
+        &res,
+        Some(ubuf.clone()),
+        grid_1d(q.codes * d, 64),
+        0.0,
+        4.0 * (q.codes * d * q.b * q.groups) as f64,
+    )
 }

@@ -46,6 +46,9 @@ pub struct TrainConfig {
     /// The run's length in epochs: cyclical annealing spreads its cycles over its
     /// T = epochs × steps-per-epoch steps (0 counts as 1).
     pub epochs: usize,
+    /// A VQ-VAE's codebook by exponential moving averages with this decay γ (the VQ-VAE
+    /// paper uses 0.99) instead of by its gradient; None trains it by the gradient.
+    pub vq_ema: Option<f32>,
 }
 
 impl Default for TrainConfig {
@@ -61,6 +64,7 @@ impl Default for TrainConfig {
             beta: 1.0,
             kl_schedule: KlSchedule::Constant,
             epochs: 1,
+            vq_ema: None,
         }
     }
 }
@@ -175,6 +179,17 @@ impl<'g> Trainer<'g> {
         let mut ws = Workspace::new(gpu, vae, b, config.mc_samples, true, false)?;
         if config.denoise > 0.0 {
             ws = ws.with_noisy_input(gpu)?;
+        }
+        if let Some(decay) = config.vq_ema {
+            // The codebook's gradient is then 0, and Adam leaves it only without weight decay.
+            if config.adam.weight_decay != 0.0 {
+                return Err(VaeError::Config(
+                    "a codebook trained by moving averages takes no weight decay (Adam would shrink it); \
+                     set weight_decay to 0"
+                        .into(),
+                ));
+            }
+            ws = ws.with_vq_ema(gpu, vae, decay)?;
         }
         let step_buf = StepBuffer::new(gpu)?;
         let perm = gpu.tensor("perm", &[data.count])?;

@@ -15,12 +15,21 @@ use crate::model::{Vae, VaeConfig};
 pub const TRAIN_STATE_FORMAT: &str = "vae-wgpu-train-state/1";
 
 impl Trainer<'_> {
+    /// The codebook's moving averages, when it is trained by them: part of the state.
+    fn ema_state(&self) -> Vec<(&'static str, &crate::gpu::Tensor)> {
+        self.ws
+            .vq_ema
+            .iter()
+            .flat_map(|e| [("vq_ema.counts", &e.counts), ("vq_ema.sums", &e.sums)])
+            .collect()
+    }
+
     /// Writes Adam's first and second moments (the whole parameter arena, `adam.m` and
     /// `adam.v`) and the step and epoch counters to `path`, atomically. The model's own
     /// weights go to its checkpoint ([`Vae::save`]); together they resume the run exactly.
     pub fn save_state(&self, vae: &Vae, path: &Path) -> Result<()> {
         let a = &vae.arena;
-        let tensors = [
+        let mut tensors = vec![
             NamedTensor {
                 name: "adam.m".into(),
                 shape: vec![a.m.len()],
@@ -32,6 +41,13 @@ impl Trainer<'_> {
                 data: self.gpu.read(&a.v)?,
             },
         ];
+        for (name, t) in self.ema_state() {
+            tensors.push(NamedTensor {
+                name: name.into(),
+                shape: t.shape().to_vec(),
+                data: self.gpu.read(t)?,
+            });
+        }
         let mut meta = vae.config.to_metadata();
         meta.extend([
             ("format".to_string(), TRAIN_STATE_FORMAT.to_string()),
@@ -86,16 +102,29 @@ impl Trainer<'_> {
             )));
         }
         let a = &vae.arena;
-        for (name, t) in [("adam.m", &a.m), ("adam.v", &a.v)] {
+        let mut wanted = vec![
+            ("adam.m", a.m.reshape_prefix(&[a.m.len()])),
+            ("adam.v", a.v.reshape_prefix(&[a.v.len()])),
+        ];
+        wanted.extend(self.ema_state().into_iter().map(|(n, t)| (n, t.clone())));
+        let known: Vec<&str> = wanted.iter().map(|(n, _)| *n).collect();
+        if let Some(extra) = tensors.iter().find(|t| !known.contains(&t.name.as_str())) {
+            return Err(bad(format!(
+                "it holds '{}', which this trainer has no place for (a codebook trained by moving \
+                 averages saves its running counts and sums: resume with the same --vq-ema)",
+                extra.name
+            )));
+        }
+        for (name, t) in &wanted {
             let found = tensors
                 .iter()
-                .find(|x| x.name == name)
+                .find(|x| x.name == *name)
                 .ok_or_else(|| bad(format!("missing tensor '{name}'")))?;
-            if found.shape != [t.len()] {
+            if found.shape != t.shape() {
                 return Err(bad(format!(
-                    "'{name}' has shape {:?}, expected [{}]",
+                    "'{name}' has shape {:?}, expected {:?}",
                     found.shape,
-                    t.len()
+                    t.shape()
                 )));
             }
             self.gpu.write(t, &found.data)?;

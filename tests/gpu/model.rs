@@ -1031,3 +1031,102 @@ fn hierarchical_vae_gradients_match_finite_differences() {
         assert_tensors_close(&what, &names, &to_f64(&res.grads), &want, 2e-4, 1e-6);
     }
 }
+
+/// A VQ-VAE whose codebook is trained by exponential moving averages: two steps against an
+/// f64 replay of the update from the step's own z_e and assignments (which must be the nearest
+/// entries of the codebook before it), the codebook's gradient left at 0 (so Adam leaves it),
+/// and every other gradient equal to the gradient-trained model's.
+#[test]
+fn vq_codebook_moving_averages_match_the_reference() {
+    let g = gpu();
+    let cfg = VaeConfig {
+        input_dim: 8,
+        hidden: vec![12],
+        latent: 4,
+        code: Code::Quantized {
+            codes: 5,
+            groups: 2,
+            commitment: 0.25,
+        },
+        ..Default::default()
+    };
+    let vae = Vae::new(g, cfg.clone(), 41).unwrap();
+    let names = slot_names(&vae);
+    let book_slot = vae.codebook.unwrap();
+    let data = Data::new(g, 16, cfg.input_dim, 42);
+    let frozen = AdamConfig {
+        lr: 0.0,
+        ..Default::default()
+    };
+    let sp = |start: u32, step: u32| StepParams {
+        seed: 3,
+        step,
+        batch_start: start,
+        stream: rng::STREAM_TRAIN,
+        kl_beta: 1.0,
+        ..Default::default()
+    };
+    let decay = 0.8;
+    let b = 8;
+    let ws = Workspace::new(g, &vae, b, 1, true, false)
+        .unwrap()
+        .with_vq_ema(g, &vae, decay)
+        .unwrap();
+    // The gradient-trained twin, given the same parameters before each step.
+    let twin = Vae::new(g, cfg.clone(), 41).unwrap();
+    let plain = Workspace::new(g, &twin, b, 1, true, false).unwrap();
+    let (mut big_n, mut big_m) = (vec![0.0f64; 10], vec![0.0f64; 10]);
+    for (step, start) in [(0u32, 0u32), (1, 8)] {
+        twin.arena.write_params(g, &vae.arena.read_params(g).unwrap()).unwrap();
+        let reference_step = gpu_step(g, &twin, &plain, b, &data, sp(start, step), &frozen);
+        let res = gpu_step(g, &vae, &ws, b, &data, sp(start, step), &frozen);
+        let enc = g.read(&ws.enc).unwrap();
+        let idx = g.read(ws.vq_index.as_ref().unwrap()).unwrap();
+        let before = &res.params_before[book_slot];
+        // Assignments: the nearest entry of the codebook before the update, first on ties.
+        for (a, &k) in idx.iter().enumerate() {
+            let v = &enc[2 * a..2 * a + 2];
+            let dist = |k: usize| {
+                (0..2)
+                    .map(|c| (v[c] as f64 - before[2 * k + c] as f64).powi(2))
+                    .sum::<f64>()
+            };
+            let best = (0..5).fold(0, |best, k| if dist(k) < dist(best) { k } else { best });
+            assert_eq!(k as usize, best, "step {step}: vector {a}");
+        }
+        // The update, in f64.
+        let mut want = vec![0.0f64; 10];
+        for i in 0..10 {
+            let (k, c) = (i / 2, i % 2);
+            let chosen: Vec<usize> = (0..idx.len()).filter(|&a| idx[a] as usize == k).collect();
+            let s: f64 = chosen.iter().map(|&a| enc[2 * a + c] as f64).sum();
+            big_n[i] = decay as f64 * big_n[i] + (1.0 - decay as f64) * chosen.len() as f64;
+            big_m[i] = decay as f64 * big_m[i] + (1.0 - decay as f64) * s;
+            want[i] = if big_n[i] > 1e-20 {
+                big_m[i] / big_n[i]
+            } else {
+                before[i] as f64
+            };
+        }
+        let got = &res.params_after[book_slot];
+        for i in 0..10 {
+            assert!(
+                (got[i] as f64 - want[i]).abs() <= 1e-5 * (1.0 + want[i].abs()),
+                "step {step}: codebook[{i}] = {} want {}",
+                got[i],
+                want[i]
+            );
+        }
+        assert!(
+            res.grads[book_slot].iter().all(|&v| v == 0.0),
+            "the codebook got a gradient"
+        );
+        assert!(
+            want.iter().zip(before).any(|(w, b)| (w - *b as f64).abs() > 1e-3),
+            "step {step}: nothing moved"
+        );
+        for (slot, name) in names.iter().enumerate().filter(|(s, _)| *s != book_slot) {
+            assert_eq!(res.grads[slot], reference_step.grads[slot], "step {step}: {name}");
+        }
+    }
+}

@@ -375,10 +375,40 @@ fn ops_refuse_mismatched_shapes_with_typed_errors() {
                 &t(&[4]),
                 &x8,
                 &x8,
-                &t(&[4, 4]),
+                Some(&t(&[4, 4])),
             )
             .map(|mut d| d.remove(0)),
             "got [2, 8] and [4, 4]",
+        ),
+        (
+            "vq-ema",
+            ops::vq_ema(
+                g,
+                "vq-ema",
+                &x8,
+                &t(&[5, 4]),
+                2,
+                &t(&[4]),
+                0.99,
+                &t(&[5, 4]),
+                &t(&[4, 5]),
+            ),
+            "must be shaped as the codebook",
+        ),
+        (
+            "vq-ema-decay",
+            ops::vq_ema(
+                g,
+                "vq-ema-decay",
+                &x8,
+                &t(&[5, 4]),
+                2,
+                &t(&[4]),
+                1.0,
+                &t(&[5, 4]),
+                &t(&[5, 4]),
+            ),
+            "decay in [0, 1)",
         ),
     ];
     for (label, result, fragment) in cases {

@@ -542,6 +542,11 @@ fn autoencoder_trains_checkpoints_and_refuses_vae_options() {
             denoise: -0.1,
             ..tc.clone()
         },
+        // Codebook moving averages need a codebook.
+        TrainConfig {
+            vq_ema: Some(0.99),
+            ..tc.clone()
+        },
     ];
     for bad in refused {
         let what = format!("{bad:?}");
@@ -601,8 +606,10 @@ fn resuming_from_saved_state_matches_an_uninterrupted_run() {
     std::fs::remove_dir_all(&run.dir).ok();
 }
 
-/// Resume is exact for a denoising VQ-VAE too: its codebook is in the saved arena, and the
-/// masking noise is keyed by the restored step.
+/// Resume is exact for a denoising VQ-VAE whose codebook is trained by moving averages too:
+/// the codebook is in the checkpoint, its running counts and sums in the training state, and
+/// the masking noise is keyed by the restored step. A trainer without the moving averages
+/// refuses that state by name.
 #[test]
 fn resuming_a_denoising_vq_vae_matches_an_uninterrupted_run() {
     let g = gpu();
@@ -621,9 +628,16 @@ fn resuming_a_denoising_vq_vae_matches_an_uninterrupted_run() {
         seed: 9,
         denoise: 0.3,
         epochs: 3,
+        vq_ema: Some(0.9),
         ..Default::default()
     };
     let run = resumed_run(g, &cfg, &tc, "vq");
+    let vae = Vae::load(g, &run.ckpt).unwrap();
+    let mut plain = Trainer::new(g, &vae, mnist_subset(g, 300), TrainConfig { vq_ema: None, ..tc }).unwrap();
+    match plain.load_state(&vae, &run.state) {
+        Err(e @ VaeError::Checkpoint { .. }) => assert!(e.to_string().contains("vq_ema.counts"), "{e}"),
+        r => panic!("expected a checkpoint error, got {:?}", r.err()),
+    }
     std::fs::remove_dir_all(&run.dir).ok();
 }
 
@@ -699,6 +713,26 @@ fn vq_vae_trains_and_checkpoints_its_codebook() {
         },
         ..Default::default()
     };
+    // Moving averages: a decay in (0, 1) and no weight decay, which would shrink the codebook.
+    for bad in [
+        TrainConfig {
+            vq_ema: Some(1.0),
+            ..tc.clone()
+        },
+        TrainConfig {
+            vq_ema: Some(0.99),
+            adam: vae_wgpu::ops::AdamConfig {
+                weight_decay: 0.01,
+                ..Default::default()
+            },
+            ..tc.clone()
+        },
+    ] {
+        match Trainer::new(g, &vae, mnist_subset(g, 64), bad) {
+            Err(VaeError::Config(m)) => assert!(m.contains("decay"), "{m}"),
+            r => panic!("expected a Config error, got {:?}", r.err()),
+        }
+    }
     let mut tr = Trainer::new(g, &vae, mnist_subset(g, 300), tc).unwrap();
     assert_eq!(tr.dispatches_per_step(), 18);
     let reports: Vec<_> = (0..8).map(|_| tr.train_epoch(|_, _| {}).unwrap().train).collect();
