@@ -40,8 +40,8 @@ null for conditional models, whose latent is meant to carry no label, and unlabe
 For an autoencoder the latent means are its codes, test_loss is the reconstruction NLL plus its
 penalties (L1, contractive), and test_iw_nll is null (there is no prior); for a VQ-VAE they are
 its unquantized codes and test_loss adds the codebook and commitment terms. A hierarchical
-VAE (--top) is probed and pictured through its lower latent z (its means of q(z|x)), and its
-test_iw_nll is null (not implemented for two stochastic layers).";
+VAE (--top) is probed and pictured through its lower latent z (its means of q(z|x)); its
+test_iw_nll draws (z, z2) pairs.";
 
 struct Args {
     checkpoint: PathBuf,
@@ -130,9 +130,8 @@ fn run(args: Args) -> Result<()> {
 
     // Numbers: the bound, its importance-weighted tightening, and the probe.
     let stats = test_eval.elbo(&vae, seed, binarize)?;
-    // An autoencoder has no prior, so no importance-weighted bound; a hierarchical VAE's is
-    // not implemented.
-    let iw = if cfg.is_vae() && cfg.top.is_none() {
+    // An autoencoder has no prior, so no importance-weighted bound.
+    let iw = if cfg.is_vae() {
         Some(test_eval.iw_nll(&vae, seed, args.iw_k, binarize)?)
     } else {
         None

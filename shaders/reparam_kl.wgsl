@@ -102,7 +102,9 @@ fn reparam_kl_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
 // hier_kl writes t into kl and, weighted by β, its gradients: dz₁ (into dz_kl) and
 // [dμₚ | d lvₚ] (into dprior, 0 where lvₚ was clamped). sample_backward then adds the
 // decoder's, the upper encoder's and this term's dz₁, and ∂t/∂lv = −½ (the entropy).
-// One sample per example (L = 1): rows are examples.
+// hier_kl runs over the L·B rows r = s·B + b of z₁ (example b's q from enc row b); with
+// LOG_RATIO it also writes log p(z₁|z₂) − log q(z₁|x) = ½(lv + ε² − lvₚ − (z₁ − μₚ)²e^(−lvₚ))
+// per element, for importance weights. Training uses one sample (sample_backward: L = 1).
 @group(0) @binding(7) var<storage, read> prior: array<f32>;          // [B, 2Z]: μₚ | log σₚ²
 @group(0) @binding(8) var<storage, read_write> dprior: array<f32>;   // [B, 2Z]
 @group(0) @binding(9) var<storage, read> dz_up: array<f32>;          // [B, Z]: from q(z₂|z₁)'s net
@@ -114,22 +116,27 @@ fn hier_kl(@builtin(global_invocation_id) gid: vec3<u32>) {
     S = step;
     let i = gid.x + gid.y * 65535u * 64u;
     let zd = P.latent;
-    if (i >= P.batch * zd) { return; }
-    let b = i / zd;
+    if (i >= P.samples * P.batch * zd) { return; }
+    let r = i / zd;
     let j = i % zd;
+    let b = r % P.batch;
     let beta = S.kl_beta;
     let lv = clamp(enc[b * 2u * zd + zd + j], P.lv_min, P.lv_max);
-    let zv = z[b * P.z_stride + j];
-    let mu_p = prior[b * 2u * zd + j];
-    let raw_p = prior[b * 2u * zd + zd + j];
+    let zv = z[r * P.z_stride + j];
+    let mu_p = prior[r * 2u * zd + j];
+    let raw_p = prior[r * 2u * zd + zd + j];
     let lv_p = clamp(raw_p, P.lv_min, P.lv_max);
     let inv = exp(-lv_p);
     let d = zv - mu_p;
     kl[i] = 0.5 * (lv_p - 1.0 - lv + d * d * inv);
     dz_kl[i] = beta * d * inv;
-    dprior[b * 2u * zd + j] = -beta * d * inv;
+    dprior[r * 2u * zd + j] = -beta * d * inv;
     let inside = raw_p >= P.lv_min && raw_p <= P.lv_max;
-    dprior[b * 2u * zd + zd + j] = select(0.0, 0.5 * beta * (1.0 - d * d * inv), inside);
+    dprior[r * 2u * zd + zd + j] = select(0.0, 0.5 * beta * (1.0 - d * d * inv), inside);
+    if (LOG_RATIO) {
+        let e = eps_at(r / P.batch, b, j);
+        log_ratio[i] = 0.5 * (lv + e * e - lv_p - d * d * inv);
+    }
 }
 
 @compute @workgroup_size(64)

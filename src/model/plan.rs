@@ -107,8 +107,8 @@ pub struct VqEma {
     pub sums: Tensor,
 }
 
-/// A hierarchical VAE's second stochastic layer's activations, [B, ·] each (one sample per
-/// example; see [`crate::model::TopLatent`]).
+/// A hierarchical VAE's second stochastic layer's activations, one row per draw of z₁ (L·B
+/// rows; see [`crate::model::TopLatent`]). Training draws one sample (L = 1).
 pub struct TopWorkspace {
     /// q(z₂|z₁)'s hidden layer, [B, H₂].
     pub up_hidden: Tensor,
@@ -120,10 +120,13 @@ pub struct TopWorkspace {
     pub prior_hidden: Tensor,
     /// [μₚ | log σₚ²] of p(z₁|z₂), [B, 2Z].
     pub p1: Tensor,
-    /// ∂L/∂p1, written by the lower KL term in the forward pass, [B, 2Z].
+    /// ∂L/∂p1, written by the lower KL term in the forward pass, [L·B, 2Z].
     pub d_p1: Tensor,
-    /// The lower KL term's ∂L/∂z₁, [B, Z].
+    /// The lower KL term's ∂L/∂z₁, [L·B, Z].
     pub dz1_kl: Tensor,
+    /// Terms of log p(z₂) − log q(z₂|z₁), [L·B·Z₂], for importance-weighted evaluation (the
+    /// lower layer's are in [`Workspace::log_ratio`]).
+    pub log_ratio: Option<Tensor>,
     /// The rest of the layer's gradients, for a training workspace.
     pub grads: Option<TopGrads>,
 }
@@ -170,9 +173,13 @@ pub struct Workspace {
     /// nll [L·B] at offset 0, the KL's terms [B·Z] at `kl_offset` floats.
     pub per_example: Tensor,
     kl_offset: usize,
+    /// Where a hierarchical VAE's upper KL terms start in `per_example`, after the lower
+    /// layer's L·B·Z.
+    top_offset: usize,
     latent: usize,
     /// The contractive penalty's H·H terms sit at `kl_offset`, before the KL's (L1's) terms, so
-    /// one segment sums both for any batch size.
+    /// one segment sums both for any batch size; this is their region's length, padded to
+    /// [`PARAM_ALIGN`] floats.
     pen_terms: usize,
     /// The contractive penalty's scratch, for a model that has one.
     pub contractive: Option<ContractiveScratch>,
@@ -236,7 +243,11 @@ impl Workspace {
             }
             _ => None,
         };
-        let pen_terms = contractive.as_ref().map_or(0, |c| c.s.len());
+        // Padded so that the KL's terms after them start on a storage-offset boundary (the
+        // padding is never written: zeros, which the metric segment adds harmlessly).
+        let pen_terms = contractive
+            .as_ref()
+            .map_or(0, |c| c.s.len().div_ceil(PARAM_ALIGN) * PARAM_ALIGN);
         let top = match cfg.top {
             Some(tl) => {
                 let g = |name: &str, shape: &[usize]| if train { t(name, shape).map(Some) } else { Ok(None) };
@@ -257,20 +268,33 @@ impl Workspace {
                     _ => None,
                 };
                 Some(TopWorkspace {
-                    up_hidden: t("top_up_hidden", &[batch, tl.hidden])?,
-                    q2: t("top_q2", &[batch, 2 * tl.latent])?,
-                    z2: t("top_z2", &[batch, tl.latent])?,
-                    prior_hidden: t("top_prior_hidden", &[batch, tl.hidden])?,
-                    p1: t("top_p1", &[batch, 2 * cfg.latent])?,
-                    d_p1: t("d_top_p1", &[batch, 2 * cfg.latent])?,
-                    dz1_kl: t("d_top_z1_kl", &[batch, cfg.latent])?,
+                    up_hidden: t("top_up_hidden", &[r, tl.hidden])?,
+                    q2: t("top_q2", &[r, 2 * tl.latent])?,
+                    z2: t("top_z2", &[r, tl.latent])?,
+                    prior_hidden: t("top_prior_hidden", &[r, tl.hidden])?,
+                    p1: t("top_p1", &[r, 2 * cfg.latent])?,
+                    d_p1: t("d_top_p1", &[r, 2 * cfg.latent])?,
+                    dz1_kl: t("d_top_z1_kl", &[r, cfg.latent])?,
+                    log_ratio: if log_ratio {
+                        Some(t("top_log_ratio", &[r * tl.latent])?)
+                    } else {
+                        None
+                    },
                     grads,
                 })
             }
             None => None,
         };
-        // The upper layer's KL terms follow the lower layer's, B·Z₂ of them.
-        let top_terms = cfg.top.map_or(0, |t| batch * t.latent);
+        // A hierarchical model's lower terms are per draw (L·B·Z), and the upper layer's
+        // follow them (L·B·Z₂).
+        let kl_len = if cfg.top.is_some() {
+            r * cfg.latent
+        } else {
+            batch * cfg.latent
+        };
+        let top_terms = cfg.top.map_or(0, |t| r * t.latent);
+        // Views into per_example must start on storage-offset boundaries.
+        let top_offset = (kl_offset + pen_terms + kl_len).div_ceil(PARAM_ALIGN) * PARAM_ALIGN;
         let grads = if train {
             Some(ActivationGrads {
                 dec_hidden: cfg
@@ -306,8 +330,9 @@ impl Workspace {
             } else {
                 t("d_out", &[r, cfg.input_dim])?
             },
-            per_example: t("per_example", &[kl_offset + pen_terms + batch * cfg.latent + top_terms])?,
+            per_example: t("per_example", &[top_offset + top_terms])?,
             kl_offset,
+            top_offset,
             latent: cfg.latent,
             pen_terms,
             contractive,
@@ -391,6 +416,7 @@ impl Workspace {
         }
         if let Some(t) = &self.top {
             all.extend([&t.up_hidden, &t.q2, &t.z2, &t.prior_hidden, &t.p1, &t.d_p1, &t.dz1_kl]);
+            all.extend(t.log_ratio.iter());
             if let Some(g) = &t.grads {
                 all.extend([&g.up_hidden, &g.q2, &g.z2, &g.prior_hidden, &g.z1_up]);
             }
@@ -416,12 +442,22 @@ impl Workspace {
         Tensor::view(buf, self.per_example.offset() + 4 * start as u64, &[n])
     }
 
-    /// A hierarchical VAE's upper KL terms [b·Z₂] for the first `b` examples (after the
-    /// lower layer's B·Z, for the workspace's B).
-    pub fn kl_top(&self, b: usize, top_latent: usize) -> Tensor {
+    /// A hierarchical VAE's lower KL terms [r·Z] for its first `r` draws of z₁.
+    pub fn kl_rows(&self, r: usize) -> Tensor {
         let buf = self.per_example.buffer().clone();
-        let start = self.kl_offset + self.pen_terms + self.batch * self.latent;
-        Tensor::view(buf, self.per_example.offset() + 4 * start as u64, &[b * top_latent])
+        let start = self.kl_offset + self.pen_terms;
+        Tensor::view(buf, self.per_example.offset() + 4 * start as u64, &[r * self.latent])
+    }
+
+    /// A hierarchical VAE's upper KL terms [r·Z₂] for its first `r` draws (after the lower
+    /// layer's, for the workspace's L·B draws).
+    pub fn kl_top(&self, r: usize, top_latent: usize) -> Tensor {
+        let buf = self.per_example.buffer().clone();
+        Tensor::view(
+            buf,
+            self.per_example.offset() + 4 * self.top_offset as u64,
+            &[r * top_latent],
+        )
     }
 }
 
@@ -538,15 +574,15 @@ pub fn plan_step(
     d.extend(vae.plan_encode(gpu, &x_enc, &enc_h, &enc)?);
     match vae.config.code {
         Code::Gaussian if vae.top.is_some() => {
-            if l != 1 || log_ratio.is_some() {
+            if l != 1 && adam.is_some() {
                 return Err(crate::VaeError::Config(
-                    "a hierarchical VAE trains and evaluates with one sample per example, and has no \
-                     importance-weighted bound here"
+                    "a hierarchical VAE trains with one sample per example (several are for \
+                     evaluating the importance-weighted bound)"
                         .into(),
                 ));
             }
-            d.push(ops::sample_forward(gpu, "sample.forward", step, &enc, &z)?);
-            d.extend(plan_top_forward(gpu, vae, ws, step, b, &enc, &z, &kl)?);
+            d.push(ops::sample_forward(gpu, "sample.forward", step, &enc, l, &z)?);
+            d.extend(plan_top_forward(gpu, vae, ws, step, b, &enc, &z, log_ratio.as_ref())?);
         }
         Code::Gaussian => d.push(ops::reparam_kl_forward(
             gpu,
@@ -769,27 +805,34 @@ pub fn plan_step(
         }
     }
     // Metrics: this step's Σ NLL / L and Σ KL into its row of the log.
-    let mut segs = vec![
-        Segment {
-            offset: 0,
-            len: r,
-            slot: SLOT_RECON,
-            scale,
-        },
-        Segment {
+    let mut segs = vec![Segment {
+        offset: 0,
+        len: r,
+        slot: SLOT_RECON,
+        scale,
+    }];
+    match vae.config.top {
+        // Both KL terms are per draw: averaged over the L draws, as the NLL is.
+        Some(t) => segs.extend([
+            Segment {
+                offset: ws.kl_offset + ws.pen_terms,
+                len: r * zd,
+                slot: SLOT_KL,
+                scale,
+            },
+            Segment {
+                offset: ws.top_offset,
+                len: r * t.latent,
+                slot: SLOT_KL,
+                scale,
+            },
+        ]),
+        None => segs.push(Segment {
             offset: ws.kl_offset,
             len: ws.pen_terms + b * zd,
             slot: SLOT_KL,
             scale: 1.0,
-        },
-    ];
-    if let Some(t) = vae.config.top {
-        segs.push(Segment {
-            offset: ws.kl_offset + ws.pen_terms + ws.batch * zd,
-            len: b * t.latent,
-            slot: SLOT_KL,
-            scale: 1.0,
-        });
+        }),
     }
     d.push(ops::sum_segments(
         gpu,
@@ -820,12 +863,15 @@ fn plan_top_forward(
     b: usize,
     enc: &Tensor,
     z: &Tensor,
-    kl: &Tensor,
+    log_ratio: Option<&Tensor>,
 ) -> Result<Vec<Dispatch>> {
     let (layers, tw, tl) = top_parts(vae, ws)?;
     let a = &vae.arena;
-    let (uh, q2, z2) = (rows(&tw.up_hidden, b), rows(&tw.q2, b), rows(&tw.z2, b));
-    let (ph, p1) = (rows(&tw.prior_hidden, b), rows(&tw.p1, b));
+    let (l, zd) = (ws.samples, vae.config.latent);
+    let r = l * b;
+    let (uh, q2, z2) = (rows(&tw.up_hidden, r), rows(&tw.q2, r), rows(&tw.z2, r));
+    let (ph, p1) = (rows(&tw.prior_hidden, r), rows(&tw.p1, r));
+    let top_ratio = tw.log_ratio.as_ref().map(|t| t.reshape_prefix(&[r * tl]));
     let mut d = layers.up.forward(gpu, a, z, &uh)?;
     d.extend(layers.up_head.forward(gpu, a, &uh, &q2)?);
     d.push(ops::reparam_kl_forward_at(
@@ -835,8 +881,8 @@ fn plan_top_forward(
         &q2,
         1,
         &z2,
-        &ws.kl_top(b, tl),
-        None,
+        &ws.kl_top(r, tl),
+        top_ratio.as_ref(),
         ops::TOP_SAMPLE_BASE,
     )?);
     d.extend(layers.plan_prior(gpu, a, &z2, &ph, &p1)?);
@@ -845,11 +891,13 @@ fn plan_top_forward(
         "top.hier_kl",
         step,
         enc,
+        l,
         z,
         &p1,
-        kl,
-        &rows(&tw.d_p1, b),
-        &tw.dz1_kl.reshape_prefix(&[b * vae.config.latent]),
+        &ws.kl_rows(r),
+        &rows(&tw.d_p1, r),
+        &tw.dz1_kl.reshape_prefix(&[r * zd]),
+        log_ratio,
     )?);
     Ok(d)
 }
@@ -963,7 +1011,7 @@ fn plan_contractive_forward(
     let terms = Tensor::view(
         ws.per_example.buffer().clone(),
         ws.per_example.offset() + 4 * ws.kl_offset as u64,
-        &[ws.pen_terms],
+        &[c.s.len()],
     );
     Ok(vec![
         ops::activation_backward(gpu, "contractive.mask", layer.act, LEAKY_SLOPE, hidden, &ones, &mask)?,
@@ -976,11 +1024,11 @@ fn plan_contractive_forward(
 
 /// The first `d` rows of the first layer's weight (or gradient) [D', H]: the rows that multiply
 /// pixels. The contractive penalty is ‖∂z/∂x‖² over the image alone; a conditional model's
-/// one-hot and padding rows are not its input's and stay out of it. The view drops the texture
-/// mirror, which covers all D' rows.
+/// one-hot and padding rows are not its input's and stay out of it. A texture mirror stays
+/// valid for the prefix (same start, same row stride; d·H is a multiple of 4 as d is).
 fn pixel_rows(w: &Tensor, d: usize) -> Tensor {
     let h = w.shape()[1];
-    w.reshape_prefix(&[d, h]).with_mirror(None)
+    w.reshape_prefix(&[d, h])
 }
 
 /// A VQ-VAE's codebook (arena view) and the first `b` examples' index slots.

@@ -160,6 +160,16 @@ impl ParamArena {
         self.view(&self.grads, slot)
     }
 
+    /// Zeroes a slot's gradient and Adam moments, so that Adam (without weight decay) leaves
+    /// it where it is for as long as nothing writes its gradient.
+    pub fn freeze_slot(&self, gpu: &Gpu, slot: usize) -> Result<()> {
+        let zeros = vec![0.0; self.layout.slots[slot].len()];
+        for t in [&self.grads, &self.m, &self.v] {
+            gpu.write(&self.view(t, slot), &zeros)?;
+        }
+        Ok(())
+    }
+
     /// Reads every parameter back, one vector per slot.
     pub fn read_params(&self, gpu: &Gpu) -> Result<Vec<Vec<f32>>> {
         self.read_slots(gpu, &self.params)

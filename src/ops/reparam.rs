@@ -233,15 +233,22 @@ fn check_len(label: &str, want: usize, same: &[(&str, &Tensor)]) -> Result<()> {
     Ok(())
 }
 
-/// A hierarchical VAE's z₁ = μ + σ·ε from `enc` [B, 2Z] into `z` [B, Z'] (one sample; no KL
-/// terms: z₁'s prior term is [`hier_kl`]'s).
-pub fn sample_forward(gpu: &Gpu, label: &str, step: &StepBuffer, enc: &Tensor, z: &Tensor) -> Result<Dispatch> {
-    let (b, zd) = check(label, enc, z, 1)?;
+/// A hierarchical VAE's z₁ = μ + σ·ε from `enc` [B, 2Z] into `z` [L·B, Z'] for L `samples`
+/// (no KL terms: z₁'s prior term is [`hier_kl`]'s).
+pub fn sample_forward(
+    gpu: &Gpu,
+    label: &str,
+    step: &StepBuffer,
+    enc: &Tensor,
+    samples: usize,
+    z: &Tensor,
+) -> Result<Dispatch> {
+    let (b, zd) = check(label, enc, z, samples)?;
     let constants = [("LOG_RATIO", 0.0), ("WRITE_KL", 0.0)];
     let pipeline = gpu
         .kernels
         .pipeline(Shader::ReparamKl, "reparam_kl_forward", &constants, &layout())?;
-    let ubuf = params(gpu, label, b, zd, 1, z_stride(z), 0)?;
+    let ubuf = params(gpu, label, b, zd, samples, z_stride(z), 0)?;
     let dw = gpu.dummy_write();
     let res = [
         ubuf.raw().as_entire_binding(),
@@ -259,33 +266,41 @@ pub fn sample_forward(gpu: &Gpu, label: &str, step: &StepBuffer, enc: &Tensor, z
         Some(ubuf.clone()),
         grid_1d(b * zd, 64),
         0.0,
-        4.0 * (3 * b * zd) as f64,
+        4.0 * (2 * b * zd + samples * b * zd) as f64,
     )
 }
 
 /// The lower KL term of a hierarchical VAE (see reparam_kl.wgsl): from q(z₁|x)'s `enc`
-/// [B, 2Z], the draw `z` [B, Z'] and p(z₁|z₂)'s `prior` [B, 2Z], its terms `kl` [B·Z] and,
-/// weighted by the step's β, the gradients `dprior` [B, 2Z] and `dz_kl` [B·Z].
+/// [B, 2Z], the L `samples` of z₁ in `z` [L·B, Z'] and p(z₁|z₂)'s `prior` [L·B, 2Z] (one row
+/// per draw), its terms `kl` [L·B·Z], the gradients weighted by the step's β, `dprior`
+/// [L·B, 2Z] and `dz_kl` [L·B·Z], and when given the terms of log p(z₁|z₂) − log q(z₁|x) in
+/// `log_ratio` [L·B·Z].
 #[allow(clippy::too_many_arguments)]
 pub fn hier_kl(
     gpu: &Gpu,
     label: &str,
     step: &StepBuffer,
     enc: &Tensor,
+    samples: usize,
     z: &Tensor,
     prior: &Tensor,
     kl: &Tensor,
     dprior: &Tensor,
     dz_kl: &Tensor,
+    log_ratio: Option<&Tensor>,
 ) -> Result<Dispatch> {
-    let (b, zd) = check(label, enc, z, 1)?;
-    check_len(label, b * zd, &[("the terms", kl), ("dz_kl", dz_kl)])?;
-    if prior.shape() != enc.shape() || dprior.shape() != enc.shape() {
+    let (b, zd) = check(label, enc, z, samples)?;
+    let r = samples * b;
+    check_len(label, r * zd, &[("the terms", kl), ("dz_kl", dz_kl)])?;
+    if let Some(lr) = log_ratio {
+        check_len(label, r * zd, &[("log_ratio", lr)])?;
+    }
+    let rows_2z = [r, 2 * zd];
+    if prior.shape() != rows_2z || dprior.shape() != rows_2z {
         return Err(VaeError::Shape(format!(
-            "{label}: the prior {:?} and its gradient {:?} must be shaped as q's {:?}",
+            "{label}: the prior {:?} and its gradient {:?} must be [L·B, 2Z] = {rows_2z:?}",
             prior.shape(),
             dprior.shape(),
-            enc.shape()
         )));
     }
     let layout = [
@@ -294,18 +309,24 @@ pub fn hier_kl(
         storage(2, true),
         storage(3, false),
         storage(4, false),
+        storage(6, false),
         storage(7, true),
         storage(8, false),
         storage(10, false),
     ];
-    let pipeline = gpu.kernels.pipeline(Shader::ReparamKl, "hier_kl", &[], &layout)?;
-    let ubuf = params(gpu, label, b, zd, 1, z_stride(z), 0)?;
+    let constants = [("LOG_RATIO", if log_ratio.is_some() { 1.0 } else { 0.0 })];
+    let pipeline = gpu
+        .kernels
+        .pipeline(Shader::ReparamKl, "hier_kl", &constants, &layout)?;
+    let ubuf = params(gpu, label, b, zd, samples, z_stride(z), 0)?;
+    let dw = gpu.dummy_write();
     let res = [
         (0, ubuf.raw().as_entire_binding()),
         (1, step.binding()),
         (2, enc.binding()),
         (3, z.binding()),
         (4, kl.binding()),
+        (6, log_ratio.unwrap_or(dw).binding()),
         (7, prior.binding()),
         (8, dprior.binding()),
         (10, dz_kl.binding()),
@@ -315,9 +336,9 @@ pub fn hier_kl(
         pipeline,
         &res,
         Some(ubuf.clone()),
-        grid_1d(b * zd, 64),
+        grid_1d(r * zd, 64),
         0.0,
-        4.0 * (9 * b * zd) as f64,
+        4.0 * (2 * b * zd + 8 * r * zd) as f64,
     )
 }
 

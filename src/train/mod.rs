@@ -156,8 +156,8 @@ impl<'g> Trainer<'g> {
             && (config.mc_samples != 1 || config.beta != 1.0 || config.kl_schedule != KlSchedule::Constant)
         {
             return Err(VaeError::Config(
-                "an autoencoder has a deterministic code and no KL term: it takes one sample per \
-                 example and no β or KL schedule (its code penalty is the model's l1 weight)"
+                "an autoencoder or a VQ-VAE has a deterministic code and no KL term: it takes one \
+                 sample per example and no β or KL schedule (its penalties are weights of the model's code)"
                     .into(),
             ));
         }
@@ -190,6 +190,11 @@ impl<'g> Trainer<'g> {
                 ));
             }
             ws = ws.with_vq_ema(gpu, vae, decay)?;
+            // A model trained by its gradient before keeps that gradient and momentum in the
+            // arena: clear them, or Adam would go on moving the codebook.
+            if let Some(slot) = vae.codebook {
+                vae.arena.freeze_slot(gpu, slot)?;
+            }
         }
         let step_buf = StepBuffer::new(gpu)?;
         let perm = gpu.tensor("perm", &[data.count])?;
@@ -459,7 +464,9 @@ impl<'g> Evaluator<'g> {
     }
 
     /// Importance-weighted estimate of −log p(x) per example with `k` draws:
-    /// −log (1/K) Σ_k p(x|z_k) p(z_k) / q(z_k|x), averaged over the dataset.
+    /// −log (1/K) Σ_k p(x|z_k) p(z_k) / q(z_k|x), averaged over the dataset. For a
+    /// hierarchical VAE each draw is of (z₁, z₂) and its weight
+    /// p(x|z₁) p(z₁|z₂) p(z₂) / (q(z₁|x) q(z₂|z₁)).
     pub fn iw_nll(&self, vae: &Vae, seed: u64, k: usize, binarize: bool) -> Result<f64> {
         if k == 0 {
             return Err(VaeError::Config("--eval-iw needs K >= 1".into()));
@@ -467,13 +474,6 @@ impl<'g> Evaluator<'g> {
         if !vae.config.is_vae() {
             return Err(VaeError::Config(
                 "the importance-weighted bound needs a VAE: an autoencoder has no prior and no likelihood bound".into(),
-            ));
-        }
-        if vae.config.top.is_some() {
-            return Err(VaeError::Config(
-                "the importance-weighted bound is not implemented for hierarchical VAEs (their \
-                 −ELBO is reported); leave out --eval-iw"
-                    .into(),
             ));
         }
         // Decoder rows are K·B: keep them near 5000.
@@ -500,10 +500,17 @@ impl<'g> Evaluator<'g> {
             self.gpu.run(&refs)?;
             let nll = self.gpu.read(&ws.nll(rows))?;
             let lr_terms = self.gpu.read(&lr_all.reshape_prefix(&[k * rows * zd]))?;
-            let lr: Vec<f64> = lr_terms
+            let mut lr: Vec<f64> = lr_terms
                 .chunks_exact(zd)
                 .map(|t| t.iter().map(|&v| v as f64).sum())
                 .collect();
+            // A hierarchical VAE's weight adds its upper layer's log p(z₂) − log q(z₂|z₁).
+            if let (Some(t), Some(top)) = (vae.config.top, ws.top.as_ref().and_then(|w| w.log_ratio.as_ref())) {
+                let terms = self.gpu.read(&top.reshape_prefix(&[k * rows * t.latent]))?;
+                for (acc, row) in lr.iter_mut().zip(terms.chunks_exact(t.latent)) {
+                    *acc += row.iter().map(|&v| v as f64).sum::<f64>();
+                }
+            }
             for e in 0..rows {
                 let w: Vec<f64> = (0..k).map(|s| -(nll[s * rows + e] as f64) + lr[s * rows + e]).collect();
                 let m = w.iter().cloned().fold(f64::NEG_INFINITY, f64::max);

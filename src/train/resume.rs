@@ -15,6 +15,11 @@ use crate::model::{Vae, VaeConfig};
 pub const TRAIN_STATE_FORMAT: &str = "vae-wgpu-train-state/1";
 
 impl Trainer<'_> {
+    /// The codebook's moving-average decay as the state file records it ("none" without).
+    fn vq_ema_name(&self) -> String {
+        self.config.vq_ema.map_or("none".to_string(), |g| g.to_string())
+    }
+
     /// The codebook's moving averages, when it is trained by them: part of the state.
     fn ema_state(&self) -> Vec<(&'static str, &crate::gpu::Tensor)> {
         self.ws
@@ -55,6 +60,7 @@ impl Trainer<'_> {
             ("epoch".to_string(), self.epoch.to_string()),
             ("seed".to_string(), self.config.seed.to_string()),
             ("batch_size".to_string(), self.ws.batch.to_string()),
+            ("vq_ema".to_string(), self.vq_ema_name()),
         ]);
         write_safetensors(path, &tensors, &meta)
     }
@@ -99,6 +105,18 @@ impl Trainer<'_> {
                 "it was saved by a run with seed {seed} and batch size {batch}; this trainer has seed {} \
                  and batch size {}: resume with the run's own settings",
                 self.config.seed, self.ws.batch
+            )));
+        }
+        // Older files have no "vq_ema": gradient-trained codebooks.
+        let ema = meta
+            .iter()
+            .find(|(k, _)| k == "vq_ema")
+            .map_or("none", |(_, v)| v.as_str());
+        if ema != self.vq_ema_name() {
+            return Err(bad(format!(
+                "it was saved by a run whose codebook moving-average decay is {ema}; this trainer's is {}: \
+                 resume with the run's own settings",
+                self.vq_ema_name()
             )));
         }
         let a = &vae.arena;

@@ -5,7 +5,7 @@
 use vae_wgpu::data::DatasetKind;
 use vae_wgpu::explore::{arithmetic_figure, class_figure, interpolation_figure, manifold_figure, FIGURE_PAD};
 use vae_wgpu::io::grid_size;
-use vae_wgpu::model::{GpuDataset, Vae, VaeConfig};
+use vae_wgpu::model::{GpuDataset, TopLatent, Vae, VaeConfig};
 use vae_wgpu::ops::{Activation, Likelihood};
 use vae_wgpu::rng;
 use vae_wgpu::train::{Evaluator, KlSchedule, TrainConfig, Trainer};
@@ -450,5 +450,63 @@ fn decode_and_encode_means_match_the_reference() {
         assert_close(&format!("encode_means ({likelihood:?})"), &got, &mu, |i| {
             2e-6 * (1.0 + mu[i].abs())
         });
+    }
+}
+
+/// A hierarchical VAE's importance-weighted bound against the f64 reference's log weights
+/// (`reference::hier_log_weights`, every density written out) with the evaluator's noise: z₁'s
+/// ε as for a one-layer model, z₂'s keyed by sample word `TOP_SAMPLE_BASE` and its draw's row
+/// s·B + e. K = 1, 4 and 1,000 (the last in batches of 5, the final one partial); the K = 1
+/// estimate is a one-draw Monte Carlo −ELBO with both layers' log-ratios sampled.
+#[test]
+fn hierarchical_iw_bound_matches_the_reference() {
+    let g = gpu();
+    let cfg = VaeConfig {
+        input_dim: 16,
+        hidden: vec![12],
+        latent: 4,
+        activation: Activation::Tanh,
+        likelihood: Likelihood::Bernoulli,
+        top: Some(TopLatent { latent: 2, hidden: 8 }),
+        ..Default::default()
+    };
+    let n = 7;
+    let bytes: Vec<u8> = rand_vec(n * 16, 33, 0.0, 256.0)
+        .iter()
+        .map(|&v| v.min(255.0) as u8)
+        .collect();
+    let vae = Vae::new(g, cfg.clone(), 6).unwrap();
+    let eval = Evaluator::new(g, GpuDataset::upload(g, "test", &bytes, n, 16, vec![]).unwrap()).unwrap();
+    let params = to_f64(&vae.arena.read_params(g).unwrap());
+    let seed = 4u64;
+    for k in [1usize, 4, 1000] {
+        let got = eval.iw_nll(&vae, seed, k, false).unwrap();
+        let b = (5000 / k).clamp(1, n);
+        let mut total = 0.0;
+        for start in (0..n).step_by(b) {
+            let rows = b.min(n - start);
+            let x: Vec<f64> = bytes[start * 16..(start + rows) * 16]
+                .iter()
+                .map(|&v| v as f64 / 255.0)
+                .collect();
+            let draw = |word: u32, i: usize| rng::normal(rng::device_seed(seed), 0, word, i as u32);
+            let eps1: Vec<f64> = (0..k)
+                .flat_map(|s| (0..rows * 4).map(move |i| draw(rng::stream_word(rng::STREAM_EVAL, s as u32), i)))
+                .collect();
+            let top_word = rng::stream_word(rng::STREAM_EVAL, vae_wgpu::ops::TOP_SAMPLE_BASE);
+            let eps2: Vec<f64> = (0..k * rows * 2).map(|i| draw(top_word, i)).collect();
+            let w = reference::hier_log_weights(&cfg, &params, &x, rows, k, &eps1, &eps2);
+            for e in 0..rows {
+                let ws: Vec<f64> = (0..k).map(|s| w[s * rows + e]).collect();
+                let m = ws.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let lse = m + ws.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+                total += -(lse - (k as f64).ln());
+            }
+        }
+        let want = total / n as f64;
+        assert!(
+            (got - want).abs() <= 1e-5 * want.abs() + 1e-5,
+            "K = {k}: IW estimate {got} vs f64 reference {want}"
+        );
     }
 }

@@ -1110,3 +1110,78 @@ mod tests {
         assert!((p[0][0] - want).abs() < 1e-15, "{} vs {want}", p[0][0]);
     }
 }
+
+/// A hierarchical VAE's log importance weights for `b` examples `x` [B, D] and K draws:
+/// `eps1` [K, B, Z] draws z₁ = μ₁ + σ₁ε, `eps2` [K·B, Z₂] draws z₂ per draw of z₁ (row s·B + e),
+/// and weight (s, e) = log p(x|z₁) + log N(z₁; μₚ, σₚ²) + log N(z₂; 0, I) − log N(z₁; μ₁, σ₁²)
+/// − log N(z₂; μ₂, σ₂²), each density written out in full. Returned [K·B], row s·B + e.
+pub fn hier_log_weights(
+    cfg: &VaeConfig,
+    params: &[Vec<f64>],
+    x: &[f64],
+    b: usize,
+    k: usize,
+    eps1: &[f64],
+    eps2: &[f64],
+) -> Vec<f64> {
+    let ls = layers(cfg);
+    let tl = top_layers(cfg);
+    let m = cfg.hidden.len();
+    let (d, zd) = (cfg.input_dim, cfg.latent);
+    let z2d = cfg.top.expect("a hierarchical configuration").latent;
+    let top_slot = 2 * ls.len() + usize::from(log_c_len(cfg).is_some());
+    let p = |slot: usize| (&params[slot][..], &params[slot + 1][..]);
+    let log_normal =
+        |v: f64, mu: f64, lv: f64| -0.5 * ((std::f64::consts::TAU).ln() + lv + (v - mu).powi(2) / lv.exp());
+    let mut h = x.to_vec();
+    for (j, layer) in ls.iter().enumerate().take(m + 1) {
+        let (w, bias) = p(2 * j);
+        h = dense_forward(layer, &h, b, w, bias).1;
+    }
+    let r = k * b;
+    let (mut z1, mut log_q1) = (vec![0.0; r * zd], vec![0.0; r]);
+    for s in 0..k {
+        for e in 0..b {
+            for j in 0..zd {
+                let mu = h[e * 2 * zd + j];
+                let (lv, sigma, _) = log_variance(h[e * 2 * zd + zd + j]);
+                let v = mu + sigma * eps1[(s * b + e) * zd + j];
+                z1[(s * b + e) * zd + j] = v;
+                log_q1[s * b + e] += log_normal(v, mu, lv);
+            }
+        }
+    }
+    let mut y = z1.clone();
+    for (j, layer) in ls.iter().enumerate().skip(m + 1) {
+        let (w, bias) = p(2 * j);
+        y = dense_forward(layer, &y, r, w, bias).1;
+    }
+    let (w, bias) = p(top_slot);
+    let uh = dense_forward(&tl[0], &z1, r, w, bias).1;
+    let (w, bias) = p(top_slot + 2);
+    let q2 = dense_forward(&tl[1], &uh, r, w, bias).1;
+    let mut z2 = vec![0.0; r * z2d];
+    let mut log_w = vec![0.0; r];
+    for row in 0..r {
+        for j in 0..z2d {
+            let mu = q2[row * 2 * z2d + j];
+            let (lv, sigma, _) = log_variance(q2[row * 2 * z2d + z2d + j]);
+            let v = mu + sigma * eps2[row * z2d + j];
+            z2[row * z2d + j] = v;
+            log_w[row] += log_normal(v, 0.0, 0.0) - log_normal(v, mu, lv);
+        }
+    }
+    let (w, bias) = p(top_slot + 4);
+    let ph = dense_forward(&tl[2], &z2, r, w, bias).1;
+    let (w, bias) = p(top_slot + 6);
+    let p1 = dense_forward(&tl[3], &ph, r, w, bias).1;
+    for row in 0..r {
+        let e = row % b;
+        for j in 0..zd {
+            let (lv_p, _, _) = log_variance(p1[row * 2 * zd + zd + j]);
+            log_w[row] += log_normal(z1[row * zd + j], p1[row * 2 * zd + j], lv_p);
+        }
+        log_w[row] += -nll_row(cfg.likelihood, &y[row * d..(row + 1) * d], &x[e * d..(e + 1) * d]) - log_q1[row];
+    }
+    log_w
+}
