@@ -160,22 +160,29 @@ fn vq_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     denc[i] = z[b * VP.z_stride + j] + 2.0 * VP.scale * VP.commitment * (enc[i] - e);
 }
 
+// How many of the B·G vectors chose entry k, and the sum of their value c, in a fixed order.
+fn assigned(k: u32, c: u32) -> vec2<f32> {
+    let d = VP.latent / VP.groups;
+    var n = 0.0;
+    var s = 0.0;
+    for (var a = 0u; a < VP.batch * VP.groups; a++) {
+        if (u32(vq_idx[a]) == k) {
+            n += 1.0;
+            s += enc[(a / VP.groups) * VP.latent + (a % VP.groups) * d + c];
+        }
+    }
+    return vec2<f32>(n, s);
+}
+
 @compute @workgroup_size(64)
 fn vq_codebook_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
     VP = vp;
     let i = gid.x + gid.y * 65535u * 64u;
     let d = VP.latent / VP.groups;
     if (i >= VP.codes * d) { return; }
-    let k = i / d;
-    let c = i % d;
-    let e = codebook[i];
-    var acc = 0.0;
-    for (var a = 0u; a < VP.batch * VP.groups; a++) {
-        if (u32(vq_idx[a]) == k) {
-            acc += 2.0 * (e - enc[(a / VP.groups) * VP.latent + (a % VP.groups) * d + c]);
-        }
-    }
-    dcodebook[i] = VP.scale * acc;
+    // Σ over the assignments of 2(e − z_e) = 2(n·e − Σ z_e).
+    let ns = assigned(i / d, i % d);
+    dcodebook[i] = VP.scale * 2.0 * (ns.x * codebook[i] - ns.y);
 }
 
 // ---- the VQ-VAE's codebook by exponential moving averages (instead of its gradient) ----
@@ -189,18 +196,9 @@ fn vq_ema(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.x + gid.y * 65535u * 64u;
     let d = VP.latent / VP.groups;
     if (i >= VP.codes * d) { return; }
-    let k = i / d;
-    let c = i % d;
-    var n = 0.0;
-    var s = 0.0;
-    for (var a = 0u; a < VP.batch * VP.groups; a++) {
-        if (u32(vq_idx[a]) == k) {
-            n += 1.0;
-            s += enc[(a / VP.groups) * VP.latent + (a % VP.groups) * d + c];
-        }
-    }
-    let big_n = VP.decay * ema_n[i] + (1.0 - VP.decay) * n;
-    let big_m = VP.decay * ema_m[i] + (1.0 - VP.decay) * s;
+    let ns = assigned(i / d, i % d);
+    let big_n = VP.decay * ema_n[i] + (1.0 - VP.decay) * ns.x;
+    let big_m = VP.decay * ema_m[i] + (1.0 - VP.decay) * ns.y;
     ema_n[i] = big_n;
     ema_m[i] = big_m;
     if (big_n > 1e-20) { book_out[i] = big_m / big_n; }

@@ -241,6 +241,7 @@ fn vq_uniform(
     z_stride: usize,
     commitment: f32,
     scale: f32,
+    decay: f32,
 ) -> Result<std::sync::Arc<crate::gpu::GpuBuffer>> {
     gpu.uniform(
         label,
@@ -252,7 +253,7 @@ fn vq_uniform(
             z_stride: z_stride as u32,
             commitment,
             scale,
-            decay: 0.0,
+            decay,
         },
     )
 }
@@ -291,7 +292,7 @@ pub fn vq_forward(
         storage(12, false),
     ];
     let pipeline = gpu.kernels.pipeline(Shader::Code, "vq_forward", &[], &layout)?;
-    let ubuf = vq_uniform(gpu, label, &q, zs, commitment, scale)?;
+    let ubuf = vq_uniform(gpu, label, &q, zs, commitment, scale, 0.0)?;
     let res = [
         (0, ubuf.raw().as_entire_binding()),
         (1, enc.binding()),
@@ -339,7 +340,7 @@ pub fn vq_backward(
             dcodebook.map_or("none".to_string(), |t| format!("{:?}", t.shape()))
         )));
     }
-    let ubuf = vq_uniform(gpu, label, &q, zs, commitment, scale)?;
+    let ubuf = vq_uniform(gpu, label, &q, zs, commitment, scale, 0.0)?;
     let layout = [
         uniform(0),
         storage(1, true),
@@ -423,19 +424,7 @@ pub fn vq_ema(
             codebook.shape()
         )));
     }
-    let ubuf = gpu.uniform(
-        label,
-        &VqParams {
-            batch: q.b as u32,
-            latent: q.zd as u32,
-            groups: q.groups as u32,
-            codes: q.codes as u32,
-            z_stride: q.zd as u32,
-            commitment: 0.0,
-            scale: 0.0,
-            decay,
-        },
-    )?;
+    let ubuf = vq_uniform(gpu, label, &q, q.zd, 0.0, 0.0, decay)?;
     let layout = [
         uniform(0),
         storage(1, true),

@@ -20,6 +20,13 @@ fn mnist(n: usize, train: bool) -> (Vec<u8>, Vec<u8>) {
     (set.images[..n * 784].to_vec(), set.labels[..n].to_vec())
 }
 
+/// −log (1/K) Σ_k exp(w_k) of K log weights, stably (the largest factored out).
+fn neg_log_mean_exp(w: &[f64]) -> f64 {
+    let m = w.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let lse = m + w.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+    -(lse - (w.len() as f64).ln())
+}
+
 /// The importance-weighted estimate −log (1/K) Σ_s p(x|z_s) p(z_s) / q(z_s|x), averaged over
 /// the data, recomputed in f64 with the evaluator's noise: ε for sample s of the example in
 /// row e of its batch is keyed (seed, 0, stream_word(EVAL, s), e·Z + j), and batches hold
@@ -73,9 +80,7 @@ fn iw_reference(cfg: &VaeConfig, params: &[Vec<f64>], bytes: &[u8], n: usize, se
                     -fwd.nll[r] + log_p - log_q
                 })
                 .collect();
-            let m = w.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let lse = m + w.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
-            total += -(lse - (k as f64).ln());
+            total += neg_log_mean_exp(&w);
         }
     }
     total / n as f64
@@ -498,9 +503,7 @@ fn hierarchical_iw_bound_matches_the_reference() {
             let w = reference::hier_log_weights(&cfg, &params, &x, rows, k, &eps1, &eps2);
             for e in 0..rows {
                 let ws: Vec<f64> = (0..k).map(|s| w[s * rows + e]).collect();
-                let m = ws.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let lse = m + ws.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
-                total += -(lse - (k as f64).ln());
+                total += neg_log_mean_exp(&ws);
             }
         }
         let want = total / n as f64;

@@ -112,11 +112,112 @@ pub fn top_layers(cfg: &VaeConfig) -> Vec<Dense> {
     ]
 }
 
+/// A hierarchical VAE's forward pass for `b` examples `x` [B, D] and K draws, in f64: `eps1`
+/// [K, B, Z] draws z₁ = μ₁ + σ₁ε (row s·B + e), `eps2` [K·B, Z₂] draws z₂ for each z₁.
+pub struct HierForward {
+    /// Rows of each draw: K·B.
+    pub rows: usize,
+    /// q(z₁|x)'s clamped log-variance per draw row, [K·B, Z].
+    pub lv1: Vec<f64>,
+    /// q(z₁|x)'s mean per draw row, [K·B, Z].
+    pub mu1: Vec<f64>,
+    /// The draws of z₁, [K·B, Z].
+    pub z1: Vec<f64>,
+    /// The decoder's output for each draw, [K·B, D].
+    pub out: Vec<f64>,
+    /// q(z₂|z₁)'s mean and clamped log-variance, [K·B, Z₂] each, and the draws of z₂.
+    pub mu2: Vec<f64>,
+    /// See `mu2`.
+    pub lv2: Vec<f64>,
+    /// See `mu2`.
+    pub z2: Vec<f64>,
+    /// p(z₁|z₂)'s mean and clamped log-variance, [K·B, Z] each.
+    pub mu_p: Vec<f64>,
+    /// See `mu_p`.
+    pub lv_p: Vec<f64>,
+}
+
+/// Runs [`HierForward`]: the encoder, z₁, the decoder, q(z₂|z₁), z₂ and p(z₁|z₂), written from
+/// the model's definition (dense layers in arena order after every other slot).
+pub fn hier_forward(
+    cfg: &VaeConfig,
+    params: &[Vec<f64>],
+    x: &[f64],
+    b: usize,
+    k: usize,
+    eps1: &[f64],
+    eps2: &[f64],
+) -> HierForward {
+    let ls = layers(cfg);
+    let tl = top_layers(cfg);
+    let m = cfg.hidden.len();
+    let zd = cfg.latent;
+    let z2d = cfg.top.expect("a hierarchical configuration").latent;
+    let top_slot = 2 * ls.len() + usize::from(log_c_len(cfg).is_some());
+    let p = |slot: usize| (&params[slot][..], &params[slot + 1][..]);
+    let rows = k * b;
+    // A Gaussian head [rows_in, 2W] drawn with `eps` [rows, W], row r from head row r % rows_in.
+    let gaussian = |head: &[f64], width: usize, eps: &[f64]| {
+        let rows_in = head.len() / (2 * width);
+        let (mut mu, mut lv, mut z) = (vec![], vec![], vec![]);
+        for r in 0..rows {
+            for j in 0..width {
+                let e = r % rows_in;
+                let (l, sigma, _) = log_variance(head[e * 2 * width + width + j]);
+                let u = head[e * 2 * width + j];
+                mu.push(u);
+                lv.push(l);
+                z.push(u + sigma * eps[r * width + j]);
+            }
+        }
+        (mu, lv, z)
+    };
+    let mut h = x.to_vec();
+    for (j, layer) in ls.iter().enumerate().take(m + 1) {
+        let (w, bias) = p(2 * j);
+        h = dense_forward(layer, &h, b, w, bias).1;
+    }
+    let (mu1, lv1, z1) = gaussian(&h, zd, eps1);
+    let mut out = z1.clone();
+    for (j, layer) in ls.iter().enumerate().skip(m + 1) {
+        let (w, bias) = p(2 * j);
+        out = dense_forward(layer, &out, rows, w, bias).1;
+    }
+    let (w, bias) = p(top_slot);
+    let uh = dense_forward(&tl[0], &z1, rows, w, bias).1;
+    let (w, bias) = p(top_slot + 2);
+    let q2 = dense_forward(&tl[1], &uh, rows, w, bias).1;
+    let (mu2, lv2, z2) = gaussian(&q2, z2d, eps2);
+    let (w, bias) = p(top_slot + 4);
+    let ph = dense_forward(&tl[2], &z2, rows, w, bias).1;
+    let (w, bias) = p(top_slot + 6);
+    let p1 = dense_forward(&tl[3], &ph, rows, w, bias).1;
+    let (mut mu_p, mut lv_p) = (vec![], vec![]);
+    for r in 0..rows {
+        for j in 0..zd {
+            mu_p.push(p1[r * 2 * zd + j]);
+            lv_p.push(log_variance(p1[r * 2 * zd + zd + j]).0);
+        }
+    }
+    HierForward {
+        rows,
+        lv1,
+        mu1,
+        z1,
+        out,
+        mu2,
+        lv2,
+        z2,
+        mu_p,
+        lv_p,
+    }
+}
+
 /// A hierarchical VAE's loss terms for one batch `x` [B, D] with the draws `eps1` [B, Z] of
-/// z₁ and `eps2` [B, Z₂] of z₂, written straight from the model's definition:
-/// recon = −Σ log p(x|z₁); kl = Σ [E_q log q(z₁|x) − log p(z₁|z₂)] + Σ KL(q(z₂|z₁) ‖ N(0, I)),
-/// the first with q's entropy in closed form and the conditional prior at the drawn z₁, z₂.
-/// The trained objective is recon + β·kl; its gradient is checked by finite differences.
+/// z₁ and `eps2` [B, Z₂] of z₂: recon = −Σ log p(x|z₁); kl = Σ [E_q log q(z₁|x) − log p(z₁|z₂)]
+/// + Σ KL(q(z₂|z₁) ‖ N(0, I)), the first with q's entropy in closed form and the conditional
+/// prior at the drawn z₁, z₂. The trained objective is recon + β·kl; its gradient is checked
+/// by finite differences.
 pub fn hier_losses(
     cfg: &VaeConfig,
     params: &[Vec<f64>],
@@ -125,70 +226,22 @@ pub fn hier_losses(
     eps1: &[f64],
     eps2: &[f64],
 ) -> (f64, f64) {
-    let ls = layers(cfg);
-    let tl = top_layers(cfg);
-    let m = cfg.hidden.len();
-    let zd = cfg.latent;
-    let z2d = cfg.top.expect("a hierarchical configuration").latent;
-    let top_slot = 2 * ls.len() + usize::from(log_c_len(cfg).is_some());
-    let p = |slot: usize| (&params[slot][..], &params[slot + 1][..]);
-    // Encoder: x → hidden → [μ₁ | log σ₁²], z₁ = μ₁ + σ₁ε₁.
-    let mut h = x.to_vec();
-    for (k, layer) in ls.iter().enumerate().take(m + 1) {
-        let (w, bias) = p(2 * k);
-        h = dense_forward(layer, &h, b, w, bias).1;
-    }
-    let gaussian = |head: &[f64], width: usize, eps: &[f64]| -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-        let (mut mu, mut lv, mut z) = (vec![], vec![], vec![]);
-        for e in 0..b {
-            for j in 0..width {
-                let (l, sigma, _) = log_variance(head[e * 2 * width + width + j]);
-                let u = head[e * 2 * width + j];
-                mu.push(u);
-                lv.push(l);
-                z.push(u + sigma * eps[e * width + j]);
-            }
-        }
-        (mu, lv, z)
-    };
-    let (_, lv1, z1) = gaussian(&h, zd, eps1);
-    // Decoder: z₁ → hidden → out, and the reconstruction NLL.
-    let mut y = z1.clone();
-    for (k, layer) in ls.iter().enumerate().skip(m + 1) {
-        let (w, bias) = p(2 * k);
-        y = dense_forward(layer, &y, b, w, bias).1;
-    }
+    let f = hier_forward(cfg, params, x, b, 1, eps1, eps2);
+    let d = cfg.input_dim;
     let recon: f64 = (0..b)
-        .map(|e| {
-            let d = cfg.input_dim;
-            nll_row(cfg.likelihood, &y[e * d..(e + 1) * d], &x[e * d..(e + 1) * d])
+        .map(|e| nll_row(cfg.likelihood, &f.out[e * d..(e + 1) * d], &x[e * d..(e + 1) * d]))
+        .sum();
+    let kl2: f64 = (0..f.mu2.len())
+        .map(|i| 0.5 * (f.lv2[i].exp() + f.mu2[i] * f.mu2[i] - 1.0 - f.lv2[i]))
+        .sum();
+    // −H[q(z₁|x)] − log N(z₁; μₚ, σₚ²), 2π cancelling.
+    let kl1: f64 = (0..f.z1.len())
+        .map(|i| {
+            let entropy = 0.5 * (1.0 + f.lv1[i]);
+            let dz = f.z1[i] - f.mu_p[i];
+            -entropy + 0.5 * (f.lv_p[i] + dz * dz * (-f.lv_p[i]).exp())
         })
         .sum();
-    // q(z₂|z₁), z₂ and its KL against N(0, I).
-    let (w, bias) = p(top_slot);
-    let uh = dense_forward(&tl[0], &z1, b, w, bias).1;
-    let (w, bias) = p(top_slot + 2);
-    let q2 = dense_forward(&tl[1], &uh, b, w, bias).1;
-    let (mu2, lv2, z2) = gaussian(&q2, z2d, eps2);
-    let kl2: f64 = (0..b * z2d)
-        .map(|i| 0.5 * (lv2[i].exp() + mu2[i] * mu2[i] - 1.0 - lv2[i]))
-        .sum();
-    // p(z₁|z₂) and the lower term: −H[q(z₁|x)] − log N(z₁; μₚ, σₚ²), 2π cancelling.
-    let (w, bias) = p(top_slot + 4);
-    let ph = dense_forward(&tl[2], &z2, b, w, bias).1;
-    let (w, bias) = p(top_slot + 6);
-    let p1 = dense_forward(&tl[3], &ph, b, w, bias).1;
-    let mut kl1 = 0.0;
-    for e in 0..b {
-        for j in 0..zd {
-            let mu_p = p1[e * 2 * zd + j];
-            let (lv_p, _, _) = log_variance(p1[e * 2 * zd + zd + j]);
-            let entropy = 0.5 * (1.0 + lv1[e * zd + j]);
-            let d = z1[e * zd + j] - mu_p;
-            let log_p = -0.5 * (lv_p + d * d * (-lv_p).exp());
-            kl1 += -entropy - log_p;
-        }
-    }
     (recon, kl1 + kl2)
 }
 
@@ -1111,10 +1164,10 @@ mod tests {
     }
 }
 
-/// A hierarchical VAE's log importance weights for `b` examples `x` [B, D] and K draws:
-/// `eps1` [K, B, Z] draws z₁ = μ₁ + σ₁ε, `eps2` [K·B, Z₂] draws z₂ per draw of z₁ (row s·B + e),
-/// and weight (s, e) = log p(x|z₁) + log N(z₁; μₚ, σₚ²) + log N(z₂; 0, I) − log N(z₁; μ₁, σ₁²)
-/// − log N(z₂; μ₂, σ₂²), each density written out in full. Returned [K·B], row s·B + e.
+/// A hierarchical VAE's log importance weights for `b` examples `x` [B, D] and K draws (see
+/// [`hier_forward`]): weight (s, e) = log p(x|z₁) + log N(z₁; μₚ, σₚ²) + log N(z₂; 0, I)
+/// − log N(z₁; μ₁, σ₁²) − log N(z₂; μ₂, σ₂²), each density written out in full. Returned
+/// [K·B], row s·B + e.
 pub fn hier_log_weights(
     cfg: &VaeConfig,
     params: &[Vec<f64>],
@@ -1124,64 +1177,21 @@ pub fn hier_log_weights(
     eps1: &[f64],
     eps2: &[f64],
 ) -> Vec<f64> {
-    let ls = layers(cfg);
-    let tl = top_layers(cfg);
-    let m = cfg.hidden.len();
+    let f = hier_forward(cfg, params, x, b, k, eps1, eps2);
     let (d, zd) = (cfg.input_dim, cfg.latent);
-    let z2d = cfg.top.expect("a hierarchical configuration").latent;
-    let top_slot = 2 * ls.len() + usize::from(log_c_len(cfg).is_some());
-    let p = |slot: usize| (&params[slot][..], &params[slot + 1][..]);
-    let log_normal =
-        |v: f64, mu: f64, lv: f64| -0.5 * ((std::f64::consts::TAU).ln() + lv + (v - mu).powi(2) / lv.exp());
-    let mut h = x.to_vec();
-    for (j, layer) in ls.iter().enumerate().take(m + 1) {
-        let (w, bias) = p(2 * j);
-        h = dense_forward(layer, &h, b, w, bias).1;
-    }
-    let r = k * b;
-    let (mut z1, mut log_q1) = (vec![0.0; r * zd], vec![0.0; r]);
-    for s in 0..k {
-        for e in 0..b {
-            for j in 0..zd {
-                let mu = h[e * 2 * zd + j];
-                let (lv, sigma, _) = log_variance(h[e * 2 * zd + zd + j]);
-                let v = mu + sigma * eps1[(s * b + e) * zd + j];
-                z1[(s * b + e) * zd + j] = v;
-                log_q1[s * b + e] += log_normal(v, mu, lv);
+    let z2d = f.z2.len() / f.rows;
+    let log_normal = |v: f64, mu: f64, lv: f64| -0.5 * (std::f64::consts::TAU.ln() + lv + (v - mu).powi(2) / lv.exp());
+    (0..f.rows)
+        .map(|r| {
+            let e = r % b;
+            let mut w = -nll_row(cfg.likelihood, &f.out[r * d..(r + 1) * d], &x[e * d..(e + 1) * d]);
+            for i in r * zd..(r + 1) * zd {
+                w += log_normal(f.z1[i], f.mu_p[i], f.lv_p[i]) - log_normal(f.z1[i], f.mu1[i], f.lv1[i]);
             }
-        }
-    }
-    let mut y = z1.clone();
-    for (j, layer) in ls.iter().enumerate().skip(m + 1) {
-        let (w, bias) = p(2 * j);
-        y = dense_forward(layer, &y, r, w, bias).1;
-    }
-    let (w, bias) = p(top_slot);
-    let uh = dense_forward(&tl[0], &z1, r, w, bias).1;
-    let (w, bias) = p(top_slot + 2);
-    let q2 = dense_forward(&tl[1], &uh, r, w, bias).1;
-    let mut z2 = vec![0.0; r * z2d];
-    let mut log_w = vec![0.0; r];
-    for row in 0..r {
-        for j in 0..z2d {
-            let mu = q2[row * 2 * z2d + j];
-            let (lv, sigma, _) = log_variance(q2[row * 2 * z2d + z2d + j]);
-            let v = mu + sigma * eps2[row * z2d + j];
-            z2[row * z2d + j] = v;
-            log_w[row] += log_normal(v, 0.0, 0.0) - log_normal(v, mu, lv);
-        }
-    }
-    let (w, bias) = p(top_slot + 4);
-    let ph = dense_forward(&tl[2], &z2, r, w, bias).1;
-    let (w, bias) = p(top_slot + 6);
-    let p1 = dense_forward(&tl[3], &ph, r, w, bias).1;
-    for row in 0..r {
-        let e = row % b;
-        for j in 0..zd {
-            let (lv_p, _, _) = log_variance(p1[row * 2 * zd + zd + j]);
-            log_w[row] += log_normal(z1[row * zd + j], p1[row * 2 * zd + j], lv_p);
-        }
-        log_w[row] += -nll_row(cfg.likelihood, &y[row * d..(row + 1) * d], &x[e * d..(e + 1) * d]) - log_q1[row];
-    }
-    log_w
+            for i in r * z2d..(r + 1) * z2d {
+                w += log_normal(f.z2[i], 0.0, 0.0) - log_normal(f.z2[i], f.mu2[i], f.lv2[i]);
+            }
+            w
+        })
+        .collect()
 }
