@@ -341,7 +341,7 @@ fn fresh_run_dir() -> PathBuf {
 
 fn progress_bar(epoch: usize, done: usize, total: usize, t0: Instant) {
     // Throttled to ~50 redraws per epoch; counts submitted steps, never waits for the GPU.
-    if done != total && done % (total / 50).max(1) != 0 {
+    if done != total && !done.is_multiple_of((total / 50).max(1)) {
         return;
     }
     let width = 30;

@@ -161,7 +161,7 @@ fn lbfgs(obj: &Objective, w: &mut [f64], iterations: usize) -> Vec<f64> {
     let mut history = vec![f];
     let mut pairs: std::collections::VecDeque<(Vec<f64>, Vec<f64>, f64)> = Default::default();
     let (mut w_new, mut g_new, mut d) = (vec![0.0; size], vec![0.0; size], vec![0.0; size]);
-    let mut alpha = vec![0.0; LBFGS_MEMORY];
+    let mut alpha = [0.0; LBFGS_MEMORY];
 
     for _ in 0..iterations {
         if g.iter().all(|v| v.abs() <= GRAD_TOL) {
@@ -371,7 +371,7 @@ impl LinearProbe {
     pub fn predict(&self, x: &[f32]) -> Vec<u8> {
         let (dim, c) = (self.dim, self.classes);
         assert!(
-            x.len() % dim == 0,
+            x.len().is_multiple_of(dim),
             "probe input of {} values is not a whole number of rows of dimension {dim}",
             x.len()
         );

@@ -120,7 +120,7 @@ impl DeviceMemory {
         DeviceMemory {
             device: device.clone(),
             ledger: Arc::new(Mutex::new(Ledger::default())),
-            max_binding: limits.max_storage_buffer_binding_size as u64,
+            max_binding: limits.max_storage_buffer_binding_size,
             max_buffer: limits.max_buffer_size,
         }
     }

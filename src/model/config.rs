@@ -128,7 +128,11 @@ impl VaeConfig {
             commitment,
         } = self.code
         {
-            if codes < 2 || groups == 0 || self.latent % groups != 0 || !(commitment >= 0.0 && commitment.is_finite()) {
+            if codes < 2
+                || groups == 0
+                || !self.latent.is_multiple_of(groups)
+                || !(commitment >= 0.0 && commitment.is_finite())
+            {
                 return Err(VaeError::Config(format!(
                     "a quantized code needs 2 or more codebook entries, a group count dividing the latent \
                      size {} and a commitment weight >= 0; got {codes} entries, {groups} groups, commitment {commitment}",
@@ -136,7 +140,7 @@ impl VaeConfig {
                 )));
             }
         }
-        if self.input_dim == 0 || self.input_dim % 4 != 0 {
+        if self.input_dim == 0 || !self.input_dim.is_multiple_of(4) {
             return Err(VaeError::Config(format!(
                 "input size {} must be a positive multiple of 4",
                 self.input_dim
@@ -160,7 +164,7 @@ impl VaeConfig {
         if self.latent == 0 {
             return Err(VaeError::Config("latent size must be positive, got 0".into()));
         }
-        if self.is_vae() && self.latent % 2 != 0 {
+        if self.is_vae() && !self.latent.is_multiple_of(2) {
             return Err(VaeError::Config(format!(
                 "a VAE's latent size must be even, got {} (the encoder head is 2·Z wide and read as vec4; \
                  autoencoders and VQ-VAEs take any size)",

@@ -34,7 +34,7 @@ impl GpuDataset {
     /// Uploads `count` examples of `dim` bytes (dim a multiple of 4) and their labels (`labels`
     /// empty for an unlabelled dataset, else one per example).
     pub fn upload(gpu: &Gpu, label: &str, pixels: &[u8], count: usize, dim: usize, labels: Vec<u8>) -> Result<Self> {
-        if dim % 4 != 0 || pixels.len() != count * dim || count == 0 {
+        if !dim.is_multiple_of(4) || pixels.len() != count * dim || count == 0 {
             return Err(crate::VaeError::Shape(format!(
                 "{label}: {} bytes for {count} examples of {dim} pixels (dim must be a multiple of 4, count > 0)",
                 pixels.len()

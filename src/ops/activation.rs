@@ -68,7 +68,7 @@ fn check_len(label: &str, a: &Tensor, b: &Tensor) -> Result<()> {
             b.shape()
         )));
     }
-    if a.len() % 4 != 0 {
+    if !a.len().is_multiple_of(4) {
         return Err(VaeError::Shape(format!(
             "{label}: element count {} is not a multiple of 4",
             a.len()

@@ -68,7 +68,7 @@ pub fn adam(
     v: &Tensor,
 ) -> Result<Dispatch> {
     let n = params.len();
-    if grads.len() != n || m.len() != n || v.len() != n || n % 4 != 0 {
+    if grads.len() != n || m.len() != n || v.len() != n || !n.is_multiple_of(4) {
         return Err(VaeError::Shape(format!(
             "{label}: params, grads, m and v need one length divisible by 4; got {}, {}, {}, {}",
             n,

@@ -212,7 +212,7 @@ struct Vq {
 fn check_vq(label: &str, enc: &Tensor, codebook: &Tensor, groups: usize, idx: &Tensor) -> Result<Vq> {
     let ok = |b: usize, zd: usize| {
         groups > 0
-            && zd % groups == 0
+            && zd.is_multiple_of(groups)
             && matches!(codebook.shape(), [k, d] if *d == zd / groups && *k > 0)
             && idx.len() == b * groups
     };

@@ -39,7 +39,7 @@ pub fn gather(
             x.shape()
         )));
     };
-    if d % 4 != 0 || width % 4 != 0 || width < d || count == 0 || data.len() < count * d / 4 {
+    if !d.is_multiple_of(4) || width % 4 != 0 || width < d || count == 0 || data.len() < count * d / 4 {
         return Err(VaeError::Shape(format!(
             "{label}: example size {d} and batch row width {width} must be multiples of 4 (width ≥ size) \
              and the data must hold {count} examples ({} words), got {} words",
@@ -194,7 +194,7 @@ pub fn corrupt(
             clean.shape()
         )));
     };
-    if noisy.shape() != clean.shape() || dim % 4 != 0 || width % 4 != 0 || dim > width {
+    if noisy.shape() != clean.shape() || !dim.is_multiple_of(4) || width % 4 != 0 || dim > width {
         return Err(VaeError::Shape(format!(
             "{label}: clean {:?} and noisy {:?} must match, with {dim} pixels a multiple of 4 within the width",
             clean.shape(),

@@ -181,7 +181,7 @@ pub fn log_c_grad(gpu: &Gpu, label: &str, per_pixel: bool, dlc: &Tensor, grad: &
     if per_pixel {
         return crate::ops::colsum(gpu, label, dlc, grad, false);
     }
-    if grad.len() != 1 || dlc.len() % 4 != 0 {
+    if grad.len() != 1 || !dlc.len().is_multiple_of(4) {
         return Err(VaeError::Shape(format!(
             "{label}: a shared log c has one gradient (got {:?}) and its scratch a multiple of 4 values (got {})",
             grad.shape(),

@@ -75,7 +75,7 @@ impl MatmulStrategy {
     /// Whether the vec4 strategies can take this shape (see matmul.wgsl).
     pub fn vec4_shape_ok(m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool) -> bool {
         let k_along = !trans_a || trans_b;
-        n % 4 == 0 && (!k_along || k % 4 == 0) && (!trans_a || m % 4 == 0)
+        n.is_multiple_of(4) && (!k_along || k.is_multiple_of(4)) && (!trans_a || m.is_multiple_of(4))
     }
 }
 

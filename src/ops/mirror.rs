@@ -22,7 +22,11 @@ fn mirror_size(len: usize) -> (u32, u32) {
 /// texel (a prefix view of a mirrored tensor reads the first texels of its mirror).
 pub(crate) fn check_mirror(label: &str, t: &Tensor, tex: &GpuTexture) -> Result<()> {
     let (w, h) = tex.size();
-    if t.len() % 4 != 0 || t.offset() % 16 != 0 || w as usize != TEX_W || ((w * h) as usize) < t.len() / 4 {
+    if !t.len().is_multiple_of(4)
+        || !t.offset().is_multiple_of(16)
+        || w as usize != TEX_W
+        || ((w * h) as usize) < t.len() / 4
+    {
         return Err(VaeError::Shape(format!(
             "{label}: a tensor of {} values at byte {} needs a whole number of texels, a 16-byte \
              aligned start and a mirror of at least {:?} texels, got {:?}",
@@ -37,7 +41,7 @@ pub(crate) fn check_mirror(label: &str, t: &Tensor, tex: &GpuTexture) -> Result<
 
 /// A texture sized to mirror `t` (whose length must be a multiple of 4).
 pub fn mirror_texture(gpu: &Gpu, label: &str, t: &Tensor) -> Result<Arc<GpuTexture>> {
-    if t.len() % 4 != 0 || t.is_empty() || t.offset() % 16 != 0 {
+    if !t.len().is_multiple_of(4) || t.is_empty() || !t.offset().is_multiple_of(16) {
         return Err(VaeError::Shape(format!(
             "{label}: a mirror needs a whole number of texels from a 16-byte boundary, got {} \
              values at byte {}",

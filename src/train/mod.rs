@@ -624,7 +624,7 @@ pub fn decode(gpu: &Gpu, vae: &Vae, z: &[f32]) -> Result<Vec<f32>> {
 pub fn decode_conditional(gpu: &Gpu, vae: &Vae, z: &[f32], labels: Option<&[u8]>) -> Result<Vec<f32>> {
     let cfg = &vae.config;
     let zd = cfg.latent;
-    if z.is_empty() || z.len() % zd != 0 {
+    if z.is_empty() || !z.len().is_multiple_of(zd) {
         return Err(VaeError::Shape(format!(
             "{} latent values are not a whole number of {zd}-vectors",
             z.len()

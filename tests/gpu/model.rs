@@ -1095,7 +1095,7 @@ fn vq_codebook_moving_averages_match_the_reference() {
             assert_eq!(k as usize, best, "step {step}: vector {a}");
         }
         // The update, in f64.
-        let mut want = vec![0.0f64; 10];
+        let mut want = [0.0f64; 10];
         for i in 0..10 {
             let (k, c) = (i / 2, i % 2);
             let chosen: Vec<usize> = (0..idx.len()).filter(|&a| idx[a] as usize == k).collect();

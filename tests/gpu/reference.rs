@@ -215,7 +215,7 @@ pub fn hier_forward(
 
 /// A hierarchical VAE's loss terms for one batch `x` [B, D] with the draws `eps1` [B, Z] of
 /// z₁ and `eps2` [B, Z₂] of z₂: recon = −Σ log p(x|z₁); kl = Σ [E_q log q(z₁|x) − log p(z₁|z₂)]
-/// + Σ KL(q(z₂|z₁) ‖ N(0, I)), the first with q's entropy in closed form and the conditional
+/// plus Σ KL(q(z₂|z₁) ‖ N(0, I)), the first with q's entropy in closed form and the conditional
 /// prior at the drawn z₁, z₂. The trained objective is recon + β·kl; its gradient is checked
 /// by finite differences.
 pub fn hier_losses(
@@ -890,6 +890,38 @@ pub fn adam_step(cfg: &AdamConfig, t: u64, params: &mut [Vec<f64>], grads: &[Vec
     }
 }
 
+/// A hierarchical VAE's log importance weights for `b` examples `x` [B, D] and K draws (see
+/// [`hier_forward`]): weight (s, e) = log p(x|z₁) + log N(z₁; μₚ, σₚ²) + log N(z₂; 0, I)
+/// − log N(z₁; μ₁, σ₁²) − log N(z₂; μ₂, σ₂²), each density written out in full. Returned
+/// [K·B], row s·B + e.
+pub fn hier_log_weights(
+    cfg: &VaeConfig,
+    params: &[Vec<f64>],
+    x: &[f64],
+    b: usize,
+    k: usize,
+    eps1: &[f64],
+    eps2: &[f64],
+) -> Vec<f64> {
+    let f = hier_forward(cfg, params, x, b, k, eps1, eps2);
+    let (d, zd) = (cfg.input_dim, cfg.latent);
+    let z2d = f.z2.len() / f.rows;
+    let log_normal = |v: f64, mu: f64, lv: f64| -0.5 * (std::f64::consts::TAU.ln() + lv + (v - mu).powi(2) / lv.exp());
+    (0..f.rows)
+        .map(|r| {
+            let e = r % b;
+            let mut w = -nll_row(cfg.likelihood, &f.out[r * d..(r + 1) * d], &x[e * d..(e + 1) * d]);
+            for i in r * zd..(r + 1) * zd {
+                w += log_normal(f.z1[i], f.mu_p[i], f.lv_p[i]) - log_normal(f.z1[i], f.mu1[i], f.lv1[i]);
+            }
+            for i in r * z2d..(r + 1) * z2d {
+                w += log_normal(f.z2[i], 0.0, 0.0) - log_normal(f.z2[i], f.mu2[i], f.lv2[i]);
+            }
+            w
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     //! The reference checked against itself: analytic gradients against finite differences for
@@ -1162,36 +1194,4 @@ mod tests {
         let want = 2.0 - (w.lr as f64) * (w.weight_decay as f64) * 2.0;
         assert!((p[0][0] - want).abs() < 1e-15, "{} vs {want}", p[0][0]);
     }
-}
-
-/// A hierarchical VAE's log importance weights for `b` examples `x` [B, D] and K draws (see
-/// [`hier_forward`]): weight (s, e) = log p(x|z₁) + log N(z₁; μₚ, σₚ²) + log N(z₂; 0, I)
-/// − log N(z₁; μ₁, σ₁²) − log N(z₂; μ₂, σ₂²), each density written out in full. Returned
-/// [K·B], row s·B + e.
-pub fn hier_log_weights(
-    cfg: &VaeConfig,
-    params: &[Vec<f64>],
-    x: &[f64],
-    b: usize,
-    k: usize,
-    eps1: &[f64],
-    eps2: &[f64],
-) -> Vec<f64> {
-    let f = hier_forward(cfg, params, x, b, k, eps1, eps2);
-    let (d, zd) = (cfg.input_dim, cfg.latent);
-    let z2d = f.z2.len() / f.rows;
-    let log_normal = |v: f64, mu: f64, lv: f64| -0.5 * (std::f64::consts::TAU.ln() + lv + (v - mu).powi(2) / lv.exp());
-    (0..f.rows)
-        .map(|r| {
-            let e = r % b;
-            let mut w = -nll_row(cfg.likelihood, &f.out[r * d..(r + 1) * d], &x[e * d..(e + 1) * d]);
-            for i in r * zd..(r + 1) * zd {
-                w += log_normal(f.z1[i], f.mu_p[i], f.lv_p[i]) - log_normal(f.z1[i], f.mu1[i], f.lv1[i]);
-            }
-            for i in r * z2d..(r + 1) * z2d {
-                w += log_normal(f.z2[i], 0.0, 0.0) - log_normal(f.z2[i], f.mu2[i], f.lv2[i]);
-            }
-            w
-        })
-        .collect()
 }
