@@ -51,7 +51,7 @@ USAGE: cargo run --release --example train_mnist -- [FLAGS]
                           its gradient (the codebook term then only reported)
   --top Z2:H2             hierarchical VAE: a second stochastic layer z2 (Z2 dimensions) above
                           z, with q(z2|z) and the learned prior p(z|z2) each one hidden layer
-                          of H2 units; --mc-samples 1, no --conditional
+                          of H2 units; unconditional
   --denoise P             denoising: zero each input pixel with probability P in training
                           (0 <= P < 1); the target stays the clean image
   --dataset D             mnist | fashion-mnist | binarized-mnist (default mnist); binarized
@@ -305,12 +305,10 @@ fn parse_args() -> Result<Option<Args>> {
         let flat_only = [
             (a.autoencoder || a.vq.is_some(), "--autoencoder/--vq"),
             (a.model.classes > 0, "--conditional"),
-            (a.train.mc_samples != 1, "--mc-samples"),
         ];
         if let Some((_, flag)) = flat_only.iter().find(|(set, _)| *set) {
             return Err(VaeError::Config(format!(
-                "{flag} is not available with --top (a hierarchical VAE is unconditional and trains \
-                 with one sample per example)"
+                "{flag} is not available with --top: the hierarchical VAE is an unconditional VAE with Gaussian codes"
             )));
         }
     }

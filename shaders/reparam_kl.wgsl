@@ -23,6 +23,7 @@ struct ReparamParams {
     lv_max: f32,
     z_stride: u32,  // row stride of z (≥ Z)
     sample_base: u32, // added to the sample index in ε's key
+    kl_scale: f32,  // weight of each row's KL terms in the gradient, on top of β (1/L for per-draw rows)
 }
 
 @group(0) @binding(0) var<uniform> p: ReparamParams;
@@ -90,9 +91,10 @@ fn reparam_kl_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
         dz_sum += g;
         dz_eps += g * eps_at(s, b, j);
     }
-    denc[b * 2u * zd + j] = dz_sum + beta * mu;
+    let w = beta * P.kl_scale;
+    denc[b * 2u * zd + j] = dz_sum + w * mu;
     let inside = raw >= P.lv_min && raw <= P.lv_max;
-    denc[b * 2u * zd + zd + j] = select(0.0, 0.5 * dz_eps * sigma + 0.5 * beta * (sigma * sigma - 1.0), inside);
+    denc[b * 2u * zd + zd + j] = select(0.0, 0.5 * dz_eps * sigma + 0.5 * w * (sigma * sigma - 1.0), inside);
 }
 
 // ---- a hierarchical VAE's lower layer: z₁ ~ q(z₁|x) = N(μ, σ²), prior p(z₁|z₂) = N(μₚ, σₚ²) ----
@@ -104,7 +106,8 @@ fn reparam_kl_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
 // decoder's, the upper encoder's and this term's dz₁, and ∂t/∂lv = −½ (the entropy).
 // hier_kl runs over the L·B rows r = s·B + b of z₁ (example b's q from enc row b); with
 // LOG_RATIO it also writes log p(z₁|z₂) − log q(z₁|x) = ½(lv + ε² − lvₚ − (z₁ − μₚ)²e^(−lvₚ))
-// per element, for importance weights. Training uses one sample (sample_backward: L = 1).
+// per element, for importance weights. Each row's gradients are weighted by β·kl_scale (1/L:
+// the terms are averaged over the L draws, as the NLL is).
 @group(0) @binding(7) var<storage, read> prior: array<f32>;          // [B, 2Z]: μₚ | log σₚ²
 @group(0) @binding(8) var<storage, read_write> dprior: array<f32>;   // [B, 2Z]
 @group(0) @binding(9) var<storage, read> dz_up: array<f32>;          // [B, Z]: from q(z₂|z₁)'s net
@@ -120,7 +123,7 @@ fn hier_kl(@builtin(global_invocation_id) gid: vec3<u32>) {
     let r = i / zd;
     let j = i % zd;
     let b = r % P.batch;
-    let beta = S.kl_beta;
+    let beta = S.kl_beta * P.kl_scale;
     let lv = clamp(enc[b * 2u * zd + zd + j], P.lv_min, P.lv_max);
     let zv = z[r * P.z_stride + j];
     let mu_p = prior[r * 2u * zd + j];
@@ -151,8 +154,17 @@ fn sample_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     let raw = enc[b * 2u * zd + zd + j];
     let lv = clamp(raw, P.lv_min, P.lv_max);
     let sigma = exp(0.5 * lv);
-    let g = z[b * P.z_stride + j] + dz_up[i] + dz_kl[i];
-    denc[b * 2u * zd + j] = g;
+    // Each draw s of z₁ (row s·B + b) takes the three gradients; the entropy's −½ per draw,
+    // weighted 1/L, adds up to −½β.
+    var g_sum = 0.0;
+    var g_eps = 0.0;
+    for (var s = 0u; s < P.samples; s++) {
+        let r = s * P.batch + b;
+        let g = z[r * P.z_stride + j] + dz_up[r * zd + j] + dz_kl[r * zd + j];
+        g_sum += g;
+        g_eps += g * eps_at(s, b, j);
+    }
+    denc[b * 2u * zd + j] = g_sum;
     let inside = raw >= P.lv_min && raw <= P.lv_max;
-    denc[b * 2u * zd + zd + j] = select(0.0, 0.5 * g * eps_at(0u, b, j) * sigma - 0.5 * S.kl_beta, inside);
+    denc[b * 2u * zd + zd + j] = select(0.0, 0.5 * g_eps * sigma - 0.5 * S.kl_beta, inside);
 }

@@ -108,7 +108,7 @@ pub struct VqEma {
 }
 
 /// A hierarchical VAE's second stochastic layer's activations, one row per draw of z₁ (L·B
-/// rows; see [`crate::model::TopLatent`]). Training draws one sample (L = 1).
+/// rows; see [`crate::model::TopLatent`]).
 pub struct TopWorkspace {
     /// q(z₂|z₁)'s hidden layer, [B, H₂].
     pub up_hidden: Tensor,
@@ -252,11 +252,11 @@ impl Workspace {
             Some(tl) => {
                 let g = |name: &str, shape: &[usize]| if train { t(name, shape).map(Some) } else { Ok(None) };
                 let grads = match (
-                    g("d_top_up_hidden", &[batch, tl.hidden])?,
-                    g("d_top_q2", &[batch, 2 * tl.latent])?,
-                    g("d_top_z2", &[batch, tl.latent])?,
-                    g("d_top_prior_hidden", &[batch, tl.hidden])?,
-                    g("d_top_z1_up", &[batch, cfg.latent])?,
+                    g("d_top_up_hidden", &[r, tl.hidden])?,
+                    g("d_top_q2", &[r, 2 * tl.latent])?,
+                    g("d_top_z2", &[r, tl.latent])?,
+                    g("d_top_prior_hidden", &[r, tl.hidden])?,
+                    g("d_top_z1_up", &[r, cfg.latent])?,
                 ) {
                     (Some(up_hidden), Some(q2), Some(z2), Some(prior_hidden), Some(z1_up)) => Some(TopGrads {
                         up_hidden,
@@ -574,13 +574,6 @@ pub fn plan_step(
     d.extend(vae.plan_encode(gpu, &x_enc, &enc_h, &enc)?);
     match vae.config.code {
         Code::Gaussian if vae.top.is_some() => {
-            if l != 1 && adam.is_some() {
-                return Err(crate::VaeError::Config(
-                    "a hierarchical VAE trains with one sample per example (several are for \
-                     evaluating the importance-weighted bound)"
-                        .into(),
-                ));
-            }
             d.push(ops::sample_forward(gpu, "sample.forward", step, &enc, l, &z)?);
             d.extend(plan_top_forward(gpu, vae, ws, step, b, &enc, &z, log_ratio.as_ref())?);
         }
@@ -922,23 +915,26 @@ fn plan_top_backward(
         .as_ref()
         .ok_or_else(|| crate::VaeError::Config("a training step needs a workspace built with train = true".into()))?;
     let a = &vae.arena;
-    let z = rows(&ws.z, b);
+    // One row per draw of z₁: L·B.
+    let l = ws.samples;
+    let r = l * b;
+    let z = rows(&ws.z, r);
     let (uh, q2, z2, ph) = (
-        rows(&tw.up_hidden, b),
-        rows(&tw.q2, b),
-        rows(&tw.z2, b),
-        rows(&tw.prior_hidden, b),
+        rows(&tw.up_hidden, r),
+        rows(&tw.q2, r),
+        rows(&tw.z2, r),
+        rows(&tw.prior_hidden, r),
     );
     let (d_uh, d_q2, dz2, d_ph) = (
-        rows(&g.up_hidden, b),
-        rows(&g.q2, b),
-        rows(&g.z2, b),
-        rows(&g.prior_hidden, b),
+        rows(&g.up_hidden, r),
+        rows(&g.q2, r),
+        rows(&g.z2, r),
+        rows(&g.prior_hidden, r),
     );
-    let dz1_up = rows(&g.z1_up, b);
+    let dz1_up = rows(&g.z1_up, r);
     let mut d = layers
         .prior_head
-        .backward(gpu, a, &ph, &rows(&tw.d_p1, b), Some(&d_ph), layers.prior.act)?;
+        .backward(gpu, a, &ph, &rows(&tw.d_p1, r), Some(&d_ph), layers.prior.act)?;
     d.extend(
         layers
             .prior
@@ -953,6 +949,7 @@ fn plan_top_backward(
         &dz2,
         &d_q2,
         ops::TOP_SAMPLE_BASE,
+        1.0 / l as f32,
     )?);
     d.extend(
         layers
@@ -964,15 +961,16 @@ fn plan_top_backward(
             .up
             .backward(gpu, a, &z, &d_uh, Some(&dz1_up), Activation::Identity)?,
     );
-    let flat = |t: &Tensor| t.reshape_prefix(&[b * vae.config.latent]);
+    let flat = |t: &Tensor| t.reshape_prefix(&[r * vae.config.latent]);
     d.push(ops::sample_backward(
         gpu,
         "sample.backward",
         step,
         enc,
+        l,
         dz,
         &flat(&dz1_up),
-        &flat(&rows(&tw.dz1_kl, b)),
+        &flat(&rows(&tw.dz1_kl, r)),
         denc,
     )?);
     Ok(d)

@@ -25,7 +25,7 @@ struct ReparamParams {
     lv_max: f32,
     z_stride: u32,
     sample_base: u32,
-    _pad: u32,
+    kl_scale: f32,
 }
 
 fn layout() -> [wgpu::BindGroupLayoutEntry; 7] {
@@ -72,6 +72,7 @@ fn params(
     samples: usize,
     z_stride: usize,
     sample_base: u32,
+    kl_scale: f32,
 ) -> Result<std::sync::Arc<crate::gpu::GpuBuffer>> {
     gpu.uniform(
         label,
@@ -83,7 +84,7 @@ fn params(
             lv_max: LOGVAR_MAX,
             z_stride: z_stride as u32,
             sample_base,
-            _pad: 0,
+            kl_scale,
         },
     )
 }
@@ -140,7 +141,7 @@ pub fn reparam_kl_forward_at(
     let pipeline = gpu
         .kernels
         .pipeline(Shader::ReparamKl, "reparam_kl_forward", &constants, &layout())?;
-    let ubuf = params(gpu, label, b, zd, samples, z_stride(z), sample_base)?;
+    let ubuf = params(gpu, label, b, zd, samples, z_stride(z), sample_base, 1.0)?;
     let dw = gpu.dummy_write();
     let res = [
         ubuf.raw().as_entire_binding(),
@@ -173,10 +174,12 @@ pub fn reparam_kl_backward(
     dz: &Tensor,
     denc: &Tensor,
 ) -> Result<Dispatch> {
-    reparam_kl_backward_at(gpu, label, step, enc, samples, dz, denc, 0)
+    reparam_kl_backward_at(gpu, label, step, enc, samples, dz, denc, 0, 1.0)
 }
 
-/// [`reparam_kl_backward`] for draws keyed from `sample_base` (see [`reparam_kl_forward_at`]).
+/// [`reparam_kl_backward`] for draws keyed from `sample_base` (see [`reparam_kl_forward_at`]),
+/// with the KL's gradient weighted by `kl_scale` on top of β (1/L when the rows of `enc` are
+/// themselves L draws of a layer below, whose terms the objective averages).
 #[allow(clippy::too_many_arguments)]
 pub fn reparam_kl_backward_at(
     gpu: &Gpu,
@@ -187,6 +190,7 @@ pub fn reparam_kl_backward_at(
     dz: &Tensor,
     denc: &Tensor,
     sample_base: u32,
+    kl_scale: f32,
 ) -> Result<Dispatch> {
     let (b, zd) = check(label, enc, dz, samples)?;
     if denc.shape() != enc.shape() {
@@ -199,7 +203,7 @@ pub fn reparam_kl_backward_at(
     let pipeline = gpu
         .kernels
         .pipeline(Shader::ReparamKl, "reparam_kl_backward", &[], &layout())?;
-    let ubuf = params(gpu, label, b, zd, samples, z_stride(dz), sample_base)?;
+    let ubuf = params(gpu, label, b, zd, samples, z_stride(dz), sample_base, kl_scale)?;
     let res = [
         ubuf.raw().as_entire_binding(),
         step.binding(),
@@ -248,7 +252,7 @@ pub fn sample_forward(
     let pipeline = gpu
         .kernels
         .pipeline(Shader::ReparamKl, "reparam_kl_forward", &constants, &layout())?;
-    let ubuf = params(gpu, label, b, zd, samples, z_stride(z), 0)?;
+    let ubuf = params(gpu, label, b, zd, samples, z_stride(z), 0, 1.0)?;
     let dw = gpu.dummy_write();
     let res = [
         ubuf.raw().as_entire_binding(),
@@ -318,7 +322,8 @@ pub fn hier_kl(
     let pipeline = gpu
         .kernels
         .pipeline(Shader::ReparamKl, "hier_kl", &constants, &layout)?;
-    let ubuf = params(gpu, label, b, zd, samples, z_stride(z), 0)?;
+    // The terms are per draw, averaged over the L draws.
+    let ubuf = params(gpu, label, b, zd, samples, z_stride(z), 0, 1.0 / samples as f32)?;
     let dw = gpu.dummy_write();
     let res = [
         (0, ubuf.raw().as_entire_binding()),
@@ -342,22 +347,23 @@ pub fn hier_kl(
     )
 }
 
-/// The backward of [`sample_forward`]: denc [B, 2Z] from the sum of the decoder's `dz`
-/// [B, Z'], the upper encoder's `dz_up` and [`hier_kl`]'s `dz_kl` (both [B·Z]), plus the
-/// entropy's −β/2 on log σ².
+/// The backward of [`sample_forward`] for L `samples`: denc [B, 2Z] from the sum, over the
+/// draws, of the decoder's `dz` [L·B, Z'], the upper encoder's `dz_up` and [`hier_kl`]'s
+/// `dz_kl` (both [L·B·Z]), plus the entropy's −β/2 on log σ².
 #[allow(clippy::too_many_arguments)]
 pub fn sample_backward(
     gpu: &Gpu,
     label: &str,
     step: &StepBuffer,
     enc: &Tensor,
+    samples: usize,
     dz: &Tensor,
     dz_up: &Tensor,
     dz_kl: &Tensor,
     denc: &Tensor,
 ) -> Result<Dispatch> {
-    let (b, zd) = check(label, enc, dz, 1)?;
-    check_len(label, b * zd, &[("dz_up", dz_up), ("dz_kl", dz_kl)])?;
+    let (b, zd) = check(label, enc, dz, samples)?;
+    check_len(label, samples * b * zd, &[("dz_up", dz_up), ("dz_kl", dz_kl)])?;
     if denc.shape() != enc.shape() {
         return Err(VaeError::Shape(format!(
             "{label}: gradient must be {:?}, got {:?}",
@@ -377,7 +383,7 @@ pub fn sample_backward(
     let pipeline = gpu
         .kernels
         .pipeline(Shader::ReparamKl, "sample_backward", &[], &layout)?;
-    let ubuf = params(gpu, label, b, zd, 1, z_stride(dz), 0)?;
+    let ubuf = params(gpu, label, b, zd, samples, z_stride(dz), 0, 1.0)?;
     let res = [
         (0, ubuf.raw().as_entire_binding()),
         (1, step.binding()),
@@ -394,6 +400,6 @@ pub fn sample_backward(
         Some(ubuf.clone()),
         grid_1d(b * zd, 64),
         0.0,
-        4.0 * (7 * b * zd) as f64,
+        4.0 * (4 * b * zd + 3 * samples * b * zd) as f64,
     )
 }

@@ -957,14 +957,16 @@ fn top_eps(sp: &StepParams, b: usize, z2: usize) -> Vec<f64> {
 /// of every parameter against central finite differences of the f64 reference objective
 /// recon + β·kl written from the model's definition (`reference::hier_losses`), and the metric
 /// row against its terms. The step runs for 5 examples in a workspace for 8 that a full step
-/// filled first, so the upper KL terms' place in the per-example buffer is checked too.
+/// filled first, so the upper KL terms' place in the per-example buffer is checked too; the
+/// third case draws L = 2 samples of (z₁, z₂) per example.
 #[test]
 fn hierarchical_vae_gradients_match_finite_differences() {
     let cases = [
-        (Activation::Tanh, Likelihood::Bernoulli),
-        (Activation::Relu, Likelihood::Gaussian { variance: 0.5 }),
+        (Activation::Tanh, Likelihood::Bernoulli, 1),
+        (Activation::Relu, Likelihood::Gaussian { variance: 0.5 }, 1),
+        (Activation::Tanh, Likelihood::Bernoulli, 2),
     ];
-    for (activation, likelihood) in cases {
+    for (activation, likelihood, l) in cases {
         let g = gpu();
         let cfg = VaeConfig {
             input_dim: 8,
@@ -975,7 +977,7 @@ fn hierarchical_vae_gradients_match_finite_differences() {
             top: Some(TopLatent { latent: 2, hidden: 8 }),
             ..Default::default()
         };
-        let what = format!("hierarchical {activation:?} {likelihood:?}");
+        let what = format!("hierarchical {activation:?} {likelihood:?} L = {l}");
         let vae = Vae::new(g, cfg.clone(), 31).unwrap();
         let names = slot_names(&vae);
         let data = Data::new(g, 16, cfg.input_dim, 32);
@@ -992,16 +994,16 @@ fn hierarchical_vae_gradients_match_finite_differences() {
             kl_beta: beta,
             ..Default::default()
         };
-        let ws = Workspace::new(g, &vae, 8, 1, true, false).unwrap();
+        let ws = Workspace::new(g, &vae, 8, l, true, false).unwrap();
         gpu_step(g, &vae, &ws, 8, &data, sp(8, 2), &frozen);
         let b = 5;
         let res = gpu_step(g, &vae, &ws, b, &data, sp(3, 6), &frozen);
 
         let params = to_f64(&res.params_before);
         let x = data.batch_x(3, b);
-        let eps1 = step_eps(&sp(3, 6), 1, b, cfg.latent);
-        let eps2 = top_eps(&sp(3, 6), b, 2);
-        let (recon, kl) = reference::hier_losses(&cfg, &params, &x, b, &eps1, &eps2);
+        let eps1 = step_eps(&sp(3, 6), l, b, cfg.latent);
+        let eps2 = top_eps(&sp(3, 6), l * b, 2);
+        let (recon, kl) = reference::hier_losses(&cfg, &params, &x, b, l, &eps1, &eps2);
         for (k, want) in [recon, kl].into_iter().enumerate() {
             let got = res.totals[k];
             assert!(
@@ -1011,7 +1013,7 @@ fn hierarchical_vae_gradients_match_finite_differences() {
         }
         // Central differences of recon + β·kl, each parameter in turn.
         let objective = |p: &[Vec<f64>]| {
-            let (r, k) = reference::hier_losses(&cfg, p, &x, b, &eps1, &eps2);
+            let (r, k) = reference::hier_losses(&cfg, p, &x, b, l, &eps1, &eps2);
             r + beta as f64 * k
         };
         let h = 1e-6;

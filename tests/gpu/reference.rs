@@ -213,23 +213,27 @@ pub fn hier_forward(
     }
 }
 
-/// A hierarchical VAE's loss terms for one batch `x` [B, D] with the draws `eps1` [B, Z] of
-/// z₁ and `eps2` [B, Z₂] of z₂: recon = −Σ log p(x|z₁); kl = Σ [E_q log q(z₁|x) − log p(z₁|z₂)]
-/// plus Σ KL(q(z₂|z₁) ‖ N(0, I)), the first with q's entropy in closed form and the conditional
-/// prior at the drawn z₁, z₂. The trained objective is recon + β·kl; its gradient is checked
-/// by finite differences.
+/// A hierarchical VAE's loss terms for one batch `x` [B, D] with K draws (`eps1` [K, B, Z] of
+/// z₁, `eps2` [K·B, Z₂] of z₂; see [`hier_forward`]), each averaged over the draws:
+/// recon = −Σ log p(x|z₁); kl = Σ [E_q log q(z₁|x) − log p(z₁|z₂)] plus Σ KL(q(z₂|z₁) ‖ N(0, I)),
+/// the first with q's entropy in closed form and the conditional prior at the drawn z₁, z₂.
+/// The trained objective is recon + β·kl; its gradient is checked by finite differences.
 pub fn hier_losses(
     cfg: &VaeConfig,
     params: &[Vec<f64>],
     x: &[f64],
     b: usize,
+    k: usize,
     eps1: &[f64],
     eps2: &[f64],
 ) -> (f64, f64) {
-    let f = hier_forward(cfg, params, x, b, 1, eps1, eps2);
+    let f = hier_forward(cfg, params, x, b, k, eps1, eps2);
     let d = cfg.input_dim;
-    let recon: f64 = (0..b)
-        .map(|e| nll_row(cfg.likelihood, &f.out[e * d..(e + 1) * d], &x[e * d..(e + 1) * d]))
+    let recon: f64 = (0..f.rows)
+        .map(|r| {
+            let e = r % b;
+            nll_row(cfg.likelihood, &f.out[r * d..(r + 1) * d], &x[e * d..(e + 1) * d])
+        })
         .sum();
     let kl2: f64 = (0..f.mu2.len())
         .map(|i| 0.5 * (f.lv2[i].exp() + f.mu2[i] * f.mu2[i] - 1.0 - f.lv2[i]))
@@ -242,7 +246,7 @@ pub fn hier_losses(
             -entropy + 0.5 * (f.lv_p[i] + dz * dz * (-f.lv_p[i]).exp())
         })
         .sum();
-    (recon, kl1 + kl2)
+    (recon / k as f64, (kl1 + kl2) / k as f64)
 }
 
 /// The weight of a VQ-VAE's codebook and commitment terms: D/Z, so that they stand to the
