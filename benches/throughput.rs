@@ -1,4 +1,8 @@
-//! GPU throughput of vae-wgpu: `cargo bench --bench throughput [-- --json FILE] [--quick]`.
+//! GPU throughput of vae-wgpu: `cargo bench --bench throughput [-- --json FILE] [--quick]
+//! [--set KEY=VALUE ...]`.
+//!
+//! `--set` changes the model from the default, with the keys and values of a checkpoint's
+//! metadata (`hidden=400,200`, `latent=10`, `top=10:200`, `code=quantized:512:10:0.25`, …).
 //!
 //! Prints the adapter and its settings, then: pipeline compilation time; training samples/s
 //! at several batch sizes; inference samples/s (encode, decode, reconstruct); the GPU time of
@@ -263,6 +267,21 @@ fn main() -> AnyResult<()> {
         .and_then(|i| args.get(i + 1))
         .cloned();
     let quick = args.iter().any(|a| a == "--quick");
+    let mut model = VaeConfig::default().to_metadata();
+    for set in args.windows(2).filter(|w| w[0] == "--set").map(|w| &w[1]) {
+        let (key, value) = set
+            .split_once('=')
+            .ok_or_else(|| format!("--set takes KEY=VALUE (a checkpoint metadata key), got {set:?}"))?;
+        match model.iter_mut().find(|(k, _)| k == key) {
+            Some(entry) => entry.1 = value.to_string(),
+            None => {
+                let keys: Vec<&str> = model.iter().map(|(k, _)| k.as_str()).collect();
+                return Err(format!("--set: unknown key {key:?}; the keys are {}", keys.join(", ")).into());
+            }
+        }
+    }
+    let model_cfg = VaeConfig::from_metadata(&model)?;
+    let model_name: Vec<String> = model.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let repeats = if quick { 3 } else { 7 };
     // The training and matmul sections take longer per run, so they stop at 5.
     let long_repeats = repeats.min(5);
@@ -318,7 +337,9 @@ fn main() -> AnyResult<()> {
 
     // Start-up: device creation, then every pipeline a training run needs.
     let t1 = Instant::now();
-    let mut vae = Vae::new(&gpu, VaeConfig::default(), 1)?;
+    println!("model: {}", model_name.join(" "));
+    json.push(format!("\"model\":\"{}\"", model_name.join(" ")));
+    let mut vae = Vae::new(&gpu, model_cfg.clone(), 1)?;
     let mut trainer = Trainer::new(&gpu, &vae, upload(&gpu)?, TrainConfig::default())?;
     let plan_s = t1.elapsed().as_secs_f64();
     let (compile, pipelines) = gpu.kernels.compile_stats();
@@ -454,7 +475,7 @@ fn main() -> AnyResult<()> {
     drop(trainer);
 
     // Training throughput by batch size.
-    println!("\ntraining throughput (default model; median of {long_repeats} runs after a warm-up):");
+    println!("\ntraining throughput (the model above; median of {long_repeats} runs after a warm-up):");
     let meter = StealMeter::start();
     let mut tput = Vec::new();
     for &b in &[32usize, 128, 512, 2048] {
@@ -491,7 +512,7 @@ fn main() -> AnyResult<()> {
     let meter = StealMeter::start();
     let mut pair = Vec::new();
     for policy in [TextureMirrors::None, TextureMirrors::Auto] {
-        let mut v = Vae::new(&gpu, VaeConfig::default(), 1)?;
+        let mut v = Vae::new(&gpu, model_cfg.clone(), 1)?;
         v.set_texture_mirrors(&gpu, policy)?;
         let tr = Trainer::new(&gpu, &v, upload(&gpu)?, TrainConfig::default())?;
         pair.push((v, tr, Vec::new()));
