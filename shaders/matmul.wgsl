@@ -1,8 +1,7 @@
 // C = epilogue(op(A) · op(B)), op(X) = X or Xᵀ, for every dense layer forward and backward.
 //
 // One kernel, three tiling strategies (entry points) sharing loads and epilogue:
-//   matmul_naive     one column of NV_ROWS outputs per invocation, scalar loads; any shape
-//                    (the fallback).
+//   matmul_naive     one output per invocation, scalar loads; any shape (the fallback).
 //   matmul_tiled     64×64 workgroup-memory tiles, 4×4 outputs per invocation; the classic
 //                    design for discrete GPUs.
 //   matmul_subgroup  no workgroup memory: a workgroup owns 32 rows, each lane 4 columns; lanes
@@ -154,28 +153,18 @@ fn store_rows(m: u32, nq: u32, blk: mat4x4<f32>, bq: vec4<f32>) {
 
 // ---- strategy 1: naive ----
 
-// A workgroup is 64 columns by NV_ROWS rows: the lanes of a SIMD batch read one element of
-// op(A) (the same row; a uniform load) and consecutive ones of op(B). One output per invocation
-// in 8×8 workgroups measured 1.1 ms for 128×10·10×200 on lavapipe, most of it the per-workgroup
-// cost of 400 workgroups.
-const NV_ROWS: u32 = 16u;
-
-@compute @workgroup_size(64)
+@compute @workgroup_size(8, 8)
 fn matmul_naive(@builtin(global_invocation_id) gid: vec3<u32>) {
     P = p;
     let n = gid.x;
-    let m0 = gid.y * NV_ROWS;
-    if (n >= P.n) { return; }
-    for (var r = 0u; r < NV_ROWS; r++) {
-        let m = m0 + r;
-        if (m >= P.m) { break; }
-        var acc = 0.0;
-        for (var k = 0u; k < P.k; k++) {
-            acc += a_at(m, k) * b_at(k, n);
-        }
-        epilogue1(m, n, acc);
+    let m = gid.y;
+    if (n >= P.n || m >= P.m) { return; }
+    var acc = 0.0;
+    for (var k = 0u; k < P.k; k++) {
+        acc += a_at(m, k) * b_at(k, n);
     }
-    if (COLSUM && m0 == 0u) {
+    epilogue1(m, n, acc);
+    if (COLSUM && m == 0u) {
         var s = 0.0;
         for (var k = 0u; k < P.k; k++) {
             s += b_at(k, n);

@@ -227,7 +227,7 @@ pub fn matmul(
         }
     }
     let (entry, workgroups) = match strategy {
-        MatmulStrategy::Naive => ("matmul_naive", [n.div_ceil(64) as u32, m.div_ceil(16) as u32, 1]),
+        MatmulStrategy::Naive => ("matmul_naive", [n.div_ceil(8) as u32, m.div_ceil(8) as u32, 1]),
         MatmulStrategy::Tiled => ("matmul_tiled", [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1]),
         MatmulStrategy::Subgroup => {
             // One subgroup per workgroup: at 8 lanes, 32 columns per workgroup waste less of
