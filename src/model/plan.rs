@@ -114,7 +114,7 @@ pub struct TopWorkspace {
     pub up_hidden: Tensor,
     /// [μ₂ | log σ₂²], [B, 2Z₂].
     pub q2: Tensor,
-    /// The draw of z₂, [B, Z₂].
+    /// The draws of z₂, [L·B, Z₂'] (zero-padded to [`crate::model::TopLatent::padded`]).
     pub z2: Tensor,
     /// p(z₁|z₂)'s hidden layer, [B, H₂].
     pub prior_hidden: Tensor,
@@ -254,7 +254,7 @@ impl Workspace {
                 let grads = match (
                     g("d_top_up_hidden", &[r, tl.hidden])?,
                     g("d_top_q2", &[r, 2 * tl.latent])?,
-                    g("d_top_z2", &[r, tl.latent])?,
+                    g("d_top_z2", &[r, tl.padded()])?,
                     g("d_top_prior_hidden", &[r, tl.hidden])?,
                     g("d_top_z1_up", &[r, cfg.latent])?,
                 ) {
@@ -270,7 +270,8 @@ impl Workspace {
                 Some(TopWorkspace {
                     up_hidden: t("top_up_hidden", &[r, tl.hidden])?,
                     q2: t("top_q2", &[r, 2 * tl.latent])?,
-                    z2: t("top_z2", &[r, tl.latent])?,
+                    // Padded columns: never written, so zero.
+                    z2: t("top_z2", &[r, tl.padded()])?,
                     prior_hidden: t("top_prior_hidden", &[r, tl.hidden])?,
                     p1: t("top_p1", &[r, 2 * cfg.latent])?,
                     d_p1: t("d_top_p1", &[r, 2 * cfg.latent])?,

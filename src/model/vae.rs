@@ -66,7 +66,7 @@ impl TopLayers {
         TopLayers {
             up: Linear::new(layout, "top.up.0", cfg.latent, t.hidden, act),
             up_head: Linear::new(layout, "top.up.head", t.hidden, 2 * t.latent, Activation::Identity),
-            prior: Linear::new(layout, "top.prior.0", t.latent, t.hidden, act),
+            prior: Linear::new(layout, "top.prior.0", t.padded(), t.hidden, act),
             prior_head: Linear::new(layout, "top.prior.head", t.hidden, 2 * cfg.latent, Activation::Identity),
         }
     }
@@ -76,8 +76,8 @@ impl TopLayers {
         [&self.up, &self.up_head, &self.prior, &self.prior_head]
     }
 
-    /// Plans the conditional prior's network: z₂ [B, Z₂] → `hidden` [B, H] → `p1` [B, 2Z] =
-    /// [μₚ | log σₚ²] of p(z₁|z₂).
+    /// Plans the conditional prior's network: z₂ [B, Z₂'] (Z₂ padded with zeros to
+    /// [`TopLatent::padded`]) → `hidden` [B, H] → `p1` [B, 2Z] = [μₚ | log σₚ²] of p(z₁|z₂).
     pub fn plan_prior(
         &self,
         gpu: &Gpu,

@@ -696,7 +696,13 @@ pub fn prior_latents(gpu: &Gpu, vae: &Vae, seed: u64, n: usize, temperature: f32
     let (Some(layers), Some(t)) = (&vae.top, vae.config.top) else {
         return Ok(prior_samples(seed, n, zd, temperature));
     };
-    let z2 = gpu.upload("z2", &[n, t.latent], &prior_samples(seed, n, t.latent, temperature))?;
+    let draws = prior_samples(seed, n, t.latent, temperature);
+    let width = t.padded();
+    let mut rows = vec![0.0f32; n * width];
+    for (row, d) in rows.chunks_exact_mut(width).zip(draws.chunks_exact(t.latent)) {
+        row[..t.latent].copy_from_slice(d);
+    }
+    let z2 = gpu.upload("z2", &[n, width], &rows)?;
     let hidden = gpu.tensor("prior_hidden", &[n, t.hidden])?;
     let p1 = gpu.tensor("p1", &[n, 2 * zd])?;
     let plan = layers.plan_prior(gpu, &vae.arena, &z2, &hidden, &p1)?;

@@ -107,7 +107,8 @@ pub fn top_layers(cfg: &VaeConfig) -> Vec<Dense> {
     vec![
         dense("top.up.0", cfg.latent, t.hidden, cfg.activation),
         dense("top.up.head", t.hidden, 2 * t.latent, Activation::Identity),
-        dense("top.prior.0", t.latent, t.hidden, cfg.activation),
+        // z₂ zero-padded to a multiple of 4 columns, as the model stores it.
+        dense("top.prior.0", t.latent.div_ceil(4) * 4, t.hidden, cfg.activation),
         dense("top.prior.head", t.hidden, 2 * cfg.latent, Activation::Identity),
     ]
 }
@@ -188,8 +189,9 @@ pub fn hier_forward(
     let (w, bias) = p(top_slot + 2);
     let q2 = dense_forward(&tl[1], &uh, rows, w, bias).1;
     let (mu2, lv2, z2) = gaussian(&q2, z2d, eps2);
+    let z2_padded = zero_padded(&z2, z2d, tl[2].inputs);
     let (w, bias) = p(top_slot + 4);
-    let ph = dense_forward(&tl[2], &z2, rows, w, bias).1;
+    let ph = dense_forward(&tl[2], &z2_padded, rows, w, bias).1;
     let (w, bias) = p(top_slot + 6);
     let p1 = dense_forward(&tl[3], &ph, rows, w, bias).1;
     let (mut mu_p, mut lv_p) = (vec![], vec![]);
@@ -270,6 +272,13 @@ pub fn with_one_hot(v: &[f64], width: usize, labels: &[u8], padded: usize) -> Ve
         out[r * padded + width + labels[r % labels.len()] as usize] = 1.0;
     }
     out
+}
+
+/// Rows of `v` ([rows, width]) followed by zeros to `padded` columns.
+fn zero_padded(v: &[f64], width: usize, padded: usize) -> Vec<f64> {
+    v.chunks_exact(width)
+        .flat_map(|r| r.iter().copied().chain(std::iter::repeat_n(0.0, padded - width)))
+        .collect()
 }
 
 /// The activation function.
