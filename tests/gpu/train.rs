@@ -353,6 +353,31 @@ fn texture_mirrors_do_not_change_the_numbers() {
     );
     assert_eq!(la, lb);
     assert!(pa == pb, "parameters differ with texture mirrors");
+
+    // A hierarchical VAE's second-layer weights (z₂ padded from 6 to 8 columns) mirrored too.
+    let top = |policy: TextureMirrors| {
+        let cfg = VaeConfig {
+            top: Some(TopLatent { latent: 6, hidden: 16 }),
+            ..small_config()
+        };
+        let mut vae = Vae::new(g, cfg, 5).unwrap();
+        vae.set_texture_mirrors(g, policy).unwrap();
+        let tc = TrainConfig {
+            batch_size: 64,
+            seed: 5,
+            mc_samples: 2,
+            ..Default::default()
+        };
+        let mut tr = Trainer::new(g, &vae, mnist_subset(g, 100), tc).unwrap();
+        let mut losses: Vec<f64> = (0..2).map(|_| tr.train_epoch(|_, _| {}).unwrap().train.loss).collect();
+        losses.push(Evaluator::new(g, mnist_subset(g, 50)).unwrap().iw_nll(&vae, 1, 3, false).unwrap());
+        (losses, g.read(&vae.arena.params).unwrap(), vae.mirrored_weights())
+    };
+    let (la, pa, _) = top(TextureMirrors::None);
+    let (lb, pb, nb) = top(TextureMirrors::All);
+    assert_eq!(nb, 8, "the 4 weights of 784-64-8-64-784 and the 4 of the second layer");
+    assert_eq!(la, lb);
+    assert!(pa == pb, "hierarchical: parameters differ with texture mirrors");
 }
 
 /// Embedding: a host application creates its own device, hands it to vae-wgpu, and records
