@@ -6,7 +6,8 @@ use std::path::PathBuf;
 
 use vae_wgpu::data::{DatasetKind, IMAGE_SIDE, NUM_CLASSES};
 use vae_wgpu::explore::{
-    arithmetic_figure, class_figure, interpolation_figure, manifold_figure, write_scatter_png, Figure, LinearProbe,
+    arithmetic_figure, class_figure, hierarchy_figure, interpolation_figure, manifold_figure, write_scatter_png,
+    Figure, LinearProbe,
 };
 use vae_wgpu::io::{read_safetensors, write_grid_png};
 use vae_wgpu::model::{Code, GpuDataset, Vae};
@@ -31,6 +32,7 @@ Writes (28x28 cells, 2 px padding):
   arithmetic.png       10 test images (one per class), each: its decoding, then
                        z - mean(its class) + mean(c) for c = 0..9   [labelled data]
   class_grid.png       one row per class, the same 10 prior draws     [conditional VAEs]
+  hierarchy.png        8 rows of one z2 draw each, 8 draws of z|z2 per row [hierarchical VAEs]
   latent_scatter.png   test-set latent means coloured by label        [2-D latents]
   manifold.png         20x20 decodings over the prior's quantiles     [2-D latent VAEs, one layer]
 and prints one JSON line: test_loss (the -ELBO, a bound on -log p(x), or on -log p(x|y) for a
@@ -174,6 +176,10 @@ fn run(args: Args) -> Result<()> {
             "note: {} has no labels: no arithmetic.png (class means need labels)",
             dataset.name()
         );
+    }
+    if cfg.top.is_some() {
+        hierarchy_figure(&gpu, &vae, seed, 8, 8, 1.0)?.write(&args.out.join("hierarchy.png"), side)?;
+        wrote.push("hierarchy.png");
     }
     if cfg.classes > 0 && cfg.is_vae() {
         let fig: Figure = class_figure(&gpu, &vae, seed, 10, 1.0)?;

@@ -1,5 +1,6 @@
 //! Pictures of a trained model's latent space, decoded on the GPU: interpolation strips, latent
-//! arithmetic, a class grid (conditional models) and the 2-D manifold. Each returns a
+//! arithmetic, a class grid (conditional models), the 2-D manifold and a hierarchical VAE's
+//! two layers. Each returns a
 //! [`Figure`] (images and grid layout) that [`Figure::write`] saves as a PNG.
 
 use std::path::Path;
@@ -9,7 +10,7 @@ use crate::explore::interp::{class_means, interpolation_path, latent_arithmetic,
 use crate::gpu::Gpu;
 use crate::io::write_grid_png;
 use crate::model::Vae;
-use crate::train::{decode_conditional, prior_samples};
+use crate::train::{conditional_prior_draws, decode_conditional, prior_samples};
 
 /// Pixels between grid cells and around the border of a figure.
 pub const FIGURE_PAD: usize = 2;
@@ -161,5 +162,30 @@ pub fn manifold_figure(gpu: &Gpu, vae: &Vae, n: usize, label: u8) -> Result<Figu
         images: decode_with(gpu, vae, &z, &y)?,
         count: n * n,
         cols: n,
+    })
+}
+
+/// A hierarchical VAE's two layers apart: row r decodes `cols` draws of z₁ from p(z₁|z₂) for
+/// one draw of z₂ (row r of [`prior_samples`]), so a row shows what z₂ holds fixed and its
+/// columns what z₁ adds. All noise is scaled by `temperature`.
+pub fn hierarchy_figure(gpu: &Gpu, vae: &Vae, seed: u64, rows: usize, cols: usize, temperature: f32) -> Result<Figure> {
+    let Some(t) = vae.config.top else {
+        return Err(VaeError::Config(
+            "a hierarchy picture needs a hierarchical VAE (--top)".into(),
+        ));
+    };
+    if rows == 0 || cols == 0 {
+        return Err(VaeError::Config("a hierarchy picture needs rows and columns".into()));
+    }
+    let z2 = prior_samples(seed, rows, t.latent, temperature);
+    let repeated: Vec<f32> = z2
+        .chunks_exact(t.latent)
+        .flat_map(|row| std::iter::repeat_n(row, cols).flatten().copied())
+        .collect();
+    let z1 = conditional_prior_draws(gpu, vae, &repeated, seed, temperature)?;
+    Ok(Figure {
+        images: decode_conditional(gpu, vae, &z1, None)?,
+        count: rows * cols,
+        cols,
     })
 }

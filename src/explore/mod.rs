@@ -9,7 +9,9 @@ pub mod interp;
 pub mod plot;
 pub mod probe;
 
-pub use self::figures::{arithmetic_figure, class_figure, interpolation_figure, manifold_figure, Figure, FIGURE_PAD};
+pub use self::figures::{
+    arithmetic_figure, class_figure, hierarchy_figure, interpolation_figure, manifold_figure, Figure, FIGURE_PAD,
+};
 pub use self::interp::{
     class_means, interpolation_path, latent_arithmetic, lerp, manifold_grid, normal_quantile, slerp,
 };

@@ -689,17 +689,42 @@ pub fn prior_samples(seed: u64, n: usize, latent: usize, temperature: f32) -> Ve
 
 /// Draws `n` codes for the decoder from the model's prior, the noise scaled by `temperature`:
 /// [`prior_samples`] for a one-layer model; for a hierarchical VAE, z₂ from N(0, I) (as
-/// [`prior_samples`] draws), then z₁ = μₚ + σₚ·ε from p(z₁|z₂) run on the device, ε from
-/// sample word 1 of [`rng::STREAM_SAMPLE`].
+/// [`prior_samples`] draws), then z₁ from p(z₁|z₂) by [`conditional_prior_draws`].
 pub fn prior_latents(gpu: &Gpu, vae: &Vae, seed: u64, n: usize, temperature: f32) -> Result<Vec<f32>> {
     let zd = vae.config.latent;
+    match vae.config.top {
+        None => Ok(prior_samples(seed, n, zd, temperature)),
+        Some(t) => conditional_prior_draws(
+            gpu,
+            vae,
+            &prior_samples(seed, n, t.latent, temperature),
+            seed,
+            temperature,
+        ),
+    }
+}
+
+/// A hierarchical VAE's z₁ = μₚ + σₚ·ε from p(z₁|z₂) for each row of `z2` (n·Z₂ values), the
+/// network run on the device, ε for row e keyed (seed, 0, sample word 1 of
+/// [`rng::STREAM_SAMPLE`], e·Z + j) and scaled by `temperature`. n·Z values.
+pub fn conditional_prior_draws(gpu: &Gpu, vae: &Vae, z2: &[f32], seed: u64, temperature: f32) -> Result<Vec<f32>> {
+    let zd = vae.config.latent;
     let (Some(layers), Some(t)) = (&vae.top, vae.config.top) else {
-        return Ok(prior_samples(seed, n, zd, temperature));
+        return Err(VaeError::Config(
+            "a conditional prior p(z1|z2) needs a hierarchical VAE (--top)".into(),
+        ));
     };
-    let draws = prior_samples(seed, n, t.latent, temperature);
+    if z2.is_empty() || z2.len() % t.latent != 0 {
+        return Err(VaeError::Shape(format!(
+            "{} values are not a whole number of z2 vectors of {}",
+            z2.len(),
+            t.latent
+        )));
+    }
+    let n = z2.len() / t.latent;
     let width = t.padded();
     let mut rows = vec![0.0f32; n * width];
-    for (row, d) in rows.chunks_exact_mut(width).zip(draws.chunks_exact(t.latent)) {
+    for (row, d) in rows.chunks_exact_mut(width).zip(z2.chunks_exact(t.latent)) {
         row[..t.latent].copy_from_slice(d);
     }
     let z2 = gpu.upload("z2", &[n, width], &rows)?;

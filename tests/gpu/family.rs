@@ -3,12 +3,14 @@
 //! and a learned-variance model training, and the pictures the explore tools write.
 
 use vae_wgpu::data::DatasetKind;
-use vae_wgpu::explore::{arithmetic_figure, class_figure, interpolation_figure, manifold_figure, FIGURE_PAD};
+use vae_wgpu::explore::{
+    arithmetic_figure, class_figure, hierarchy_figure, interpolation_figure, manifold_figure, FIGURE_PAD,
+};
 use vae_wgpu::io::grid_size;
 use vae_wgpu::model::{GpuDataset, TopLatent, Vae, VaeConfig};
 use vae_wgpu::ops::{Activation, Likelihood};
 use vae_wgpu::rng;
-use vae_wgpu::train::{Evaluator, KlSchedule, TrainConfig, Trainer};
+use vae_wgpu::train::{prior_latents, Evaluator, KlSchedule, TrainConfig, Trainer};
 
 use crate::common::{assert_close, gpu, rand_vec, to_f64};
 use crate::reference::{self, Batch};
@@ -346,6 +348,32 @@ fn figures_have_documented_sizes_and_content() {
     let n = side * side;
     assert_eq!(&fig.images[..n], &direct[..n]);
     assert_eq!(&fig.images[2 * n..3 * n], &direct[n..2 * n]);
+
+    // A hierarchical VAE's rows of z₁ draws per z₂ draw: its first cell is the first of
+    // prior_latents' samples (the same z₂ and ε keys), and only such a model has one.
+    assert!(matches!(
+        hierarchy_figure(g, &vae, 1, 2, 2, 1.0),
+        Err(vae_wgpu::VaeError::Config(_))
+    ));
+    let hier = Vae::new(
+        g,
+        VaeConfig {
+            input_dim: side * side,
+            hidden: vec![8],
+            latent: 4,
+            top: Some(TopLatent { latent: 2, hidden: 8 }),
+            ..Default::default()
+        },
+        7,
+    )
+    .unwrap();
+    let fig = hierarchy_figure(g, &hier, 3, 3, 4, 0.9).unwrap();
+    assert_eq!((fig.count, fig.cols, fig.images.len()), (12, 4, 12 * n));
+    let first = prior_latents(g, &hier, 3, 1, 0.9).unwrap();
+    let direct = vae_wgpu::train::decode(g, &hier, &first).unwrap();
+    assert_eq!(&fig.images[..n], &direct[..]);
+    // Cells of a row differ (z₁'s own noise), and so do rows.
+    assert!(fig.images[..n] != fig.images[n..2 * n] && fig.images[..n] != fig.images[4 * n..5 * n]);
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -370,7 +370,12 @@ fn texture_mirrors_do_not_change_the_numbers() {
         };
         let mut tr = Trainer::new(g, &vae, mnist_subset(g, 100), tc).unwrap();
         let mut losses: Vec<f64> = (0..2).map(|_| tr.train_epoch(|_, _| {}).unwrap().train.loss).collect();
-        losses.push(Evaluator::new(g, mnist_subset(g, 50)).unwrap().iw_nll(&vae, 1, 3, false).unwrap());
+        losses.push(
+            Evaluator::new(g, mnist_subset(g, 50))
+                .unwrap()
+                .iw_nll(&vae, 1, 3, false)
+                .unwrap(),
+        );
         (losses, g.read(&vae.arena.params).unwrap(), vae.mirrored_weights())
     };
     let (la, pa, _) = top(TextureMirrors::None);
