@@ -77,7 +77,6 @@ fn run() -> Result<()> {
             vae.config.input_dim
         )));
     }
-    let z = prior_latents(&gpu, &vae, seed, n, temperature)?;
     let classes = vae.config.classes;
     let labels: Option<Vec<u8>> = match (classes, class) {
         (0, Some(_)) => return Err(VaeError::Config("--class needs a conditional model".into())),
@@ -91,6 +90,7 @@ fn run() -> Result<()> {
         (_, Some(k)) => Some(vec![k; n]),
         (c, None) => Some((0..n).map(|i| ((i / 8) % c) as u8).collect()),
     };
+    let z = prior_latents(&gpu, &vae, seed, n, temperature, labels.as_deref())?;
     let images = decode_conditional(&gpu, &vae, &z, labels.as_deref())?;
     write_grid_png(&out, &images, n, IMAGE_SIDE, IMAGE_SIDE, 8, 2)?;
     println!("wrote {} samples to {}", n, out.display());

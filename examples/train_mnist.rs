@@ -51,7 +51,7 @@ USAGE: cargo run --release --example train_mnist -- [FLAGS]
                           its gradient (the codebook term then only reported)
   --top Z2:H2             hierarchical VAE: a second stochastic layer z2 (Z2 dimensions) above
                           z, with q(z2|z) and the learned prior p(z|z2) each one hidden layer
-                          of H2 units; unconditional
+                          of H2 units (with --conditional both also take the label)
   --denoise P             denoising: zero each input pixel with probability P in training
                           (0 <= P < 1); the target stays the clean image
   --dataset D             mnist | fashion-mnist | binarized-mnist (default mnist); binarized
@@ -301,16 +301,11 @@ fn parse_args() -> Result<Option<Args>> {
             "--l1 and --contractive penalise an autoencoder's code; add --autoencoder".into(),
         ));
     }
-    if a.model.top.is_some() {
-        let flat_only = [
-            (a.autoencoder || a.vq.is_some(), "--autoencoder/--vq"),
-            (a.model.classes > 0, "--conditional"),
-        ];
-        if let Some((_, flag)) = flat_only.iter().find(|(set, _)| *set) {
-            return Err(VaeError::Config(format!(
-                "{flag} is not available with --top: the hierarchical VAE is an unconditional VAE with Gaussian codes"
-            )));
-        }
+    if a.model.top.is_some() && (a.autoencoder || a.vq.is_some()) {
+        return Err(VaeError::Config(
+            "--autoencoder/--vq is not available with --top: the hierarchical VAE has Gaussian codes and a prior"
+                .into(),
+        ));
     }
     if let (Some(r), Some(o)) = (&a.resume, &a.out) {
         if r != o {
@@ -637,7 +632,7 @@ fn run(args: Args) -> Result<()> {
     } else {
         (64, None)
     };
-    let z = prior_latents(&gpu, &vae, args.train.seed, n, 1.0)?;
+    let z = prior_latents(&gpu, &vae, args.train.seed, n, 1.0, labels.as_deref())?;
     let samples = decode_conditional(&gpu, &vae, &z, labels.as_deref())?;
     write_grid_png(&out_dir.join("samples.png"), &samples, n, IMAGE_SIDE, IMAGE_SIDE, 8, 2)?;
     println!(

@@ -110,7 +110,7 @@ fn reparam_kl_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
 // the terms are averaged over the L draws, as the NLL is).
 @group(0) @binding(7) var<storage, read> prior: array<f32>;          // [B, 2Z]: μₚ | log σₚ²
 @group(0) @binding(8) var<storage, read_write> dprior: array<f32>;   // [B, 2Z]
-@group(0) @binding(9) var<storage, read> dz_up: array<f32>;          // [B, Z]: from q(z₂|z₁)'s net
+@group(0) @binding(9) var<storage, read> dz_up: array<f32>;          // [L·B, Z']: from q(z₂|z₁)'s net
 @group(0) @binding(10) var<storage, read_write> dz_kl: array<f32>;   // [B, Z]
 
 @compute @workgroup_size(64)
@@ -160,7 +160,7 @@ fn sample_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     var g_eps = 0.0;
     for (var s = 0u; s < P.samples; s++) {
         let r = s * P.batch + b;
-        let g = z[r * P.z_stride + j] + dz_up[r * zd + j] + dz_kl[r * zd + j];
+        let g = z[r * P.z_stride + j] + dz_up[r * P.z_stride + j] + dz_kl[r * zd + j];
         g_sum += g;
         g_eps += g * eps_at(s, b, j);
     }

@@ -10,7 +10,7 @@ use crate::explore::interp::{class_means, interpolation_path, latent_arithmetic,
 use crate::gpu::Gpu;
 use crate::io::write_grid_png;
 use crate::model::Vae;
-use crate::train::{conditional_prior_draws, decode_conditional, prior_samples};
+use crate::train::{conditional_prior_draws, decode_conditional, prior_latents, prior_samples};
 
 /// Pixels between grid cells and around the border of a figure.
 pub const FIGURE_PAD: usize = 2;
@@ -126,19 +126,20 @@ pub fn arithmetic_figure(
 }
 
 /// A conditional model's classes: row c decodes the same `per_class` prior draws (scaled by
-/// `temperature`) with label c, so columns hold style fixed while rows change the class.
+/// `temperature`) with label c, so columns hold style fixed while rows change the class. In a
+/// hierarchical model the draws fixed along a column are z₂ and the noise of z₁ ~ p(z₁|z₂, c).
 pub fn class_figure(gpu: &Gpu, vae: &Vae, seed: u64, per_class: usize, temperature: f32) -> Result<Figure> {
     let classes = vae.config.classes;
     if classes == 0 {
         return Err(VaeError::Config("a class grid needs a conditional model".into()));
     }
     let zd = vae.config.latent;
-    let draws = prior_samples(seed, per_class, zd, temperature);
     let mut z = Vec::with_capacity(classes * per_class * zd);
     let mut y = Vec::with_capacity(classes * per_class);
     for c in 0..classes {
-        z.extend_from_slice(&draws);
-        y.extend(std::iter::repeat_n(c as u8, per_class));
+        let labels = vec![c as u8; per_class];
+        z.extend(prior_latents(gpu, vae, seed, per_class, temperature, Some(&labels))?);
+        y.extend(labels);
     }
     Ok(Figure {
         images: decode_with(gpu, vae, &z, &y)?,
@@ -167,7 +168,8 @@ pub fn manifold_figure(gpu: &Gpu, vae: &Vae, n: usize, label: u8) -> Result<Figu
 
 /// A hierarchical VAE's two layers apart: row r decodes `cols` draws of z₁ from p(z₁|z₂) for
 /// one draw of z₂ (row r of [`prior_samples`]), so a row shows what z₂ holds fixed and its
-/// columns what z₁ adds. All noise is scaled by `temperature`.
+/// columns what z₁ adds; a conditional model gives row r the class r mod classes. All noise
+/// is scaled by `temperature`.
 pub fn hierarchy_figure(gpu: &Gpu, vae: &Vae, seed: u64, rows: usize, cols: usize, temperature: f32) -> Result<Figure> {
     let Some(t) = vae.config.top else {
         return Err(VaeError::Config(
@@ -182,9 +184,12 @@ pub fn hierarchy_figure(gpu: &Gpu, vae: &Vae, seed: u64, rows: usize, cols: usiz
         .chunks_exact(t.latent)
         .flat_map(|row| std::iter::repeat_n(row, cols).flatten().copied())
         .collect();
-    let z1 = conditional_prior_draws(gpu, vae, &repeated, seed, temperature)?;
+    let classes = vae.config.classes;
+    let labels: Option<Vec<u8>> =
+        (classes > 0).then(|| (0..rows * cols).map(|i| ((i / cols) % classes) as u8).collect());
+    let z1 = conditional_prior_draws(gpu, vae, &repeated, labels.as_deref(), seed, temperature)?;
     Ok(Figure {
-        images: decode_conditional(gpu, vae, &z1, None)?,
+        images: decode_conditional(gpu, vae, &z1, labels.as_deref())?,
         count: rows * cols,
         cols,
     })

@@ -39,7 +39,8 @@ pub enum Code {
 /// stochastic layers, with the lower layer's posterior term computed as in the ladder VAE):
 /// q(z₂|z₁) = N(μ₂, σ₂²) from an MLP on z₁, the prior p(z₂) = N(0, I), and the learned
 /// conditional prior p(z₁|z₂) = N(μₚ, σₚ²) from an MLP on z₂, which replaces N(0, I) as z₁'s
-/// prior. Each MLP has one hidden layer of `hidden` units with the model's activation.
+/// prior. Each MLP has one hidden layer of `hidden` units with the model's activation. In a
+/// conditional model both MLPs also take the one-hot label: q(z₂|z₁, y) and p(z₁|z₂, y).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TopLatent {
     /// Dimensions of z₂ (even).
@@ -116,6 +117,12 @@ impl VaeConfig {
         }
     }
 
+    /// Width of the rows of z₂ that p(z₁|z₂)'s network reads: z₂, then (conditional) the
+    /// one-hot, zero-padded to a multiple of 4 (0 without a second stochastic layer).
+    pub fn top_input_dim(&self) -> usize {
+        self.top.map_or(0, |t| (t.latent + self.classes).div_ceil(4) * 4)
+    }
+
     /// Width of the encoder head's output: [μ | log σ²] (2·Z) for a VAE, the code (Z) for an
     /// autoencoder.
     pub fn head_width(&self) -> usize {
@@ -182,9 +189,9 @@ impl VaeConfig {
             )));
         }
         if let Some(t) = self.top {
-            if !self.is_vae() || self.classes > 0 {
+            if !self.is_vae() {
                 return Err(VaeError::Config(
-                    "a second stochastic layer needs an unconditional VAE (a Gaussian code, no classes)".into(),
+                    "a second stochastic layer needs a VAE (a Gaussian code), not an autoencoder or a VQ-VAE".into(),
                 ));
             }
             if t.latent == 0 || t.latent % 2 != 0 || t.hidden == 0 || t.hidden % 4 != 0 {
@@ -283,12 +290,13 @@ impl VaeConfig {
             Code::Quantized { codes, groups, .. } => codes * (self.latent / groups),
             _ => 0,
         };
-        // z₁ → h → [μ₂ | log σ₂²] and z₂ → h → [μₚ | log σₚ²].
+        // z₁ → h → [μ₂ | log σ₂²] and z₂ → h → [μₚ | log σₚ²], each input with the one-hot
+        // and padding of a conditional model (the padding rows included, as for the decoder).
         let top = self.top.map_or(0, |t| {
             let dense = |i: usize, o: usize| i * o + o;
-            dense(self.latent, t.hidden)
+            dense(self.dec_input_dim(), t.hidden)
                 + dense(t.hidden, 2 * t.latent)
-                + dense(t.padded(), t.hidden)
+                + dense(self.top_input_dim(), t.hidden)
                 + dense(t.hidden, 2 * self.latent)
         });
         enc + head + dec + codebook + top + self.likelihood.learned_log_c_len(self.input_dim).unwrap_or(0)
@@ -770,7 +778,7 @@ mod tests {
                 },
                 ..ok.clone()
             },
-            // A second stochastic layer: an unconditional VAE, an even z₂, hidden a multiple of 4.
+            // A second stochastic layer: a VAE, an even z₂, hidden a multiple of 4.
             VaeConfig {
                 top: Some(TopLatent { latent: 3, hidden: 200 }),
                 ..ok.clone()
@@ -780,14 +788,6 @@ mod tests {
                     latent: 10,
                     hidden: 202,
                 }),
-                ..ok.clone()
-            },
-            VaeConfig {
-                top: Some(TopLatent {
-                    latent: 10,
-                    hidden: 200,
-                }),
-                classes: 10,
                 ..ok.clone()
             },
             VaeConfig {
@@ -861,5 +861,18 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(top.num_params(), 652_824 + 8_220 + 10_640);
+        // Conditional on 10 classes: q(z₂|z₁, y) reads [z₁ | one-hot] padded to 32 columns and
+        // p(z₁|z₂, y) [z₂ | one-hot] padded to 20, (32 − 20)·200 and (20 − 12)·200 more.
+        let cond = VaeConfig { classes: 10, ..top };
+        assert_eq!((cond.dec_input_dim(), cond.top_input_dim()), (32, 20));
+        let flat_cond = VaeConfig {
+            top: None,
+            ..cond.clone()
+        };
+        assert_eq!(
+            cond.num_params(),
+            flat_cond.num_params() + 8_220 + 10_640 + 12 * 200 + 8 * 200
+        );
+        cond.validate().unwrap();
     }
 }

@@ -114,7 +114,8 @@ pub struct TopWorkspace {
     pub up_hidden: Tensor,
     /// [μ₂ | log σ₂²], [B, 2Z₂].
     pub q2: Tensor,
-    /// The draws of z₂, [L·B, Z₂'] (zero-padded to [`crate::model::TopLatent::padded`]).
+    /// The draws of z₂, [L·B, Z₂'] (then a conditional model's one-hot, zero-padded to
+    /// [`crate::model::VaeConfig::top_input_dim`]).
     pub z2: Tensor,
     /// p(z₁|z₂)'s hidden layer, [B, H₂].
     pub prior_hidden: Tensor,
@@ -254,9 +255,9 @@ impl Workspace {
                 let grads = match (
                     g("d_top_up_hidden", &[r, tl.hidden])?,
                     g("d_top_q2", &[r, 2 * tl.latent])?,
-                    g("d_top_z2", &[r, tl.padded()])?,
+                    g("d_top_z2", &[r, cfg.top_input_dim()])?,
                     g("d_top_prior_hidden", &[r, tl.hidden])?,
-                    g("d_top_z1_up", &[r, cfg.latent])?,
+                    g("d_top_z1_up", &[r, cfg.dec_input_dim()])?,
                 ) {
                     (Some(up_hidden), Some(q2), Some(z2), Some(prior_hidden), Some(z1_up)) => Some(TopGrads {
                         up_hidden,
@@ -270,8 +271,9 @@ impl Workspace {
                 Some(TopWorkspace {
                     up_hidden: t("top_up_hidden", &[r, tl.hidden])?,
                     q2: t("top_q2", &[r, 2 * tl.latent])?,
-                    // Padded columns: never written, so zero.
-                    z2: t("top_z2", &[r, tl.padded()])?,
+                    // Padded columns: never written, so zero (a conditional model's one-hot
+                    // is written by plan_inputs, as z₁'s is).
+                    z2: t("top_z2", &[r, cfg.top_input_dim()])?,
                     prior_hidden: t("top_prior_hidden", &[r, tl.hidden])?,
                     p1: t("top_p1", &[r, 2 * cfg.latent])?,
                     d_p1: t("d_top_p1", &[r, 2 * cfg.latent])?,
@@ -516,6 +518,21 @@ pub fn plan_inputs(
             &rows(&ws.z, ws.samples * b),
             vae.config.latent,
         )?);
+        // A hierarchical model's z₂ rows carry the label too, for p(z₁|z₂, y). (x's one-hot is
+        // written again: the op conditions both.)
+        if let (Some(tw), Some(t)) = (&ws.top, vae.config.top) {
+            d.push(ops::condition(
+                gpu,
+                "condition.top",
+                step,
+                labels,
+                src.perm,
+                &x,
+                vae.config.input_dim,
+                &rows(&tw.z2, ws.samples * b),
+                t.latent,
+            )?);
+        }
     }
     if src.denoise > 0.0 {
         let noisy = ws.x_noisy.as_ref().ok_or_else(|| {
@@ -962,7 +979,6 @@ fn plan_top_backward(
             .up
             .backward(gpu, a, &z, &d_uh, Some(&dz1_up), Activation::Identity)?,
     );
-    let flat = |t: &Tensor| t.reshape_prefix(&[r * vae.config.latent]);
     d.push(ops::sample_backward(
         gpu,
         "sample.backward",
@@ -970,8 +986,8 @@ fn plan_top_backward(
         enc,
         l,
         dz,
-        &flat(&dz1_up),
-        &flat(&rows(&tw.dz1_kl, r)),
+        &dz1_up,
+        &tw.dz1_kl.reshape_prefix(&[r * vae.config.latent]),
         denc,
     )?);
     Ok(d)

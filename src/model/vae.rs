@@ -64,9 +64,11 @@ impl TopLayers {
     fn new(layout: &mut ArenaLayout, cfg: &VaeConfig, t: TopLatent) -> Self {
         let act = cfg.activation;
         TopLayers {
-            up: Linear::new(layout, "top.up.0", cfg.latent, t.hidden, act),
+            // A conditional model's z rows carry the one-hot after z₁ (as the decoder reads
+            // them), and its z₂ rows after z₂: both networks see the label.
+            up: Linear::new(layout, "top.up.0", cfg.dec_input_dim(), t.hidden, act),
             up_head: Linear::new(layout, "top.up.head", t.hidden, 2 * t.latent, Activation::Identity),
-            prior: Linear::new(layout, "top.prior.0", t.padded(), t.hidden, act),
+            prior: Linear::new(layout, "top.prior.0", cfg.top_input_dim(), t.hidden, act),
             prior_head: Linear::new(layout, "top.prior.head", t.hidden, 2 * cfg.latent, Activation::Identity),
         }
     }

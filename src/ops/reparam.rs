@@ -348,8 +348,9 @@ pub fn hier_kl(
 }
 
 /// The backward of [`sample_forward`] for L `samples`: denc [B, 2Z] from the sum, over the
-/// draws, of the decoder's `dz` [L·B, Z'], the upper encoder's `dz_up` and [`hier_kl`]'s
-/// `dz_kl` (both [L·B·Z]), plus the entropy's −β/2 on log σ².
+/// draws, of the decoder's `dz` and the upper encoder's `dz_up` (both [L·B, Z'], the columns
+/// past Z, a conditional model's one-hot, ignored) and [`hier_kl`]'s `dz_kl` [L·B·Z], plus
+/// the entropy's −β/2 on log σ².
 #[allow(clippy::too_many_arguments)]
 pub fn sample_backward(
     gpu: &Gpu,
@@ -363,7 +364,14 @@ pub fn sample_backward(
     denc: &Tensor,
 ) -> Result<Dispatch> {
     let (b, zd) = check(label, enc, dz, samples)?;
-    check_len(label, samples * b * zd, &[("dz_up", dz_up), ("dz_kl", dz_kl)])?;
+    check_len(label, samples * b * zd, &[("dz_kl", dz_kl)])?;
+    if dz_up.shape() != dz.shape() {
+        return Err(VaeError::Shape(format!(
+            "{label}: dz_up {:?} must be shaped as dz {:?}",
+            dz_up.shape(),
+            dz.shape()
+        )));
+    }
     if denc.shape() != enc.shape() {
         return Err(VaeError::Shape(format!(
             "{label}: gradient must be {:?}, got {:?}",

@@ -632,32 +632,7 @@ pub fn decode_conditional(gpu: &Gpu, vae: &Vae, z: &[f32], labels: Option<&[u8]>
     }
     let n = z.len() / zd;
     let width = cfg.dec_input_dim();
-    let mut rows = vec![0.0f32; n * width];
-    match (cfg.classes, labels) {
-        (0, None) => rows.copy_from_slice(z),
-        (0, Some(_)) => {
-            return Err(VaeError::Config(
-                "labels given, but the model is not conditional".into(),
-            ))
-        }
-        (_, None) => {
-            return Err(VaeError::Config(
-                "a conditional model decodes with a class label per code".into(),
-            ))
-        }
-        (classes, Some(l)) => {
-            if l.len() != n || l.iter().any(|&c| c as usize >= classes) {
-                return Err(VaeError::Shape(format!(
-                    "{} labels for {n} codes, each must be below {classes}",
-                    l.len()
-                )));
-            }
-            for i in 0..n {
-                rows[i * width..i * width + zd].copy_from_slice(&z[i * zd..(i + 1) * zd]);
-                rows[i * width + zd + l[i] as usize] = 1.0;
-            }
-        }
-    }
+    let rows = labelled_rows(cfg.classes, z, zd, width, labels, "decodes")?;
     let zt = gpu.upload("z", &[n, width], &rows)?;
     let hidden = vae
         .config
@@ -670,6 +645,50 @@ pub fn decode_conditional(gpu: &Gpu, vae: &Vae, z: &[f32], labels: Option<&[u8]>
     let plan = vae.plan_decode(gpu, &zt, &hidden, &out)?;
     gpu.run(&plan.iter().collect::<Vec<_>>())?;
     Ok(mean_image(vae.config.likelihood, &gpu.read(&out)?))
+}
+
+/// Rows of `width` columns: each `dim` values of `v`, then for a model with `classes` the
+/// one-hot of the row's label, then zeros. `labels` is required for a conditional model and
+/// refused for others; `what` names the use in the message.
+fn labelled_rows(
+    classes: usize,
+    v: &[f32],
+    dim: usize,
+    width: usize,
+    labels: Option<&[u8]>,
+    what: &str,
+) -> Result<Vec<f32>> {
+    let n = v.len() / dim;
+    let mut rows = vec![0.0f32; n * width];
+    let l = match (classes, labels) {
+        (0, None) => None,
+        (0, Some(_)) => {
+            return Err(VaeError::Config(
+                "labels given, but the model is not conditional".into(),
+            ))
+        }
+        (_, None) => {
+            return Err(VaeError::Config(format!(
+                "a conditional model {what} with a class label per code"
+            )))
+        }
+        (classes, Some(l)) => {
+            if l.len() != n || l.iter().any(|&c| c as usize >= classes) {
+                return Err(VaeError::Shape(format!(
+                    "{} labels for {n} codes, each must be below {classes}",
+                    l.len()
+                )));
+            }
+            Some(l)
+        }
+    };
+    for (i, (row, src)) in rows.chunks_exact_mut(width).zip(v.chunks_exact(dim)).enumerate() {
+        row[..dim].copy_from_slice(src);
+        if let Some(l) = l {
+            row[dim + l[i] as usize] = 1.0;
+        }
+    }
+    Ok(rows)
 }
 
 /// Draws `n` latent codes from the prior N(0, I) scaled by `temperature` (host-side, from the
@@ -689,8 +708,17 @@ pub fn prior_samples(seed: u64, n: usize, latent: usize, temperature: f32) -> Ve
 
 /// Draws `n` codes for the decoder from the model's prior, the noise scaled by `temperature`:
 /// [`prior_samples`] for a one-layer model; for a hierarchical VAE, z₂ from N(0, I) (as
-/// [`prior_samples`] draws), then z₁ from p(z₁|z₂) by [`conditional_prior_draws`].
-pub fn prior_latents(gpu: &Gpu, vae: &Vae, seed: u64, n: usize, temperature: f32) -> Result<Vec<f32>> {
+/// [`prior_samples`] draws), then z₁ from p(z₁|z₂) by [`conditional_prior_draws`]. `labels`
+/// (n classes) is needed exactly when that prior is conditional, p(z₁|z₂, y); a one-layer
+/// model's prior ignores the label, so there it may be given or not.
+pub fn prior_latents(
+    gpu: &Gpu,
+    vae: &Vae,
+    seed: u64,
+    n: usize,
+    temperature: f32,
+    labels: Option<&[u8]>,
+) -> Result<Vec<f32>> {
     let zd = vae.config.latent;
     match vae.config.top {
         None => Ok(prior_samples(seed, n, zd, temperature)),
@@ -698,16 +726,25 @@ pub fn prior_latents(gpu: &Gpu, vae: &Vae, seed: u64, n: usize, temperature: f32
             gpu,
             vae,
             &prior_samples(seed, n, t.latent, temperature),
+            labels,
             seed,
             temperature,
         ),
     }
 }
 
-/// A hierarchical VAE's z₁ = μₚ + σₚ·ε from p(z₁|z₂) for each row of `z2` (n·Z₂ values), the
-/// network run on the device, ε for row e keyed (seed, 0, sample word 1 of
-/// [`rng::STREAM_SAMPLE`], e·Z + j) and scaled by `temperature`. n·Z values.
-pub fn conditional_prior_draws(gpu: &Gpu, vae: &Vae, z2: &[f32], seed: u64, temperature: f32) -> Result<Vec<f32>> {
+/// A hierarchical VAE's z₁ = μₚ + σₚ·ε from p(z₁|z₂) (p(z₁|z₂, y) with one label per row in
+/// `labels` for a conditional model) for each row of `z2` (n·Z₂ values), the network run on
+/// the device, ε for row e keyed (seed, 0, sample word 1 of [`rng::STREAM_SAMPLE`], e·Z + j)
+/// and scaled by `temperature`. n·Z values.
+pub fn conditional_prior_draws(
+    gpu: &Gpu,
+    vae: &Vae,
+    z2: &[f32],
+    labels: Option<&[u8]>,
+    seed: u64,
+    temperature: f32,
+) -> Result<Vec<f32>> {
     let zd = vae.config.latent;
     let (Some(layers), Some(t)) = (&vae.top, vae.config.top) else {
         return Err(VaeError::Config(
@@ -722,11 +759,15 @@ pub fn conditional_prior_draws(gpu: &Gpu, vae: &Vae, z2: &[f32], seed: u64, temp
         )));
     }
     let n = z2.len() / t.latent;
-    let width = t.padded();
-    let mut rows = vec![0.0f32; n * width];
-    for (row, d) in rows.chunks_exact_mut(width).zip(z2.chunks_exact(t.latent)) {
-        row[..t.latent].copy_from_slice(d);
-    }
+    let width = vae.config.top_input_dim();
+    let rows = labelled_rows(
+        vae.config.classes,
+        z2,
+        t.latent,
+        width,
+        labels,
+        "draws z1 from p(z1|z2, y)",
+    )?;
     let z2 = gpu.upload("z2", &[n, width], &rows)?;
     let hidden = gpu.tensor("prior_hidden", &[n, t.hidden])?;
     let p1 = gpu.tensor("p1", &[n, 2 * zd])?;

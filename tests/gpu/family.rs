@@ -369,11 +369,30 @@ fn figures_have_documented_sizes_and_content() {
     .unwrap();
     let fig = hierarchy_figure(g, &hier, 3, 3, 4, 0.9).unwrap();
     assert_eq!((fig.count, fig.cols, fig.images.len()), (12, 4, 12 * n));
-    let first = prior_latents(g, &hier, 3, 1, 0.9).unwrap();
+    let first = prior_latents(g, &hier, 3, 1, 0.9, None).unwrap();
     let direct = vae_wgpu::train::decode(g, &hier, &first).unwrap();
     assert_eq!(&fig.images[..n], &direct[..]);
     // Cells of a row differ (z₁'s own noise), and so do rows.
     assert!(fig.images[..n] != fig.images[n..2 * n] && fig.images[..n] != fig.images[4 * n..5 * n]);
+    // Conditional on 3 classes: row r has class r mod 3 in p(z₁|z₂, y) and the decoder, and
+    // the class grid's row c decodes prior_latents' draws for label c.
+    let chier = Vae::new(
+        g,
+        VaeConfig {
+            classes: 3,
+            ..hier.config.clone()
+        },
+        7,
+    )
+    .unwrap();
+    let fig = hierarchy_figure(g, &chier, 3, 3, 4, 0.9).unwrap();
+    let first = prior_latents(g, &chier, 3, 1, 0.9, Some(&[0])).unwrap();
+    let direct = vae_wgpu::train::decode_conditional(g, &chier, &first, Some(&[0])).unwrap();
+    assert_eq!(&fig.images[..n], &direct[..]);
+    let grid = class_figure(g, &chier, 5, 2, 1.0).unwrap();
+    let z = prior_latents(g, &chier, 5, 2, 1.0, Some(&[2, 2])).unwrap();
+    let direct = vae_wgpu::train::decode_conditional(g, &chier, &z, Some(&[2, 2])).unwrap();
+    assert_eq!(&grid.images[4 * n..6 * n], &direct[..]);
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -490,54 +509,64 @@ fn decode_and_encode_means_match_the_reference() {
 /// (`reference::hier_log_weights`, every density written out) with the evaluator's noise: z₁'s
 /// ε as for a one-layer model, z₂'s keyed by sample word `TOP_SAMPLE_BASE` and its draw's row
 /// s·B + e. K = 1, 4 and 1,000 (the last in batches of 5, the final one partial); the K = 1
-/// estimate is a one-draw Monte Carlo −ELBO with both layers' log-ratios sampled.
+/// estimate is a one-draw Monte Carlo −ELBO with both layers' log-ratios sampled. Unconditional
+/// and conditional on 3 classes (the bound on −log p(x|y), every network given the label).
 #[test]
 fn hierarchical_iw_bound_matches_the_reference() {
     let g = gpu();
-    let cfg = VaeConfig {
-        input_dim: 16,
-        hidden: vec![12],
-        latent: 4,
-        activation: Activation::Tanh,
-        likelihood: Likelihood::Bernoulli,
-        top: Some(TopLatent { latent: 2, hidden: 8 }),
-        ..Default::default()
-    };
-    let n = 7;
-    let bytes: Vec<u8> = rand_vec(n * 16, 33, 0.0, 256.0)
-        .iter()
-        .map(|&v| v.min(255.0) as u8)
-        .collect();
-    let vae = Vae::new(g, cfg.clone(), 6).unwrap();
-    let eval = Evaluator::new(g, GpuDataset::upload(g, "test", &bytes, n, 16, vec![]).unwrap()).unwrap();
-    let params = to_f64(&vae.arena.read_params(g).unwrap());
-    let seed = 4u64;
-    for k in [1usize, 4, 1000] {
-        let got = eval.iw_nll(&vae, seed, k, false).unwrap();
-        let b = (5000 / k).clamp(1, n);
-        let mut total = 0.0;
-        for start in (0..n).step_by(b) {
-            let rows = b.min(n - start);
-            let x: Vec<f64> = bytes[start * 16..(start + rows) * 16]
-                .iter()
-                .map(|&v| v as f64 / 255.0)
-                .collect();
-            let draw = |word: u32, i: usize| rng::normal(rng::device_seed(seed), 0, word, i as u32);
-            let eps1: Vec<f64> = (0..k)
-                .flat_map(|s| (0..rows * 4).map(move |i| draw(rng::stream_word(rng::STREAM_EVAL, s as u32), i)))
-                .collect();
-            let top_word = rng::stream_word(rng::STREAM_EVAL, vae_wgpu::ops::TOP_SAMPLE_BASE);
-            let eps2: Vec<f64> = (0..k * rows * 2).map(|i| draw(top_word, i)).collect();
-            let w = reference::hier_log_weights(&cfg, &params, &x, rows, k, &eps1, &eps2);
-            for e in 0..rows {
-                let ws: Vec<f64> = (0..k).map(|s| w[s * rows + e]).collect();
-                total += neg_log_mean_exp(&ws);
+    for classes in [0usize, 3] {
+        let cfg = VaeConfig {
+            input_dim: 16,
+            hidden: vec![12],
+            latent: 4,
+            activation: Activation::Tanh,
+            likelihood: Likelihood::Bernoulli,
+            top: Some(TopLatent { latent: 2, hidden: 8 }),
+            classes,
+            ..Default::default()
+        };
+        let n = 7;
+        let bytes: Vec<u8> = rand_vec(n * 16, 33, 0.0, 256.0)
+            .iter()
+            .map(|&v| v.min(255.0) as u8)
+            .collect();
+        let labels: Vec<u8> = if classes > 0 {
+            (0..n).map(|i| (i % classes) as u8).collect()
+        } else {
+            vec![]
+        };
+        let vae = Vae::new(g, cfg.clone(), 6).unwrap();
+        let eval = Evaluator::new(g, GpuDataset::upload(g, "test", &bytes, n, 16, labels.clone()).unwrap()).unwrap();
+        let params = to_f64(&vae.arena.read_params(g).unwrap());
+        let seed = 4u64;
+        for k in [1usize, 4, 1000] {
+            let got = eval.iw_nll(&vae, seed, k, false).unwrap();
+            let b = (5000 / k).clamp(1, n);
+            let mut total = 0.0;
+            for start in (0..n).step_by(b) {
+                let rows = b.min(n - start);
+                let x: Vec<f64> = bytes[start * 16..(start + rows) * 16]
+                    .iter()
+                    .map(|&v| v as f64 / 255.0)
+                    .collect();
+                let draw = |word: u32, i: usize| rng::normal(rng::device_seed(seed), 0, word, i as u32);
+                let eps1: Vec<f64> = (0..k)
+                    .flat_map(|s| (0..rows * 4).map(move |i| draw(rng::stream_word(rng::STREAM_EVAL, s as u32), i)))
+                    .collect();
+                let top_word = rng::stream_word(rng::STREAM_EVAL, vae_wgpu::ops::TOP_SAMPLE_BASE);
+                let eps2: Vec<f64> = (0..k * rows * 2).map(|i| draw(top_word, i)).collect();
+                let y = (classes > 0).then(|| &labels[start..start + rows]);
+                let w = reference::hier_log_weights(&cfg, &params, &x, y, rows, k, &eps1, &eps2);
+                for e in 0..rows {
+                    let ws: Vec<f64> = (0..k).map(|s| w[s * rows + e]).collect();
+                    total += neg_log_mean_exp(&ws);
+                }
             }
+            let want = total / n as f64;
+            assert!(
+                (got - want).abs() <= 1e-5 * want.abs() + 1e-5,
+                "{classes} classes, K = {k}: IW estimate {got} vs f64 reference {want}"
+            );
         }
-        let want = total / n as f64;
-        assert!(
-            (got - want).abs() <= 1e-5 * want.abs() + 1e-5,
-            "K = {k}: IW estimate {got} vs f64 reference {want}"
-        );
     }
 }

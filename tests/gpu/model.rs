@@ -958,15 +958,17 @@ fn top_eps(sp: &StepParams, b: usize, z2: usize) -> Vec<f64> {
 /// recon + β·kl written from the model's definition (`reference::hier_losses`), and the metric
 /// row against its terms. The step runs for 5 examples in a workspace for 8 that a full step
 /// filled first, so the upper KL terms' place in the per-example buffer is checked too; the
-/// third case draws L = 2 samples of (z₁, z₂) per example.
+/// third case draws L = 2 samples of (z₁, z₂) per example, the fourth is conditional on 3
+/// classes (the one-hot in every network's input, z₂'s rows included).
 #[test]
 fn hierarchical_vae_gradients_match_finite_differences() {
     let cases = [
-        (Activation::Tanh, Likelihood::Bernoulli, 1),
-        (Activation::Relu, Likelihood::Gaussian { variance: 0.5 }, 1),
-        (Activation::Tanh, Likelihood::Bernoulli, 2),
+        (Activation::Tanh, Likelihood::Bernoulli, 1, 0),
+        (Activation::Relu, Likelihood::Gaussian { variance: 0.5 }, 1, 0),
+        (Activation::Tanh, Likelihood::Bernoulli, 2, 0),
+        (Activation::Tanh, Likelihood::Bernoulli, 2, 3),
     ];
-    for (activation, likelihood, l) in cases {
+    for (activation, likelihood, l, classes) in cases {
         let g = gpu();
         let cfg = VaeConfig {
             input_dim: 8,
@@ -975,9 +977,10 @@ fn hierarchical_vae_gradients_match_finite_differences() {
             activation,
             likelihood,
             top: Some(TopLatent { latent: 2, hidden: 8 }),
+            classes,
             ..Default::default()
         };
-        let what = format!("hierarchical {activation:?} {likelihood:?} L = {l}");
+        let what = format!("hierarchical {activation:?} {likelihood:?} L = {l}, {classes} classes");
         let vae = Vae::new(g, cfg.clone(), 31).unwrap();
         let names = slot_names(&vae);
         let data = Data::new(g, 16, cfg.input_dim, 32);
@@ -1001,9 +1004,11 @@ fn hierarchical_vae_gradients_match_finite_differences() {
 
         let params = to_f64(&res.params_before);
         let x = data.batch_x(3, b);
+        let labels = data.batch_labels(3, b);
+        let y = (classes > 0).then_some(&labels[..]);
         let eps1 = step_eps(&sp(3, 6), l, b, cfg.latent);
         let eps2 = top_eps(&sp(3, 6), l * b, 2);
-        let (recon, kl) = reference::hier_losses(&cfg, &params, &x, b, l, &eps1, &eps2);
+        let (recon, kl) = reference::hier_losses(&cfg, &params, &x, y, b, l, &eps1, &eps2);
         for (k, want) in [recon, kl].into_iter().enumerate() {
             let got = res.totals[k];
             assert!(
@@ -1013,7 +1018,7 @@ fn hierarchical_vae_gradients_match_finite_differences() {
         }
         // Central differences of recon + β·kl, each parameter in turn.
         let objective = |p: &[Vec<f64>]| {
-            let (r, k) = reference::hier_losses(&cfg, p, &x, b, l, &eps1, &eps2);
+            let (r, k) = reference::hier_losses(&cfg, p, &x, y, b, l, &eps1, &eps2);
             r + beta as f64 * k
         };
         let h = 1e-6;

@@ -105,16 +105,23 @@ pub fn top_layers(cfg: &VaeConfig) -> Vec<Dense> {
         act,
     };
     vec![
-        dense("top.up.0", cfg.latent, t.hidden, cfg.activation),
+        // A conditional model's networks read [z₁ | one-hot | 0…] and [z₂ | one-hot | 0…].
+        dense("top.up.0", cfg.dec_input_dim(), t.hidden, cfg.activation),
         dense("top.up.head", t.hidden, 2 * t.latent, Activation::Identity),
-        // z₂ zero-padded to a multiple of 4 columns, as the model stores it.
-        dense("top.prior.0", t.latent.div_ceil(4) * 4, t.hidden, cfg.activation),
+        // z₂ (and the one-hot) zero-padded to a multiple of 4 columns, as the model stores it.
+        dense(
+            "top.prior.0",
+            (t.latent + cfg.classes).div_ceil(4) * 4,
+            t.hidden,
+            cfg.activation,
+        ),
         dense("top.prior.head", t.hidden, 2 * cfg.latent, Activation::Identity),
     ]
 }
 
 /// A hierarchical VAE's forward pass for `b` examples `x` [B, D] and K draws, in f64: `eps1`
-/// [K, B, Z] draws z₁ = μ₁ + σ₁ε (row s·B + e), `eps2` [K·B, Z₂] draws z₂ for each z₁.
+/// [K, B, Z] draws z₁ = μ₁ + σ₁ε (row s·B + e), `eps2` [K·B, Z₂] draws z₂ for each z₁. A
+/// conditional model takes the examples' `labels` [B]: every network's input gets the one-hot.
 pub struct HierForward {
     /// Rows of each draw: K·B.
     pub rows: usize,
@@ -140,10 +147,12 @@ pub struct HierForward {
 
 /// Runs [`HierForward`]: the encoder, z₁, the decoder, q(z₂|z₁), z₂ and p(z₁|z₂), written from
 /// the model's definition (dense layers in arena order after every other slot).
+#[allow(clippy::too_many_arguments)]
 pub fn hier_forward(
     cfg: &VaeConfig,
     params: &[Vec<f64>],
     x: &[f64],
+    labels: Option<&[u8]>,
     b: usize,
     k: usize,
     eps1: &[f64],
@@ -173,23 +182,34 @@ pub fn hier_forward(
         }
         (mu, lv, z)
     };
-    let mut h = x.to_vec();
+    // [v | one-hot(y) | 0…] for a conditional model, v zero-padded to `width` otherwise.
+    let labelled = |v: &[f64], dim: usize, width: usize| match labels {
+        Some(y) => with_one_hot(v, dim, y, width),
+        None => zero_padded(v, dim, width),
+    };
+    assert_eq!(
+        labels.is_some(),
+        cfg.classes > 0,
+        "labels exactly for a conditional model"
+    );
+    let mut h = labelled(x, cfg.input_dim, cfg.enc_input_dim());
     for (j, layer) in ls.iter().enumerate().take(m + 1) {
         let (w, bias) = p(2 * j);
         h = dense_forward(layer, &h, b, w, bias).1;
     }
     let (mu1, lv1, z1) = gaussian(&h, zd, eps1);
-    let mut out = z1.clone();
+    let z1_in = labelled(&z1, zd, cfg.dec_input_dim());
+    let mut out = z1_in.clone();
     for (j, layer) in ls.iter().enumerate().skip(m + 1) {
         let (w, bias) = p(2 * j);
         out = dense_forward(layer, &out, rows, w, bias).1;
     }
     let (w, bias) = p(top_slot);
-    let uh = dense_forward(&tl[0], &z1, rows, w, bias).1;
+    let uh = dense_forward(&tl[0], &z1_in, rows, w, bias).1;
     let (w, bias) = p(top_slot + 2);
     let q2 = dense_forward(&tl[1], &uh, rows, w, bias).1;
     let (mu2, lv2, z2) = gaussian(&q2, z2d, eps2);
-    let z2_padded = zero_padded(&z2, z2d, tl[2].inputs);
+    let z2_padded = labelled(&z2, z2d, tl[2].inputs);
     let (w, bias) = p(top_slot + 4);
     let ph = dense_forward(&tl[2], &z2_padded, rows, w, bias).1;
     let (w, bias) = p(top_slot + 6);
@@ -220,16 +240,18 @@ pub fn hier_forward(
 /// recon = −Σ log p(x|z₁); kl = Σ [E_q log q(z₁|x) − log p(z₁|z₂)] plus Σ KL(q(z₂|z₁) ‖ N(0, I)),
 /// the first with q's entropy in closed form and the conditional prior at the drawn z₁, z₂.
 /// The trained objective is recon + β·kl; its gradient is checked by finite differences.
+#[allow(clippy::too_many_arguments)]
 pub fn hier_losses(
     cfg: &VaeConfig,
     params: &[Vec<f64>],
     x: &[f64],
+    labels: Option<&[u8]>,
     b: usize,
     k: usize,
     eps1: &[f64],
     eps2: &[f64],
 ) -> (f64, f64) {
-    let f = hier_forward(cfg, params, x, b, k, eps1, eps2);
+    let f = hier_forward(cfg, params, x, labels, b, k, eps1, eps2);
     let d = cfg.input_dim;
     let recon: f64 = (0..f.rows)
         .map(|r| {
@@ -907,16 +929,18 @@ pub fn adam_step(cfg: &AdamConfig, t: u64, params: &mut [Vec<f64>], grads: &[Vec
 /// [`hier_forward`]): weight (s, e) = log p(x|z₁) + log N(z₁; μₚ, σₚ²) + log N(z₂; 0, I)
 /// − log N(z₁; μ₁, σ₁²) − log N(z₂; μ₂, σ₂²), each density written out in full. Returned
 /// [K·B], row s·B + e.
+#[allow(clippy::too_many_arguments)]
 pub fn hier_log_weights(
     cfg: &VaeConfig,
     params: &[Vec<f64>],
     x: &[f64],
+    labels: Option<&[u8]>,
     b: usize,
     k: usize,
     eps1: &[f64],
     eps2: &[f64],
 ) -> Vec<f64> {
-    let f = hier_forward(cfg, params, x, b, k, eps1, eps2);
+    let f = hier_forward(cfg, params, x, labels, b, k, eps1, eps2);
     let (d, zd) = (cfg.input_dim, cfg.latent);
     let z2d = f.z2.len() / f.rows;
     let log_normal = |v: f64, mu: f64, lv: f64| -0.5 * (std::f64::consts::TAU.ln() + lv + (v - mu).powi(2) / lv.exp());

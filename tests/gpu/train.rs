@@ -926,7 +926,7 @@ fn hierarchical_vae_trains_checkpoints_and_samples() {
 
     // Samples: z₂ as prior_samples draws it, then the network and z₁ = μₚ + σₚ·ε in f64.
     let (n, t) = (5, 0.8f32);
-    let z1 = prior_latents(g, &vae, 11, n, t).unwrap();
+    let z1 = prior_latents(g, &vae, 11, n, t, None).unwrap();
     let z2: Vec<f64> = prior_samples(11, n, 4, t).iter().map(|&v| v as f64).collect();
     let p = |name: &str| params[slot(name)].iter().map(|&v| v as f64).collect::<Vec<f64>>();
     let tl = reference::top_layers(&cfg);
@@ -943,4 +943,91 @@ fn hierarchical_vae_trains_checkpoints_and_samples() {
             z1[i]
         );
     }
+}
+
+/// A conditional hierarchical VAE: q(z₂|z₁, y) and p(z₁|z₂, y) read the one-hot after z₁ and
+/// z₂. It takes 34 dispatches a step (two class conditionings: x and z₁, then z₂), trains, its
+/// checkpoint keeps the one-hot and padding columns of both networks' first layers and
+/// round-trips, and `prior_latents` with labels draws z₁ from p(z₁|z₂, y) as an f64 replay of
+/// that network computes it; labels are required for it and refused for an unconditional one.
+#[test]
+fn conditional_hierarchical_vae_trains_and_samples_by_class() {
+    let g = gpu();
+    let cfg = VaeConfig {
+        hidden: vec![64],
+        latent: 8,
+        classes: 10,
+        top: Some(TopLatent { latent: 4, hidden: 16 }),
+        ..Default::default()
+    };
+    // [z₁ | one-hot] is 18 wide, padded to 20; [z₂ | one-hot] 14, padded to 16.
+    assert_eq!((cfg.dec_input_dim(), cfg.top_input_dim()), (20, 16));
+    let vae = Vae::new(g, cfg.clone(), 5).unwrap();
+    assert_eq!(vae.num_params(), cfg.num_params());
+    let tc = TrainConfig {
+        batch_size: 64,
+        ..Default::default()
+    };
+    let mut tr = Trainer::new(g, &vae, mnist_subset(g, 300), tc).unwrap();
+    assert_eq!(tr.dispatches_per_step(), 34);
+    let reports: Vec<_> = (0..6).map(|_| tr.train_epoch(|_, _| {}).unwrap().train).collect();
+    assert!(
+        reports[5].loss < reports[0].loss - 100.0 && reports[5].kl > 0.0,
+        "loss did not fall: {:?} -> {:?}",
+        reports[0],
+        reports[5]
+    );
+    let eval = Evaluator::new(g, mnist_subset(g, 100)).unwrap();
+    let stats = eval.elbo(&vae, 1, false).unwrap();
+    let iw = eval.iw_nll(&vae, 1, 50, false).unwrap();
+    assert!(iw < stats.loss, "IW bound {iw} vs -ELBO {}", stats.loss);
+
+    let dir = std::env::temp_dir().join(format!("vae-wgpu-chier-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("chier.safetensors");
+    vae.save(g, &path, &[]).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("q_z2.0.weight").unwrap().shape(), &[16, 20]);
+    assert_eq!(st.tensor("p_z1.0.weight").unwrap().shape(), &[16, 16]);
+    let back = Vae::load(g, &path).unwrap();
+    assert_eq!(back.config, cfg);
+    let params = vae.arena.read_params(g).unwrap();
+    assert_eq!(back.arena.read_params(g).unwrap(), params);
+    std::fs::remove_dir_all(&dir).ok();
+
+    // Samples for classes 3, 7, 7, 0: z₂ as prior_samples draws it, the one-hot after it.
+    let labels = [3u8, 7, 7, 0];
+    let (n, t) = (labels.len(), 0.8f32);
+    let z1 = prior_latents(g, &vae, 11, n, t, Some(&labels)).unwrap();
+    let z2: Vec<f64> = prior_samples(11, n, 4, t).iter().map(|&v| v as f64).collect();
+    let slot = |name: &str| vae.arena.layout.slots().iter().position(|s| s.name == name).unwrap();
+    let p = |name: &str| params[slot(name)].iter().map(|&v| v as f64).collect::<Vec<f64>>();
+    let tl = reference::top_layers(&cfg);
+    let z2_in = reference::with_one_hot(&z2, 4, &labels, 16);
+    let h = reference::dense_forward(&tl[2], &z2_in, n, &p("top.prior.0.weight"), &p("top.prior.0.bias")).1;
+    let p1 = reference::dense_forward(&tl[3], &h, n, &p("top.prior.head.weight"), &p("top.prior.head.bias")).1;
+    let word = rng::stream_word(rng::STREAM_SAMPLE, 1);
+    for i in 0..n * 8 {
+        let (e, j) = (i / 8, i % 8);
+        let eps = rng::normal(rng::device_seed(11), 0, word, i as u32) * t as f64;
+        let want = p1[e * 16 + j] + (0.5 * p1[e * 16 + 8 + j]).exp() * eps;
+        assert!(
+            (z1[i] as f64 - want).abs() < 1e-4 * (1.0 + want.abs()),
+            "z1[{i}]: {} want {want}",
+            z1[i]
+        );
+    }
+    // The same z₂ and noise under another label give another z₁ (the prior reads the label).
+    let other = prior_latents(g, &vae, 11, n, t, Some(&[4, 7, 2, 1])).unwrap();
+    assert!(other[..8] != z1[..8] && other[8..16] == z1[8..16]);
+    assert!(matches!(
+        prior_latents(g, &vae, 11, n, t, None),
+        Err(vae_wgpu::VaeError::Config(_))
+    ));
+    let flat = Vae::new(g, VaeConfig { classes: 0, ..cfg }, 5).unwrap();
+    assert!(matches!(
+        prior_latents(g, &flat, 11, n, t, Some(&labels)),
+        Err(vae_wgpu::VaeError::Config(_))
+    ));
 }
