@@ -22,6 +22,6 @@ pub use mirror::{mirror_texture, mirrored, refresh_mirror, TEX_W};
 pub use reduce::{colsum, read_log_totals, sum_segments, Segment};
 pub use reparam::{
     hier_kl, reparam_kl_backward, reparam_kl_backward_at, reparam_kl_forward, reparam_kl_forward_at, sample_backward,
-    sample_forward, LOGVAR_MAX, LOGVAR_MIN, TOP_SAMPLE_BASE,
+    sample_forward, LOGVAR_MAX, LOGVAR_MIN, MAX_SAMPLES, TOP_SAMPLE_BASE,
 };
 pub use step::{StepBuffer, StepParams};

@@ -15,6 +15,11 @@ pub const LOGVAR_MAX: f32 = 20.0;
 /// its draws never repeat the lower layer's, which use offsets from 0 (one per sample).
 pub const TOP_SAMPLE_BASE: u32 = 1 << 15;
 
+/// Most Monte Carlo or importance samples per example: the sample index shares a 16-bit field
+/// of ε's key with [`TOP_SAMPLE_BASE`], so more would repeat z₂'s draws (and past 2¹⁶ run
+/// into the stream's bits).
+pub const MAX_SAMPLES: usize = TOP_SAMPLE_BASE as usize;
+
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct ReparamParams {
@@ -48,9 +53,9 @@ fn check(label: &str, enc: &Tensor, z: &Tensor, samples: usize) -> Result<(usize
         )));
     };
     let ok = matches!(z.shape(), [r, w] if *r == samples * b && *w >= z2 / 2);
-    if z2 % 2 != 0 || samples == 0 || !ok {
+    if z2 % 2 != 0 || samples == 0 || samples > MAX_SAMPLES || !ok {
         return Err(VaeError::Shape(format!(
-            "{label}: encoder output {:?} = [B, 2Z] needs z of [L·B, Z' ≥ Z] = [{}, {}+] with L = {samples} >= 1; got {:?}",
+            "{label}: encoder output {:?} = [B, 2Z] needs z of [L·B, Z' ≥ Z] = [{}, {}+] with 1 <= L = {samples} <= {MAX_SAMPLES}; got {:?}",
             enc.shape(),
             samples * b,
             z2 / 2,

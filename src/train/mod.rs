@@ -140,6 +140,13 @@ impl<'g> Trainer<'g> {
                 "batch size and Monte Carlo samples must be at least 1".into(),
             ));
         }
+        if config.mc_samples > ops::MAX_SAMPLES {
+            return Err(VaeError::Config(format!(
+                "at most {} Monte Carlo samples per example (the random key's sample field), got {}",
+                ops::MAX_SAMPLES,
+                config.mc_samples
+            )));
+        }
         if !(config.beta >= 0.0 && config.beta.is_finite()) {
             return Err(VaeError::Config(format!(
                 "the KL weight beta must be a finite number >= 0, got {}",
@@ -468,8 +475,11 @@ impl<'g> Evaluator<'g> {
     /// hierarchical VAE each draw is of (z₁, z₂) and its weight
     /// p(x|z₁) p(z₁|z₂) p(z₂) / (q(z₁|x) q(z₂|z₁)).
     pub fn iw_nll(&self, vae: &Vae, seed: u64, k: usize, binarize: bool) -> Result<f64> {
-        if k == 0 {
-            return Err(VaeError::Config("--eval-iw needs K >= 1".into()));
+        if k == 0 || k > ops::MAX_SAMPLES {
+            return Err(VaeError::Config(format!(
+                "--eval-iw needs 1 <= K <= {} (the random key's sample field), got {k}",
+                ops::MAX_SAMPLES
+            )));
         }
         if !vae.config.is_vae() {
             return Err(VaeError::Config(

@@ -115,6 +115,8 @@ fn iw_bound_matches_the_reference_for_one_and_many_samples() {
     let params = to_f64(&vae.arena.read_params(g).unwrap());
     let seed = 9u64;
     assert!(eval.iw_nll(&vae, seed, 0, false).is_err(), "K = 0 must be refused");
+    // Past 2^15 draws the sample index would reach z₂'s keys (and the stream's bits).
+    assert!(eval.iw_nll(&vae, seed, vae_wgpu::ops::MAX_SAMPLES + 1, false).is_err());
     for k in [1usize, 3, 1000] {
         let got = eval.iw_nll(&vae, seed, k, false).unwrap();
         let want = iw_reference(&cfg, &params, &bytes, n, seed, k);

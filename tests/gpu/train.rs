@@ -889,6 +889,15 @@ fn hierarchical_vae_trains_checkpoints_and_samples() {
     let iw = eval.iw_nll(&vae, 1, 50, false).unwrap();
     assert!(iw < stats.loss, "IW bound {iw} vs -ELBO {}", stats.loss);
     // Two draws per example train through the same plan (gradients checked in model.rs).
+    // Past 2^15 draws z₁'s sample index would reach z₂'s keys: refused.
+    let too_many = TrainConfig {
+        mc_samples: vae_wgpu::ops::MAX_SAMPLES + 1,
+        ..tc.clone()
+    };
+    assert!(matches!(
+        Trainer::new(g, &vae, mnist_subset(g, 64), too_many),
+        Err(vae_wgpu::VaeError::Config(_))
+    ));
     let two = TrainConfig { mc_samples: 2, ..tc };
     let mut tr2 = Trainer::new(g, &vae, mnist_subset(g, 64), two).unwrap();
     assert_eq!(tr2.dispatches_per_step(), 32);
