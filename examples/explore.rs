@@ -177,7 +177,7 @@ fn run(args: Args) -> Result<()> {
             dataset.name()
         );
     }
-    if cfg.top.is_some() {
+    if !cfg.top.is_empty() {
         hierarchy_figure(&gpu, &vae, seed, 8, 8, 1.0)?.write(&args.out.join("hierarchy.png"), side)?;
         wrote.push("hierarchy.png");
     }
@@ -196,7 +196,7 @@ fn run(args: Args) -> Result<()> {
         write_scatter_png(&args.out.join("latent_scatter.png"), &points, &labels, 600)?;
         wrote.push("latent_scatter.png");
         // The quantiles of N(0, I) map z's prior only without a second stochastic layer.
-        if cfg.is_vae() && cfg.top.is_none() {
+        if cfg.is_vae() && cfg.top.is_empty() {
             manifold_figure(&gpu, &vae, 20, 0)?.write(&args.out.join("manifold.png"), side)?;
             wrote.push("manifold.png");
         }

@@ -49,9 +49,10 @@ USAGE: cargo run --release --example train_mnist -- [FLAGS]
   --vq-ema G              with --vq: train the codebook by exponential moving averages of the
                           vectors assigned to each entry (decay G, e.g. 0.99) instead of by
                           its gradient (the codebook term then only reported)
-  --top Z2:H2             hierarchical VAE: a second stochastic layer z2 (Z2 dimensions) above
+  --top Z2:H2[,Z3:H3...]  hierarchical VAE: a second stochastic layer z2 (Z2 dimensions) above
                           z, with q(z2|z) and the learned prior p(z|z2) each one hidden layer
-                          of H2 units (with --conditional both also take the label)
+                          of H2 units; more layers z3, ... stack the same way above z2, up to 8
+                          (with --conditional every such network also takes the label)
   --denoise P             denoising: zero each input pixel with probability P in training
                           (0 <= P < 1); the target stays the clean image
   --dataset D             mnist | fashion-mnist | binarized-mnist (default mnist); binarized
@@ -301,7 +302,7 @@ fn parse_args() -> Result<Option<Args>> {
             "--l1 and --contractive penalise an autoencoder's code; add --autoencoder".into(),
         ));
     }
-    if a.model.top.is_some() && (a.autoencoder || a.vq.is_some()) {
+    if !a.model.top.is_empty() && (a.autoencoder || a.vq.is_some()) {
         return Err(VaeError::Config(
             "--autoencoder/--vq is not available with --top: the hierarchical VAE has Gaussian codes and a prior"
                 .into(),

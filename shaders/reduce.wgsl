@@ -44,7 +44,7 @@ struct Segment {
 }
 
 struct SegmentParams {
-    segments: array<Segment, 4>,
+    segments: array<Segment, 10>,  // MAX_SEGMENTS in src/ops/reduce.rs
     slots: u32,
     count: u32,     // segments in use
     _pad1: u32,

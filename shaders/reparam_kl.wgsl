@@ -10,7 +10,8 @@
 // backward: with dz summed over the L samples,
 //           dμ = Σ_s dz + β·μ ;  dlv = ½ Σ_s dz·ε·σ + ½·β·(σ² − 1)   (0 where lv was clamped)
 // ε is drawn again in backward instead of being stored: the RNG is a pure function of its key.
-// A hierarchical VAE's upper layer draws with sample_base 2^15, so its ε never repeats z₁'s.
+// A hierarchical VAE's upper layer i draws with sample_base 2^15 + i (one draw per row of the
+// layer below, sample 0), so its ε never repeats z₁'s or another layer's.
 // One invocation per (b, j): B·Z is small, and one lane per example would leave all but a
 // couple of workgroups (CPU threads, on lavapipe) idle. z rows may be wider than Z (z_stride):
 // a conditional decoder's input carries the one-hot label after the code.
@@ -34,7 +35,7 @@ var<private> P: ReparamParams;
 var<private> S: Step;
 @group(0) @binding(2) var<storage, read> enc: array<f32>;          // [B, 2Z]
 @group(0) @binding(3) var<storage, read_write> z: array<f32>;      // forward: [L·B, Z'] out; backward: dz in
-@group(0) @binding(4) var<storage, read_write> kl: array<f32>;     // forward: [B, Z] out
+@group(0) @binding(4) var<storage, read_write> kl: array<f32>;     // forward: [B, Z] out (hier_kl: [L·B, Z])
 @group(0) @binding(5) var<storage, read_write> denc: array<f32>;   // backward: [B, 2Z] out
 @group(0) @binding(6) var<storage, read_write> log_ratio: array<f32>; // forward, LOG_RATIO: [L·B, Z]
 
@@ -99,19 +100,20 @@ fn reparam_kl_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 // ---- a hierarchical VAE's lower layer: z₁ ~ q(z₁|x) = N(μ, σ²), prior p(z₁|z₂) = N(μₚ, σₚ²) ----
 // The ladder VAE's form of the lower KL term: the entropy of q in closed form, the cross
-// entropy with the conditional prior by the one sample of z₁ (and of z₂ inside μₚ, σₚ):
+// entropy with the conditional prior at each draw of z₁ (and of z₂ inside μₚ, σₚ):
 //   t = E_q[log q(z₁|x)] − log p(z₁|z₂) = ½(lvₚ − 1 − lv + (z₁ − μₚ)²·e^(−lvₚ))   (2π cancels)
-// hier_kl writes t into kl and, weighted by β, its gradients: dz₁ (into dz_kl) and
+// hier_kl writes t into kl and, weighted by β·kl_scale, its gradients: dz₁ (into dz_kl) and
 // [dμₚ | d lvₚ] (into dprior, 0 where lvₚ was clamped). sample_backward then adds the
 // decoder's, the upper encoder's and this term's dz₁, and ∂t/∂lv = −½ (the entropy).
 // hier_kl runs over the L·B rows r = s·B + b of z₁ (example b's q from enc row b); with
 // LOG_RATIO it also writes log p(z₁|z₂) − log q(z₁|x) = ½(lv + ε² − lvₚ − (z₁ − μₚ)²e^(−lvₚ))
 // per element, for importance weights. Each row's gradients are weighted by β·kl_scale (1/L:
-// the terms are averaged over the L draws, as the NLL is).
-@group(0) @binding(7) var<storage, read> prior: array<f32>;          // [B, 2Z]: μₚ | log σₚ²
-@group(0) @binding(8) var<storage, read_write> dprior: array<f32>;   // [B, 2Z]
+// the terms are averaged over the L draws, as the NLL is). A layer z_k below the top of a deeper
+// hierarchy is the same with q(z_k|z_{k−1})'s rows as enc (one draw per row).
+@group(0) @binding(7) var<storage, read> prior: array<f32>;          // [L·B, 2Z]: μₚ | log σₚ²
+@group(0) @binding(8) var<storage, read_write> dprior: array<f32>;   // [L·B, 2Z]
 @group(0) @binding(9) var<storage, read> dz_up: array<f32>;          // [L·B, Z']: from q(z₂|z₁)'s net
-@group(0) @binding(10) var<storage, read_write> dz_kl: array<f32>;   // [B, Z]
+@group(0) @binding(10) var<storage, read_write> dz_kl: array<f32>;   // [L·B, Z]
 
 @compute @workgroup_size(64)
 fn hier_kl(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -155,7 +157,8 @@ fn sample_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     let lv = clamp(raw, P.lv_min, P.lv_max);
     let sigma = exp(0.5 * lv);
     // Each draw s of z₁ (row s·B + b) takes the three gradients; the entropy's −½ per draw,
-    // weighted 1/L, adds up to −½β.
+    // weighted 1/L, adds up to −½β (kl_scale 1). A layer above z₁ has one draw per row, each
+    // weighted 1/L: kl_scale 1/L.
     var g_sum = 0.0;
     var g_eps = 0.0;
     for (var s = 0u; s < P.samples; s++) {
@@ -166,5 +169,5 @@ fn sample_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     denc[b * 2u * zd + j] = g_sum;
     let inside = raw >= P.lv_min && raw <= P.lv_max;
-    denc[b * 2u * zd + zd + j] = select(0.0, 0.5 * g_eps * sigma - 0.5 * S.kl_beta, inside);
+    denc[b * 2u * zd + zd + j] = select(0.0, 0.5 * g_eps * sigma - 0.5 * S.kl_beta * P.kl_scale, inside);
 }

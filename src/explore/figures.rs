@@ -166,12 +166,13 @@ pub fn manifold_figure(gpu: &Gpu, vae: &Vae, n: usize, label: u8) -> Result<Figu
     })
 }
 
-/// A hierarchical VAE's two layers apart: row r decodes `cols` draws of z₁ from p(z₁|z₂) for
-/// one draw of z₂ (row r of [`prior_samples`]), so a row shows what z₂ holds fixed and its
-/// columns what z₁ adds; a conditional model gives row r the class r mod classes. All noise
-/// is scaled by `temperature`.
+/// A hierarchical VAE's layers apart: row r decodes `cols` draws of the layers below the
+/// top for one draw of the topmost layer (row r of [`prior_samples`]; z₂ with two layers), so
+/// a row shows what the top holds fixed and its columns what the layers below add; a
+/// conditional model gives row r the class r mod classes. All noise is scaled by
+/// `temperature`.
 pub fn hierarchy_figure(gpu: &Gpu, vae: &Vae, seed: u64, rows: usize, cols: usize, temperature: f32) -> Result<Figure> {
-    let Some(t) = vae.config.top else {
+    let Some(t) = vae.config.top.last() else {
         return Err(VaeError::Config(
             "a hierarchy picture needs a hierarchical VAE (--top)".into(),
         ));

@@ -35,12 +35,13 @@ pub enum Code {
     },
 }
 
-/// The upper stochastic layer of a two-layer hierarchical VAE (Burda et al. 2016's two
-/// stochastic layers, with the lower layer's posterior term computed as in the ladder VAE):
-/// q(z₂|z₁) = N(μ₂, σ₂²) from an MLP on z₁, the prior p(z₂) = N(0, I), and the learned
-/// conditional prior p(z₁|z₂) = N(μₚ, σₚ²) from an MLP on z₂, which replaces N(0, I) as z₁'s
-/// prior. Each MLP has one hidden layer of `hidden` units with the model's activation. In a
-/// conditional model both MLPs also take the one-hot label: q(z₂|z₁, y) and p(z₁|z₂, y).
+/// One upper stochastic layer of a hierarchical VAE (Burda et al. 2016's stochastic layers,
+/// each lower layer's posterior term computed as in the ladder VAE). For z₂ above z₁:
+/// q(z₂|z₁) = N(μ₂, σ₂²) from an MLP on z₁, and the learned conditional prior
+/// p(z₁|z₂) = N(μₚ, σₚ²) from an MLP on z₂, which replaces N(0, I) as z₁'s prior; the topmost
+/// layer's prior is N(0, I). A layer z₃ above z₂ adds q(z₃|z₂) and p(z₂|z₃) the same way, and
+/// so on. Each MLP has one hidden layer of `hidden` units with the model's activation. In a
+/// conditional model every such MLP also takes the one-hot label: q(z₂|z₁, y), p(z₁|z₂, y).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TopLatent {
     /// Dimensions of z₂ (even).
@@ -79,8 +80,9 @@ pub struct VaeConfig {
     pub classes: usize,
     /// The code: a Gaussian posterior (the VAE) or a deterministic code (an autoencoder).
     pub code: Code,
-    /// A second stochastic layer above z (a hierarchical VAE), or None.
-    pub top: Option<TopLatent>,
+    /// The stochastic layers above z (a hierarchical VAE), lowest first: `top[0]` is z₂ above
+    /// z₁ = z, `top[1]` z₃ above z₂, … Empty: one stochastic layer.
+    pub top: Vec<TopLatent>,
 }
 
 impl Default for VaeConfig {
@@ -93,7 +95,7 @@ impl Default for VaeConfig {
             likelihood: Likelihood::Bernoulli,
             classes: 0,
             code: Code::Gaussian,
-            top: None,
+            top: Vec::new(),
         }
     }
 }
@@ -117,10 +119,29 @@ impl VaeConfig {
         }
     }
 
-    /// Width of the rows of z₂ that p(z₁|z₂)'s network reads: z₂, then (conditional) the
-    /// one-hot, zero-padded to a multiple of 4 (0 without a second stochastic layer).
-    pub fn top_input_dim(&self) -> usize {
-        self.top.map_or(0, |t| (t.latent + self.classes).div_ceil(4) * 4)
+    /// Width of the rows of upper layer `i` (z_{i+2}) as the networks read them: its draws,
+    /// then (conditional) the one-hot, zero-padded to a multiple of 4.
+    pub fn top_input_dim(&self, i: usize) -> usize {
+        (self.top[i].latent + self.classes).div_ceil(4) * 4
+    }
+
+    /// Width of the rows below upper layer `i`, the input of its q network: z₁'s rows (the
+    /// decoder's input) for i = 0, else upper layer i − 1's.
+    pub fn top_below_dim(&self, i: usize) -> usize {
+        if i == 0 {
+            self.dec_input_dim()
+        } else {
+            self.top_input_dim(i - 1)
+        }
+    }
+
+    /// Size of the latent below upper layer `i`: Z for i = 0, else upper layer i − 1's.
+    pub fn top_below_latent(&self, i: usize) -> usize {
+        if i == 0 {
+            self.latent
+        } else {
+            self.top[i - 1].latent
+        }
     }
 
     /// Width of the encoder head's output: [μ | log σ²] (2·Z) for a VAE, the code (Z) for an
@@ -188,17 +209,25 @@ impl VaeConfig {
                 self.latent
             )));
         }
-        if let Some(t) = self.top {
-            if !self.is_vae() {
-                return Err(VaeError::Config(
-                    "a second stochastic layer needs a VAE (a Gaussian code), not an autoencoder or a VQ-VAE".into(),
-                ));
-            }
+        if !self.top.is_empty() && !self.is_vae() {
+            return Err(VaeError::Config(
+                "upper stochastic layers need a VAE (a Gaussian code), not an autoencoder or a VQ-VAE".into(),
+            ));
+        }
+        if self.top.len() > MAX_TOP_LAYERS {
+            return Err(VaeError::Config(format!(
+                "at most {MAX_TOP_LAYERS} stochastic layers above z, got {}",
+                self.top.len()
+            )));
+        }
+        for (i, t) in self.top.iter().enumerate() {
             if t.latent == 0 || t.latent % 2 != 0 || t.hidden == 0 || t.hidden % 4 != 0 {
                 return Err(VaeError::Config(format!(
-                    "the second stochastic layer needs an even latent size and a hidden width that is a \
+                    "stochastic layer z{} needs an even latent size and a hidden width that is a \
                      positive multiple of 4, got {} and {}",
-                    t.latent, t.hidden
+                    i + 2,
+                    t.latent,
+                    t.hidden
                 )));
             }
         }
@@ -235,7 +264,7 @@ impl VaeConfig {
             ("likelihood".into(), lik),
             ("classes".into(), self.classes.to_string()),
             ("code".into(), code_name(self.code)),
-            ("top".into(), top_name(self.top)),
+            ("top".into(), top_name(&self.top)),
         ]
     }
 
@@ -269,7 +298,7 @@ impl VaeConfig {
             // Checkpoints from before autoencoders were added are VAEs.
             code: get("code").map_or(Ok(Code::Gaussian), parse_code)?,
             // Checkpoints from before hierarchical models have one stochastic layer.
-            top: get("top").map_or(Ok(None), parse_top)?,
+            top: get("top").map_or(Ok(Vec::new()), parse_top)?,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -292,41 +321,55 @@ impl VaeConfig {
         };
         // z₁ → h → [μ₂ | log σ₂²] and z₂ → h → [μₚ | log σₚ²], each input with the one-hot
         // and padding of a conditional model (the padding rows included, as for the decoder).
-        let top = self.top.map_or(0, |t| {
-            let dense = |i: usize, o: usize| i * o + o;
-            dense(self.dec_input_dim(), t.hidden)
-                + dense(t.hidden, 2 * t.latent)
-                + dense(self.top_input_dim(), t.hidden)
-                + dense(t.hidden, 2 * self.latent)
-        });
+        let top: usize = (0..self.top.len())
+            .map(|i| {
+                let (t, dense) = (self.top[i], |i: usize, o: usize| i * o + o);
+                dense(self.top_below_dim(i), t.hidden)
+                    + dense(t.hidden, 2 * t.latent)
+                    + dense(self.top_input_dim(i), t.hidden)
+                    + dense(t.hidden, 2 * self.top_below_latent(i))
+            })
+            .sum();
         enc + head + dec + codebook + top + self.likelihood.learned_log_c_len(self.input_dim).unwrap_or(0)
     }
 }
 
-/// The string form of a second stochastic layer, as [`parse_top`] reads it back: "none" or
-/// "Z2:H2" (its latent size and hidden width).
-pub fn top_name(t: Option<TopLatent>) -> String {
-    match t {
-        None => "none".into(),
-        Some(t) => format!("{}:{}", t.latent, t.hidden),
+/// Most stochastic layers above z: each has its own ε key base (see
+/// [`crate::ops::TOP_SAMPLE_BASE`]).
+pub const MAX_TOP_LAYERS: usize = 8;
+
+/// The string form of the upper stochastic layers, as [`parse_top`] reads it back: "none",
+/// or "Z2:H2" for each layer from z₂ up, comma-separated (latent size and hidden width).
+pub fn top_name(t: &[TopLatent]) -> String {
+    if t.is_empty() {
+        return "none".into();
     }
+    t.iter()
+        .map(|t| format!("{}:{}", t.latent, t.hidden))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
-/// Parses "none" or "Z2:H2" (see [`top_name`]); sizes are checked by [`VaeConfig::validate`].
-pub fn parse_top(s: &str) -> Result<Option<TopLatent>> {
+/// Parses "none" or "Z2:H2[,Z3:H3...]" (see [`top_name`]); sizes are checked by
+/// [`VaeConfig::validate`].
+pub fn parse_top(s: &str) -> Result<Vec<TopLatent>> {
     if s == "none" {
-        return Ok(None);
+        return Ok(Vec::new());
     }
     let bad = || {
         VaeError::Config(format!(
-            "second stochastic layer {s:?}: expected none or Z2:H2, e.g. 10:200"
+            "stochastic layers {s:?}: expected none or Z2:H2[,Z3:H3...] from z2 up, e.g. 10:200 or 16:200,8:100"
         ))
     };
-    let (z, h) = s.split_once(':').ok_or_else(bad)?;
-    Ok(Some(TopLatent {
-        latent: z.trim().parse().map_err(|_| bad())?,
-        hidden: h.trim().parse().map_err(|_| bad())?,
-    }))
+    s.split(',')
+        .map(|level| {
+            let (z, h) = level.split_once(':').ok_or_else(bad)?;
+            Ok(TopLatent {
+                latent: z.trim().parse().map_err(|_| bad())?,
+                hidden: h.trim().parse().map_err(|_| bad())?,
+            })
+        })
+        .collect()
 }
 
 /// The string form of a code, as [`parse_code`] reads it back: "gaussian",
@@ -616,10 +659,21 @@ mod tests {
                 ..Default::default()
             },
             VaeConfig {
-                top: Some(TopLatent {
+                top: vec![TopLatent {
                     latent: 10,
                     hidden: 200,
-                }),
+                }],
+                ..Default::default()
+            },
+            VaeConfig {
+                top: vec![
+                    TopLatent {
+                        latent: 16,
+                        hidden: 200,
+                    },
+                    TopLatent { latent: 6, hidden: 100 },
+                ],
+                classes: 10,
                 ..Default::default()
             },
         ];
@@ -637,8 +691,10 @@ mod tests {
         // Checkpoints from before hierarchical models have no "top": one stochastic layer.
         let mut old = VaeConfig::default().to_metadata();
         old.retain(|(k, _)| k != "top");
-        assert_eq!(VaeConfig::from_metadata(&old).unwrap().top, None);
-        for bad in ["10", "10:x", ":200", "a:b"] {
+        assert_eq!(VaeConfig::from_metadata(&old).unwrap().top, Vec::new());
+        assert_eq!(top_name(&cases_top()), "16:200,8:100");
+        assert_eq!(parse_top("16:200, 8:100").unwrap(), cases_top());
+        for bad in ["10", "10:x", ":200", "a:b", "10:200,", "10:200,4"] {
             let e = parse_top(bad).unwrap_err().to_string();
             assert!(e.contains("Z2:H2"), "{bad}: {e}");
         }
@@ -778,23 +834,32 @@ mod tests {
                 },
                 ..ok.clone()
             },
+            // Upper stochastic layers: at most MAX_TOP_LAYERS, each even, hidden a multiple of 4.
+            VaeConfig {
+                top: vec![TopLatent { latent: 4, hidden: 8 }; MAX_TOP_LAYERS + 1],
+                ..ok.clone()
+            },
+            VaeConfig {
+                top: vec![TopLatent { latent: 4, hidden: 8 }, TopLatent { latent: 5, hidden: 8 }],
+                ..ok.clone()
+            },
             // A second stochastic layer: a VAE, an even z₂, hidden a multiple of 4.
             VaeConfig {
-                top: Some(TopLatent { latent: 3, hidden: 200 }),
+                top: vec![TopLatent { latent: 3, hidden: 200 }],
                 ..ok.clone()
             },
             VaeConfig {
-                top: Some(TopLatent {
+                top: vec![TopLatent {
                     latent: 10,
                     hidden: 202,
-                }),
+                }],
                 ..ok.clone()
             },
             VaeConfig {
-                top: Some(TopLatent {
+                top: vec![TopLatent {
                     latent: 10,
                     hidden: 200,
-                }),
+                }],
                 code: Code::Deterministic {
                     l1: 0.0,
                     contractive: 0.0,
@@ -854,25 +919,49 @@ mod tests {
         // A second layer of 10 with 200 hidden units: 20·200 + 200 + 200·20 + 20 for
         // q(z₂|z₁), 12·200 + 200 + 200·40 + 40 for p(z₁|z₂) (z₂ padded to 12 columns).
         let top = VaeConfig {
-            top: Some(TopLatent {
+            top: vec![TopLatent {
                 latent: 10,
                 hidden: 200,
-            }),
+            }],
             ..Default::default()
         };
         assert_eq!(top.num_params(), 652_824 + 8_220 + 10_640);
         // Conditional on 10 classes: q(z₂|z₁, y) reads [z₁ | one-hot] padded to 32 columns and
         // p(z₁|z₂, y) [z₂ | one-hot] padded to 20, (32 − 20)·200 and (20 − 12)·200 more.
-        let cond = VaeConfig { classes: 10, ..top };
-        assert_eq!((cond.dec_input_dim(), cond.top_input_dim()), (32, 20));
+        let cond = VaeConfig {
+            classes: 10,
+            ..top.clone()
+        };
+        assert_eq!((cond.dec_input_dim(), cond.top_input_dim(0)), (32, 20));
         let flat_cond = VaeConfig {
-            top: None,
+            top: Vec::new(),
             ..cond.clone()
         };
         assert_eq!(
             cond.num_params(),
             flat_cond.num_params() + 8_220 + 10_640 + 12 * 200 + 8 * 200
         );
+        // A third layer z₃ of 4 with 100 hidden units above z₂ = 10: q(z₃|z₂) reads z₂'s
+        // rows (12 wide) and p(z₂|z₃) z₃'s (4 wide, no padding).
+        let three = VaeConfig {
+            top: vec![top.top[0], TopLatent { latent: 4, hidden: 100 }],
+            ..Default::default()
+        };
+        assert_eq!(three.top_below_dim(1), 12);
+        assert_eq!(
+            three.num_params(),
+            top.num_params() + (12 * 100 + 100) + (100 * 8 + 8) + (4 * 100 + 100) + (100 * 20 + 20)
+        );
         cond.validate().unwrap();
+    }
+
+    fn cases_top() -> Vec<TopLatent> {
+        vec![
+            TopLatent {
+                latent: 16,
+                hidden: 200,
+            },
+            TopLatent { latent: 8, hidden: 100 },
+        ]
     }
 }

@@ -6,7 +6,7 @@ pub mod vae;
 
 pub use config::{
     code_name, likelihood_name, parse_code, parse_hidden, parse_likelihood, parse_top, parse_variance, top_name, Code,
-    TopLatent, VaeConfig,
+    TopLatent, VaeConfig, MAX_TOP_LAYERS,
 };
 pub use plan::{
     plan_inputs, plan_step, BatchSource, ContractiveScratch, GpuDataset, TopGrads, TopWorkspace, VqEma, Workspace,

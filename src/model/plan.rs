@@ -107,26 +107,28 @@ pub struct VqEma {
     pub sums: Tensor,
 }
 
-/// A hierarchical VAE's second stochastic layer's activations, one row per draw of z₁ (L·B
-/// rows; see [`crate::model::TopLatent`]).
+/// One upper stochastic layer's activations in a hierarchical VAE, one row per draw of the
+/// layer below (L·B rows; see [`crate::model::TopLatent`]). Upper layer i holds z_{i+2}, the
+/// network q(z_{i+2}|z_{i+1}) and the conditional prior p(z_{i+1}|z_{i+2}) of the layer below;
+/// the comments name the i = 0 case, z₂ above z₁.
 pub struct TopWorkspace {
-    /// q(z₂|z₁)'s hidden layer, [B, H₂].
+    /// q(z₂|z₁)'s hidden layer, [L·B, H₂].
     pub up_hidden: Tensor,
-    /// [μ₂ | log σ₂²], [B, 2Z₂].
-    pub q2: Tensor,
+    /// [μ₂ | log σ₂²], [L·B, 2Z₂].
+    pub q: Tensor,
     /// The draws of z₂, [L·B, Z₂'] (then a conditional model's one-hot, zero-padded to
     /// [`crate::model::VaeConfig::top_input_dim`]).
-    pub z2: Tensor,
-    /// p(z₁|z₂)'s hidden layer, [B, H₂].
+    pub z: Tensor,
+    /// p(z₁|z₂)'s hidden layer, [L·B, H₂].
     pub prior_hidden: Tensor,
-    /// [μₚ | log σₚ²] of p(z₁|z₂), [B, 2Z].
-    pub p1: Tensor,
-    /// ∂L/∂p1, written by the lower KL term in the forward pass, [L·B, 2Z].
-    pub d_p1: Tensor,
-    /// The lower KL term's ∂L/∂z₁, [L·B, Z].
-    pub dz1_kl: Tensor,
-    /// Terms of log p(z₂) − log q(z₂|z₁), [L·B·Z₂], for importance-weighted evaluation (the
-    /// lower layer's are in [`Workspace::log_ratio`]).
+    /// [μₚ | log σₚ²] of p(z₁|z₂), [L·B, 2Z₁].
+    pub p_below: Tensor,
+    /// ∂L/∂p_below, written by the lower layer's KL term in the forward pass, [L·B, 2Z₁].
+    pub d_p_below: Tensor,
+    /// The lower layer's KL term's ∂L/∂z₁, [L·B, Z₁].
+    pub dz_kl_below: Tensor,
+    /// Terms of this layer's log p(z₂|·) − log q(z₂|z₁), [L·B·Z₂], for importance-weighted
+    /// evaluation (z₁'s are in [`Workspace::log_ratio`]).
     pub log_ratio: Option<Tensor>,
     /// The rest of the layer's gradients, for a training workspace.
     pub grads: Option<TopGrads>,
@@ -137,13 +139,13 @@ pub struct TopGrads {
     /// ∂L/∂ pre-activation of q(z₂|z₁)'s hidden layer.
     pub up_hidden: Tensor,
     /// ∂L/∂[μ₂ | log σ₂²].
-    pub q2: Tensor,
-    /// ∂L/∂z₂.
-    pub z2: Tensor,
+    pub q: Tensor,
+    /// ∂L/∂z₂ through p(z₁|z₂)'s network.
+    pub z: Tensor,
     /// ∂L/∂ pre-activation of p(z₁|z₂)'s hidden layer.
     pub prior_hidden: Tensor,
-    /// ∂L/∂z₁ through q(z₂|z₁)'s network.
-    pub z1_up: Tensor,
+    /// ∂L/∂z₁ through q(z₂|z₁)'s network, shaped as z₁'s rows.
+    pub z_below_up: Tensor,
 }
 
 /// Every activation of a step for up to `batch` examples and `samples` draws each, allocated
@@ -174,9 +176,9 @@ pub struct Workspace {
     /// nll [L·B] at offset 0, the KL's terms [B·Z] at `kl_offset` floats.
     pub per_example: Tensor,
     kl_offset: usize,
-    /// Where a hierarchical VAE's upper KL terms start in `per_example`, after the lower
-    /// layer's L·B·Z.
-    top_offset: usize,
+    /// Where each upper layer's KL terms start in `per_example`, after the lower layer's
+    /// L·B·Z and each other (each aligned for a storage view), with that layer's latent size.
+    top_terms: Vec<(usize, usize)>,
     latent: usize,
     /// The contractive penalty's H·H terms sit at `kl_offset`, before the KL's (L1's) terms, so
     /// one segment sums both for any batch size; this is their region's length, padded to
@@ -195,8 +197,8 @@ pub struct Workspace {
     pub dlc: Option<Tensor>,
     /// The activations' gradients, for a training workspace.
     pub grads: Option<ActivationGrads>,
-    /// A hierarchical VAE's second layer.
-    pub top: Option<TopWorkspace>,
+    /// A hierarchical VAE's upper layers, from z₂ up (empty for one stochastic layer).
+    pub top: Vec<TopWorkspace>,
 }
 
 fn rows(t: &Tensor, n: usize) -> Tensor {
@@ -249,55 +251,58 @@ impl Workspace {
         let pen_terms = contractive
             .as_ref()
             .map_or(0, |c| c.s.len().div_ceil(PARAM_ALIGN) * PARAM_ALIGN);
-        let top = match cfg.top {
-            Some(tl) => {
-                let g = |name: &str, shape: &[usize]| if train { t(name, shape).map(Some) } else { Ok(None) };
-                let grads = match (
-                    g("d_top_up_hidden", &[r, tl.hidden])?,
-                    g("d_top_q2", &[r, 2 * tl.latent])?,
-                    g("d_top_z2", &[r, cfg.top_input_dim()])?,
-                    g("d_top_prior_hidden", &[r, tl.hidden])?,
-                    g("d_top_z1_up", &[r, cfg.dec_input_dim()])?,
-                ) {
-                    (Some(up_hidden), Some(q2), Some(z2), Some(prior_hidden), Some(z1_up)) => Some(TopGrads {
-                        up_hidden,
-                        q2,
-                        z2,
-                        prior_hidden,
-                        z1_up,
-                    }),
-                    _ => None,
-                };
-                Some(TopWorkspace {
-                    up_hidden: t("top_up_hidden", &[r, tl.hidden])?,
-                    q2: t("top_q2", &[r, 2 * tl.latent])?,
-                    // Padded columns: never written, so zero (a conditional model's one-hot
-                    // is written by plan_inputs, as z₁'s is).
-                    z2: t("top_z2", &[r, cfg.top_input_dim()])?,
-                    prior_hidden: t("top_prior_hidden", &[r, tl.hidden])?,
-                    p1: t("top_p1", &[r, 2 * cfg.latent])?,
-                    d_p1: t("d_top_p1", &[r, 2 * cfg.latent])?,
-                    dz1_kl: t("d_top_z1_kl", &[r, cfg.latent])?,
-                    log_ratio: if log_ratio {
-                        Some(t("top_log_ratio", &[r * tl.latent])?)
-                    } else {
-                        None
-                    },
-                    grads,
-                })
-            }
-            None => None,
-        };
-        // A hierarchical model's lower terms are per draw (L·B·Z), and the upper layer's
-        // follow them (L·B·Z₂).
-        let kl_len = if cfg.top.is_some() {
-            r * cfg.latent
-        } else {
+        let mut top = Vec::new();
+        for (i, tl) in cfg.top.iter().enumerate() {
+            let (below, below_dim) = (cfg.top_below_latent(i), cfg.top_below_dim(i));
+            let g = |name: &str, shape: &[usize]| if train { t(name, shape).map(Some) } else { Ok(None) };
+            let grads = match (
+                g("d_top_up_hidden", &[r, tl.hidden])?,
+                g("d_top_q", &[r, 2 * tl.latent])?,
+                g("d_top_z", &[r, cfg.top_input_dim(i)])?,
+                g("d_top_prior_hidden", &[r, tl.hidden])?,
+                g("d_top_z_below_up", &[r, below_dim])?,
+            ) {
+                (Some(up_hidden), Some(q), Some(z), Some(prior_hidden), Some(z_below_up)) => Some(TopGrads {
+                    up_hidden,
+                    q,
+                    z,
+                    prior_hidden,
+                    z_below_up,
+                }),
+                _ => None,
+            };
+            top.push(TopWorkspace {
+                up_hidden: t("top_up_hidden", &[r, tl.hidden])?,
+                q: t("top_q", &[r, 2 * tl.latent])?,
+                // Padded columns: never written, so zero (a conditional model's one-hot is
+                // written by plan_inputs, as z₁'s is).
+                z: t("top_z", &[r, cfg.top_input_dim(i)])?,
+                prior_hidden: t("top_prior_hidden", &[r, tl.hidden])?,
+                p_below: t("top_p_below", &[r, 2 * below])?,
+                d_p_below: t("d_top_p_below", &[r, 2 * below])?,
+                dz_kl_below: t("d_top_z_kl_below", &[r, below])?,
+                log_ratio: if log_ratio {
+                    Some(t("top_log_ratio", &[r * tl.latent])?)
+                } else {
+                    None
+                },
+                grads,
+            });
+        }
+        // A hierarchical model's lower terms are per draw (L·B·Z), and each upper layer's
+        // follow them (L·B·Z_k), every view starting on a storage-offset boundary.
+        let kl_len = if cfg.top.is_empty() {
             batch * cfg.latent
+        } else {
+            r * cfg.latent
         };
-        let top_terms = cfg.top.map_or(0, |t| r * t.latent);
-        // Views into per_example must start on storage-offset boundaries.
-        let top_offset = (kl_offset + pen_terms + kl_len).div_ceil(PARAM_ALIGN) * PARAM_ALIGN;
+        let align = |n: usize| n.div_ceil(PARAM_ALIGN) * PARAM_ALIGN;
+        let mut end = align(kl_offset + pen_terms + kl_len);
+        let mut top_terms = Vec::new();
+        for tl in &cfg.top {
+            top_terms.push((end, tl.latent));
+            end = align(end + r * tl.latent);
+        }
         let grads = if train {
             Some(ActivationGrads {
                 dec_hidden: cfg
@@ -333,9 +338,9 @@ impl Workspace {
             } else {
                 t("d_out", &[r, cfg.input_dim])?
             },
-            per_example: t("per_example", &[top_offset + top_terms])?,
+            per_example: t("per_example", &[end])?,
             kl_offset,
-            top_offset,
+            top_terms,
             latent: cfg.latent,
             pen_terms,
             contractive,
@@ -417,11 +422,19 @@ impl Workspace {
         if let Some(e) = &self.vq_ema {
             all.extend([&e.counts, &e.sums]);
         }
-        if let Some(t) = &self.top {
-            all.extend([&t.up_hidden, &t.q2, &t.z2, &t.prior_hidden, &t.p1, &t.d_p1, &t.dz1_kl]);
+        for t in &self.top {
+            all.extend([
+                &t.up_hidden,
+                &t.q,
+                &t.z,
+                &t.prior_hidden,
+                &t.p_below,
+                &t.d_p_below,
+                &t.dz_kl_below,
+            ]);
             all.extend(t.log_ratio.iter());
             if let Some(g) = &t.grads {
-                all.extend([&g.up_hidden, &g.q2, &g.z2, &g.prior_hidden, &g.z1_up]);
+                all.extend([&g.up_hidden, &g.q, &g.z, &g.prior_hidden, &g.z_below_up]);
             }
         }
         if let Some(g) = &self.grads {
@@ -452,15 +465,12 @@ impl Workspace {
         Tensor::view(buf, self.per_example.offset() + 4 * start as u64, &[r * self.latent])
     }
 
-    /// A hierarchical VAE's upper KL terms [r·Z₂] for its first `r` draws (after the lower
-    /// layer's, for the workspace's L·B draws).
-    pub fn kl_top(&self, r: usize, top_latent: usize) -> Tensor {
+    /// A hierarchical VAE's upper layer i's KL terms [r·Z_{i+2}] for its first `r` draws
+    /// (after the lower layers', for the workspace's L·B draws).
+    pub fn kl_top(&self, i: usize, r: usize) -> Tensor {
         let buf = self.per_example.buffer().clone();
-        Tensor::view(
-            buf,
-            self.per_example.offset() + 4 * self.top_offset as u64,
-            &[r * top_latent],
-        )
+        let (offset, latent) = self.top_terms[i];
+        Tensor::view(buf, self.per_example.offset() + 4 * offset as u64, &[r * latent])
     }
 }
 
@@ -518,9 +528,9 @@ pub fn plan_inputs(
             &rows(&ws.z, ws.samples * b),
             vae.config.latent,
         )?);
-        // A hierarchical model's z₂ rows carry the label too, for p(z₁|z₂, y). (x's one-hot is
-        // written again: the op conditions both.)
-        if let (Some(tw), Some(t)) = (&ws.top, vae.config.top) {
+        // A hierarchical model's upper layers' rows carry the label too, for p(z₁|z₂, y) and
+        // q(z₃|z₂, y) and so on. (x's one-hot is written again: the op conditions both.)
+        for (tw, t) in ws.top.iter().zip(&vae.config.top) {
             d.push(ops::condition(
                 gpu,
                 "condition.top",
@@ -529,7 +539,7 @@ pub fn plan_inputs(
                 src.perm,
                 &x,
                 vae.config.input_dim,
-                &rows(&tw.z2, ws.samples * b),
+                &rows(&tw.z, ws.samples * b),
                 t.latent,
             )?);
         }
@@ -591,7 +601,7 @@ pub fn plan_step(
     let (mut d, x_enc) = plan_inputs(gpu, vae, ws, b, src, step)?;
     d.extend(vae.plan_encode(gpu, &x_enc, &enc_h, &enc)?);
     match vae.config.code {
-        Code::Gaussian if vae.top.is_some() => {
+        Code::Gaussian if !vae.top.is_empty() => {
             d.push(ops::sample_forward(gpu, "sample.forward", step, &enc, l, &z)?);
             d.extend(plan_top_forward(gpu, vae, ws, step, b, &enc, &z, log_ratio.as_ref())?);
         }
@@ -715,7 +725,7 @@ pub fn plan_step(
         // Through the reparameterization and the KL term (an autoencoder: the code's penalty).
         let denc = rows(&g.enc, b);
         match vae.config.code {
-            Code::Gaussian if vae.top.is_some() => {
+            Code::Gaussian if !vae.top.is_empty() => {
                 d.extend(plan_top_backward(gpu, vae, ws, step, b, &enc, &dz, &denc)?)
             }
             Code::Gaussian => d.push(ops::reparam_kl_backward(
@@ -822,28 +832,27 @@ pub fn plan_step(
         slot: SLOT_RECON,
         scale,
     }];
-    match vae.config.top {
-        // Both KL terms are per draw: averaged over the L draws, as the NLL is.
-        Some(t) => segs.extend([
-            Segment {
-                offset: ws.kl_offset + ws.pen_terms,
-                len: r * zd,
-                slot: SLOT_KL,
-                scale,
-            },
-            Segment {
-                offset: ws.top_offset,
-                len: r * t.latent,
-                slot: SLOT_KL,
-                scale,
-            },
-        ]),
-        None => segs.push(Segment {
+    if ws.top.is_empty() {
+        segs.push(Segment {
             offset: ws.kl_offset,
             len: ws.pen_terms + b * zd,
             slot: SLOT_KL,
             scale: 1.0,
-        }),
+        });
+    } else {
+        // Every layer's KL terms are per draw: averaged over the L draws, as the NLL is.
+        segs.push(Segment {
+            offset: ws.kl_offset + ws.pen_terms,
+            len: r * zd,
+            slot: SLOT_KL,
+            scale,
+        });
+        segs.extend(ws.top_terms.iter().map(|&(offset, latent)| Segment {
+            offset,
+            len: r * latent,
+            slot: SLOT_KL,
+            scale,
+        }));
     }
     d.push(ops::sum_segments(
         gpu,
@@ -862,9 +871,48 @@ pub fn plan_step(
     Ok(d)
 }
 
-/// A hierarchical VAE's second layer, forward, for `b` examples whose z₁ is in `z`: q(z₂|z₁)'s
-/// network, z₂'s draw and its KL against N(0, I) (after the lower terms in `per_example`),
-/// p(z₁|z₂)'s network, and the lower KL term into `kl` with its gradients (see reparam_kl.wgsl).
+/// The layer below upper layer `i` for `r` rows: its posterior's [μ | log σ²] rows with the
+/// draws per row (z₁: the encoder's B rows and L draws each; above: one draw per row), its
+/// draws, its KL terms' view, its log-ratio terms and its ε key offset.
+struct Below {
+    q: Tensor,
+    samples: usize,
+    z: Tensor,
+    kl: Tensor,
+    log_ratio: Option<Tensor>,
+    sample_base: u32,
+}
+
+fn below(ws: &Workspace, i: usize, r: usize, enc: &Tensor, z: &Tensor, log_ratio: Option<&Tensor>) -> Below {
+    if i == 0 {
+        return Below {
+            q: enc.clone(),
+            samples: ws.samples,
+            z: z.clone(),
+            kl: ws.kl_rows(r),
+            log_ratio: log_ratio.cloned(),
+            sample_base: 0,
+        };
+    }
+    let tw = &ws.top[i - 1];
+    Below {
+        q: rows(&tw.q, r),
+        samples: 1,
+        z: rows(&tw.z, r),
+        kl: ws.kl_top(i - 1, r),
+        log_ratio: tw
+            .log_ratio
+            .as_ref()
+            .map(|t| t.reshape_prefix(&[t.len() / ws.samples / ws.batch * r])),
+        sample_base: ops::top_sample_base(i - 1),
+    }
+}
+
+/// A hierarchical VAE's upper layers, forward, for `b` examples whose z₁ is in `z`: from z₂ up,
+/// q(z_k|z_{k−1})'s network and z_k's draw (the topmost with its KL against N(0, I), after the
+/// lower terms in `per_example`); then for each upper layer the conditional prior's network
+/// p(z_{k−1}|z_k) and the KL term of the layer below into its view, with its gradients (see
+/// reparam_kl.wgsl).
 #[allow(clippy::too_many_arguments)]
 fn plan_top_forward(
     gpu: &Gpu,
@@ -876,46 +924,76 @@ fn plan_top_forward(
     z: &Tensor,
     log_ratio: Option<&Tensor>,
 ) -> Result<Vec<Dispatch>> {
-    let (layers, tw, tl) = top_parts(vae, ws)?;
+    check_top(vae, ws)?;
     let a = &vae.arena;
-    let (l, zd) = (ws.samples, vae.config.latent);
+    let (l, levels) = (ws.samples, vae.top.len());
     let r = l * b;
-    let (uh, q2, z2) = (rows(&tw.up_hidden, r), rows(&tw.q2, r), rows(&tw.z2, r));
-    let (ph, p1) = (rows(&tw.prior_hidden, r), rows(&tw.p1, r));
-    let top_ratio = tw.log_ratio.as_ref().map(|t| t.reshape_prefix(&[r * tl]));
-    let mut d = layers.up.forward(gpu, a, z, &uh)?;
-    d.extend(layers.up_head.forward(gpu, a, &uh, &q2)?);
-    d.push(ops::reparam_kl_forward_at(
-        gpu,
-        "top.reparam_kl.forward",
-        step,
-        &q2,
-        1,
-        &z2,
-        &ws.kl_top(r, tl),
-        top_ratio.as_ref(),
-        ops::TOP_SAMPLE_BASE,
-    )?);
-    d.extend(layers.plan_prior(gpu, a, &z2, &ph, &p1)?);
-    d.push(ops::hier_kl(
-        gpu,
-        "top.hier_kl",
-        step,
-        enc,
-        l,
-        z,
-        &p1,
-        &ws.kl_rows(r),
-        &rows(&tw.d_p1, r),
-        &tw.dz1_kl.reshape_prefix(&[r * zd]),
-        log_ratio,
-    )?);
+    let mut d = Vec::new();
+    for (i, (layers, tw)) in vae.top.iter().zip(&ws.top).enumerate() {
+        let (uh, q, zi) = (rows(&tw.up_hidden, r), rows(&tw.q, r), rows(&tw.z, r));
+        let lower = below(ws, i, r, enc, z, log_ratio);
+        d.extend(layers.up.forward(gpu, a, &lower.z, &uh)?);
+        d.extend(layers.up_head.forward(gpu, a, &uh, &q)?);
+        let base = ops::top_sample_base(i);
+        if i + 1 == levels {
+            let ratio = tw
+                .log_ratio
+                .as_ref()
+                .map(|t| t.reshape_prefix(&[r * vae.config.top[i].latent]));
+            d.push(ops::reparam_kl_forward_at(
+                gpu,
+                "top.reparam_kl.forward",
+                step,
+                &q,
+                1,
+                &zi,
+                &ws.kl_top(i, r),
+                ratio.as_ref(),
+                base,
+            )?);
+        } else {
+            d.push(ops::sample_forward_at(
+                gpu,
+                "top.sample.forward",
+                step,
+                &q,
+                1,
+                &zi,
+                base,
+            )?);
+        }
+    }
+    for (i, (layers, tw)) in vae.top.iter().zip(&ws.top).enumerate() {
+        let (zi, ph, p_below) = (rows(&tw.z, r), rows(&tw.prior_hidden, r), rows(&tw.p_below, r));
+        let lower = below(ws, i, r, enc, z, log_ratio);
+        let zd = vae.config.top_below_latent(i);
+        d.extend(layers.plan_prior(gpu, a, &zi, &ph, &p_below)?);
+        // The terms are per draw, averaged over the L draws.
+        d.push(ops::hier_kl(
+            gpu,
+            "top.hier_kl",
+            step,
+            &lower.q,
+            lower.samples,
+            &lower.z,
+            &p_below,
+            &lower.kl,
+            &rows(&tw.d_p_below, r),
+            &tw.dz_kl_below.reshape_prefix(&[r * zd]),
+            lower.log_ratio.as_ref(),
+            lower.sample_base,
+            1.0 / l as f32,
+        )?);
+    }
     Ok(d)
 }
 
-/// A hierarchical VAE's second layer, backward: p(z₁|z₂)'s network from the lower KL term's
-/// gradient, z₂'s reparameterization and KL, q(z₂|z₁)'s network, then z₁'s sample backward
-/// summing the decoder's `dz`, the upper network's and the KL term's gradients into `denc`.
+/// A hierarchical VAE's upper layers, backward, from the top down: each layer's conditional
+/// prior network p(z_{k−1}|z_k) from the lower KL term's gradient into z_k, z_k's draw (the
+/// topmost with its KL; below it summing that, q(z_{k+1}|z_k)'s and its own KL term's
+/// gradients) into q(z_k|z_{k−1})'s output and through that network into z_{k−1}; last z₁'s
+/// sample backward, summing the decoder's `dz`, the upper network's and the KL term's
+/// gradients into `denc`.
 #[allow(clippy::too_many_arguments)]
 fn plan_top_backward(
     gpu: &Gpu,
@@ -927,58 +1005,83 @@ fn plan_top_backward(
     dz: &Tensor,
     denc: &Tensor,
 ) -> Result<Vec<Dispatch>> {
-    let (layers, tw, _) = top_parts(vae, ws)?;
-    let g = tw
-        .grads
-        .as_ref()
-        .ok_or_else(|| crate::VaeError::Config("a training step needs a workspace built with train = true".into()))?;
+    check_top(vae, ws)?;
     let a = &vae.arena;
     // One row per draw of z₁: L·B.
     let l = ws.samples;
     let r = l * b;
-    let z = rows(&ws.z, r);
-    let (uh, q2, z2, ph) = (
-        rows(&tw.up_hidden, r),
-        rows(&tw.q2, r),
-        rows(&tw.z2, r),
-        rows(&tw.prior_hidden, r),
-    );
-    let (d_uh, d_q2, dz2, d_ph) = (
-        rows(&g.up_hidden, r),
-        rows(&g.q2, r),
-        rows(&g.z2, r),
-        rows(&g.prior_hidden, r),
-    );
-    let dz1_up = rows(&g.z1_up, r);
-    let mut d = layers
-        .prior_head
-        .backward(gpu, a, &ph, &rows(&tw.d_p1, r), Some(&d_ph), layers.prior.act)?;
-    d.extend(
-        layers
-            .prior
-            .backward(gpu, a, &z2, &d_ph, Some(&dz2), Activation::Identity)?,
-    );
-    d.push(ops::reparam_kl_backward_at(
-        gpu,
-        "top.reparam_kl.backward",
-        step,
-        &q2,
-        1,
-        &dz2,
-        &d_q2,
-        ops::TOP_SAMPLE_BASE,
-        1.0 / l as f32,
-    )?);
-    d.extend(
-        layers
-            .up_head
-            .backward(gpu, a, &uh, &d_q2, Some(&d_uh), layers.up.act)?,
-    );
-    d.extend(
-        layers
-            .up
-            .backward(gpu, a, &z, &d_uh, Some(&dz1_up), Activation::Identity)?,
-    );
+    let levels = vae.top.len();
+    let mut d = Vec::new();
+    for i in (0..levels).rev() {
+        let (layers, tw) = (&vae.top[i], &ws.top[i]);
+        let g = grads(tw)?;
+        let (uh, q, zi, ph) = (
+            rows(&tw.up_hidden, r),
+            rows(&tw.q, r),
+            rows(&tw.z, r),
+            rows(&tw.prior_hidden, r),
+        );
+        let (d_uh, d_q, dzi, d_ph) = (
+            rows(&g.up_hidden, r),
+            rows(&g.q, r),
+            rows(&g.z, r),
+            rows(&g.prior_hidden, r),
+        );
+        d.extend(
+            layers
+                .prior_head
+                .backward(gpu, a, &ph, &rows(&tw.d_p_below, r), Some(&d_ph), layers.prior.act)?,
+        );
+        d.extend(
+            layers
+                .prior
+                .backward(gpu, a, &zi, &d_ph, Some(&dzi), Activation::Identity)?,
+        );
+        let base = ops::top_sample_base(i);
+        if i + 1 == levels {
+            d.push(ops::reparam_kl_backward_at(
+                gpu,
+                "top.reparam_kl.backward",
+                step,
+                &q,
+                1,
+                &dzi,
+                &d_q,
+                base,
+                1.0 / l as f32,
+            )?);
+        } else {
+            let (above, g_above) = (&ws.top[i + 1], grads(&ws.top[i + 1])?);
+            d.push(ops::sample_backward(
+                gpu,
+                "top.sample.backward",
+                step,
+                &q,
+                1,
+                &dzi,
+                &rows(&g_above.z_below_up, r),
+                &above.dz_kl_below.reshape_prefix(&[r * vae.config.top[i].latent]),
+                &d_q,
+                base,
+                1.0 / l as f32,
+            )?);
+        }
+        let lower_z = if i == 0 {
+            rows(&ws.z, r)
+        } else {
+            rows(&ws.top[i - 1].z, r)
+        };
+        d.extend(layers.up_head.backward(gpu, a, &uh, &d_q, Some(&d_uh), layers.up.act)?);
+        d.extend(layers.up.backward(
+            gpu,
+            a,
+            &lower_z,
+            &d_uh,
+            Some(&rows(&g.z_below_up, r)),
+            Activation::Identity,
+        )?);
+    }
+    let (first, g_first) = (&ws.top[0], grads(&ws.top[0])?);
     d.push(ops::sample_backward(
         gpu,
         "sample.backward",
@@ -986,24 +1089,31 @@ fn plan_top_backward(
         enc,
         l,
         dz,
-        &dz1_up,
-        &tw.dz1_kl.reshape_prefix(&[r * vae.config.latent]),
+        &rows(&g_first.z_below_up, r),
+        &first.dz_kl_below.reshape_prefix(&[r * vae.config.latent]),
         denc,
+        0,
+        1.0,
     )?);
     Ok(d)
 }
 
-/// A hierarchical model's layers, workspace and upper latent size, or a Config error.
-fn top_parts<'a>(
-    vae: &'a Vae,
-    ws: &'a Workspace,
-) -> Result<(&'a crate::model::vae::TopLayers, &'a TopWorkspace, usize)> {
-    match (&vae.top, &ws.top, vae.config.top) {
-        (Some(l), Some(w), Some(t)) => Ok((l, w, t.latent)),
-        _ => Err(crate::VaeError::Config(
-            "a hierarchical VAE needs its second layer's networks and a workspace built for them".into(),
-        )),
+/// An upper layer's gradients, or the error of a workspace built for evaluation.
+fn grads(tw: &TopWorkspace) -> Result<&TopGrads> {
+    tw.grads
+        .as_ref()
+        .ok_or_else(|| crate::VaeError::Config("a training step needs a workspace built with train = true".into()))
+}
+
+/// A hierarchical model's networks and workspace must have one entry per upper layer.
+fn check_top(vae: &Vae, ws: &Workspace) -> Result<()> {
+    let n = vae.config.top.len();
+    if n == 0 || vae.top.len() != n || ws.top.len() != n {
+        return Err(crate::VaeError::Config(
+            "a hierarchical VAE needs its upper layers' networks and a workspace built for them".into(),
+        ));
     }
+    Ok(())
 }
 
 /// The contractive penalty's forward for `b` examples: the mask M = act′(h) of the hidden

@@ -5,7 +5,7 @@ use std::path::Path;
 use crate::error::{Result, VaeError};
 use crate::gpu::{Dispatch, Gpu, Tensor};
 use crate::io::safetensors::{read_safetensors, write_safetensors, NamedTensor};
-use crate::model::config::{Code, TopLatent, VaeConfig};
+use crate::model::config::{Code, VaeConfig};
 use crate::nn::{ArenaLayout, Layer, Linear, ParamArena};
 use crate::ops::Activation;
 
@@ -47,8 +47,8 @@ pub const LOG_C_KEY: &str = "log_c";
 /// Checkpoint key of a VQ-VAE's codebook, [K, Z/G].
 pub const CODEBOOK_KEY: &str = "codebook";
 
-/// The networks of a hierarchical VAE's second stochastic layer (see [`TopLatent`]), one
-/// hidden layer each.
+/// The networks of one upper stochastic layer of a hierarchical VAE (see [`crate::model::TopLatent`]), one
+/// hidden layer each. Written for z₂ above z₁; upper layer i is z_{i+2} above z_{i+1}.
 pub struct TopLayers {
     /// z₁ → hidden, in q(z₂|z₁).
     pub up: Linear,
@@ -61,15 +61,27 @@ pub struct TopLayers {
 }
 
 impl TopLayers {
-    fn new(layout: &mut ArenaLayout, cfg: &VaeConfig, t: TopLatent) -> Self {
-        let act = cfg.activation;
+    fn new(layout: &mut ArenaLayout, cfg: &VaeConfig, i: usize) -> Self {
+        let (act, t) = (cfg.activation, cfg.top[i]);
+        // Slot names: "top.*" for z₂ (the first, and once the only, upper layer), "top.z3.*"
+        // and so on above it.
+        let name = |part: &str| match i {
+            0 => format!("top.{part}"),
+            _ => format!("top.z{}.{part}", i + 2),
+        };
         TopLayers {
-            // A conditional model's z rows carry the one-hot after z₁ (as the decoder reads
-            // them), and its z₂ rows after z₂: both networks see the label.
-            up: Linear::new(layout, "top.up.0", cfg.dec_input_dim(), t.hidden, act),
-            up_head: Linear::new(layout, "top.up.head", t.hidden, 2 * t.latent, Activation::Identity),
-            prior: Linear::new(layout, "top.prior.0", cfg.top_input_dim(), t.hidden, act),
-            prior_head: Linear::new(layout, "top.prior.head", t.hidden, 2 * cfg.latent, Activation::Identity),
+            // A conditional model's rows carry the one-hot after the draws (z₁'s as the decoder
+            // reads them), so both networks see the label.
+            up: Linear::new(layout, &name("up.0"), cfg.top_below_dim(i), t.hidden, act),
+            up_head: Linear::new(layout, &name("up.head"), t.hidden, 2 * t.latent, Activation::Identity),
+            prior: Linear::new(layout, &name("prior.0"), cfg.top_input_dim(i), t.hidden, act),
+            prior_head: Linear::new(
+                layout,
+                &name("prior.head"),
+                t.hidden,
+                2 * cfg.top_below_latent(i),
+                Activation::Identity,
+            ),
         }
     }
 
@@ -78,8 +90,9 @@ impl TopLayers {
         [&self.up, &self.up_head, &self.prior, &self.prior_head]
     }
 
-    /// Plans the conditional prior's network: z₂ [B, Z₂'] (Z₂ padded with zeros to
-    /// [`TopLatent::padded`]) → `hidden` [B, H] → `p1` [B, 2Z] = [μₚ | log σₚ²] of p(z₁|z₂).
+    /// Plans the conditional prior's network: z₂ [B, Z₂'] (z₂'s rows as
+    /// [`VaeConfig::top_input_dim`] gives them) → `hidden` [B, H] → `p1` [B, 2Z] = [μₚ | log σₚ²]
+    /// of p(z₁|z₂).
     pub fn plan_prior(
         &self,
         gpu: &Gpu,
@@ -110,8 +123,8 @@ pub struct Vae {
     pub log_c: Option<usize>,
     /// Arena slot of a VQ-VAE's codebook [K, Z/G].
     pub codebook: Option<usize>,
-    /// A hierarchical VAE's second stochastic layer.
-    pub top: Option<TopLayers>,
+    /// A hierarchical VAE's upper stochastic layers' networks, from z₂ up (empty: one layer).
+    pub top: Vec<TopLayers>,
     /// Every parameter, gradient and Adam moment, one buffer each.
     pub arena: ParamArena,
     /// Texture mirrors of the weights, and of the activations of workspaces built from now on
@@ -171,13 +184,16 @@ impl Vae {
             Code::Quantized { codes, groups, .. } => Some(layout.add("codebook", &[codes, config.latent / groups])),
             _ => None,
         };
-        let top = config.top.map(|t| TopLayers::new(&mut layout, &config, t));
+        let top: Vec<TopLayers> = (0..config.top.len())
+            .map(|i| TopLayers::new(&mut layout, &config, i))
+            .collect();
         let mut values: Vec<Vec<f32>> = layout.slots().iter().map(|s| vec![0.0; s.len()]).collect();
         let mut rng = crate::rng::host_rng(seed, 0);
         for l in encoder.iter().chain([&head]).chain(decoder.iter()).chain([&out]) {
             l.init(&mut rng, &mut values);
         }
-        // After the codebook's draws, so that adding a top layer changes no other initial value.
+        // After the codebook's draws, so that adding an upper layer changes no other initial
+        // value (each upper layer's after those below it).
         let top_layers = top.iter().flat_map(|t| t.layers());
         // The codebook uniform in ±1, the scale of a fresh encoder's outputs. The ±1/K of some
         // implementations leaves every z_e far from every entry: measured here, the penalty ran
@@ -262,7 +278,8 @@ impl Vae {
     /// The checkpoint tensors in PyTorch's layout ([out, in] weights). With one hidden layer
     /// the keys are those of the PyTorch reference model: fc1 (encoder), fc21 (μ), fc22
     /// (log σ²), fc3 and fc4 (decoder). Otherwise: enc{i}, mu, logvar, dec{i}, out. A learned
-    /// variance adds `log_c`; a hierarchical VAE, q_z2.{0, mu, logvar} and p_z1.{0, mu, logvar}. A conditional model's first encoder and decoder layers take
+    /// variance adds `log_c`; a hierarchical VAE, for each upper layer z_k (k = 2, 3, …) q_z{k}.{0, mu, logvar} and
+    /// p_z{k−1}.{0, mu, logvar}. A conditional model's first encoder and decoder layers take
     /// [x | one-hot | zero padding] and [z | one-hot | zero padding]: their weights keep the
     /// padding columns, which multiply zeros and never change.
     pub fn checkpoint_tensors(&self, gpu: &Gpu) -> Result<Vec<NamedTensor>> {
@@ -335,15 +352,16 @@ impl Vae {
         for l in self.decoder.iter().chain([&self.out]) {
             out.push((ni.next().unwrap_or_default(), l, whole(l)));
         }
-        if let Some(t) = &self.top {
+        for (i, t) in self.top.iter().enumerate() {
             let half = |l: &Linear| (0..l.out_features / 2, l.out_features / 2..l.out_features);
             let ((m2, v2), (mp, vp)) = (half(&t.up_head), half(&t.prior_head));
-            out.push(("q_z2.0".into(), &t.up, whole(&t.up)));
-            out.push(("q_z2.mu".into(), &t.up_head, m2));
-            out.push(("q_z2.logvar".into(), &t.up_head, v2));
-            out.push(("p_z1.0".into(), &t.prior, whole(&t.prior)));
-            out.push(("p_z1.mu".into(), &t.prior_head, mp));
-            out.push(("p_z1.logvar".into(), &t.prior_head, vp));
+            let (q, p) = (format!("q_z{}", i + 2), format!("p_z{}", i + 1));
+            out.push((format!("{q}.0"), &t.up, whole(&t.up)));
+            out.push((format!("{q}.mu"), &t.up_head, m2));
+            out.push((format!("{q}.logvar"), &t.up_head, v2));
+            out.push((format!("{p}.0"), &t.prior, whole(&t.prior)));
+            out.push((format!("{p}.mu"), &t.prior_head, mp));
+            out.push((format!("{p}.logvar"), &t.prior_head, vp));
         }
         out
     }

@@ -19,9 +19,9 @@ pub use gather::{condition, corrupt, gather};
 pub use loss::{log_c_grad, loss, LearnedLogC, Likelihood, LOG_C_MAX, LOG_C_MIN};
 pub use matmul::{matmul, Epilogue, MatmulStrategy};
 pub use mirror::{mirror_texture, mirrored, refresh_mirror, TEX_W};
-pub use reduce::{colsum, read_log_totals, sum_segments, Segment};
+pub use reduce::{colsum, read_log_totals, sum_segments, Segment, MAX_SEGMENTS};
 pub use reparam::{
     hier_kl, reparam_kl_backward, reparam_kl_backward_at, reparam_kl_forward, reparam_kl_forward_at, sample_backward,
-    sample_forward, LOGVAR_MAX, LOGVAR_MIN, MAX_SAMPLES, TOP_SAMPLE_BASE,
+    sample_forward, sample_forward_at, top_sample_base, LOGVAR_MAX, LOGVAR_MIN, MAX_SAMPLES, TOP_SAMPLE_BASE,
 };
 pub use step::{StepBuffer, StepParams};

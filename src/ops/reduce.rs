@@ -76,13 +76,17 @@ struct SegmentRaw {
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct SegmentParams {
-    segments: [SegmentRaw; 4],
+    segments: [SegmentRaw; MAX_SEGMENTS],
     slots: u32,
     count: u32,
     _pad: [u32; 2],
 }
 
-/// Plans up to four segment sums of `x` into row `step.log_row` of `log` ([rows, slots]);
+/// Most segments of one [`sum_segments`]: the reconstruction and the KL terms of up to nine
+/// stochastic layers (see [`crate::model::MAX_TOP_LAYERS`]). reduce.wgsl's array matches.
+pub const MAX_SEGMENTS: usize = 10;
+
+/// Plans up to [`MAX_SEGMENTS`] segment sums of `x` into row `step.log_row` of `log` ([rows, slots]);
 /// segments aimed at one slot add up there, and slots no segment names keep their values.
 /// Each step writes its own row; [`read_log_totals`] adds the rows up in f64.
 pub fn sum_segments(
@@ -99,9 +103,9 @@ pub fn sum_segments(
             log.shape()
         )));
     };
-    if segments.is_empty() || segments.len() > 4 {
+    if segments.is_empty() || segments.len() > MAX_SEGMENTS {
         return Err(VaeError::Shape(format!(
-            "{label}: 1 to 4 segments, got {}",
+            "{label}: 1 to {MAX_SEGMENTS} segments, got {}",
             segments.len()
         )));
     }
@@ -111,7 +115,7 @@ pub fn sum_segments(
             len: 0,
             slot: 0,
             scale: 0.0,
-        }; 4],
+        }; MAX_SEGMENTS],
         slots: slots as u32,
         count: segments.len() as u32,
         _pad: [0; 2],

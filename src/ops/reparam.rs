@@ -15,6 +15,13 @@ pub const LOGVAR_MAX: f32 = 20.0;
 /// its draws never repeat the lower layer's, which use offsets from 0 (one per sample).
 pub const TOP_SAMPLE_BASE: u32 = 1 << 15;
 
+/// The ε key's sample offset of upper stochastic layer `i` (z_{i+2}; z₂ has
+/// [`TOP_SAMPLE_BASE`]): an upper layer draws once per row of the layer below (sample 0), so
+/// consecutive offsets keep every layer's draws apart.
+pub fn top_sample_base(i: usize) -> u32 {
+    TOP_SAMPLE_BASE + i as u32
+}
+
 /// Most Monte Carlo or importance samples per example: the sample index shares a 16-bit field
 /// of ε's key with [`TOP_SAMPLE_BASE`], so more would repeat z₂'s draws (and past 2¹⁶ run
 /// into the stream's bits).
@@ -252,12 +259,26 @@ pub fn sample_forward(
     samples: usize,
     z: &Tensor,
 ) -> Result<Dispatch> {
+    sample_forward_at(gpu, label, step, enc, samples, z, 0)
+}
+
+/// [`sample_forward`] with the ε keys' sample offset `sample_base` (an upper layer below the
+/// top: see [`top_sample_base`]).
+pub fn sample_forward_at(
+    gpu: &Gpu,
+    label: &str,
+    step: &StepBuffer,
+    enc: &Tensor,
+    samples: usize,
+    z: &Tensor,
+    sample_base: u32,
+) -> Result<Dispatch> {
     let (b, zd) = check(label, enc, z, samples)?;
     let constants = [("LOG_RATIO", 0.0), ("WRITE_KL", 0.0)];
     let pipeline = gpu
         .kernels
         .pipeline(Shader::ReparamKl, "reparam_kl_forward", &constants, &layout())?;
-    let ubuf = params(gpu, label, b, zd, samples, z_stride(z), 0, 1.0)?;
+    let ubuf = params(gpu, label, b, zd, samples, z_stride(z), sample_base, 1.0)?;
     let dw = gpu.dummy_write();
     let res = [
         ubuf.raw().as_entire_binding(),
@@ -281,9 +302,10 @@ pub fn sample_forward(
 
 /// The lower KL term of a hierarchical VAE (see reparam_kl.wgsl): from q(z₁|x)'s `enc`
 /// [B, 2Z], the L `samples` of z₁ in `z` [L·B, Z'] and p(z₁|z₂)'s `prior` [L·B, 2Z] (one row
-/// per draw), its terms `kl` [L·B·Z], the gradients weighted by the step's β, `dprior`
-/// [L·B, 2Z] and `dz_kl` [L·B·Z], and when given the terms of log p(z₁|z₂) − log q(z₁|x) in
-/// `log_ratio` [L·B·Z].
+/// per draw), its terms `kl` [L·B·Z], the gradients weighted by the step's β·`kl_scale`,
+/// `dprior` [L·B, 2Z] and `dz_kl` [L·B·Z], and when given the terms of
+/// log p(z₁|z₂) − log q(z₁|x) in `log_ratio` [L·B·Z] (its ε keyed with `sample_base`, as z₁
+/// was drawn). The same for any layer below the top: its q rows and one sample per row.
 #[allow(clippy::too_many_arguments)]
 pub fn hier_kl(
     gpu: &Gpu,
@@ -297,6 +319,8 @@ pub fn hier_kl(
     dprior: &Tensor,
     dz_kl: &Tensor,
     log_ratio: Option<&Tensor>,
+    sample_base: u32,
+    kl_scale: f32,
 ) -> Result<Dispatch> {
     let (b, zd) = check(label, enc, z, samples)?;
     let r = samples * b;
@@ -327,8 +351,7 @@ pub fn hier_kl(
     let pipeline = gpu
         .kernels
         .pipeline(Shader::ReparamKl, "hier_kl", &constants, &layout)?;
-    // The terms are per draw, averaged over the L draws.
-    let ubuf = params(gpu, label, b, zd, samples, z_stride(z), 0, 1.0 / samples as f32)?;
+    let ubuf = params(gpu, label, b, zd, samples, z_stride(z), sample_base, kl_scale)?;
     let dw = gpu.dummy_write();
     let res = [
         (0, ubuf.raw().as_entire_binding()),
@@ -355,7 +378,8 @@ pub fn hier_kl(
 /// The backward of [`sample_forward`] for L `samples`: denc [B, 2Z] from the sum, over the
 /// draws, of the decoder's `dz` and the upper encoder's `dz_up` (both [L·B, Z'], the columns
 /// past Z, a conditional model's one-hot, ignored) and [`hier_kl`]'s `dz_kl` [L·B·Z], plus
-/// the entropy's −β/2 on log σ².
+/// the entropy's −β/2 on log σ² times `entropy_scale` (1 for z₁, whose L draws' 1/L add up;
+/// 1/L for a layer above, one draw per row). ε is keyed with `sample_base`, as in the draw.
 #[allow(clippy::too_many_arguments)]
 pub fn sample_backward(
     gpu: &Gpu,
@@ -367,6 +391,8 @@ pub fn sample_backward(
     dz_up: &Tensor,
     dz_kl: &Tensor,
     denc: &Tensor,
+    sample_base: u32,
+    entropy_scale: f32,
 ) -> Result<Dispatch> {
     let (b, zd) = check(label, enc, dz, samples)?;
     check_len(label, samples * b * zd, &[("dz_kl", dz_kl)])?;
@@ -396,7 +422,7 @@ pub fn sample_backward(
     let pipeline = gpu
         .kernels
         .pipeline(Shader::ReparamKl, "sample_backward", &[], &layout)?;
-    let ubuf = params(gpu, label, b, zd, samples, z_stride(dz), 0, 1.0)?;
+    let ubuf = params(gpu, label, b, zd, samples, z_stride(dz), sample_base, entropy_scale)?;
     let res = [
         (0, ubuf.raw().as_entire_binding()),
         (1, step.binding()),

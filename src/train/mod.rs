@@ -514,8 +514,13 @@ impl<'g> Evaluator<'g> {
                 .chunks_exact(zd)
                 .map(|t| t.iter().map(|&v| v as f64).sum())
                 .collect();
-            // A hierarchical VAE's weight adds its upper layer's log p(z₂) − log q(z₂|z₁).
-            if let (Some(t), Some(top)) = (vae.config.top, ws.top.as_ref().and_then(|w| w.log_ratio.as_ref())) {
+            // A hierarchical VAE's weight adds each upper layer's log p(z_k|z_{k+1}) − log
+            // q(z_k|z_{k−1}) (the topmost's prior N(0, I)).
+            for (t, tw) in vae.config.top.iter().zip(&ws.top) {
+                let top = tw
+                    .log_ratio
+                    .as_ref()
+                    .ok_or_else(|| VaeError::Gpu("workspace lacks an upper layer's log_ratio".into()))?;
                 let terms = self.gpu.read(&top.reshape_prefix(&[k * rows * t.latent]))?;
                 for (acc, row) in lr.iter_mut().zip(terms.chunks_exact(t.latent)) {
                     *acc += row.iter().map(|&v| v as f64).sum::<f64>();
@@ -717,10 +722,11 @@ pub fn prior_samples(seed: u64, n: usize, latent: usize, temperature: f32) -> Ve
 }
 
 /// Draws `n` codes for the decoder from the model's prior, the noise scaled by `temperature`:
-/// [`prior_samples`] for a one-layer model; for a hierarchical VAE, z₂ from N(0, I) (as
-/// [`prior_samples`] draws), then z₁ from p(z₁|z₂) by [`conditional_prior_draws`]. `labels`
-/// (n classes) is needed exactly when that prior is conditional, p(z₁|z₂, y); a one-layer
-/// model's prior ignores the label, so there it may be given or not.
+/// [`prior_samples`] for a one-layer model; for a hierarchical VAE, the topmost layer from
+/// N(0, I) (as [`prior_samples`] draws), then each layer below from its conditional prior by
+/// [`conditional_prior_draws`]. `labels` (n classes) is needed exactly when those priors are
+/// conditional, p(z₁|z₂, y); a one-layer model's prior ignores the label, so there it may be
+/// given or not.
 pub fn prior_latents(
     gpu: &Gpu,
     vae: &Vae,
@@ -729,9 +735,8 @@ pub fn prior_latents(
     temperature: f32,
     labels: Option<&[u8]>,
 ) -> Result<Vec<f32>> {
-    let zd = vae.config.latent;
-    match vae.config.top {
-        None => Ok(prior_samples(seed, n, zd, temperature)),
+    match vae.config.top.last() {
+        None => Ok(prior_samples(seed, n, vae.config.latent, temperature)),
         Some(t) => conditional_prior_draws(
             gpu,
             vae,
@@ -743,57 +748,57 @@ pub fn prior_latents(
     }
 }
 
-/// A hierarchical VAE's z₁ = μₚ + σₚ·ε from p(z₁|z₂) (p(z₁|z₂, y) with one label per row in
-/// `labels` for a conditional model) for each row of `z2` (n·Z₂ values), the network run on
-/// the device, ε for row e keyed (seed, 0, sample word 1 of [`rng::STREAM_SAMPLE`], e·Z + j)
-/// and scaled by `temperature`. n·Z values.
+/// A hierarchical VAE's z₁ drawn down from the topmost layer's values `top` (n vectors): each
+/// layer z_k below from p(z_k|z_{k+1}) (p(z_k|z_{k+1}, y) with one label per row in `labels` for a
+/// conditional model), z_k = μₚ + σₚ·ε, the networks run on the device, ε for row e keyed
+/// (seed, 0, sample word k of [`rng::STREAM_SAMPLE`], e·Z_k + j) and scaled by `temperature`.
+/// n·Z values. With two layers, `top` is z₂.
 pub fn conditional_prior_draws(
     gpu: &Gpu,
     vae: &Vae,
-    z2: &[f32],
+    top: &[f32],
     labels: Option<&[u8]>,
     seed: u64,
     temperature: f32,
 ) -> Result<Vec<f32>> {
-    let zd = vae.config.latent;
-    let (Some(layers), Some(t)) = (&vae.top, vae.config.top) else {
+    let cfg = &vae.config;
+    let Some(t) = cfg.top.last() else {
         return Err(VaeError::Config(
             "a conditional prior p(z1|z2) needs a hierarchical VAE (--top)".into(),
         ));
     };
-    if z2.is_empty() || z2.len() % t.latent != 0 {
+    if top.is_empty() || top.len() % t.latent != 0 {
         return Err(VaeError::Shape(format!(
-            "{} values are not a whole number of z2 vectors of {}",
-            z2.len(),
+            "{} values are not a whole number of vectors of the top layer's {}",
+            top.len(),
             t.latent
         )));
     }
-    let n = z2.len() / t.latent;
-    let width = vae.config.top_input_dim();
-    let rows = labelled_rows(
-        vae.config.classes,
-        z2,
-        t.latent,
-        width,
-        labels,
-        "draws z1 from p(z1|z2, y)",
-    )?;
-    let z2 = gpu.upload("z2", &[n, width], &rows)?;
-    let hidden = gpu.tensor("prior_hidden", &[n, t.hidden])?;
-    let p1 = gpu.tensor("p1", &[n, 2 * zd])?;
-    let plan = layers.plan_prior(gpu, &vae.arena, &z2, &hidden, &p1)?;
-    gpu.run(&plan.iter().collect::<Vec<_>>())?;
-    let p = gpu.read(&p1)?;
-    let word = rng::stream_word(rng::STREAM_SAMPLE, 1);
-    Ok((0..n * zd)
-        .map(|i| {
-            let (e, j) = (i / zd, i % zd);
-            let mu = p[e * 2 * zd + j] as f64;
-            let lv = (p[e * 2 * zd + zd + j] as f64).clamp(ops::LOGVAR_MIN as f64, ops::LOGVAR_MAX as f64);
-            let eps = rng::normal(rng::device_seed(seed), 0, word, i as u32) * temperature as f64;
-            (mu + (0.5 * lv).exp() * eps) as f32
-        })
-        .collect())
+    let n = top.len() / t.latent;
+    let mut z = top.to_vec();
+    for i in (0..cfg.top.len()).rev() {
+        // z holds z_{i+2}; draw z_{i+1} from p(z_{i+1}|z_{i+2}).
+        let (t, zd) = (cfg.top[i], cfg.top_below_latent(i));
+        let width = cfg.top_input_dim(i);
+        let rows = labelled_rows(cfg.classes, &z, t.latent, width, labels, "draws from p(z|z above, y)")?;
+        let above = gpu.upload("z_above", &[n, width], &rows)?;
+        let hidden = gpu.tensor("prior_hidden", &[n, t.hidden])?;
+        let p_out = gpu.tensor("p_below", &[n, 2 * zd])?;
+        let plan = vae.top[i].plan_prior(gpu, &vae.arena, &above, &hidden, &p_out)?;
+        gpu.run(&plan.iter().collect::<Vec<_>>())?;
+        let p = gpu.read(&p_out)?;
+        let word = rng::stream_word(rng::STREAM_SAMPLE, i as u32 + 1);
+        z = (0..n * zd)
+            .map(|k| {
+                let (e, j) = (k / zd, k % zd);
+                let mu = p[e * 2 * zd + j] as f64;
+                let lv = (p[e * 2 * zd + zd + j] as f64).clamp(ops::LOGVAR_MIN as f64, ops::LOGVAR_MAX as f64);
+                let eps = rng::normal(rng::device_seed(seed), 0, word, k as u32) * temperature as f64;
+                (mu + (0.5 * lv).exp() * eps) as f32
+            })
+            .collect();
+    }
+    Ok(z)
 }
 
 /// Decoder output to pixel means: sigmoid of logits (Bernoulli), the mean clamped to [0, 1]

@@ -363,7 +363,7 @@ fn figures_have_documented_sizes_and_content() {
             input_dim: side * side,
             hidden: vec![8],
             latent: 4,
-            top: Some(TopLatent { latent: 2, hidden: 8 }),
+            top: vec![TopLatent { latent: 2, hidden: 8 }],
             ..Default::default()
         },
         7,
@@ -516,14 +516,20 @@ fn decode_and_encode_means_match_the_reference() {
 #[test]
 fn hierarchical_iw_bound_matches_the_reference() {
     let g = gpu();
-    for classes in [0usize, 3] {
+    let three = vec![TopLatent { latent: 4, hidden: 8 }, TopLatent { latent: 2, hidden: 4 }];
+    for (classes, top) in [
+        (0usize, vec![TopLatent { latent: 2, hidden: 8 }]),
+        (3, vec![TopLatent { latent: 2, hidden: 8 }]),
+        (0, three.clone()),
+        (3, three),
+    ] {
         let cfg = VaeConfig {
             input_dim: 16,
             hidden: vec![12],
             latent: 4,
             activation: Activation::Tanh,
             likelihood: Likelihood::Bernoulli,
-            top: Some(TopLatent { latent: 2, hidden: 8 }),
+            top: top.clone(),
             classes,
             ..Default::default()
         };
@@ -555,10 +561,16 @@ fn hierarchical_iw_bound_matches_the_reference() {
                 let eps1: Vec<f64> = (0..k)
                     .flat_map(|s| (0..rows * 4).map(move |i| draw(rng::stream_word(rng::STREAM_EVAL, s as u32), i)))
                     .collect();
-                let top_word = rng::stream_word(rng::STREAM_EVAL, vae_wgpu::ops::TOP_SAMPLE_BASE);
-                let eps2: Vec<f64> = (0..k * rows * 2).map(|i| draw(top_word, i)).collect();
+                let eps_up: Vec<Vec<f64>> = top
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| {
+                        let word = rng::stream_word(rng::STREAM_EVAL, vae_wgpu::ops::top_sample_base(i));
+                        (0..k * rows * t.latent).map(|j| draw(word, j)).collect()
+                    })
+                    .collect();
                 let y = (classes > 0).then(|| &labels[start..start + rows]);
-                let w = reference::hier_log_weights(&cfg, &params, &x, y, rows, k, &eps1, &eps2);
+                let w = reference::hier_log_weights(&cfg, &params, &x, y, rows, k, &eps1, &eps_up);
                 for e in 0..rows {
                     let ws: Vec<f64> = (0..k).map(|s| w[s * rows + e]).collect();
                     total += neg_log_mean_exp(&ws);
@@ -567,7 +579,8 @@ fn hierarchical_iw_bound_matches_the_reference() {
             let want = total / n as f64;
             assert!(
                 (got - want).abs() <= 1e-5 * want.abs() + 1e-5,
-                "{classes} classes, K = {k}: IW estimate {got} vs f64 reference {want}"
+                "{classes} classes, {} layers, K = {k}: IW estimate {got} vs f64 reference {want}",
+                top.len() + 1
             );
         }
     }

@@ -588,6 +588,26 @@ fn colsum_and_segment_sums() {
     for (k, (&a, &b)) in got.iter().zip(&want).enumerate() {
         assert!((a as f64 - b).abs() <= 1e-6 * b, "slot {k}: {a} want {b}");
     }
+    // The most segments one dispatch takes (a deep hierarchy's KL terms), alternating slots;
+    // one more is refused.
+    let many: Vec<Segment> = (0..ops::MAX_SEGMENTS)
+        .map(|i| seg(90 * i, 50 + i, i % 2, 1.0))
+        .collect();
+    let log2 = g.upload("log2", &[1, 2], &[0.0, 0.0]).unwrap();
+    let d = ops::sum_segments(g, "many", &step, &x, &log2, &many).unwrap();
+    g.run(&[&d]).unwrap();
+    let got = g.read(&log2).unwrap();
+    for slot in 0..2usize {
+        let want: f64 = many
+            .iter()
+            .filter(|m| m.slot == slot)
+            .map(|m| sum(m.offset..m.offset + m.len))
+            .sum();
+        let a = got[slot] as f64;
+        assert!((a - want).abs() <= 1e-6 * want, "slot {slot}: {a} want {want}");
+    }
+    let too_many: Vec<Segment> = (0..=ops::MAX_SEGMENTS).map(|i| seg(i, 1, 0, 1.0)).collect();
+    assert!(ops::sum_segments(g, "too-many", &step, &x, &log2, &too_many).is_err());
     assert!(ops::sum_segments(
         g,
         "bad",

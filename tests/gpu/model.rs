@@ -944,31 +944,49 @@ fn trainer_epochs_match_the_reference_with_every_option() {
     );
 }
 
-/// The ε the upper layer of a hierarchical VAE draws for a step, [B, Z₂]: sample index
-/// `TOP_SAMPLE_BASE` in the key, so never one of z₁'s draws.
-fn top_eps(sp: &StepParams, b: usize, z2: usize) -> Vec<f64> {
-    let stream = rng::stream_word(sp.stream, ops::TOP_SAMPLE_BASE);
-    (0..b * z2)
+/// The ε upper layer `level` of a hierarchical VAE (z_{level+2}) draws for a step, [rows, Z]:
+/// sample index `TOP_SAMPLE_BASE` + level in the key, so never one of z₁'s draws or another
+/// layer's.
+fn top_eps(sp: &StepParams, rows: usize, latent: usize, level: u32) -> Vec<f64> {
+    let stream = rng::stream_word(sp.stream, ops::TOP_SAMPLE_BASE + level);
+    (0..rows * latent)
         .map(|i| rng::normal(sp.seed, sp.step, stream, i as u32))
         .collect()
 }
 
-/// A hierarchical VAE (two stochastic layers, see `TopLatent`): one training step's gradient
+/// A hierarchical VAE (two to four stochastic layers, see `TopLatent`): one training step's gradient
 /// of every parameter against central finite differences of the f64 reference objective
 /// recon + β·kl written from the model's definition (`reference::hier_losses`), and the metric
 /// row against its terms. The step runs for 5 examples in a workspace for 8 that a full step
 /// filled first, so the upper KL terms' place in the per-example buffer is checked too; the
 /// third case draws L = 2 samples of (z₁, z₂) per example, the fourth is conditional on 3
-/// classes (the one-hot in every network's input, z₂'s rows included).
+/// classes (the one-hot in every network's input, z₂'s rows included); the last three stack
+/// z₃ (and z₄) above z₂, where a middle layer's draw, KL term and gradients meet.
 #[test]
 fn hierarchical_vae_gradients_match_finite_differences() {
-    let cases = [
-        (Activation::Tanh, Likelihood::Bernoulli, 1, 0),
-        (Activation::Relu, Likelihood::Gaussian { variance: 0.5 }, 1, 0),
-        (Activation::Tanh, Likelihood::Bernoulli, 2, 0),
-        (Activation::Tanh, Likelihood::Bernoulli, 2, 3),
+    let two = vec![TopLatent { latent: 2, hidden: 8 }];
+    let three = vec![TopLatent { latent: 4, hidden: 8 }, TopLatent { latent: 2, hidden: 4 }];
+    let four = vec![
+        TopLatent { latent: 4, hidden: 8 },
+        TopLatent { latent: 2, hidden: 4 },
+        TopLatent { latent: 2, hidden: 4 },
     ];
-    for (activation, likelihood, l, classes) in cases {
+    let cases = [
+        (Activation::Tanh, Likelihood::Bernoulli, 1, 0, two.clone()),
+        (
+            Activation::Relu,
+            Likelihood::Gaussian { variance: 0.5 },
+            1,
+            0,
+            two.clone(),
+        ),
+        (Activation::Tanh, Likelihood::Bernoulli, 2, 0, two.clone()),
+        (Activation::Tanh, Likelihood::Bernoulli, 2, 3, two),
+        (Activation::Tanh, Likelihood::Bernoulli, 1, 0, three.clone()),
+        (Activation::Tanh, Likelihood::Gaussian { variance: 0.5 }, 2, 3, three),
+        (Activation::Tanh, Likelihood::Bernoulli, 2, 0, four),
+    ];
+    for (activation, likelihood, l, classes, top) in cases {
         let g = gpu();
         let cfg = VaeConfig {
             input_dim: 8,
@@ -976,11 +994,14 @@ fn hierarchical_vae_gradients_match_finite_differences() {
             latent: 4,
             activation,
             likelihood,
-            top: Some(TopLatent { latent: 2, hidden: 8 }),
+            top: top.clone(),
             classes,
             ..Default::default()
         };
-        let what = format!("hierarchical {activation:?} {likelihood:?} L = {l}, {classes} classes");
+        let what = format!(
+            "hierarchical {activation:?} {likelihood:?} L = {l}, {classes} classes, {} layers",
+            top.len() + 1
+        );
         let vae = Vae::new(g, cfg.clone(), 31).unwrap();
         let names = slot_names(&vae);
         let data = Data::new(g, 16, cfg.input_dim, 32);
@@ -1007,8 +1028,10 @@ fn hierarchical_vae_gradients_match_finite_differences() {
         let labels = data.batch_labels(3, b);
         let y = (classes > 0).then_some(&labels[..]);
         let eps1 = step_eps(&sp(3, 6), l, b, cfg.latent);
-        let eps2 = top_eps(&sp(3, 6), l * b, 2);
-        let (recon, kl) = reference::hier_losses(&cfg, &params, &x, y, b, l, &eps1, &eps2);
+        let eps_up: Vec<Vec<f64>> = (0..top.len())
+            .map(|i| top_eps(&sp(3, 6), l * b, top[i].latent, i as u32))
+            .collect();
+        let (recon, kl) = reference::hier_losses(&cfg, &params, &x, y, b, l, &eps1, &eps_up);
         for (k, want) in [recon, kl].into_iter().enumerate() {
             let got = res.totals[k];
             assert!(
@@ -1018,7 +1041,7 @@ fn hierarchical_vae_gradients_match_finite_differences() {
         }
         // Central differences of recon + β·kl, each parameter in turn.
         let objective = |p: &[Vec<f64>]| {
-            let (r, k) = reference::hier_losses(&cfg, p, &x, y, b, l, &eps1, &eps2);
+            let (r, k) = reference::hier_losses(&cfg, p, &x, y, b, l, &eps1, &eps_up);
             r + beta as f64 * k
         };
         let h = 1e-6;

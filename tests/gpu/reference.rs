@@ -94,59 +94,72 @@ pub fn param_slots(cfg: &VaeConfig) -> Vec<(String, Vec<usize>)> {
     v
 }
 
-/// A hierarchical VAE's second-layer networks, after every other slot: q(z₂|z₁)'s hidden
-/// layer and head [μ₂ | log σ₂²], then p(z₁|z₂)'s hidden layer and head [μₚ | log σₚ²].
+/// A hierarchical VAE's upper-layer networks, after every other slot, four per upper layer
+/// from z₂ up: q(z_k|z_{k−1})'s hidden layer and head [μ_k | log σ_k²], then p(z_{k−1}|z_k)'s
+/// hidden layer and head [μₚ | log σₚ²].
 pub fn top_layers(cfg: &VaeConfig) -> Vec<Dense> {
-    let Some(t) = cfg.top else { return Vec::new() };
-    let dense = |name: &str, inputs: usize, outputs: usize, act: Activation| Dense {
-        name: name.into(),
+    let dense = |name: String, inputs: usize, outputs: usize, act: Activation| Dense {
+        name,
         inputs,
         outputs,
         act,
     };
-    vec![
-        // A conditional model's networks read [z₁ | one-hot | 0…] and [z₂ | one-hot | 0…].
-        dense("top.up.0", cfg.dec_input_dim(), t.hidden, cfg.activation),
-        dense("top.up.head", t.hidden, 2 * t.latent, Activation::Identity),
-        // z₂ (and the one-hot) zero-padded to a multiple of 4 columns, as the model stores it.
-        dense(
-            "top.prior.0",
-            (t.latent + cfg.classes).div_ceil(4) * 4,
-            t.hidden,
-            cfg.activation,
-        ),
-        dense("top.prior.head", t.hidden, 2 * cfg.latent, Activation::Identity),
-    ]
+    let mut out = Vec::new();
+    for (i, t) in cfg.top.iter().enumerate() {
+        // The rows below (z₁'s as the decoder reads them, or the upper layer below's) and this
+        // layer's, each with a conditional model's one-hot, zero-padded to a multiple of 4.
+        let width = |latent: usize| (latent + cfg.classes).div_ceil(4) * 4;
+        let (below, below_in) = if i == 0 {
+            (cfg.latent, cfg.dec_input_dim())
+        } else {
+            (cfg.top[i - 1].latent, width(cfg.top[i - 1].latent))
+        };
+        // The arena's slot names: top.* for z₂, top.z3.* and so on above.
+        let name = |part: &str| match i {
+            0 => format!("top.{part}"),
+            _ => format!("top.z{}.{part}", i + 2),
+        };
+        out.extend([
+            dense(name("up.0"), below_in, t.hidden, cfg.activation),
+            dense(name("up.head"), t.hidden, 2 * t.latent, Activation::Identity),
+            dense(name("prior.0"), width(t.latent), t.hidden, cfg.activation),
+            dense(name("prior.head"), t.hidden, 2 * below, Activation::Identity),
+        ]);
+    }
+    out
 }
 
-/// A hierarchical VAE's forward pass for `b` examples `x` [B, D] and K draws, in f64: `eps1`
-/// [K, B, Z] draws z₁ = μ₁ + σ₁ε (row s·B + e), `eps2` [K·B, Z₂] draws z₂ for each z₁. A
-/// conditional model takes the examples' `labels` [B]: every network's input gets the one-hot.
-pub struct HierForward {
-    /// Rows of each draw: K·B.
-    pub rows: usize,
-    /// q(z₁|x)'s clamped log-variance per draw row, [K·B, Z].
-    pub lv1: Vec<f64>,
-    /// q(z₁|x)'s mean per draw row, [K·B, Z].
-    pub mu1: Vec<f64>,
-    /// The draws of z₁, [K·B, Z].
-    pub z1: Vec<f64>,
-    /// The decoder's output for each draw, [K·B, D].
-    pub out: Vec<f64>,
-    /// q(z₂|z₁)'s mean and clamped log-variance, [K·B, Z₂] each, and the draws of z₂.
-    pub mu2: Vec<f64>,
-    /// See `mu2`.
-    pub lv2: Vec<f64>,
-    /// See `mu2`.
-    pub z2: Vec<f64>,
-    /// p(z₁|z₂)'s mean and clamped log-variance, [K·B, Z] each.
+/// One stochastic layer of [`HierForward`], [K·B, Z_k] each: its posterior's mean and clamped
+/// log-variance per draw row, its draws, and (below the top) its conditional prior's.
+pub struct HierLayer {
+    /// q's mean.
+    pub mu: Vec<f64>,
+    /// q's clamped log-variance.
+    pub lv: Vec<f64>,
+    /// The draws.
+    pub z: Vec<f64>,
+    /// p(z_k|z_{k+1})'s mean (empty for the top layer, whose prior is N(0, I)).
     pub mu_p: Vec<f64>,
-    /// See `mu_p`.
+    /// p(z_k|z_{k+1})'s clamped log-variance.
     pub lv_p: Vec<f64>,
 }
 
-/// Runs [`HierForward`]: the encoder, z₁, the decoder, q(z₂|z₁), z₂ and p(z₁|z₂), written from
-/// the model's definition (dense layers in arena order after every other slot).
+/// A hierarchical VAE's forward pass for `b` examples `x` [B, D] and K draws, in f64: `eps1`
+/// [K, B, Z] draws z₁ = μ₁ + σ₁ε (row s·B + e), `eps_up[i]` [K·B, Z_{i+2}] draws upper layer i
+/// for each row below. A conditional model takes the examples' `labels` [B]: every network's
+/// input gets the one-hot.
+pub struct HierForward {
+    /// Rows of each draw: K·B.
+    pub rows: usize,
+    /// The stochastic layers from z₁ up.
+    pub layers: Vec<HierLayer>,
+    /// The decoder's output for each draw, [K·B, D].
+    pub out: Vec<f64>,
+}
+
+/// Runs [`HierForward`]: the encoder, z₁, the decoder, each q(z_k|z_{k−1}) and z_k, and each
+/// p(z_{k−1}|z_k), written from the model's definition (dense layers in arena order after
+/// every other slot).
 #[allow(clippy::too_many_arguments)]
 pub fn hier_forward(
     cfg: &VaeConfig,
@@ -156,31 +169,40 @@ pub fn hier_forward(
     b: usize,
     k: usize,
     eps1: &[f64],
-    eps2: &[f64],
+    eps_up: &[Vec<f64>],
 ) -> HierForward {
     let ls = layers(cfg);
     let tl = top_layers(cfg);
     let m = cfg.hidden.len();
     let zd = cfg.latent;
-    let z2d = cfg.top.expect("a hierarchical configuration").latent;
+    assert!(
+        !cfg.top.is_empty() && eps_up.len() == cfg.top.len(),
+        "a hierarchical configuration and its noise"
+    );
     let top_slot = 2 * ls.len() + usize::from(log_c_len(cfg).is_some());
     let p = |slot: usize| (&params[slot][..], &params[slot + 1][..]);
     let rows = k * b;
     // A Gaussian head [rows_in, 2W] drawn with `eps` [rows, W], row r from head row r % rows_in.
     let gaussian = |head: &[f64], width: usize, eps: &[f64]| {
         let rows_in = head.len() / (2 * width);
-        let (mut mu, mut lv, mut z) = (vec![], vec![], vec![]);
+        let mut layer = HierLayer {
+            mu: vec![],
+            lv: vec![],
+            z: vec![],
+            mu_p: vec![],
+            lv_p: vec![],
+        };
         for r in 0..rows {
             for j in 0..width {
                 let e = r % rows_in;
                 let (l, sigma, _) = log_variance(head[e * 2 * width + width + j]);
                 let u = head[e * 2 * width + j];
-                mu.push(u);
-                lv.push(l);
-                z.push(u + sigma * eps[r * width + j]);
+                layer.mu.push(u);
+                layer.lv.push(l);
+                layer.z.push(u + sigma * eps[r * width + j]);
             }
         }
-        (mu, lv, z)
+        layer
     };
     // [v | one-hot(y) | 0…] for a conditional model, v zero-padded to `width` otherwise.
     let labelled = |v: &[f64], dim: usize, width: usize| match labels {
@@ -197,49 +219,52 @@ pub fn hier_forward(
         let (w, bias) = p(2 * j);
         h = dense_forward(layer, &h, b, w, bias).1;
     }
-    let (mu1, lv1, z1) = gaussian(&h, zd, eps1);
-    let z1_in = labelled(&z1, zd, cfg.dec_input_dim());
+    let mut levels = vec![gaussian(&h, zd, eps1)];
+    let z1_in = labelled(&levels[0].z, zd, cfg.dec_input_dim());
     let mut out = z1_in.clone();
     for (j, layer) in ls.iter().enumerate().skip(m + 1) {
         let (w, bias) = p(2 * j);
         out = dense_forward(layer, &out, rows, w, bias).1;
     }
-    let (w, bias) = p(top_slot);
-    let uh = dense_forward(&tl[0], &z1_in, rows, w, bias).1;
-    let (w, bias) = p(top_slot + 2);
-    let q2 = dense_forward(&tl[1], &uh, rows, w, bias).1;
-    let (mu2, lv2, z2) = gaussian(&q2, z2d, eps2);
-    let z2_padded = labelled(&z2, z2d, tl[2].inputs);
-    let (w, bias) = p(top_slot + 4);
-    let ph = dense_forward(&tl[2], &z2_padded, rows, w, bias).1;
-    let (w, bias) = p(top_slot + 6);
-    let p1 = dense_forward(&tl[3], &ph, rows, w, bias).1;
-    let (mut mu_p, mut lv_p) = (vec![], vec![]);
-    for r in 0..rows {
-        for j in 0..zd {
-            mu_p.push(p1[r * 2 * zd + j]);
-            lv_p.push(log_variance(p1[r * 2 * zd + zd + j]).0);
+    // Up the layers: q(z_{i+2}|z_{i+1}) from the rows below, and the draws.
+    let mut below_in = z1_in;
+    for (i, t) in cfg.top.iter().enumerate() {
+        let (w, bias) = p(top_slot + 8 * i);
+        let uh = dense_forward(&tl[4 * i], &below_in, rows, w, bias).1;
+        let (w, bias) = p(top_slot + 8 * i + 2);
+        let q = dense_forward(&tl[4 * i + 1], &uh, rows, w, bias).1;
+        let layer = gaussian(&q, t.latent, &eps_up[i]);
+        below_in = labelled(&layer.z, t.latent, tl[4 * i + 2].inputs);
+        levels.push(layer);
+    }
+    // Each conditional prior p(z_{i+1}|z_{i+2}) at the drawn z_{i+2}.
+    for (i, t) in cfg.top.iter().enumerate() {
+        let z_in = labelled(&levels[i + 1].z, t.latent, tl[4 * i + 2].inputs);
+        let (w, bias) = p(top_slot + 8 * i + 4);
+        let ph = dense_forward(&tl[4 * i + 2], &z_in, rows, w, bias).1;
+        let (w, bias) = p(top_slot + 8 * i + 6);
+        let pp = dense_forward(&tl[4 * i + 3], &ph, rows, w, bias).1;
+        let below = tl[4 * i + 3].outputs / 2;
+        for r in 0..rows {
+            for j in 0..below {
+                levels[i].mu_p.push(pp[r * 2 * below + j]);
+                levels[i].lv_p.push(log_variance(pp[r * 2 * below + below + j]).0);
+            }
         }
     }
     HierForward {
         rows,
-        lv1,
-        mu1,
-        z1,
+        layers: levels,
         out,
-        mu2,
-        lv2,
-        z2,
-        mu_p,
-        lv_p,
     }
 }
 
-/// A hierarchical VAE's loss terms for one batch `x` [B, D] with K draws (`eps1` [K, B, Z] of
-/// z₁, `eps2` [K·B, Z₂] of z₂; see [`hier_forward`]), each averaged over the draws:
-/// recon = −Σ log p(x|z₁); kl = Σ [E_q log q(z₁|x) − log p(z₁|z₂)] plus Σ KL(q(z₂|z₁) ‖ N(0, I)),
-/// the first with q's entropy in closed form and the conditional prior at the drawn z₁, z₂.
-/// The trained objective is recon + β·kl; its gradient is checked by finite differences.
+/// A hierarchical VAE's loss terms for one batch `x` [B, D] with K draws (noise as in
+/// [`hier_forward`]), each averaged over the draws: recon = −Σ log p(x|z₁); kl = Σ over the
+/// layers below the top of [E_q log q(z_k|·) − log p(z_k|z_{k+1})], with q's entropy in closed
+/// form and the conditional prior at the drawn values, plus the top layer's
+/// KL(q ‖ N(0, I)) in closed form. The trained objective is recon + β·kl; its gradient is
+/// checked by finite differences.
 #[allow(clippy::too_many_arguments)]
 pub fn hier_losses(
     cfg: &VaeConfig,
@@ -249,9 +274,9 @@ pub fn hier_losses(
     b: usize,
     k: usize,
     eps1: &[f64],
-    eps2: &[f64],
+    eps_up: &[Vec<f64>],
 ) -> (f64, f64) {
-    let f = hier_forward(cfg, params, x, labels, b, k, eps1, eps2);
+    let f = hier_forward(cfg, params, x, labels, b, k, eps1, eps_up);
     let d = cfg.input_dim;
     let recon: f64 = (0..f.rows)
         .map(|r| {
@@ -259,18 +284,21 @@ pub fn hier_losses(
             nll_row(cfg.likelihood, &f.out[r * d..(r + 1) * d], &x[e * d..(e + 1) * d])
         })
         .sum();
-    let kl2: f64 = (0..f.mu2.len())
-        .map(|i| 0.5 * (f.lv2[i].exp() + f.mu2[i] * f.mu2[i] - 1.0 - f.lv2[i]))
+    let top = f.layers.last().expect("layers");
+    let mut kl: f64 = (0..top.mu.len())
+        .map(|i| 0.5 * (top.lv[i].exp() + top.mu[i] * top.mu[i] - 1.0 - top.lv[i]))
         .sum();
-    // −H[q(z₁|x)] − log N(z₁; μₚ, σₚ²), 2π cancelling.
-    let kl1: f64 = (0..f.z1.len())
-        .map(|i| {
-            let entropy = 0.5 * (1.0 + f.lv1[i]);
-            let dz = f.z1[i] - f.mu_p[i];
-            -entropy + 0.5 * (f.lv_p[i] + dz * dz * (-f.lv_p[i]).exp())
-        })
-        .sum();
-    (recon / k as f64, (kl1 + kl2) / k as f64)
+    // −H[q(z_k|·)] − log N(z_k; μₚ, σₚ²), 2π cancelling.
+    for layer in &f.layers[..f.layers.len() - 1] {
+        kl += (0..layer.z.len())
+            .map(|i| {
+                let entropy = 0.5 * (1.0 + layer.lv[i]);
+                let dz = layer.z[i] - layer.mu_p[i];
+                -entropy + 0.5 * (layer.lv_p[i] + dz * dz * (-layer.lv_p[i]).exp())
+            })
+            .sum::<f64>();
+    }
+    (recon / k as f64, kl / k as f64)
 }
 
 /// The weight of a VQ-VAE's codebook and commitment terms: D/Z, so that they stand to the
@@ -297,7 +325,7 @@ pub fn with_one_hot(v: &[f64], width: usize, labels: &[u8], padded: usize) -> Ve
 }
 
 /// Rows of `v` ([rows, width]) followed by zeros to `padded` columns.
-fn zero_padded(v: &[f64], width: usize, padded: usize) -> Vec<f64> {
+pub fn zero_padded(v: &[f64], width: usize, padded: usize) -> Vec<f64> {
     v.chunks_exact(width)
         .flat_map(|r| r.iter().copied().chain(std::iter::repeat_n(0.0, padded - width)))
         .collect()
@@ -926,9 +954,9 @@ pub fn adam_step(cfg: &AdamConfig, t: u64, params: &mut [Vec<f64>], grads: &[Vec
 }
 
 /// A hierarchical VAE's log importance weights for `b` examples `x` [B, D] and K draws (see
-/// [`hier_forward`]): weight (s, e) = log p(x|z₁) + log N(z₁; μₚ, σₚ²) + log N(z₂; 0, I)
-/// − log N(z₁; μ₁, σ₁²) − log N(z₂; μ₂, σ₂²), each density written out in full. Returned
-/// [K·B], row s·B + e.
+/// [`hier_forward`]): weight (s, e) = log p(x|z₁) + Σ_k log N(z_k; μₚ, σₚ²) below the top +
+/// log N(z_top; 0, I) − Σ_k log N(z_k; μ_k, σ_k²) over every layer, each density written out in
+/// full. Returned [K·B], row s·B + e.
 #[allow(clippy::too_many_arguments)]
 pub fn hier_log_weights(
     cfg: &VaeConfig,
@@ -938,21 +966,26 @@ pub fn hier_log_weights(
     b: usize,
     k: usize,
     eps1: &[f64],
-    eps2: &[f64],
+    eps_up: &[Vec<f64>],
 ) -> Vec<f64> {
-    let f = hier_forward(cfg, params, x, labels, b, k, eps1, eps2);
-    let (d, zd) = (cfg.input_dim, cfg.latent);
-    let z2d = f.z2.len() / f.rows;
+    let f = hier_forward(cfg, params, x, labels, b, k, eps1, eps_up);
+    let d = cfg.input_dim;
     let log_normal = |v: f64, mu: f64, lv: f64| -0.5 * (std::f64::consts::TAU.ln() + lv + (v - mu).powi(2) / lv.exp());
+    let n = f.layers.len();
     (0..f.rows)
         .map(|r| {
             let e = r % b;
             let mut w = -nll_row(cfg.likelihood, &f.out[r * d..(r + 1) * d], &x[e * d..(e + 1) * d]);
-            for i in r * zd..(r + 1) * zd {
-                w += log_normal(f.z1[i], f.mu_p[i], f.lv_p[i]) - log_normal(f.z1[i], f.mu1[i], f.lv1[i]);
-            }
-            for i in r * z2d..(r + 1) * z2d {
-                w += log_normal(f.z2[i], 0.0, 0.0) - log_normal(f.z2[i], f.mu2[i], f.lv2[i]);
+            for (level, layer) in f.layers.iter().enumerate() {
+                let width = layer.z.len() / f.rows;
+                for i in r * width..(r + 1) * width {
+                    let prior = if level + 1 == n {
+                        log_normal(layer.z[i], 0.0, 0.0)
+                    } else {
+                        log_normal(layer.z[i], layer.mu_p[i], layer.lv_p[i])
+                    };
+                    w += prior - log_normal(layer.z[i], layer.mu[i], layer.lv[i]);
+                }
             }
             w
         })

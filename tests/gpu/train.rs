@@ -2,6 +2,7 @@
 //! structure, and checkpoints read back with an independent reader.
 
 use vae_wgpu::data::DatasetKind;
+use vae_wgpu::explore::hierarchy_figure;
 use vae_wgpu::model::{Code, GpuDataset, TextureMirrors, TopLatent, Vae, VaeConfig};
 use vae_wgpu::train::{prior_latents, prior_samples, Evaluator, KlSchedule, TrainConfig, Trainer};
 use vae_wgpu::{rng, Gpu, VaeError};
@@ -357,7 +358,7 @@ fn texture_mirrors_do_not_change_the_numbers() {
     // A hierarchical VAE's second-layer weights (z₂ padded from 6 to 8 columns) mirrored too.
     let top = |policy: TextureMirrors| {
         let cfg = VaeConfig {
-            top: Some(TopLatent { latent: 6, hidden: 16 }),
+            top: vec![TopLatent { latent: 6, hidden: 16 }],
             ..small_config()
         };
         let mut vae = Vae::new(g, cfg, 5).unwrap();
@@ -861,7 +862,7 @@ fn hierarchical_vae_trains_checkpoints_and_samples() {
     let cfg = VaeConfig {
         hidden: vec![64],
         latent: 8,
-        top: Some(TopLatent { latent: 4, hidden: 16 }),
+        top: vec![TopLatent { latent: 4, hidden: 16 }],
         ..Default::default()
     };
     let vae = Vae::new(g, cfg.clone(), 5).unwrap();
@@ -966,11 +967,11 @@ fn conditional_hierarchical_vae_trains_and_samples_by_class() {
         hidden: vec![64],
         latent: 8,
         classes: 10,
-        top: Some(TopLatent { latent: 4, hidden: 16 }),
+        top: vec![TopLatent { latent: 4, hidden: 16 }],
         ..Default::default()
     };
     // [z₁ | one-hot] is 18 wide, padded to 20; [z₂ | one-hot] 14, padded to 16.
-    assert_eq!((cfg.dec_input_dim(), cfg.top_input_dim()), (20, 16));
+    assert_eq!((cfg.dec_input_dim(), cfg.top_input_dim(0)), (20, 16));
     let vae = Vae::new(g, cfg.clone(), 5).unwrap();
     assert_eq!(vae.num_params(), cfg.num_params());
     let tc = TrainConfig {
@@ -1039,4 +1040,107 @@ fn conditional_hierarchical_vae_trains_and_samples_by_class() {
         prior_latents(g, &flat, 11, n, t, Some(&labels)),
         Err(vae_wgpu::VaeError::Config(_))
     ));
+}
+
+/// A three-layer hierarchical VAE (z₃ above z₂ above z₁, `--top 6:16,2:8`): 47 dispatches a step
+/// (15 per upper layer: its two networks both ways, its draw both ways and the KL term of the
+/// layer below), its −ELBO falls, its checkpoint adds q_z3 and p_z2 and round-trips, and
+/// `prior_latents` draws ancestrally, z₃ from N(0, I), z₂ from p(z₂|z₃) (sample word 2) and z₁
+/// from p(z₁|z₂) (word 1), as an f64 replay of both networks computes it; z₂ and z₃ are padded
+/// (6 to 8 and 2 to 4 columns), so the replay pads them too. The hierarchy figure's cell (1, 2)
+/// is the decoding of that replay's draw for its own top row and noise index.
+#[test]
+fn three_layer_vae_trains_and_samples_ancestrally() {
+    let g = gpu();
+    let top = vec![TopLatent { latent: 6, hidden: 16 }, TopLatent { latent: 2, hidden: 8 }];
+    let cfg = VaeConfig {
+        hidden: vec![64],
+        latent: 8,
+        top: top.clone(),
+        ..Default::default()
+    };
+    let vae = Vae::new(g, cfg.clone(), 5).unwrap();
+    assert_eq!(vae.num_params(), cfg.num_params());
+    let tc = TrainConfig {
+        batch_size: 64,
+        ..Default::default()
+    };
+    let mut tr = Trainer::new(g, &vae, mnist_subset(g, 300), tc).unwrap();
+    assert_eq!(tr.dispatches_per_step(), 17 + 2 * 15);
+    let reports: Vec<_> = (0..6).map(|_| tr.train_epoch(|_, _| {}).unwrap().train).collect();
+    assert!(
+        reports[5].loss < reports[0].loss - 100.0 && reports[5].kl > 0.0,
+        "loss did not fall: {:?} -> {:?}",
+        reports[0],
+        reports[5]
+    );
+    let eval = Evaluator::new(g, mnist_subset(g, 100)).unwrap();
+    let stats = eval.elbo(&vae, 1, false).unwrap();
+    let iw = eval.iw_nll(&vae, 1, 50, false).unwrap();
+    assert!(iw < stats.loss, "IW bound {iw} vs -ELBO {}", stats.loss);
+
+    let dir = std::env::temp_dir().join(format!("vae-wgpu-hier3-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("hier3.safetensors");
+    vae.save(g, &path, &[]).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    // q(z₃|z₂) reads z₂'s 8-wide rows; p(z₂|z₃) reads z₃'s 4 and gives μ and log σ² of z₂.
+    assert_eq!(st.tensor("q_z3.0.weight").unwrap().shape(), &[8, 8]);
+    assert_eq!(st.tensor("q_z3.mu.weight").unwrap().shape(), &[2, 8]);
+    assert_eq!(st.tensor("p_z2.0.weight").unwrap().shape(), &[8, 4]);
+    assert_eq!(st.tensor("p_z2.logvar.weight").unwrap().shape(), &[6, 8]);
+    let back = Vae::load(g, &path).unwrap();
+    assert_eq!(back.config, cfg);
+    let params = vae.arena.read_params(g).unwrap();
+    assert_eq!(back.arena.read_params(g).unwrap(), params);
+    std::fs::remove_dir_all(&dir).ok();
+
+    // Ancestral samples, replayed in f64: rows of `z` [n, latent] through layer i's prior.
+    let slot = |name: &str| vae.arena.layout.slots().iter().position(|s| s.name == name).unwrap();
+    let p = |name: &str| params[slot(name)].iter().map(|&v| v as f64).collect::<Vec<f64>>();
+    let tl = reference::top_layers(&cfg);
+    let (seed, t) = (11u64, 0.8f32);
+    let down = |i: usize, z: &[f64], n: usize, word: u32, first: usize| -> Vec<f64> {
+        let prefix = if i == 0 {
+            "top".to_string()
+        } else {
+            format!("top.z{}", i + 2)
+        };
+        let padded = reference::zero_padded(z, top[i].latent, tl[4 * i + 2].inputs);
+        let w = |part: &str| p(&format!("{prefix}.{part}"));
+        let h = reference::dense_forward(&tl[4 * i + 2], &padded, n, &w("prior.0.weight"), &w("prior.0.bias")).1;
+        let pp = reference::dense_forward(&tl[4 * i + 3], &h, n, &w("prior.head.weight"), &w("prior.head.bias")).1;
+        let zd = tl[4 * i + 3].outputs / 2;
+        let word = rng::stream_word(rng::STREAM_SAMPLE, word);
+        (0..n * zd)
+            .map(|k| {
+                let (e, j) = (k / zd, k % zd);
+                let eps = rng::normal(rng::device_seed(seed), 0, word, (first + k) as u32) * t as f64;
+                pp[e * 2 * zd + j] + (0.5 * pp[e * 2 * zd + zd + j]).exp() * eps
+            })
+            .collect()
+    };
+    let n = 4;
+    let z1 = prior_latents(g, &vae, seed, n, t, None).unwrap();
+    let z3: Vec<f64> = prior_samples(seed, n, 2, t).iter().map(|&v| v as f64).collect();
+    let want = down(0, &down(1, &z3, n, 2, 0), n, 1, 0);
+    for (i, (&a, &b)) in z1.iter().zip(&want).enumerate() {
+        assert!((a as f64 - b).abs() < 1e-4 * (1.0 + b.abs()), "z1[{i}]: {a} want {b}");
+    }
+    // The hierarchy figure, 3 rows of 4: cell (1, 2) holds row 1's top draw and noise index 6.
+    let fig = hierarchy_figure(g, &vae, seed, 3, 4, t).unwrap();
+    let z3_row1: Vec<f64> = prior_samples(seed, 3, 2, t)[2..4].iter().map(|&v| v as f64).collect();
+    let cell = 4 + 2;
+    let z1_cell = down(0, &down(1, &z3_row1, 1, 2, cell * 6), 1, 1, cell * 8);
+    let z1_cell: Vec<f32> = z1_cell.iter().map(|&v| v as f32).collect();
+    let direct = vae_wgpu::train::decode(g, &vae, &z1_cell).unwrap();
+    let px = 784;
+    let got = &fig.images[cell * px..(cell + 1) * px];
+    let worst = got
+        .iter()
+        .zip(&direct)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-3, "hierarchy cell (1, 2) differs from its replay by {worst}");
 }
