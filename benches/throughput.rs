@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use vae_wgpu::data::DatasetKind;
 use vae_wgpu::gpu::Dispatch;
-use vae_wgpu::model::{GpuDataset, TextureMirrors, Vae, VaeConfig};
+use vae_wgpu::model::{Code, GpuDataset, TextureMirrors, Vae, VaeConfig};
 use vae_wgpu::ops::{self, Epilogue, MatmulStrategy};
 use vae_wgpu::train::{TrainConfig, Trainer};
 use vae_wgpu::Gpu;
@@ -551,11 +551,19 @@ fn main() -> AnyResult<()> {
     println!("\ninference throughput (batch 1024; median of {repeats} after a warm-up):");
     let meter = StealMeter::start();
     let b = 1024;
-    let x_host: Vec<f32> = set.images[..b * 784].iter().map(|&p| p as f32 / 255.0).collect();
-    let enc = gpu.tensor("enc", &[b, 40])?;
-    let z = gpu.tensor("z", &[b, 20])?;
-    let kl = gpu.tensor("kl", &[b * 20])?;
-    let out = gpu.tensor("out", &[b, 784])?;
+    // Shaped by the benched model (`--set`): a conditional model's one-hot columns stay zero,
+    // which costs the same.
+    let cfg = &model_cfg;
+    let x_host: Vec<f32> = (0..b)
+        .flat_map(|e| {
+            let img = &set.images[e * 784..(e + 1) * 784];
+            (0..cfg.enc_input_dim()).map(move |i| img.get(i).map_or(0.0, |&p| p as f32 / 255.0))
+        })
+        .collect();
+    let enc = gpu.tensor("enc", &[b, cfg.head_width()])?;
+    let z = gpu.tensor("z", &[b, cfg.dec_input_dim()])?;
+    let kl = gpu.tensor("kl", &[b * cfg.latent])?;
+    let out = gpu.tensor("out", &[b, cfg.input_dim])?;
     let step = ops::StepBuffer::new(&gpu)?;
     let mut inf = Vec::new();
     // Inference plans with and without texture mirrors: the weights' mirrors are filled once,
@@ -563,9 +571,19 @@ fn main() -> AnyResult<()> {
     for policy in [TextureMirrors::None, TextureMirrors::Auto] {
         vae.set_texture_mirrors(&gpu, policy)?;
         let on = vae.texture_mirrors() != TextureMirrors::None;
-        let x = ops::mirrored(&gpu, "x", gpu.upload("x", &[b, 784], &x_host)?, on)?;
-        let enc_h = vec![ops::mirrored(&gpu, "h", gpu.tensor("h", &[b, 400])?, on)?];
-        let dec_h = vec![ops::mirrored(&gpu, "g", gpu.tensor("g", &[b, 400])?, on)?];
+        let x = ops::mirrored(&gpu, "x", gpu.upload("x", &[b, cfg.enc_input_dim()], &x_host)?, on)?;
+        let hidden = |name: &str, h: usize| ops::mirrored(&gpu, name, gpu.tensor(name, &[b, h])?, on);
+        let enc_h = cfg
+            .hidden
+            .iter()
+            .map(|&h| hidden("h", h))
+            .collect::<Result<Vec<_>, _>>()?;
+        let dec_h = cfg
+            .hidden
+            .iter()
+            .rev()
+            .map(|&h| hidden("g", h))
+            .collect::<Result<Vec<_>, _>>()?;
         let tag = if !on {
             String::new()
         } else {
@@ -577,15 +595,25 @@ fn main() -> AnyResult<()> {
         let mut encode: Vec<Dispatch> = ops::refresh_mirror("x", &x).into_iter().collect();
         encode.extend(vae.plan_encode(&gpu, &x, &enc_h, &enc)?);
         let decode = vae.plan_decode(&gpu, &z, &dec_h, &out)?;
-        let reparam = ops::reparam_kl_forward(&gpu, "reparam", &step, &enc, 1, &z, &kl, None)?;
-        let mut recon: Vec<&Dispatch> = encode.iter().collect();
-        recon.push(&reparam);
-        recon.extend(decode.iter());
-        for (name, list) in [
+        // The code between them: z₁'s draw (a hierarchical model's decoder reads only z₁), or
+        // an autoencoder's code. A VQ-VAE's quantization needs its codebook's workspace, so
+        // its reconstruction is not timed here (the training step's profile has it).
+        let code = match cfg.code {
+            Code::Gaussian => Some(ops::reparam_kl_forward(&gpu, "reparam", &step, &enc, 1, &z, &kl, None)?),
+            Code::Deterministic { l1, .. } => Some(ops::code_forward(&gpu, "code", &enc, l1, &z, &kl)?),
+            Code::Quantized { .. } => None,
+        };
+        let mut runs = vec![
             ("encode", encode.iter().collect::<Vec<_>>()),
             ("decode", decode.iter().collect()),
-            ("reconstruct", recon),
-        ] {
+        ];
+        if let Some(code) = &code {
+            let mut recon: Vec<&Dispatch> = encode.iter().collect();
+            recon.push(code);
+            recon.extend(decode.iter());
+            runs.push(("reconstruct", recon));
+        }
+        for (name, list) in runs {
             let s = time_runs(repeats, || {
                 let t = Instant::now();
                 gpu.run(&list)?;
@@ -606,7 +634,7 @@ fn main() -> AnyResult<()> {
     json.push(format!("\"inference_samples_per_sec\":{{{}}}", inf.join(",")));
     note_steal("inference", &meter);
 
-    // Matmul at the model's shapes and 1024³, per strategy.
+    // Matmul at the default model's shapes (whatever --set benches) and 1024³, per strategy.
     println!("\nmatmul (median of {long_repeats} submits after a warm-up; 10 launches per submit, 2 at 1024³):");
     let meter = StealMeter::start();
     let shapes = [

@@ -22,7 +22,7 @@ USAGE: cargo run --release --example explore -- --checkpoint FILE --out DIR [FLA
   --out DIR           where the pictures go (created)
   --data-dir DIR      the dataset's directory (default: the dataset the checkpoint names, in
                       its default place)
-  --eval-iw K         importance samples for test_iw_nll (default 100)
+  --eval-iw K         importance samples for test_iw_nll (default 100, at most 32768)
   --seed N            evaluation seed (default: the checkpoint's training seed, so test_loss
                       repeats train_mnist's last figure; 1 if the checkpoint has none)
 

@@ -32,7 +32,8 @@ USAGE: cargo run --release --example train_mnist -- [FLAGS]
   --kl-warmup N           KL annealing: beta(t) = beta * min(1, t / N) over global steps t
   --kl-cycles M           cyclical annealing: M cycles over the run, beta rising linearly over
                           the first half of each and held over the second
-  --mc-samples L          Monte Carlo samples of z per example in training (default 1)
+  --mc-samples L          Monte Carlo samples of z per example in training (default 1, at
+                          most 32768)
   --conditional           conditional VAE: the one-hot label feeds encoder and decoder; the
                           bound reported is then on -log p(x|y)
   --autoencoder           a deterministic code instead of a Gaussian posterior (no KL, no
@@ -66,6 +67,7 @@ USAGE: cargo run --release --example train_mnist -- [FLAGS]
                           --epochs in all; pass the run's own flags (they are checked
                           against its record), its outputs are updated in place
   --eval-iw K             after the last epoch, estimate test -log p(x) with K importance samples
+                          (at most 32768)
   --help                  this text
 
 Writes to --out: metrics.jsonl (one line per epoch, with the epoch's last beta), run.json

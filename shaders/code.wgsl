@@ -160,15 +160,17 @@ fn vq_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     denc[i] = z[b * VP.z_stride + j] + 2.0 * VP.scale * VP.commitment * (enc[i] - e);
 }
 
-// How many of the B·G vectors chose entry k, and the sum of their value c, in a fixed order.
-fn assigned(k: u32, c: u32) -> vec2<f32> {
+// How many of the B·G vectors chose entry k, and the sum of their value c minus `centre`, in
+// a fixed order. The gradient centres on the entry's value: Σ(z − e) adds small differences,
+// where n·e − Σz would cancel in f32 for a popular entry.
+fn assigned(k: u32, c: u32, centre: f32) -> vec2<f32> {
     let d = VP.latent / VP.groups;
     var n = 0.0;
     var s = 0.0;
     for (var a = 0u; a < VP.batch * VP.groups; a++) {
         if (u32(vq_idx[a]) == k) {
             n += 1.0;
-            s += enc[(a / VP.groups) * VP.latent + (a % VP.groups) * d + c];
+            s += enc[(a / VP.groups) * VP.latent + (a % VP.groups) * d + c] - centre;
         }
     }
     return vec2<f32>(n, s);
@@ -180,9 +182,9 @@ fn vq_codebook_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.x + gid.y * 65535u * 64u;
     let d = VP.latent / VP.groups;
     if (i >= VP.codes * d) { return; }
-    // Σ over the assignments of 2(e − z_e) = 2(n·e − Σ z_e).
-    let ns = assigned(i / d, i % d);
-    dcodebook[i] = VP.scale * 2.0 * (ns.x * codebook[i] - ns.y);
+    // Σ over the assignments of 2(e − z_e).
+    let ns = assigned(i / d, i % d, codebook[i]);
+    dcodebook[i] = -VP.scale * 2.0 * ns.y;
 }
 
 // ---- the VQ-VAE's codebook by exponential moving averages (instead of its gradient) ----
@@ -196,7 +198,7 @@ fn vq_ema(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.x + gid.y * 65535u * 64u;
     let d = VP.latent / VP.groups;
     if (i >= VP.codes * d) { return; }
-    let ns = assigned(i / d, i % d);
+    let ns = assigned(i / d, i % d, 0.0);
     let big_n = VP.decay * ema_n[i] + (1.0 - VP.decay) * ns.x;
     let big_m = VP.decay * ema_m[i] + (1.0 - VP.decay) * ns.y;
     ema_n[i] = big_n;

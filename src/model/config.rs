@@ -51,10 +51,12 @@ pub struct TopLatent {
 }
 
 impl TopLatent {
-    /// Width of z₂'s rows on the device: Z₂ zero-padded to a multiple of 4, so that every
-    /// product of p(z₁|z₂)'s first layer takes the vec4 strategies (the scalar fallback took
-    /// 1.1–1.5 ms per product at Z₂ = 10 on lavapipe, three of them a step). The layer's
-    /// weight keeps the padding rows, which multiply zeros and never change.
+    /// Width of z₂'s rows on the device in an unconditional model: Z₂ zero-padded to a
+    /// multiple of 4 (see [`VaeConfig::top_input_dim`] for any model), so that every product of
+    /// p(z₁|z₂)'s first layer takes the vec4 strategies (the scalar fallback took 1.1–1.5 ms
+    /// per product at Z₂ = 10 on lavapipe, three of them a step). The layer's weight keeps the
+    /// padding rows (also in checkpoints, as a conditional layer's): they multiply zeros, so
+    /// their gradient is 0 and only weight decay moves them, harmlessly.
     pub fn padded(&self) -> usize {
         self.latent.div_ceil(4) * 4
     }
@@ -304,7 +306,8 @@ impl VaeConfig {
         Ok(cfg)
     }
 
-    /// Parameters in the model.
+    /// Parameters in the model, the zero-padding input rows of conditional and hierarchical
+    /// layers included (they are stored and checkpointed).
     pub fn num_params(&self) -> usize {
         let mut widths = vec![self.enc_input_dim()];
         widths.extend(&self.hidden);

@@ -270,7 +270,8 @@ impl Vae {
             .chain(self.top.iter().flat_map(|t| t.layers()))
     }
 
-    /// Model size in parameters (padding excluded).
+    /// Model size in parameters: [`VaeConfig::num_params`] (the arena's alignment padding
+    /// between tensors excluded).
     pub fn num_params(&self) -> usize {
         self.arena.layout.num_params()
     }

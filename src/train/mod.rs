@@ -735,6 +735,9 @@ pub fn prior_latents(
     temperature: f32,
     labels: Option<&[u8]>,
 ) -> Result<Vec<f32>> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
     match vae.config.top.last() {
         None => Ok(prior_samples(seed, n, vae.config.latent, temperature)),
         Some(t) => conditional_prior_draws(
