@@ -32,7 +32,8 @@ Writes (28x28 cells, 2 px padding):
   arithmetic.png       10 test images (one per class), each: its decoding, then
                        z - mean(its class) + mean(c) for c = 0..9   [labelled data]
   class_grid.png       one row per class, the same 10 prior draws     [conditional VAEs]
-  hierarchy.png        8 rows of one z2 draw each, 8 draws of z|z2 per row [hierarchical VAEs]
+  hierarchy.png        8 rows of one top-layer draw each, 8 draws of the layers below per
+                       row                                              [hierarchical VAEs]
   latent_scatter.png   test-set latent means coloured by label        [2-D latents]
   manifold.png         20x20 decodings over the prior's quantiles     [2-D latent VAEs, one layer]
 and prints one JSON line: test_loss (the -ELBO, a bound on -log p(x), or on -log p(x|y) for a
@@ -43,7 +44,8 @@ For an autoencoder the latent means are its codes, test_loss is the reconstructi
 penalties (L1, contractive), and test_iw_nll is null (there is no prior); for a VQ-VAE they are
 its unquantized codes and test_loss adds the codebook and commitment terms. A hierarchical
 VAE (--top) is probed and pictured through its lower latent z (its means of q(z|x)); its
-test_iw_nll draws (z, z2) pairs.";
+test_iw_nll draws chains (z, z2, ...). layer_kl splits the test KL by stochastic layer, z
+first (one value for a one-layer VAE; null for autoencoders): a layer near 0 is unused.";
 
 struct Args {
     checkpoint: PathBuf,
@@ -133,10 +135,13 @@ fn run(args: Args) -> Result<()> {
     // Numbers: the bound, its importance-weighted tightening, and the probe.
     let stats = test_eval.elbo(&vae, seed, binarize)?;
     // An autoencoder has no prior, so no importance-weighted bound.
-    let iw = if cfg.is_vae() {
-        Some(test_eval.iw_nll(&vae, seed, args.iw_k, binarize)?)
+    let (iw, layer_kl) = if cfg.is_vae() {
+        (
+            Some(test_eval.iw_nll(&vae, seed, args.iw_k, binarize)?),
+            Some(test_eval.layer_kl(&vae, seed, binarize)?),
+        )
     } else {
-        None
+        (None, None)
     };
     let test_means = test_eval.encode_means(&vae, seed)?;
     let labelled = !test.labels.is_empty();
@@ -211,8 +216,14 @@ fn run(args: Args) -> Result<()> {
     };
     let probe = probe_accuracy.map_or("null".to_string(), |a| format!("{a:.4}"));
     let iw = iw.map_or("null".to_string(), |v| format!("{v:.4}"));
+    let layer_kl = layer_kl.map_or("null".to_string(), |v| {
+        format!(
+            "[{}]",
+            v.iter().map(|k| format!("{k:.4}")).collect::<Vec<_>>().join(",")
+        )
+    });
     println!(
-        "{{\"test_loss\":{:.4},\"test_iw_nll\":{iw},\"iw_k\":{},\"probe_accuracy\":{probe},\"bound_on\":\"{bound}\",\"dataset\":\"{}\",\"latent\":{},\"seed\":{seed}}}",
+        "{{\"test_loss\":{:.4},\"test_iw_nll\":{iw},\"iw_k\":{},\"layer_kl\":{layer_kl},\"probe_accuracy\":{probe},\"bound_on\":\"{bound}\",\"dataset\":\"{}\",\"latent\":{},\"seed\":{seed}}}",
         stats.loss,
         args.iw_k,
         dataset.name(),

@@ -470,6 +470,46 @@ impl<'g> Evaluator<'g> {
         Ok(ElboStats::from_totals(&totals, self.data.count))
     }
 
+    /// A VAE's KL per example split by stochastic layer, from z₁ up, with the draws of
+    /// [`Evaluator::elbo`] (same `seed`): the layers' values add up to its `kl`. Each layer
+    /// below the top of a hierarchical VAE gives its ladder term E_q[log q(z_k|·)] −
+    /// log p(z_k|z_{k+1}) at the drawn values, the top (or only) layer its closed-form
+    /// KL(q ‖ N(0, I)). A layer whose KL is near 0 carries no information about x (a
+    /// collapsed layer). Reads every batch's terms back (evaluation only).
+    pub fn layer_kl(&self, vae: &Vae, seed: u64, binarize: bool) -> Result<Vec<f64>> {
+        if !vae.config.is_vae() {
+            return Err(VaeError::Config(
+                "per-layer KL needs a VAE: an autoencoder's code has no prior".into(),
+            ));
+        }
+        let b = self.batch;
+        let steps = self.data.count.div_ceil(b);
+        let rem = self.data.count % b;
+        let ws = Workspace::new(self.gpu, vae, b, 1, false, false)?;
+        let log = self.gpu.tensor("layer_kl_log", &[steps, METRIC_SLOTS])?;
+        let (full, last) = self.plans(vae, &ws, b, &log, binarize)?;
+        let mut totals = vec![0.0f64; 1 + vae.config.top.len()];
+        for i in 0..steps {
+            let (plan, rows) = if i + 1 == steps && rem > 0 {
+                (last.as_ref().unwrap_or(&full), rem)
+            } else {
+                (&full, b)
+            };
+            self.write_step(seed, i * b, i);
+            self.gpu.run(&plan.iter().collect::<Vec<_>>())?;
+            let mut views = vec![if vae.config.top.is_empty() {
+                ws.kl(rows)
+            } else {
+                ws.kl_rows(rows)
+            }];
+            views.extend((0..vae.config.top.len()).map(|k| ws.kl_top(k, rows)));
+            for (total, view) in totals.iter_mut().zip(&views) {
+                *total += self.gpu.read(view)?.iter().map(|&v| v as f64).sum::<f64>();
+            }
+        }
+        Ok(totals.into_iter().map(|t| t / self.data.count as f64).collect())
+    }
+
     /// Importance-weighted estimate of −log p(x) per example with `k` draws:
     /// −log (1/K) Σ_k p(x|z_k) p(z_k) / q(z_k|x), averaged over the dataset. For a
     /// hierarchical VAE each draw is of (z₁, z₂) and its weight

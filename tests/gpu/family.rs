@@ -585,3 +585,73 @@ fn hierarchical_iw_bound_matches_the_reference() {
         }
     }
 }
+
+/// `Evaluator::layer_kl` per layer against the f64 reference with the evaluator's one draw
+/// (z₁'s ε keyed by sample 0 of the evaluation stream, each upper layer's by its base): a
+/// three-layer VAE's z₁ and z₂ ladder terms E_q[log q] − log p(z_k|z_{k+1}) at the draws and
+/// z₃'s closed-form KL, each summed over its dimensions and averaged over the 7 examples.
+#[test]
+fn layer_kl_matches_the_reference() {
+    let g = gpu();
+    let top = vec![TopLatent { latent: 4, hidden: 8 }, TopLatent { latent: 2, hidden: 4 }];
+    let cfg = VaeConfig {
+        input_dim: 16,
+        hidden: vec![12],
+        latent: 4,
+        activation: Activation::Tanh,
+        likelihood: Likelihood::Bernoulli,
+        top: top.clone(),
+        ..Default::default()
+    };
+    let n = 7;
+    let bytes: Vec<u8> = rand_vec(n * 16, 35, 0.0, 256.0)
+        .iter()
+        .map(|&v| v.min(255.0) as u8)
+        .collect();
+    let vae = Vae::new(g, cfg.clone(), 8).unwrap();
+    let eval = Evaluator::new(g, GpuDataset::upload(g, "test", &bytes, n, 16, vec![]).unwrap()).unwrap();
+    let params = to_f64(&vae.arena.read_params(g).unwrap());
+    let seed = 5u64;
+    let got = eval.layer_kl(&vae, seed, false).unwrap();
+    let x: Vec<f64> = bytes.iter().map(|&v| v as f64 / 255.0).collect();
+    let draw = |word: u32, i: usize| rng::normal(rng::device_seed(seed), 0, word, i as u32);
+    let eps1: Vec<f64> = (0..n * 4)
+        .map(|i| draw(rng::stream_word(rng::STREAM_EVAL, 0), i))
+        .collect();
+    let eps_up: Vec<Vec<f64>> = top
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let word = rng::stream_word(rng::STREAM_EVAL, vae_wgpu::ops::top_sample_base(i));
+            (0..n * t.latent).map(|j| draw(word, j)).collect()
+        })
+        .collect();
+    let f = reference::hier_forward(&cfg, &params, &x, None, n, 1, &eps1, &eps_up);
+    let last = f.layers.len() - 1;
+    let want: Vec<f64> = f
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(k, l)| {
+            let terms: f64 = (0..l.z.len())
+                .map(|i| {
+                    if k == last {
+                        0.5 * (l.lv[i].exp() + l.mu[i] * l.mu[i] - 1.0 - l.lv[i])
+                    } else {
+                        let dz = l.z[i] - l.mu_p[i];
+                        -0.5 * (1.0 + l.lv[i]) + 0.5 * (l.lv_p[i] + dz * dz * (-l.lv_p[i]).exp())
+                    }
+                })
+                .sum();
+            terms / n as f64
+        })
+        .collect();
+    assert_eq!(got.len(), 3);
+    for (k, (a, b)) in got.iter().zip(&want).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-5 * b.abs() + 1e-5,
+            "layer {}: {a} vs f64 {b}",
+            k + 1
+        );
+    }
+}

@@ -1144,3 +1144,49 @@ fn three_layer_vae_trains_and_samples_ancestrally() {
         .fold(0.0f32, f32::max);
     assert!(worst < 1e-3, "hierarchy cell (1, 2) differs from its replay by {worst}");
 }
+
+/// `Evaluator::layer_kl` splits the evaluation KL by stochastic layer: after an epoch of
+/// training, for a one-layer VAE it is the −ELBO's KL and for a three-layer one its values add
+/// up to it (the same draws), the top layer's closed-form KL non-negative (each layer against
+/// the f64 reference in family.rs). An autoencoder is refused.
+#[test]
+fn layer_kl_splits_the_evaluation_kl() {
+    let g = gpu();
+    let eval = Evaluator::new(g, mnist_subset(g, 150)).unwrap();
+    for top in [
+        vec![],
+        vec![TopLatent { latent: 6, hidden: 16 }, TopLatent { latent: 2, hidden: 8 }],
+    ] {
+        let cfg = VaeConfig {
+            top: top.clone(),
+            ..small_config()
+        };
+        let vae = Vae::new(g, cfg, 3).unwrap();
+        let mut tr = Trainer::new(g, &vae, mnist_subset(g, 128), TrainConfig::default()).unwrap();
+        tr.train_epoch(|_, _| {}).unwrap();
+        let stats = eval.elbo(&vae, 7, false).unwrap();
+        let layers = eval.layer_kl(&vae, 7, false).unwrap();
+        assert_eq!(layers.len(), top.len() + 1);
+        let sum: f64 = layers.iter().sum();
+        assert!(
+            (sum - stats.kl).abs() <= 1e-5 * stats.kl.abs() + 1e-5,
+            "{} layers: {layers:?} add up to {sum}, the -ELBO's KL is {}",
+            top.len() + 1,
+            stats.kl
+        );
+        assert!(*layers.last().unwrap() >= 0.0, "{layers:?}");
+    }
+    let ae = Vae::new(
+        g,
+        VaeConfig {
+            code: Code::Deterministic {
+                l1: 0.0,
+                contractive: 0.0,
+            },
+            ..small_config()
+        },
+        3,
+    )
+    .unwrap();
+    assert!(matches!(eval.layer_kl(&ae, 7, false), Err(VaeError::Config(_))));
+}
