@@ -45,7 +45,9 @@ penalties (L1, contractive), and test_iw_nll is null (there is no prior); for a 
 its unquantized codes and test_loss adds the codebook and commitment terms. A hierarchical
 VAE (--top) is probed and pictured through its lower latent z (its means of q(z|x)); its
 test_iw_nll draws chains (z, z2, ...). layer_kl splits the test KL by stochastic layer, z
-first (one value for a one-layer VAE; null for autoencoders): a layer near 0 is unused.";
+first (one value for a one-layer VAE; null for autoencoders): a layer near 0 is unused.
+codes_used and code_perplexity (VQ-VAEs; null otherwise): how many codebook entries the test
+set's code vectors choose, and exp of the entropy of their frequencies.";
 
 struct Args {
     checkpoint: PathBuf,
@@ -144,6 +146,10 @@ fn run(args: Args) -> Result<()> {
         (None, None)
     };
     let test_means = test_eval.encode_means(&vae, seed)?;
+    let usage = match cfg.code {
+        Code::Quantized { .. } => Some(test_eval.code_usage(&vae, seed)?),
+        _ => None,
+    };
     let labelled = !test.labels.is_empty();
     let probe_accuracy = if cfg.classes == 0 && labelled {
         let train_means = train_eval.encode_means(&vae, seed)?;
@@ -222,8 +228,11 @@ fn run(args: Args) -> Result<()> {
             v.iter().map(|k| format!("{k:.4}")).collect::<Vec<_>>().join(",")
         )
     });
+    let (used, perplexity) = usage.map_or(("null".to_string(), "null".to_string()), |u| {
+        (u.used.to_string(), format!("{:.2}", u.perplexity))
+    });
     println!(
-        "{{\"test_loss\":{:.4},\"test_iw_nll\":{iw},\"iw_k\":{},\"layer_kl\":{layer_kl},\"probe_accuracy\":{probe},\"bound_on\":\"{bound}\",\"dataset\":\"{}\",\"latent\":{},\"seed\":{seed}}}",
+        "{{\"test_loss\":{:.4},\"test_iw_nll\":{iw},\"iw_k\":{},\"layer_kl\":{layer_kl},\"codes_used\":{used},\"code_perplexity\":{perplexity},\"probe_accuracy\":{probe},\"bound_on\":\"{bound}\",\"dataset\":\"{}\",\"latent\":{},\"seed\":{seed}}}",
         stats.loss,
         args.iw_k,
         dataset.name(),

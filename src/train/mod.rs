@@ -14,7 +14,7 @@ use crate::gpu::{Dispatch, Gpu, Tensor};
 use crate::model::plan::{
     plan_inputs, plan_step, BatchSource, GpuDataset, Workspace, METRIC_SLOTS, SLOT_KL, SLOT_RECON,
 };
-use crate::model::Vae;
+use crate::model::{Code, Vae};
 use crate::ops::{self, AdamConfig, Likelihood, StepBuffer, StepParams};
 use crate::rng;
 
@@ -94,6 +94,17 @@ impl ElboStats {
             examples,
         }
     }
+}
+
+/// A VQ-VAE's codebook use over a dataset (see [`Evaluator::code_usage`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CodeUsage {
+    /// Entries chosen at least once.
+    pub used: usize,
+    /// exp of the entropy of the choices' frequencies.
+    pub perplexity: f64,
+    /// How often each entry was chosen.
+    pub counts: Vec<u64>,
 }
 
 /// One epoch's outcome.
@@ -508,6 +519,54 @@ impl<'g> Evaluator<'g> {
             }
         }
         Ok(totals.into_iter().map(|t| t / self.data.count as f64).collect())
+    }
+
+    /// A VQ-VAE's codebook use on this dataset: how many of the K entries the B·G code
+    /// vectors chose at least once, and the perplexity exp(−Σ_k p_k ln p_k) of the choices'
+    /// frequencies p_k (K if every entry is chosen equally often, 1 if one takes all). Low use
+    /// means dead entries, which the codebook's gradient or moving averages never move.
+    pub fn code_usage(&self, vae: &Vae, seed: u64) -> Result<CodeUsage> {
+        let Code::Quantized { codes, groups, .. } = vae.config.code else {
+            return Err(VaeError::Config("codebook use needs a VQ-VAE (--vq)".into()));
+        };
+        let b = self.batch;
+        let steps = self.data.count.div_ceil(b);
+        let rem = self.data.count % b;
+        let ws = Workspace::new(self.gpu, vae, b, 1, false, false)?;
+        let index = ws
+            .vq_index
+            .as_ref()
+            .ok_or_else(|| VaeError::Gpu("a VQ-VAE workspace lacks its code indices".into()))?;
+        let log = self.gpu.tensor("usage_log", &[steps, METRIC_SLOTS])?;
+        let (full, last) = self.plans(vae, &ws, b, &log, false)?;
+        let mut counts = vec![0u64; codes];
+        for i in 0..steps {
+            let (plan, rows) = if i + 1 == steps && rem > 0 {
+                (last.as_ref().unwrap_or(&full), rem)
+            } else {
+                (&full, b)
+            };
+            self.write_step(seed, i * b, i);
+            self.gpu.run(&plan.iter().collect::<Vec<_>>())?;
+            for &k in &self.gpu.read(&index.reshape_prefix(&[rows * groups]))? {
+                // Indices are exact small integers stored as f32.
+                counts[(k as usize).min(codes - 1)] += 1;
+            }
+        }
+        let total = counts.iter().sum::<u64>() as f64;
+        let entropy: f64 = counts
+            .iter()
+            .filter(|&&c| c > 0)
+            .map(|&c| {
+                let p = c as f64 / total;
+                -p * p.ln()
+            })
+            .sum();
+        Ok(CodeUsage {
+            used: counts.iter().filter(|&&c| c > 0).count(),
+            perplexity: entropy.exp(),
+            counts,
+        })
     }
 
     /// Importance-weighted estimate of −log p(x) per example with `k` draws:

@@ -796,16 +796,35 @@ fn vq_vae_trains_and_checkpoints_its_codebook() {
     let params = vae.arena.read_params(g).unwrap();
     let book = &params[vae.codebook.unwrap()];
     let means = eval.encode_means(&vae, 1).unwrap();
-    let mut used: Vec<usize> = means
+    let chosen: Vec<usize> = means
         .chunks_exact(2)
         .map(|v| {
             let dist = |k: usize| (v[0] - book[2 * k]).powi(2) + (v[1] - book[2 * k + 1]).powi(2);
             (0..16).fold(0, |best, k| if dist(k) < dist(best) { k } else { best })
         })
         .collect();
+    let mut used = chosen.clone();
     used.sort();
     used.dedup();
     assert!(used.len() >= 3, "only codebook entries {used:?} in use");
+    // code_usage counts the device's choices: the same histogram, and its perplexity.
+    let mut counts = vec![0u64; 16];
+    for &k in &chosen {
+        counts[k] += 1;
+    }
+    let usage = eval.code_usage(&vae, 1).unwrap();
+    assert_eq!((usage.used, &usage.counts), (used.len(), &counts));
+    let n = chosen.len() as f64;
+    let entropy: f64 = counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| -(c as f64 / n) * (c as f64 / n).ln())
+        .sum();
+    assert!((usage.perplexity - entropy.exp()).abs() < 1e-9, "{usage:?}");
+    assert!(matches!(
+        eval.code_usage(&Vae::new(g, small_config(), 1).unwrap(), 1),
+        Err(VaeError::Config(_))
+    ));
 
     // Switching this gradient-trained model to moving averages clears the codebook's gradient
     // and Adam moments (else Adam's momentum would go on moving it), and only those.
