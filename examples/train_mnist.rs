@@ -53,7 +53,8 @@ USAGE: cargo run --release --example train_mnist -- [FLAGS]
   --top Z2:H2[,Z3:H3...]  hierarchical VAE: a second stochastic layer z2 (Z2 dimensions) above
                           z, with q(z2|z) and the learned prior p(z|z2) each one hidden layer
                           of H2 units; more layers z3, ... stack the same way above z2, up to 8
-                          (with --conditional every such network also takes the label)
+                          layers above z (z2..z9; with --conditional every such network also
+                          takes the label)
   --denoise P             denoising: zero each input pixel with probability P in training
                           (0 <= P < 1); the target stays the clean image
   --dataset D             mnist | fashion-mnist | binarized-mnist (default mnist); binarized

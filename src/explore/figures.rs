@@ -127,7 +127,8 @@ pub fn arithmetic_figure(
 
 /// A conditional model's classes: row c decodes the same `per_class` prior draws (scaled by
 /// `temperature`) with label c, so columns hold style fixed while rows change the class. In a
-/// hierarchical model the draws fixed along a column are z₂ and the noise of z₁ ~ p(z₁|z₂, c).
+/// hierarchical model the draws fixed along a column are the top layer's and the noise of every
+/// layer below, each drawn from its conditional prior given class c.
 pub fn class_figure(gpu: &Gpu, vae: &Vae, seed: u64, per_class: usize, temperature: f32) -> Result<Figure> {
     let classes = vae.config.classes;
     if classes == 0 {

@@ -44,22 +44,10 @@ pub enum Code {
 /// conditional model every such MLP also takes the one-hot label: q(z₂|z₁, y), p(z₁|z₂, y).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TopLatent {
-    /// Dimensions of z₂ (even).
+    /// Dimensions of this layer's latent (even).
     pub latent: usize,
     /// Hidden width of the q(z₂|z₁) and p(z₁|z₂) networks (a multiple of 4).
     pub hidden: usize,
-}
-
-impl TopLatent {
-    /// Width of z₂'s rows on the device in an unconditional model: Z₂ zero-padded to a
-    /// multiple of 4 (see [`VaeConfig::top_input_dim`] for any model), so that every product of
-    /// p(z₁|z₂)'s first layer takes the vec4 strategies (the scalar fallback took 1.1–1.5 ms
-    /// per product at Z₂ = 10 on lavapipe, three of them a step). The layer's weight keeps the
-    /// padding rows (also in checkpoints, as a conditional layer's): they multiply zeros, so
-    /// their gradient is 0 and only weight decay moves them, harmlessly.
-    pub fn padded(&self) -> usize {
-        self.latent.div_ceil(4) * 4
-    }
 }
 
 /// Architecture and likelihood of a VAE. The default is the reference model used across the
@@ -122,13 +110,18 @@ impl VaeConfig {
     }
 
     /// Width of the rows of upper layer `i` (z_{i+2}) as the networks read them: its draws,
-    /// then (conditional) the one-hot, zero-padded to a multiple of 4.
+    /// then (conditional) the one-hot, zero-padded to a multiple of 4 so that every product of
+    /// p(z_{i+1}|z_{i+2})'s first layer takes the vec4 strategies (the scalar fallback took
+    /// 1.1–1.5 ms per product at Z₂ = 10 on lavapipe, three of them a step). The layer's
+    /// weight keeps the padding rows (also in checkpoints, as a conditional layer's): they
+    /// multiply zeros, so their gradient is 0 and only weight decay moves them, harmlessly.
+    /// Panics unless `i < self.top.len()`.
     pub fn top_input_dim(&self, i: usize) -> usize {
         (self.top[i].latent + self.classes).div_ceil(4) * 4
     }
 
     /// Width of the rows below upper layer `i`, the input of its q network: z₁'s rows (the
-    /// decoder's input) for i = 0, else upper layer i − 1's.
+    /// decoder's input) for i = 0, else upper layer i − 1's. Panics past the last layer.
     pub fn top_below_dim(&self, i: usize) -> usize {
         if i == 0 {
             self.dec_input_dim()

@@ -442,3 +442,19 @@ pub fn sample_backward(
         4.0 * (4 * b * zd + 3 * samples * b * zd) as f64,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// ε's 16-bit sample field holds z₁'s draws 0..MAX_SAMPLES and then one offset per upper
+    /// layer: the ranges must not meet, and the last must fit the field.
+    #[test]
+    fn sample_fields_of_the_layers_are_disjoint() {
+        assert!(MAX_SAMPLES as u32 - 1 < top_sample_base(0));
+        let last = top_sample_base(crate::model::MAX_TOP_LAYERS - 1);
+        assert!(last < 1 << 16, "{last}");
+        let bases: Vec<u32> = (0..crate::model::MAX_TOP_LAYERS).map(top_sample_base).collect();
+        assert!(bases.windows(2).all(|w| w[0] < w[1]), "{bases:?}");
+    }
+}

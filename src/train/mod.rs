@@ -571,8 +571,8 @@ impl<'g> Evaluator<'g> {
 
     /// Importance-weighted estimate of −log p(x) per example with `k` draws:
     /// −log (1/K) Σ_k p(x|z_k) p(z_k) / q(z_k|x), averaged over the dataset. For a
-    /// hierarchical VAE each draw is of (z₁, z₂) and its weight
-    /// p(x|z₁) p(z₁|z₂) p(z₂) / (q(z₁|x) q(z₂|z₁)).
+    /// hierarchical VAE each draw is a chain (z₁, z₂, …) and its weight, with two layers,
+    /// p(x|z₁) p(z₁|z₂) p(z₂) / (q(z₁|x) q(z₂|z₁)), and so on up the layers.
     pub fn iw_nll(&self, vae: &Vae, seed: u64, k: usize, binarize: bool) -> Result<f64> {
         if k == 0 || k > ops::MAX_SAMPLES {
             return Err(VaeError::Config(format!(

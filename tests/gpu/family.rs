@@ -509,7 +509,7 @@ fn decode_and_encode_means_match_the_reference() {
 
 /// A hierarchical VAE's importance-weighted bound against the f64 reference's log weights
 /// (`reference::hier_log_weights`, every density written out) with the evaluator's noise: z₁'s
-/// ε as for a one-layer model, z₂'s keyed by sample word `TOP_SAMPLE_BASE` and its draw's row
+/// ε as for a one-layer model, z₂'s keyed by sample word 2^15 and its draw's row
 /// s·B + e. K = 1, 4 and 1,000 (the last in batches of 5, the final one partial); the K = 1
 /// estimate is a one-draw Monte Carlo −ELBO with both layers' log-ratios sampled. Unconditional
 /// and conditional on 3 classes (the bound on −log p(x|y), every network given the label).
@@ -522,6 +522,15 @@ fn hierarchical_iw_bound_matches_the_reference() {
         (3, vec![TopLatent { latent: 2, hidden: 8 }]),
         (0, three.clone()),
         (3, three),
+        // Four layers: two middle layers' log-ratios (z₂'s and z₃'s), the second with base 2^15 + 1.
+        (
+            0,
+            vec![
+                TopLatent { latent: 4, hidden: 8 },
+                TopLatent { latent: 2, hidden: 4 },
+                TopLatent { latent: 2, hidden: 4 },
+            ],
+        ),
     ] {
         let cfg = VaeConfig {
             input_dim: 16,
@@ -565,7 +574,7 @@ fn hierarchical_iw_bound_matches_the_reference() {
                     .iter()
                     .enumerate()
                     .map(|(i, t)| {
-                        let word = rng::stream_word(rng::STREAM_EVAL, vae_wgpu::ops::top_sample_base(i));
+                        let word = rng::stream_word(rng::STREAM_EVAL, 32768 + i as u32); // sample field 2^15 + i, written out
                         (0..k * rows * t.latent).map(|j| draw(word, j)).collect()
                     })
                     .collect();
@@ -622,7 +631,7 @@ fn layer_kl_matches_the_reference() {
         .iter()
         .enumerate()
         .map(|(i, t)| {
-            let word = rng::stream_word(rng::STREAM_EVAL, vae_wgpu::ops::top_sample_base(i));
+            let word = rng::stream_word(rng::STREAM_EVAL, 32768 + i as u32); // sample field 2^15 + i, written out
             (0..n * t.latent).map(|j| draw(word, j)).collect()
         })
         .collect();

@@ -948,7 +948,7 @@ fn trainer_epochs_match_the_reference_with_every_option() {
 /// sample index `TOP_SAMPLE_BASE` + level in the key, so never one of z₁'s draws or another
 /// layer's.
 fn top_eps(sp: &StepParams, rows: usize, latent: usize, level: u32) -> Vec<f64> {
-    let stream = rng::stream_word(sp.stream, ops::TOP_SAMPLE_BASE + level);
+    let stream = rng::stream_word(sp.stream, 32768 + level); // 2^15 + level, written out
     (0..rows * latent)
         .map(|i| rng::normal(sp.seed, sp.step, stream, i as u32))
         .collect()
@@ -961,7 +961,8 @@ fn top_eps(sp: &StepParams, rows: usize, latent: usize, level: u32) -> Vec<f64> 
 /// filled first, so the upper KL terms' place in the per-example buffer is checked too; the
 /// third case draws L = 2 samples of (z₁, z₂) per example, the fourth is conditional on 3
 /// classes (the one-hot in every network's input, z₂'s rows included); the last three stack
-/// z₃ (and z₄) above z₂, where a middle layer's draw, KL term and gradients meet.
+/// z₃ (and z₄) above z₂, where a middle layer's draw, KL term and gradients meet, and the
+/// last has the most layers a model may have.
 #[test]
 fn hierarchical_vae_gradients_match_finite_differences() {
     let two = vec![TopLatent { latent: 2, hidden: 8 }];
@@ -985,6 +986,14 @@ fn hierarchical_vae_gradients_match_finite_differences() {
         (Activation::Tanh, Likelihood::Bernoulli, 1, 0, three.clone()),
         (Activation::Tanh, Likelihood::Gaussian { variance: 0.5 }, 2, 3, three),
         (Activation::Tanh, Likelihood::Bernoulli, 2, 0, four),
+        // The most layers (MAX_TOP_LAYERS above z₁): ten metric segments, eight RNG bases.
+        (
+            Activation::Tanh,
+            Likelihood::Bernoulli,
+            1,
+            0,
+            vec![TopLatent { latent: 2, hidden: 4 }; vae_wgpu::model::MAX_TOP_LAYERS],
+        ),
     ];
     for (activation, likelihood, l, classes, top) in cases {
         let g = gpu();
