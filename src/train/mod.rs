@@ -457,6 +457,35 @@ impl<'g> Evaluator<'g> {
         Ok((full, last))
     }
 
+    /// Runs the evaluation plans of `ws` over the dataset in batches of `ws.batch` (the last
+    /// one partial), the draws keyed by `seed`, and calls `after(rows)` once each batch's
+    /// results are in `ws` (waiting for the device: evaluation reads back per batch).
+    fn run_batches(
+        &self,
+        vae: &Vae,
+        ws: &Workspace,
+        seed: u64,
+        binarize: bool,
+        mut after: impl FnMut(usize) -> Result<()>,
+    ) -> Result<()> {
+        let b = ws.batch;
+        let steps = self.data.count.div_ceil(b);
+        let rem = self.data.count % b;
+        let log = self.gpu.tensor("eval_batches_log", &[steps, METRIC_SLOTS])?;
+        let (full, last) = self.plans(vae, ws, b, &log, binarize)?;
+        for i in 0..steps {
+            let (plan, rows) = if i + 1 == steps && rem > 0 {
+                (last.as_ref().unwrap_or(&full), rem)
+            } else {
+                (&full, b)
+            };
+            self.write_step(seed, i * b, i);
+            self.gpu.run(&plan.iter().collect::<Vec<_>>())?;
+            after(rows)?;
+        }
+        Ok(())
+    }
+
     /// −ELBO per example with one draw per example (fixed evaluation key, so every epoch is
     /// measured with the same ε).
     pub fn elbo(&self, vae: &Vae, seed: u64, binarize: bool) -> Result<ElboStats> {
@@ -493,21 +522,9 @@ impl<'g> Evaluator<'g> {
                 "per-layer KL needs a VAE: an autoencoder's code has no prior".into(),
             ));
         }
-        let b = self.batch;
-        let steps = self.data.count.div_ceil(b);
-        let rem = self.data.count % b;
-        let ws = Workspace::new(self.gpu, vae, b, 1, false, false)?;
-        let log = self.gpu.tensor("layer_kl_log", &[steps, METRIC_SLOTS])?;
-        let (full, last) = self.plans(vae, &ws, b, &log, binarize)?;
+        let ws = Workspace::new(self.gpu, vae, self.batch, 1, false, false)?;
         let mut totals = vec![0.0f64; 1 + vae.config.top.len()];
-        for i in 0..steps {
-            let (plan, rows) = if i + 1 == steps && rem > 0 {
-                (last.as_ref().unwrap_or(&full), rem)
-            } else {
-                (&full, b)
-            };
-            self.write_step(seed, i * b, i);
-            self.gpu.run(&plan.iter().collect::<Vec<_>>())?;
+        self.run_batches(vae, &ws, seed, binarize, |rows| {
             let mut views = vec![if vae.config.top.is_empty() {
                 ws.kl(rows)
             } else {
@@ -517,7 +534,8 @@ impl<'g> Evaluator<'g> {
             for (total, view) in totals.iter_mut().zip(&views) {
                 *total += self.gpu.read(view)?.iter().map(|&v| v as f64).sum::<f64>();
             }
-        }
+            Ok(())
+        })?;
         Ok(totals.into_iter().map(|t| t / self.data.count as f64).collect())
     }
 
@@ -529,30 +547,19 @@ impl<'g> Evaluator<'g> {
         let Code::Quantized { codes, groups, .. } = vae.config.code else {
             return Err(VaeError::Config("codebook use needs a VQ-VAE (--vq)".into()));
         };
-        let b = self.batch;
-        let steps = self.data.count.div_ceil(b);
-        let rem = self.data.count % b;
-        let ws = Workspace::new(self.gpu, vae, b, 1, false, false)?;
+        let ws = Workspace::new(self.gpu, vae, self.batch, 1, false, false)?;
         let index = ws
             .vq_index
             .as_ref()
             .ok_or_else(|| VaeError::Gpu("a VQ-VAE workspace lacks its code indices".into()))?;
-        let log = self.gpu.tensor("usage_log", &[steps, METRIC_SLOTS])?;
-        let (full, last) = self.plans(vae, &ws, b, &log, false)?;
         let mut counts = vec![0u64; codes];
-        for i in 0..steps {
-            let (plan, rows) = if i + 1 == steps && rem > 0 {
-                (last.as_ref().unwrap_or(&full), rem)
-            } else {
-                (&full, b)
-            };
-            self.write_step(seed, i * b, i);
-            self.gpu.run(&plan.iter().collect::<Vec<_>>())?;
+        self.run_batches(vae, &ws, seed, false, |rows| {
             for &k in &self.gpu.read(&index.reshape_prefix(&[rows * groups]))? {
                 // Indices are exact small integers stored as f32.
                 counts[(k as usize).min(codes - 1)] += 1;
             }
-        }
+            Ok(())
+        })?;
         let total = counts.iter().sum::<u64>() as f64;
         let entropy: f64 = counts
             .iter()
@@ -588,25 +595,13 @@ impl<'g> Evaluator<'g> {
         // Decoder rows are K·B: keep them near 5000.
         let b = (5000 / k).clamp(1, self.data.count);
         let zd = vae.config.latent;
-        let steps = self.data.count.div_ceil(b);
         let ws = Workspace::new(self.gpu, vae, b, k, false, true)?;
-        let log = self.gpu.tensor("iw_log", &[steps, METRIC_SLOTS])?;
-        let (full, last) = self.plans(vae, &ws, b, &log, binarize)?;
-        let rem = self.data.count % b;
         let lr_all = ws
             .log_ratio
             .as_ref()
             .ok_or_else(|| VaeError::Gpu("workspace lacks log_ratio".into()))?;
         let mut total = 0.0f64;
-        for i in 0..steps {
-            let (plan, rows) = if i + 1 == steps && rem > 0 {
-                (last.as_ref().unwrap_or(&full), rem)
-            } else {
-                (&full, b)
-            };
-            self.write_step(seed, i * b, i);
-            let refs: Vec<&Dispatch> = plan.iter().collect();
-            self.gpu.run(&refs)?;
+        self.run_batches(vae, &ws, seed, binarize, |rows| {
             let nll = self.gpu.read(&ws.nll(rows))?;
             let lr_terms = self.gpu.read(&lr_all.reshape_prefix(&[k * rows * zd]))?;
             let mut lr: Vec<f64> = lr_terms
@@ -631,7 +626,8 @@ impl<'g> Evaluator<'g> {
                 let lse = m + w.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
                 total += -(lse - (k as f64).ln());
             }
-        }
+            Ok(())
+        })?;
         Ok(total / self.data.count as f64)
     }
 

@@ -507,6 +507,40 @@ fn decode_and_encode_means_match_the_reference() {
     }
 }
 
+/// A small tanh/Bernoulli hierarchical VAE on 16 pixels with z₁ of 4, the `top` layers and
+/// `classes`, for the evaluation reference tests.
+fn small_hierarchy(top: &[TopLatent], classes: usize) -> VaeConfig {
+    VaeConfig {
+        input_dim: 16,
+        hidden: vec![12],
+        latent: 4,
+        activation: Activation::Tanh,
+        likelihood: Likelihood::Bernoulli,
+        top: top.to_vec(),
+        classes,
+        ..Default::default()
+    }
+}
+
+/// The evaluator's noise for `rows` examples and `k` draws, written out from the key layout:
+/// z₁'s ε [K, rows, Z] keyed by sample s of the evaluation stream, upper layer i's
+/// [K·rows, Z_i] by sample field 2^15 + i.
+fn eval_noise(seed: u64, k: usize, rows: usize, latent: usize, top: &[TopLatent]) -> (Vec<f64>, Vec<Vec<f64>>) {
+    let draw = |word: u32, i: usize| rng::normal(rng::device_seed(seed), 0, word, i as u32);
+    let eps1 = (0..k)
+        .flat_map(|s| (0..rows * latent).map(move |i| draw(rng::stream_word(rng::STREAM_EVAL, s as u32), i)))
+        .collect();
+    let eps_up = top
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let word = rng::stream_word(rng::STREAM_EVAL, 32768 + i as u32);
+            (0..k * rows * t.latent).map(|j| draw(word, j)).collect()
+        })
+        .collect();
+    (eps1, eps_up)
+}
+
 /// A hierarchical VAE's importance-weighted bound against the f64 reference's log weights
 /// (`reference::hier_log_weights`, every density written out) with the evaluator's noise: z₁'s
 /// ε as for a one-layer model, z₂'s keyed by sample word 2^15 and its draw's row
@@ -532,16 +566,7 @@ fn hierarchical_iw_bound_matches_the_reference() {
             ],
         ),
     ] {
-        let cfg = VaeConfig {
-            input_dim: 16,
-            hidden: vec![12],
-            latent: 4,
-            activation: Activation::Tanh,
-            likelihood: Likelihood::Bernoulli,
-            top: top.clone(),
-            classes,
-            ..Default::default()
-        };
+        let cfg = small_hierarchy(&top, classes);
         let n = 7;
         let bytes: Vec<u8> = rand_vec(n * 16, 33, 0.0, 256.0)
             .iter()
@@ -566,18 +591,7 @@ fn hierarchical_iw_bound_matches_the_reference() {
                     .iter()
                     .map(|&v| v as f64 / 255.0)
                     .collect();
-                let draw = |word: u32, i: usize| rng::normal(rng::device_seed(seed), 0, word, i as u32);
-                let eps1: Vec<f64> = (0..k)
-                    .flat_map(|s| (0..rows * 4).map(move |i| draw(rng::stream_word(rng::STREAM_EVAL, s as u32), i)))
-                    .collect();
-                let eps_up: Vec<Vec<f64>> = top
-                    .iter()
-                    .enumerate()
-                    .map(|(i, t)| {
-                        let word = rng::stream_word(rng::STREAM_EVAL, 32768 + i as u32); // sample field 2^15 + i, written out
-                        (0..k * rows * t.latent).map(|j| draw(word, j)).collect()
-                    })
-                    .collect();
+                let (eps1, eps_up) = eval_noise(seed, k, rows, 4, &top);
                 let y = (classes > 0).then(|| &labels[start..start + rows]);
                 let w = reference::hier_log_weights(&cfg, &params, &x, y, rows, k, &eps1, &eps_up);
                 for e in 0..rows {
@@ -603,15 +617,7 @@ fn hierarchical_iw_bound_matches_the_reference() {
 fn layer_kl_matches_the_reference() {
     let g = gpu();
     let top = vec![TopLatent { latent: 4, hidden: 8 }, TopLatent { latent: 2, hidden: 4 }];
-    let cfg = VaeConfig {
-        input_dim: 16,
-        hidden: vec![12],
-        latent: 4,
-        activation: Activation::Tanh,
-        likelihood: Likelihood::Bernoulli,
-        top: top.clone(),
-        ..Default::default()
-    };
+    let cfg = small_hierarchy(&top, 0);
     let n = 7;
     let bytes: Vec<u8> = rand_vec(n * 16, 35, 0.0, 256.0)
         .iter()
@@ -623,18 +629,7 @@ fn layer_kl_matches_the_reference() {
     let seed = 5u64;
     let got = eval.layer_kl(&vae, seed, false).unwrap();
     let x: Vec<f64> = bytes.iter().map(|&v| v as f64 / 255.0).collect();
-    let draw = |word: u32, i: usize| rng::normal(rng::device_seed(seed), 0, word, i as u32);
-    let eps1: Vec<f64> = (0..n * 4)
-        .map(|i| draw(rng::stream_word(rng::STREAM_EVAL, 0), i))
-        .collect();
-    let eps_up: Vec<Vec<f64>> = top
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let word = rng::stream_word(rng::STREAM_EVAL, 32768 + i as u32); // sample field 2^15 + i, written out
-            (0..n * t.latent).map(|j| draw(word, j)).collect()
-        })
-        .collect();
+    let (eps1, eps_up) = eval_noise(seed, 1, n, 4, &top);
     let f = reference::hier_forward(&cfg, &params, &x, None, n, 1, &eps1, &eps_up);
     let last = f.layers.len() - 1;
     let want: Vec<f64> = f

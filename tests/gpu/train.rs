@@ -957,21 +957,103 @@ fn hierarchical_vae_trains_checkpoints_and_samples() {
     let (n, t) = (5, 0.8f32);
     let z1 = prior_latents(g, &vae, 11, n, t, None).unwrap();
     let z2: Vec<f64> = prior_samples(11, n, 4, t).iter().map(|&v| v as f64).collect();
-    let p = |name: &str| params[slot(name)].iter().map(|&v| v as f64).collect::<Vec<f64>>();
-    let tl = reference::top_layers(&cfg);
-    let h = reference::dense_forward(&tl[2], &z2, n, &p("top.prior.0.weight"), &p("top.prior.0.bias")).1;
-    let p1 = reference::dense_forward(&tl[3], &h, n, &p("top.prior.head.weight"), &p("top.prior.head.bias")).1;
-    let word = rng::stream_word(rng::STREAM_SAMPLE, 1);
-    for i in 0..n * 8 {
-        let (e, j) = (i / 8, i % 8);
-        let eps = rng::normal(rng::device_seed(11), 0, word, i as u32) * t as f64;
-        let want = p1[e * 16 + j] + (0.5 * p1[e * 16 + 8 + j]).exp() * eps;
-        assert!(
-            (z1[i] as f64 - want).abs() < 1e-4 * (1.0 + want.abs()),
-            "z1[{i}]: {} want {want}",
-            z1[i]
-        );
+    let want = replay_prior(&vae, &params, 0, &z2, n, 11, t, 1, 0);
+    for (i, (&a, &b)) in z1.iter().zip(&want).enumerate() {
+        assert!((a as f64 - b).abs() < 1e-4 * (1.0 + b.abs()), "z1[{i}]: {a} want {b}");
     }
+}
+
+/// Upper layer `i`'s conditional prior replayed in f64 from the model's parameters: the rows
+/// `z_in` [n, width] (z_{i+2} with its padding or one-hot) through p(z_{i+1}|z_{i+2})'s network,
+/// then z_{i+1} = μₚ + σₚ·ε with ε keyed (seed, 0, sample word `word`, `first` + k), scaled by
+/// `t`. n·Z_{i+1} values.
+#[allow(clippy::too_many_arguments)]
+fn replay_prior(
+    vae: &Vae,
+    params: &[Vec<f32>],
+    i: usize,
+    z_in: &[f64],
+    n: usize,
+    seed: u64,
+    t: f32,
+    word: u32,
+    first: usize,
+) -> Vec<f64> {
+    let tl = reference::top_layers(&vae.config);
+    let prefix = if i == 0 {
+        "top".to_string()
+    } else {
+        format!("top.z{}", i + 2)
+    };
+    let slot = |name: &str| vae.arena.layout.slots().iter().position(|s| s.name == name).unwrap();
+    let w = |part: &str| {
+        params[slot(&format!("{prefix}.{part}"))]
+            .iter()
+            .map(|&v| v as f64)
+            .collect::<Vec<f64>>()
+    };
+    let h = reference::dense_forward(&tl[4 * i + 2], z_in, n, &w("prior.0.weight"), &w("prior.0.bias")).1;
+    let pp = reference::dense_forward(&tl[4 * i + 3], &h, n, &w("prior.head.weight"), &w("prior.head.bias")).1;
+    let zd = tl[4 * i + 3].outputs / 2;
+    let word = rng::stream_word(rng::STREAM_SAMPLE, word);
+    (0..n * zd)
+        .map(|k| {
+            let (e, j) = (k / zd, k % zd);
+            let eps = rng::normal(rng::device_seed(seed), 0, word, (first + k) as u32) * t as f64;
+            pp[e * 2 * zd + j] + (0.5 * pp[e * 2 * zd + zd + j]).exp() * eps
+        })
+        .collect()
+}
+
+/// Trains a hierarchical VAE of `cfg` (seed 5) for 6 epochs of 300 MNIST images and checks
+/// what every such model must do: its parameter count, `dispatches` a step, a falling −ELBO
+/// with a positive KL, an importance-weighted bound below the −ELBO, and a checkpoint that
+/// loads back to the same configuration and parameters. Returns the model, its parameters
+/// and the checkpoint's tensor shapes by name.
+fn train_and_round_trip_hierarchy(
+    g: &Gpu,
+    cfg: &VaeConfig,
+    dispatches: usize,
+) -> (Vae, Vec<Vec<f32>>, impl Fn(&str) -> Vec<usize>) {
+    let vae = Vae::new(g, cfg.clone(), 5).unwrap();
+    assert_eq!(vae.num_params(), cfg.num_params());
+    let tc = TrainConfig {
+        batch_size: 64,
+        ..Default::default()
+    };
+    let mut tr = Trainer::new(g, &vae, mnist_subset(g, 300), tc).unwrap();
+    assert_eq!(tr.dispatches_per_step(), dispatches);
+    let reports: Vec<_> = (0..6).map(|_| tr.train_epoch(|_, _| {}).unwrap().train).collect();
+    assert!(
+        reports[5].loss < reports[0].loss - 100.0 && reports[5].kl > 0.0,
+        "loss did not fall: {:?} -> {:?}",
+        reports[0],
+        reports[5]
+    );
+    let eval = Evaluator::new(g, mnist_subset(g, 100)).unwrap();
+    let stats = eval.elbo(&vae, 1, false).unwrap();
+    let iw = eval.iw_nll(&vae, 1, 50, false).unwrap();
+    assert!(iw < stats.loss, "IW bound {iw} vs -ELBO {}", stats.loss);
+
+    let dir = std::env::temp_dir().join(format!("vae-wgpu-hier-rt-{}-{}", std::process::id(), cfg.top.len()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("model.safetensors");
+    vae.save(g, &path, &[]).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let shapes: std::collections::HashMap<String, Vec<usize>> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, t)| (name, t.shape().to_vec()))
+        .collect();
+    let back = Vae::load(g, &path).unwrap();
+    assert_eq!(&back.config, cfg);
+    let params = vae.arena.read_params(g).unwrap();
+    assert_eq!(back.arena.read_params(g).unwrap(), params);
+    std::fs::remove_dir_all(&dir).ok();
+    (vae, params, move |name: &str| {
+        shapes.get(name).cloned().unwrap_or_else(|| panic!("{name} missing"))
+    })
 }
 
 /// A conditional hierarchical VAE: q(z₂|z₁, y) and p(z₁|z₂, y) read the one-hot after z₁ and
@@ -991,61 +1073,21 @@ fn conditional_hierarchical_vae_trains_and_samples_by_class() {
     };
     // [z₁ | one-hot] is 18 wide, padded to 20; [z₂ | one-hot] 14, padded to 16.
     assert_eq!((cfg.dec_input_dim(), cfg.top_input_dim(0)), (20, 16));
-    let vae = Vae::new(g, cfg.clone(), 5).unwrap();
-    assert_eq!(vae.num_params(), cfg.num_params());
-    let tc = TrainConfig {
-        batch_size: 64,
-        ..Default::default()
-    };
-    let mut tr = Trainer::new(g, &vae, mnist_subset(g, 300), tc).unwrap();
-    assert_eq!(tr.dispatches_per_step(), 34);
-    let reports: Vec<_> = (0..6).map(|_| tr.train_epoch(|_, _| {}).unwrap().train).collect();
-    assert!(
-        reports[5].loss < reports[0].loss - 100.0 && reports[5].kl > 0.0,
-        "loss did not fall: {:?} -> {:?}",
-        reports[0],
-        reports[5]
+    let (vae, params, shapes) = train_and_round_trip_hierarchy(g, &cfg, 34);
+    assert_eq!(
+        (shapes("q_z2.0.weight"), shapes("p_z1.0.weight")),
+        (vec![16, 20], vec![16, 16])
     );
-    let eval = Evaluator::new(g, mnist_subset(g, 100)).unwrap();
-    let stats = eval.elbo(&vae, 1, false).unwrap();
-    let iw = eval.iw_nll(&vae, 1, 50, false).unwrap();
-    assert!(iw < stats.loss, "IW bound {iw} vs -ELBO {}", stats.loss);
-
-    let dir = std::env::temp_dir().join(format!("vae-wgpu-chier-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("chier.safetensors");
-    vae.save(g, &path, &[]).unwrap();
-    let bytes = std::fs::read(&path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    assert_eq!(st.tensor("q_z2.0.weight").unwrap().shape(), &[16, 20]);
-    assert_eq!(st.tensor("p_z1.0.weight").unwrap().shape(), &[16, 16]);
-    let back = Vae::load(g, &path).unwrap();
-    assert_eq!(back.config, cfg);
-    let params = vae.arena.read_params(g).unwrap();
-    assert_eq!(back.arena.read_params(g).unwrap(), params);
-    std::fs::remove_dir_all(&dir).ok();
 
     // Samples for classes 3, 7, 7, 0: z₂ as prior_samples draws it, the one-hot after it.
     let labels = [3u8, 7, 7, 0];
     let (n, t) = (labels.len(), 0.8f32);
     let z1 = prior_latents(g, &vae, 11, n, t, Some(&labels)).unwrap();
     let z2: Vec<f64> = prior_samples(11, n, 4, t).iter().map(|&v| v as f64).collect();
-    let slot = |name: &str| vae.arena.layout.slots().iter().position(|s| s.name == name).unwrap();
-    let p = |name: &str| params[slot(name)].iter().map(|&v| v as f64).collect::<Vec<f64>>();
-    let tl = reference::top_layers(&cfg);
     let z2_in = reference::with_one_hot(&z2, 4, &labels, 16);
-    let h = reference::dense_forward(&tl[2], &z2_in, n, &p("top.prior.0.weight"), &p("top.prior.0.bias")).1;
-    let p1 = reference::dense_forward(&tl[3], &h, n, &p("top.prior.head.weight"), &p("top.prior.head.bias")).1;
-    let word = rng::stream_word(rng::STREAM_SAMPLE, 1);
-    for i in 0..n * 8 {
-        let (e, j) = (i / 8, i % 8);
-        let eps = rng::normal(rng::device_seed(11), 0, word, i as u32) * t as f64;
-        let want = p1[e * 16 + j] + (0.5 * p1[e * 16 + 8 + j]).exp() * eps;
-        assert!(
-            (z1[i] as f64 - want).abs() < 1e-4 * (1.0 + want.abs()),
-            "z1[{i}]: {} want {want}",
-            z1[i]
-        );
+    let want = replay_prior(&vae, &params, 0, &z2_in, n, 11, t, 1, 0);
+    for (i, (&a, &b)) in z1.iter().zip(&want).enumerate() {
+        assert!((a as f64 - b).abs() < 1e-4 * (1.0 + b.abs()), "z1[{i}]: {a} want {b}");
     }
     // The same z₂ and noise under another label give another z₁ (the prior reads the label).
     let other = prior_latents(g, &vae, 11, n, t, Some(&[4, 7, 2, 1])).unwrap();
@@ -1078,67 +1120,18 @@ fn three_layer_vae_trains_and_samples_ancestrally() {
         top: top.clone(),
         ..Default::default()
     };
-    let vae = Vae::new(g, cfg.clone(), 5).unwrap();
-    assert_eq!(vae.num_params(), cfg.num_params());
-    let tc = TrainConfig {
-        batch_size: 64,
-        ..Default::default()
-    };
-    let mut tr = Trainer::new(g, &vae, mnist_subset(g, 300), tc).unwrap();
-    assert_eq!(tr.dispatches_per_step(), 17 + 2 * 15);
-    let reports: Vec<_> = (0..6).map(|_| tr.train_epoch(|_, _| {}).unwrap().train).collect();
-    assert!(
-        reports[5].loss < reports[0].loss - 100.0 && reports[5].kl > 0.0,
-        "loss did not fall: {:?} -> {:?}",
-        reports[0],
-        reports[5]
-    );
-    let eval = Evaluator::new(g, mnist_subset(g, 100)).unwrap();
-    let stats = eval.elbo(&vae, 1, false).unwrap();
-    let iw = eval.iw_nll(&vae, 1, 50, false).unwrap();
-    assert!(iw < stats.loss, "IW bound {iw} vs -ELBO {}", stats.loss);
-
-    let dir = std::env::temp_dir().join(format!("vae-wgpu-hier3-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("hier3.safetensors");
-    vae.save(g, &path, &[]).unwrap();
-    let bytes = std::fs::read(&path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (vae, params, shapes) = train_and_round_trip_hierarchy(g, &cfg, 17 + 2 * 15);
     // q(z₃|z₂) reads z₂'s 8-wide rows; p(z₂|z₃) reads z₃'s 4 and gives μ and log σ² of z₂.
-    assert_eq!(st.tensor("q_z3.0.weight").unwrap().shape(), &[8, 8]);
-    assert_eq!(st.tensor("q_z3.mu.weight").unwrap().shape(), &[2, 8]);
-    assert_eq!(st.tensor("p_z2.0.weight").unwrap().shape(), &[8, 4]);
-    assert_eq!(st.tensor("p_z2.logvar.weight").unwrap().shape(), &[6, 8]);
-    let back = Vae::load(g, &path).unwrap();
-    assert_eq!(back.config, cfg);
-    let params = vae.arena.read_params(g).unwrap();
-    assert_eq!(back.arena.read_params(g).unwrap(), params);
-    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(shapes("q_z3.0.weight"), [8, 8]);
+    assert_eq!(shapes("q_z3.mu.weight"), [2, 8]);
+    assert_eq!(shapes("p_z2.0.weight"), [8, 4]);
+    assert_eq!(shapes("p_z2.logvar.weight"), [6, 8]);
 
     // Ancestral samples, replayed in f64: rows of `z` [n, latent] through layer i's prior.
-    let slot = |name: &str| vae.arena.layout.slots().iter().position(|s| s.name == name).unwrap();
-    let p = |name: &str| params[slot(name)].iter().map(|&v| v as f64).collect::<Vec<f64>>();
-    let tl = reference::top_layers(&cfg);
     let (seed, t) = (11u64, 0.8f32);
-    let down = |i: usize, z: &[f64], n: usize, word: u32, first: usize| -> Vec<f64> {
-        let prefix = if i == 0 {
-            "top".to_string()
-        } else {
-            format!("top.z{}", i + 2)
-        };
-        let padded = reference::zero_padded(z, top[i].latent, tl[4 * i + 2].inputs);
-        let w = |part: &str| p(&format!("{prefix}.{part}"));
-        let h = reference::dense_forward(&tl[4 * i + 2], &padded, n, &w("prior.0.weight"), &w("prior.0.bias")).1;
-        let pp = reference::dense_forward(&tl[4 * i + 3], &h, n, &w("prior.head.weight"), &w("prior.head.bias")).1;
-        let zd = tl[4 * i + 3].outputs / 2;
-        let word = rng::stream_word(rng::STREAM_SAMPLE, word);
-        (0..n * zd)
-            .map(|k| {
-                let (e, j) = (k / zd, k % zd);
-                let eps = rng::normal(rng::device_seed(seed), 0, word, (first + k) as u32) * t as f64;
-                pp[e * 2 * zd + j] + (0.5 * pp[e * 2 * zd + zd + j]).exp() * eps
-            })
-            .collect()
+    let down = |i: usize, z: &[f64], n: usize, word: u32, first: usize| {
+        let padded = reference::zero_padded(z, top[i].latent, cfg.top_input_dim(i));
+        replay_prior(&vae, &params, i, &padded, n, seed, t, word, first)
     };
     let n = 4;
     let z1 = prior_latents(g, &vae, seed, n, t, None).unwrap();
