@@ -20,7 +20,8 @@ USAGE: cargo run --release --example sample -- --checkpoint FILE [FLAGS]
                       must exist)
   --n N               how many samples (default 64)
   --seed N            seed of the prior draws (default 7)
-  --temperature T     scales the prior draws: z ~ N(0, T²I) (default 1)
+  --temperature T     scales the prior draws' noise: z ~ N(0, T²I); in a hierarchical VAE
+                      every layer's ε (default 1)
   --class C           conditional models: draw class C (default: cycle through the classes,
                       one per row)";
 

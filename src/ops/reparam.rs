@@ -76,6 +76,7 @@ fn z_stride(z: &Tensor) -> usize {
     z.shape().get(1).copied().unwrap_or(0)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn params(
     gpu: &Gpu,
     label: &str,

@@ -865,7 +865,7 @@ pub fn conditional_prior_draws(
             "a conditional prior p(z1|z2) needs a hierarchical VAE (--top)".into(),
         ));
     };
-    if top.is_empty() || top.len() % t.latent != 0 {
+    if top.is_empty() || !top.len().is_multiple_of(t.latent) {
         return Err(VaeError::Shape(format!(
             "{} values are not a whole number of vectors of the top layer's {}",
             top.len(),
