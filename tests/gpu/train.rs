@@ -1202,3 +1202,25 @@ fn layer_kl_splits_the_evaluation_kl() {
     .unwrap();
     assert!(matches!(eval.layer_kl(&ae, 7, false), Err(VaeError::Config(_))));
 }
+
+/// A conditional three-layer hierarchical VAE with two draws per example resumes exactly from
+/// its checkpoint and training state (every upper layer's networks and Adam moments included).
+#[test]
+fn deep_conditional_hierarchy_resumes_exactly() {
+    let g = gpu();
+    let cfg = VaeConfig {
+        hidden: vec![64],
+        latent: 8,
+        classes: 10,
+        top: vec![TopLatent { latent: 6, hidden: 16 }, TopLatent { latent: 2, hidden: 8 }],
+        ..Default::default()
+    };
+    let tc = TrainConfig {
+        batch_size: 64,
+        seed: 3,
+        mc_samples: 2,
+        ..Default::default()
+    };
+    let run = resumed_run(g, &cfg, &tc, "deep-hier");
+    std::fs::remove_dir_all(&run.dir).ok();
+}
