@@ -903,7 +903,7 @@ fn below(ws: &Workspace, i: usize, r: usize, enc: &Tensor, z: &Tensor, log_ratio
         log_ratio: tw
             .log_ratio
             .as_ref()
-            .map(|t| t.reshape_prefix(&[t.len() / ws.samples / ws.batch * r])),
+            .map(|t| t.reshape_prefix(&[r * ws.top_terms[i - 1].1])),
         sample_base: ops::top_sample_base(i - 1),
     }
 }
