@@ -588,6 +588,19 @@ fn run(args: Args) -> Result<()> {
             "epoch {epoch:>3} | beta {:.3} | train {loss_name} {:.2} (recon {:.2} + {kl_name} {:.2}) | test {loss_name} {:.2} {bound_note} | {:.0} samples/s | {:.1}s",
             rep.beta, rep.train.loss, rep.train.recon, rep.train.kl, test_stats.loss, rep.samples_per_sec, elapsed
         );
+        // A hierarchical VAE's last epoch also splits the test KL by layer (a layer near 0 is
+        // unused), with the evaluation's own draws.
+        if epoch == args.epochs && !args.model.top.is_empty() {
+            let layers = evaluator.layer_kl(&vae, args.train.seed, args.train.binarize)?;
+            let shown: Vec<String> = layers
+                .iter()
+                .enumerate()
+                .map(|(i, k)| format!("z{} {k:.2}", i + 1))
+                .collect();
+            println!("test KL per layer: {}", shown.join(", "));
+            let values: Vec<String> = layers.iter().map(|&k| json_num(k)).collect();
+            line.push_str(&format!(",\"test_layer_kl\":[{}]", values.join(",")));
+        }
         if epoch == args.epochs {
             if let Some(k) = args.eval_iw {
                 let iw = evaluator.iw_nll(&vae, args.train.seed, k, args.train.binarize)?;
