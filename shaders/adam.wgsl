@@ -27,6 +27,10 @@ var<private> S: Step;
 @group(0) @binding(4) var<storage, read_write> m1: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> m2: array<vec4<f32>>;
 
+fn flush_subnormal(x: vec4<f32>) -> vec4<f32> {
+    return select(x, vec4<f32>(0.0), abs(x) < vec4<f32>(1.17549435e-38));
+}
+
 @compute @workgroup_size(64)
 fn adam(@builtin(global_invocation_id) gid: vec3<u32>) {
     P = p;
@@ -41,8 +45,13 @@ fn adam(@builtin(global_invocation_id) gid: vec3<u32>) {
     } else {
         g += P.weight_decay * w;
     }
-    let m = P.beta1 * m1[i] + (1.0 - P.beta1) * g;
-    let v = P.beta2 * m2[i] + (1.0 - P.beta2) * g * g;
+    // Moments below f32's smallest normal are stored as 0. A parameter whose gradient stops
+    // (a pixel that is rarely inked) has m shrink by β1 per step into the subnormal range,
+    // where every CPU operation on it takes a microcode assist: measured on lavapipe, 80,000
+    // subnormal m values after two MNIST epochs made this kernel 2.4× slower (4.9 against
+    // 2.1 ms). Such an m moves its parameter by under lr·1.2e-38/ε ≈ 1e-33.
+    let m = flush_subnormal(P.beta1 * m1[i] + (1.0 - P.beta1) * g);
+    let v = flush_subnormal(P.beta2 * m2[i] + (1.0 - P.beta2) * g * g);
     m1[i] = m;
     m2[i] = v;
     let denom = sqrt(v) / sqrt(S.adam_bc2) + vec4<f32>(P.eps);

@@ -932,6 +932,28 @@ fn adam_and_adamw_match_pytorch_formula() {
         assert_close("adam m", &g.read(&m).unwrap(), &mm, |_| 1e-6);
         assert_close("adam v", &g.read(&v).unwrap(), &vv, |_| 1e-6);
     }
+    // Moments that decay below f32's smallest normal (a parameter whose gradient stopped) are
+    // stored as 0, so that no later step computes on subnormals; normal ones are kept, and
+    // their parameters still move as the formula says.
+    let cfg = ops::AdamConfig::default();
+    let tiny = f32::MIN_POSITIVE;
+    let m0 = [1.05 * tiny, 1.2 * tiny, -1.05 * tiny, 0.5, 1e-30, 0.0, 0.0, 0.0];
+    let v0 = [1.0, 1.0, 1.0, 1.0, 1e-30, 1.0, 0.99 * tiny / cfg.beta2, 0.0];
+    let (params, grads) = (g.upload("p", &[8], &[0.25; 8]).unwrap(), g.tensor("g", &[8]).unwrap());
+    let (m, v) = (g.upload("m", &[8], &m0).unwrap(), g.upload("v", &[8], &v0).unwrap());
+    let step = StepBuffer::new(g).unwrap();
+    let mut sp = StepParams::default();
+    cfg.step_fields(3, &mut sp);
+    step.write(g, &sp);
+    g.run(&[&ops::adam(g, "adam-ftz", &cfg, &step, &params, &grads, &m, &v).unwrap()]).unwrap();
+    let (mg, vg) = (g.read(&m).unwrap(), g.read(&v).unwrap());
+    // β1·m: 0.945·MIN_POSITIVE and its negative are subnormal → 0; 1.08·MIN_POSITIVE stays.
+    assert_eq!(mg[0], 0.0, "{mg:?}");
+    assert_eq!(mg[2], 0.0, "{mg:?}");
+    assert!(mg[1].is_normal() && mg[3] == 0.45 && mg[4] == 0.9 * 1e-30, "{mg:?}");
+    assert!(mg.iter().chain(&vg).all(|x| !x.is_subnormal()), "{mg:?} {vg:?}");
+    assert_eq!(vg[6], 0.0, "{vg:?}");
+    assert!(vg[5] > 0.99 && vg[5] == cfg.beta2, "{vg:?}");
 }
 
 #[test]
