@@ -945,7 +945,8 @@ fn adam_and_adamw_match_pytorch_formula() {
     let mut sp = StepParams::default();
     cfg.step_fields(3, &mut sp);
     step.write(g, &sp);
-    g.run(&[&ops::adam(g, "adam-ftz", &cfg, &step, &params, &grads, &m, &v).unwrap()]).unwrap();
+    g.run(&[&ops::adam(g, "adam-ftz", &cfg, &step, &params, &grads, &m, &v).unwrap()])
+        .unwrap();
     let (mg, vg) = (g.read(&m).unwrap(), g.read(&v).unwrap());
     // β1·m: 0.945·MIN_POSITIVE and its negative are subnormal → 0; 1.08·MIN_POSITIVE stays.
     assert_eq!(mg[0], 0.0, "{mg:?}");
