@@ -133,8 +133,25 @@ pub fn reparam_kl_forward_at(
     log_ratio: Option<&Tensor>,
     sample_base: u32,
 ) -> Result<Dispatch> {
+    draw(gpu, label, step, enc, samples, z, Some(kl), log_ratio, sample_base)
+}
+
+/// The draw of z shared by [`reparam_kl_forward_at`] and [`sample_forward_at`]: with `kl`
+/// None the kernel is specialised not to write KL terms (`WRITE_KL`).
+#[allow(clippy::too_many_arguments)]
+fn draw(
+    gpu: &Gpu,
+    label: &str,
+    step: &StepBuffer,
+    enc: &Tensor,
+    samples: usize,
+    z: &Tensor,
+    kl: Option<&Tensor>,
+    log_ratio: Option<&Tensor>,
+    sample_base: u32,
+) -> Result<Dispatch> {
     let (b, zd) = check(label, enc, z, samples)?;
-    if kl.len() != b * zd {
+    if let Some(kl) = kl.filter(|kl| kl.len() != b * zd) {
         return Err(VaeError::Shape(format!(
             "{label}: kl must have B·Z = {} elements, got {:?}",
             b * zd,
@@ -150,7 +167,11 @@ pub fn reparam_kl_forward_at(
             )));
         }
     }
-    let constants = [("LOG_RATIO", if log_ratio.is_some() { 1.0 } else { 0.0 })];
+    let flag = |on: bool| if on { 1.0 } else { 0.0 };
+    let constants = [
+        ("LOG_RATIO", flag(log_ratio.is_some())),
+        ("WRITE_KL", flag(kl.is_some())),
+    ];
     let pipeline = gpu
         .kernels
         .pipeline(Shader::ReparamKl, "reparam_kl_forward", &constants, &layout())?;
@@ -161,11 +182,12 @@ pub fn reparam_kl_forward_at(
         step.binding(),
         enc.binding(),
         z.binding(),
-        kl.binding(),
+        kl.unwrap_or(dw).binding(),
         dw.binding(),
         log_ratio.unwrap_or(dw).binding(),
     ];
-    let bytes = 4.0 * (3 * b * zd + samples * b * zd) as f64;
+    let kl_bytes = if kl.is_some() { b * zd } else { 0 };
+    let bytes = 4.0 * (2 * b * zd + kl_bytes + samples * b * zd) as f64;
     gpu.dispatch(
         label,
         pipeline,
@@ -274,31 +296,7 @@ pub fn sample_forward_at(
     z: &Tensor,
     sample_base: u32,
 ) -> Result<Dispatch> {
-    let (b, zd) = check(label, enc, z, samples)?;
-    let constants = [("LOG_RATIO", 0.0), ("WRITE_KL", 0.0)];
-    let pipeline = gpu
-        .kernels
-        .pipeline(Shader::ReparamKl, "reparam_kl_forward", &constants, &layout())?;
-    let ubuf = params(gpu, label, b, zd, samples, z_stride(z), sample_base, 1.0)?;
-    let dw = gpu.dummy_write();
-    let res = [
-        ubuf.raw().as_entire_binding(),
-        step.binding(),
-        enc.binding(),
-        z.binding(),
-        dw.binding(),
-        dw.binding(),
-        dw.binding(),
-    ];
-    gpu.dispatch(
-        label,
-        pipeline,
-        &res,
-        Some(ubuf.clone()),
-        grid_1d(b * zd, 64),
-        0.0,
-        4.0 * (2 * b * zd + samples * b * zd) as f64,
-    )
+    draw(gpu, label, step, enc, samples, z, None, None, sample_base)
 }
 
 /// The lower KL term of a hierarchical VAE (see reparam_kl.wgsl): from q(z₁|x)'s `enc`
