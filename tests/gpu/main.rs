@@ -6,6 +6,7 @@ mod common;
 mod family;
 mod kernels;
 mod model;
+mod pinned;
 mod reference;
 mod rng;
 mod runtime;
