@@ -18,8 +18,11 @@
 use std::time::Instant;
 
 use vae_wgpu::data::DatasetKind;
+use vae_wgpu::data::GpuDataset;
 use vae_wgpu::gpu::Dispatch;
-use vae_wgpu::model::{Code, GpuDataset, TextureMirrors, Vae, VaeConfig};
+use vae_wgpu::model::{
+    plan_decode, plan_encode, plan_reconstruct, Inputs, TextureMirrors, Vae, VaeConfig, Workspace, WorkspaceSpec,
+};
 use vae_wgpu::ops::{self, Epilogue, MatmulStrategy};
 use vae_wgpu::train::{TrainConfig, Trainer};
 use vae_wgpu::Gpu;
@@ -551,19 +554,22 @@ fn main() -> AnyResult<()> {
     println!("\ninference throughput (batch 1024; median of {repeats} after a warm-up):");
     let meter = StealMeter::start();
     let b = 1024;
-    // Shaped by the benched model (`--set`): a conditional model's one-hot columns stay zero,
-    // which costs the same.
-    let cfg = &model_cfg;
-    let x_host: Vec<f32> = (0..b)
-        .flat_map(|e| {
-            let img = &set.images[e * 784..(e + 1) * 784];
-            (0..cfg.enc_input_dim()).map(move |i| img.get(i).map_or(0.0, |&p| p as f32 / 255.0))
-        })
-        .collect();
-    let enc = gpu.tensor("enc", &[b, cfg.head_width()])?;
-    let z = gpu.tensor("z", &[b, cfg.dec_input_dim()])?;
-    let kl = gpu.tensor("kl", &[b * cfg.latent])?;
-    let out = gpu.tensor("out", &[b, cfg.input_dim])?;
+    // Shaped by the benched model (`--set`), a conditional model's labels from the data.
+    let images = GpuDataset::upload(
+        &gpu,
+        "inference",
+        &set.images[..b * 784],
+        b,
+        784,
+        set.labels[..b].to_vec(),
+    )?;
+    let order = gpu.upload_words("inference_order", &(0..b as u32).collect::<Vec<_>>())?;
+    let batches = images.batches(&order);
+    let inputs = Inputs {
+        source: &batches,
+        binarize: false,
+        denoise: 0.0,
+    };
     let step = ops::StepBuffer::new(&gpu)?;
     let mut inf = Vec::new();
     // Inference plans with and without texture mirrors: the weights' mirrors are filled once,
@@ -571,19 +577,7 @@ fn main() -> AnyResult<()> {
     for policy in [TextureMirrors::None, TextureMirrors::Auto] {
         vae.set_texture_mirrors(&gpu, policy)?;
         let on = vae.texture_mirrors() != TextureMirrors::None;
-        let x = ops::mirrored(&gpu, "x", gpu.upload("x", &[b, cfg.enc_input_dim()], &x_host)?, on)?;
-        let hidden = |name: &str, h: usize| ops::mirrored(&gpu, name, gpu.tensor(name, &[b, h])?, on);
-        let enc_h = cfg
-            .hidden
-            .iter()
-            .map(|&h| hidden("h", h))
-            .collect::<Result<Vec<_>, _>>()?;
-        let dec_h = cfg
-            .hidden
-            .iter()
-            .rev()
-            .map(|&h| hidden("g", h))
-            .collect::<Result<Vec<_>, _>>()?;
+        let ws = Workspace::new(&gpu, &vae, &WorkspaceSpec::eval(b, 1))?;
         let tag = if !on {
             String::new()
         } else {
@@ -592,27 +586,16 @@ fn main() -> AnyResult<()> {
                 vae.mirrored_weights()
             )
         };
-        let mut encode: Vec<Dispatch> = ops::refresh_mirror("x", &x).into_iter().collect();
-        encode.extend(vae.plan_encode(&gpu, &x, &enc_h, &enc)?);
-        let decode = vae.plan_decode(&gpu, &z, &dec_h, &out)?;
-        // The code between them: z₁'s draw (a hierarchical model's decoder reads only z₁), or
-        // an autoencoder's code. A VQ-VAE's quantization needs its codebook's workspace, so
-        // its reconstruction is not timed here (the training step's profile has it).
-        let code = match cfg.code {
-            Code::Gaussian => Some(ops::reparam_kl_forward(&gpu, "reparam", &step, &enc, 1, &z, &kl, None)?),
-            Code::Deterministic { l1, .. } => Some(ops::code_forward(&gpu, "code", &enc, l1, &z, &kl)?),
-            Code::Quantized { .. } => None,
-        };
-        let mut runs = vec![
+        // Encode gathers the batch from the resident bytes; reconstruct adds the latent (z₁'s
+        // draw, an autoencoder's code, a VQ-VAE's quantization) and the decoder.
+        let encode = plan_encode(&gpu, &vae, &ws, b, &inputs, &step)?.0;
+        let decode = plan_decode(&gpu, &vae, &ws, b, &step)?;
+        let recon = plan_reconstruct(&gpu, &vae, &ws, b, &inputs, &step)?;
+        let runs = vec![
             ("encode", encode.iter().collect::<Vec<_>>()),
             ("decode", decode.iter().collect()),
+            ("reconstruct", recon.iter().collect()),
         ];
-        if let Some(code) = &code {
-            let mut recon: Vec<&Dispatch> = encode.iter().collect();
-            recon.push(code);
-            recon.extend(decode.iter());
-            runs.push(("reconstruct", recon));
-        }
         for (name, list) in runs {
             let s = time_runs(repeats, || {
                 let t = Instant::now();

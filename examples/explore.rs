@@ -4,13 +4,14 @@
 
 use std::path::PathBuf;
 
+use vae_wgpu::data::GpuDataset;
 use vae_wgpu::data::{DatasetKind, IMAGE_SIDE, NUM_CLASSES};
 use vae_wgpu::explore::{
     arithmetic_figure, class_figure, hierarchy_figure, interpolation_figure, manifold_figure, write_scatter_png,
     Figure, LinearProbe,
 };
 use vae_wgpu::io::{read_safetensors, write_grid_png};
-use vae_wgpu::model::{Code, GpuDataset, Vae};
+use vae_wgpu::model::{Code, Vae};
 use vae_wgpu::train::Evaluator;
 use vae_wgpu::{Gpu, Result, VaeError};
 
@@ -188,7 +189,7 @@ fn run(args: Args) -> Result<()> {
             dataset.name()
         );
     }
-    if !cfg.top.is_empty() {
+    if !cfg.top().is_empty() {
         hierarchy_figure(&gpu, &vae, seed, 8, 8, 1.0)?.write(&args.out.join("hierarchy.png"), side)?;
         wrote.push("hierarchy.png");
     }
@@ -207,7 +208,7 @@ fn run(args: Args) -> Result<()> {
         write_scatter_png(&args.out.join("latent_scatter.png"), &points, &labels, 600)?;
         wrote.push("latent_scatter.png");
         // The quantiles of N(0, I) map z's prior only without a second stochastic layer.
-        if cfg.is_vae() && cfg.top.is_empty() {
+        if cfg.is_vae() && cfg.top().is_empty() {
             manifold_figure(&gpu, &vae, 20, 0)?.write(&args.out.join("manifold.png"), side)?;
             wrote.push("manifold.png");
         }

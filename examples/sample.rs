@@ -6,9 +6,9 @@
 use std::path::PathBuf;
 
 use vae_wgpu::data::IMAGE_SIDE;
+use vae_wgpu::infer::{decode_conditional, prior_latents};
 use vae_wgpu::io::write_grid_png;
 use vae_wgpu::model::Vae;
-use vae_wgpu::train::{decode_conditional, prior_latents};
 use vae_wgpu::{Gpu, Result, VaeError};
 
 const HELP: &str = "sample: new images from a trained VAE's prior
@@ -69,7 +69,7 @@ fn run() -> Result<()> {
             "{} holds a model without a prior (code {}): there is nothing to sample. \
              `cargo run --release --example explore -- --checkpoint FILE` shows its reconstructions",
             checkpoint.display(),
-            vae_wgpu::model::code_name(vae.config.code)
+            vae_wgpu::model::code_name(&vae.config.code)
         )));
     }
     if vae.config.input_dim != IMAGE_SIDE * IMAGE_SIDE {

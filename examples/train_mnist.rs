@@ -5,12 +5,14 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use vae_wgpu::data::GpuDataset;
 use vae_wgpu::data::NUM_CLASSES;
 use vae_wgpu::data::{DatasetKind, MnistSet, IMAGE_SIDE};
+use vae_wgpu::infer::{decode_conditional, prior_latents};
 use vae_wgpu::io::{read_safetensors, write_grid_png};
-use vae_wgpu::model::{parse_hidden, parse_likelihood, parse_top, parse_variance, Code, GpuDataset, Vae, VaeConfig};
+use vae_wgpu::model::{parse_hidden, parse_likelihood, parse_top, parse_variance, Code, TopLatent, Vae, VaeConfig};
 use vae_wgpu::ops::{Likelihood, MatmulStrategy};
-use vae_wgpu::train::{decode_conditional, prior_latents, Evaluator, KlSchedule, TrainConfig, Trainer};
+use vae_wgpu::train::{Evaluator, KlSchedule, TrainConfig, Trainer};
 use vae_wgpu::{Gpu, Result, VaeError};
 
 const HELP: &str = "train_mnist: train a VAE (or an autoencoder) on MNIST on the GPU
@@ -94,6 +96,7 @@ struct Args {
     vq: Option<(usize, Option<usize>)>,
     commitment: Option<f32>,
     resume: Option<PathBuf>,
+    top: Vec<TopLatent>,
 }
 
 fn parse_args() -> Result<Option<Args>> {
@@ -115,6 +118,7 @@ fn parse_args() -> Result<Option<Args>> {
         vq: None,
         commitment: None,
         resume: None,
+        top: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -215,7 +219,7 @@ fn parse_args() -> Result<Option<Args>> {
             "--out" => a.out = Some(PathBuf::from(value)),
             "--resume" => a.resume = Some(PathBuf::from(value)),
             "--eval-iw" => a.eval_iw = Some(num(&value)?),
-            "--top" => a.model.top = parse_top(&value)?,
+            "--top" => a.top = parse_top(&value)?,
             "--vq-ema" => {
                 a.train.vq_ema = Some(
                     value
@@ -305,11 +309,14 @@ fn parse_args() -> Result<Option<Args>> {
             "--l1 and --contractive penalise an autoencoder's code; add --autoencoder".into(),
         ));
     }
-    if !a.model.top.is_empty() && (a.autoencoder || a.vq.is_some()) {
-        return Err(VaeError::Config(
-            "--autoencoder/--vq is not available with --top: the hierarchical VAE has Gaussian codes and a prior"
-                .into(),
-        ));
+    if !a.top.is_empty() {
+        if a.autoencoder || a.vq.is_some() {
+            return Err(VaeError::Config(
+                "--autoencoder/--vq is not available with --top: the hierarchical VAE has Gaussian codes and a prior"
+                    .into(),
+            ));
+        }
+        a.model.code = Code::Hierarchical(a.top.clone());
     }
     if let (Some(r), Some(o)) = (&a.resume, &a.out) {
         if r != o {
@@ -428,7 +435,7 @@ fn run(args: Args) -> Result<()> {
         args.model.hidden,
         args.model.latent,
         match args.model.code {
-            Code::Gaussian => "(mu, log var)".to_string(),
+            Code::Gaussian | Code::Hierarchical(_) => "(mu, log var)".to_string(),
             Code::Deterministic { l1, contractive } => {
                 format!("(deterministic code, L1 {l1}, contractive {contractive})")
             }
@@ -590,7 +597,7 @@ fn run(args: Args) -> Result<()> {
         );
         // A hierarchical VAE's last epoch also splits the test KL by layer (a layer near 0 is
         // unused), with the evaluation's own draws.
-        if epoch == args.epochs && !args.model.top.is_empty() {
+        if epoch == args.epochs && !args.model.top().is_empty() {
             let layers = evaluator.layer_kl(&vae, args.train.seed, args.train.binarize)?;
             let shown: Vec<String> = layers
                 .iter()

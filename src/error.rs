@@ -55,6 +55,15 @@ pub enum VaeError {
     },
     /// An invalid configuration value or command-line argument.
     Config(String),
+    /// Configuration fields whose values (or whose combination) the library refuses, named as
+    /// the library's types spell them (`TrainConfig::batch_size`, `Code::Quantized::groups`), so
+    /// that a front end can name its own option for each.
+    Setting {
+        /// The fields at fault, e.g. `["TrainConfig::mc_samples"]`.
+        fields: Vec<&'static str>,
+        /// What is wrong and what is accepted.
+        problem: String,
+    },
 }
 
 impl fmt::Display for VaeError {
@@ -87,6 +96,7 @@ impl fmt::Display for VaeError {
                 write!(f, "checkpoint {}: {problem}", path.display())
             }
             VaeError::Config(m) => write!(f, "invalid configuration: {m}"),
+            VaeError::Setting { fields, problem } => write!(f, "{}: {problem}", fields.join(" with ")),
         }
     }
 }
@@ -106,6 +116,20 @@ impl VaeError {
         VaeError::Io {
             path: path.into(),
             source,
+        }
+    }
+    /// A refused value of one configuration field (see [`VaeError::Setting`]).
+    pub fn setting(field: &'static str, problem: impl Into<String>) -> Self {
+        VaeError::Setting {
+            fields: vec![field],
+            problem: problem.into(),
+        }
+    }
+    /// A refused combination of configuration fields (see [`VaeError::Setting`]).
+    pub fn settings(fields: &[&'static str], problem: impl Into<String>) -> Self {
+        VaeError::Setting {
+            fields: fields.to_vec(),
+            problem: problem.into(),
         }
     }
     /// A format problem in the named file.

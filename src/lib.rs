@@ -12,6 +12,7 @@ pub mod data;
 pub mod error;
 pub mod explore;
 pub mod gpu;
+pub mod infer;
 pub mod io;
 pub mod model;
 pub mod nn;

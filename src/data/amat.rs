@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use flate2::read::MultiGzDecoder;
 
-use super::mnist::{MnistSet, IMAGE_PIXELS};
+use super::set::{MnistSet, IMAGE_PIXELS};
 use crate::error::{Result, VaeError};
 
 /// First two bytes of every gzip stream; a text file of digits never starts with them.

@@ -5,25 +5,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::idx::{read_idx_images, read_idx_labels, resolve_idx_path};
+use super::set::{MnistSet, IMAGE_SIDE, NUM_CLASSES};
 use crate::error::{Result, VaeError};
-
-/// Side length of every image; the models' input size depends on it.
-pub const IMAGE_SIDE: usize = 28;
-/// Pixels per image, the length of one image's slice in [`MnistSet::images`].
-pub const IMAGE_PIXELS: usize = IMAGE_SIDE * IMAGE_SIDE;
-/// Number of classes; labels lie in `0..NUM_CLASSES`.
-pub const NUM_CLASSES: usize = 10;
-
-/// One split (training or test) held as raw bytes, ready to be normalised and uploaded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MnistSet {
-    /// `count * IMAGE_PIXELS` pixels in 0..=255, image after image, each row-major.
-    pub images: Vec<u8>,
-    /// `count` class labels in `0..NUM_CLASSES`.
-    pub labels: Vec<u8>,
-    /// Number of images (and labels).
-    pub count: usize,
-}
 
 /// The datasets this loader understands, for choosing one from the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,6 +180,7 @@ mod tests {
     use super::*;
     use crate::data::idx::tests::{gzip, idx_bytes, TempDir};
     use crate::data::test_util::expect_format;
+    use crate::data::IMAGE_PIXELS;
     use std::fs;
 
     /// Writes a split of `count` images of `rows x cols` with the given labels.

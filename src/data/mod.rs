@@ -1,12 +1,19 @@
-//! Datasets.
+//! Datasets: readers of the IDX and .amat formats, the MNIST family, and the sources batches
+//! are gathered from on the device.
 
 pub mod amat;
 pub mod idx;
 pub mod mnist;
+pub mod resident;
+pub mod set;
+pub mod source;
 
 pub use amat::{load_binarized_mnist, AmatSplit};
 pub use idx::{read_idx_images, read_idx_labels, resolve_idx_path, IdxImages};
-pub use mnist::{load_mnist_split, DatasetKind, MnistSet, IMAGE_PIXELS, IMAGE_SIDE, NUM_CLASSES};
+pub use mnist::{load_mnist_split, DatasetKind};
+pub use resident::{GpuDataset, ResidentBatches};
+pub use set::{MnistSet, IMAGE_PIXELS, IMAGE_SIDE, NUM_CLASSES};
+pub use source::BatchSource;
 
 #[cfg(test)]
 pub(crate) mod test_util {

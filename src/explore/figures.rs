@@ -8,9 +8,9 @@ use std::path::Path;
 use crate::error::{Result, VaeError};
 use crate::explore::interp::{class_means, interpolation_path, latent_arithmetic, manifold_grid};
 use crate::gpu::Gpu;
+use crate::infer::{conditional_prior_draws, decode_conditional, prior_latents, prior_samples};
 use crate::io::write_grid_png;
 use crate::model::Vae;
-use crate::train::{conditional_prior_draws, decode_conditional, prior_latents, prior_samples};
 
 /// Pixels between grid cells and around the border of a figure.
 pub const FIGURE_PAD: usize = 2;
@@ -173,7 +173,7 @@ pub fn manifold_figure(gpu: &Gpu, vae: &Vae, n: usize, label: u8) -> Result<Figu
 /// conditional model gives row r the class r mod classes. All noise is scaled by
 /// `temperature`.
 pub fn hierarchy_figure(gpu: &Gpu, vae: &Vae, seed: u64, rows: usize, cols: usize, temperature: f32) -> Result<Figure> {
-    let Some(t) = vae.config.top.last() else {
+    let Some(t) = vae.config.top().last() else {
         return Err(VaeError::Config(
             "a hierarchy picture needs a hierarchical VAE (--top)".into(),
         ));

@@ -9,6 +9,7 @@ pub mod affinity;
 pub mod context;
 pub mod kernels;
 pub mod memory;
+pub mod mirror;
 pub mod tensor;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,7 +56,7 @@ enum Work {
 }
 
 impl Dispatch {
-    /// The copy of `src` into its mirror `dst` (see [`crate::ops::refresh_mirror`]).
+    /// The copy of `src` into its mirror `dst` (see [`crate::gpu::mirror::refresh_mirror`]).
     pub(crate) fn mirror_copy(label: String, src: Tensor, dst: Arc<GpuTexture>) -> Self {
         let bytes = 2.0 * src.bytes() as f64;
         Dispatch {
@@ -89,7 +90,7 @@ impl Dispatch {
     /// Records this copy into `encoder`, outside any pass (a kernel records nothing here).
     pub fn record_copy(&self, encoder: &mut wgpu::CommandEncoder) {
         if let Work::MirrorCopy { src, dst } = &self.work {
-            crate::ops::mirror::copy_to_mirror(encoder, src, dst);
+            mirror::copy_to_mirror(encoder, src, dst);
         }
     }
 }

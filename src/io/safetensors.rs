@@ -780,11 +780,14 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// Tensors and metadata the writer must refuse, with a word its message must hold.
+    type Refused<'a> = (Vec<NamedTensor>, Vec<(String, String)>, &'a str);
+
     #[test]
     fn writer_rejects_bad_input_and_writes_nothing() {
         let dir = unique_dir("st-write-reject");
         let path = dir.join("x.safetensors");
-        let cases: Vec<(Vec<NamedTensor>, Vec<(String, String)>, &str)> = vec![
+        let cases: Vec<Refused> = vec![
             (
                 vec![t("a", &[2, 2], vec![1.0; 3])],
                 vec![],

@@ -3,18 +3,24 @@
 use crate::error::{Result, VaeError};
 use crate::ops::{Activation, Likelihood};
 
-/// What the encoder's head produces, and the term the objective adds for it.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+/// The latent block: what the encoder's head produces, how z is made from it, and the terms
+/// the objective adds for it. Each kind is one file under `model/latent/`.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub enum Code {
     /// The VAE: q(z|x) = N(μ, σ²), the head 2·Z wide ([μ | log σ²]), z drawn by the
     /// reparameterization, and KL(q ‖ N(0, I)) weighted by β.
     #[default]
     Gaussian,
+    /// A hierarchical VAE: z = z₁ Gaussian as in [`Code::Gaussian`], and the stochastic layers
+    /// above it, lowest first (`layers[0]` is z₂ above z₁, `layers[1]` z₃ above z₂, …; at most
+    /// [`MAX_TOP_LAYERS`]). See [`TopLatent`].
+    Hierarchical(Vec<TopLatent>),
     /// An autoencoder: the code z = head(x) is deterministic (the head Z wide), and the
     /// objective adds, in place of the KL, the L1 penalty `l1`·Σ|z| (a sparse autoencoder)
     /// and the contractive penalty `contractive`·‖∂z/∂x‖²_F (a contractive autoencoder; one
     /// hidden layer with ReLU or LeakyReLU, whose Jacobian W_headᵀ·diag(act′)·W₁ᵀ has a closed
-    /// form). There is no prior, so no sampling and no likelihood bound.
+    /// form; the penalty is planned by the MLP encoder, whose Jacobian it is). There is no
+    /// prior, so no sampling and no likelihood bound.
     Deterministic {
         /// Weight of the L1 penalty on the code (0: none).
         l1: f32,
@@ -58,7 +64,7 @@ pub struct VaeConfig {
     pub input_dim: usize,
     /// Encoder hidden widths; the decoder uses them in reverse.
     pub hidden: Vec<usize>,
-    /// Latent dimensions Z.
+    /// Latent dimensions Z (of z₁ in a hierarchical VAE).
     pub latent: usize,
     /// Hidden-layer activation.
     pub activation: Activation,
@@ -68,11 +74,9 @@ pub struct VaeConfig {
     /// one-hot label after their input: [x | one-hot(y) | 0…] and [z | one-hot(y) | 0…],
     /// zero-padded to a multiple of 4 so the matmul reads whole vec4s.
     pub classes: usize,
-    /// The code: a Gaussian posterior (the VAE) or a deterministic code (an autoencoder).
+    /// The latent block: a Gaussian posterior (the VAE), a hierarchy of them, a deterministic
+    /// code (an autoencoder) or a quantized one (a VQ-VAE).
     pub code: Code,
-    /// The stochastic layers above z (a hierarchical VAE), lowest first: `top[0]` is z₂ above
-    /// z₁ = z, `top[1]` z₃ above z₂, … Empty: one stochastic layer.
-    pub top: Vec<TopLatent>,
 }
 
 impl Default for VaeConfig {
@@ -85,12 +89,19 @@ impl Default for VaeConfig {
             likelihood: Likelihood::Bernoulli,
             classes: 0,
             code: Code::Gaussian,
-            top: Vec::new(),
         }
     }
 }
 
 impl VaeConfig {
+    /// The stochastic layers above z₁ of a hierarchical VAE, lowest first (empty otherwise).
+    pub fn top(&self) -> &[TopLatent] {
+        match &self.code {
+            Code::Hierarchical(layers) => layers,
+            _ => &[],
+        }
+    }
+
     /// Width of the encoder's input rows: the pixels, then (conditional) the padded one-hot.
     pub fn enc_input_dim(&self) -> usize {
         if self.classes == 0 {
@@ -115,9 +126,9 @@ impl VaeConfig {
     /// 1.1–1.5 ms per product at Z₂ = 10 on lavapipe, three of them a step). The layer's
     /// weight keeps the padding rows (also in checkpoints, as a conditional layer's): they
     /// multiply zeros, so their gradient is 0 and only weight decay moves them, harmlessly.
-    /// Panics unless `i < self.top.len()`.
+    /// Panics unless `i < self.top().len()`.
     pub fn top_input_dim(&self, i: usize) -> usize {
-        (self.top[i].latent + self.classes).div_ceil(4) * 4
+        (self.top()[i].latent + self.classes).div_ceil(4) * 4
     }
 
     /// Width of the rows below upper layer `i`, the input of its q network: z₁'s rows (the
@@ -135,113 +146,162 @@ impl VaeConfig {
         if i == 0 {
             self.latent
         } else {
-            self.top[i - 1].latent
+            self.top()[i - 1].latent
         }
     }
 
     /// Width of the encoder head's output: [μ | log σ²] (2·Z) for a VAE, the code (Z) for an
-    /// autoencoder.
+    /// autoencoder or a VQ-VAE.
     pub fn head_width(&self) -> usize {
-        match self.code {
-            Code::Gaussian => 2 * self.latent,
-            Code::Deterministic { .. } | Code::Quantized { .. } => self.latent,
+        if self.is_vae() {
+            2 * self.latent
+        } else {
+            self.latent
         }
     }
 
-    /// Whether the model is a VAE (a Gaussian code with a prior), not an autoencoder.
+    /// Whether the model is a VAE (Gaussian codes with a prior, one layer or a hierarchy), not
+    /// an autoencoder or a VQ-VAE.
     pub fn is_vae(&self) -> bool {
-        self.code == Code::Gaussian
+        matches!(self.code, Code::Gaussian | Code::Hierarchical(_))
     }
 
-    /// Checks the sizes the kernels need.
+    /// What the reported loss is a bound on: `-log p(x)`, `-log p(x|y)` for a conditional
+    /// VAE, or nothing for an autoencoder and a VQ-VAE (their loss is the reconstruction NLL
+    /// plus the code's penalty).
+    pub fn bound_on(&self) -> &'static str {
+        match (&self.code, self.classes > 0) {
+            (Code::Quantized { .. }, _) => "none (VQ-VAE)",
+            (Code::Deterministic { .. }, _) => "none (autoencoder)",
+            (_, true) => "-log p(x|y)",
+            (_, false) => "-log p(x)",
+        }
+    }
+
+    /// Checks the sizes the kernels need and the combinations the blocks support; every
+    /// refusal names the fields at fault.
     pub fn validate(&self) -> Result<()> {
-        if let Code::Quantized {
-            codes,
-            groups,
-            commitment,
-        } = self.code
-        {
-            if codes < 2
-                || groups == 0
-                || !self.latent.is_multiple_of(groups)
-                || !(commitment >= 0.0 && commitment.is_finite())
-            {
-                return Err(VaeError::Config(format!(
-                    "a quantized code needs 2 or more codebook entries, a group count dividing the latent \
-                     size {} and a commitment weight >= 0; got {codes} entries, {groups} groups, commitment {commitment}",
-                    self.latent
-                )));
-            }
-        }
         if self.input_dim == 0 || !self.input_dim.is_multiple_of(4) {
-            return Err(VaeError::Config(format!(
-                "input size {} must be a positive multiple of 4",
-                self.input_dim
-            )));
-        }
-        if let Code::Deterministic { l1, contractive } = self.code {
-            if !(l1 >= 0.0 && l1.is_finite() && contractive >= 0.0 && contractive.is_finite()) {
-                return Err(VaeError::Config(format!(
-                    "the code's L1 and contractive weights must be 0 or positive, got {l1} and {contractive}"
-                )));
-            }
-            let piecewise_linear = matches!(self.activation, Activation::Relu | Activation::LeakyRelu);
-            if contractive > 0.0 && (self.hidden.len() != 1 || !piecewise_linear) {
-                return Err(VaeError::Config(format!(
-                    "the contractive penalty needs one hidden layer with relu or leakyrelu (its Jacobian \
-                     then has a closed form), got hidden {:?} with {:?}",
-                    self.hidden, self.activation
-                )));
-            }
-        }
-        if self.latent == 0 {
-            return Err(VaeError::Config("latent size must be positive, got 0".into()));
-        }
-        if self.is_vae() && !self.latent.is_multiple_of(2) {
-            return Err(VaeError::Config(format!(
-                "a VAE's latent size must be even, got {} (the encoder head is 2·Z wide and read as vec4; \
-                 autoencoders and VQ-VAEs take any size)",
-                self.latent
-            )));
-        }
-        if !self.top.is_empty() && !self.is_vae() {
-            return Err(VaeError::Config(
-                "upper stochastic layers need a VAE (a Gaussian code), not an autoencoder or a VQ-VAE".into(),
+            return Err(VaeError::setting(
+                "VaeConfig::input_dim",
+                format!("must be a positive multiple of 4, got {}", self.input_dim),
             ));
         }
-        if self.top.len() > MAX_TOP_LAYERS {
-            return Err(VaeError::Config(format!(
-                "at most {MAX_TOP_LAYERS} stochastic layers above z, got {}",
-                self.top.len()
-            )));
-        }
-        for (i, t) in self.top.iter().enumerate() {
-            if t.latent == 0 || t.latent % 2 != 0 || t.hidden == 0 || t.hidden % 4 != 0 {
-                return Err(VaeError::Config(format!(
-                    "stochastic layer z{} needs an even latent size and a hidden width that is a \
-                     positive multiple of 4, got {} and {}",
-                    i + 2,
-                    t.latent,
-                    t.hidden
-                )));
-            }
+        if self.latent == 0 {
+            return Err(VaeError::setting("VaeConfig::latent", "must be positive, got 0"));
         }
         if let Some(h) = self.hidden.iter().find(|&&h| h == 0 || h % 4 != 0) {
-            return Err(VaeError::Config(format!(
-                "hidden size {h} must be a positive multiple of 4"
-            )));
+            return Err(VaeError::setting(
+                "VaeConfig::hidden",
+                format!("each width must be a positive multiple of 4, got {h}"),
+            ));
         }
         if self.classes == 1 || self.classes > 1024 {
-            return Err(VaeError::Config(format!(
-                "a conditional model needs 2 to 1024 classes, got {}",
-                self.classes
-            )));
+            return Err(VaeError::setting(
+                "VaeConfig::classes",
+                format!(
+                    "a conditional model needs 2 to 1024 classes (0: unconditional), got {}",
+                    self.classes
+                ),
+            ));
         }
         if let Likelihood::Gaussian { variance } = self.likelihood {
             if !(variance > 0.0 && variance.is_finite()) {
-                return Err(VaeError::Config(format!(
-                    "Gaussian variance must be positive, got {variance}"
-                )));
+                return Err(VaeError::setting(
+                    "VaeConfig::likelihood",
+                    format!("a Gaussian variance must be positive, got {variance}"),
+                ));
+            }
+        }
+        if self.is_vae() && !self.latent.is_multiple_of(2) {
+            return Err(VaeError::setting(
+                "VaeConfig::latent",
+                format!(
+                    "a VAE's latent size must be even, got {} (the encoder head is 2·Z wide and read as vec4; \
+                     autoencoders and VQ-VAEs take any size)",
+                    self.latent
+                ),
+            ));
+        }
+        match &self.code {
+            Code::Gaussian => {}
+            Code::Hierarchical(top) => {
+                if top.is_empty() || top.len() > MAX_TOP_LAYERS {
+                    return Err(VaeError::setting(
+                        "Code::Hierarchical",
+                        format!("1 to {MAX_TOP_LAYERS} stochastic layers above z, got {}", top.len()),
+                    ));
+                }
+                for (i, t) in top.iter().enumerate() {
+                    if t.latent == 0 || t.latent % 2 != 0 || t.hidden == 0 || t.hidden % 4 != 0 {
+                        return Err(VaeError::setting(
+                            "Code::Hierarchical",
+                            format!(
+                                "stochastic layer z{} needs an even latent size and a hidden width that is a \
+                                 positive multiple of 4, got {} and {}",
+                                i + 2,
+                                t.latent,
+                                t.hidden
+                            ),
+                        ));
+                    }
+                }
+            }
+            &Code::Deterministic { l1, contractive } => {
+                if !(l1 >= 0.0 && l1.is_finite()) {
+                    return Err(VaeError::setting(
+                        "Code::Deterministic::l1",
+                        format!("must be 0 or positive, got {l1}"),
+                    ));
+                }
+                if !(contractive >= 0.0 && contractive.is_finite()) {
+                    return Err(VaeError::setting(
+                        "Code::Deterministic::contractive",
+                        format!("must be 0 or positive, got {contractive}"),
+                    ));
+                }
+                let piecewise_linear = matches!(self.activation, Activation::Relu | Activation::LeakyRelu);
+                if contractive > 0.0 && (self.hidden.len() != 1 || !piecewise_linear) {
+                    return Err(VaeError::settings(
+                        &[
+                            "Code::Deterministic::contractive",
+                            "VaeConfig::hidden",
+                            "VaeConfig::activation",
+                        ],
+                        format!(
+                            "the contractive penalty needs one hidden layer with relu or leakyrelu (its \
+                             Jacobian then has a closed form), got hidden {:?} with {:?}",
+                            self.hidden, self.activation
+                        ),
+                    ));
+                }
+            }
+            &Code::Quantized {
+                codes,
+                groups,
+                commitment,
+            } => {
+                if codes < 2 {
+                    return Err(VaeError::setting(
+                        "Code::Quantized::codes",
+                        format!("a codebook needs 2 or more entries, got {codes}"),
+                    ));
+                }
+                if groups == 0 || !self.latent.is_multiple_of(groups) {
+                    return Err(VaeError::settings(
+                        &["Code::Quantized::groups", "VaeConfig::latent"],
+                        format!(
+                            "the group count must divide the latent size {}, got {groups}",
+                            self.latent
+                        ),
+                    ));
+                }
+                if !(commitment >= 0.0 && commitment.is_finite()) {
+                    return Err(VaeError::setting(
+                        "Code::Quantized::commitment",
+                        format!("must be 0 or positive, got {commitment}"),
+                    ));
+                }
             }
         }
         Ok(())
@@ -258,8 +318,8 @@ impl VaeConfig {
             ("activation".into(), format!("{:?}", self.activation).to_lowercase()),
             ("likelihood".into(), lik),
             ("classes".into(), self.classes.to_string()),
-            ("code".into(), code_name(self.code)),
-            ("top".into(), top_name(&self.top)),
+            ("code".into(), code_name(&self.code)),
+            ("top".into(), top_name(self.top())),
         ]
     }
 
@@ -282,6 +342,21 @@ impl VaeConfig {
             a => Activation::parse(a)?,
         };
         let likelihood = parse_likelihood(get("likelihood")?)?;
+        // Checkpoints from before autoencoders were added are VAEs, and those from before
+        // hierarchical models have one stochastic layer.
+        let code = get("code").map_or(Ok(Code::Gaussian), parse_code)?;
+        let top = get("top").map_or(Ok(Vec::new()), parse_top)?;
+        let code = match (code, top.is_empty()) {
+            (code, true) => code,
+            (Code::Gaussian, false) => Code::Hierarchical(top),
+            (code, false) => {
+                return Err(VaeError::Config(format!(
+                    "checkpoint metadata: 'top' = {:?} needs 'code' = gaussian, got {:?}",
+                    get("top")?,
+                    code_name(&code)
+                )))
+            }
+        };
         let cfg = VaeConfig {
             input_dim: num("input_dim")?,
             hidden,
@@ -290,10 +365,7 @@ impl VaeConfig {
             likelihood,
             // Checkpoints from before conditional models were added are unconditional.
             classes: if get("classes").is_ok() { num("classes")? } else { 0 },
-            // Checkpoints from before autoencoders were added are VAEs.
-            code: get("code").map_or(Ok(Code::Gaussian), parse_code)?,
-            // Checkpoints from before hierarchical models have one stochastic layer.
-            top: get("top").map_or(Ok(Vec::new()), parse_top)?,
+            code,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -317,9 +389,9 @@ impl VaeConfig {
         };
         // z₁ → h → [μ₂ | log σ₂²] and z₂ → h → [μₚ | log σₚ²], each input with the one-hot
         // and padding of a conditional model (the padding rows included, as for the decoder).
-        let top: usize = (0..self.top.len())
+        let top: usize = (0..self.top().len())
             .map(|i| {
-                let (t, dense) = (self.top[i], |i: usize, o: usize| i * o + o);
+                let (t, dense) = (self.top()[i], |i: usize, o: usize| i * o + o);
                 dense(self.top_below_dim(i), t.hidden)
                     + dense(t.hidden, 2 * t.latent)
                     + dense(self.top_input_dim(i), t.hidden)
@@ -368,13 +440,14 @@ pub fn parse_top(s: &str) -> Result<Vec<TopLatent>> {
         .collect()
 }
 
-/// The string form of a code, as [`parse_code`] reads it back: "gaussian",
+/// The string form of a code, as [`parse_code`] reads it back: "gaussian" (also for a
+/// hierarchy, whose layers [`top_name`] writes),
 /// "deterministic:L1" or "deterministic:L1:C" (C the contractive weight, when not 0), or
 /// "quantized:K:G:BETA".
-pub fn code_name(c: Code) -> String {
-    match c {
-        Code::Gaussian => "gaussian".to_string(),
-        Code::Deterministic { l1, contractive } if contractive == 0.0 => format!("deterministic:{l1}"),
+pub fn code_name(c: &Code) -> String {
+    match *c {
+        Code::Gaussian | Code::Hierarchical(_) => "gaussian".to_string(),
+        Code::Deterministic { l1, contractive: 0.0 } => format!("deterministic:{l1}"),
         Code::Deterministic { l1, contractive } => format!("deterministic:{l1}:{contractive}"),
         Code::Quantized {
             codes,
@@ -595,7 +668,7 @@ mod tests {
                 commitment: 0.25,
             },
         ] {
-            assert_eq!(parse_code(&code_name(c)).unwrap(), c);
+            assert_eq!(parse_code(&code_name(&c)).unwrap(), c);
         }
     }
 
@@ -655,20 +728,20 @@ mod tests {
                 ..Default::default()
             },
             VaeConfig {
-                top: vec![TopLatent {
+                code: Code::Hierarchical(vec![TopLatent {
                     latent: 10,
                     hidden: 200,
-                }],
+                }]),
                 ..Default::default()
             },
             VaeConfig {
-                top: vec![
+                code: Code::Hierarchical(vec![
                     TopLatent {
                         latent: 16,
                         hidden: 200,
                     },
                     TopLatent { latent: 6, hidden: 100 },
-                ],
+                ]),
                 classes: 10,
                 ..Default::default()
             },
@@ -687,7 +760,18 @@ mod tests {
         // Checkpoints from before hierarchical models have no "top": one stochastic layer.
         let mut old = VaeConfig::default().to_metadata();
         old.retain(|(k, _)| k != "top");
-        assert_eq!(VaeConfig::from_metadata(&old).unwrap().top, Vec::new());
+        assert_eq!(VaeConfig::from_metadata(&old).unwrap().code, Code::Gaussian);
+        // Upper layers belong to a Gaussian code: any other beside them is refused.
+        let mut mixed = VaeConfig::default().to_metadata();
+        for (k, v) in mixed.iter_mut() {
+            match k.as_str() {
+                "code" => *v = "deterministic:0".into(),
+                "top" => *v = "10:200".into(),
+                _ => {}
+            }
+        }
+        let e = VaeConfig::from_metadata(&mixed).unwrap_err().to_string();
+        assert!(e.contains("top") && e.contains("deterministic"), "{e}");
         assert_eq!(top_name(&cases_top()), "16:200,8:100");
         assert_eq!(parse_top("16:200, 8:100").unwrap(), cases_top());
         for bad in ["10", "10:x", ":200", "a:b", "10:200,", "10:200,4"] {
@@ -832,34 +916,30 @@ mod tests {
             },
             // Upper stochastic layers: at most MAX_TOP_LAYERS, each even, hidden a multiple of 4.
             VaeConfig {
-                top: vec![TopLatent { latent: 4, hidden: 8 }; MAX_TOP_LAYERS + 1],
+                code: Code::Hierarchical(vec![TopLatent { latent: 4, hidden: 8 }; MAX_TOP_LAYERS + 1]),
                 ..ok.clone()
             },
             VaeConfig {
-                top: vec![TopLatent { latent: 4, hidden: 8 }, TopLatent { latent: 5, hidden: 8 }],
+                code: Code::Hierarchical(vec![
+                    TopLatent { latent: 4, hidden: 8 },
+                    TopLatent { latent: 5, hidden: 8 },
+                ]),
                 ..ok.clone()
             },
             // A second stochastic layer: a VAE, an even z₂, hidden a multiple of 4.
             VaeConfig {
-                top: vec![TopLatent { latent: 3, hidden: 200 }],
+                code: Code::Hierarchical(vec![TopLatent { latent: 3, hidden: 200 }]),
                 ..ok.clone()
             },
             VaeConfig {
-                top: vec![TopLatent {
+                code: Code::Hierarchical(vec![TopLatent {
                     latent: 10,
                     hidden: 202,
-                }],
+                }]),
                 ..ok.clone()
             },
             VaeConfig {
-                top: vec![TopLatent {
-                    latent: 10,
-                    hidden: 200,
-                }],
-                code: Code::Deterministic {
-                    l1: 0.0,
-                    contractive: 0.0,
-                },
+                code: Code::Hierarchical(vec![]),
                 ..ok.clone()
             },
         ];
@@ -915,10 +995,10 @@ mod tests {
         // A second layer of 10 with 200 hidden units: 20·200 + 200 + 200·20 + 20 for
         // q(z₂|z₁), 12·200 + 200 + 200·40 + 40 for p(z₁|z₂) (z₂ padded to 12 columns).
         let top = VaeConfig {
-            top: vec![TopLatent {
+            code: Code::Hierarchical(vec![TopLatent {
                 latent: 10,
                 hidden: 200,
-            }],
+            }]),
             ..Default::default()
         };
         assert_eq!(top.num_params(), 652_824 + 8_220 + 10_640);
@@ -930,7 +1010,7 @@ mod tests {
         };
         assert_eq!((cond.dec_input_dim(), cond.top_input_dim(0)), (32, 20));
         let flat_cond = VaeConfig {
-            top: Vec::new(),
+            code: Code::Gaussian,
             ..cond.clone()
         };
         assert_eq!(
@@ -940,7 +1020,7 @@ mod tests {
         // A third layer z₃ of 4 with 100 hidden units above z₂ = 10: q(z₃|z₂) reads z₂'s
         // rows (12 wide) and p(z₂|z₃) z₃'s (4 wide, no padding).
         let three = VaeConfig {
-            top: vec![top.top[0], TopLatent { latent: 4, hidden: 100 }],
+            code: Code::Hierarchical(vec![top.top()[0], TopLatent { latent: 4, hidden: 100 }]),
             ..Default::default()
         };
         assert_eq!(three.top_below_dim(1), 12);

@@ -53,6 +53,10 @@ impl ArenaLayout {
         self.slots.push(slot);
         self.slots.len() - 1
     }
+    /// The slot named `name` (e.g. `encoder.head.weight`, `codebook`).
+    pub fn find(&self, name: &str) -> Option<usize> {
+        self.slots.iter().position(|s| s.name == name)
+    }
     /// Every slot, in registration order.
     pub fn slots(&self) -> &[ParamSlot] {
         &self.slots
@@ -83,7 +87,7 @@ pub struct ParamArena {
     pub m: Tensor,
     /// Adam's second moments.
     pub v: Tensor,
-    /// Texture mirrors of parameters, by slot (see [`crate::ops::mirror`]).
+    /// Texture mirrors of parameters, by slot (see [`crate::gpu::mirror`]).
     mirrors: Vec<Option<Arc<GpuTexture>>>,
 }
 

@@ -42,6 +42,7 @@ pub const LEAKY_SLOPE: f32 = 0.01;
 
 /// y = act(x·W + b) with W stored [in, out] (the transpose of PyTorch's [out, in], so the
 /// forward reads W row-major along the output; checkpoints transpose on the way out).
+#[derive(Clone, Debug)]
 pub struct Linear {
     /// Prefix of its parameters' names ("enc0", "head", …).
     pub name: String,

@@ -57,6 +57,7 @@ struct AdamParams {
 
 /// Plans one Adam update of `params` from `grads`, with moments `m` and `v` (all the same
 /// length, a multiple of 4).
+#[allow(clippy::too_many_arguments)]
 pub fn adam(
     gpu: &Gpu,
     label: &str,

@@ -134,7 +134,7 @@ fn dims2(t: &Tensor, what: &str) -> Result<(usize, usize)> {
 /// Plans C = epilogue(op(A)·op(B)) with op(X) = Xᵀ where `trans_*`. `strategy` None picks the
 /// adapter's preferred one, falling back to naive where the shape does not suit it. The
 /// subgroup strategy reads A and B from their texture mirrors where they have one (see
-/// [`crate::ops::mirror`]); the caller keeps the mirrors current.
+/// [`crate::gpu::mirror`]); the caller keeps the mirrors current.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(
     gpu: &Gpu,
@@ -223,7 +223,7 @@ pub fn matmul(
     let b_tex = if subgroup { b.mirror().map(|t| &**t) } else { None };
     for (what, t, tex) in [("A", a, a_tex), ("B", b, b_tex)] {
         if let Some(tex) = tex {
-            crate::ops::mirror::check_mirror(&format!("{label}: {what}"), t, tex)?;
+            crate::gpu::mirror::check_mirror(&format!("{label}: {what}"), t, tex)?;
         }
     }
     let (entry, workgroups) = match strategy {

@@ -7,18 +7,17 @@ pub mod code;
 pub mod gather;
 pub mod loss;
 pub mod matmul;
-pub mod mirror;
 pub mod reduce;
 pub mod reparam;
 pub mod step;
 
+pub use crate::gpu::mirror::{mirror_texture, mirrored, refresh_mirror, TEX_W};
 pub use activation::{activation_backward, activation_forward, Activation};
 pub use adam::{adam, AdamConfig};
 pub use code::{code_backward, code_forward, contractive, vq_backward, vq_ema, vq_forward};
 pub use gather::{condition, corrupt, gather};
 pub use loss::{log_c_grad, loss, LearnedLogC, Likelihood, LOG_C_MAX, LOG_C_MIN};
 pub use matmul::{matmul, Epilogue, MatmulStrategy};
-pub use mirror::{mirror_texture, mirrored, refresh_mirror, TEX_W};
 pub use reduce::{colsum, read_log_totals, sum_segments, Segment, MAX_SEGMENTS};
 pub use reparam::{
     hier_kl, reparam_kl_backward, reparam_kl_backward_at, reparam_kl_forward, reparam_kl_forward_at, sample_backward,

@@ -6,10 +6,10 @@
 
 use std::path::Path;
 
-use super::Trainer;
 use crate::error::{Result, VaeError};
 use crate::io::{read_safetensors, write_safetensors, NamedTensor};
 use crate::model::{Vae, VaeConfig};
+use crate::train::Trainer;
 
 /// The `format` metadata of a training-state file.
 pub const TRAIN_STATE_FORMAT: &str = "vae-wgpu-train-state/1";
@@ -20,13 +20,9 @@ impl Trainer<'_> {
         self.config.vq_ema.map_or("none".to_string(), |g| g.to_string())
     }
 
-    /// The codebook's moving averages, when it is trained by them: part of the state.
+    /// The blocks' own training state (a codebook's moving averages).
     fn ema_state(&self) -> Vec<(&'static str, &crate::gpu::Tensor)> {
-        self.ws
-            .vq_ema
-            .iter()
-            .flat_map(|e| [("vq_ema.counts", &e.counts), ("vq_ema.sums", &e.sums)])
-            .collect()
+        self.workspace().state()
     }
 
     /// Writes Adam's first and second moments (the whole parameter arena, `adam.m` and
@@ -59,7 +55,7 @@ impl Trainer<'_> {
             ("step".to_string(), self.step.to_string()),
             ("epoch".to_string(), self.epoch.to_string()),
             ("seed".to_string(), self.config.seed.to_string()),
-            ("batch_size".to_string(), self.ws.batch.to_string()),
+            ("batch_size".to_string(), self.workspace().batch.to_string()),
             ("vq_ema".to_string(), self.vq_ema_name()),
         ]);
         write_safetensors(path, &tensors, &meta)
@@ -100,11 +96,12 @@ impl Trainer<'_> {
             )));
         }
         let (seed, batch) = (num("seed")?, num("batch_size")? as usize);
-        if seed != self.config.seed || batch != self.ws.batch {
+        if seed != self.config.seed || batch != self.workspace().batch {
             return Err(bad(format!(
                 "it was saved by a run with seed {seed} and batch size {batch}; this trainer has seed {} \
                  and batch size {}: resume with the run's own settings",
-                self.config.seed, self.ws.batch
+                self.config.seed,
+                self.workspace().batch
             )));
         }
         // Older files have no "vq_ema": gradient-trained codebooks.

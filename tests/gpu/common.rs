@@ -59,3 +59,12 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], tol: impl Fn(usize) -
 pub fn to_f64(v: &[Vec<f32>]) -> Vec<Vec<f64>> {
     v.iter().map(|t| t.iter().map(|&x| x as f64).collect()).collect()
 }
+
+/// The latent of a model with `top` stochastic layers above z₁: Gaussian when there are none.
+pub fn hier(top: &[vae_wgpu::model::TopLatent]) -> vae_wgpu::model::Code {
+    if top.is_empty() {
+        vae_wgpu::model::Code::Gaussian
+    } else {
+        vae_wgpu::model::Code::Hierarchical(top.to_vec())
+    }
+}

@@ -3,14 +3,16 @@
 //! and a learned-variance model training, and the pictures the explore tools write.
 
 use vae_wgpu::data::DatasetKind;
+use vae_wgpu::data::GpuDataset;
 use vae_wgpu::explore::{
     arithmetic_figure, class_figure, hierarchy_figure, interpolation_figure, manifold_figure, FIGURE_PAD,
 };
+use vae_wgpu::infer::prior_latents;
 use vae_wgpu::io::grid_size;
-use vae_wgpu::model::{GpuDataset, TopLatent, Vae, VaeConfig};
+use vae_wgpu::model::{Code, TopLatent, Vae, VaeConfig};
 use vae_wgpu::ops::{Activation, Likelihood};
 use vae_wgpu::rng;
-use vae_wgpu::train::{prior_latents, Evaluator, KlSchedule, TrainConfig, Trainer};
+use vae_wgpu::train::{Evaluator, KlSchedule, TrainConfig, Trainer};
 
 use crate::common::{assert_close, gpu, rand_vec, to_f64};
 use crate::reference::{self, Batch};
@@ -346,7 +348,7 @@ fn figures_have_documented_sizes_and_content() {
     }
     // Interpolation rows start and end at the pair's own codes.
     let fig = interpolation_figure(g, &vae, &means, &labels, &[(0, 1)], 3).unwrap();
-    let direct = vae_wgpu::train::decode_conditional(g, &vae, &means[..4], Some(&[0, 0])).unwrap();
+    let direct = vae_wgpu::infer::decode_conditional(g, &vae, &means[..4], Some(&[0, 0])).unwrap();
     let n = side * side;
     assert_eq!(&fig.images[..n], &direct[..n]);
     assert_eq!(&fig.images[2 * n..3 * n], &direct[n..2 * n]);
@@ -363,7 +365,7 @@ fn figures_have_documented_sizes_and_content() {
             input_dim: side * side,
             hidden: vec![8],
             latent: 4,
-            top: vec![TopLatent { latent: 2, hidden: 8 }],
+            code: Code::Hierarchical(vec![TopLatent { latent: 2, hidden: 8 }]),
             ..Default::default()
         },
         7,
@@ -372,7 +374,7 @@ fn figures_have_documented_sizes_and_content() {
     let fig = hierarchy_figure(g, &hier, 3, 3, 4, 0.9).unwrap();
     assert_eq!((fig.count, fig.cols, fig.images.len()), (12, 4, 12 * n));
     let first = prior_latents(g, &hier, 3, 1, 0.9, None).unwrap();
-    let direct = vae_wgpu::train::decode(g, &hier, &first).unwrap();
+    let direct = vae_wgpu::infer::decode(g, &hier, &first).unwrap();
     assert_eq!(&fig.images[..n], &direct[..]);
     // Cells of a row differ (z₁'s own noise), and so do rows.
     assert!(fig.images[..n] != fig.images[n..2 * n] && fig.images[..n] != fig.images[4 * n..5 * n]);
@@ -389,11 +391,11 @@ fn figures_have_documented_sizes_and_content() {
     .unwrap();
     let fig = hierarchy_figure(g, &chier, 3, 3, 4, 0.9).unwrap();
     let first = prior_latents(g, &chier, 3, 1, 0.9, Some(&[0])).unwrap();
-    let direct = vae_wgpu::train::decode_conditional(g, &chier, &first, Some(&[0])).unwrap();
+    let direct = vae_wgpu::infer::decode_conditional(g, &chier, &first, Some(&[0])).unwrap();
     assert_eq!(&fig.images[..n], &direct[..]);
     let grid = class_figure(g, &chier, 5, 2, 1.0).unwrap();
     let z = prior_latents(g, &chier, 5, 2, 1.0, Some(&[2, 2])).unwrap();
-    let direct = vae_wgpu::train::decode_conditional(g, &chier, &z, Some(&[2, 2])).unwrap();
+    let direct = vae_wgpu::infer::decode_conditional(g, &chier, &z, Some(&[2, 2])).unwrap();
     assert_eq!(&grid.images[4 * n..6 * n], &direct[..]);
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -452,9 +454,9 @@ fn decode_and_encode_means_match_the_reference() {
         // Decoding: codes spread over ±3 so the Gaussian means leave [0, 1] and get clamped.
         let z = rand_vec(n * cfg.latent, 77, -3.0, 3.0);
         let got = if classes > 0 {
-            vae_wgpu::train::decode_conditional(g, &vae, &z, Some(&labels)).unwrap()
+            vae_wgpu::infer::decode_conditional(g, &vae, &z, Some(&labels)).unwrap()
         } else {
-            vae_wgpu::train::decode(g, &vae, &z).unwrap()
+            vae_wgpu::infer::decode(g, &vae, &z).unwrap()
         };
         let z64: Vec<f64> = z.iter().map(|&v| v as f64).collect();
         let mut h = if classes > 0 {
@@ -516,9 +518,8 @@ fn small_hierarchy(top: &[TopLatent], classes: usize) -> VaeConfig {
         latent: 4,
         activation: Activation::Tanh,
         likelihood: Likelihood::Bernoulli,
-        top: top.to_vec(),
+        code: crate::common::hier(top),
         classes,
-        ..Default::default()
     }
 }
 

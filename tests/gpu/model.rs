@@ -2,8 +2,9 @@
 //! `reference.rs` — the gradient of every parameter, the metric log row and one Adam update —
 //! and a partial-batch plan against a workspace built for exactly that batch.
 
+use vae_wgpu::data::GpuDataset;
 use vae_wgpu::model::{
-    code_name, plan_step, BatchSource, Code, GpuDataset, TextureMirrors, TopLatent, Vae, VaeConfig, Workspace,
+    code_name, plan_step, Code, Inputs, TextureMirrors, TopLatent, Vae, VaeConfig, Workspace, WorkspaceSpec,
     METRIC_SLOTS,
 };
 use vae_wgpu::ops::{self, Activation, AdamConfig, Likelihood, StepBuffer, StepParams};
@@ -66,13 +67,35 @@ impl Data {
         (0..b).map(|row| self.labels[self.perm[start + row] as usize]).collect()
     }
 
-    fn source(&self) -> BatchSource<'_> {
-        BatchSource {
-            data: &self.set,
-            perm: &self.perm_t,
+    /// Plans `b` examples' step through the inputs block this data feeds.
+    #[allow(clippy::too_many_arguments)]
+    fn plan(
+        &self,
+        g: &Gpu,
+        vae: &Vae,
+        ws: &Workspace,
+        b: usize,
+        step: &StepBuffer,
+        log: &Tensor,
+        adam: Option<&AdamConfig>,
+    ) -> Vec<Dispatch> {
+        let batches = self.set.batches(&self.perm_t);
+        let inputs = Inputs {
+            source: &batches,
             binarize: false,
             denoise: self.denoise,
-        }
+        };
+        plan_step(g, vae, ws, b, &inputs, step, log, adam).unwrap()
+    }
+}
+
+/// A training workspace of `b` examples and `l` draws each.
+fn train_spec(b: usize, l: usize, denoise: bool, vq_ema: Option<f32>) -> WorkspaceSpec {
+    WorkspaceSpec {
+        train: true,
+        denoise,
+        vq_ema,
+        ..WorkspaceSpec::eval(b, l)
     }
 }
 
@@ -113,7 +136,7 @@ fn gpu_step(
     let params_before = vae.arena.read_params(g).unwrap();
     let step = StepBuffer::new(g).unwrap();
     let log = g.tensor("log", &[1, METRIC_SLOTS]).unwrap();
-    let plan = plan_step(g, vae, ws, b, &data.source(), &step, &log, Some(adam)).unwrap();
+    let plan = data.plan(g, vae, ws, b, &step, &log, Some(adam));
     let mut sp = StepParams { log_row: 0, ..sp };
     adam.step_fields(sp.step as u64 + 1, &mut sp);
     step.write(g, &sp);
@@ -209,10 +232,7 @@ fn check_gradients(case: &Case) {
     let start = 3;
     let mut data = Data::new(g, b + 4, case.cfg.input_dim, case.seed + 1);
     data.denoise = case.denoise;
-    let mut ws = Workspace::new(g, &vae, b, l, true, false).unwrap();
-    if case.denoise > 0.0 {
-        ws = ws.with_noisy_input(g).unwrap();
-    }
+    let ws = Workspace::new(g, &vae, &train_spec(b, l, case.denoise > 0.0, None)).unwrap();
     let sp = StepParams {
         seed: 1000 + case.seed as u32,
         step: 17,
@@ -639,7 +659,7 @@ fn one_step_matches_reference_step() {
     let vae = Vae::new(g, cfg.clone(), 11).unwrap();
     let names = slot_names(&vae);
     let data = Data::new(g, 24, cfg.input_dim, 12);
-    let ws = Workspace::new(g, &vae, b, l, true, false).unwrap();
+    let ws = Workspace::new(g, &vae, &train_spec(b, l, false, None)).unwrap();
     let start = 7;
     let sp = StepParams {
         seed: 99,
@@ -777,17 +797,17 @@ fn partial_batch_case(cfg: VaeConfig, l: usize) {
         ..Default::default()
     };
     // A full batch first, so every row of the large workspace holds another batch's values.
-    let ws8 = Workspace::new(g, &vae, 8, l, true, false).unwrap();
+    let ws8 = Workspace::new(g, &vae, &train_spec(8, l, false, None)).unwrap();
     gpu_step(g, &vae, &ws8, 8, &data, sp(0, 3), &frozen);
     let part = gpu_step(g, &vae, &ws8, 3, &data, sp(9, 4), &frozen);
-    let ws3 = Workspace::new(g, &vae, 3, l, true, false).unwrap();
+    let ws3 = Workspace::new(g, &vae, &train_spec(3, l, false, None)).unwrap();
     let exact = gpu_step(g, &vae, &ws3, 3, &data, sp(9, 4), &frozen);
 
     // Same shapes, same kernels, same inputs: the results should agree to the last bit; allow
     // 1e-6 relative in case a strategy choice differs, far below any stale-row contribution.
     let what = &format!(
         "{}: batch-3 plan in a batch-8 workspace vs a batch-3 workspace",
-        code_name(cfg.code)
+        code_name(&cfg.code)
     );
     assert_tensors_close(what, &names, &to_f64(&part.grads), &to_f64(&exact.grads), 1e-6, 0.0);
     for k in 0..2 {
@@ -809,7 +829,7 @@ fn partial_batch_case(cfg: VaeConfig, l: usize) {
     };
     let (_, want) = reference::gradients(&cfg, &params, &batch);
     assert_tensors_close(
-        &format!("{}: partial batch vs reference", code_name(cfg.code)),
+        &format!("{}: partial batch vs reference", code_name(&cfg.code)),
         &names,
         &to_f64(&part.grads),
         &want,
@@ -1003,9 +1023,8 @@ fn hierarchical_vae_gradients_match_finite_differences() {
             latent: 4,
             activation,
             likelihood,
-            top: top.clone(),
+            code: crate::common::hier(&top),
             classes,
-            ..Default::default()
         };
         let what = format!(
             "hierarchical {activation:?} {likelihood:?} L = {l}, {classes} classes, {} layers",
@@ -1027,7 +1046,7 @@ fn hierarchical_vae_gradients_match_finite_differences() {
             kl_beta: beta,
             ..Default::default()
         };
-        let ws = Workspace::new(g, &vae, 8, l, true, false).unwrap();
+        let ws = Workspace::new(g, &vae, &train_spec(8, l, false, None)).unwrap();
         gpu_step(g, &vae, &ws, 8, &data, sp(8, 2), &frozen);
         let b = 5;
         let res = gpu_step(g, &vae, &ws, b, &data, sp(3, 6), &frozen);
@@ -1091,7 +1110,7 @@ fn vq_codebook_moving_averages_match_the_reference() {
     };
     let vae = Vae::new(g, cfg.clone(), 41).unwrap();
     let names = slot_names(&vae);
-    let book_slot = vae.codebook.unwrap();
+    let book_slot = vae.arena.layout.find("codebook").unwrap();
     let data = Data::new(g, 16, cfg.input_dim, 42);
     let frozen = AdamConfig {
         lr: 0.0,
@@ -1107,20 +1126,17 @@ fn vq_codebook_moving_averages_match_the_reference() {
     };
     let decay = 0.8;
     let b = 8;
-    let ws = Workspace::new(g, &vae, b, 1, true, false)
-        .unwrap()
-        .with_vq_ema(g, &vae, decay)
-        .unwrap();
+    let ws = Workspace::new(g, &vae, &train_spec(b, 1, false, Some(decay))).unwrap();
     // The gradient-trained twin, given the same parameters before each step.
     let twin = Vae::new(g, cfg.clone(), 41).unwrap();
-    let plain = Workspace::new(g, &twin, b, 1, true, false).unwrap();
+    let plain = Workspace::new(g, &twin, &train_spec(b, 1, false, None)).unwrap();
     let (mut big_n, mut big_m) = (vec![0.0f64; 10], vec![0.0f64; 10]);
     for (step, start) in [(0u32, 0u32), (1, 8)] {
         twin.arena.write_params(g, &vae.arena.read_params(g).unwrap()).unwrap();
         let reference_step = gpu_step(g, &twin, &plain, b, &data, sp(start, step), &frozen);
         let res = gpu_step(g, &vae, &ws, b, &data, sp(start, step), &frozen);
         let enc = g.read(&ws.enc).unwrap();
-        let idx = g.read(ws.vq_index.as_ref().unwrap()).unwrap();
+        let idx = g.read(ws.latent_output("vq.index").unwrap()).unwrap();
         let before = &res.params_before[book_slot];
         // Assignments: the nearest entry of the codebook before the update, first on ties.
         for (a, &k) in idx.iter().enumerate() {

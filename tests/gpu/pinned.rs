@@ -5,7 +5,8 @@
 //! there) and the test says so.
 
 use vae_wgpu::data::DatasetKind;
-use vae_wgpu::model::{Code, GpuDataset, TopLatent, Vae, VaeConfig};
+use vae_wgpu::data::GpuDataset;
+use vae_wgpu::model::{Code, TopLatent, Vae, VaeConfig};
 use vae_wgpu::ops::{Likelihood, MatmulStrategy};
 use vae_wgpu::train::{Evaluator, KlSchedule, TrainConfig, Trainer};
 use vae_wgpu::Gpu;
@@ -99,7 +100,7 @@ fn members() -> Vec<Member> {
             ..base(
                 "hierarchical_2",
                 VaeConfig {
-                    top: top(&[(10, 200)]),
+                    code: Code::Hierarchical(top(&[(10, 200)])),
                     ..Default::default()
                 },
             )
@@ -109,7 +110,7 @@ fn members() -> Vec<Member> {
             ..base(
                 "hierarchical_3",
                 VaeConfig {
-                    top: top(&[(16, 200), (8, 100)]),
+                    code: Code::Hierarchical(top(&[(16, 200), (8, 100)])),
                     ..Default::default()
                 },
             )
@@ -120,7 +121,7 @@ fn members() -> Vec<Member> {
                 "conditional_hierarchical",
                 VaeConfig {
                     classes: 10,
-                    top: top(&[(10, 200)]),
+                    code: Code::Hierarchical(top(&[(10, 200)])),
                     ..Default::default()
                 },
             )
@@ -224,7 +225,7 @@ fn run(g: &Gpu, m: &Member) -> Option<Vec<String>> {
             bound_on(&m.model)
         );
         if epoch == m.train.epochs {
-            if !m.model.top.is_empty() {
+            if !m.model.top().is_empty() {
                 let layers = eval.layer_kl(&vae, m.train.seed, m.train.binarize).unwrap();
                 let shown: Vec<String> = layers.iter().map(|k| format!("{k:.6}")).collect();
                 line.push_str(&format!(" layer_kl {}", shown.join(",")));

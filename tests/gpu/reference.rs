@@ -48,7 +48,7 @@ pub fn layers(cfg: &VaeConfig) -> Vec<Dense> {
     }
     // A VAE's head writes [μ | log σ²]; an autoencoder's, the code itself.
     let head = match cfg.code {
-        Code::Gaussian => 2 * cfg.latent,
+        Code::Gaussian | Code::Hierarchical(_) => 2 * cfg.latent,
         Code::Deterministic { .. } | Code::Quantized { .. } => cfg.latent,
     };
     out.push(dense("encoder.head".into(), width, head, Activation::Identity));
@@ -105,14 +105,14 @@ pub fn top_layers(cfg: &VaeConfig) -> Vec<Dense> {
         act,
     };
     let mut out = Vec::new();
-    for (i, t) in cfg.top.iter().enumerate() {
+    for (i, t) in cfg.top().iter().enumerate() {
         // The rows below (z₁'s as the decoder reads them, or the upper layer below's) and this
         // layer's, each with a conditional model's one-hot, zero-padded to a multiple of 4.
         let width = |latent: usize| (latent + cfg.classes).div_ceil(4) * 4;
         let (below, below_in) = if i == 0 {
             (cfg.latent, cfg.dec_input_dim())
         } else {
-            (cfg.top[i - 1].latent, width(cfg.top[i - 1].latent))
+            (cfg.top()[i - 1].latent, width(cfg.top()[i - 1].latent))
         };
         // The arena's slot names: top.* for z₂, top.z3.* and so on above.
         let name = |part: &str| match i {
@@ -176,7 +176,7 @@ pub fn hier_forward(
     let m = cfg.hidden.len();
     let zd = cfg.latent;
     assert!(
-        !cfg.top.is_empty() && eps_up.len() == cfg.top.len(),
+        !cfg.top().is_empty() && eps_up.len() == cfg.top().len(),
         "a hierarchical configuration and its noise"
     );
     let top_slot = 2 * ls.len() + usize::from(log_c_len(cfg).is_some());
@@ -228,7 +228,7 @@ pub fn hier_forward(
     }
     // Up the layers: q(z_{i+2}|z_{i+1}) from the rows below, and the draws.
     let mut below_in = z1_in;
-    for (i, t) in cfg.top.iter().enumerate() {
+    for (i, t) in cfg.top().iter().enumerate() {
         let (w, bias) = p(top_slot + 8 * i);
         let uh = dense_forward(&tl[4 * i], &below_in, rows, w, bias).1;
         let (w, bias) = p(top_slot + 8 * i + 2);
@@ -238,7 +238,7 @@ pub fn hier_forward(
         levels.push(layer);
     }
     // Each conditional prior p(z_{i+1}|z_{i+2}) at the drawn z_{i+2}.
-    for (i, t) in cfg.top.iter().enumerate() {
+    for (i, t) in cfg.top().iter().enumerate() {
         let z_in = labelled(&levels[i + 1].z, t.latent, tl[4 * i + 2].inputs);
         let (w, bias) = p(top_slot + 8 * i + 4);
         let ph = dense_forward(&tl[4 * i + 2], &z_in, rows, w, bias).1;

@@ -2,9 +2,11 @@
 //! structure, and checkpoints read back with an independent reader.
 
 use vae_wgpu::data::DatasetKind;
+use vae_wgpu::data::GpuDataset;
 use vae_wgpu::explore::hierarchy_figure;
-use vae_wgpu::model::{Code, GpuDataset, TextureMirrors, TopLatent, Vae, VaeConfig};
-use vae_wgpu::train::{prior_latents, prior_samples, Evaluator, KlSchedule, TrainConfig, Trainer};
+use vae_wgpu::infer::{prior_latents, prior_samples};
+use vae_wgpu::model::{Code, TextureMirrors, TopLatent, Vae, VaeConfig};
+use vae_wgpu::train::{Evaluator, KlSchedule, TrainConfig, Trainer};
 use vae_wgpu::{rng, Gpu, VaeError};
 
 use crate::common::gpu;
@@ -149,7 +151,7 @@ fn checkpoint_has_the_reference_keys_and_rejects_other_configs() {
     }
     // fc21 is the μ half of the head, [out, in]: element (o, i) = W_head[i, o].
     let params = vae.arena.read_params(g).unwrap();
-    let head_w = &params[vae.head.w];
+    let head_w = &params[vae.layer("encoder.head").unwrap().w];
     let fc22 = st.tensor("fc22.weight").unwrap();
     let v: Vec<f32> = fc22
         .data()
@@ -212,17 +214,21 @@ fn multi_layer_checkpoint_layout_and_refused_files() {
     let params = vae.arena.read_params(g).unwrap();
     // (name, layer, output columns of its weight)
     let z = 2;
+    let layer = |name: &str| vae.layer(name).unwrap();
     let layers = [
-        ("enc0", &vae.encoder[0], 0..8),
-        ("enc1", &vae.encoder[1], 0..4),
-        ("mu", &vae.head, 0..z),
-        ("logvar", &vae.head, z..2 * z),
-        ("dec0", &vae.decoder[0], 0..4),
-        ("dec1", &vae.decoder[1], 0..8),
-        ("out", &vae.out, 0..16),
+        ("enc0", layer("encoder.0"), 0..8),
+        ("enc1", layer("encoder.1"), 0..4),
+        ("mu", layer("encoder.head"), 0..z),
+        ("logvar", layer("encoder.head"), z..2 * z),
+        ("dec0", layer("decoder.0"), 0..4),
+        ("dec1", layer("decoder.1"), 0..8),
+        ("out", layer("decoder.out"), 0..16),
     ];
     // Conditional inputs: 16 + 3 → 20 and 2 + 3 → 8 columns.
-    assert_eq!((vae.encoder[0].in_features, vae.decoder[0].in_features), (20, 8));
+    assert_eq!(
+        (layer("encoder.0").in_features, layer("decoder.0").in_features),
+        (20, 8)
+    );
     for (name, l, cols) in &layers {
         let w = st.tensor(&format!("{name}.weight")).unwrap();
         assert_eq!(w.shape(), &[cols.len(), l.in_features], "{name}");
@@ -241,7 +247,7 @@ fn multi_layer_checkpoint_layout_and_refused_files() {
     }
     let lc = st.tensor("log_c").unwrap();
     assert_eq!(lc.shape(), &[16]);
-    assert_eq!(f32s(&lc), params[vae.log_c.unwrap()]);
+    assert_eq!(f32s(&lc), params[vae.arena.layout.find("decoder.log_c").unwrap()]);
     assert_eq!(st.names().len(), 2 * layers.len() + 1);
 
     // Rewrite the file with one tensor dropped, renamed or reshaped.
@@ -358,7 +364,7 @@ fn texture_mirrors_do_not_change_the_numbers() {
     // A hierarchical VAE's second-layer weights (z₂ padded from 6 to 8 columns) mirrored too.
     let top = |policy: TextureMirrors| {
         let cfg = VaeConfig {
-            top: vec![TopLatent { latent: 6, hidden: 16 }],
+            code: Code::Hierarchical(vec![TopLatent { latent: 6, hidden: 16 }]),
             ..small_config()
         };
         let mut vae = Vae::new(g, cfg, 5).unwrap();
@@ -552,38 +558,57 @@ fn autoencoder_trains_checkpoints_and_refuses_vae_options() {
     assert!(rep.train.kl > 0.0 && rep.train.recon > 0.0, "{rep:?}");
 
     // No sampling, β or KL schedule for a deterministic code; masking probabilities in [0, 1).
+    // Each refusal names the fields at fault (the code's too, where the combination is).
     let refused = [
-        TrainConfig {
-            mc_samples: 2,
-            ..tc.clone()
-        },
-        TrainConfig {
-            beta: 2.0,
-            ..tc.clone()
-        },
-        TrainConfig {
-            kl_schedule: KlSchedule::Warmup { steps: 10 },
-            ..tc.clone()
-        },
-        TrainConfig {
-            denoise: 1.0,
-            ..tc.clone()
-        },
-        TrainConfig {
-            denoise: -0.1,
-            ..tc.clone()
-        },
+        (
+            TrainConfig {
+                mc_samples: 2,
+                ..tc.clone()
+            },
+            &["TrainConfig::mc_samples", "VaeConfig::code"][..],
+        ),
+        (
+            TrainConfig {
+                beta: 2.0,
+                ..tc.clone()
+            },
+            &["TrainConfig::beta", "VaeConfig::code"],
+        ),
+        (
+            TrainConfig {
+                kl_schedule: KlSchedule::Warmup { steps: 10 },
+                ..tc.clone()
+            },
+            &["TrainConfig::kl_schedule", "VaeConfig::code"],
+        ),
+        (
+            TrainConfig {
+                denoise: 1.0,
+                ..tc.clone()
+            },
+            &["TrainConfig::denoise"],
+        ),
+        (
+            TrainConfig {
+                denoise: -0.1,
+                ..tc.clone()
+            },
+            &["TrainConfig::denoise"],
+        ),
         // Codebook moving averages need a codebook.
-        TrainConfig {
-            vq_ema: Some(0.99),
-            ..tc.clone()
-        },
+        (
+            TrainConfig {
+                vq_ema: Some(0.99),
+                ..tc.clone()
+            },
+            &["TrainConfig::vq_ema", "VaeConfig::code"],
+        ),
     ];
-    for bad in refused {
+    for (bad, fields) in refused {
         let what = format!("{bad:?}");
         match Trainer::new(&g, &vae, mnist_subset(&g, 64), bad) {
-            Err(VaeError::Config(_)) => {}
-            other => panic!("{what}: expected a Config error, got {:?}", other.err()),
+            Err(VaeError::Setting { fields: f, .. }) => assert_eq!(f, fields, "{what}"),
+            other => panic!("{what}: expected a Setting error, got {:?}", other.err()),
         }
     }
 }
@@ -772,8 +797,13 @@ fn vq_vae_trains_and_checkpoints_its_codebook() {
         },
     ] {
         match Trainer::new(g, &vae, mnist_subset(g, 64), bad) {
-            Err(VaeError::Config(m)) => assert!(m.contains("decay"), "{m}"),
-            r => panic!("expected a Config error, got {:?}", r.err()),
+            Err(e @ VaeError::Setting { .. }) => {
+                assert!(
+                    e.to_string().contains("decay") && e.to_string().contains("TrainConfig::vq_ema"),
+                    "{e}"
+                )
+            }
+            r => panic!("expected a Setting error, got {:?}", r.err()),
         }
     }
     let mut tr = Trainer::new(g, &vae, mnist_subset(g, 300), tc).unwrap();
@@ -794,7 +824,7 @@ fn vq_vae_trains_and_checkpoints_its_codebook() {
 
     // The codes the evaluation encoded: each of the 4 vectors of 2 values nearest to one entry.
     let params = vae.arena.read_params(g).unwrap();
-    let book = &params[vae.codebook.unwrap()];
+    let book = &params[vae.arena.layout.find("codebook").unwrap()];
     let means = eval.encode_means(&vae, 1).unwrap();
     let chosen: Vec<usize> = means
         .chunks_exact(2)
@@ -823,12 +853,12 @@ fn vq_vae_trains_and_checkpoints_its_codebook() {
     assert!((usage.perplexity - entropy.exp()).abs() < 1e-9, "{usage:?}");
     assert!(matches!(
         eval.code_usage(&Vae::new(g, small_config(), 1).unwrap(), 1),
-        Err(VaeError::Config(_))
+        Err(VaeError::Setting { fields, .. }) if fields == ["VaeConfig::code"]
     ));
 
     // Switching this gradient-trained model to moving averages clears the codebook's gradient
     // and Adam moments (else Adam's momentum would go on moving it), and only those.
-    let slot = vae.codebook.unwrap();
+    let slot = vae.arena.layout.find("codebook").unwrap();
     let range = {
         let s = &vae.arena.layout.slots()[slot];
         s.offset..s.offset + s.len()
@@ -881,7 +911,7 @@ fn hierarchical_vae_trains_checkpoints_and_samples() {
     let cfg = VaeConfig {
         hidden: vec![64],
         latent: 8,
-        top: vec![TopLatent { latent: 4, hidden: 16 }],
+        code: Code::Hierarchical(vec![TopLatent { latent: 4, hidden: 16 }]),
         ..Default::default()
     };
     let vae = Vae::new(g, cfg.clone(), 5).unwrap();
@@ -916,7 +946,7 @@ fn hierarchical_vae_trains_checkpoints_and_samples() {
     };
     assert!(matches!(
         Trainer::new(g, &vae, mnist_subset(g, 64), too_many),
-        Err(vae_wgpu::VaeError::Config(_))
+        Err(VaeError::Setting { fields, .. }) if fields == ["TrainConfig::mc_samples"]
     ));
     let two = TrainConfig { mc_samples: 2, ..tc };
     let mut tr2 = Trainer::new(g, &vae, mnist_subset(g, 64), two).unwrap();
@@ -1035,7 +1065,7 @@ fn train_and_round_trip_hierarchy(
     let iw = eval.iw_nll(&vae, 1, 50, false).unwrap();
     assert!(iw < stats.loss, "IW bound {iw} vs -ELBO {}", stats.loss);
 
-    let dir = std::env::temp_dir().join(format!("vae-wgpu-hier-rt-{}-{}", std::process::id(), cfg.top.len()));
+    let dir = std::env::temp_dir().join(format!("vae-wgpu-hier-rt-{}-{}", std::process::id(), cfg.top().len()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("model.safetensors");
     vae.save(g, &path, &[]).unwrap();
@@ -1068,7 +1098,7 @@ fn conditional_hierarchical_vae_trains_and_samples_by_class() {
         hidden: vec![64],
         latent: 8,
         classes: 10,
-        top: vec![TopLatent { latent: 4, hidden: 16 }],
+        code: Code::Hierarchical(vec![TopLatent { latent: 4, hidden: 16 }]),
         ..Default::default()
     };
     // [z₁ | one-hot] is 18 wide, padded to 20; [z₂ | one-hot] 14, padded to 16.
@@ -1117,7 +1147,7 @@ fn three_layer_vae_trains_and_samples_ancestrally() {
     let cfg = VaeConfig {
         hidden: vec![64],
         latent: 8,
-        top: top.clone(),
+        code: crate::common::hier(&top),
         ..Default::default()
     };
     let (vae, params, shapes) = train_and_round_trip_hierarchy(g, &cfg, 17 + 2 * 15);
@@ -1146,7 +1176,7 @@ fn three_layer_vae_trains_and_samples_ancestrally() {
     let cell = 4 + 2;
     let z1_cell = down(0, &down(1, &z3_row1, 1, 2, cell * 6), 1, 1, cell * 8);
     let z1_cell: Vec<f32> = z1_cell.iter().map(|&v| v as f32).collect();
-    let direct = vae_wgpu::train::decode(g, &vae, &z1_cell).unwrap();
+    let direct = vae_wgpu::infer::decode(g, &vae, &z1_cell).unwrap();
     let px = 784;
     let got = &fig.images[cell * px..(cell + 1) * px];
     let worst = got
@@ -1170,7 +1200,7 @@ fn layer_kl_splits_the_evaluation_kl() {
         vec![TopLatent { latent: 6, hidden: 16 }, TopLatent { latent: 2, hidden: 8 }],
     ] {
         let cfg = VaeConfig {
-            top: top.clone(),
+            code: crate::common::hier(&top),
             ..small_config()
         };
         let vae = Vae::new(g, cfg, 3).unwrap();
@@ -1200,7 +1230,9 @@ fn layer_kl_splits_the_evaluation_kl() {
         3,
     )
     .unwrap();
-    assert!(matches!(eval.layer_kl(&ae, 7, false), Err(VaeError::Config(_))));
+    assert!(
+        matches!(eval.layer_kl(&ae, 7, false), Err(VaeError::Setting { fields, .. }) if fields == ["VaeConfig::code"])
+    );
 }
 
 /// A conditional three-layer hierarchical VAE with two draws per example resumes exactly from
@@ -1212,7 +1244,10 @@ fn deep_conditional_hierarchy_resumes_exactly() {
         hidden: vec![64],
         latent: 8,
         classes: 10,
-        top: vec![TopLatent { latent: 6, hidden: 16 }, TopLatent { latent: 2, hidden: 8 }],
+        code: Code::Hierarchical(vec![
+            TopLatent { latent: 6, hidden: 16 },
+            TopLatent { latent: 2, hidden: 8 },
+        ]),
         ..Default::default()
     };
     let tc = TrainConfig {

@@ -1,0 +1,589 @@
+//! A hierarchical VAE's latent: z₁ Gaussian as in the one-layer VAE, and stochastic layers
+//! above it (see [`crate::model::TopLatent`]). Upper layer k has q(z_k|z_{k−1}), an MLP on the
+//! layer below, and the conditional prior p(z_{k−1}|z_k), an MLP on its own draws, which replaces
+//! N(0, I) as the lower layer's prior; the topmost layer's prior is N(0, I).
+//!
+//! Forward: z₁'s draws (no KL: its prior term comes later); up the layers, q's network and the
+//! layer's draws (the topmost with its closed-form KL); then for each upper layer the prior's
+//! network and the lower layer's ladder KL term E_q[log q] − log p(z_{k−1}|z_k) with its
+//! gradients (`hier_kl`). Backward runs top down: each layer's prior network, its draw (summing
+//! the gradients from above, from its own KL term and from the prior network it feeds), q's
+//! network into the layer below; last z₁'s sample backward into the encoder's output.
+//!
+//! Each layer draws with its own ε key base ([`ops::top_sample_base`]), one draw per row of the
+//! layer below; z₁ keeps L draws per example, so every upper tensor has L·b rows.
+
+use crate::error::{Result, VaeError};
+use crate::gpu::{Dispatch, Gpu, Tensor};
+use crate::model::block::{rows, Ctx, Latent, LatentWorkspace, WorkspaceSpec};
+use crate::model::terms::{TermId, TermKind, TermLayout, TermRows, TermSpec};
+use crate::model::{TopLatent, VaeConfig};
+use crate::nn::{ArenaLayout, Layer, Linear, ParamArena};
+use crate::ops::{self, Activation};
+use crate::rng;
+
+/// The networks of one upper stochastic layer, one hidden layer each. Written for z₂ above z₁;
+/// upper layer i is z_{i+2} above z_{i+1}.
+#[derive(Clone)]
+pub struct TopLayers {
+    /// z₁ → hidden, in q(z₂|z₁).
+    pub up: Linear,
+    /// hidden → [μ₂ | log σ₂²].
+    pub up_head: Linear,
+    /// z₂ → hidden, in p(z₁|z₂).
+    pub prior: Linear,
+    /// hidden → [μₚ | log σₚ²].
+    pub prior_head: Linear,
+}
+
+impl TopLayers {
+    fn new(layout: &mut ArenaLayout, cfg: &VaeConfig, i: usize) -> Self {
+        let (act, t) = (cfg.activation, cfg.top()[i]);
+        // Slot names: "top.*" for z₂ (the first, and once the only, upper layer), "top.z3.*"
+        // and so on above it.
+        let name = |part: &str| match i {
+            0 => format!("top.{part}"),
+            _ => format!("top.z{}.{part}", i + 2),
+        };
+        TopLayers {
+            // A conditional model's rows carry the one-hot after the draws (z₁'s as the decoder
+            // reads them), so both networks see the label.
+            up: Linear::new(layout, &name("up.0"), cfg.top_below_dim(i), t.hidden, act),
+            up_head: Linear::new(layout, &name("up.head"), t.hidden, 2 * t.latent, Activation::Identity),
+            prior: Linear::new(layout, &name("prior.0"), cfg.top_input_dim(i), t.hidden, act),
+            prior_head: Linear::new(
+                layout,
+                &name("prior.head"),
+                t.hidden,
+                2 * cfg.top_below_latent(i),
+                Activation::Identity,
+            ),
+        }
+    }
+
+    /// The four layers in forward order.
+    pub fn layers(&self) -> [&Linear; 4] {
+        [&self.up, &self.up_head, &self.prior, &self.prior_head]
+    }
+
+    /// Plans the conditional prior's network: z₂ [B, Z₂'] (z₂'s rows as
+    /// [`VaeConfig::top_input_dim`] gives them) → `hidden` [B, H] → `p1` [B, 2Z] = [μₚ | log σₚ²]
+    /// of p(z₁|z₂).
+    pub fn plan_prior(
+        &self,
+        gpu: &Gpu,
+        arena: &ParamArena,
+        z2: &Tensor,
+        hidden: &Tensor,
+        p1: &Tensor,
+    ) -> Result<Vec<Dispatch>> {
+        let mut d = self.prior.forward(gpu, arena, z2, hidden)?;
+        d.extend(self.prior_head.forward(gpu, arena, hidden, p1)?);
+        Ok(d)
+    }
+}
+
+/// z₁ and the layers above it.
+pub struct Hierarchy {
+    /// z₁'s size.
+    latent: usize,
+    /// The upper layers' sizes, from z₂ up.
+    top: Vec<TopLatent>,
+    /// Their widths as the networks read them (see [`VaeConfig::top_input_dim`]).
+    input_dims: Vec<usize>,
+    /// Classes of a conditional model (0: none).
+    classes: usize,
+    /// Their networks.
+    layers: Vec<TopLayers>,
+}
+
+impl Hierarchy {
+    /// Registers each upper layer's networks, from z₂ up.
+    pub fn new(layout: &mut ArenaLayout, cfg: &VaeConfig) -> Self {
+        let n = cfg.top().len();
+        Hierarchy {
+            latent: cfg.latent,
+            top: cfg.top().to_vec(),
+            input_dims: (0..n).map(|i| cfg.top_input_dim(i)).collect(),
+            classes: cfg.classes,
+            layers: (0..n).map(|i| TopLayers::new(layout, cfg, i)).collect(),
+        }
+    }
+
+    /// Size of the latent below upper layer `i`.
+    fn below_latent(&self, i: usize) -> usize {
+        if i == 0 {
+            self.latent
+        } else {
+            self.top[i - 1].latent
+        }
+    }
+
+    /// The networks of each upper layer, from z₂ up.
+    pub fn networks(&self) -> &[TopLayers] {
+        &self.layers
+    }
+}
+
+impl Latent for Hierarchy {
+    fn layers(&self) -> Vec<&Linear> {
+        self.layers.iter().flat_map(|t| t.layers()).collect()
+    }
+
+    /// For each upper layer z_k: q_z{k}.{0, mu, logvar} and p_z{k−1}.{0, mu, logvar}.
+    fn checkpoint_pieces(&self) -> Vec<(String, &Linear, std::ops::Range<usize>)> {
+        let mut out = Vec::new();
+        let whole = |l: &Linear| 0..l.out_features;
+        let half = |l: &Linear| (0..l.out_features / 2, l.out_features / 2..l.out_features);
+        for (i, t) in self.layers.iter().enumerate() {
+            let ((m2, v2), (mp, vp)) = (half(&t.up_head), half(&t.prior_head));
+            let (q, p) = (format!("q_z{}", i + 2), format!("p_z{}", i + 1));
+            out.push((format!("{q}.0"), &t.up, whole(&t.up)));
+            out.push((format!("{q}.mu"), &t.up_head, m2));
+            out.push((format!("{q}.logvar"), &t.up_head, v2));
+            out.push((format!("{p}.0"), &t.prior, whole(&t.prior)));
+            out.push((format!("{p}.mu"), &t.prior_head, mp));
+            out.push((format!("{p}.logvar"), &t.prior_head, vp));
+        }
+        out
+    }
+
+    /// After the encoder's and decoder's draws, so that adding an upper layer changes no other
+    /// initial value (each upper layer's after those below it).
+    fn init(&self, rng: &mut rand_pcg::Pcg64Mcg, values: &mut [Vec<f32>]) {
+        for l in Latent::layers(self) {
+            l.init(rng, values);
+        }
+    }
+
+    fn workspace(
+        &self,
+        gpu: &Gpu,
+        _arena: &ParamArena,
+        spec: &WorkspaceSpec,
+        terms: &mut TermLayout,
+    ) -> Result<Box<dyn LatentWorkspace>> {
+        let r = spec.draws();
+        let t = |name: &str, shape: &[usize]| gpu.tensor(name, shape);
+        let log_ratio = |terms: &mut TermLayout, layer: usize, width: usize| {
+            spec.log_ratio.then(|| {
+                terms.add(TermSpec::new(
+                    format!("log_ratio.z{}", layer + 1),
+                    TermKind::LogRatio { layer },
+                    TermRows::PerDraw(width),
+                ))
+            })
+        };
+        // Every layer's terms are per draw of z₁ (L·b rows), each view on a storage boundary.
+        let kl_below = terms.add(TermSpec::new(
+            "kl.z1",
+            TermKind::Kl { layer: 0 },
+            TermRows::PerDraw(self.latent),
+        ));
+        let log_ratio_below = log_ratio(terms, 0, self.latent);
+        let mut upper = Vec::new();
+        for (i, tl) in self.top.iter().enumerate() {
+            let below = self.below_latent(i);
+            let below_dim = if i == 0 { None } else { Some(self.input_dims[i - 1]) };
+            let grads = if spec.train {
+                Some(TopGrads {
+                    up_hidden: t("d_top_up_hidden", &[r, tl.hidden])?,
+                    q: t("d_top_q", &[r, 2 * tl.latent])?,
+                    z: t("d_top_z", &[r, self.input_dims[i]])?,
+                    prior_hidden: t("d_top_prior_hidden", &[r, tl.hidden])?,
+                    // Shaped as the rows below: z₁'s are the decoder's input rows.
+                    z_below_up: t("d_top_z_below_up", &[r, below_dim.unwrap_or(spec_z_width(self))])?,
+                })
+            } else {
+                None
+            };
+            upper.push(TopWorkspace {
+                up_hidden: t("top_up_hidden", &[r, tl.hidden])?,
+                q: t("top_q", &[r, 2 * tl.latent])?,
+                // Padded columns: never written, so zero (a conditional model's one-hot is
+                // written by the inputs, as z₁'s is).
+                z: t("top_z", &[r, self.input_dims[i]])?,
+                prior_hidden: t("top_prior_hidden", &[r, tl.hidden])?,
+                p_below: t("top_p_below", &[r, 2 * below])?,
+                d_p_below: t("d_top_p_below", &[r, 2 * below])?,
+                dz_kl_below: t("d_top_z_kl_below", &[r, below])?,
+                kl: terms.add(TermSpec::new(
+                    format!("kl.z{}", i + 2),
+                    TermKind::Kl { layer: i + 1 },
+                    TermRows::PerDraw(tl.latent),
+                )),
+                log_ratio: log_ratio(terms, i + 1, tl.latent),
+                grads,
+            });
+        }
+        Ok(Box::new(HierarchyWorkspace {
+            h: Hierarchy {
+                layers: self.layers.clone(),
+                top: self.top.clone(),
+                input_dims: self.input_dims.clone(),
+                ..*self
+            },
+            kl_below,
+            log_ratio_below,
+            upper,
+        }))
+    }
+
+    fn sample_prior(
+        &self,
+        gpu: &Gpu,
+        arena: &ParamArena,
+        seed: u64,
+        n: usize,
+        temperature: f32,
+        labels: Option<&[u8]>,
+    ) -> Result<Vec<f32>> {
+        let top = self.top.last().map_or(0, |t| t.latent);
+        let z = crate::infer::prior_samples(seed, n, top, temperature);
+        self.draw_down(gpu, arena, &z, labels, seed, temperature)
+    }
+
+    /// Each layer z_k below the top from p(z_k|z_{k+1}) (p(z_k|z_{k+1}, y) with one label per
+    /// row for a conditional model), z_k = μₚ + σₚ·ε, the networks run on the device, ε for row
+    /// e keyed (seed, 0, sample word k of [`rng::STREAM_SAMPLE`], e·Z_k + j) and scaled by
+    /// `temperature`.
+    fn draw_down(
+        &self,
+        gpu: &Gpu,
+        arena: &ParamArena,
+        top: &[f32],
+        labels: Option<&[u8]>,
+        seed: u64,
+        temperature: f32,
+    ) -> Result<Vec<f32>> {
+        let Some(t) = self.top.last() else {
+            return Err(VaeError::Config("a hierarchy needs a layer above z1".into()));
+        };
+        if top.is_empty() || !top.len().is_multiple_of(t.latent) {
+            return Err(VaeError::Shape(format!(
+                "{} values are not a whole number of vectors of the top layer's {}",
+                top.len(),
+                t.latent
+            )));
+        }
+        let n = top.len() / t.latent;
+        let mut z = top.to_vec();
+        for i in (0..self.top.len()).rev() {
+            // z holds z_{i+2}; draw z_{i+1} from p(z_{i+1}|z_{i+2}).
+            let (t, zd) = (self.top[i], self.below_latent(i));
+            let width = self.input_dims[i];
+            let rows =
+                crate::infer::labelled_rows(self.classes, &z, t.latent, width, labels, "draws from p(z|z above, y)")?;
+            let above = gpu.upload("z_above", &[n, width], &rows)?;
+            let hidden = gpu.tensor("prior_hidden", &[n, t.hidden])?;
+            let p_out = gpu.tensor("p_below", &[n, 2 * zd])?;
+            let plan = self.layers[i].plan_prior(gpu, arena, &above, &hidden, &p_out)?;
+            gpu.run(&plan.iter().collect::<Vec<_>>())?;
+            let p = gpu.read(&p_out)?;
+            let word = rng::stream_word(rng::STREAM_SAMPLE, i as u32 + 1);
+            z = (0..n * zd)
+                .map(|k| {
+                    let (e, j) = (k / zd, k % zd);
+                    let mu = p[e * 2 * zd + j] as f64;
+                    let lv = (p[e * 2 * zd + zd + j] as f64).clamp(ops::LOGVAR_MIN as f64, ops::LOGVAR_MAX as f64);
+                    let eps = rng::normal(rng::device_seed(seed), 0, word, k as u32) * temperature as f64;
+                    (mu + (0.5 * lv).exp() * eps) as f32
+                })
+                .collect();
+        }
+        Ok(z)
+    }
+}
+
+/// Width of z₁'s rows as q(z₂|z₁) reads them: the decoder's input rows.
+fn spec_z_width(h: &Hierarchy) -> usize {
+    if h.classes == 0 {
+        h.latent
+    } else {
+        (h.latent + h.classes).div_ceil(4) * 4
+    }
+}
+
+/// One upper layer's activations, one row per draw of the layer below (L·B rows). Upper layer
+/// i holds z_{i+2}, the network q(z_{i+2}|z_{i+1}) and the conditional prior p(z_{i+1}|z_{i+2})
+/// of the layer below; the comments name the i = 0 case, z₂ above z₁.
+struct TopWorkspace {
+    /// q(z₂|z₁)'s hidden layer, [L·B, H₂].
+    up_hidden: Tensor,
+    /// [μ₂ | log σ₂²], [L·B, 2Z₂].
+    q: Tensor,
+    /// The draws of z₂, [L·B, Z₂'] (then a conditional model's one-hot, zero-padded).
+    z: Tensor,
+    /// p(z₁|z₂)'s hidden layer, [L·B, H₂].
+    prior_hidden: Tensor,
+    /// [μₚ | log σₚ²] of p(z₁|z₂), [L·B, 2Z₁].
+    p_below: Tensor,
+    /// ∂L/∂p_below, written by the lower layer's KL term in the forward pass, [L·B, 2Z₁].
+    d_p_below: Tensor,
+    /// The lower layer's KL term's ∂L/∂z₁, [L·B, Z₁].
+    dz_kl_below: Tensor,
+    /// This layer's KL terms (the topmost's closed form, else its ladder term from above).
+    kl: TermId,
+    /// This layer's log p(z₂|·) − log q(z₂|z₁) terms, for importance weighting.
+    log_ratio: Option<TermId>,
+    /// The rest of the layer's gradients, for a training workspace.
+    grads: Option<TopGrads>,
+}
+
+/// Gradients of a [`TopWorkspace`]'s activations (training only).
+struct TopGrads {
+    /// ∂L/∂ pre-activation of q(z₂|z₁)'s hidden layer.
+    up_hidden: Tensor,
+    /// ∂L/∂[μ₂ | log σ₂²].
+    q: Tensor,
+    /// ∂L/∂z₂ through p(z₁|z₂)'s network.
+    z: Tensor,
+    /// ∂L/∂ pre-activation of p(z₁|z₂)'s hidden layer.
+    prior_hidden: Tensor,
+    /// ∂L/∂z₁ through q(z₂|z₁)'s network, shaped as z₁'s rows.
+    z_below_up: Tensor,
+}
+
+struct HierarchyWorkspace {
+    h: Hierarchy,
+    /// z₁'s KL terms (its ladder term against p(z₁|z₂)).
+    kl_below: TermId,
+    log_ratio_below: Option<TermId>,
+    upper: Vec<TopWorkspace>,
+}
+
+/// The layer below upper layer `i` for `r` rows: its posterior's [μ | log σ²] rows with the
+/// draws per row (z₁: the encoder's b rows and L draws each; above: one draw per row), its
+/// draws, its KL terms, its log-ratio terms and its ε key offset.
+struct Below {
+    q: Tensor,
+    samples: usize,
+    z: Tensor,
+    kl: Tensor,
+    log_ratio: Option<Tensor>,
+    sample_base: u32,
+}
+
+impl HierarchyWorkspace {
+    fn below(&self, c: &Ctx, i: usize, enc: &Tensor, z: &Tensor) -> Below {
+        let r = c.draws();
+        if i == 0 {
+            return Below {
+                q: enc.clone(),
+                samples: c.samples,
+                z: z.clone(),
+                kl: c.terms.view(self.kl_below, c.b),
+                log_ratio: self.log_ratio_below.map(|id| c.terms.view(id, c.b)),
+                sample_base: 0,
+            };
+        }
+        let tw = &self.upper[i - 1];
+        Below {
+            q: rows(&tw.q, r),
+            samples: 1,
+            z: rows(&tw.z, r),
+            kl: c.terms.view(tw.kl, c.b),
+            log_ratio: tw.log_ratio.map(|id| c.terms.view(id, c.b)),
+            sample_base: ops::top_sample_base(i - 1),
+        }
+    }
+}
+
+/// An upper layer's gradients, or the error of a workspace made for evaluation.
+fn grads(tw: &TopWorkspace) -> Result<&TopGrads> {
+    tw.grads
+        .as_ref()
+        .ok_or_else(|| VaeError::Config("a training step needs a workspace made for training".into()))
+}
+
+impl LatentWorkspace for HierarchyWorkspace {
+    fn forward(&self, c: &Ctx, enc: &Tensor, z: &Tensor) -> Result<Vec<Dispatch>> {
+        let (l, levels, a) = (c.samples, self.upper.len(), c.arena);
+        let r = c.draws();
+        // z₁'s draws, without a KL term: its prior is p(z₁|z₂), whose term comes below.
+        let mut d = vec![ops::sample_forward(c.gpu, "sample.forward", c.step, enc, l, z)?];
+        for (i, (layers, tw)) in self.h.layers.iter().zip(&self.upper).enumerate() {
+            let (uh, q, zi) = (rows(&tw.up_hidden, r), rows(&tw.q, r), rows(&tw.z, r));
+            let lower = self.below(c, i, enc, z);
+            d.extend(layers.up.forward(c.gpu, a, &lower.z, &uh)?);
+            d.extend(layers.up_head.forward(c.gpu, a, &uh, &q)?);
+            let base = ops::top_sample_base(i);
+            if i + 1 == levels {
+                let ratio = tw.log_ratio.map(|id| c.terms.view(id, c.b));
+                d.push(ops::reparam_kl_forward_at(
+                    c.gpu,
+                    "top.reparam_kl.forward",
+                    c.step,
+                    &q,
+                    1,
+                    &zi,
+                    &c.terms.view(tw.kl, c.b),
+                    ratio.as_ref(),
+                    base,
+                )?);
+            } else {
+                d.push(ops::sample_forward_at(
+                    c.gpu,
+                    "top.sample.forward",
+                    c.step,
+                    &q,
+                    1,
+                    &zi,
+                    base,
+                )?);
+            }
+        }
+        for (i, (layers, tw)) in self.h.layers.iter().zip(&self.upper).enumerate() {
+            let (zi, ph, p_below) = (rows(&tw.z, r), rows(&tw.prior_hidden, r), rows(&tw.p_below, r));
+            let lower = self.below(c, i, enc, z);
+            let zd = self.h.below_latent(i);
+            d.extend(layers.plan_prior(c.gpu, a, &zi, &ph, &p_below)?);
+            // The terms are per draw, averaged over the L draws.
+            d.push(ops::hier_kl(
+                c.gpu,
+                "top.hier_kl",
+                c.step,
+                &lower.q,
+                lower.samples,
+                &lower.z,
+                &p_below,
+                &lower.kl,
+                &rows(&tw.d_p_below, r),
+                &tw.dz_kl_below.reshape_prefix(&[r * zd]),
+                lower.log_ratio.as_ref(),
+                lower.sample_base,
+                1.0 / l as f32,
+            )?);
+        }
+        Ok(d)
+    }
+
+    fn backward(&self, c: &Ctx, enc: &Tensor, z: &Tensor, dz: &Tensor, denc: &Tensor) -> Result<Vec<Dispatch>> {
+        let (l, levels, a) = (c.samples, self.upper.len(), c.arena);
+        // One row per draw of z₁: L·b.
+        let r = c.draws();
+        let mut d = Vec::new();
+        for i in (0..levels).rev() {
+            let (layers, tw) = (&self.h.layers[i], &self.upper[i]);
+            let g = grads(tw)?;
+            let (uh, q, zi, ph) = (
+                rows(&tw.up_hidden, r),
+                rows(&tw.q, r),
+                rows(&tw.z, r),
+                rows(&tw.prior_hidden, r),
+            );
+            let (d_uh, d_q, dzi, d_ph) = (
+                rows(&g.up_hidden, r),
+                rows(&g.q, r),
+                rows(&g.z, r),
+                rows(&g.prior_hidden, r),
+            );
+            d.extend(layers.prior_head.backward(
+                c.gpu,
+                a,
+                &ph,
+                &rows(&tw.d_p_below, r),
+                Some(&d_ph),
+                layers.prior.act,
+            )?);
+            d.extend(
+                layers
+                    .prior
+                    .backward(c.gpu, a, &zi, &d_ph, Some(&dzi), Activation::Identity)?,
+            );
+            let base = ops::top_sample_base(i);
+            if i + 1 == levels {
+                d.push(ops::reparam_kl_backward_at(
+                    c.gpu,
+                    "top.reparam_kl.backward",
+                    c.step,
+                    &q,
+                    1,
+                    &dzi,
+                    &d_q,
+                    base,
+                    1.0 / l as f32,
+                )?);
+            } else {
+                let (above, g_above) = (&self.upper[i + 1], grads(&self.upper[i + 1])?);
+                d.push(ops::sample_backward(
+                    c.gpu,
+                    "top.sample.backward",
+                    c.step,
+                    &q,
+                    1,
+                    &dzi,
+                    &rows(&g_above.z_below_up, r),
+                    &above.dz_kl_below.reshape_prefix(&[r * self.h.top[i].latent]),
+                    &d_q,
+                    base,
+                    1.0 / l as f32,
+                )?);
+            }
+            let lower_z = if i == 0 {
+                z.clone()
+            } else {
+                rows(&self.upper[i - 1].z, r)
+            };
+            d.extend(
+                layers
+                    .up_head
+                    .backward(c.gpu, a, &uh, &d_q, Some(&d_uh), layers.up.act)?,
+            );
+            d.extend(layers.up.backward(
+                c.gpu,
+                a,
+                &lower_z,
+                &d_uh,
+                Some(&rows(&g.z_below_up, r)),
+                Activation::Identity,
+            )?);
+        }
+        // z₁'s draws: the decoder's dz, q(z₂|z₁)'s and the ladder KL term's gradients.
+        let (first, g_first) = (&self.upper[0], grads(&self.upper[0])?);
+        d.push(ops::sample_backward(
+            c.gpu,
+            "sample.backward",
+            c.step,
+            enc,
+            l,
+            dz,
+            &rows(&g_first.z_below_up, r),
+            &first.dz_kl_below.reshape_prefix(&[r * self.h.latent]),
+            denc,
+            0,
+            1.0,
+        )?);
+        Ok(d)
+    }
+
+    fn labelled_rows(&self) -> Vec<(Tensor, usize)> {
+        if self.h.classes == 0 {
+            return Vec::new();
+        }
+        self.upper
+            .iter()
+            .zip(&self.h.top)
+            .map(|(tw, t)| (tw.z.clone(), t.latent))
+            .collect()
+    }
+
+    fn tensors(&self) -> Vec<&Tensor> {
+        let mut all = Vec::new();
+        for t in &self.upper {
+            all.extend([
+                &t.up_hidden,
+                &t.q,
+                &t.z,
+                &t.prior_hidden,
+                &t.p_below,
+                &t.d_p_below,
+                &t.dz_kl_below,
+            ]);
+            if let Some(g) = &t.grads {
+                all.extend([&g.up_hidden, &g.q, &g.z, &g.prior_hidden, &g.z_below_up]);
+            }
+        }
+        all
+    }
+}

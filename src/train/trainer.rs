@@ -1,0 +1,360 @@
+//! The trainer: one submit per training step, no readback inside an epoch, the epoch's
+//! metrics read once from the GPU-side log.
+
+use std::time::Instant;
+
+use super::{epoch_order, ElboStats, EpochReport};
+use crate::data::GpuDataset;
+use crate::error::{Result, VaeError};
+use crate::gpu::{Dispatch, Gpu, Tensor};
+use crate::model::{plan_step, Code, Inputs, Vae, VaeConfig, Workspace, WorkspaceSpec, METRIC_SLOTS};
+use crate::ops::{self, AdamConfig, StepBuffer, StepParams};
+use crate::rng;
+use crate::train::KlSchedule;
+
+/// How to train.
+#[derive(Clone, Debug)]
+pub struct TrainConfig {
+    /// Examples per step.
+    pub batch_size: usize,
+    /// The optimizer's hyper-parameters.
+    pub adam: AdamConfig,
+    /// Seeds the epochs' example order and the draws of ε (with the model's own seed for
+    /// the initial weights).
+    pub seed: u64,
+    /// Drop the last partial batch of each epoch instead of training on it.
+    pub drop_last: bool,
+    /// Dynamic binarization of the inputs.
+    pub binarize: bool,
+    /// Monte Carlo samples per example.
+    pub mc_samples: usize,
+    /// Denoising: the probability that masking noise zeroes each input pixel of the encoder
+    /// in training (0: off); the loss compares the reconstruction with the clean input.
+    /// Evaluation always encodes clean inputs.
+    pub denoise: f32,
+    /// Weight β of the KL term in the gradient (its final value under a schedule). The
+    /// reported −ELBO always uses β = 1.
+    pub beta: f32,
+    /// How β moves over the run.
+    pub kl_schedule: KlSchedule,
+    /// The run's length in epochs: cyclical annealing spreads its cycles over its
+    /// T = epochs × steps-per-epoch steps (0 counts as 1).
+    pub epochs: usize,
+    /// A VQ-VAE's codebook by exponential moving averages with this decay γ (the VQ-VAE
+    /// paper uses 0.99) instead of by its gradient; None trains it by the gradient.
+    pub vq_ema: Option<f32>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            batch_size: 128,
+            adam: AdamConfig::default(),
+            seed: 1,
+            drop_last: false,
+            binarize: false,
+            mc_samples: 1,
+            denoise: 0.0,
+            beta: 1.0,
+            kl_schedule: KlSchedule::Constant,
+            epochs: 1,
+            vq_ema: None,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks the training settings and their combination with `model`, before anything is
+    /// allocated; every refusal names the fields at fault.
+    pub fn validate(&self, model: &VaeConfig) -> Result<()> {
+        if self.batch_size == 0 {
+            return Err(VaeError::setting(
+                "TrainConfig::batch_size",
+                "must be at least 1, got 0",
+            ));
+        }
+        if self.mc_samples == 0 || self.mc_samples > ops::MAX_SAMPLES {
+            return Err(VaeError::setting(
+                "TrainConfig::mc_samples",
+                format!(
+                    "1 to {} Monte Carlo samples per example (the random key's sample field), got {}",
+                    ops::MAX_SAMPLES,
+                    self.mc_samples
+                ),
+            ));
+        }
+        if !(self.beta >= 0.0 && self.beta.is_finite()) {
+            return Err(VaeError::setting(
+                "TrainConfig::beta",
+                format!("the KL weight must be a finite number >= 0, got {}", self.beta),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.denoise) {
+            return Err(VaeError::setting(
+                "TrainConfig::denoise",
+                format!("the masking probability must be in [0, 1), got {}", self.denoise),
+            ));
+        }
+        if !model.is_vae() {
+            let vae_only = [
+                (self.mc_samples != 1, "TrainConfig::mc_samples"),
+                (self.beta != 1.0, "TrainConfig::beta"),
+                (self.kl_schedule != KlSchedule::Constant, "TrainConfig::kl_schedule"),
+            ];
+            if let Some((_, field)) = vae_only.iter().find(|(set, _)| *set) {
+                return Err(VaeError::settings(
+                    &[field, "VaeConfig::code"],
+                    "applies to a VAE; an autoencoder or a VQ-VAE has a deterministic code and no KL term \
+                     (one sample per example, no β or KL schedule; its penalties are weights of the code)",
+                ));
+            }
+        }
+        if let Some(decay) = self.vq_ema {
+            if !matches!(model.code, Code::Quantized { .. }) {
+                return Err(VaeError::settings(
+                    &["TrainConfig::vq_ema", "VaeConfig::code"],
+                    "moving averages train a VQ-VAE's codebook; the model has none",
+                ));
+            }
+            if !(decay > 0.0 && decay < 1.0) {
+                return Err(VaeError::setting(
+                    "TrainConfig::vq_ema",
+                    format!("the codebook's moving-average decay must be in (0, 1), got {decay}"),
+                ));
+            }
+            // The codebook's gradient is then 0, and Adam leaves it only without weight decay.
+            if self.adam.weight_decay != 0.0 {
+                return Err(VaeError::settings(
+                    &["TrainConfig::vq_ema", "AdamConfig::weight_decay"],
+                    "a codebook trained by moving averages takes no weight decay (Adam would shrink it); \
+                     set weight_decay to 0",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Trains a [`Vae`] on a GPU-resident dataset. All state that a resume needs is explicit:
+/// the global step, the seed, the model's arena (params, grads, Adam moments).
+pub struct Trainer<'g> {
+    pub(super) gpu: &'g Gpu,
+    /// How it trains; fixed at construction.
+    pub config: TrainConfig,
+    data: GpuDataset,
+    ws: Workspace,
+    step_buf: StepBuffer,
+    perm: Tensor,
+    log: Tensor,
+    full_plan: Vec<Dispatch>,
+    last_plan: Option<(usize, Vec<Dispatch>)>,
+    /// Optimizer steps taken so far.
+    pub step: u64,
+    /// Epochs completed.
+    pub epoch: u64,
+}
+
+impl<'g> Trainer<'g> {
+    /// Uploads nothing per step: plans every dispatch of a step now, for the full batch and
+    /// for the epoch's last partial batch. The configuration is checked against the model
+    /// first ([`TrainConfig::validate`]).
+    pub fn new(gpu: &'g Gpu, vae: &Vae, data: GpuDataset, config: TrainConfig) -> Result<Self> {
+        config.validate(&vae.config)?;
+        if data.dim != vae.config.input_dim {
+            return Err(VaeError::Shape(format!(
+                "dataset examples have {} values, the model expects {} (VaeConfig::input_dim)",
+                data.dim, vae.config.input_dim
+            )));
+        }
+        let b = config.batch_size.min(data.count);
+        let steps = Self::steps_for(data.count, b, config.drop_last);
+        if steps == 0 {
+            return Err(VaeError::settings(
+                &["TrainConfig::drop_last", "TrainConfig::batch_size"],
+                format!("no full batch of {b} in {} examples", data.count),
+            ));
+        }
+        config.kl_schedule.validate(Self::schedule_steps(&config, steps))?;
+        let spec = WorkspaceSpec {
+            train: true,
+            denoise: config.denoise > 0.0,
+            vq_ema: config.vq_ema,
+            ..WorkspaceSpec::eval(b, config.mc_samples)
+        };
+        let ws = Workspace::new(gpu, vae, &spec)?;
+        let step_buf = StepBuffer::new(gpu)?;
+        let perm = gpu.tensor("perm", &[data.count])?;
+        // The first epoch's order, so that steps recorded before any epoch (record_step,
+        // train_steps) draw real batches, not example 0 in every row of a zero-filled buffer.
+        gpu.write_words(&perm, &epoch_order(config.seed, 0, data.count))?;
+        let log = gpu.tensor("metric_log", &[steps, METRIC_SLOTS])?;
+        let batches = data.batches(&perm);
+        let inputs = Inputs {
+            source: &batches,
+            binarize: config.binarize,
+            denoise: config.denoise,
+        };
+        let plan = |rows| plan_step(gpu, vae, &ws, rows, &inputs, &step_buf, &log, Some(&config.adam));
+        let full_plan = plan(b)?;
+        let rem = data.count % b;
+        let last_plan = if rem != 0 && !config.drop_last {
+            Some((rem, plan(rem)?))
+        } else {
+            None
+        };
+        Ok(Trainer {
+            gpu,
+            config,
+            data,
+            ws,
+            step_buf,
+            perm,
+            log,
+            full_plan,
+            last_plan,
+            step: 0,
+            epoch: 0,
+        })
+    }
+
+    fn steps_for(count: usize, b: usize, drop_last: bool) -> usize {
+        if drop_last {
+            count / b
+        } else {
+            count.div_ceil(b)
+        }
+    }
+
+    fn schedule_steps(config: &TrainConfig, steps_per_epoch: usize) -> u64 {
+        (config.epochs.max(1) * steps_per_epoch) as u64
+    }
+
+    /// The KL weight used at global step `step` (0-based).
+    pub fn beta_at(&self, step: u64) -> f32 {
+        let t = Self::schedule_steps(&self.config, self.steps_per_epoch());
+        self.config.kl_schedule.beta_at(self.config.beta, step, t)
+    }
+
+    /// Steps per epoch.
+    pub fn steps_per_epoch(&self) -> usize {
+        Self::steps_for(self.data.count, self.ws.batch, self.config.drop_last)
+    }
+
+    /// Kernel dispatches in one full-batch training step.
+    pub fn dispatches_per_step(&self) -> usize {
+        self.full_plan.iter().filter(|d| !d.is_copy()).count()
+    }
+
+    /// Copies into texture mirrors in one full-batch training step.
+    pub fn mirror_copies_per_step(&self) -> usize {
+        self.full_plan.iter().filter(|d| d.is_copy()).count()
+    }
+
+    /// The full-batch step's dispatches and mirror copies, in order (for profiling).
+    pub fn full_plan(&self) -> &[Dispatch] {
+        &self.full_plan
+    }
+
+    /// The dataset being trained on.
+    pub fn data(&self) -> &GpuDataset {
+        &self.data
+    }
+
+    /// Values of the step uniform for a step.
+    fn step_params(&self, batch_start: usize, log_row: usize) -> StepParams {
+        let mut p = StepParams {
+            seed: rng::device_seed(self.config.seed),
+            step: self.step as u32,
+            batch_start: batch_start as u32,
+            stream: rng::STREAM_TRAIN,
+            kl_beta: self.beta_at(self.step),
+            log_row: log_row as u32,
+            ..Default::default()
+        };
+        self.config.adam.step_fields(self.step + 1, &mut p);
+        p
+    }
+
+    /// Records one training step (batch `batch_index` of the current epoch order) into
+    /// `encoder`, among a host application's own commands, and advances the step count.
+    /// Returns the batch's examples. Submit the encoder before recording the next step: the
+    /// step's uniform is written with `queue.write_buffer`, which lands at the next submit.
+    pub fn record_step(&mut self, encoder: &mut wgpu::CommandEncoder, batch_index: usize) -> Result<usize> {
+        let steps = self.steps_per_epoch();
+        if batch_index >= steps {
+            return Err(VaeError::Config(format!(
+                "batch {batch_index} does not exist: an epoch has {steps} batches (0..{steps})"
+            )));
+        }
+        let b = self.ws.batch;
+        let start = batch_index * b;
+        let plan = match &self.last_plan {
+            Some((_, plan)) if start + b > self.data.count => plan,
+            _ => &self.full_plan,
+        };
+        let rows = (self.data.count - start).min(b);
+        self.step_buf.write(self.gpu, &self.step_params(start, batch_index));
+        let refs: Vec<&Dispatch> = plan.iter().collect();
+        self.gpu.record(encoder, &refs);
+        self.step += 1;
+        Ok(rows)
+    }
+
+    /// Runs `n` training steps over the current epoch order without reading anything back
+    /// (for benchmarks: the epoch's metric rows are overwritten, the step counter advances).
+    pub fn train_steps(&mut self, n: usize) -> Result<()> {
+        let steps = self.steps_per_epoch();
+        for i in 0..n {
+            let mut enc = self.gpu.ctx.device.create_command_encoder(&Default::default());
+            self.record_step(&mut enc, i % steps)?;
+            self.gpu.submit(enc.finish());
+        }
+        self.gpu.ctx.wait()
+    }
+
+    /// The training workspace (its tensors and terms).
+    pub fn workspace(&self) -> &Workspace {
+        &self.ws
+    }
+
+    /// Bytes of the step's activations and their gradients (the planned workspace).
+    pub fn workspace_bytes(&self) -> u64 {
+        self.ws.bytes()
+    }
+
+    /// Device bytes of the workspace's texture mirrors.
+    pub fn workspace_mirror_bytes(&self) -> u64 {
+        self.ws.mirror_bytes()
+    }
+
+    /// Trains one epoch: a fresh permutation uploaded once, one submit per step, no readback
+    /// until the end. `progress(done, total)` is called after each submit.
+    pub fn train_epoch(&mut self, mut progress: impl FnMut(usize, usize)) -> Result<EpochReport> {
+        let t0 = Instant::now();
+        // Written every epoch, the first included: `epoch` is a public field a caller may set.
+        self.gpu
+            .write_words(&self.perm, &epoch_order(self.config.seed, self.epoch, self.data.count))?;
+        let steps = self.steps_per_epoch();
+        let mut examples = 0;
+        for i in 0..steps {
+            let mut enc = self.gpu.ctx.device.create_command_encoder(&Default::default());
+            examples += self.record_step(&mut enc, i)?;
+            self.gpu.submit(enc.finish());
+            // Keep the queue bounded without a per-step sync.
+            if i % 32 == 31 {
+                self.gpu.ctx.wait()?;
+            }
+            progress(i + 1, steps);
+        }
+        let totals = ops::read_log_totals(self.gpu, &self.log, steps)?;
+        let seconds = t0.elapsed().as_secs_f64();
+        self.epoch += 1;
+        Ok(EpochReport {
+            train: ElboStats::from_totals(&totals, examples),
+            steps,
+            samples_per_sec: examples as f64 / seconds,
+            seconds,
+            beta: self.beta_at(self.step.saturating_sub(1)),
+        })
+    }
+}
