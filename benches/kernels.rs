@@ -10,7 +10,7 @@ use vae_wgpu::ops::{self, Epilogue, MatmulStrategy};
 use vae_wgpu::Gpu;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let gpu = Gpu::new()?;
+    let gpu = Gpu::new(vae_wgpu::GpuOptions::from_env()?)?;
     println!("adapter: {}", gpu.report());
     if let Some(w) = &gpu.report().lp_native_vector_width {
         println!("LP_NATIVE_VECTOR_WIDTH={w}");

@@ -305,7 +305,7 @@ fn main() -> AnyResult<()> {
         core_speed.push(format!("\"{section}\":{speed:.2}"));
     };
     let t0 = Instant::now();
-    let gpu = Gpu::new()?;
+    let gpu = Gpu::new(vae_wgpu::GpuOptions::from_env()?)?;
     let device_s = t0.elapsed().as_secs_f64();
     let r = gpu.report().clone();
     let strategy = MatmulStrategy::preferred(&gpu)?;

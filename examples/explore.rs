@@ -116,7 +116,7 @@ fn run(args: Args) -> Result<()> {
         .seed
         .or_else(|| get("seed").and_then(|s| s.parse().ok()))
         .unwrap_or(1);
-    let gpu = Gpu::new()?;
+    let gpu = Gpu::new(vae_wgpu::GpuOptions::from_env()?)?;
     let vae = Vae::load(&gpu, &args.checkpoint)?;
     let cfg = vae.config.clone();
     if cfg.input_dim != IMAGE_SIDE * IMAGE_SIDE {

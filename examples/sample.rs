@@ -62,7 +62,7 @@ fn run() -> Result<()> {
         }
     }
     let checkpoint = checkpoint.ok_or_else(|| VaeError::Config("--checkpoint FILE is required".into()))?;
-    let gpu = Gpu::new()?;
+    let gpu = Gpu::new(vae_wgpu::GpuOptions::from_env()?)?;
     let vae = Vae::load(&gpu, &checkpoint)?;
     if !vae.config.is_vae() {
         return Err(VaeError::Config(format!(

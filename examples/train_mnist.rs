@@ -394,7 +394,7 @@ fn json_num(v: f64) -> String {
 }
 
 fn run(args: Args) -> Result<()> {
-    let gpu = Gpu::new()?;
+    let gpu = Gpu::new(vae_wgpu::GpuOptions::from_env()?)?;
     let r = gpu.report();
     println!(
         "adapter: {} | backend {:?} | driver {}",

@@ -21,5 +21,5 @@ pub mod rng;
 pub mod train;
 
 pub use error::{Result, VaeError};
-pub use gpu::{Dispatch, Gpu, Tensor};
+pub use gpu::{Dispatch, Gpu, GpuOptions, Tensor};
 pub use wgpu;

@@ -21,7 +21,7 @@ mod common {
         static GPU: OnceLock<Gpu> = OnceLock::new();
         GPU.get_or_init(|| {
             crate::set_width();
-            match Gpu::new() {
+            match Gpu::new(vae_wgpu::GpuOptions::from_env().expect("the environment's GPU settings")) {
                 Ok(g) => {
                     eprintln!("adapter: {}", g.report());
                     g

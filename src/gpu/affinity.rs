@@ -30,14 +30,6 @@ fn thread_name(tid: u32) -> Option<String> {
         .map(|s| s.trim_end().to_string())
 }
 
-/// Whether `VAE_WGPU_PIN_THREADS` allows pinning (unset or anything but "0"/"false"/"off").
-pub fn pinning_enabled() -> bool {
-    match std::env::var("VAE_WGPU_PIN_THREADS") {
-        Ok(v) => !matches!(v.trim().to_ascii_lowercase().as_str(), "0" | "false" | "off"),
-        Err(_) => true,
-    }
-}
-
 /// Pins the threads started since `before` (a [`thread_ids`] snapshot) that carry the calling
 /// thread's name, which a new thread inherits until it names itself, one CPU each from those
 /// the calling thread may use, round-robin in id order. Returns the ids pinned; threads that

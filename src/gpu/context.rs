@@ -68,24 +68,24 @@ pub struct GpuContext {
 }
 
 impl GpuContext {
-    /// Picks an adapter the way wgpu's own tools do: `WGPU_BACKEND` restricts backends,
-    /// `WGPU_ADAPTER_NAME` selects by name substring, `WGPU_POWER_PREF` (low/high) sets the
-    /// preference; with none set it takes the default adapter and falls back to a software one.
-    /// lavapipe's SIMD width is left to `LP_NATIVE_VECTOR_WIDTH` (the driver's default, 256
-    /// bits, trains faster here than 512: README, performance section). On lavapipe it pins the
-    /// driver's worker threads to distinct CPUs ([`crate::gpu::affinity`];
-    /// `VAE_WGPU_PIN_THREADS=0` turns that off).
-    pub fn new() -> Result<Self> {
-        pollster::block_on(Self::new_async())
+    /// Picks an adapter by `options` (see [`super::GpuOptions`]): the first whose name
+    /// contains [`super::GpuOptions::adapter_name`], else the default adapter of the power
+    /// preference, falling back to a software one. On lavapipe it pins the driver's worker
+    /// threads to distinct CPUs ([`crate::gpu::affinity`]) unless the options say not to.
+    pub fn new(options: &super::GpuOptions) -> Result<Self> {
+        pollster::block_on(Self::new_async(options))
     }
 
-    async fn new_async() -> Result<Self> {
-        let lp_width = std::env::var("LP_NATIVE_VECTOR_WIDTH").ok();
+    async fn new_async(options: &super::GpuOptions) -> Result<Self> {
         let threads_before = super::affinity::thread_ids();
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
-        let adapter = match std::env::var("WGPU_ADAPTER_NAME") {
-            Ok(wanted) => {
+        let backends = options.searched_backends();
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+        desc.backends = backends;
+        desc.flags = options.instance_flags;
+        desc.backend_options = options.backend_options.clone();
+        let instance = wgpu::Instance::new(desc);
+        let adapter = match &options.adapter_name {
+            Some(wanted) => {
                 let wanted_lc = wanted.to_lowercase();
                 let adapters = instance.enumerate_adapters(backends).await;
                 let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
@@ -98,21 +98,23 @@ impl GpuContext {
                     Some(a) => a,
                     None if names.is_empty() => {
                         return Err(VaeError::NoAdapter {
-                            tried: format!("backends {backends:?}, WGPU_ADAPTER_NAME={wanted:?}"),
+                            tried: format!("backends {backends:?}, adapter name {wanted:?}"),
                         })
                     }
                     None => {
-                        return Err(VaeError::Config(format!(
-                            "WGPU_ADAPTER_NAME={wanted:?} matches none of the adapters found: {names:?}; \
-                             set it to part of one of those names, or unset it for the default adapter"
-                        )))
+                        return Err(VaeError::setting(
+                            "GpuOptions::adapter_name",
+                            format!(
+                                "{wanted:?} (WGPU_ADAPTER_NAME) matches none of the adapters found: {names:?}; \
+                                 set it to part of one of those names, or unset it for the default adapter"
+                            ),
+                        ))
                     }
                 }
             }
-            Err(_) => {
-                let power = wgpu::PowerPreference::from_env().unwrap_or_default();
+            None => {
                 let mut opts = wgpu::RequestAdapterOptions {
-                    power_preference: power,
+                    power_preference: options.power_preference,
                     force_fallback_adapter: false,
                     compatible_surface: None,
                     apply_limit_buckets: false,
@@ -130,8 +132,8 @@ impl GpuContext {
         };
         let (device, queue) = request_device(&adapter).await?;
         let info = adapter.get_info();
-        let mut ctx = Self::assemble(&info, device, queue, lp_width);
-        if is_lavapipe(&info) && super::affinity::pinning_enabled() {
+        let mut ctx = Self::assemble(&info, device, queue, options.lp_native_vector_width.clone());
+        if is_lavapipe(&info) && options.pin_threads {
             ctx.report.pinned_worker_threads = super::affinity::pin_new_threads(&threads_before);
         }
         Ok(ctx)
@@ -141,8 +143,13 @@ impl GpuContext {
     /// The device should have been created with `Features::SUBGROUP` (and the timestamp
     /// features for profiling) if the adapter has them, and with the adapter's limits;
     /// [`device_requirements`] returns both.
-    pub fn from_device(info: &wgpu::AdapterInfo, device: wgpu::Device, queue: wgpu::Queue) -> Self {
-        Self::assemble(info, device, queue, std::env::var("LP_NATIVE_VECTOR_WIDTH").ok())
+    pub fn from_device(
+        info: &wgpu::AdapterInfo,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        options: &super::GpuOptions,
+    ) -> Self {
+        Self::assemble(info, device, queue, options.lp_native_vector_width.clone())
     }
 
     fn assemble(

@@ -66,22 +66,24 @@ impl Shader {
         join(preludes, body)
     }
 
-    /// The module the registry compiles: [`Shader::source`], except that with
-    /// `VAE_WGPU_SHADER_DIR` set (kernel development: edit WGSL without a rebuild) the file is
-    /// read from that directory where it has a copy. A setting that is not a directory, or a
-    /// copy that cannot be read, is an error rather than a silent fall-back to the built-in
-    /// kernel, so an edit cannot be measured by mistake against the old code.
-    pub fn development_source(self) -> Result<String> {
-        let Some(dir) = std::env::var_os("VAE_WGPU_SHADER_DIR") else {
+    /// The module the registry compiles: [`Shader::source`], except that with a shader
+    /// directory ([`crate::gpu::GpuOptions::shader_dir`]; kernel development: edit WGSL without a
+    /// rebuild) the file is read from that directory where it has a copy. A copy that cannot
+    /// be read is an error rather than a silent fall-back to the built-in kernel, so an edit
+    /// cannot be measured by mistake against the old code.
+    pub fn development_source(self, dir: Option<&std::path::Path>) -> Result<String> {
+        let Some(dir) = dir else {
             return Ok(self.source());
         };
-        let dir = std::path::PathBuf::from(dir);
         if !dir.is_dir() {
-            return Err(VaeError::Config(format!(
-                "VAE_WGPU_SHADER_DIR={} is not a directory; point it at a directory of edited \
-                 .wgsl files, or unset it to use the built-in kernels",
-                dir.display()
-            )));
+            return Err(VaeError::setting(
+                "GpuOptions::shader_dir",
+                format!(
+                    "{} is not a directory; point it at a directory of edited .wgsl files, or leave it \
+                     unset to use the built-in kernels",
+                    dir.display()
+                ),
+            ));
         }
         let path = dir.join(self.file());
         match std::fs::read_to_string(&path) {
@@ -115,6 +117,7 @@ impl Shader {
 pub struct KernelRegistry {
     device: wgpu::Device,
     subgroups: bool,
+    shader_dir: Option<std::path::PathBuf>,
     modules: Mutex<HashMap<Shader, wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<String, wgpu::ComputePipeline>>,
     compile: Mutex<(Duration, usize)>,
@@ -122,10 +125,11 @@ pub struct KernelRegistry {
 
 impl KernelRegistry {
     /// An empty registry; nothing is compiled until first use.
-    pub fn new(device: &wgpu::Device) -> Self {
+    pub fn new(device: &wgpu::Device, shader_dir: Option<std::path::PathBuf>) -> Self {
         KernelRegistry {
             device: device.clone(),
             subgroups: device.features().contains(wgpu::Features::SUBGROUP),
+            shader_dir,
             modules: Mutex::new(HashMap::new()),
             pipelines: Mutex::new(HashMap::new()),
             compile: Mutex::new((Duration::ZERO, 0)),
@@ -145,7 +149,7 @@ impl KernelRegistry {
         if let Some(m) = mods.get(&shader) {
             return Ok(m.clone());
         }
-        let mut src = shader.development_source()?;
+        let mut src = shader.development_source(self.shader_dir.as_deref())?;
         if shader.needs_subgroups() && !self.subgroups {
             // Without the feature the subgroup builtins do not validate; drop that entry point.
             src = strip_subgroup_entry(&src);
@@ -290,18 +294,15 @@ mod tests {
     use super::*;
     use wgpu::naga;
 
-    /// The only test that sets VAE_WGPU_SHADER_DIR (nothing else in this binary reads it).
     #[test]
     fn shader_dir_overrides_present_files_and_refuses_a_bad_setting() {
         let dir = std::env::temp_dir().join(format!("vae_wgpu_shader_dir_{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("adam.wgsl"), "// edited adam\n").unwrap();
-        std::env::set_var("VAE_WGPU_SHADER_DIR", &dir);
-        let adam = Shader::Adam.development_source().unwrap();
-        let loss = Shader::Loss.development_source().unwrap();
-        std::env::set_var("VAE_WGPU_SHADER_DIR", dir.join("adam.wgsl"));
-        let not_dir = Shader::Adam.development_source();
-        std::env::remove_var("VAE_WGPU_SHADER_DIR");
+        let adam = Shader::Adam.development_source(Some(&dir)).unwrap();
+        let loss = Shader::Loss.development_source(Some(&dir)).unwrap();
+        let not_dir = Shader::Adam.development_source(Some(&dir.join("adam.wgsl")));
+        assert_eq!(Shader::Adam.development_source(None).unwrap(), Shader::Adam.source());
         std::fs::remove_dir_all(&dir).unwrap();
 
         // The edited file replaces the kernel but keeps its preludes.
@@ -310,8 +311,13 @@ mod tests {
         // A file the directory lacks is the built-in one.
         assert_eq!(loss, Shader::Loss.source());
         match not_dir {
-            Err(VaeError::Config(m)) => assert!(m.contains("is not a directory"), "{m}"),
-            other => panic!("expected a Config error, got {other:?}"),
+            Err(e @ VaeError::Setting { .. }) => {
+                assert!(
+                    e.to_string().contains("is not a directory") && e.to_string().contains("shader_dir"),
+                    "{e}"
+                )
+            }
+            other => panic!("expected a Setting error, got {other:?}"),
         }
     }
 

@@ -10,6 +10,7 @@ pub mod context;
 pub mod kernels;
 pub mod memory;
 pub mod mirror;
+pub mod options;
 pub mod tensor;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +19,7 @@ use std::sync::Arc;
 pub use context::{device_requirements, is_lavapipe, AdapterReport, GpuContext};
 pub use kernels::{KernelRegistry, Shader};
 pub use memory::{DeviceMemory, GpuBuffer, GpuTexture, MemoryStats};
+pub use options::{GpuOptions, MatmulStrategy, TextureMirrors};
 pub use tensor::Tensor;
 
 use crate::error::{Result, VaeError};
@@ -118,6 +120,7 @@ pub struct Gpu {
     pub memory: DeviceMemory,
     /// Shader modules and pipelines, compiled once and cached by key.
     pub kernels: KernelRegistry,
+    options: GpuOptions,
     // Bound where a kernel's optional input or output is unused.
     dummy_read: Tensor,
     dummy_write: Tensor,
@@ -130,19 +133,27 @@ pub struct Gpu {
 }
 
 impl Gpu {
-    /// Selects an adapter (see [`GpuContext::new`]) and creates the runtime on it.
-    pub fn new() -> Result<Self> {
-        Self::with_context(GpuContext::new()?)
+    /// Selects an adapter by `options` (see [`GpuContext::new`]) and creates the runtime on
+    /// it. `GpuOptions::default()` takes the default adapter; [`GpuOptions::from_env`] follows
+    /// wgpu's and this crate's environment variables.
+    pub fn new(options: GpuOptions) -> Result<Self> {
+        Self::with_context(GpuContext::new(&options)?, options)
     }
 
-    /// Runs on a host application's device and queue.
-    pub fn from_device(info: &wgpu::AdapterInfo, device: wgpu::Device, queue: wgpu::Queue) -> Result<Self> {
-        Self::with_context(GpuContext::from_device(info, device, queue))
+    /// Runs on a host application's device and queue (create the device with
+    /// [`device_requirements`]); the adapter options in `options` are not used.
+    pub fn from_device(
+        info: &wgpu::AdapterInfo,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        options: GpuOptions,
+    ) -> Result<Self> {
+        Self::with_context(GpuContext::from_device(info, device, queue, &options), options)
     }
 
-    fn with_context(ctx: GpuContext) -> Result<Self> {
+    fn with_context(ctx: GpuContext, options: GpuOptions) -> Result<Self> {
         let memory = DeviceMemory::new(&ctx.device);
-        let kernels = KernelRegistry::new(&ctx.device);
+        let kernels = KernelRegistry::new(&ctx.device, options.shader_dir.clone());
         let dummy_read = Tensor::view(memory.alloc("dummy.read", 16, TENSOR_USAGE)?, 0, &[4]);
         let dummy_write = Tensor::view(memory.alloc("dummy.write", 16, TENSOR_USAGE)?, 0, &[4]);
         let dummy_texture = memory.texture("dummy.texture", 1, 1)?;
@@ -153,12 +164,18 @@ impl Gpu {
             dummy_read,
             dummy_write,
             dummy_texture,
+            options,
             submits: AtomicU64::new(0),
             readbacks: AtomicU64::new(0),
             dispatches: AtomicU64::new(0),
             passes: AtomicU64::new(0),
             copies: AtomicU64::new(0),
         })
+    }
+
+    /// The options the runtime was made with.
+    pub fn options(&self) -> &GpuOptions {
+        &self.options
     }
 
     /// The adapter's name, backend and limits.

@@ -1,7 +1,7 @@
 //! The VAE: its blocks (encoder, latent, decoder, likelihood, objective) and the parameter
 //! arena they share.
 
-use crate::error::{Result, VaeError};
+use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::model::block::{Latent, Network};
 use crate::model::config::VaeConfig;
@@ -10,38 +10,11 @@ use crate::model::mlp::{MlpDecoder, MlpEncoder};
 use crate::model::objective::{Elbo, Objective};
 use crate::nn::{ArenaLayout, Layer, Linear, ParamArena};
 
-/// Which tensors get a texture mirror that the subgroup matmul reads instead of the buffer
-/// (see [`crate::gpu::mirror`]). Mirrors only exist where the subgroup strategy is chosen.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TextureMirrors {
-    /// The operands of the large products: weights of at least [`MIRROR_MIN_WEIGHTS`] values,
-    /// and in every workspace the input, the hidden activations, their gradients and the
-    /// output gradient.
-    Auto,
-    /// As `Auto`, and every weight whose size is a whole number of texels.
-    All,
-    /// No mirrors: every matmul reads buffers.
-    None,
-}
+pub use crate::gpu::TextureMirrors;
 
 /// Under [`TextureMirrors::Auto`], the smallest weight that gets a mirror: below it the copy
 /// after each step costs about what the texel fetches save.
 pub const MIRROR_MIN_WEIGHTS: usize = 65_536;
-
-impl TextureMirrors {
-    /// `VAE_WGPU_TEXTURES` = auto | all | none; `default` when unset.
-    pub fn from_env(default: TextureMirrors) -> Result<Self> {
-        match std::env::var("VAE_WGPU_TEXTURES").as_deref() {
-            Err(_) => Ok(default),
-            Ok("auto") => Ok(TextureMirrors::Auto),
-            Ok("all") => Ok(TextureMirrors::All),
-            Ok("none") => Ok(TextureMirrors::None),
-            Ok(v) => Err(VaeError::Config(format!(
-                "VAE_WGPU_TEXTURES={v:?}; expected auto, all or none"
-            ))),
-        }
-    }
-}
 
 /// A VAE (or autoencoder) as a chain of blocks whose parameters share one arena.
 pub struct Vae {
@@ -94,7 +67,7 @@ impl Vae {
             arena,
             mirrors: TextureMirrors::None,
         };
-        vae.set_texture_mirrors(gpu, TextureMirrors::from_env(TextureMirrors::Auto)?)?;
+        vae.set_texture_mirrors(gpu, gpu.options().texture_mirrors)?;
         Ok(vae)
     }
 

@@ -7,13 +7,15 @@ use vae_wgpu::Gpu;
 /// The device all tests share.
 pub fn gpu() -> &'static Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
-    GPU.get_or_init(|| match Gpu::new() {
-        Ok(g) => {
-            eprintln!("adapter: {}", g.report());
-            g
-        }
-        Err(e) => panic!("GPU tests need an adapter: {e}"),
-    })
+    GPU.get_or_init(
+        || match Gpu::new(vae_wgpu::GpuOptions::from_env().expect("the environment's GPU settings")) {
+            Ok(g) => {
+                eprintln!("adapter: {}", g.report());
+                g
+            }
+            Err(e) => panic!("GPU tests need an adapter: {e}"),
+        },
+    )
 }
 
 /// Deterministic pseudo-random values in [lo, hi) (SplitMix64).

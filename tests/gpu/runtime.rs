@@ -9,7 +9,8 @@ use crate::common::{gpu, rand_vec};
 #[test]
 fn repeated_work_allocates_nothing_new() {
     // A private device, so other tests' allocations do not move the counters.
-    let g = Gpu::new().expect("GPU tests need an adapter");
+    let g = Gpu::new(vae_wgpu::GpuOptions::from_env().expect("the environment's GPU settings"))
+        .expect("GPU tests need an adapter");
     let x = g.upload("x", &[128, 784], &vec![0.5; 128 * 784]).unwrap();
     let w = g.upload("w", &[784, 400], &vec![0.01; 784 * 400]).unwrap();
     let h = g.tensor("h", &[128, 400]).unwrap();
@@ -118,7 +119,7 @@ fn lavapipe_workers_are_pinned_one_per_cpu_and_run_the_kernels() {
         eprintln!("not lavapipe on two or more Linux CPUs: nothing is pinned");
         return;
     }
-    if !vae_wgpu::gpu::affinity::pinning_enabled() {
+    if !g.options().pin_threads {
         assert!(
             g.report().pinned_worker_threads.is_empty(),
             "VAE_WGPU_PIN_THREADS=0 must disable it"

@@ -63,7 +63,8 @@ fn training_lowers_the_loss_and_is_reproducible() {
 #[test]
 fn a_step_is_one_submit_and_no_readback() {
     // A private device so that other tests' traffic does not move the counters.
-    let g = Gpu::new().expect("GPU tests need an adapter");
+    let g = Gpu::new(vae_wgpu::GpuOptions::from_env().expect("the environment's GPU settings"))
+        .expect("GPU tests need an adapter");
     let vae = Vae::new(&g, VaeConfig::default(), 1).unwrap();
     let mut tr = Trainer::new(&g, &vae, mnist_subset(&g, 256), TrainConfig::default()).unwrap();
     // 784-400-20-400-784: gather, 2+1 encoder/reparam, 2 decoder, loss, 2+2 decoder backward,
@@ -419,7 +420,13 @@ fn a_host_device_and_encoder_train_as_the_library_does() {
         usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     });
-    let hosted = Gpu::from_device(&adapter.get_info(), device, queue).unwrap();
+    let hosted = Gpu::from_device(
+        &adapter.get_info(),
+        device,
+        queue,
+        vae_wgpu::GpuOptions::from_env().unwrap(),
+    )
+    .unwrap();
     let steps = 5;
     let cfg = TrainConfig {
         batch_size: 64,
@@ -443,7 +450,7 @@ fn a_host_device_and_encoder_train_as_the_library_does() {
         "a batch past the epoch must be refused"
     );
 
-    let own = Gpu::new().unwrap();
+    let own = Gpu::new(vae_wgpu::GpuOptions::from_env().expect("the environment's GPU settings")).unwrap();
     let vae2 = Vae::new(&own, small_config(), 9).unwrap();
     let mut tr2 = Trainer::new(&own, &vae2, mnist_subset(&own, 300), cfg).unwrap();
     // One epoch of the library's own loop (5 batches of 300 examples, the last partial): the
@@ -467,7 +474,8 @@ fn a_host_device_and_encoder_train_as_the_library_does() {
 #[test]
 fn autoencoder_trains_checkpoints_and_refuses_vae_options() {
     // A private device so that other tests' traffic does not move the counters.
-    let g = Gpu::new().expect("GPU tests need an adapter");
+    let g = Gpu::new(vae_wgpu::GpuOptions::from_env().expect("the environment's GPU settings"))
+        .expect("GPU tests need an adapter");
     let cfg = VaeConfig {
         hidden: vec![64],
         latent: 8,
