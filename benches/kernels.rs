@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use vae_wgpu::ops::{self, Epilogue, MatmulStrategy};
+use vae_wgpu::internals::ops::{self, Epilogue, MatmulStrategy};
 use vae_wgpu::Gpu;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -20,10 +20,9 @@ use std::time::Instant;
 use vae_wgpu::data::DatasetKind;
 use vae_wgpu::data::GpuDataset;
 use vae_wgpu::gpu::Dispatch;
-use vae_wgpu::model::{
-    plan_decode, plan_encode, plan_reconstruct, Inputs, TextureMirrors, Vae, VaeConfig, Workspace, WorkspaceSpec,
-};
-use vae_wgpu::ops::{self, Epilogue, MatmulStrategy};
+use vae_wgpu::internals::ops::{self, Epilogue, MatmulStrategy};
+use vae_wgpu::internals::{plan_decode, plan_encode, plan_reconstruct, Inputs, Workspace, WorkspaceSpec};
+use vae_wgpu::model::{TextureMirrors, Vae, VaeConfig};
 use vae_wgpu::train::{TrainConfig, Trainer};
 use vae_wgpu::Gpu;
 

@@ -8,10 +8,11 @@ use std::time::Instant;
 use vae_wgpu::data::GpuDataset;
 use vae_wgpu::data::NUM_CLASSES;
 use vae_wgpu::data::{DatasetKind, MnistSet, IMAGE_SIDE};
+use vae_wgpu::gpu::MatmulStrategy;
 use vae_wgpu::infer::{decode_conditional, prior_latents};
 use vae_wgpu::io::{read_safetensors, write_grid_png};
+use vae_wgpu::model::Likelihood;
 use vae_wgpu::model::{parse_hidden, parse_likelihood, parse_top, parse_variance, Code, TopLatent, Vae, VaeConfig};
-use vae_wgpu::ops::{Likelihood, MatmulStrategy};
 use vae_wgpu::train::{Evaluator, KlSchedule, TrainConfig, Trainer};
 use vae_wgpu::{Gpu, Result, VaeError};
 

@@ -1,11 +1,14 @@
 //! vae-wgpu: variational autoencoders trained and run entirely on the GPU, every numeric
 //! operation a WGSL compute shader dispatched through wgpu.
 //!
-//! Layout, bottom up: [`gpu`] (context, memory, kernel registry, dispatch recording), [`ops`]
-//! (one typed wrapper per kernel), [`nn`] (the parameter arena and linear layers), [`model`]
-//! (configuration, the VAE, checkpoints, and the plan of one step), [`train`] (the trainer and
-//! the evaluator), [`rng`], [`data`] (IDX and .amat readers), [`io`] (safetensors, PNG) and
-//! [`explore`] (latent-space tools: interpolation, arithmetic, the linear probe, figures).
+//! The public API, bottom up: [`gpu`] (the runtime: adapter selection and [`GpuOptions`],
+//! tensors, dispatch recording into a caller's encoder), [`data`] (IDX and .amat readers, the
+//! resident dataset and batch sources), [`model`] (configuration, the [`Vae`], checkpoints),
+//! [`train`] (the [`Trainer`] and the [`Evaluator`]), [`infer`] (decoding and prior draws),
+//! [`explore`] (latent-space tools: interpolation, arithmetic, the linear probe, figures),
+//! [`io`] (safetensors, PNG) and [`rng`] (the device's counter-based generator, mirrored on the
+//! host). Under it, crate-private: one typed wrapper per kernel (`ops/`), the parameter arena
+//! and dense layers (`nn/`), and the model's blocks and plans (`model/`).
 #![warn(missing_docs)]
 
 pub mod data;
@@ -15,11 +18,37 @@ pub mod gpu;
 pub mod infer;
 pub mod io;
 pub mod model;
-pub mod nn;
-pub mod ops;
+mod nn;
+mod ops;
 pub mod rng;
 pub mod train;
 
 pub use error::{Result, VaeError};
 pub use gpu::{Dispatch, Gpu, GpuOptions, Tensor};
+pub use model::{Code, Vae, VaeConfig};
+pub use train::{Evaluator, TrainConfig, Trainer};
 pub use wgpu;
+
+/// The machinery under the public API: kernel wrappers, the parameter arena, plans, workspaces
+/// and the runtime's internals. For this crate's benches and kernel tests; not a stable API.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::model::block::{Ctx, WorkspaceSpec};
+    pub use crate::model::inputs::Inputs;
+    pub use crate::model::step::{plan_decode, plan_encode, plan_reconstruct, plan_step};
+    pub use crate::model::terms::{TermKind, METRIC_SLOTS, SLOT_KL, SLOT_RECON};
+    pub use crate::model::workspace::Workspace;
+
+    /// One typed wrapper per kernel.
+    pub mod ops {
+        pub use crate::ops::*;
+    }
+    /// The parameter arena and dense layers.
+    pub mod nn {
+        pub use crate::nn::*;
+    }
+    /// lavapipe's worker threads and their CPUs.
+    pub mod affinity {
+        pub use crate::gpu::affinity::*;
+    }
+}

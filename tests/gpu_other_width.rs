@@ -54,7 +54,7 @@ fn set_width() {
 /// against f64.
 #[test]
 fn lavapipe_width_picks_the_matmul_lane_layout() {
-    use vae_wgpu::ops::{self, Epilogue, MatmulStrategy};
+    use vae_wgpu::internals::ops::{self, Epilogue, MatmulStrategy};
     let g = common::gpu();
     if !g.report().name.contains("llvmpipe") {
         eprintln!("not lavapipe ({}): the width setting does not apply", g.report().name);

@@ -34,7 +34,7 @@ pub struct AdapterReport {
     /// `LP_NATIVE_VECTOR_WIDTH` as seen when the instance was created (lavapipe's SIMD width).
     pub lp_native_vector_width: Option<String>,
     /// Thread ids [`GpuContext::new`] pinned one CPU each: the unnamed threads lavapipe started
-    /// (its compute workers and its queue thread; see [`crate::gpu::affinity`]). Empty for
+    /// (its compute workers and its queue thread; see `gpu/affinity.rs`). Empty for
     /// other adapters, a host's device, or when disabled.
     pub pinned_worker_threads: Vec<u32>,
 }
@@ -71,7 +71,7 @@ impl GpuContext {
     /// Picks an adapter by `options` (see [`super::GpuOptions`]): the first whose name
     /// contains [`super::GpuOptions::adapter_name`], else the default adapter of the power
     /// preference, falling back to a software one. On lavapipe it pins the driver's worker
-    /// threads to distinct CPUs ([`crate::gpu::affinity`]) unless the options say not to.
+    /// threads to distinct CPUs (`gpu/affinity.rs`) unless the options say not to.
     pub fn new(options: &super::GpuOptions) -> Result<Self> {
         pollster::block_on(Self::new_async(options))
     }

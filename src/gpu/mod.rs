@@ -5,13 +5,13 @@
 //! one compute pass. Recording is separate from submitting, so a host application can record
 //! into its own command encoder.
 
-pub mod affinity;
-pub mod context;
-pub mod kernels;
-pub mod memory;
-pub mod mirror;
-pub mod options;
-pub mod tensor;
+pub(crate) mod affinity;
+mod context;
+pub(crate) mod kernels;
+pub(crate) mod memory;
+pub(crate) mod mirror;
+mod options;
+mod tensor;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -82,7 +82,7 @@ impl MatmulStrategy {
 }
 
 /// Which tensors get a texture mirror that the subgroup matmul reads instead of the buffer
-/// (see [`crate::gpu::mirror`]). Mirrors only exist where the subgroup strategy is chosen.
+/// (see [`Tensor`](crate::Tensor)). Mirrors only exist where the subgroup strategy is chosen.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum TextureMirrors {
     /// The operands of the large products: weights of at least

@@ -7,9 +7,9 @@ use crate::gpu::memory::{GpuBuffer, GpuTexture};
 /// An f32 (or u32-word) tensor living in a device buffer. Several tensors may view one buffer
 /// (the parameter arena); views start at offsets aligned for storage binding.
 ///
-/// A tensor may carry a texture mirror (see [`crate::gpu::mirror`]): a packed copy that the
+/// A tensor may carry a texture mirror (`gpu/mirror.rs`): a packed rgba32float copy that the
 /// subgroup matmul reads instead of the buffer. Whoever writes the tensor also plans the copy
-/// into its mirror ([`crate::gpu::mirror::refresh_mirror`]), so a mirror is current wherever it is read.
+/// into its mirror (`refresh_mirror`), so a mirror is current wherever it is read.
 #[derive(Clone)]
 pub struct Tensor {
     buf: Arc<GpuBuffer>,

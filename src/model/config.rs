@@ -27,7 +27,7 @@ pub enum Code {
         /// Weight of the squared Frobenius norm of the code's Jacobian (0: none).
         contractive: f32,
     },
-    /// VQ-VAE: the head's output z_e [Z] is cut into `groups` vectors of Z/`groups` values,
+    /// VQ-VAE: the head's output z_e (Z values) is cut into `groups` vectors of Z/`groups` values,
     /// and each is replaced by its nearest entry of a learned codebook of `codes` vectors. The
     /// decoder's gradient passes straight through to z_e; the objective adds
     /// ‖sg(z_e) − e‖² (which alone trains the codebook) and `commitment`·‖z_e − sg(e)‖².

@@ -47,11 +47,6 @@ impl Mlp {
         Mlp { layers }
     }
 
-    /// The layers in forward order.
-    pub fn layers(&self) -> &[Linear] {
-        &self.layers
-    }
-
     /// Each hidden layer's output (or its gradient) for `rows` rows, mirrored when the
     /// workspace's policy asks.
     fn hidden(&self, gpu: &Gpu, spec: &WorkspaceSpec, name: &str, rows: usize) -> Result<Vec<Tensor>> {

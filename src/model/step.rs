@@ -6,7 +6,8 @@ use crate::error::{Result, VaeError};
 use crate::gpu::{Dispatch, Gpu, Tensor};
 use crate::model::block::{rows, Ctx};
 use crate::model::inputs::Inputs;
-use crate::model::{Vae, Workspace};
+use crate::model::workspace::Workspace;
+use crate::model::Vae;
 use crate::ops::{self, AdamConfig, StepBuffer};
 
 /// What the plans of one workspace share.

@@ -37,7 +37,7 @@ fn check(label: &str, enc: &Tensor, z: &Tensor) -> Result<(usize, usize, usize)>
     }
 }
 
-/// Plans z[b, ..Z] = enc[b] and the penalty's terms pen [B·Z] = l1·|enc|.
+/// Plans z\[b, ..Z\] = enc\[b\] and the penalty's terms pen \[B·Z\] = l1·|enc|.
 pub fn code_forward(gpu: &Gpu, label: &str, enc: &Tensor, l1: f32, z: &Tensor, pen: &Tensor) -> Result<Dispatch> {
     let (b, zd, zs) = check(label, enc, z)?;
     if pen.len() != b * zd {

@@ -62,7 +62,7 @@ fn dims2(t: &Tensor, what: &str) -> Result<(usize, usize)> {
 /// Plans C = epilogue(op(A)·op(B)) with op(X) = Xᵀ where `trans_*`. `strategy` None picks the
 /// adapter's preferred one, falling back to naive where the shape does not suit it. The
 /// subgroup strategy reads A and B from their texture mirrors where they have one (see
-/// [`crate::gpu::mirror`]); the caller keeps the mirrors current.
+/// `gpu/mirror.rs`); the caller keeps the mirrors current.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(
     gpu: &Gpu,

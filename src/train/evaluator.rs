@@ -7,8 +7,13 @@ use crate::data::GpuDataset;
 use crate::error::{Result, VaeError};
 use crate::gpu::{Dispatch, Gpu, Tensor};
 use crate::infer::mean_image;
+use crate::model::block::WorkspaceSpec;
+use crate::model::inputs::Inputs;
+use crate::model::step::{plan_encode, plan_step};
 use crate::model::terms::TermRows;
-use crate::model::{plan_encode, plan_step, Code, Inputs, TermKind, Vae, Workspace, WorkspaceSpec, METRIC_SLOTS};
+use crate::model::terms::{TermKind, METRIC_SLOTS};
+use crate::model::workspace::Workspace;
+use crate::model::{Code, Vae};
 use crate::ops::{self, StepBuffer, StepParams};
 use crate::rng;
 

@@ -3,7 +3,7 @@
 
 mod evaluator;
 mod resume;
-pub mod schedule;
+mod schedule;
 mod trainer;
 
 pub use evaluator::{Evaluator, EVAL_BATCH};
@@ -11,7 +11,9 @@ pub use resume::TRAIN_STATE_FORMAT;
 pub use schedule::KlSchedule;
 pub use trainer::{TrainConfig, Trainer};
 
-use crate::model::{SLOT_KL, SLOT_RECON};
+pub use crate::ops::{AdamConfig, MAX_SAMPLES};
+
+use crate::model::terms::{SLOT_KL, SLOT_RECON};
 use crate::rng;
 
 /// Per-example averages over an epoch or a dataset, in nats.

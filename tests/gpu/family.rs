@@ -9,8 +9,8 @@ use vae_wgpu::explore::{
 };
 use vae_wgpu::infer::prior_latents;
 use vae_wgpu::io::grid_size;
+use vae_wgpu::model::{Activation, Likelihood};
 use vae_wgpu::model::{Code, TopLatent, Vae, VaeConfig};
-use vae_wgpu::ops::{Activation, Likelihood};
 use vae_wgpu::rng;
 use vae_wgpu::train::{Evaluator, KlSchedule, TrainConfig, Trainer};
 
@@ -118,7 +118,9 @@ fn iw_bound_matches_the_reference_for_one_and_many_samples() {
     let seed = 9u64;
     assert!(eval.iw_nll(&vae, seed, 0, false).is_err(), "K = 0 must be refused");
     // Past 2^15 draws the sample index would reach z₂'s keys (and the stream's bits).
-    assert!(eval.iw_nll(&vae, seed, vae_wgpu::ops::MAX_SAMPLES + 1, false).is_err());
+    assert!(eval
+        .iw_nll(&vae, seed, vae_wgpu::train::MAX_SAMPLES + 1, false)
+        .is_err());
     for k in [1usize, 3, 1000] {
         let got = eval.iw_nll(&vae, seed, k, false).unwrap();
         let want = iw_reference(&cfg, &params, &bytes, n, seed, k);

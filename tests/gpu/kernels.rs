@@ -1,7 +1,9 @@
 //! Every kernel against an f64 CPU reference, over shapes that include 1, odd sizes and
 //! non-multiples of the tile sizes, for every matmul strategy the adapter can run.
 
-use vae_wgpu::ops::{self, Activation, Epilogue, Likelihood, MatmulStrategy, Segment, StepBuffer, StepParams};
+use vae_wgpu::internals::ops::{
+    self, Activation, Epilogue, Likelihood, MatmulStrategy, Segment, StepBuffer, StepParams,
+};
 use vae_wgpu::{rng, Gpu};
 
 use crate::common::{assert_close, gpu, rand_vec};

@@ -3,11 +3,9 @@
 //! and a partial-batch plan against a workspace built for exactly that batch.
 
 use vae_wgpu::data::GpuDataset;
-use vae_wgpu::model::{
-    code_name, plan_step, Code, Inputs, TextureMirrors, TopLatent, Vae, VaeConfig, Workspace, WorkspaceSpec,
-    METRIC_SLOTS,
-};
-use vae_wgpu::ops::{self, Activation, AdamConfig, Likelihood, StepBuffer, StepParams};
+use vae_wgpu::internals::ops::{self, Activation, AdamConfig, Likelihood, StepBuffer, StepParams};
+use vae_wgpu::internals::{plan_step, Inputs, Workspace, WorkspaceSpec, METRIC_SLOTS};
+use vae_wgpu::model::{code_name, Code, TextureMirrors, TopLatent, Vae, VaeConfig};
 use vae_wgpu::train::{TrainConfig, Trainer};
 use vae_wgpu::{rng, Dispatch, Gpu, Tensor};
 

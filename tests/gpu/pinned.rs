@@ -6,8 +6,9 @@
 
 use vae_wgpu::data::DatasetKind;
 use vae_wgpu::data::GpuDataset;
+use vae_wgpu::gpu::MatmulStrategy;
+use vae_wgpu::model::Likelihood;
 use vae_wgpu::model::{Code, TopLatent, Vae, VaeConfig};
-use vae_wgpu::ops::{Likelihood, MatmulStrategy};
 use vae_wgpu::train::{Evaluator, KlSchedule, TrainConfig, Trainer};
 use vae_wgpu::Gpu;
 

@@ -7,8 +7,9 @@
 //! backprop, Adam — is written out here in f64, and the analytic gradients are themselves
 //! checked against central finite differences of the reference loss.
 
+use vae_wgpu::model::{Activation, Likelihood};
 use vae_wgpu::model::{Code, VaeConfig};
-use vae_wgpu::ops::{Activation, AdamConfig, Likelihood};
+use vae_wgpu::train::AdamConfig;
 
 /// Negative slope of LeakyReLU layers.
 pub const LEAKY_SLOPE: f64 = 0.01;

@@ -1,7 +1,7 @@
 //! The device RNG: statistics of ≥1M normals, key sensitivity, and agreement with the host
 //! mirror in src/rng.rs.
 
-use vae_wgpu::ops::{self, StepBuffer, StepParams};
+use vae_wgpu::internals::ops::{self, StepBuffer, StepParams};
 use vae_wgpu::{rng, Gpu};
 
 use crate::common::gpu;

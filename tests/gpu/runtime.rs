@@ -1,7 +1,7 @@
 //! Runtime behaviour: memory accounting, typed errors for bad requests.
 
 use vae_wgpu::gpu::Dispatch;
-use vae_wgpu::ops::{self, Epilogue};
+use vae_wgpu::internals::ops::{self, Epilogue};
 use vae_wgpu::{Gpu, VaeError};
 
 use crate::common::{gpu, rand_vec};
@@ -114,7 +114,7 @@ fn thread_ticks(tid: u32) -> u64 {
 #[test]
 fn lavapipe_workers_are_pinned_one_per_cpu_and_run_the_kernels() {
     let g = gpu();
-    let cpus = vae_wgpu::gpu::affinity::allowed_cpus();
+    let cpus = vae_wgpu::internals::affinity::allowed_cpus();
     if !g.report().name.contains("llvmpipe") || cpus.len() < 2 || !cfg!(target_os = "linux") {
         eprintln!("not lavapipe on two or more Linux CPUs: nothing is pinned");
         return;

@@ -201,7 +201,7 @@ fn multi_layer_checkpoint_layout_and_refused_files() {
         input_dim: 16,
         hidden: vec![8, 4],
         latent: 2,
-        likelihood: vae_wgpu::ops::Likelihood::GaussianLearned { per_pixel: true },
+        likelihood: vae_wgpu::model::Likelihood::GaussianLearned { per_pixel: true },
         classes: 3,
         ..Default::default()
     };
@@ -783,7 +783,7 @@ fn vq_vae_trains_and_checkpoints_its_codebook() {
     // entries): 40 steps at lr 3e-3 take the reconstruction from ~530 to ~220 nats.
     let tc = TrainConfig {
         batch_size: 64,
-        adam: vae_wgpu::ops::AdamConfig {
+        adam: vae_wgpu::train::AdamConfig {
             lr: 3e-3,
             ..Default::default()
         },
@@ -797,7 +797,7 @@ fn vq_vae_trains_and_checkpoints_its_codebook() {
         },
         TrainConfig {
             vq_ema: Some(0.99),
-            adam: vae_wgpu::ops::AdamConfig {
+            adam: vae_wgpu::train::AdamConfig {
                 weight_decay: 0.01,
                 ..Default::default()
             },
@@ -949,7 +949,7 @@ fn hierarchical_vae_trains_checkpoints_and_samples() {
     // Two draws per example train through the same plan (gradients checked in model.rs).
     // Past 2^15 draws z₁'s sample index would reach z₂'s keys: refused.
     let too_many = TrainConfig {
-        mc_samples: vae_wgpu::ops::MAX_SAMPLES + 1,
+        mc_samples: vae_wgpu::train::MAX_SAMPLES + 1,
         ..tc.clone()
     };
     assert!(matches!(

@@ -118,11 +118,6 @@ impl Hierarchy {
             self.top[i - 1].latent
         }
     }
-
-    /// The networks of each upper layer, from z₂ up.
-    pub fn networks(&self) -> &[TopLayers] {
-        &self.layers
-    }
 }
 
 impl Latent for Hierarchy {
