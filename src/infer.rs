@@ -4,10 +4,10 @@
 use crate::error::{Result, VaeError};
 use crate::gpu::Gpu;
 use crate::model::block::{Ctx, WorkspaceSpec};
+use crate::model::inputs::labelled_rows;
 use crate::model::terms::TermLayout;
 use crate::model::Vae;
 use crate::ops::{Likelihood, StepBuffer};
-use crate::rng;
 
 /// Decodes latent codes `z` (n·Z values) into decoder means. A conditional model needs
 /// [`decode_conditional`].
@@ -48,63 +48,10 @@ pub fn decode_conditional(gpu: &Gpu, vae: &Vae, z: &[f32], labels: Option<&[u8]>
     Ok(mean_image(cfg.likelihood, &gpu.read(&out)?))
 }
 
-/// Rows of `width` columns: each `dim` values of `v`, then for a model with `classes` the
-/// one-hot of the row's label, then zeros. `labels` is required for a conditional model and
-/// refused for others; `what` names the use in the message.
-pub(crate) fn labelled_rows(
-    classes: usize,
-    v: &[f32],
-    dim: usize,
-    width: usize,
-    labels: Option<&[u8]>,
-    what: &str,
-) -> Result<Vec<f32>> {
-    let n = v.len() / dim;
-    let mut rows = vec![0.0f32; n * width];
-    let l = match (classes, labels) {
-        (0, None) => None,
-        (0, Some(_)) => {
-            return Err(VaeError::Config(
-                "labels given, but the model is not conditional".into(),
-            ))
-        }
-        (_, None) => {
-            return Err(VaeError::Config(format!(
-                "a conditional model {what} with a class label per code"
-            )))
-        }
-        (classes, Some(l)) => {
-            if l.len() != n || l.iter().any(|&c| c as usize >= classes) {
-                return Err(VaeError::Shape(format!(
-                    "{} labels for {n} codes, each must be below {classes}",
-                    l.len()
-                )));
-            }
-            Some(l)
-        }
-    };
-    for (i, (row, src)) in rows.chunks_exact_mut(width).zip(v.chunks_exact(dim)).enumerate() {
-        row[..dim].copy_from_slice(src);
-        if let Some(l) = l {
-            row[dim + l[i] as usize] = 1.0;
-        }
-    }
-    Ok(rows)
-}
-
 /// Draws `n` latent codes from the prior N(0, I) scaled by `temperature` (host-side, from the
-/// same counter-based generator as the device, stream [`rng::STREAM_SAMPLE`]).
+/// same counter-based generator as the device, stream [`crate::rng::STREAM_SAMPLE`]).
 pub fn prior_samples(seed: u64, n: usize, latent: usize, temperature: f32) -> Vec<f32> {
-    (0..n * latent)
-        .map(|i| {
-            (rng::normal(
-                rng::device_seed(seed),
-                0,
-                rng::stream_word(rng::STREAM_SAMPLE, 0),
-                i as u32,
-            ) * temperature as f64) as f32
-        })
-        .collect()
+    crate::model::latent::gaussian::standard_normals(seed, n, latent, temperature)
 }
 
 /// Draws `n` codes for the decoder from the model's prior, the noise scaled by `temperature`:
@@ -130,7 +77,7 @@ pub fn prior_latents(
 /// A hierarchical VAE's z₁ drawn down from the topmost layer's values `top` (n vectors): each
 /// layer z_k below from p(z_k|z_{k+1}) (p(z_k|z_{k+1}, y) with one label per row in `labels` for a
 /// conditional model), z_k = μₚ + σₚ·ε, the networks run on the device, ε for row e keyed
-/// (seed, 0, sample word k of [`rng::STREAM_SAMPLE`], e·Z_k + j) and scaled by `temperature`.
+/// (seed, 0, sample word k of [`crate::rng::STREAM_SAMPLE`], e·Z_k + j) and scaled by `temperature`.
 /// n·Z values. With two layers, `top` is z₂.
 pub fn conditional_prior_draws(
     gpu: &Gpu,

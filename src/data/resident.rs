@@ -70,10 +70,6 @@ pub struct ResidentBatches<'a> {
 }
 
 impl BatchSource for ResidentBatches<'_> {
-    fn examples(&self) -> usize {
-        self.data.count
-    }
-
     fn dim(&self) -> usize {
         self.data.dim
     }

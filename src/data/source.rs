@@ -8,8 +8,6 @@ use crate::ops::StepBuffer;
 
 /// A source of batches for the step's inputs block.
 pub trait BatchSource {
-    /// Examples in one pass over the source.
-    fn examples(&self) -> usize;
     /// Pixels per example.
     fn dim(&self) -> usize;
     /// Plans the gather of the step's batch (the examples from the step uniform's

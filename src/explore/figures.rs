@@ -175,7 +175,7 @@ pub fn manifold_figure(gpu: &Gpu, vae: &Vae, n: usize, label: u8) -> Result<Figu
 pub fn hierarchy_figure(gpu: &Gpu, vae: &Vae, seed: u64, rows: usize, cols: usize, temperature: f32) -> Result<Figure> {
     let Some(t) = vae.config.top().last() else {
         return Err(VaeError::Config(
-            "a hierarchy picture needs a hierarchical VAE (--top)".into(),
+            "a hierarchy picture needs a hierarchical VAE (Code::Hierarchical)".into(),
         ));
     };
     if rows == 0 || cols == 0 {

@@ -173,21 +173,22 @@ impl GpuOptions {
     /// `LP_NATIVE_VECTOR_WIDTH` (recorded). A value it cannot use is an error naming the
     /// variable, its value and what is accepted.
     pub fn from_env() -> Result<Self> {
-        Self::from_vars(|k| std::env::var(k).ok())
+        let mut o = Self::from_vars(|k| std::env::var(k).ok())?;
+        o.instance_flags = wgpu::InstanceFlags::from_build_config().with_env();
+        o.backend_options = wgpu::BackendOptions::from_env_or_default();
+        Ok(o)
     }
 
-    /// [`GpuOptions::from_env`] over any lookup of variables (tests pass their own).
+    /// This crate's and wgpu's adapter-selection variables as [`GpuOptions::from_env`] reads
+    /// them, from any lookup (tests pass their own); wgpu's instance and backend options keep
+    /// their defaults.
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self> {
         let bad = |name: &str, value: &str, accepted: &str| {
             VaeError::Config(format!(
                 "{name}={value:?} is not a setting this program can use; {accepted}"
             ))
         };
-        let mut o = GpuOptions {
-            instance_flags: wgpu::InstanceFlags::from_build_config().with_env(),
-            backend_options: wgpu::BackendOptions::from_env_or_default(),
-            ..GpuOptions::default()
-        };
+        let mut o = GpuOptions::default();
         if let Some(v) = var("WGPU_BACKEND") {
             for name in v.split(',').map(|s| s.trim().to_ascii_lowercase()) {
                 let known = BUILT_BACKENDS

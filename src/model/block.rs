@@ -61,7 +61,8 @@ pub struct WorkspaceSpec {
     pub denoise: bool,
     /// Train a VQ-VAE's codebook by moving averages with this decay instead of by Adam.
     pub vq_ema: Option<f32>,
-    /// Give the large products' operands texture mirrors.
+    /// Give the large products' operands texture mirrors (`Workspace::new`
+    /// sets it from the model's policy).
     pub mirrors: bool,
 }
 
@@ -102,8 +103,13 @@ pub trait Network: Send + Sync {
 
 /// A network's activations for one batch size, and the plans that run it.
 pub trait NetworkWorkspace: Send + Sync {
-    /// y = net(x) for x's rows (a prefix of the workspace's), with any penalty's terms.
+    /// y = net(x) for x's rows (a prefix of the workspace's).
     fn forward(&self, c: &Ctx, x: &Tensor, y: &Tensor) -> Result<Vec<Dispatch>>;
+    /// The terms of the network's penalties (a contractive encoder's) for the plan's rows,
+    /// after its forward pass; none for most networks. Not part of an inference plan.
+    fn penalties(&self, _c: &Ctx) -> Result<Vec<Dispatch>> {
+        Ok(Vec::new())
+    }
     /// The parameter gradients from dL/dy (overwritten, a penalty's gradients added), and
     /// dL/dx if `dx` is given.
     fn backward(&self, c: &Ctx, x: &Tensor, dy: &Tensor, dx: Option<&Tensor>) -> Result<Vec<Dispatch>>;
@@ -153,7 +159,9 @@ pub trait Latent: Send + Sync {
             "a conditional prior p(z1|z2) needs a hierarchical VAE (Code::Hierarchical)".into(),
         ))
     }
-    /// Its workspace; its terms are declared in `terms`.
+    /// Its workspace; its terms are declared in `terms`. A training workspace may reset the
+    /// block's own optimizer state in `arena`: a codebook trained by moving averages gets its
+    /// gradient and Adam moments cleared, so that Adam leaves it alone.
     fn workspace(
         &self,
         gpu: &Gpu,

@@ -8,7 +8,6 @@
 use crate::error::Result;
 use crate::gpu::{Dispatch, Gpu, Tensor};
 use crate::model::block::{rows, Ctx};
-use crate::model::mlp::MlpWorkspace;
 use crate::model::terms::{TermId, TermKind, TermLayout, TermRows, TermSpec};
 use crate::model::{Code, VaeConfig};
 use crate::nn::{Linear, LEAKY_SLOPE};
@@ -79,13 +78,11 @@ pub struct ContractiveWorkspace {
 }
 
 impl ContractiveWorkspace {
-    /// The mask from the hidden layer's output, the products, the terms and the factors.
-    pub fn forward(&self, c: &Ctx, encoder: &MlpWorkspace) -> Result<Vec<Dispatch>> {
+    /// The mask from the hidden layer's output `hidden` [b, H], the products, the terms and
+    /// the factors.
+    pub fn forward(&self, c: &Ctx, hidden: &Tensor) -> Result<Vec<Dispatch>> {
         let p = &self.penalty;
         let plain = ops::Epilogue::default();
-        let hidden = encoder.first_hidden(c.b).ok_or_else(|| {
-            crate::VaeError::Config("the contractive penalty needs the encoder's hidden layer".into())
-        })?;
         let (mask, ones) = (rows(&self.mask, c.b), rows(&self.ones, c.b));
         let w1 = pixel_rows(&c.arena.param(p.first.w), p.input_dim);
         let w2 = c.arena.param(p.head.w);
@@ -96,7 +93,7 @@ impl ContractiveWorkspace {
                 "contractive.mask",
                 p.first.act,
                 LEAKY_SLOPE,
-                &hidden,
+                hidden,
                 &ones,
                 &mask,
             )?,

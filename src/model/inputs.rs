@@ -87,3 +87,47 @@ impl Inputs<'_> {
         Ok((d, x))
     }
 }
+
+/// The host's side of the conditioning, for inference on host vectors: rows of `width` columns: each `dim` values of `v`, then for a model with `classes` the
+/// one-hot of the row's label, then zeros. `labels` is required for a conditional model and
+/// refused for others; `what` names the use in the message.
+pub(crate) fn labelled_rows(
+    classes: usize,
+    v: &[f32],
+    dim: usize,
+    width: usize,
+    labels: Option<&[u8]>,
+    what: &str,
+) -> Result<Vec<f32>> {
+    let n = v.len() / dim;
+    let mut rows = vec![0.0f32; n * width];
+    let l = match (classes, labels) {
+        (0, None) => None,
+        (0, Some(_)) => {
+            return Err(VaeError::Config(
+                "labels given, but the model is not conditional".into(),
+            ))
+        }
+        (_, None) => {
+            return Err(VaeError::Config(format!(
+                "a conditional model {what} with a class label per code"
+            )))
+        }
+        (classes, Some(l)) => {
+            if l.len() != n || l.iter().any(|&c| c as usize >= classes) {
+                return Err(VaeError::Shape(format!(
+                    "{} labels for {n} codes, each must be below {classes}",
+                    l.len()
+                )));
+            }
+            Some(l)
+        }
+    };
+    for (i, (row, src)) in rows.chunks_exact_mut(width).zip(v.chunks_exact(dim)).enumerate() {
+        row[..dim].copy_from_slice(src);
+        if let Some(l) = l {
+            row[dim + l[i] as usize] = 1.0;
+        }
+    }
+    Ok(rows)
+}

@@ -189,11 +189,17 @@ struct MlpEncoderWorkspace {
 
 impl NetworkWorkspace for MlpEncoderWorkspace {
     fn forward(&self, c: &Ctx, x: &Tensor, y: &Tensor) -> Result<Vec<Dispatch>> {
-        let mut d = self.mlp.forward(c, x, y)?;
-        if let Some(p) = &self.contractive {
-            d.extend(p.forward(c, &self.mlp)?);
+        self.mlp.forward(c, x, y)
+    }
+
+    fn penalties(&self, c: &Ctx) -> Result<Vec<Dispatch>> {
+        match (&self.contractive, self.mlp.first_hidden(c.b)) {
+            (Some(p), Some(hidden)) => p.forward(c, &hidden),
+            (Some(_), None) => Err(crate::VaeError::Config(
+                "the contractive penalty needs the encoder's hidden layer".into(),
+            )),
+            (None, _) => Ok(Vec::new()),
         }
-        Ok(d)
     }
 
     fn backward(&self, c: &Ctx, x: &Tensor, dy: &Tensor, dx: Option<&Tensor>) -> Result<Vec<Dispatch>> {

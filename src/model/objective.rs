@@ -18,8 +18,8 @@ pub trait Objective: Send + Sync {
     fn forward(&self, _c: &Ctx) -> Result<Vec<Dispatch>> {
         Ok(Vec::new())
     }
-    /// Plans this step's row of the metric log (columns [`crate::model::SLOT_RECON`] and
-    /// [`crate::model::SLOT_KL`]).
+    /// Plans this step's row of the metric log (the reconstruction and KL columns of
+    /// `model/terms.rs`).
     fn metrics(&self, c: &Ctx, log: &Tensor) -> Result<Dispatch>;
 }
 

@@ -29,7 +29,8 @@ fn context<'a>(gpu: &'a Gpu, vae: &'a Vae, ws: &'a Workspace, b: usize, step: &'
 }
 
 /// Plans the inputs and the encoder for `b` examples: the batch into `ws.inputs.x`, the
-/// encoder's output into `ws.enc`. Returns the dispatches and the encoder's input.
+/// encoder's output into `ws.enc` (not its penalties, which only a step's loss needs). Returns
+/// the dispatches and the encoder's input.
 pub fn plan_encode(
     gpu: &Gpu,
     vae: &Vae,
@@ -100,6 +101,7 @@ pub fn plan_step(
     // Forward.
     let (mut d, x_enc) = plan_encode(gpu, vae, ws, b, inputs, step)?;
     d.extend(ws.latent.forward(&c, &enc, &z)?);
+    d.extend(ws.encoder.penalties(&c)?);
     d.extend(ws.decoder.forward(&c, &z, &out)?);
     let weight = vae.objective.draw_weight(ws.samples);
     d.extend(ws.likelihood.forward(&c, &out, &x, &d_out, weight, train)?);

@@ -208,23 +208,6 @@ impl Terms {
             .collect()
     }
 
-    /// The term named `name`, or an error naming what was declared.
-    pub fn find(&self, name: &str) -> Result<TermId> {
-        self.specs
-            .iter()
-            .position(|s| s.name == name)
-            .map(TermId)
-            .ok_or_else(|| {
-                let names: Vec<&str> = self.specs.iter().map(|s| s.name.as_str()).collect();
-                VaeError::Config(format!("this workspace has no term '{name}' (it has {names:?})"))
-            })
-    }
-
-    /// The declaration of a term.
-    pub fn spec(&self, id: TermId) -> &TermSpec {
-        &self.specs[id.0]
-    }
-
     /// The metric row's segments for a plan of `b` examples (see [`segments`]).
     pub fn segments(&self, b: usize) -> Result<Vec<Segment>> {
         let offsets: Vec<Option<usize>> = self

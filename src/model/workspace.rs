@@ -56,8 +56,10 @@ pub struct Workspace {
 
 impl Workspace {
     /// Allocates a step's tensors for `spec` (its `mirrors` follows the model's texture
-    /// mirror policy). Terms are declared in chain order: the likelihood's NLL, the encoder's
-    /// penalties, the latent's terms.
+    /// mirror policy). The order the blocks declare their terms in is load-bearing: the
+    /// likelihood's NLL first (the reconstruction column), then the encoder's penalties, then
+    /// the latent's terms — the contractive penalty's terms are summed in one run with the L1
+    /// terms the deterministic code declares right after them.
     pub fn new(gpu: &Gpu, vae: &Vae, spec: &WorkspaceSpec) -> Result<Self> {
         let cfg = &vae.config;
         let spec = WorkspaceSpec {

@@ -216,14 +216,19 @@ impl<'g> Evaluator<'g> {
     /// p(x|z₁) p(z₁|z₂) p(z₂) / (q(z₁|x) q(z₂|z₁)), and so on up the layers.
     pub fn iw_nll(&self, vae: &Vae, seed: u64, k: usize, binarize: bool) -> Result<f64> {
         if k == 0 || k > ops::MAX_SAMPLES {
-            return Err(VaeError::Config(format!(
-                "--eval-iw needs 1 <= K <= {} (the random key's sample field), got {k}",
-                ops::MAX_SAMPLES
-            )));
+            return Err(VaeError::setting(
+                "Evaluator::iw_nll k",
+                format!(
+                    "needs 1 <= K <= {} importance samples (the random key's sample field), got {k}",
+                    ops::MAX_SAMPLES
+                ),
+            ));
         }
         if !vae.config.is_vae() {
-            return Err(VaeError::Config(
-                "the importance-weighted bound needs a VAE: an autoencoder has no prior and no likelihood bound".into(),
+            return Err(VaeError::setting(
+                "VaeConfig::code",
+                "the importance-weighted bound needs a VAE: an autoencoder or a VQ-VAE has no prior and no \
+                 likelihood bound",
             ));
         }
         // Decoder rows are K·B: keep them near 5000.

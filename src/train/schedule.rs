@@ -53,17 +53,21 @@ impl KlSchedule {
     }
 
     /// Checks the schedule against the run length: every cycle needs at least one step, so
-    /// more cycles than `total_steps` is a [`VaeError::Config`] (as is 0 cycles, which
-    /// [`KlSchedule::parse`] already rejects but a hand-built value might hold).
+    /// more cycles than `total_steps` is refused (as is 0 cycles, which [`KlSchedule::parse`]
+    /// already rejects but a hand-built value might hold), naming `TrainConfig::kl_schedule`.
     pub fn validate(&self, total_steps: u64) -> Result<()> {
         match *self {
-            KlSchedule::Cyclical { cycles: 0 } => Err(VaeError::Config(
-                "--kl-cycles must be at least 1 (omit it for a constant KL weight)".to_string(),
+            KlSchedule::Cyclical { cycles: 0 } => Err(VaeError::setting(
+                "TrainConfig::kl_schedule",
+                "cyclical annealing needs at least 1 cycle (Constant for a constant KL weight)",
             )),
-            KlSchedule::Cyclical { cycles } if u64::from(cycles) > total_steps => Err(VaeError::Config(format!(
-                "--kl-cycles {cycles} exceeds the {total_steps} training steps of this run; \
-                 use at most {total_steps} cycles or train for more epochs"
-            ))),
+            KlSchedule::Cyclical { cycles } if u64::from(cycles) > total_steps => Err(VaeError::settings(
+                &["TrainConfig::kl_schedule", "TrainConfig::epochs"],
+                format!(
+                    "{cycles} cycles exceed the {total_steps} training steps of this run; use at most \
+                     {total_steps} cycles or train for more epochs"
+                ),
+            )),
             _ => Ok(()),
         }
     }
@@ -111,8 +115,8 @@ mod tests {
 
     fn config_message(r: Result<impl fmt::Debug>) -> String {
         match r {
-            Err(e @ VaeError::Config(_)) => e.to_string(),
-            other => panic!("expected VaeError::Config, got {other:?}"),
+            Err(e @ (VaeError::Config(_) | VaeError::Setting { .. })) => e.to_string(),
+            other => panic!("expected a configuration error, got {other:?}"),
         }
     }
 
@@ -233,8 +237,12 @@ mod tests {
     fn validate_rejects_more_cycles_than_steps() {
         assert!(KlSchedule::Cyclical { cycles: 10 }.validate(10).is_ok());
         let msg = config_message(KlSchedule::Cyclical { cycles: 11 }.validate(10));
-        assert!(msg.contains("11") && msg.contains("10"), "{msg}");
-        config_message(KlSchedule::Cyclical { cycles: 0 }.validate(10));
+        assert!(
+            msg.contains("11") && msg.contains("10") && msg.contains("TrainConfig::kl_schedule"),
+            "{msg}"
+        );
+        let msg = config_message(KlSchedule::Cyclical { cycles: 0 }.validate(10));
+        assert!(msg.contains("TrainConfig::kl_schedule"), "{msg}");
         assert!(KlSchedule::Constant.validate(0).is_ok());
         assert!(KlSchedule::Warmup { steps: 1000 }.validate(10).is_ok());
     }

@@ -10,6 +10,7 @@ use crate::model::terms::{TermId, TermKind, TermLayout, TermRows, TermSpec};
 use crate::model::VaeConfig;
 use crate::nn::{Linear, ParamArena};
 use crate::ops;
+use crate::rng;
 
 /// A Gaussian posterior of `latent` dimensions with a standard normal prior.
 pub struct GaussianLatent {
@@ -41,7 +42,7 @@ impl Latent for GaussianLatent {
         temperature: f32,
         _labels: Option<&[u8]>,
     ) -> Result<Vec<f32>> {
-        Ok(crate::infer::prior_samples(seed, n, self.latent, temperature))
+        Ok(standard_normals(seed, n, self.latent, temperature))
     }
 
     fn workspace(
@@ -107,4 +108,19 @@ impl LatentWorkspace for GaussianWorkspace {
     fn tensors(&self) -> Vec<&Tensor> {
         Vec::new()
     }
+}
+
+/// `n` draws of N(0, I) in `latent` dimensions scaled by `temperature`, from the device's
+/// counter-based generator evaluated on the host (stream [`rng::STREAM_SAMPLE`], sample 0).
+pub(crate) fn standard_normals(seed: u64, n: usize, latent: usize, temperature: f32) -> Vec<f32> {
+    (0..n * latent)
+        .map(|i| {
+            (rng::normal(
+                rng::device_seed(seed),
+                0,
+                rng::stream_word(rng::STREAM_SAMPLE, 0),
+                i as u32,
+            ) * temperature as f64) as f32
+        })
+        .collect()
 }

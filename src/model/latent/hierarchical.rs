@@ -84,13 +84,18 @@ impl TopLayers {
 }
 
 /// z₁ and the layers above it.
+#[derive(Clone)]
 pub struct Hierarchy {
     /// z₁'s size.
     latent: usize,
     /// The upper layers' sizes, from z₂ up.
     top: Vec<TopLatent>,
-    /// Their widths as the networks read them (see [`VaeConfig::top_input_dim`]).
+    /// Their rows' widths as the networks read them ([`VaeConfig::top_input_dim`]).
     input_dims: Vec<usize>,
+    /// The widths of the rows below each ([`VaeConfig::top_below_dim`]).
+    below_dims: Vec<usize>,
+    /// The latent size below each ([`VaeConfig::top_below_latent`]).
+    below_latents: Vec<usize>,
     /// Classes of a conditional model (0: none).
     classes: usize,
     /// Their networks.
@@ -105,17 +110,10 @@ impl Hierarchy {
             latent: cfg.latent,
             top: cfg.top().to_vec(),
             input_dims: (0..n).map(|i| cfg.top_input_dim(i)).collect(),
+            below_dims: (0..n).map(|i| cfg.top_below_dim(i)).collect(),
+            below_latents: (0..n).map(|i| cfg.top_below_latent(i)).collect(),
             classes: cfg.classes,
             layers: (0..n).map(|i| TopLayers::new(layout, cfg, i)).collect(),
-        }
-    }
-
-    /// Size of the latent below upper layer `i`.
-    fn below_latent(&self, i: usize) -> usize {
-        if i == 0 {
-            self.latent
-        } else {
-            self.top[i - 1].latent
         }
     }
 }
@@ -178,8 +176,7 @@ impl Latent for Hierarchy {
         let log_ratio_below = log_ratio(terms, 0, self.latent);
         let mut upper = Vec::new();
         for (i, tl) in self.top.iter().enumerate() {
-            let below = self.below_latent(i);
-            let below_dim = if i == 0 { None } else { Some(self.input_dims[i - 1]) };
+            let below = self.below_latents[i];
             let grads = if spec.train {
                 Some(TopGrads {
                     up_hidden: t("d_top_up_hidden", &[r, tl.hidden])?,
@@ -187,7 +184,7 @@ impl Latent for Hierarchy {
                     z: t("d_top_z", &[r, self.input_dims[i]])?,
                     prior_hidden: t("d_top_prior_hidden", &[r, tl.hidden])?,
                     // Shaped as the rows below: z₁'s are the decoder's input rows.
-                    z_below_up: t("d_top_z_below_up", &[r, below_dim.unwrap_or(spec_z_width(self))])?,
+                    z_below_up: t("d_top_z_below_up", &[r, self.below_dims[i]])?,
                 })
             } else {
                 None
@@ -212,12 +209,7 @@ impl Latent for Hierarchy {
             });
         }
         Ok(Box::new(HierarchyWorkspace {
-            h: Hierarchy {
-                layers: self.layers.clone(),
-                top: self.top.clone(),
-                input_dims: self.input_dims.clone(),
-                ..*self
-            },
+            h: self.clone(),
             kl_below,
             log_ratio_below,
             upper,
@@ -234,7 +226,7 @@ impl Latent for Hierarchy {
         labels: Option<&[u8]>,
     ) -> Result<Vec<f32>> {
         let top = self.top.last().map_or(0, |t| t.latent);
-        let z = crate::infer::prior_samples(seed, n, top, temperature);
+        let z = super::gaussian::standard_normals(seed, n, top, temperature);
         self.draw_down(gpu, arena, &z, labels, seed, temperature)
     }
 
@@ -265,10 +257,16 @@ impl Latent for Hierarchy {
         let mut z = top.to_vec();
         for i in (0..self.top.len()).rev() {
             // z holds z_{i+2}; draw z_{i+1} from p(z_{i+1}|z_{i+2}).
-            let (t, zd) = (self.top[i], self.below_latent(i));
+            let (t, zd) = (self.top[i], self.below_latents[i]);
             let width = self.input_dims[i];
-            let rows =
-                crate::infer::labelled_rows(self.classes, &z, t.latent, width, labels, "draws from p(z|z above, y)")?;
+            let rows = crate::model::inputs::labelled_rows(
+                self.classes,
+                &z,
+                t.latent,
+                width,
+                labels,
+                "draws from p(z|z above, y)",
+            )?;
             let above = gpu.upload("z_above", &[n, width], &rows)?;
             let hidden = gpu.tensor("prior_hidden", &[n, t.hidden])?;
             let p_out = gpu.tensor("p_below", &[n, 2 * zd])?;
@@ -287,15 +285,6 @@ impl Latent for Hierarchy {
                 .collect();
         }
         Ok(z)
-    }
-}
-
-/// Width of z₁'s rows as q(z₂|z₁) reads them: the decoder's input rows.
-fn spec_z_width(h: &Hierarchy) -> usize {
-    if h.classes == 0 {
-        h.latent
-    } else {
-        (h.latent + h.classes).div_ceil(4) * 4
     }
 }
 
@@ -431,7 +420,7 @@ impl LatentWorkspace for HierarchyWorkspace {
         for (i, (layers, tw)) in self.h.layers.iter().zip(&self.upper).enumerate() {
             let (zi, ph, p_below) = (rows(&tw.z, r), rows(&tw.prior_hidden, r), rows(&tw.p_below, r));
             let lower = self.below(c, i, enc, z);
-            let zd = self.h.below_latent(i);
+            let zd = self.h.below_latents[i];
             d.extend(layers.plan_prior(c.gpu, a, &zi, &ph, &p_below)?);
             // The terms are per draw, averaged over the L draws.
             d.push(ops::hier_kl(

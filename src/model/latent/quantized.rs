@@ -19,6 +19,8 @@ pub const CODEBOOK_SLOT: &str = "codebook";
 /// A codebook of `codes` entries for `groups` vectors per code.
 #[derive(Clone, Copy)]
 pub struct QuantizedCode {
+    /// Values of the code, Z.
+    latent: usize,
     groups: usize,
     commitment: f32,
     /// The terms' weight D/Z: the reconstruction is a sum over D pixels and the terms a sum
@@ -32,6 +34,7 @@ impl QuantizedCode {
     /// Registers the codebook [K, Z/G].
     pub fn new(layout: &mut ArenaLayout, cfg: &VaeConfig, codes: usize, groups: usize, commitment: f32) -> Self {
         QuantizedCode {
+            latent: cfg.latent,
             groups,
             commitment,
             scale: cfg.input_dim as f32 / cfg.latent as f32,
@@ -84,13 +87,7 @@ impl Latent for QuantizedCode {
         let shape = arena.layout.slots()[self.codebook].shape.clone();
         let ema = match spec.vq_ema {
             Some(decay) if spec.train => {
-                if !(decay > 0.0 && decay < 1.0) {
-                    return Err(VaeError::setting(
-                        "TrainConfig::vq_ema",
-                        format!("the codebook's moving-average decay must be in (0, 1), got {decay}"),
-                    ));
-                }
-                // The codebook then gets no gradient, and Adam (without weight decay) leaves it
+                // (TrainConfig::validate has checked the decay.) The codebook then gets no gradient, and Adam (without weight decay) leaves it
                 // alone only if its gradient and momentum are zero: a model trained by its
                 // gradient before keeps both in the arena.
                 arena.freeze_slot(gpu, self.codebook)?;
@@ -107,7 +104,7 @@ impl Latent for QuantizedCode {
             pen: terms.add(TermSpec::new(
                 "vq",
                 TermKind::Penalty,
-                TermRows::PerExample(shape[1] * self.groups),
+                TermRows::PerExample(self.latent),
             )),
             index: gpu.tensor("vq_index", &[spec.batch * self.groups])?,
             ema,
