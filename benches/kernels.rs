@@ -6,10 +6,24 @@
 
 use std::time::Instant;
 
+use clap::Parser;
 use vae_wgpu::internals::ops::{self, Epilogue, MatmulStrategy};
 use vae_wgpu::Gpu;
 
+/// Matmul GFLOP/s per strategy at the VAE's shapes.
+#[derive(Parser, Debug)]
+#[command(name = "kernels")]
+struct Cli {
+    /// Keep only the strategies and shapes whose names contain one of these words
+    /// (`subgroup enc`); none: everything
+    words: Vec<String>,
+    /// Passed by `cargo bench`; ignored
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let cli = Cli::parse();
     let gpu = Gpu::new(vae_wgpu::GpuOptions::from_env()?)?;
     println!("adapter: {}", gpu.report());
     if let Some(w) = &gpu.report().lp_native_vector_width {
@@ -29,7 +43,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     // `cargo bench --bench kernels -- subgroup enc` keeps only the strategies and shapes whose
     // names contain one of the words (for kernel work; no words = everything).
-    let words: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let words = cli.words;
     let wanted = |name: &str| words.is_empty() || words.iter().any(|w| name.to_lowercase().contains(&w.to_lowercase()));
     let any_strategy = strategies.iter().any(|s| wanted(&format!("{s:?}")));
     strategies.retain(|s| !any_strategy || wanted(&format!("{s:?}")));

@@ -15,18 +15,40 @@
 //! ("steal") during each section are printed too: on a shared machine they explain most of
 //! the run-to-run differences.
 
+use std::path::PathBuf;
 use std::time::Instant;
 
+use clap::Parser;
+use serde_json::{json, Map};
 use vae_wgpu::data::DatasetKind;
 use vae_wgpu::data::GpuDataset;
 use vae_wgpu::gpu::Dispatch;
 use vae_wgpu::internals::ops::{self, Epilogue, MatmulStrategy};
 use vae_wgpu::internals::{plan_decode, plan_encode, plan_reconstruct, Inputs, Workspace, WorkspaceSpec};
 use vae_wgpu::model::{TextureMirrors, Vae, VaeConfig};
-use vae_wgpu::train::{TrainConfig, Trainer};
+use vae_wgpu::train::{rounded, TrainConfig, Trainer};
 use vae_wgpu::Gpu;
 
 type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// GPU throughput of vae-wgpu: training, inference, per-dispatch times and matmul rates.
+#[derive(Parser, Debug)]
+#[command(name = "throughput")]
+struct Cli {
+    /// Also write every figure to FILE as JSON
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// 3 repeats per figure instead of 7
+    #[arg(long)]
+    quick: bool,
+    /// Change the model from the default: a checkpoint metadata key and its value
+    /// (hidden=400,200, latent=10, top=10:200, code=quantized:512:10:0.25, ...); repeatable
+    #[arg(long, value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Passed by `cargo bench`; ignored
+    #[arg(long, hide = true)]
+    bench: bool,
+}
 
 struct Stat {
     median: f64,
@@ -262,15 +284,10 @@ fn profile_dispatches(gpu: &Gpu, plan: &[&Dispatch]) -> AnyResult<Option<Vec<f64
 }
 
 fn main() -> AnyResult<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let json_path = args
-        .iter()
-        .position(|a| a == "--json")
-        .and_then(|i| args.get(i + 1))
-        .cloned();
-    let quick = args.iter().any(|a| a == "--quick");
+    let cli = Cli::parse();
+    let quick = cli.quick;
     let mut model = VaeConfig::default().to_metadata();
-    for set in args.windows(2).filter(|w| w[0] == "--set").map(|w| &w[1]) {
+    for set in &cli.set {
         let (key, value) = set
             .split_once('=')
             .ok_or_else(|| format!("--set takes KEY=VALUE (a checkpoint metadata key), got {set:?}"))?;
@@ -287,11 +304,11 @@ fn main() -> AnyResult<()> {
     let repeats = if quick { 3 } else { 7 };
     // The training and matmul sections take longer per run, so they stop at 5.
     let long_repeats = repeats.min(5);
-    let mut json: Vec<String> = Vec::new();
+    let mut json = Map::new();
 
     let whole_run = StealMeter::start();
-    let mut steal: Vec<String> = Vec::new();
-    let mut core_speed: Vec<String> = Vec::new();
+    let mut steal = Map::new();
+    let mut core_speed = Map::new();
     let mut note_steal = |section: &str, m: &StealMeter| {
         let speed = host_core_gflops();
         println!(
@@ -299,9 +316,9 @@ fn main() -> AnyResult<()> {
             m.describe()
         );
         if let Some(p) = m.percent() {
-            steal.push(format!("\"{section}\":{p:.1}"));
+            steal.insert(section.to_string(), json!(rounded(p, 1)));
         }
-        core_speed.push(format!("\"{section}\":{speed:.2}"));
+        core_speed.insert(section.to_string(), json!(rounded(speed, 2)));
     };
     let t0 = Instant::now();
     let gpu = Gpu::new(vae_wgpu::GpuOptions::from_env()?)?;
@@ -327,12 +344,11 @@ fn main() -> AnyResult<()> {
     // On a CPU adapter the host CPU is the device: name it.
     let cpu = host_cpu();
     println!("host CPU: {cpu}");
-    json.push(format!(
-        "\"adapter\":\"{}\",\"host_cpu\":\"{cpu}\",\"matmul_strategy\":\"{strategy:?}\",\"subgroup_size\":{},\"pinned_worker_threads\":{}",
-        r.name,
-        r.subgroup_min_size,
-        r.pinned_worker_threads.len()
-    ));
+    json.insert("adapter".into(), json!(r.name));
+    json.insert("host_cpu".into(), json!(cpu));
+    json.insert("matmul_strategy".into(), json!(format!("{strategy:?}")));
+    json.insert("subgroup_size".into(), json!(r.subgroup_min_size));
+    json.insert("pinned_worker_threads".into(), json!(r.pinned_worker_threads.len()));
 
     let set = DatasetKind::Mnist.load_split(&DatasetKind::Mnist.default_dir(), true)?;
     let upload = |g: &Gpu| GpuDataset::upload(g, "train", &set.images, set.count, 784, set.labels.clone());
@@ -340,7 +356,7 @@ fn main() -> AnyResult<()> {
     // Start-up: device creation, then every pipeline a training run needs.
     let t1 = Instant::now();
     println!("model: {}", model_name.join(" "));
-    json.push(format!("\"model\":\"{}\"", model_name.join(" ")));
+    json.insert("model".into(), json!(model_name.join(" ")));
     let mut vae = Vae::new(&gpu, model_cfg.clone(), 1)?;
     let mut trainer = Trainer::new(&gpu, &vae, upload(&gpu)?, TrainConfig::default())?;
     let plan_s = t1.elapsed().as_secs_f64();
@@ -352,10 +368,8 @@ fn main() -> AnyResult<()> {
         pipelines,
         compile.as_secs_f64()
     );
-    json.push(format!(
-        "\"pipeline_compile_s\":{:.4},\"pipelines\":{pipelines}",
-        compile.as_secs_f64()
-    ));
+    json.insert("pipeline_compile_s".into(), json!(rounded(compile.as_secs_f64(), 4)));
+    json.insert("pipelines".into(), json!(pipelines));
 
     // Step structure.
     let before = gpu.traffic();
@@ -372,15 +386,18 @@ fn main() -> AnyResult<()> {
         per(after.submits, before.submits),
         per(after.readbacks, before.readbacks)
     );
-    json.push(format!(
-        "\"dispatches_per_step\":{},\"passes_per_step\":{},\"mirror_copies_per_step\":{},\"texture_mirrors\":\"{:?}\",\"submits_per_step\":{},\"readbacks_per_step\":{}",
-        per(after.dispatches, before.dispatches),
-        per(after.passes, before.passes),
-        per(after.copies, before.copies),
-        vae.texture_mirrors(),
-        per(after.submits, before.submits),
-        per(after.readbacks, before.readbacks)
-    ));
+    json.insert(
+        "dispatches_per_step".into(),
+        json!(per(after.dispatches, before.dispatches)),
+    );
+    json.insert("passes_per_step".into(), json!(per(after.passes, before.passes)));
+    json.insert("mirror_copies_per_step".into(), json!(per(after.copies, before.copies)));
+    json.insert("texture_mirrors".into(), json!(format!("{:?}", vae.texture_mirrors())));
+    json.insert("submits_per_step".into(), json!(per(after.submits, before.submits)));
+    json.insert(
+        "readbacks_per_step".into(),
+        json!(per(after.readbacks, before.readbacks)),
+    );
 
     // Resident memory against what the model needs.
     let live = gpu.memory.stats().live_bytes;
@@ -401,9 +418,9 @@ fn main() -> AnyResult<()> {
         need as f64 / 1e6,
         live as f64 / need as f64
     );
-    json.push(format!(
-        "\"resident_bytes\":{live},\"needed_bytes\":{need},\"mirror_bytes\":{mirrors}"
-    ));
+    json.insert("resident_bytes".into(), json!(live));
+    json.insert("needed_bytes".into(), json!(need));
+    json.insert("mirror_bytes".into(), json!(mirrors));
 
     // Per-dispatch GPU time at batch 128 (the 8 steps above were the warm-up).
     let meter = StealMeter::start();
@@ -454,7 +471,7 @@ fn main() -> AnyResult<()> {
             s.max * 1e3,
             rate
         );
-        rows.push(format!("{{\"dispatch\":\"{}\",\"ms\":{:.4}}}", d.label, s.median * 1e3));
+        rows.push(json!({"dispatch": d.label, "ms": rounded(s.median * 1e3, 4)}));
     }
     let step_wall = time_runs(repeats, || {
         let t = Instant::now();
@@ -467,12 +484,9 @@ fn main() -> AnyResult<()> {
         sum * 1e3,
         step_wall.median * 1e3
     );
-    json.push(format!(
-        "\"step_dispatches\":[{}],\"step_sum_ms\":{:.4},\"step_wall_ms\":{:.4}",
-        rows.join(","),
-        sum * 1e3,
-        step_wall.median * 1e3
-    ));
+    json.insert("step_dispatches".into(), json!(rows));
+    json.insert("step_sum_ms".into(), json!(rounded(sum * 1e3, 4)));
+    json.insert("step_wall_ms".into(), json!(rounded(step_wall.median * 1e3, 4)));
     note_steal("profile", &meter);
     drop(trainer);
 
@@ -500,9 +514,9 @@ fn main() -> AnyResult<()> {
             "  batch {b:>5}: {:>9.0} samples/s (min {:.0}, max {:.0})",
             s.median, s.min, s.max
         );
-        tput.push(format!("{{\"batch\":{b},\"samples_per_sec\":{:.1}}}", s.median));
+        tput.push(json!({"batch": b, "samples_per_sec": rounded(s.median, 1)}));
     }
-    json.push(format!("\"train_samples_per_sec\":[{}]", tput.join(",")));
+    json.insert("train_samples_per_sec".into(), json!(tput));
     note_steal("train", &meter);
 
     // Texture mirrors on and off, interleaved: on a shared host the load changes from minute to
@@ -528,7 +542,7 @@ fn main() -> AnyResult<()> {
             }
         }
     }
-    let mut ab = Vec::new();
+    let mut ab = Map::new();
     for (v, _, times) in pair {
         let s = stat(times);
         println!(
@@ -539,14 +553,12 @@ fn main() -> AnyResult<()> {
             128.0 / s.median,
             128.0 / s.min
         );
-        ab.push(format!(
-            "\"{:?}\":{{\"median_ms\":{:.3},\"min_ms\":{:.3}}}",
-            v.texture_mirrors(),
-            s.median * 1e3,
-            s.min * 1e3
-        ));
+        ab.insert(
+            format!("{:?}", v.texture_mirrors()),
+            json!({"median_ms": rounded(s.median * 1e3, 3), "min_ms": rounded(s.min * 1e3, 3)}),
+        );
     }
-    json.push(format!("\"mirrors_ab_step\":{{{}}}", ab.join(",")));
+    json.insert("mirrors_ab_step".into(), json!(ab));
     note_steal("mirrors_ab", &meter);
 
     // Inference throughput at batch 1024.
@@ -570,7 +582,7 @@ fn main() -> AnyResult<()> {
         denoise: 0.0,
     };
     let step = ops::StepBuffer::new(&gpu)?;
-    let mut inf = Vec::new();
+    let mut inf = Map::new();
     // Inference plans with and without texture mirrors: the weights' mirrors are filled once,
     // the activations' are refreshed by each plan (the input's too, as for a new batch).
     for policy in [TextureMirrors::None, TextureMirrors::Auto] {
@@ -610,10 +622,10 @@ fn main() -> AnyResult<()> {
             } else {
                 format!("{name}_mirrored")
             };
-            inf.push(format!("\"{key}\":{:.1}", s.median));
+            inf.insert(key, json!(rounded(s.median, 1)));
         }
     }
-    json.push(format!("\"inference_samples_per_sec\":{{{}}}", inf.join(",")));
+    json.insert("inference_samples_per_sec".into(), json!(inf));
     note_steal("inference", &meter);
 
     // Matmul at the default model's shapes (whatever --set benches) and 1024³, per strategy.
@@ -663,23 +675,20 @@ fn main() -> AnyResult<()> {
                 s.median * 1e3,
                 d.flops / s.median / 1e9
             );
-            mm.push(format!(
-                "{{\"shape\":\"{label}\",\"strategy\":\"{name}\",\"gflops\":{:.2}}}",
-                d.flops / s.median / 1e9
-            ));
+            mm.push(json!({"shape": label, "strategy": name, "gflops": rounded(d.flops / s.median / 1e9, 2)}));
         }
     }
-    json.push(format!("\"matmul\":[{}]", mm.join(",")));
+    json.insert("matmul".into(), json!(mm));
     note_steal("matmul", &meter);
     note_steal("whole_run", &whole_run);
-    json.push(format!("\"host_steal_percent\":{{{}}}", steal.join(",")));
-    json.push(format!("\"host_core_gflops\":{{{}}}", core_speed.join(",")));
+    json.insert("host_steal_percent".into(), json!(steal));
+    json.insert("host_core_gflops".into(), json!(core_speed));
     println!("\nper-dispatch times by {timed_by}; throughput by wall clock around synchronised submits.");
     println!("host steal: CPU time the hypervisor gave other guests; every figure above is slowed by it.");
 
-    if let Some(path) = json_path {
-        std::fs::write(&path, format!("{{{}}}\n", json.join(",")))?;
-        println!("wrote {path}");
+    if let Some(path) = cli.json {
+        std::fs::write(&path, serde_json::to_string(&json)? + "\n")?;
+        println!("wrote {}", path.display());
     }
     Ok(())
 }

@@ -2,8 +2,12 @@
 //! `cargo run --release --example explore -- --checkpoint FILE --out DIR [--data-dir DIR]
 //! [--eval-iw K]`. `--help` lists what it writes.
 
+mod common;
+
 use std::path::PathBuf;
 
+use clap::Parser;
+use serde::Serialize;
 use vae_wgpu::data::GpuDataset;
 use vae_wgpu::data::{DatasetKind, IMAGE_SIDE, NUM_CLASSES};
 use vae_wgpu::explore::{
@@ -12,22 +16,10 @@ use vae_wgpu::explore::{
 };
 use vae_wgpu::io::{read_safetensors, write_grid_png};
 use vae_wgpu::model::{Code, Vae};
-use vae_wgpu::train::Evaluator;
+use vae_wgpu::train::{rounded, Evaluator};
 use vae_wgpu::{Gpu, Result, VaeError};
 
-const HELP: &str = "explore: latent-space pictures and figures of a trained VAE
-
-USAGE: cargo run --release --example explore -- --checkpoint FILE --out DIR [FLAGS]
-
-  --checkpoint FILE   a checkpoint written by train_mnist
-  --out DIR           where the pictures go (created)
-  --data-dir DIR      the dataset's directory (default: the dataset the checkpoint names, in
-                      its default place)
-  --eval-iw K         importance samples for test_iw_nll (default 100, at most 32768)
-  --seed N            evaluation seed (default: the checkpoint's training seed, so test_loss
-                      repeats train_mnist's last figure; 1 if the checkpoint has none)
-
-Writes (28x28 cells, 2 px padding):
+const AFTER_HELP: &str = "Writes (28x28 cells, 2 px padding):
   reconstructions.png  8 chosen test images over their reconstructions
   interpolation.png    4 pairs of test images, each a linear then a spherical row of 10 steps
   arithmetic.png       10 test images (one per class), each: its decoding, then
@@ -50,51 +42,42 @@ first (one value for a one-layer VAE; null for autoencoders): a layer near 0 is 
 codes_used and code_perplexity (VQ-VAEs; null otherwise): how many codebook entries the test
 set's code vectors choose, and exp of the entropy of their frequencies.";
 
+/// Latent-space pictures and figures of a trained VAE, from its checkpoint.
+#[derive(Parser, Debug)]
+#[command(name = "explore", after_help = AFTER_HELP)]
 struct Args {
+    /// A checkpoint written by train_mnist
+    #[arg(long, value_name = "FILE")]
     checkpoint: PathBuf,
+    /// Where the pictures go (created)
+    #[arg(long, value_name = "DIR")]
     out: PathBuf,
+    /// The dataset's directory (default: the dataset the checkpoint names, in its default place)
+    #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Importance samples for test_iw_nll (at most 32768)
+    #[arg(long = "eval-iw", value_name = "K", default_value_t = 100, value_parser = common::samples)]
     iw_k: usize,
-    /// None: the seed the checkpoint was trained with.
+    /// Evaluation seed (default: the checkpoint's training seed, so test_loss repeats
+    /// train_mnist's last figure; 1 if the checkpoint has none)
+    #[arg(long, value_name = "N")]
     seed: Option<u64>,
 }
 
-fn parse_args() -> Result<Option<Args>> {
-    let (mut checkpoint, mut out, mut data_dir, mut iw_k, mut seed) = (None, None, None, 100usize, None);
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "--help" || flag == "-h" {
-            println!("{HELP}");
-            return Ok(None);
-        }
-        let v = it
-            .next()
-            .ok_or_else(|| VaeError::Config(format!("{flag} needs a value (see --help)")))?;
-        let num = |v: &str| -> Result<usize> {
-            v.parse()
-                .map_err(|_| VaeError::Config(format!("{flag} takes a whole number, got {v:?}")))
-        };
-        match flag.as_str() {
-            "--checkpoint" => checkpoint = Some(PathBuf::from(&v)),
-            "--out" => out = Some(PathBuf::from(&v)),
-            "--data-dir" => data_dir = Some(PathBuf::from(&v)),
-            "--eval-iw" => iw_k = num(&v)?,
-            "--seed" => seed = Some(num(&v)? as u64),
-            _ => return Err(VaeError::Config(format!("unknown flag {flag} (see --help)"))),
-        }
-    }
-    let checkpoint = checkpoint.ok_or_else(|| VaeError::Config("--checkpoint FILE is required".into()))?;
-    let out = out.ok_or_else(|| VaeError::Config("--out DIR is required".into()))?;
-    if iw_k == 0 {
-        return Err(VaeError::Config("--eval-iw needs K >= 1".into()));
-    }
-    Ok(Some(Args {
-        checkpoint,
-        out,
-        data_dir,
-        iw_k,
-        seed,
-    }))
+/// The line explore prints: its numbers, rounded as shown (null where they do not apply).
+#[derive(Serialize)]
+struct Report {
+    test_loss: Option<f64>,
+    test_iw_nll: Option<f64>,
+    iw_k: usize,
+    layer_kl: Option<Vec<Option<f64>>>,
+    codes_used: Option<usize>,
+    code_perplexity: Option<f64>,
+    probe_accuracy: Option<f64>,
+    bound_on: &'static str,
+    dataset: &'static str,
+    latent: usize,
+    seed: u64,
 }
 
 /// The first test example of each class (or the first examples, unlabelled).
@@ -107,6 +90,7 @@ fn one_per_class(labels: &[u8], classes: usize, fallback: usize) -> Vec<usize> {
         .collect()
 }
 
+/// Loads the checkpoint, evaluates it, draws the pictures and prints the report.
 fn run(args: Args) -> Result<()> {
     let (_, meta) = read_safetensors(&args.checkpoint)?;
     let get = |k: &str| meta.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
@@ -140,7 +124,15 @@ fn run(args: Args) -> Result<()> {
     // An autoencoder has no prior, so no importance-weighted bound.
     let (iw, layer_kl) = if cfg.is_vae() {
         (
-            Some(test_eval.iw_nll(&vae, seed, args.iw_k, binarize)?),
+            Some({
+                let bar = common::progress_bar(0, format!("IWAE K={}", args.iw_k));
+                let iw = test_eval.iw_nll(&vae, seed, args.iw_k, binarize, |done, total| {
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64)
+                })?;
+                bar.finish_and_clear();
+                iw
+            }),
             Some(test_eval.layer_kl(&vae, seed, binarize)?),
         )
     } else {
@@ -154,7 +146,17 @@ fn run(args: Args) -> Result<()> {
     let labelled = !test.labels.is_empty();
     let probe_accuracy = if cfg.classes == 0 && labelled {
         let train_means = train_eval.encode_means(&vae, seed)?;
-        let probe = LinearProbe::fit(&train_means, cfg.latent, &train.labels, NUM_CLASSES, 1e-4, 200)?;
+        let bar = common::progress_bar(200, "probe");
+        let probe = LinearProbe::fit_with_progress(
+            &train_means,
+            cfg.latent,
+            &train.labels,
+            NUM_CLASSES,
+            1e-4,
+            200,
+            |i, _| bar.set_position(i as u64),
+        )?;
+        bar.finish_and_clear();
         Some(probe.accuracy(&test_means, &test.labels))
     } else {
         None
@@ -215,47 +217,28 @@ fn run(args: Args) -> Result<()> {
     }
     eprintln!("wrote {} to {}", wrote.join(", "), args.out.display());
 
-    let bound = match (cfg.is_vae(), cfg.classes > 0) {
-        (false, _) if matches!(cfg.code, Code::Quantized { .. }) => "none (VQ-VAE)",
-        (false, _) => "none (autoencoder)",
-        (true, true) => "-log p(x|y)",
-        (true, false) => "-log p(x)",
+    let report = Report {
+        test_loss: rounded(stats.loss, 4),
+        test_iw_nll: iw.and_then(|v| rounded(v, 4)),
+        iw_k: args.iw_k,
+        layer_kl: layer_kl.map(|v| v.iter().map(|&k| rounded(k, 4)).collect()),
+        codes_used: usage.as_ref().map(|u| u.used),
+        code_perplexity: usage.as_ref().and_then(|u| rounded(u.perplexity, 2)),
+        probe_accuracy: probe_accuracy.and_then(|a| rounded(a, 4)),
+        bound_on: cfg.bound_on(),
+        dataset: dataset.name(),
+        latent: cfg.latent,
+        seed,
     };
-    let probe = probe_accuracy.map_or("null".to_string(), |a| format!("{a:.4}"));
-    let iw = iw.map_or("null".to_string(), |v| format!("{v:.4}"));
-    let layer_kl = layer_kl.map_or("null".to_string(), |v| {
-        format!(
-            "[{}]",
-            v.iter().map(|k| format!("{k:.4}")).collect::<Vec<_>>().join(",")
-        )
-    });
-    let (used, perplexity) = usage.map_or(("null".to_string(), "null".to_string()), |u| {
-        (u.used.to_string(), format!("{:.2}", u.perplexity))
-    });
     println!(
-        "{{\"test_loss\":{:.4},\"test_iw_nll\":{iw},\"iw_k\":{},\"layer_kl\":{layer_kl},\"codes_used\":{used},\"code_perplexity\":{perplexity},\"probe_accuracy\":{probe},\"bound_on\":\"{bound}\",\"dataset\":\"{}\",\"latent\":{},\"seed\":{seed}}}",
-        stats.loss,
-        args.iw_k,
-        dataset.name(),
-        cfg.latent
+        "{}",
+        serde_json::to_string(&report).map_err(|e| VaeError::Config(format!("writing the report: {e}")))?
     );
     Ok(())
 }
 
 fn main() {
-    let code = match parse_args() {
-        Ok(None) => 0,
-        Ok(Some(args)) => match run(args) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("error: {e}");
-                1
-            }
-        },
-        Err(e) => {
-            eprintln!("error: {e}");
-            2
-        }
-    };
-    std::process::exit(code);
+    if let Err(e) = run(Args::parse()) {
+        common::fail(&e, 1);
+    }
 }

@@ -3,7 +3,11 @@
 //! [--seed N] [--temperature T] [--class C]`. A conditional model draws class C, or (without
 //! --class) cycles through its classes, one per grid row of 8.
 
+mod common;
+
 use std::path::PathBuf;
+
+use clap::Parser;
 
 use vae_wgpu::data::IMAGE_SIDE;
 use vae_wgpu::infer::{decode_conditional, prior_latents};
@@ -11,57 +15,40 @@ use vae_wgpu::io::write_grid_png;
 use vae_wgpu::model::Vae;
 use vae_wgpu::{Gpu, Result, VaeError};
 
-const HELP: &str = "sample: new images from a trained VAE's prior
+/// New images from a trained VAE's prior, written as one PNG grid.
+#[derive(Parser, Debug)]
+#[command(name = "sample")]
+struct Args {
+    /// A checkpoint written by train_mnist
+    #[arg(long, value_name = "FILE")]
+    checkpoint: PathBuf,
+    /// The PNG to write, 8 images per row (its directory must exist)
+    #[arg(long, value_name = "FILE", default_value = "samples.png")]
+    out: PathBuf,
+    /// How many samples
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = common::positive)]
+    n: usize,
+    /// Seed of the prior draws
+    #[arg(long, value_name = "N", default_value_t = 7)]
+    seed: u64,
+    /// Scales the prior draws' noise: z ~ N(0, T²I); in a hierarchical VAE every layer's ε
+    #[arg(long, value_name = "T", default_value_t = 1.0, value_parser = common::positive_f32)]
+    temperature: f32,
+    /// Conditional models: draw class C (default: cycle through the classes, one per row)
+    #[arg(long, value_name = "C")]
+    class: Option<u8>,
+}
 
-USAGE: cargo run --release --example sample -- --checkpoint FILE [FLAGS]
-
-  --checkpoint FILE   a checkpoint written by train_mnist
-  --out FILE          the PNG to write, 8 images per row (default samples.png; its directory
-                      must exist)
-  --n N               how many samples (default 64)
-  --seed N            seed of the prior draws (default 7)
-  --temperature T     scales the prior draws' noise: z ~ N(0, T²I); in a hierarchical VAE
-                      every layer's ε (default 1)
-  --class C           conditional models: draw class C (default: cycle through the classes,
-                      one per row)";
-
-fn run() -> Result<()> {
-    let (mut checkpoint, mut out, mut n, mut seed, mut temperature) =
-        (None, PathBuf::from("samples.png"), 64usize, 7u64, 1.0f32);
-    let mut class: Option<u8> = None;
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "--help" || flag == "-h" {
-            println!("{HELP}");
-            return Ok(());
-        }
-        let v = it
-            .next()
-            .ok_or_else(|| VaeError::Config(format!("{flag} needs a value")))?;
-        let bad = |what: &str| VaeError::Config(format!("{flag} takes {what}, got {v:?}"));
-        match flag.as_str() {
-            "--checkpoint" => checkpoint = Some(PathBuf::from(&v)),
-            "--out" => out = PathBuf::from(&v),
-            "--n" => {
-                n = v
-                    .parse()
-                    .ok()
-                    .filter(|&n| n > 0)
-                    .ok_or_else(|| bad("a positive whole number"))?
-            }
-            "--seed" => seed = v.parse().map_err(|_| bad("a whole number"))?,
-            "--class" => class = Some(v.parse().map_err(|_| bad("a class number"))?),
-            "--temperature" => {
-                temperature = v
-                    .parse()
-                    .ok()
-                    .filter(|t: &f32| *t > 0.0)
-                    .ok_or_else(|| bad("a positive number"))?
-            }
-            _ => return Err(VaeError::Config(format!("unknown flag {flag} (see --help)"))),
-        }
-    }
-    let checkpoint = checkpoint.ok_or_else(|| VaeError::Config("--checkpoint FILE is required".into()))?;
+/// Draws the samples and writes the grid.
+fn run(args: Args) -> Result<()> {
+    let Args {
+        checkpoint,
+        out,
+        n,
+        seed,
+        temperature,
+        class,
+    } = args;
     let gpu = Gpu::new(vae_wgpu::GpuOptions::from_env()?)?;
     let vae = Vae::load(&gpu, &checkpoint)?;
     if !vae.config.is_vae() {
@@ -99,8 +86,7 @@ fn run() -> Result<()> {
 }
 
 fn main() {
-    if let Err(e) = run() {
-        eprintln!("error: {e}");
-        std::process::exit(1);
+    if let Err(e) = run(Args::parse()) {
+        common::fail(&e, 1);
     }
 }

@@ -1,84 +1,190 @@
-//! Trains a VAE on MNIST (or Fashion-MNIST) on the GPU and writes pictures, metrics and a
-//! checkpoint. `cargo run --release --example train_mnist -- --help` lists the flags.
+//! Trains a VAE on MNIST (or Fashion-MNIST, or binarized MNIST) on the GPU and writes pictures,
+//! metrics and a checkpoint. `cargo run --release --example train_mnist -- --help` lists the
+//! flags.
+
+mod common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use vae_wgpu::data::GpuDataset;
-use vae_wgpu::data::NUM_CLASSES;
-use vae_wgpu::data::{DatasetKind, MnistSet, IMAGE_SIDE};
+use clap::Parser;
+use vae_wgpu::data::{DatasetKind, GpuDataset, MnistSet, IMAGE_SIDE, NUM_CLASSES};
 use vae_wgpu::gpu::MatmulStrategy;
 use vae_wgpu::infer::{decode_conditional, prior_latents};
 use vae_wgpu::io::{read_safetensors, write_grid_png};
-use vae_wgpu::model::Likelihood;
-use vae_wgpu::model::{parse_hidden, parse_likelihood, parse_top, parse_variance, Code, TopLatent, Vae, VaeConfig};
-use vae_wgpu::train::{Evaluator, KlSchedule, TrainConfig, Trainer};
-use vae_wgpu::{Gpu, Result, VaeError};
+use vae_wgpu::model::{parse_hidden, parse_likelihood, parse_top, parse_variance, Code, Likelihood, TopLatent};
+use vae_wgpu::model::{Vae, VaeConfig};
+use vae_wgpu::train::{settings_json, EpochRecord, Evaluator, KlSchedule, TrainConfig, Trainer};
+use vae_wgpu::{Gpu, GpuOptions, Result, VaeError};
 
-const HELP: &str = "train_mnist: train a VAE (or an autoencoder) on MNIST on the GPU
+const AFTER_HELP: &str = "Writes to --out: metrics.jsonl (one JSON line per epoch, with the \
+epoch's last beta), run.json (configuration, adapter, matmul strategy), reconstructions.png, \
+samples.png (for a conditional model: one row per class), checkpoint.safetensors and \
+training_state.safetensors (Adam's moments and the step, for --resume). docs/cli.md describes \
+every flag and output.";
 
-USAGE: cargo run --release --example train_mnist -- [FLAGS]
+/// Train a VAE (or an autoencoder) on MNIST on the GPU.
+#[derive(Parser, Debug)]
+#[command(name = "train_mnist", after_help = AFTER_HELP)]
+struct Cli {
+    /// Epochs to train (in all, counting a resumed run's)
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = common::positive)]
+    epochs: usize,
+    /// Examples per step
+    #[arg(long, value_name = "N", default_value_t = 128, value_parser = common::positive)]
+    batch_size: usize,
+    /// Latent dimensions (even for a VAE)
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = common::positive)]
+    latent: usize,
+    /// Encoder hidden widths; the decoder mirrors them (empty: none)
+    #[arg(long, value_name = "N[,N...]", default_value = "400", value_parser = hidden)]
+    hidden: Hidden,
+    /// Adam learning rate
+    #[arg(long, value_name = "F", default_value_t = 1e-3, value_parser = common::positive_f32)]
+    lr: f32,
+    /// Seed for the initial weights, the example order and the device's draws
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    seed: u64,
+    /// Decoder likelihood: bernoulli, gaussian (fixed variance 1) or gaussian:C (variance C)
+    #[arg(long, value_name = "L", default_value = "bernoulli", value_parser = likelihood)]
+    likelihood: Likelihood,
+    /// A Gaussian decoder's variance: fixed:C, learned-global or learned-pixel (a learned
+    /// log-variance is floored at -6, sigma >= 0.05)
+    #[arg(long, value_name = "V", value_parser = variance)]
+    variance: Option<Likelihood>,
+    /// Weight of the KL term in training (beta-VAE for F > 1); the reported -ELBO always uses 1
+    #[arg(long, value_name = "F", default_value_t = 1.0, value_parser = common::non_negative)]
+    beta: f32,
+    /// KL annealing: beta(t) = beta * min(1, t/N) over global steps t
+    #[arg(long, value_name = "N", conflicts_with = "kl_cycles")]
+    kl_warmup: Option<u64>,
+    /// Cyclical annealing: M cycles over the run, beta rising over the first half of each
+    #[arg(long, value_name = "M", value_parser = cycles)]
+    kl_cycles: Option<u32>,
+    /// Monte Carlo samples of z per example in training (at most 32768)
+    #[arg(long, value_name = "L", default_value_t = 1, value_parser = common::samples)]
+    mc_samples: usize,
+    /// Conditional VAE: the one-hot label feeds encoder and decoder; the bound is then on
+    /// -log p(x|y)
+    #[arg(long)]
+    conditional: bool,
+    /// A deterministic code instead of a Gaussian posterior (no KL, no prior, no bound)
+    #[arg(long, conflicts_with_all = ["vq", "top", "eval_iw", "mc_samples", "beta", "kl_warmup", "kl_cycles"])]
+    autoencoder: bool,
+    /// With --autoencoder: L1 penalty F * sum |z| on the code (a sparse autoencoder)
+    #[arg(long, value_name = "F", requires = "autoencoder", value_parser = common::non_negative)]
+    l1: Option<f32>,
+    /// With --autoencoder: contractive penalty F * ||dz/dx||_F^2 (one relu hidden layer)
+    #[arg(long, value_name = "F", requires = "autoencoder", value_parser = common::non_negative)]
+    contractive: Option<f32>,
+    /// VQ-VAE: the code is G vectors (default G = latent), each replaced by its nearest of K
+    /// codebook entries
+    #[arg(
+        long,
+        value_name = "K[:G]",
+        value_parser = vq,
+        conflicts_with_all = ["top", "eval_iw", "mc_samples", "beta", "kl_warmup", "kl_cycles"]
+    )]
+    vq: Option<Vq>,
+    /// With --vq: weight of the commitment term
+    #[arg(long, value_name = "B", requires = "vq", value_parser = common::non_negative)]
+    commitment: Option<f32>,
+    /// With --vq: train the codebook by moving averages with decay G (e.g. 0.99) instead of by
+    /// its gradient
+    #[arg(long, value_name = "G", requires = "vq", value_parser = decay)]
+    vq_ema: Option<f32>,
+    /// Hierarchical VAE: stochastic layers above z, each Z:H (latent size, hidden width), up to 8
+    #[arg(long, value_name = "Z2:H2[,Z3:H3...]", value_parser = top)]
+    top: Option<Top>,
+    /// Denoising: zero each input pixel with probability P in training (0 <= P < 1)
+    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = probability)]
+    denoise: f32,
+    /// The dataset: mnist, fashion-mnist or binarized-mnist
+    #[arg(long, value_name = "D", default_value = "mnist", value_parser = dataset)]
+    dataset: DatasetKind,
+    /// Directory with the dataset's files (default: the dataset's own)
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Train on the first N training images
+    #[arg(long, value_name = "N", value_parser = common::positive)]
+    limit_train: Option<usize>,
+    /// Drop the last partial batch of each epoch
+    #[arg(long)]
+    drop_last: bool,
+    /// Binarization of the training pixels: dynamic (resampled each step) or none
+    #[arg(long, value_name = "MODE", default_value = "none", value_parser = ["dynamic", "none"])]
+    binarize: String,
+    /// Output directory (default runs/<unix time>)
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Continue the run in DIR up to --epochs in all; pass the run's own flags
+    #[arg(long, value_name = "DIR")]
+    resume: Option<PathBuf>,
+    /// After the last epoch, estimate the test -log p(x) with K importance samples
+    #[arg(long, value_name = "K", value_parser = common::samples)]
+    eval_iw: Option<usize>,
+}
 
-  --epochs N              epochs (default 10)
-  --batch-size N          examples per step (default 128)
-  --latent N              latent dimensions (default 20; even for a VAE)
-  --hidden N[,N...]       encoder hidden widths, decoder mirrors them (default 400)
-  --lr F                  Adam learning rate (default 1e-3)
-  --seed N                seed for init, shuffles and the device RNG (default 1)
-  --likelihood L          bernoulli | gaussian (fixed variance 1.0) | gaussian:C (variance C)
-  --variance V            Gaussian decoder variance: fixed:C (C the variance, default fixed:1),
-                          learned-global (one learned log c) or learned-pixel (one per pixel);
-                          a learned log c is floored at -6 (sigma >= 0.05)
-  --beta F                weight of the KL term in training (default 1; beta-VAE for F > 1);
-                          the reported -ELBO always uses beta = 1
-  --kl-warmup N           KL annealing: beta(t) = beta * min(1, t / N) over global steps t
-  --kl-cycles M           cyclical annealing: M cycles over the run, beta rising linearly over
-                          the first half of each and held over the second
-  --mc-samples L          Monte Carlo samples of z per example in training (default 1, at
-                          most 32768)
-  --conditional           conditional VAE: the one-hot label feeds encoder and decoder; the
-                          bound reported is then on -log p(x|y)
-  --autoencoder           a deterministic code instead of a Gaussian posterior (no KL, no
-                          prior: no samples.png, no --eval-iw, --mc-samples 1, no beta)
-  --l1 F                  with --autoencoder: L1 penalty F * sum |z| on the code (sparse
-                          autoencoder; default 0), reported in the *_kl columns
-  --contractive F         with --autoencoder: contractive penalty F * ||dz/dx||_F^2 (one hidden
-                          layer, relu or leakyrelu; default 0), reported in the *_kl columns
-  --vq K[:G]              VQ-VAE: the code is G vectors (default G = latent, one value each),
-                          each replaced by its nearest of K learned codebook entries; the
-                          decoder's gradient passes straight through (no prior: as
-                          --autoencoder, no samples.png and no --eval-iw)
-  --commitment B          with --vq: weight of the commitment term (default 0.25)
-  --vq-ema G              with --vq: train the codebook by exponential moving averages of the
-                          vectors assigned to each entry (decay G, e.g. 0.99) instead of by
-                          its gradient (the codebook term then only reported)
-  --top Z2:H2[,Z3:H3...]  hierarchical VAE: a second stochastic layer z2 (Z2 dimensions) above
-                          z, with q(z2|z) and the learned prior p(z|z2) each one hidden layer
-                          of H2 units; more layers z3, ... stack the same way above z2, up to 8
-                          layers above z (z2..z9; with --conditional every such network also
-                          takes the label)
-  --denoise P             denoising: zero each input pixel with probability P in training
-                          (0 <= P < 1); the target stays the clean image
-  --dataset D             mnist | fashion-mnist | binarized-mnist (default mnist); binarized
-                          MNIST is read from binarized_mnist_{train,test}.amat[.gz]
-  --data-dir DIR          directory with the dataset's files (default: the dataset's own)
-  --limit-train N         train on the first N training images
-  --drop-last             drop the last partial batch of each epoch
-  --binarize dynamic      resample binary pixels with probability = grey level each step
-  --out DIR               output directory (default runs/<unix time>)
-  --resume DIR            continue the run in DIR (its checkpoint and training state) up to
-                          --epochs in all; pass the run's own flags (they are checked
-                          against its record), its outputs are updated in place
-  --eval-iw K             after the last epoch, estimate test -log p(x) with K importance samples
-                          (at most 32768)
-  --help                  this text
+/// Hidden widths.
+#[derive(Clone, Debug)]
+struct Hidden(Vec<usize>);
+/// Upper stochastic layers.
+#[derive(Clone, Debug)]
+struct Top(Vec<TopLatent>);
+/// A codebook of K entries for G vectors (None: one vector per latent value).
+#[derive(Clone, Copy, Debug)]
+struct Vq {
+    codes: usize,
+    groups: Option<usize>,
+}
 
-Writes to --out: metrics.jsonl (one line per epoch, with the epoch's last beta), run.json
-(configuration, adapter, matmul strategy), reconstructions.png, samples.png (for a
-conditional model: one row per class), checkpoint.safetensors and training_state.safetensors
-(Adam's moments and the step, for --resume).";
+fn hidden(s: &str) -> std::result::Result<Hidden, String> {
+    parse_hidden(s).map(Hidden).map_err(|e| common::explain(&e))
+}
+fn top(s: &str) -> std::result::Result<Top, String> {
+    parse_top(s).map(Top).map_err(|e| common::explain(&e))
+}
+fn likelihood(s: &str) -> std::result::Result<Likelihood, String> {
+    parse_likelihood(s).map_err(|e| common::explain(&e))
+}
+fn variance(s: &str) -> std::result::Result<Likelihood, String> {
+    parse_variance(s).map_err(|e| common::explain(&e))
+}
+fn dataset(s: &str) -> std::result::Result<DatasetKind, String> {
+    DatasetKind::parse(s).map_err(|e| common::explain(&e))
+}
+fn cycles(s: &str) -> std::result::Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(0) => Err("must be at least 1 (omit it for a constant KL weight)".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{s:?} is not a whole number")),
+    }
+}
+fn probability(s: &str) -> std::result::Result<f32, String> {
+    s.parse::<f32>()
+        .ok()
+        .filter(|v| (0.0..1.0).contains(v))
+        .ok_or_else(|| format!("{s:?} is not a probability in [0, 1)"))
+}
+fn decay(s: &str) -> std::result::Result<f32, String> {
+    s.parse::<f32>()
+        .ok()
+        .filter(|v| *v > 0.0 && *v < 1.0)
+        .ok_or_else(|| format!("{s:?} is not a decay in (0, 1)"))
+}
+fn vq(s: &str) -> std::result::Result<Vq, String> {
+    let (k, g) = match s.split_once(':') {
+        Some((k, g)) => (k, Some(g)),
+        None => (s, None),
+    };
+    Ok(Vq {
+        codes: common::positive(k)?,
+        groups: g.map(common::positive).transpose()?,
+    })
+}
 
+/// What a run needs, from the command line.
 struct Args {
     epochs: usize,
     train: TrainConfig,
@@ -88,246 +194,83 @@ struct Args {
     limit_train: Option<usize>,
     out: Option<PathBuf>,
     eval_iw: Option<usize>,
-    variance: Option<Likelihood>,
-    kl_warmup: Option<u64>,
-    kl_cycles: Option<u32>,
-    autoencoder: bool,
-    l1: Option<f32>,
-    contractive: Option<f32>,
-    vq: Option<(usize, Option<usize>)>,
-    commitment: Option<f32>,
     resume: Option<PathBuf>,
-    top: Vec<TopLatent>,
 }
 
-fn parse_args() -> Result<Option<Args>> {
-    let mut a = Args {
-        epochs: 10,
-        train: TrainConfig::default(),
-        model: VaeConfig::default(),
-        dataset: DatasetKind::Mnist,
-        data_dir: None,
-        limit_train: None,
-        out: None,
-        eval_iw: None,
-        variance: None,
-        kl_warmup: None,
-        kl_cycles: None,
-        autoencoder: false,
-        l1: None,
-        contractive: None,
-        vq: None,
-        commitment: None,
-        resume: None,
-        top: Vec::new(),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "--help" || flag == "-h" {
-            println!("{HELP}");
-            return Ok(None);
-        }
-        if flag == "--drop-last" {
-            a.train.drop_last = true;
-            continue;
-        }
-        if flag == "--conditional" {
-            a.model.classes = NUM_CLASSES;
-            continue;
-        }
-        if flag == "--autoencoder" {
-            a.autoencoder = true;
-            continue;
-        }
-        let value = it
-            .next()
-            .ok_or_else(|| VaeError::Config(format!("{flag} needs a value (see --help)")))?;
-        let num = |v: &str| -> Result<usize> {
-            v.parse()
-                .map_err(|_| VaeError::Config(format!("{flag} takes a whole number, got {v:?}")))
+impl Cli {
+    /// The run's configuration, checked by the library before anything is written.
+    fn into_args(self) -> Result<Args> {
+        let mut model = VaeConfig {
+            hidden: self.hidden.0,
+            latent: self.latent,
+            likelihood: self.likelihood,
+            classes: if self.conditional { NUM_CLASSES } else { 0 },
+            ..Default::default()
         };
-        match flag.as_str() {
-            "--epochs" => a.epochs = num(&value)?,
-            "--batch-size" => a.train.batch_size = num(&value)?,
-            "--latent" => a.model.latent = num(&value)?,
-            "--hidden" => a.model.hidden = parse_hidden(&value)?,
-            "--lr" => {
-                a.train.adam.lr = value
-                    .parse()
-                    .ok()
-                    .filter(|v: &f32| *v > 0.0 && v.is_finite())
-                    .ok_or_else(|| VaeError::Config(format!("--lr takes a positive number, got {value:?}")))?
+        if let Some(v) = self.variance {
+            if matches!(model.likelihood, Likelihood::Bernoulli) {
+                return Err(VaeError::Config(
+                    "--variance applies to a Gaussian decoder; add --likelihood gaussian".into(),
+                ));
             }
-            "--seed" => a.train.seed = num(&value)? as u64,
-            "--beta" => {
-                a.train.beta = value
-                    .parse()
-                    .ok()
-                    .filter(|v: &f32| *v >= 0.0 && v.is_finite())
-                    .ok_or_else(|| VaeError::Config(format!("--beta takes a number >= 0, got {value:?}")))?
-            }
-            "--kl-warmup" => a.kl_warmup = Some(num(&value)? as u64),
-            "--kl-cycles" => a.kl_cycles = Some(num(&value)? as u32),
-            "--mc-samples" => a.train.mc_samples = num(&value)?,
-            "--l1" => {
-                a.l1 = Some(
-                    value
-                        .parse()
-                        .ok()
-                        .filter(|v: &f32| *v >= 0.0 && v.is_finite())
-                        .ok_or_else(|| VaeError::Config(format!("--l1 takes a number >= 0, got {value:?}")))?,
-                )
-            }
-            "--vq" => {
-                let (k, g) = match value.split_once(':') {
-                    Some((k, g)) => (num(k)?, Some(num(g)?)),
-                    None => (num(&value)?, None),
-                };
-                a.vq = Some((k, g));
-            }
-            "--commitment" => {
-                a.commitment = Some(
-                    value
-                        .parse()
-                        .ok()
-                        .filter(|v: &f32| *v >= 0.0 && v.is_finite())
-                        .ok_or_else(|| VaeError::Config(format!("--commitment takes a number >= 0, got {value:?}")))?,
-                )
-            }
-            "--contractive" => {
-                a.contractive = Some(
-                    value
-                        .parse()
-                        .ok()
-                        .filter(|v: &f32| *v >= 0.0 && v.is_finite())
-                        .ok_or_else(|| VaeError::Config(format!("--contractive takes a number >= 0, got {value:?}")))?,
-                )
-            }
-            "--denoise" => {
-                a.train.denoise = value
-                    .parse()
-                    .ok()
-                    .filter(|v: &f32| (0.0..1.0).contains(v))
-                    .ok_or_else(|| {
-                        VaeError::Config(format!("--denoise takes a probability in [0, 1), got {value:?}"))
-                    })?
-            }
-            "--variance" => a.variance = Some(parse_variance(&value)?),
-            "--likelihood" => a.model.likelihood = parse_likelihood(&value)?,
-            "--dataset" => a.dataset = DatasetKind::parse(&value)?,
-            "--data-dir" => a.data_dir = Some(PathBuf::from(value)),
-            "--limit-train" => a.limit_train = Some(num(&value)?),
-            "--out" => a.out = Some(PathBuf::from(value)),
-            "--resume" => a.resume = Some(PathBuf::from(value)),
-            "--eval-iw" => a.eval_iw = Some(num(&value)?),
-            "--top" => a.top = parse_top(&value)?,
-            "--vq-ema" => {
-                a.train.vq_ema = Some(
-                    value
-                        .parse()
-                        .ok()
-                        .filter(|v: &f32| *v > 0.0 && *v < 1.0)
-                        .ok_or_else(|| VaeError::Config(format!("--vq-ema takes a decay in (0, 1), got {value:?}")))?,
-                )
-            }
-            "--binarize" => match value.as_str() {
-                "dynamic" => a.train.binarize = true,
-                "none" => a.train.binarize = false,
-                _ => {
-                    return Err(VaeError::Config(format!(
-                        "--binarize takes dynamic or none, got {value:?}"
-                    )))
-                }
-            },
-            _ => return Err(VaeError::Config(format!("unknown flag {flag} (see --help)"))),
+            model.likelihood = v;
         }
-    }
-    if a.epochs == 0 || a.train.batch_size == 0 || a.train.mc_samples == 0 {
-        return Err(VaeError::Config(
-            "--epochs, --batch-size and --mc-samples must be at least 1".into(),
-        ));
-    }
-    if let Some(v) = a.variance {
-        if matches!(a.model.likelihood, Likelihood::Bernoulli) {
-            return Err(VaeError::Config(
-                "--variance applies to a Gaussian decoder; add --likelihood gaussian".into(),
-            ));
-        }
-        a.model.likelihood = v;
-    }
-    if a.model.classes > 0 && !a.dataset.has_labels() {
-        return Err(VaeError::Config(format!(
-            "--conditional needs class labels, and {} has none",
-            a.dataset.name()
-        )));
-    }
-    a.train.kl_schedule = KlSchedule::parse(a.kl_warmup, a.kl_cycles)?;
-    if a.autoencoder && a.vq.is_some() {
-        return Err(VaeError::Config(
-            "--autoencoder and --vq are two different codes; pick one".into(),
-        ));
-    }
-    if a.train.vq_ema.is_some() && a.vq.is_none() {
-        return Err(VaeError::Config(
-            "--vq-ema trains a VQ-VAE's codebook; add --vq K".into(),
-        ));
-    }
-    if a.commitment.is_some() && a.vq.is_none() {
-        return Err(VaeError::Config(
-            "--commitment weighs a VQ-VAE's commitment term; add --vq K".into(),
-        ));
-    }
-    if a.autoencoder || a.vq.is_some() {
-        let vae_only = [
-            (a.eval_iw.is_some(), "--eval-iw"),
-            (a.train.mc_samples != 1, "--mc-samples"),
-            (a.train.beta != 1.0, "--beta"),
-            (a.train.kl_schedule != KlSchedule::Constant, "--kl-warmup/--kl-cycles"),
-        ];
-        if let Some((_, flag)) = vae_only.iter().find(|(set, _)| *set) {
+        if self.conditional && !self.dataset.has_labels() {
             return Err(VaeError::Config(format!(
-                "{flag} applies to a VAE; an autoencoder or a VQ-VAE has a deterministic code and no KL term"
+                "--conditional needs class labels, and {} has none",
+                self.dataset.name()
             )));
         }
-        a.model.code = match a.vq {
-            Some((codes, groups)) => Code::Quantized {
-                codes,
-                groups: groups.unwrap_or(a.model.latent),
-                commitment: a.commitment.unwrap_or(0.25),
+        model.code = match (self.autoencoder, self.vq, self.top) {
+            (true, _, _) => Code::Deterministic {
+                l1: self.l1.unwrap_or(0.0),
+                contractive: self.contractive.unwrap_or(0.0),
             },
-            None => Code::Deterministic {
-                l1: a.l1.unwrap_or(0.0),
-                contractive: a.contractive.unwrap_or(0.0),
+            (_, Some(vq), _) => Code::Quantized {
+                codes: vq.codes,
+                groups: vq.groups.unwrap_or(self.latent),
+                commitment: self.commitment.unwrap_or(0.25),
             },
+            (_, _, Some(top)) => Code::Hierarchical(top.0),
+            _ => Code::Gaussian,
         };
-        if a.vq.is_some() && (a.l1.is_some() || a.contractive.is_some()) {
-            return Err(VaeError::Config(
-                "--l1 and --contractive apply to --autoencoder, not --vq".into(),
-            ));
+        let train = TrainConfig {
+            batch_size: self.batch_size,
+            adam: vae_wgpu::train::AdamConfig {
+                lr: self.lr,
+                ..Default::default()
+            },
+            seed: self.seed,
+            drop_last: self.drop_last,
+            binarize: self.binarize == "dynamic",
+            mc_samples: self.mc_samples,
+            denoise: self.denoise,
+            beta: self.beta,
+            kl_schedule: KlSchedule::parse(self.kl_warmup, self.kl_cycles)?,
+            epochs: self.epochs,
+            vq_ema: self.vq_ema,
+        };
+        if let (Some(r), Some(o)) = (&self.resume, &self.out) {
+            if r != o {
+                return Err(VaeError::Config(
+                    "--resume DIR writes into DIR; drop --out or make it the same directory".into(),
+                ));
+            }
         }
-    } else if a.l1.is_some() || a.contractive.is_some() {
-        return Err(VaeError::Config(
-            "--l1 and --contractive penalise an autoencoder's code; add --autoencoder".into(),
-        ));
+        model.validate()?;
+        train.validate(&model)?;
+        Ok(Args {
+            epochs: self.epochs,
+            train,
+            model,
+            dataset: self.dataset,
+            data_dir: self.data_dir,
+            limit_train: self.limit_train,
+            out: self.out,
+            eval_iw: self.eval_iw,
+            resume: self.resume,
+        })
     }
-    if !a.top.is_empty() {
-        if a.autoencoder || a.vq.is_some() {
-            return Err(VaeError::Config(
-                "--autoencoder/--vq is not available with --top: the hierarchical VAE has Gaussian codes and a prior"
-                    .into(),
-            ));
-        }
-        a.model.code = Code::Hierarchical(a.top.clone());
-    }
-    if let (Some(r), Some(o)) = (&a.resume, &a.out) {
-        if r != o {
-            return Err(VaeError::Config(
-                "--resume DIR writes into DIR; drop --out or make it the same directory".into(),
-            ));
-        }
-    }
-    a.model.validate()?;
-    Ok(Some(a))
 }
 
 fn fresh_run_dir() -> PathBuf {
@@ -344,24 +287,6 @@ fn fresh_run_dir() -> PathBuf {
     dir
 }
 
-fn progress_bar(epoch: usize, done: usize, total: usize, t0: Instant) {
-    // Throttled to ~50 redraws per epoch; counts submitted steps, never waits for the GPU.
-    if done != total && !done.is_multiple_of((total / 50).max(1)) {
-        return;
-    }
-    let width = 30;
-    let filled = done * width / total.max(1);
-    let bar: String = "#".repeat(filled) + &".".repeat(width - filled);
-    eprint!(
-        "\repoch {epoch:>3} [{bar}] {done}/{total} steps {:.1}s",
-        t0.elapsed().as_secs_f64()
-    );
-    if done == total {
-        eprint!("\r{}\r", " ".repeat(60));
-    }
-    let _ = std::io::stderr().flush();
-}
-
 fn append_line(path: &Path, line: &str) -> Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .create(true)
@@ -371,31 +296,9 @@ fn append_line(path: &Path, line: &str) -> Result<()> {
     writeln!(f, "{line}").map_err(|e| VaeError::io(path, e))
 }
 
-/// A JSON string literal.
-fn json_str(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-fn json_num(v: f64) -> String {
-    if v.is_finite() {
-        format!("{v:.6}")
-    } else {
-        "null".into()
-    }
-}
-
+/// Trains, evaluates and writes the run's files.
 fn run(args: Args) -> Result<()> {
-    let gpu = Gpu::new(vae_wgpu::GpuOptions::from_env()?)?;
+    let gpu = Gpu::new(GpuOptions::from_env()?)?;
     let r = gpu.report();
     println!(
         "adapter: {} | backend {:?} | driver {}",
@@ -408,9 +311,6 @@ fn run(args: Args) -> Result<()> {
     let test: MnistSet = args.dataset.load_split(&dir, false)?;
     let d = IMAGE_SIDE * IMAGE_SIDE;
     let n_train = args.limit_train.map_or(train.count, |n| n.min(train.count));
-    if n_train == 0 {
-        return Err(VaeError::Config("--limit-train must be at least 1".into()));
-    }
     println!(
         "dataset: {} from {} | train {} | test {}",
         args.dataset.name(),
@@ -435,12 +335,12 @@ fn run(args: Args) -> Result<()> {
         args.model.input_dim,
         args.model.hidden,
         args.model.latent,
-        match args.model.code {
+        match &args.model.code {
             Code::Gaussian | Code::Hierarchical(_) => "(mu, log var)".to_string(),
-            Code::Deterministic { l1, contractive } => {
+            &Code::Deterministic { l1, contractive } => {
                 format!("(deterministic code, L1 {l1}, contractive {contractive})")
             }
-            Code::Quantized {
+            &Code::Quantized {
                 codes,
                 groups,
                 commitment,
@@ -503,7 +403,7 @@ fn run(args: Args) -> Result<()> {
             "binarize".to_string(),
             if args.train.binarize { "dynamic" } else { "none" }.to_string(),
         ),
-        ("bound".to_string(), bound_name(&args.model).to_string()),
+        ("bound".to_string(), args.model.bound_on().to_string()),
         ("adapter".to_string(), r.name.clone()),
         ("driver".to_string(), r.driver.trim().to_string()),
         (
@@ -524,17 +424,10 @@ fn run(args: Args) -> Result<()> {
             format!("{:?}", vae.texture_mirrors()).to_lowercase(),
         ),
     ]);
-    let run_json = format!(
-        "{{{}}}\n",
-        run_meta
-            .iter()
-            .map(|(k, v)| format!("{}:{}", json_str(k), json_str(v)))
-            .collect::<Vec<_>>()
-            .join(",")
-    );
+    let run_json = settings_json(&run_meta)? + "\n";
     let run_path = out_dir.join("run.json");
     std::fs::write(&run_path, run_json).map_err(|e| VaeError::io(&run_path, e))?;
-    let bound = bound_name(&args.model);
+    let bound = args.model.bound_on();
     let (loss_name, kl_name) = if args.model.is_vae() {
         ("-ELBO", "KL")
     } else {
@@ -575,23 +468,27 @@ fn run(args: Args) -> Result<()> {
     }
     let run_start = Instant::now();
     for epoch in (trainer.epoch as usize + 1)..=args.epochs {
-        let t0 = Instant::now();
-        let rep = trainer.train_epoch(|done, total| progress_bar(epoch, done, total, t0))?;
+        let bar = common::progress_bar(trainer.steps_per_epoch() as u64, format!("epoch {epoch:>3}"));
+        let rep = trainer.train_epoch(|done, _| bar.set_position(done as u64))?;
+        bar.finish_and_clear();
         let test_stats = evaluator.elbo(&vae, args.train.seed, args.train.binarize)?;
         let elapsed = run_start.elapsed().as_secs_f64();
-        let mut line = format!(
-            "{{\"epoch\":{epoch},\"train_loss\":{},\"train_recon\":{},\"train_kl\":{},\"test_loss\":{},\"test_recon\":{},\"test_kl\":{},\"beta\":{},\"bound_on\":{},\"samples_per_sec\":{},\"elapsed_s\":{}",
-            json_num(rep.train.loss),
-            json_num(rep.train.recon),
-            json_num(rep.train.kl),
-            json_num(test_stats.loss),
-            json_num(test_stats.recon),
-            json_num(test_stats.kl),
-            json_num(rep.beta as f64),
-            json_str(bound),
-            json_num(rep.samples_per_sec),
-            json_num(elapsed)
-        );
+        let mut record = EpochRecord {
+            epoch: epoch as u64,
+            train_loss: rep.train.loss,
+            train_recon: rep.train.recon,
+            train_kl: rep.train.kl,
+            test_loss: test_stats.loss,
+            test_recon: test_stats.recon,
+            test_kl: test_stats.kl,
+            beta: rep.beta as f64,
+            bound_on: bound.to_string(),
+            samples_per_sec: rep.samples_per_sec,
+            elapsed_s: elapsed,
+            test_layer_kl: None,
+            test_iw_nll: None,
+            iw_k: None,
+        };
         println!(
             "epoch {epoch:>3} | beta {:.3} | train {loss_name} {:.2} (recon {:.2} + {kl_name} {:.2}) | test {loss_name} {:.2} {bound_note} | {:.0} samples/s | {:.1}s",
             rep.beta, rep.train.loss, rep.train.recon, rep.train.kl, test_stats.loss, rep.samples_per_sec, elapsed
@@ -606,18 +503,22 @@ fn run(args: Args) -> Result<()> {
                 .map(|(i, k)| format!("z{} {k:.2}", i + 1))
                 .collect();
             println!("test KL per layer: {}", shown.join(", "));
-            let values: Vec<String> = layers.iter().map(|&k| json_num(k)).collect();
-            line.push_str(&format!(",\"test_layer_kl\":[{}]", values.join(",")));
+            record.test_layer_kl = Some(layers);
         }
         if epoch == args.epochs {
             if let Some(k) = args.eval_iw {
-                let iw = evaluator.iw_nll(&vae, args.train.seed, k, args.train.binarize)?;
+                let bar = common::progress_bar(0, format!("IWAE K={k}"));
+                let iw = evaluator.iw_nll(&vae, args.train.seed, k, args.train.binarize, |done, total| {
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64)
+                })?;
+                bar.finish_and_clear();
                 println!("test {bound} (importance weighted, K = {k}): {iw:.2}");
-                line.push_str(&format!(",\"test_iw_nll\":{},\"iw_k\":{k}", json_num(iw)));
+                record.test_iw_nll = Some(iw);
+                record.iw_k = Some(k);
             }
         }
-        line.push('}');
-        append_line(&metrics, &line)?;
+        append_line(&metrics, &record.to_line()?)?;
         let mut meta = ckpt_meta.clone();
         meta.push(("epoch".to_string(), epoch.to_string()));
         meta.push(("step".to_string(), trainer.step.to_string()));
@@ -742,42 +643,18 @@ fn resume_run(
     let text = std::fs::read_to_string(metrics).unwrap_or_default();
     let kept: Vec<&str> = text
         .lines()
-        .filter(|l| {
-            l.strip_prefix("{\"epoch\":")
-                .and_then(|r| r.split(',').next())
-                .and_then(|n| n.parse::<u64>().ok())
-                .is_some_and(|n| n <= trainer.epoch)
-        })
+        .filter(|l| EpochRecord::from_line(l).is_ok_and(|r| r.epoch <= trainer.epoch))
         .collect();
     let body: String = kept.iter().map(|l| format!("{l}\n")).collect();
     std::fs::write(metrics, body).map_err(|e| VaeError::io(metrics, e))
 }
 
-/// What the reported loss is a bound on: −log p(x), −log p(x|y), or nothing (an autoencoder's
-/// loss is its reconstruction NLL plus the code's penalty).
-fn bound_name(model: &VaeConfig) -> &'static str {
-    match (model.is_vae(), model.classes > 0) {
-        (false, _) if matches!(model.code, Code::Quantized { .. }) => "none (VQ-VAE)",
-        (false, _) => "none (autoencoder)",
-        (true, true) => "-log p(x|y)",
-        (true, false) => "-log p(x)",
-    }
-}
-
 fn main() {
-    let code = match parse_args() {
-        Ok(None) => 0,
-        Ok(Some(args)) => match run(args) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("error: {e}");
-                1
-            }
-        },
-        Err(e) => {
-            eprintln!("error: {e}");
-            2
-        }
+    let args = match Cli::parse().into_args() {
+        Ok(a) => a,
+        Err(e) => common::fail(&e, 2),
     };
-    std::process::exit(code);
+    if let Err(e) = run(args) {
+        common::fail(&e, 1);
+    }
 }

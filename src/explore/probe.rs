@@ -154,7 +154,7 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 ///
 /// Armijo backtracking alone suffices here: the objective is convex, so every step keeps
 /// `s·y ≥ 0` and the curvature pairs stay usable without a Wolfe search.
-fn lbfgs(obj: &Objective, w: &mut [f64], iterations: usize) -> Vec<f64> {
+fn lbfgs(obj: &Objective, w: &mut [f64], iterations: usize, mut progress: impl FnMut(usize, usize)) -> Vec<f64> {
     let size = w.len();
     let mut g = vec![0.0; size];
     let mut f = obj.loss_grad(w, &mut g);
@@ -163,7 +163,8 @@ fn lbfgs(obj: &Objective, w: &mut [f64], iterations: usize) -> Vec<f64> {
     let (mut w_new, mut g_new, mut d) = (vec![0.0; size], vec![0.0; size], vec![0.0; size]);
     let mut alpha = [0.0; LBFGS_MEMORY];
 
-    for _ in 0..iterations {
+    for it in 0..iterations {
+        progress(it, iterations);
         if g.iter().all(|v| v.abs() <= GRAD_TOL) {
             break;
         }
@@ -255,6 +256,20 @@ impl LinearProbe {
         l2: f64,
         iterations: usize,
     ) -> Result<LinearProbe> {
+        Self::fit_with_progress(x, dim, labels, classes, l2, iterations, |_, _| {})
+    }
+
+    /// [`LinearProbe::fit`], calling `progress(iteration, iterations)` before each L-BFGS step
+    /// (the fit may stop before the last).
+    pub fn fit_with_progress(
+        x: &[f32],
+        dim: usize,
+        labels: &[u8],
+        classes: usize,
+        l2: f64,
+        iterations: usize,
+        progress: impl FnMut(usize, usize),
+    ) -> Result<LinearProbe> {
         if dim == 0 {
             return Err(VaeError::Shape(
                 "a linear probe needs inputs of dimension at least 1".into(),
@@ -337,7 +352,7 @@ impl LinearProbe {
             l2,
         };
         let mut weights = vec![0.0f64; (dim + 1) * classes];
-        let history = lbfgs(&obj, &mut weights, iterations);
+        let history = lbfgs(&obj, &mut weights, iterations, progress);
         Ok(LinearProbe {
             weights,
             dim,

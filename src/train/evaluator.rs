@@ -88,7 +88,8 @@ impl<'g> Evaluator<'g> {
 
     /// Runs the evaluation plans of `ws` over the dataset in batches of `ws.batch` (the last
     /// one partial), the draws keyed by `seed`, and calls `after(rows)` once each batch's
-    /// results are in `ws` (waiting for the device: evaluation reads back per batch).
+    /// results are in `ws` (waiting for the device: evaluation reads back per batch), then
+    /// `progress(batches done, batches)`.
     fn run_batches(
         &self,
         vae: &Vae,
@@ -96,6 +97,7 @@ impl<'g> Evaluator<'g> {
         seed: u64,
         binarize: bool,
         mut after: impl FnMut(usize) -> Result<()>,
+        mut progress: impl FnMut(usize, usize),
     ) -> Result<()> {
         let b = ws.batch;
         let steps = self.data.count.div_ceil(b);
@@ -111,6 +113,7 @@ impl<'g> Evaluator<'g> {
             self.write_step(seed, i * b, i);
             self.gpu.run(&plan.iter().collect::<Vec<_>>())?;
             after(rows)?;
+            progress(i + 1, steps);
         }
         Ok(())
     }
@@ -157,19 +160,26 @@ impl<'g> Evaluator<'g> {
             .map(|layer| ws.terms.of_kind(TermKind::Kl { layer }))
             .collect();
         let mut totals = vec![0.0f64; layers.len()];
-        self.run_batches(vae, &ws, seed, binarize, |rows| {
-            for (total, ids) in totals.iter_mut().zip(&layers) {
-                for &id in ids {
-                    *total += self
-                        .gpu
-                        .read(&ws.terms.view(id, rows))?
-                        .iter()
-                        .map(|&v| v as f64)
-                        .sum::<f64>();
+        self.run_batches(
+            vae,
+            &ws,
+            seed,
+            binarize,
+            |rows| {
+                for (total, ids) in totals.iter_mut().zip(&layers) {
+                    for &id in ids {
+                        *total += self
+                            .gpu
+                            .read(&ws.terms.view(id, rows))?
+                            .iter()
+                            .map(|&v| v as f64)
+                            .sum::<f64>();
+                    }
                 }
-            }
-            Ok(())
-        })?;
+                Ok(())
+            },
+            |_, _| {},
+        )?;
         Ok(totals.into_iter().map(|t| t / self.data.count as f64).collect())
     }
 
@@ -187,13 +197,20 @@ impl<'g> Evaluator<'g> {
         let ws = Workspace::new(self.gpu, vae, &WorkspaceSpec::eval(self.batch, 1))?;
         let index = ws.latent_output("vq.index")?;
         let mut counts = vec![0u64; codes];
-        self.run_batches(vae, &ws, seed, false, |rows| {
-            for &k in &self.gpu.read(&index.reshape_prefix(&[rows * groups]))? {
-                // Indices are exact small integers stored as f32.
-                counts[(k as usize).min(codes - 1)] += 1;
-            }
-            Ok(())
-        })?;
+        self.run_batches(
+            vae,
+            &ws,
+            seed,
+            false,
+            |rows| {
+                for &k in &self.gpu.read(&index.reshape_prefix(&[rows * groups]))? {
+                    // Indices are exact small integers stored as f32.
+                    counts[(k as usize).min(codes - 1)] += 1;
+                }
+                Ok(())
+            },
+            |_, _| {},
+        )?;
         let total = counts.iter().sum::<u64>() as f64;
         let entropy: f64 = counts
             .iter()
@@ -214,7 +231,15 @@ impl<'g> Evaluator<'g> {
     /// −log (1/K) Σ_k p(x|z_k) p(z_k) / q(z_k|x), averaged over the dataset. For a
     /// hierarchical VAE each draw is a chain (z₁, z₂, …) and its weight, with two layers,
     /// p(x|z₁) p(z₁|z₂) p(z₂) / (q(z₁|x) q(z₂|z₁)), and so on up the layers.
-    pub fn iw_nll(&self, vae: &Vae, seed: u64, k: usize, binarize: bool) -> Result<f64> {
+    /// `progress(batches done, batches)` is called after each batch.
+    pub fn iw_nll(
+        &self,
+        vae: &Vae,
+        seed: u64,
+        k: usize,
+        binarize: bool,
+        progress: impl FnMut(usize, usize),
+    ) -> Result<f64> {
         if k == 0 || k > ops::MAX_SAMPLES {
             return Err(VaeError::setting(
                 "Evaluator::iw_nll k",
@@ -249,26 +274,33 @@ impl<'g> Evaluator<'g> {
             )));
         }
         let mut total = 0.0f64;
-        self.run_batches(vae, &ws, seed, binarize, |rows| {
-            let nll = self.gpu.read(&ws.nll(rows))?;
-            let mut lr = vec![0.0f64; k * rows];
-            for (id, spec) in &ratios {
-                let TermRows::PerDraw(width) = spec.rows else {
-                    return Err(VaeError::Gpu(format!("term '{}' is not per draw", spec.name)));
-                };
-                let terms = self.gpu.read(&ws.terms.view(*id, rows))?;
-                for (acc, row) in lr.iter_mut().zip(terms.chunks_exact(width)) {
-                    *acc += row.iter().map(|&v| v as f64).sum::<f64>();
+        self.run_batches(
+            vae,
+            &ws,
+            seed,
+            binarize,
+            |rows| {
+                let nll = self.gpu.read(&ws.nll(rows))?;
+                let mut lr = vec![0.0f64; k * rows];
+                for (id, spec) in &ratios {
+                    let TermRows::PerDraw(width) = spec.rows else {
+                        return Err(VaeError::Gpu(format!("term '{}' is not per draw", spec.name)));
+                    };
+                    let terms = self.gpu.read(&ws.terms.view(*id, rows))?;
+                    for (acc, row) in lr.iter_mut().zip(terms.chunks_exact(width)) {
+                        *acc += row.iter().map(|&v| v as f64).sum::<f64>();
+                    }
                 }
-            }
-            for e in 0..rows {
-                let w: Vec<f64> = (0..k).map(|s| -(nll[s * rows + e] as f64) + lr[s * rows + e]).collect();
-                let m = w.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let lse = m + w.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
-                total += -(lse - (k as f64).ln());
-            }
-            Ok(())
-        })?;
+                for e in 0..rows {
+                    let w: Vec<f64> = (0..k).map(|s| -(nll[s * rows + e] as f64) + lr[s * rows + e]).collect();
+                    let m = w.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let lse = m + w.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+                    total += -(lse - (k as f64).ln());
+                }
+                Ok(())
+            },
+            progress,
+        )?;
         Ok(total / self.data.count as f64)
     }
 

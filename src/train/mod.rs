@@ -2,11 +2,13 @@
 //! inside an epoch, metrics read once per epoch from the GPU-side log.
 
 mod evaluator;
+mod record;
 mod resume;
 mod schedule;
 mod trainer;
 
 pub use evaluator::{Evaluator, EVAL_BATCH};
+pub use record::{rounded, settings_json, EpochRecord};
 pub use resume::TRAIN_STATE_FORMAT;
 pub use schedule::KlSchedule;
 pub use trainer::{TrainConfig, Trainer};

@@ -70,3 +70,112 @@ pub fn hier(top: &[vae_wgpu::model::TopLatent]) -> vae_wgpu::model::Code {
         vae_wgpu::model::Code::Hierarchical(top.to_vec())
     }
 }
+
+/// A safetensors file read by hand, independently of the library's reader: the 8-byte header
+/// length, the JSON header (every tensor F32, its offsets inside the data and matching its
+/// shape), the data. Panics on anything malformed.
+pub struct RawCheckpoint {
+    /// (name, shape, values) in header order.
+    pub tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+    /// The `__metadata__` pairs.
+    pub metadata: std::collections::BTreeMap<String, String>,
+}
+
+impl RawCheckpoint {
+    /// Parses a file's bytes.
+    pub fn parse(bytes: &[u8]) -> Self {
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).expect("header JSON");
+        let data = &bytes[8 + n..];
+        let mut tensors = Vec::new();
+        let mut metadata = std::collections::BTreeMap::new();
+        for (name, entry) in header.as_object().expect("header object") {
+            if name == "__metadata__" {
+                for (k, v) in entry.as_object().expect("metadata object") {
+                    metadata.insert(k.clone(), v.as_str().expect("string metadata").to_string());
+                }
+                continue;
+            }
+            assert_eq!(entry["dtype"], "F32", "{name}");
+            let shape: Vec<usize> = entry["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap() as usize)
+                .collect();
+            let (begin, end) = (
+                entry["data_offsets"][0].as_u64().unwrap() as usize,
+                entry["data_offsets"][1].as_u64().unwrap() as usize,
+            );
+            assert_eq!(
+                end - begin,
+                4 * shape.iter().product::<usize>(),
+                "{name}: offsets and shape"
+            );
+            let values = data[begin..end]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            tensors.push((name.clone(), shape, values));
+        }
+        RawCheckpoint { tensors, metadata }
+    }
+
+    /// Reads a file.
+    pub fn read(path: &std::path::Path) -> Self {
+        Self::parse(&std::fs::read(path).unwrap())
+    }
+
+    /// The tensor names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut n: Vec<String> = self.tensors.iter().map(|t| t.0.clone()).collect();
+        n.sort();
+        n
+    }
+
+    fn find(&self, name: &str) -> &(String, Vec<usize>, Vec<f32>) {
+        self.tensors
+            .iter()
+            .find(|t| t.0 == name)
+            .unwrap_or_else(|| panic!("no tensor {name}"))
+    }
+
+    /// A tensor's shape.
+    pub fn shape(&self, name: &str) -> &[usize] {
+        &self.find(name).1
+    }
+
+    /// A tensor's values.
+    pub fn values(&self, name: &str) -> &[f32] {
+        &self.find(name).2
+    }
+
+    /// Writes `tensors` and `metadata` as a safetensors file, by hand.
+    pub fn write(
+        path: &std::path::Path,
+        tensors: &[(String, Vec<usize>, Vec<f32>)],
+        metadata: &std::collections::BTreeMap<String, String>,
+    ) {
+        let mut header = serde_json::Map::new();
+        header.insert("__metadata__".into(), serde_json::json!(metadata));
+        let mut offset = 0;
+        for (name, shape, values) in tensors {
+            let end = offset + 4 * values.len();
+            header.insert(
+                name.clone(),
+                serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, end]}),
+            );
+            offset = end;
+        }
+        let mut text = serde_json::to_string(&header).unwrap();
+        while !text.len().is_multiple_of(8) {
+            text.push(' ');
+        }
+        let mut bytes = (text.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(text.as_bytes());
+        for (_, _, values) in tensors {
+            bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+        }
+        std::fs::write(path, bytes).unwrap();
+    }
+}

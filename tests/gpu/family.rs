@@ -116,13 +116,16 @@ fn iw_bound_matches_the_reference_for_one_and_many_samples() {
     let eval = Evaluator::new(g, GpuDataset::upload(g, "test", &bytes, n, 16, vec![]).unwrap()).unwrap();
     let params = to_f64(&vae.arena.read_params(g).unwrap());
     let seed = 9u64;
-    assert!(eval.iw_nll(&vae, seed, 0, false).is_err(), "K = 0 must be refused");
+    assert!(
+        eval.iw_nll(&vae, seed, 0, false, |_, _| {}).is_err(),
+        "K = 0 must be refused"
+    );
     // Past 2^15 draws the sample index would reach z₂'s keys (and the stream's bits).
     assert!(eval
-        .iw_nll(&vae, seed, vae_wgpu::train::MAX_SAMPLES + 1, false)
+        .iw_nll(&vae, seed, vae_wgpu::train::MAX_SAMPLES + 1, false, |_, _| {})
         .is_err());
     for k in [1usize, 3, 1000] {
-        let got = eval.iw_nll(&vae, seed, k, false).unwrap();
+        let got = eval.iw_nll(&vae, seed, k, false, |_, _| {}).unwrap();
         let want = iw_reference(&cfg, &params, &bytes, n, seed, k);
         // f32 NLL sums over 16 pixels and f32 exp/log in the kernels: relative 1e-5.
         assert!(
@@ -164,7 +167,7 @@ fn iw_bound_does_not_loosen_as_k_grows() {
     let eval = Evaluator::new(g, GpuDataset::upload(g, "test", &test, 200, 784, test_labels).unwrap()).unwrap();
     let iw: Vec<f64> = [1, 10, 100]
         .iter()
-        .map(|&k| eval.iw_nll(&vae, 3, k, false).unwrap())
+        .map(|&k| eval.iw_nll(&vae, 3, k, false, |_, _| {}).unwrap())
         .collect();
     let elbo = eval.elbo(&vae, 3, false).unwrap().loss;
     assert!(
@@ -585,7 +588,7 @@ fn hierarchical_iw_bound_matches_the_reference() {
         let params = to_f64(&vae.arena.read_params(g).unwrap());
         let seed = 4u64;
         for k in [1usize, 4, 1000] {
-            let got = eval.iw_nll(&vae, seed, k, false).unwrap();
+            let got = eval.iw_nll(&vae, seed, k, false, |_, _| {}).unwrap();
             let b = (5000 / k).clamp(1, n);
             let mut total = 0.0;
             for start in (0..n).step_by(b) {

@@ -4,6 +4,7 @@
 
 mod common;
 mod family;
+mod fixtures;
 mod kernels;
 mod model;
 mod pinned;

@@ -223,7 +223,7 @@ fn run(g: &Gpu, m: &Member) -> Option<Vec<String>> {
                 line.push_str(&format!(" layer_kl {}", shown.join(",")));
             }
             if let Some(k) = m.eval_iw {
-                let iw = eval.iw_nll(&vae, m.train.seed, k, m.train.binarize).unwrap();
+                let iw = eval.iw_nll(&vae, m.train.seed, k, m.train.binarize, |_, _| {}).unwrap();
                 line.push_str(&format!(" iw_nll {iw:.6} k {k}"));
             }
         }

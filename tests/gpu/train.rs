@@ -9,7 +9,7 @@ use vae_wgpu::model::{Code, TextureMirrors, TopLatent, Vae, VaeConfig};
 use vae_wgpu::train::{Evaluator, KlSchedule, TrainConfig, Trainer};
 use vae_wgpu::{rng, Gpu, VaeError};
 
-use crate::common::gpu;
+use crate::common::{gpu, RawCheckpoint};
 use crate::reference;
 
 fn mnist_subset(g: &Gpu, n: usize) -> GpuDataset {
@@ -117,11 +117,9 @@ fn checkpoint_has_the_reference_keys_and_rejects_other_configs() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("model.safetensors");
     vae.save(g, &path, &[("epoch".into(), "1".into())]).unwrap();
-    // Read with the independent safetensors crate.
-    let bytes = std::fs::read(&path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut names: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
-    names.sort();
+    // Read by hand, independently of the library's reader.
+    let st = RawCheckpoint::read(&path);
+    let names = st.names();
     let want = [
         "fc1.bias",
         "fc1.weight",
@@ -146,22 +144,14 @@ fn checkpoint_has_the_reference_keys_and_rejects_other_configs() {
         ("fc4.bias", vec![784]),
     ];
     for (name, shape) in shapes {
-        let t = st.tensor(name).unwrap();
-        assert_eq!(t.dtype(), safetensors::Dtype::F32, "{name}");
-        assert_eq!(t.shape(), &shape[..], "{name}");
+        assert_eq!(st.shape(name), &shape[..], "{name}");
     }
     // fc21 is the μ half of the head, [out, in]: element (o, i) = W_head[i, o].
     let params = vae.arena.read_params(g).unwrap();
     let head_w = &params[vae.layer("encoder.head").unwrap().w];
-    let fc22 = st.tensor("fc22.weight").unwrap();
-    let v: Vec<f32> = fc22
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
+    let v = st.values("fc22.weight");
     assert_eq!(v[3 * 400 + 7], head_w[7 * 40 + 20 + 3]);
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-    let meta = meta.metadata().clone().unwrap();
+    let meta = &st.metadata;
     assert_eq!(meta.get("latent").map(String::as_str), Some("20"));
     assert_eq!(meta.get("hidden").map(String::as_str), Some("400"));
     // Round trip, and a model of another configuration refuses the file.
@@ -181,13 +171,6 @@ fn checkpoint_has_the_reference_keys_and_rejects_other_configs() {
         other => panic!("expected a checkpoint error, got {:?}", other.err()),
     }
     std::fs::remove_dir_all(&dir).ok();
-}
-
-fn f32s(t: &safetensors::tensor::TensorView<'_>) -> Vec<f32> {
-    t.data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
 }
 
 /// A model with two hidden layers, a condition and a learned per-pixel variance: every tensor
@@ -210,8 +193,7 @@ fn multi_layer_checkpoint_layout_and_refused_files() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("model.safetensors");
     vae.save(g, &path, &[]).unwrap();
-    let bytes = std::fs::read(&path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let st = RawCheckpoint::read(&path);
     let params = vae.arena.read_params(g).unwrap();
     // (name, layer, output columns of its weight)
     let z = 2;
@@ -231,9 +213,9 @@ fn multi_layer_checkpoint_layout_and_refused_files() {
         (20, 8)
     );
     for (name, l, cols) in &layers {
-        let w = st.tensor(&format!("{name}.weight")).unwrap();
-        assert_eq!(w.shape(), &[cols.len(), l.in_features], "{name}");
-        let got = f32s(&w);
+        let w = format!("{name}.weight");
+        assert_eq!(st.shape(&w), &[cols.len(), l.in_features], "{name}");
+        let got = st.values(&w);
         for (o, c) in cols.clone().enumerate() {
             for i in 0..l.in_features {
                 assert_eq!(
@@ -243,35 +225,37 @@ fn multi_layer_checkpoint_layout_and_refused_files() {
                 );
             }
         }
-        let b = st.tensor(&format!("{name}.bias")).unwrap();
-        assert_eq!(f32s(&b), params[l.b][cols.clone()].to_vec(), "{name}.bias");
+        assert_eq!(
+            st.values(&format!("{name}.bias")),
+            &params[l.b][cols.clone()],
+            "{name}.bias"
+        );
     }
-    let lc = st.tensor("log_c").unwrap();
-    assert_eq!(lc.shape(), &[16]);
-    assert_eq!(f32s(&lc), params[vae.arena.layout.find("decoder.log_c").unwrap()]);
+    assert_eq!(st.shape("log_c"), &[16]);
+    assert_eq!(
+        st.values("log_c"),
+        params[vae.arena.layout.find("decoder.log_c").unwrap()]
+    );
     assert_eq!(st.names().len(), 2 * layers.len() + 1);
 
     // Rewrite the file with one tensor dropped, renamed or reshaped.
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-    let meta = meta.metadata().clone();
     let write = |file: &str, skip: &str, rename: &str, reshape: &str| -> std::path::PathBuf {
-        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = st
-            .tensors()
-            .into_iter()
-            .filter(|(n, _)| n != skip)
-            .map(|(n, t)| {
-                let n = if n == rename { "dec1.b".to_string() } else { n };
+        let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = st
+            .tensors
+            .iter()
+            .filter(|(n, _, _)| n != skip)
+            .map(|(n, shape, v)| {
+                let n = if n == rename { "dec1.b".to_string() } else { n.clone() };
                 let shape = if n == reshape {
-                    vec![t.shape().iter().product()]
+                    vec![shape.iter().product()]
                 } else {
-                    t.shape().to_vec()
+                    shape.clone()
                 };
-                let v = safetensors::tensor::TensorView::new(t.dtype(), shape, t.data()).unwrap();
-                (n, v)
+                (n, shape, v.clone())
             })
             .collect();
         let out = dir.join(file);
-        safetensors::tensor::serialize_to_file(views, meta.clone(), &out).unwrap();
+        RawCheckpoint::write(&out, &tensors, &st.metadata);
         out
     };
     for (file, want) in [
@@ -310,9 +294,9 @@ fn evaluation_counts_every_test_example() {
     assert!(s.recon > 400.0 && s.recon < 700.0 && s.kl >= 0.0, "{s:?}");
     // K = 1 is a single-draw bound: close to the ELBO (which uses the closed-form KL); more
     // draws tighten it (lower −log p estimate), up to Monte Carlo noise.
-    let iw1 = ev.iw_nll(&vae, 1, 1, false).unwrap();
+    let iw1 = ev.iw_nll(&vae, 1, 1, false, |_, _| {}).unwrap();
     assert!((iw1 - s.loss).abs() < 0.02 * s.loss, "IW(K=1) {iw1} vs ELBO {}", s.loss);
-    let iw10 = ev.iw_nll(&vae, 1, 10, false).unwrap();
+    let iw10 = ev.iw_nll(&vae, 1, 10, false, |_, _| {}).unwrap();
     assert!(iw10 <= iw1 + 0.5, "IW(K=10) {iw10} above IW(K=1) {iw1}");
 }
 
@@ -337,7 +321,7 @@ fn texture_mirrors_do_not_change_the_numbers() {
         // their workspaces' mirrors too.
         let ev = Evaluator::new(g, mnist_subset(g, 75)).unwrap();
         losses.push(ev.elbo(&vae, 1, false).unwrap().loss);
-        losses.push(ev.iw_nll(&vae, 1, 3, false).unwrap());
+        losses.push(ev.iw_nll(&vae, 1, 3, false, |_, _| {}).unwrap());
         (
             losses,
             g.read(&vae.arena.params).unwrap(),
@@ -381,7 +365,7 @@ fn texture_mirrors_do_not_change_the_numbers() {
         losses.push(
             Evaluator::new(g, mnist_subset(g, 50))
                 .unwrap()
-                .iw_nll(&vae, 1, 3, false)
+                .iw_nll(&vae, 1, 3, false, |_, _| {})
                 .unwrap(),
         );
         (losses, g.read(&vae.arena.params).unwrap(), vae.mirrored_weights())
@@ -507,7 +491,7 @@ fn autoencoder_trains_checkpoints_and_refuses_vae_options() {
     let eval = Evaluator::new(&g, mnist_subset(&g, 100)).unwrap();
     let stats = eval.elbo(&vae, 1, false).unwrap();
     assert!(stats.recon > 0.0 && stats.kl > 0.0 && (stats.loss - stats.recon - stats.kl).abs() < 1e-9);
-    let e = eval.iw_nll(&vae, 1, 5, false).unwrap_err().to_string();
+    let e = eval.iw_nll(&vae, 1, 5, false, |_, _| {}).unwrap_err().to_string();
     assert!(e.contains("needs a VAE"), "{e}");
 
     // Checkpoint: the code layer is fc2 [Z, h]; a VAE of the same sizes refuses the file.
@@ -515,10 +499,8 @@ fn autoencoder_trains_checkpoints_and_refuses_vae_options() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("ae.safetensors");
     vae.save(&g, &path, &[]).unwrap();
-    let bytes = std::fs::read(&path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut names: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
-    names.sort();
+    let st = RawCheckpoint::read(&path);
+    let names = st.names();
     let want = [
         "fc1.bias",
         "fc1.weight",
@@ -530,7 +512,7 @@ fn autoencoder_trains_checkpoints_and_refuses_vae_options() {
         "fc4.weight",
     ];
     assert_eq!(names, want);
-    assert_eq!(st.tensor("fc2.weight").unwrap().shape(), &[8, 64]);
+    assert_eq!(st.shape("fc2.weight"), &[8, 64]);
     let back = Vae::load(&g, &path).unwrap();
     assert_eq!(back.config, cfg);
     assert_eq!(back.arena.read_params(&g).unwrap(), vae.arena.read_params(&g).unwrap());
@@ -826,7 +808,7 @@ fn vq_vae_trains_and_checkpoints_its_codebook() {
     let stats = eval.elbo(&vae, 1, false).unwrap();
     assert!(stats.recon > 0.0 && stats.kl > 0.0, "{stats:?}");
     assert!(
-        eval.iw_nll(&vae, 1, 5, false).is_err(),
+        eval.iw_nll(&vae, 1, 5, false, |_, _| {}).is_err(),
         "no importance-weighted bound without a prior"
     );
 
@@ -896,10 +878,9 @@ fn vq_vae_trains_and_checkpoints_its_codebook() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("vq.safetensors");
     vae.save(g, &path, &[]).unwrap();
-    let bytes = std::fs::read(&path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    assert_eq!(st.tensor("codebook").unwrap().shape(), &[16, 2]);
-    assert_eq!(f32s(&st.tensor("codebook").unwrap()), *book);
+    let st = RawCheckpoint::read(&path);
+    assert_eq!(st.shape("codebook"), &[16, 2]);
+    assert_eq!(st.values("codebook"), &book[..]);
     let back = Vae::load(g, &path).unwrap();
     assert_eq!(back.config, cfg);
     assert_eq!(back.arena.read_params(g).unwrap(), params);
@@ -944,7 +925,7 @@ fn hierarchical_vae_trains_checkpoints_and_samples() {
     );
     // Its importance-weighted bound (checked against the reference in family.rs) tightens
     // the one-draw −ELBO of the trained model.
-    let iw = eval.iw_nll(&vae, 1, 50, false).unwrap();
+    let iw = eval.iw_nll(&vae, 1, 50, false, |_, _| {}).unwrap();
     assert!(iw < stats.loss, "IW bound {iw} vs -ELBO {}", stats.loss);
     // Two draws per example train through the same plan (gradients checked in model.rs).
     // Past 2^15 draws z₁'s sample index would reach z₂'s keys: refused.
@@ -967,13 +948,12 @@ fn hierarchical_vae_trains_checkpoints_and_samples() {
     let path = dir.join("hier.safetensors");
     vae.save(g, &path, &[]).unwrap();
     let params = vae.arena.read_params(g).unwrap();
-    let bytes = std::fs::read(&path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let st = RawCheckpoint::read(&path);
     let slot = |name: &str| vae.arena.layout.slots().iter().position(|s| s.name == name).unwrap();
     // p(z₁|z₂)'s head [16, 2·8] is stored as μ and log σ² halves, each [8, 16].
     let head_w = &params[slot("top.prior.head.weight")];
-    let logvar = f32s(&st.tensor("p_z1.logvar.weight").unwrap());
-    assert_eq!(st.tensor("p_z1.logvar.weight").unwrap().shape(), &[8, 16]);
+    let logvar = st.values("p_z1.logvar.weight");
+    assert_eq!(st.shape("p_z1.logvar.weight"), &[8, 16]);
     for o in 0..8 {
         for i in 0..16 {
             assert_eq!(
@@ -984,7 +964,7 @@ fn hierarchical_vae_trains_checkpoints_and_samples() {
         }
     }
     for key in ["q_z2.0", "q_z2.mu", "q_z2.logvar", "p_z1.0", "p_z1.mu"] {
-        assert!(st.tensor(&format!("{key}.weight")).is_ok(), "{key} missing");
+        assert!(st.names().contains(&format!("{key}.weight")), "{key} missing");
     }
     let back = Vae::load(g, &path).unwrap();
     assert_eq!(back.config, cfg);
@@ -1070,19 +1050,18 @@ fn train_and_round_trip_hierarchy(
     );
     let eval = Evaluator::new(g, mnist_subset(g, 100)).unwrap();
     let stats = eval.elbo(&vae, 1, false).unwrap();
-    let iw = eval.iw_nll(&vae, 1, 50, false).unwrap();
+    let iw = eval.iw_nll(&vae, 1, 50, false, |_, _| {}).unwrap();
     assert!(iw < stats.loss, "IW bound {iw} vs -ELBO {}", stats.loss);
 
     let dir = std::env::temp_dir().join(format!("vae-wgpu-hier-rt-{}-{}", std::process::id(), cfg.top().len()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("model.safetensors");
     vae.save(g, &path, &[]).unwrap();
-    let bytes = std::fs::read(&path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let st = RawCheckpoint::read(&path);
     let shapes: std::collections::HashMap<String, Vec<usize>> = st
-        .tensors()
-        .into_iter()
-        .map(|(name, t)| (name, t.shape().to_vec()))
+        .tensors
+        .iter()
+        .map(|(name, shape, _)| (name.clone(), shape.clone()))
         .collect();
     let back = Vae::load(g, &path).unwrap();
     assert_eq!(&back.config, cfg);

@@ -1,0 +1,111 @@
+//! What the examples share: value parsers for their command lines, the names of their flags
+//! for the library's configuration fields, and progress bars.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use vae_wgpu::VaeError;
+
+/// The flag that sets a library configuration field, for error messages.
+pub fn flag_for(field: &str) -> &str {
+    match field {
+        "VaeConfig::input_dim" => "the dataset's image size",
+        "VaeConfig::hidden" => "--hidden",
+        "VaeConfig::latent" => "--latent",
+        "VaeConfig::activation" => "the activation",
+        "VaeConfig::likelihood" => "--likelihood/--variance",
+        "VaeConfig::classes" => "--conditional",
+        "VaeConfig::code" => "the model (--autoencoder, --vq or a VAE)",
+        "Code::Hierarchical" => "--top",
+        "Code::Deterministic::l1" => "--l1",
+        "Code::Deterministic::contractive" => "--contractive",
+        "Code::Quantized::codes" => "--vq K",
+        "Code::Quantized::groups" => "--vq K:G",
+        "Code::Quantized::commitment" => "--commitment",
+        "TrainConfig::batch_size" => "--batch-size",
+        "TrainConfig::mc_samples" => "--mc-samples",
+        "TrainConfig::beta" => "--beta",
+        "TrainConfig::kl_schedule" => "--kl-warmup/--kl-cycles",
+        "TrainConfig::denoise" => "--denoise",
+        "TrainConfig::vq_ema" => "--vq-ema",
+        "TrainConfig::drop_last" => "--drop-last",
+        "TrainConfig::epochs" => "--epochs",
+        "AdamConfig::weight_decay" => "the weight decay",
+        "Evaluator::iw_nll k" => "--eval-iw",
+        "GpuOptions::matmul" => "VAE_WGPU_MATMUL",
+        "GpuOptions::texture_mirrors" => "VAE_WGPU_TEXTURES",
+        "GpuOptions::shader_dir" => "VAE_WGPU_SHADER_DIR",
+        "GpuOptions::adapter_name" => "WGPU_ADAPTER_NAME",
+        other => other,
+    }
+}
+
+/// An error as a user of the example should read it: configuration fields by their flags.
+pub fn explain(e: &VaeError) -> String {
+    match e {
+        VaeError::Setting { fields, problem } => {
+            let flags: Vec<&str> = fields.iter().map(|f| flag_for(f)).collect();
+            format!("{}: {problem}", flags.join(" with "))
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Prints `e` for a user and exits with `code`.
+pub fn fail(e: &VaeError, code: i32) -> ! {
+    eprintln!("error: {}", explain(e));
+    std::process::exit(code)
+}
+
+/// A progress bar over `len` steps on stderr, with an ETA; hidden when stderr is not a
+/// terminal, so that a redirected log holds no redraws.
+pub fn progress_bar(len: u64, prefix: impl Into<String>) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {elapsed} ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("#>."),
+    );
+    bar.set_prefix(prefix.into());
+    bar.enable_steady_tick(Duration::from_millis(250));
+    bar
+}
+
+/// Parses a whole number of at least 1.
+pub fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{s:?} is not a whole number")),
+    }
+}
+
+/// Parses a finite number ≥ 0.
+pub fn non_negative(s: &str) -> Result<f32, String> {
+    s.parse::<f32>()
+        .ok()
+        .filter(|v| *v >= 0.0 && v.is_finite())
+        .ok_or_else(|| format!("{s:?} is not a finite number >= 0"))
+}
+
+/// Parses a finite number > 0.
+pub fn positive_f32(s: &str) -> Result<f32, String> {
+    s.parse::<f32>()
+        .ok()
+        .filter(|v| *v > 0.0 && v.is_finite())
+        .ok_or_else(|| format!("{s:?} is not a finite number > 0"))
+}
+
+/// Parses a number of Monte Carlo or importance samples: 1 to 32,768 (the random key's
+/// sample field).
+pub fn samples(s: &str) -> Result<usize, String> {
+    let n = positive(s)?;
+    if n > vae_wgpu::train::MAX_SAMPLES {
+        return Err(format!(
+            "at most {} samples (the random key's sample field), got {n}",
+            vae_wgpu::train::MAX_SAMPLES
+        ));
+    }
+    Ok(n)
+}
