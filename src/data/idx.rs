@@ -1,13 +1,17 @@
 //! Reader for IDX files, the container format MNIST and Fashion-MNIST are distributed in.
 //!
 //! Only the unsigned-byte variants are supported (images `[n, rows, cols]`, labels `[n]`),
-//! which is all those datasets use. Files may be gzip-compressed or raw.
+//! which is all those datasets use. Files may be gzip-compressed or raw. A gzipped file is
+//! decompressed only as far as its header allows, and a header announcing more than 2 GiB of
+//! data is refused, so a corrupt or hostile file cannot make the readers hold more memory than
+//! a small multiple of what it really contains.
 
+use std::borrow::Cow;
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use flate2::read::MultiGzDecoder;
+use flate2::bufread::MultiGzDecoder;
 
 use crate::error::{Result, VaeError};
 
@@ -18,6 +22,16 @@ pub const IDX_MAGIC_LABELS: u32 = 0x0000_0801;
 
 /// First two bytes of every gzip stream; raw IDX files start with two zero bytes instead.
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// The most data an IDX file may announce: 2 GiB, over forty times MNIST's training images, far
+/// beyond any MNIST-like dataset, and a bound on what a corrupt or hostile header can make the
+/// readers decompress and allocate.
+pub(crate) const MAX_IDX_DATA_BYTES: usize = 1 << 31;
+
+/// Memory reserved up front for decompressed data is at most this multiple of the compressed
+/// size (MNIST's files compress about 2-5x); larger outputs grow as they are decompressed, so a
+/// header's claim alone never allocates more.
+const MAX_PREALLOC_RATIO: usize = 8;
 
 /// Images decoded from an IDX file, kept as bytes so callers choose their own normalisation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,24 +51,32 @@ pub struct IdxImages {
 /// A missing `x` falls back to `x.gz` and a missing `x.gz` to `x`, so callers can name a
 /// file without knowing how it was shipped.
 pub fn read_idx_images(path: &Path) -> Result<IdxImages> {
-    let (path, mut bytes, gz) = read_decompressed(path)?;
-    let (dims, header_len) = parse_header(&path, &bytes, 3, gz)?;
-    bytes.drain(..header_len);
-    Ok(IdxImages {
-        count: dims[0],
-        rows: dims[1],
-        cols: dims[2],
-        pixels: bytes,
-    })
+    let (path, bytes) = read_resolved(path)?;
+    parse_idx_images(bytes, &path)
 }
 
 /// Reads a label file (magic 0x00000801), compressed or not, with the same fallback as
 /// [`read_idx_images`].
 pub fn read_idx_labels(path: &Path) -> Result<Vec<u8>> {
-    let (path, mut bytes, gz) = read_decompressed(path)?;
-    let (_, header_len) = parse_header(&path, &bytes, 1, gz)?;
-    bytes.drain(..header_len);
-    Ok(bytes)
+    let (path, bytes) = read_resolved(path)?;
+    parse_idx_labels(bytes, &path)
+}
+
+/// Parses the contents of an IDX image file (raw or gzipped) as [`read_idx_images`] does;
+/// `path` only names the file in errors. Takes the bytes owned (no copy) or borrowed.
+pub(crate) fn parse_idx_images<'a>(bytes: impl Into<Cow<'a, [u8]>>, path: &Path) -> Result<IdxImages> {
+    let (dims, pixels) = parse_idx(bytes.into(), path, 3)?;
+    Ok(IdxImages {
+        count: dims[0],
+        rows: dims[1],
+        cols: dims[2],
+        pixels,
+    })
+}
+
+/// Parses the contents of an IDX label file (raw or gzipped) as [`read_idx_labels`] does.
+pub(crate) fn parse_idx_labels<'a>(bytes: impl Into<Cow<'a, [u8]>>, path: &Path) -> Result<Vec<u8>> {
+    Ok(parse_idx(bytes.into(), path, 1)?.1)
 }
 
 /// Finds the file the readers would open for `path`: `path` itself, else its `.gz` twin
@@ -95,30 +117,68 @@ fn gz_twin(path: &Path) -> Option<PathBuf> {
     }
 }
 
-/// Returns the resolved path, the (decompressed) contents and whether they were gzipped.
-fn read_decompressed(path: &Path) -> Result<(PathBuf, Vec<u8>, bool)> {
+/// Returns the resolved path and the file's raw contents.
+fn read_resolved(path: &Path) -> Result<(PathBuf, Vec<u8>)> {
     let path = resolve_idx_path(path)?;
     let raw = fs::read(&path).map_err(|e| VaeError::io(&path, e))?;
-    if !raw.starts_with(&GZIP_MAGIC) {
-        return Ok((path, raw, false));
-    }
-    // The gzip trailer stores the uncompressed size modulo 2^32: a good capacity hint for
-    // MNIST-sized files, capped so a corrupt trailer cannot force a huge allocation.
-    let hint = raw
-        .len()
-        .checked_sub(4)
-        .map(|at| u32::from_le_bytes([raw[at], raw[at + 1], raw[at + 2], raw[at + 3]]))
-        .map_or(0, |n| (n as usize).min(1 << 30));
-    let mut out = Vec::with_capacity(hint);
-    MultiGzDecoder::new(raw.as_slice())
-        .read_to_end(&mut out)
-        .map_err(|e| VaeError::format(&path, format!("gzip data is corrupt or truncated: {e}")))?;
-    Ok((path, out, true))
+    Ok((path, raw))
 }
 
-/// Validates magic number, dimension sizes and data length; returns the dimensions and the
-/// header length. `gz` only changes the wording of byte counts.
-fn parse_header(path: &Path, bytes: &[u8], ndims: usize, gz: bool) -> Result<(Vec<usize>, usize)> {
+/// The dimensions and the data of an IDX file with `ndims` dimensions, raw or gzipped.
+fn parse_idx(bytes: Cow<'_, [u8]>, path: &Path, ndims: usize) -> Result<(Vec<usize>, Vec<u8>)> {
+    if bytes.starts_with(&GZIP_MAGIC) {
+        return decompress(path, &bytes, ndims);
+    }
+    let header = parse_header(path, &bytes, ndims, false)?;
+    check_data_len(path, &header, bytes.len() - header.len, false)?;
+    let data = match bytes {
+        Cow::Owned(mut v) => {
+            v.drain(..header.len);
+            v
+        }
+        Cow::Borrowed(b) => b[header.len..].to_vec(),
+    };
+    Ok((header.dims, data))
+}
+
+/// Decompresses a gzipped IDX file, never producing more than its header's dimensions allow:
+/// the header is decompressed first and checked, then at most one byte more than the data it
+/// announces, so a stream that expands beyond that (a decompression bomb) is refused after
+/// `need + 1` bytes. Memory is reserved up front only for what the compressed size can
+/// plausibly hold, never for what the header or the gzip trailer claim.
+fn decompress(path: &Path, raw: &[u8], ndims: usize) -> Result<(Vec<usize>, Vec<u8>)> {
+    let corrupt = |e: io::Error| VaeError::format(path, format!("gzip data is corrupt or truncated: {e}"));
+    let mut decoder = MultiGzDecoder::new(raw);
+    let header_len = 4 + 4 * ndims;
+    let mut head = Vec::with_capacity(header_len);
+    (&mut decoder)
+        .take(header_len as u64)
+        .read_to_end(&mut head)
+        .map_err(corrupt)?;
+    let header = parse_header(path, &head, ndims, true)?;
+    let mut data = Vec::with_capacity(header.need.min(raw.len().saturating_mul(MAX_PREALLOC_RATIO)));
+    // `need + 1` cannot overflow: `need` is at most MAX_IDX_DATA_BYTES.
+    (&mut decoder)
+        .take(header.need as u64 + 1)
+        .read_to_end(&mut data)
+        .map_err(corrupt)?;
+    check_data_len(path, &header, data.len(), true)?;
+    Ok((header.dims, data))
+}
+
+/// A validated IDX header.
+struct Header {
+    /// The dimensions, outermost first.
+    dims: Vec<usize>,
+    /// Bytes of the header (magic and dimensions).
+    len: usize,
+    /// Bytes of data the dimensions announce.
+    need: usize,
+}
+
+/// Validates magic number and dimension sizes in `bytes` (the header and possibly more).
+/// `gz` only changes the wording of byte counts.
+fn parse_header(path: &Path, bytes: &[u8], ndims: usize, gz: bool) -> Result<Header> {
     let decompressed = if gz { " after decompression" } else { "" };
     let kind = if ndims == 3 { "image" } else { "label" };
     if bytes.len() < 4 {
@@ -167,12 +227,33 @@ fn parse_header(path: &Path, bytes: &[u8], ndims: usize, gz: bool) -> Result<(Ve
         .chunks_exact(4)
         .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
         .collect();
-    let shape = dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x");
     let need = dims
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| VaeError::format(path, format!("dimensions {shape} are too large to address")))?;
-    let present = bytes.len() - header_len;
+        .ok_or_else(|| VaeError::format(path, format!("dimensions {} are too large to address", shape(&dims))))?;
+    if need > MAX_IDX_DATA_BYTES {
+        return Err(VaeError::format(
+            path,
+            format!(
+                "dimensions {} need {need} bytes of data, more than the {MAX_IDX_DATA_BYTES} bytes this reader \
+                 accepts (corrupt header?)",
+                shape(&dims)
+            ),
+        ));
+    }
+    Ok(Header {
+        dims,
+        len: header_len,
+        need,
+    })
+}
+
+/// Checks that `present` bytes of data follow the header, exactly as many as it announces.
+/// When `gz`, the data were decompressed with a limit of `need + 1` bytes, so more than
+/// `need` means "at least one byte too many".
+fn check_data_len(path: &Path, header: &Header, present: usize, gz: bool) -> Result<()> {
+    let decompressed = if gz { " after decompression" } else { "" };
+    let (need, header_len, shape) = (header.need, header.len, shape(&header.dims));
     if present < need {
         return Err(VaeError::format(
             path,
@@ -183,20 +264,31 @@ fn parse_header(path: &Path, bytes: &[u8], ndims: usize, gz: bool) -> Result<(Ve
         ));
     }
     if present > need {
+        let found = if gz {
+            format!("more{decompressed}")
+        } else {
+            present.to_string()
+        };
         return Err(VaeError::format(
             path,
             format!(
                 "trailing data: dimensions {shape} need {need} bytes after the {header_len}-byte \
-                 header, found {present}{decompressed}"
+                 header, found {found}"
             ),
         ));
     }
-    Ok((dims, header_len))
+    Ok(())
+}
+
+/// Dimensions as `AxBxC`, for messages.
+fn shape(dims: &[usize]) -> String {
+    dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x")
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::fuzz::peak_alloc;
     use flate2::write::GzEncoder;
     use flate2::Compression;
     use std::io::Write;
@@ -451,5 +543,70 @@ pub(crate) mod tests {
         let path = dir.join("cut-idx1-ubyte.gz");
         fs::write(&path, &full[..full.len() / 2]).unwrap();
         expect_format(read_idx_labels(&path), "cut-idx1-ubyte.gz", &["gzip data is corrupt"]);
+    }
+
+    /// Fuzzing found: the gzip trailer's size field sized the output buffer (capped at 1 GiB),
+    /// so a 30-byte file whose trailer claimed 4 GiB allocated 1 GiB before failing.
+    #[test]
+    fn gzip_trailer_size_is_not_trusted() {
+        let path = Path::new("isize-idx1-ubyte.gz");
+        let mut gz = gzip(&idx_bytes(&[2], &[1, 2]));
+        let n = gz.len();
+        gz[n - 4..].copy_from_slice(&u32::MAX.to_le_bytes());
+        let (r, peak) = peak_alloc(|| parse_idx_labels(gz.as_slice(), path));
+        expect_format(r, "isize-idx1-ubyte.gz", &["gzip data is corrupt"]);
+        assert!(peak < 256 << 10, "allocated {peak} bytes");
+        // An intact file still reads, borrowed or owned.
+        let gz = gzip(&idx_bytes(&[2], &[1, 2]));
+        assert_eq!(parse_idx_labels(gz.as_slice(), path).unwrap(), vec![1, 2]);
+        assert_eq!(parse_idx_labels(gz, path).unwrap(), vec![1, 2]);
+    }
+
+    /// Fuzzing found: a gzipped file was decompressed whole before its header was checked, so
+    /// a small file expanding far beyond what its header announces (a decompression bomb) was
+    /// held in memory in full (1 MiB of zeros behind a one-image header: 1.1 MB allocated; a
+    /// 16 MiB bomb, 16 MiB). Now the header is checked first and at most one byte more than it
+    /// announces is decompressed.
+    #[test]
+    fn decompression_stops_where_the_header_says() {
+        let bomb = |dims: &[u32]| {
+            let mut plain = idx_bytes(dims, &[]);
+            plain.resize(plain.len() + (16 << 20), 0);
+            gzip(&plain)
+        };
+        let path = Path::new("bomb-idx3-ubyte.gz");
+        let gz = bomb(&[1, 28, 28]);
+        let (r, peak) = peak_alloc(|| parse_idx_images(gz.as_slice(), path));
+        expect_format(
+            r,
+            "bomb-idx3-ubyte.gz",
+            &[
+                "trailing data",
+                "1x28x28 need 784 bytes",
+                "found more after decompression",
+            ],
+        );
+        assert!(peak < 256 << 10, "allocated {peak} bytes");
+        // A label header in an image file: refused after its first 16 bytes.
+        let gz = bomb(&[1 << 24]);
+        let (r, peak) = peak_alloc(|| parse_idx_images(gz.as_slice(), path));
+        expect_format(
+            r,
+            "bomb-idx3-ubyte.gz",
+            &["wrong number of dimensions", "expected 3, found 1"],
+        );
+        assert!(peak < 256 << 10, "allocated {peak} bytes");
+        // Four billion images announced: refused from the header alone.
+        let gz = bomb(&[4_000_000_000, 28, 28]);
+        let (r, peak) = peak_alloc(|| parse_idx_images(gz.as_slice(), path));
+        expect_format(
+            r,
+            "bomb-idx3-ubyte.gz",
+            &[
+                "4000000000x28x28 need 3136000000000 bytes",
+                "more than the 2147483648 bytes",
+            ],
+        );
+        assert!(peak < 256 << 10, "allocated {peak} bytes");
     }
 }

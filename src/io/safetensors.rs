@@ -186,13 +186,19 @@ pub fn write_safetensors(path: &Path, tensors: &[NamedTensor], metadata: &[(Stri
 #[allow(clippy::type_complexity)] // the signature is the module's documented API
 pub fn read_safetensors(path: &Path) -> Result<(Vec<NamedTensor>, Vec<(String, String)>)> {
     let bytes = std::fs::read(path).map_err(|e| VaeError::io(path, e))?;
-    parse_safetensors(&bytes).map_err(|problem| checkpoint_err(path, problem))
+    parse_safetensors(&bytes, path)
+}
+
+/// Parses the contents of a safetensors file as [`read_safetensors`] does; `path` only names
+/// the file in errors.
+pub(crate) fn parse_safetensors(bytes: &[u8], path: &Path) -> Result<Contents> {
+    parse_contents(bytes).map_err(|problem| checkpoint_err(path, problem))
 }
 
 /// Tensors and metadata as [`read_safetensors`] returns them.
-type Contents = (Vec<NamedTensor>, Vec<(String, String)>);
+pub(crate) type Contents = (Vec<NamedTensor>, Vec<(String, String)>);
 
-fn parse_safetensors(bytes: &[u8]) -> std::result::Result<Contents, String> {
+fn parse_contents(bytes: &[u8]) -> std::result::Result<Contents, String> {
     let Some((header, data)) = split_header(bytes) else {
         // The length prefix or the header's bytes are unusable; the crate says which.
         return Err(match SafeTensors::read_metadata(bytes) {
@@ -1019,7 +1025,7 @@ mod tests {
     #[test]
     fn accepts_extra_entry_fields_and_null_metadata() {
         let h = r#"{"__metadata__":null,"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"x":1}}"#;
-        let (tensors, metadata) = parse_safetensors(&raw_file(h, &2.5f32.to_le_bytes())).unwrap();
+        let (tensors, metadata) = parse_contents(&raw_file(h, &2.5f32.to_le_bytes())).unwrap();
         assert_eq!(tensors, vec![t("a", &[1], vec![2.5])]);
         assert!(metadata.is_empty());
     }
@@ -1032,7 +1038,7 @@ mod tests {
             "   \"caf\\u00e9\" : \"\" } ,\n",
             "  \"w\\u00e9\\ud83d\\ude00\" : { \"shape\" : [ 1 ] , \"data_offsets\" : [ 0 , 4 ] , \"dtype\" : \"F32\" } }   "
         );
-        let (tensors, metadata) = parse_safetensors(&raw_file(h, &1.5f32.to_le_bytes())).unwrap();
+        let (tensors, metadata) = parse_contents(&raw_file(h, &1.5f32.to_le_bytes())).unwrap();
         assert_eq!(tensors, vec![t("wé😀", &[1], vec![1.5])]);
         assert_eq!(metadata, md(&[("café", ""), ("s", "a\"b\\c/d\u{8}\u{c}\n\r\té€😀")]));
     }
@@ -1092,7 +1098,7 @@ mod tests {
         );
         let mut data = 1.0f32.to_le_bytes().to_vec();
         data.extend_from_slice(&2.0f32.to_le_bytes());
-        let (tensors, _) = parse_safetensors(&raw_file(h, &data)).unwrap();
+        let (tensors, _) = parse_contents(&raw_file(h, &data)).unwrap();
         assert_eq!(tensors, vec![t("early", &[1], vec![1.0]), t("late", &[1], vec![2.0])]);
     }
 
@@ -1143,7 +1149,7 @@ mod tests {
             .collect();
         let metadata: HashMap<String, String> = sample_metadata().into_iter().collect();
         let bytes = ::safetensors::tensor::serialize(views, Some(metadata.clone())).unwrap();
-        let (read, read_md) = parse_safetensors(&bytes).unwrap();
+        let (read, read_md) = parse_contents(&bytes).unwrap();
         let mut by_name: Vec<NamedTensor> = read;
         by_name.sort_by(|a, b| a.name.cmp(&b.name));
         let mut expected = tensors;
