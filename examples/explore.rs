@@ -52,7 +52,11 @@ struct Args {
     /// Where the pictures go (created)
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
-    /// The dataset's directory (default: the dataset the checkpoint names, in its default place)
+    /// The dataset to evaluate on: mnist, fashion-mnist or binarized-mnist (default: the one
+    /// the checkpoint was trained on)
+    #[arg(long, value_name = "D", value_parser = dataset)]
+    dataset: Option<DatasetKind>,
+    /// The dataset's directory (default: the dataset's own place)
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// Importance samples for test_iw_nll (at most 32768)
@@ -62,6 +66,10 @@ struct Args {
     /// train_mnist's last figure; 1 if the checkpoint has none)
     #[arg(long, value_name = "N")]
     seed: Option<u64>,
+}
+
+fn dataset(s: &str) -> std::result::Result<DatasetKind, String> {
+    DatasetKind::parse(s).map_err(|e| common::explain(&e))
 }
 
 /// The line explore prints: its numbers, rounded as shown (null where they do not apply).
@@ -76,6 +84,7 @@ struct Report {
     probe_accuracy: Option<f64>,
     bound_on: &'static str,
     dataset: &'static str,
+    data_dir: String,
     latent: usize,
     seed: u64,
 }
@@ -92,16 +101,20 @@ fn one_per_class(labels: &[u8], classes: usize, fallback: usize) -> Vec<usize> {
 
 /// Loads the checkpoint, evaluates it, draws the pictures and prints the report.
 fn run(args: Args) -> Result<()> {
-    let (_, meta) = read_safetensors(&args.checkpoint)?;
+    let checkpoint = common::checkpoint_file(&args.checkpoint)?;
+    let (_, meta) = read_safetensors(&checkpoint)?;
     let get = |k: &str| meta.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
-    let dataset = DatasetKind::parse(get("dataset").unwrap_or("mnist"))?;
+    let dataset = match args.dataset {
+        Some(d) => d,
+        None => DatasetKind::parse(get("dataset").unwrap_or("mnist"))?,
+    };
     let binarize = get("binarize") == Some("dynamic");
     let seed = args
         .seed
         .or_else(|| get("seed").and_then(|s| s.parse().ok()))
         .unwrap_or(1);
     let gpu = Gpu::new(vae_wgpu::GpuOptions::from_env()?)?;
-    let vae = Vae::load(&gpu, &args.checkpoint)?;
+    let vae = Vae::load(&gpu, &checkpoint)?;
     let cfg = vae.config.clone();
     if cfg.input_dim != IMAGE_SIDE * IMAGE_SIDE {
         return Err(VaeError::Config(format!(
@@ -227,6 +240,7 @@ fn run(args: Args) -> Result<()> {
         probe_accuracy: probe_accuracy.and_then(|a| rounded(a, 4)),
         bound_on: cfg.bound_on(),
         dataset: dataset.name(),
+        data_dir: dir.display().to_string(),
         latent: cfg.latent,
         seed,
     };

@@ -50,6 +50,7 @@ fn run(args: Args) -> Result<()> {
         class,
     } = args;
     let gpu = Gpu::new(vae_wgpu::GpuOptions::from_env()?)?;
+    let checkpoint = common::checkpoint_file(&checkpoint)?;
     let vae = Vae::load(&gpu, &checkpoint)?;
     if !vae.config.is_vae() {
         return Err(VaeError::Config(format!(

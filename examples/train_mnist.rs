@@ -9,13 +9,15 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Parser;
+use common::Signals;
 use vae_wgpu::data::{DatasetKind, GpuDataset, MnistSet, IMAGE_SIDE, NUM_CLASSES};
 use vae_wgpu::gpu::MatmulStrategy;
 use vae_wgpu::infer::{decode_conditional, prior_latents};
 use vae_wgpu::io::{read_safetensors, write_grid_png};
 use vae_wgpu::model::{parse_hidden, parse_likelihood, parse_top, parse_variance, Code, Likelihood, TopLatent};
 use vae_wgpu::model::{Vae, VaeConfig};
-use vae_wgpu::train::{settings_json, EpochRecord, Evaluator, KlSchedule, TrainConfig, Trainer};
+use vae_wgpu::run::RunDir;
+use vae_wgpu::train::{settings_json, EpochOutcome, EpochRecord, Evaluator, KlSchedule, TrainConfig, Trainer};
 use vae_wgpu::{Gpu, GpuOptions, Result, VaeError};
 
 const AFTER_HELP: &str = "Writes to --out: metrics.jsonl (one JSON line per epoch, with the \
@@ -119,8 +121,17 @@ struct Cli {
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// Continue the run in DIR up to --epochs in all; pass the run's own flags
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "overwrite")]
     resume: Option<PathBuf>,
+    /// Replace the run already in --out (without it, a directory holding files is refused)
+    #[arg(long)]
+    overwrite: bool,
+    /// How many of the newest saves (epoch ends and interruptions) to keep in DIR/saves
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = common::positive)]
+    keep: usize,
+    /// Also save every N steps inside an epoch (for long epochs)
+    #[arg(long, value_name = "N", value_parser = common::positive)]
+    save_every: Option<usize>,
     /// After the last epoch, estimate the test -log p(x) with K importance samples
     #[arg(long, value_name = "K", value_parser = common::samples)]
     eval_iw: Option<usize>,
@@ -195,6 +206,9 @@ struct Args {
     out: Option<PathBuf>,
     eval_iw: Option<usize>,
     resume: Option<PathBuf>,
+    overwrite: bool,
+    keep: usize,
+    save_every: Option<usize>,
 }
 
 impl Cli {
@@ -269,6 +283,9 @@ impl Cli {
             out: self.out,
             eval_iw: self.eval_iw,
             resume: self.resume,
+            overwrite: self.overwrite,
+            keep: self.keep,
+            save_every: self.save_every,
         })
     }
 }
@@ -297,7 +314,7 @@ fn append_line(path: &Path, line: &str) -> Result<()> {
 }
 
 /// Trains, evaluates and writes the run's files.
-fn run(args: Args) -> Result<()> {
+fn run(args: Args) -> Result<i32> {
     let gpu = Gpu::new(GpuOptions::from_env()?)?;
     let r = gpu.report();
     println!(
@@ -310,6 +327,15 @@ fn run(args: Args) -> Result<()> {
     let train: MnistSet = args.dataset.load_split(&dir, true)?;
     let test: MnistSet = args.dataset.load_split(&dir, false)?;
     let d = IMAGE_SIDE * IMAGE_SIDE;
+    if train.count == 0 || test.count == 0 {
+        return Err(VaeError::Config(format!(
+            "the {} files in {} hold {} training and {} test images; both sets need at least one",
+            args.dataset.name(),
+            dir.display(),
+            train.count,
+            test.count
+        )));
+    }
     let n_train = args.limit_train.map_or(train.count, |n| n.min(train.count));
     println!(
         "dataset: {} from {} | train {} | test {}",
@@ -353,15 +379,7 @@ fn run(args: Args) -> Result<()> {
         np as f64 * 4.0 / 1e6
     );
     let out_dir = args.resume.clone().or(args.out.clone()).unwrap_or_else(fresh_run_dir);
-    std::fs::create_dir_all(&out_dir).map_err(|e| VaeError::io(&out_dir, e))?;
     let metrics = out_dir.join("metrics.jsonl");
-    if metrics.exists() && args.resume.is_none() {
-        std::fs::remove_file(&metrics).map_err(|e| VaeError::io(&metrics, e))?;
-    }
-    let (ckpt_path, state_path) = (
-        out_dir.join("checkpoint.safetensors"),
-        out_dir.join("training_state.safetensors"),
-    );
     let train_cfg = TrainConfig {
         epochs: args.epochs,
         ..args.train.clone()
@@ -424,9 +442,6 @@ fn run(args: Args) -> Result<()> {
             format!("{:?}", vae.texture_mirrors()).to_lowercase(),
         ),
     ]);
-    let run_json = settings_json(&run_meta)? + "\n";
-    let run_path = out_dir.join("run.json");
-    std::fs::write(&run_path, run_json).map_err(|e| VaeError::io(&run_path, e))?;
     let bound = args.model.bound_on();
     let (loss_name, kl_name) = if args.model.is_vae() {
         ("-ELBO", "KL")
@@ -448,29 +463,70 @@ fn run(args: Args) -> Result<()> {
         .filter(|(k, _)| !config_keys.iter().any(|(ck, _)| ck == k))
         .cloned()
         .collect();
-    if args.resume.is_some() {
-        resume_run(
-            &gpu,
-            &vae,
-            &mut trainer,
-            &args,
-            &run_meta,
-            &ckpt_path,
-            &state_path,
-            &metrics,
-        )?;
-        println!(
-            "resumed {} after epoch {} (step {})",
-            out_dir.display(),
-            trainer.epoch,
-            trainer.step
-        );
-    }
+    // Everything is checked: only now does the run touch its directory.
+    let run_dir = match &args.resume {
+        Some(dir) => {
+            let run_dir = RunDir::open(dir, args.keep)?;
+            if let Err(e) = resume_run(&gpu, &vae, &mut trainer, &args, &run_meta, &run_dir, &metrics) {
+                run_dir.abandon();
+                return Err(e);
+            }
+            run_dir.claim()?;
+            println!(
+                "resumed {} after epoch {}{} (step {})",
+                out_dir.display(),
+                trainer.epoch,
+                if trainer.batch > 0 {
+                    format!(" and {} batches", trainer.batch)
+                } else {
+                    String::new()
+                },
+                trainer.step
+            );
+            run_dir
+        }
+        None => RunDir::create(&out_dir, args.overwrite, args.keep)?,
+    };
+    run_dir.clean_stale()?;
+    let run_path = out_dir.join("run.json");
+    std::fs::write(&run_path, settings_json(&run_meta)? + "\n").map_err(|e| VaeError::io(&run_path, e))?;
+    let stop = Signals::install()?;
     let run_start = Instant::now();
-    for epoch in (trainer.epoch as usize + 1)..=args.epochs {
+    let save = |trainer: &Trainer<'_>| -> Result<()> {
+        let mut meta = ckpt_meta.clone();
+        meta.push(("epoch".to_string(), trainer.epoch.to_string()));
+        meta.push(("batch".to_string(), trainer.batch.to_string()));
+        meta.push(("step".to_string(), trainer.step.to_string()));
+        run_dir.save(trainer.epoch, trainer.batch, |ckpt, state| {
+            vae.save(&gpu, ckpt, &meta)?;
+            trainer.save_state(&vae, state)
+        })
+    };
+    while (trainer.epoch as usize) < args.epochs {
+        let epoch = trainer.epoch as usize + 1;
         let bar = common::progress_bar(trainer.steps_per_epoch() as u64, format!("epoch {epoch:>3}"));
-        let rep = trainer.train_epoch(|done, _| bar.set_position(done as u64))?;
+        let since = trainer.batch;
+        let outcome = trainer.train_epoch_until(
+            |batch| stop.raised() || args.save_every.is_some_and(|n| (batch - since) % n == 0),
+            |done, _| bar.set_position(done as u64),
+        )?;
         bar.finish_and_clear();
+        let rep = match outcome {
+            EpochOutcome::Stopped { batch } => {
+                save(&trainer)?;
+                if let Some(code) = stop.exit_code() {
+                    println!(
+                        "interrupted in epoch {epoch} after batch {batch} (step {}); saved. Continue with the \
+                         same flags and --resume {}",
+                        trainer.step,
+                        out_dir.display()
+                    );
+                    return Ok(code);
+                }
+                continue;
+            }
+            EpochOutcome::Done(rep) => rep,
+        };
         let test_stats = evaluator.elbo(&vae, args.train.seed, args.train.binarize)?;
         let elapsed = run_start.elapsed().as_secs_f64();
         let mut record = EpochRecord {
@@ -518,12 +574,22 @@ fn run(args: Args) -> Result<()> {
                 record.iw_k = Some(k);
             }
         }
+        // The line before the save: a crash between them leaves a line of an epoch the
+        // manifest does not hold, which the resume drops and trains again.
         append_line(&metrics, &record.to_line()?)?;
-        let mut meta = ckpt_meta.clone();
-        meta.push(("epoch".to_string(), epoch.to_string()));
-        meta.push(("step".to_string(), trainer.step.to_string()));
-        vae.save(&gpu, &ckpt_path, &meta)?;
-        trainer.save_state(&vae, &state_path)?;
+        save(&trainer)?;
+        if let Some(code) = stop.exit_code() {
+            println!(
+                "interrupted after epoch {epoch} (step {}); saved. Continue with the same flags and --resume {}",
+                trainer.step,
+                out_dir.display()
+            );
+            return Ok(code);
+        }
+    }
+    if let Some(code) = stop.exit_code() {
+        println!("interrupted after the last epoch; the run is saved, its pictures are not drawn");
+        return Ok(code);
     }
     // Pictures: 16 test images over their reconstructions, and 64 samples from the prior.
     let (x, xr) = evaluator.reconstruct(&vae, args.train.seed, 16)?;
@@ -549,7 +615,7 @@ fn run(args: Args) -> Result<()> {
             "wrote {}/{{metrics.jsonl, run.json, checkpoint.safetensors, reconstructions.png}}",
             out_dir.display()
         );
-        return Ok(());
+        return Ok(0);
     }
     // Samples from the prior; a conditional model draws one row of 8 per class.
     let (n, labels) = if args.model.classes > 0 {
@@ -565,12 +631,13 @@ fn run(args: Args) -> Result<()> {
         "wrote {}/{{metrics.jsonl, run.json, checkpoint.safetensors, reconstructions.png, samples.png}}",
         out_dir.display()
     );
-    Ok(())
+    Ok(0)
 }
 
-/// Loads the run in `--resume DIR` after checking that this invocation's settings are the
-/// run's own (every recorded key that decides the numbers), and drops metric lines of epochs
-/// the checkpoint does not contain (a run stopped between the two writes).
+/// Loads the newest save of the run in `--resume DIR` after checking that this invocation's
+/// settings are the run's own (every recorded key that decides the numbers), and drops metric
+/// lines of epochs the save does not hold (a run stopped between the line and the save).
+/// Nothing on disk changes unless the run is accepted.
 #[allow(clippy::too_many_arguments)]
 fn resume_run(
     gpu: &Gpu,
@@ -578,10 +645,14 @@ fn resume_run(
     trainer: &mut Trainer<'_>,
     args: &Args,
     run_meta: &[(String, String)],
-    ckpt_path: &Path,
-    state_path: &Path,
+    run_dir: &RunDir,
     metrics: &Path,
 ) -> Result<()> {
+    let pair = run_dir.latest()?.ok_or_else(|| VaeError::NoRun {
+        path: run_dir.path().to_path_buf(),
+        problem: "it holds no saved model and training state (start the run without --resume)".into(),
+    })?;
+    let (ckpt_path, state_path) = (&pair.checkpoint, &pair.state);
     let (_, recorded) = read_safetensors(ckpt_path)?;
     let get = |k: &str| recorded.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
     // Adapter, driver and the like may change between machines; these decide the numbers.
@@ -623,12 +694,15 @@ fn resume_run(
     }
     vae.load_weights(gpu, ckpt_path)?;
     trainer.load_state(vae, state_path)?;
-    if get("epoch") != Some(trainer.epoch.to_string().as_str()) {
+    let batch = get("batch").unwrap_or("0");
+    if get("epoch") != Some(trainer.epoch.to_string().as_str()) || batch != trainer.batch.to_string() {
         return Err(VaeError::Checkpoint {
-            path: state_path.into(),
+            path: state_path.clone(),
             problem: format!(
-                "it is from epoch {} but the checkpoint from epoch {}; the run stopped while saving",
+                "it is from epoch {} (batch {}) but the checkpoint from epoch {} (batch {batch}); the run \
+                 stopped while saving",
                 trainer.epoch,
+                trainer.batch,
                 get("epoch").unwrap_or("?")
             ),
         });
@@ -654,7 +728,8 @@ fn main() {
         Ok(a) => a,
         Err(e) => common::fail(&e, 2),
     };
-    if let Err(e) = run(args) {
-        common::fail(&e, 1);
+    match run(args) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => common::fail(&e, 1),
     }
 }

@@ -5,6 +5,9 @@
 //   m = β1·m + (1−β1)·g ;  v = β2·v + (1−β2)·g²
 //   p −= (lr / (1−β1^t)) · m / (sqrt(v) / sqrt(1−β2^t) + eps)
 // The per-step lr and bias corrections come from the Step uniform.
+// The divergence guard: an updated parameter that is not finite lowers health[0] to this
+// step's number with atomicMin, so the first such step is known at the epoch's end without a
+// readback per step (the trainer sets the word to 0xFFFFFFFF when an epoch starts).
 
 struct AdamParams {
     len4: u32,
@@ -26,6 +29,7 @@ var<private> S: Step;
 @group(0) @binding(3) var<storage, read> grads: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> m1: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> m2: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> health: array<atomic<u32>>;
 
 fn flush_subnormal(x: vec4<f32>) -> vec4<f32> {
     return select(x, vec4<f32>(0.0), abs(x) < vec4<f32>(1.17549435e-38));
@@ -55,5 +59,10 @@ fn adam(@builtin(global_invocation_id) gid: vec3<u32>) {
     m1[i] = m;
     m2[i] = v;
     let denom = sqrt(v) / sqrt(S.adam_bc2) + vec4<f32>(P.eps);
-    params[i] = w - (lr / S.adam_bc1) * m / denom;
+    let updated = w - (lr / S.adam_bc1) * m / denom;
+    params[i] = updated;
+    // False for NaN and ±inf alike (every comparison with NaN is false).
+    if (!all(abs(updated) <= vec4<f32>(3.4028235e38))) {
+        atomicMin(&health[0], S.step);
+    }
 }

@@ -27,7 +27,7 @@ pub enum VaeError {
     /// A buffer request exceeds what the device allows.
     #[error(
         "buffer '{label}' needs {bytes} bytes but the device's {limit_name} is {limit} bytes; use a smaller \
-         batch size or model"
+         batch, model or count"
     )]
     BufferTooLarge {
         /// The buffer's label.
@@ -38,6 +38,19 @@ pub enum VaeError {
         limit: u64,
         /// The name of the `wgpu::Limits` field that sets it.
         limit_name: &'static str,
+    },
+    /// A size from a flag or a file would need more host memory than the budget allows.
+    #[error(
+        "{what} would need {bytes} bytes of host memory, more than the budget of {budget} bytes \
+         (GpuOptions::host_memory_budget, by default 0.8 × the memory available); choose smaller sizes"
+    )]
+    HostMemory {
+        /// What would need it, naming the size that decides it.
+        what: String,
+        /// Bytes it would need.
+        bytes: u128,
+        /// The budget.
+        budget: u64,
     },
     /// A wgpu validation or out-of-memory error surfaced while recording or submitting work.
     #[error("GPU error: {0}")]
@@ -73,6 +86,52 @@ pub enum VaeError {
     /// An invalid configuration value or command-line argument.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A new run was pointed at a directory that already holds one.
+    #[error(
+        "{} already holds a run ({}); resume it, or overwrite it explicitly",
+        path.display(),
+        files.join(", ")
+    )]
+    RunExists {
+        /// The run directory.
+        path: PathBuf,
+        /// What it holds.
+        files: Vec<String>,
+    },
+    /// Another process is training in the run directory.
+    #[error(
+        "another process{} is training in {} (it holds {}/.lock); wait for it to finish or use another directory",
+        pid.map_or(String::new(), |p| format!(" (pid {p})")),
+        path.display(),
+        path.display()
+    )]
+    RunLocked {
+        /// The run directory.
+        path: PathBuf,
+        /// The process holding the lock, as it wrote it into the lock file.
+        pid: Option<u32>,
+    },
+    /// There is no run to resume in the directory.
+    #[error("nothing to resume in {}: {problem}", path.display())]
+    NoRun {
+        /// The directory.
+        path: PathBuf,
+        /// What is missing or wrong.
+        problem: String,
+    },
+    /// Training produced a value that is not finite (NaN or infinite).
+    #[error(
+        "training diverged in epoch {epoch}: {what} was not finite at step {step}. Nothing of that epoch \
+         was saved; lower the learning rate (or β, or the data's scale) and train again"
+    )]
+    Diverged {
+        /// The epoch (from 1) the step belongs to.
+        epoch: u64,
+        /// The global step (from 0) that first produced a non-finite value.
+        step: u64,
+        /// What was not finite.
+        what: String,
+    },
     /// Configuration fields whose values (or whose combination) the library refuses, named as
     /// the library's types spell them (`TrainConfig::batch_size`, `Code::Quantized::groups`), so
     /// that a front end can name its own option for each.

@@ -28,6 +28,7 @@ pub fn decode_conditional(gpu: &Gpu, vae: &Vae, z: &[f32], labels: Option<&[u8]>
     }
     let n = z.len() / zd;
     let width = cfg.dec_input_dim();
+    check_rows(gpu, vae, n)?;
     let rows = labelled_rows(cfg.classes, z, zd, width, labels, "decodes")?;
     let zt = gpu.upload("z", &[n, width], &rows)?;
     let out = gpu.tensor("decoded", &[n, cfg.input_dim])?;
@@ -71,6 +72,7 @@ pub fn prior_latents(
     if n == 0 {
         return Ok(Vec::new());
     }
+    check_rows(gpu, vae, n)?;
     vae.latent.sample_prior(gpu, &vae.arena, seed, n, temperature, labels)
 }
 
@@ -88,6 +90,26 @@ pub fn conditional_prior_draws(
     temperature: f32,
 ) -> Result<Vec<f32>> {
     vae.latent.draw_down(gpu, &vae.arena, top, labels, seed, temperature)
+}
+
+/// Refuses `n` rows of decoding beyond the device's buffers and the host's memory budget,
+/// before anything is allocated for them.
+fn check_rows(gpu: &Gpu, vae: &Vae, n: usize) -> Result<()> {
+    let cfg = &vae.config;
+    let widest = cfg
+        .hidden
+        .iter()
+        .chain(cfg.top().iter().map(|t| &t.hidden))
+        .chain([&cfg.input_dim, &cfg.dec_input_dim()])
+        .max()
+        .copied()
+        .unwrap_or(cfg.input_dim) as u128;
+    gpu.check_buffer(&format!("decoding {n} codes"), 4 * n as u128 * widest)?;
+    // The codes, their rows for the device, the decoded values and their images.
+    gpu.check_host(
+        &format!("decoding {n} codes"),
+        4 * n as u128 * (2 * cfg.dec_input_dim() as u128 + 2 * cfg.input_dim as u128),
+    )
 }
 
 /// Decoder output to pixel means: sigmoid of logits (Bernoulli), the mean clamped to [0, 1]

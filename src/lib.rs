@@ -14,6 +14,8 @@
 pub mod data;
 pub mod error;
 pub mod explore;
+#[cfg(test)]
+mod fuzz;
 pub mod gpu;
 pub mod infer;
 pub mod io;
@@ -21,6 +23,7 @@ pub mod model;
 mod nn;
 mod ops;
 pub mod rng;
+pub mod run;
 pub mod train;
 
 pub use error::{Result, VaeError};

@@ -48,8 +48,87 @@ pub fn explain(e: &VaeError) -> String {
             let flags: Vec<&str> = fields.iter().map(|f| flag_for(f)).collect();
             format!("{}: {problem}", flags.join(" with "))
         }
+        VaeError::RunExists { .. } => format!("{e} (--resume DIR continues it, --overwrite replaces it)"),
+        VaeError::Diverged { .. } => format!("{e} (--lr sets the learning rate)"),
+        VaeError::NoAdapter { .. } => {
+            // A Vulkan loader told where to look for drivers finds only those.
+            let set: Vec<String> = ["VK_ICD_FILENAMES", "VK_DRIVER_FILES"]
+                .iter()
+                .filter_map(|v| std::env::var(v).ok().map(|val| format!("{v}={val:?}")))
+                .collect();
+            if set.is_empty() {
+                e.to_string()
+            } else {
+                format!(
+                    "{e}. Note: {} is set, so Vulkan looks for drivers only there: check that it names an \
+                     installed driver's .json, or unset it",
+                    set.join(" and ")
+                )
+            }
+        }
         other => other.to_string(),
     }
+}
+
+/// SIGINT and SIGTERM, caught: the training loop finishes its step, saves and exits with 130
+/// or 143 (128 + the signal), the shell's convention for a process the signal ended. A second
+/// signal of the same kind ends the process at once.
+pub struct Signals {
+    int: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    term: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Signals {
+    /// Installs the handlers.
+    pub fn install() -> vae_wgpu::Result<Self> {
+        let (int, term) = (Default::default(), Default::default());
+        #[cfg(unix)]
+        for (sig, flag) in [
+            (signal_hook::consts::SIGINT, &int),
+            (signal_hook::consts::SIGTERM, &term),
+        ] {
+            let code = 128 + sig as u32;
+            signal_hook::flag::register_conditional_shutdown(sig, code as i32, std::sync::Arc::clone(flag))
+                .and_then(|_| signal_hook::flag::register(sig, std::sync::Arc::clone(flag)))
+                .map_err(|e| VaeError::Config(format!("installing the signal handlers: {e}")))?;
+        }
+        Ok(Signals { int, term })
+    }
+
+    /// Whether a signal has come.
+    pub fn raised(&self) -> bool {
+        self.exit_code().is_some()
+    }
+
+    /// The exit code for the signal that came, if one did.
+    pub fn exit_code(&self) -> Option<i32> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.int.load(Relaxed) {
+            Some(130)
+        } else if self.term.load(Relaxed) {
+            Some(143)
+        } else {
+            None
+        }
+    }
+}
+
+/// The checkpoint a `--checkpoint` value names: the file itself, or a run directory's
+/// `checkpoint.safetensors`.
+pub fn checkpoint_file(path: &std::path::Path) -> vae_wgpu::Result<std::path::PathBuf> {
+    if path.is_dir() {
+        let inside = path.join(vae_wgpu::run::CHECKPOINT);
+        if inside.is_file() {
+            return Ok(inside);
+        }
+        return Err(VaeError::Config(format!(
+            "--checkpoint {} is a directory without a {}: name a checkpoint file, or a run \
+             directory train_mnist wrote",
+            path.display(),
+            vae_wgpu::run::CHECKPOINT
+        )));
+    }
+    Ok(path.to_path_buf())
 }
 
 /// Prints `e` for a user and exits with `code`.

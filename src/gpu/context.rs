@@ -132,7 +132,7 @@ impl GpuContext {
         };
         let (device, queue) = request_device(&adapter).await?;
         let info = adapter.get_info();
-        let mut ctx = Self::assemble(&info, device, queue, options.lp_native_vector_width.clone());
+        let mut ctx = Self::assemble(&info, device, queue, options.lp_native_vector_width.clone(), true);
         if is_lavapipe(&info) && options.pin_threads {
             ctx.report.pinned_worker_threads = super::affinity::pin_new_threads(&threads_before);
         }
@@ -149,7 +149,7 @@ impl GpuContext {
         queue: wgpu::Queue,
         options: &super::GpuOptions,
     ) -> Self {
-        Self::assemble(info, device, queue, options.lp_native_vector_width.clone())
+        Self::assemble(info, device, queue, options.lp_native_vector_width.clone(), false)
     }
 
     fn assemble(
@@ -157,6 +157,7 @@ impl GpuContext {
         device: wgpu::Device,
         queue: wgpu::Queue,
         lp_native_vector_width: Option<String>,
+        created: bool,
     ) -> Self {
         let limits = device.limits();
         let features = device.features();
@@ -179,12 +180,22 @@ impl GpuContext {
             pinned_worker_threads: Vec::new(),
         };
         let errors = Arc::new(Mutex::new(Vec::new()));
-        let sink = errors.clone();
-        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-            if let Ok(mut v) = sink.lock() {
-                v.push(e.to_string());
-            }
-        }));
+        // On a device of its own the crate catches what its error scopes do not, and a lost
+        // device, as errors of the next wait; a host's device keeps the host's own handlers.
+        if created {
+            let sink = errors.clone();
+            device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+                if let Ok(mut v) = sink.lock() {
+                    v.push(e.to_string());
+                }
+            }));
+            let sink = errors.clone();
+            device.set_device_lost_callback(move |reason, message| {
+                if let Ok(mut v) = sink.lock() {
+                    v.push(format!("the device was lost ({reason:?}): {message}"));
+                }
+            });
+        }
         GpuContext {
             device,
             queue,

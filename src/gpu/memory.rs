@@ -130,7 +130,7 @@ impl DeviceMemory {
         self.ledger.lock().map(|l| l.stats).unwrap_or_default()
     }
 
-    fn check(&self, label: &str, bytes: u64, usage: wgpu::BufferUsages) -> Result<()> {
+    pub(crate) fn check(&self, label: &str, bytes: u64, usage: wgpu::BufferUsages) -> Result<()> {
         if bytes > self.max_buffer {
             return Err(VaeError::BufferTooLarge {
                 label: label.into(),
@@ -150,14 +150,25 @@ impl DeviceMemory {
         Ok(())
     }
 
+    /// Creates a buffer inside error scopes of its own, so that running out of device memory
+    /// (or a refused descriptor) is this call's typed error rather than a later, unattributed
+    /// one — on a host's device too, whose error handlers the crate leaves alone.
     fn create(&self, label: &str, bytes: u64, usage: wgpu::BufferUsages) -> Result<wgpu::Buffer> {
         self.check(label, bytes, usage)?;
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let invalid = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let raw = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: bytes,
             usage,
             mapped_at_creation: false,
         });
+        let invalid = pollster::block_on(invalid.pop());
+        if let Some(e) = pollster::block_on(oom.pop()).or(invalid) {
+            return Err(VaeError::Gpu(format!(
+                "allocating {bytes} bytes for '{label}' failed: {e}; use a smaller batch size or model"
+            )));
+        }
         self.record_allocation(bytes)?;
         Ok(raw)
     }

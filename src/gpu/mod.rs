@@ -121,6 +121,7 @@ pub struct Gpu {
     /// Shader modules and pipelines, compiled once and cached by key.
     pub kernels: KernelRegistry,
     options: GpuOptions,
+    host_budget: u64,
     // Bound where a kernel's optional input or output is unused.
     dummy_read: Tensor,
     dummy_write: Tensor,
@@ -164,6 +165,7 @@ impl Gpu {
             dummy_read,
             dummy_write,
             dummy_texture,
+            host_budget: options.host_memory_budget.unwrap_or_else(options::default_host_budget),
             options,
             submits: AtomicU64::new(0),
             readbacks: AtomicU64::new(0),
@@ -171,6 +173,26 @@ impl Gpu {
             passes: AtomicU64::new(0),
             copies: AtomicU64::new(0),
         })
+    }
+
+    /// Refuses to go on when `what` would need `bytes` of host memory beyond the budget
+    /// ([`GpuOptions::host_memory_budget`]); call it before allocating from a size a user gave.
+    pub fn check_host(&self, what: &str, bytes: u128) -> Result<()> {
+        if bytes > self.host_budget as u128 {
+            return Err(VaeError::HostMemory {
+                what: what.into(),
+                bytes,
+                budget: self.host_budget,
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuses a storage buffer of `bytes` for `what` beyond the device's limits, before any
+    /// host memory is spent on its contents.
+    pub fn check_buffer(&self, what: &str, bytes: u128) -> Result<()> {
+        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+        self.memory.check(what, bytes, TENSOR_USAGE)
     }
 
     /// The options the runtime was made with.
@@ -196,13 +218,13 @@ impl Gpu {
 
     /// A long-lived tensor of `shape`, allocated at its exact size (contents undefined).
     pub fn tensor(&self, label: &str, shape: &[usize]) -> Result<Tensor> {
-        let bytes = 4 * shape.iter().product::<usize>() as u64;
+        let bytes = tensor_bytes(label, shape)?;
         Ok(Tensor::view(self.memory.alloc(label, bytes, TENSOR_USAGE)?, 0, shape))
     }
 
     /// A transient tensor from the pool; its buffer returns to the pool when the last view drops.
     pub fn tensor_pooled(&self, label: &str, shape: &[usize]) -> Result<Tensor> {
-        let bytes = 4 * shape.iter().product::<usize>() as u64;
+        let bytes = tensor_bytes(label, shape)?;
         Ok(Tensor::view(
             self.memory.alloc_pooled(label, bytes, TENSOR_USAGE)?,
             0,
@@ -267,20 +289,32 @@ impl Gpu {
 
     /// Copies a tensor's 32-bit words back to the host.
     pub fn read_words(&self, t: &Tensor) -> Result<Vec<u32>> {
-        let bytes = t.bytes();
-        if bytes == 0 {
-            return Ok(Vec::new());
+        Ok(self.read_many(&[t])?.pop().unwrap_or_default())
+    }
+
+    /// Copies several tensors' 32-bit words back to the host in one readback (one staging
+    /// buffer, one map), waiting for all submitted work.
+    pub fn read_many(&self, tensors: &[&Tensor]) -> Result<Vec<Vec<u32>>> {
+        let total: u64 = tensors.iter().map(|t| t.bytes()).sum();
+        if total == 0 {
+            return Ok(tensors.iter().map(|_| Vec::new()).collect());
         }
         let staging = self.memory.alloc_pooled(
             "readback",
-            bytes,
+            total,
             wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
         )?;
         let mut enc = self.ctx.device.create_command_encoder(&Default::default());
-        enc.copy_buffer_to_buffer(t.raw(), t.offset(), staging.raw(), 0, bytes);
+        let mut at = 0;
+        for t in tensors {
+            if t.bytes() > 0 {
+                enc.copy_buffer_to_buffer(t.raw(), t.offset(), staging.raw(), at, t.bytes());
+            }
+            at += t.bytes();
+        }
         self.ctx.queue.submit([enc.finish()]);
         self.readbacks.fetch_add(1, Ordering::Relaxed);
-        let slice = staging.raw().slice(0..bytes);
+        let slice = staging.raw().slice(0..total);
         let (tx, rx) = std::sync::mpsc::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
@@ -293,7 +327,17 @@ impl Gpu {
             let view = slice
                 .get_mapped_range()
                 .map_err(|e| VaeError::Readback(e.to_string()))?;
-            bytemuck::cast_slice::<u8, u32>(&view).to_vec()
+            let words: &[u32] = bytemuck::cast_slice(&view);
+            let mut at = 0;
+            tensors
+                .iter()
+                .map(|t| {
+                    let n = t.len();
+                    let v = words[at..at + n].to_vec();
+                    at += n;
+                    v
+                })
+                .collect()
         };
         staging.raw().unmap();
         Ok(out)
@@ -436,6 +480,19 @@ impl Gpu {
         self.submit(enc.finish());
         self.ctx.wait()
     }
+}
+
+/// Bytes of an f32 tensor of `shape`, refused when they overflow.
+fn tensor_bytes(label: &str, shape: &[usize]) -> Result<u64> {
+    shape
+        .iter()
+        .try_fold(4u64, |acc, &d| acc.checked_mul(d as u64))
+        .ok_or_else(|| VaeError::BufferTooLarge {
+            label: label.into(),
+            bytes: u64::MAX,
+            limit: 0,
+            limit_name: "size (the shape overflows)",
+        })
 }
 
 /// Workgroup grid for `items` invocations in groups of `group`, folded into two dimensions

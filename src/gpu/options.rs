@@ -138,6 +138,10 @@ pub struct GpuOptions {
     /// lavapipe's SIMD width as the driver was told (`LP_NATIVE_VECTOR_WIDTH`, which the driver
     /// reads from the environment itself), recorded in the adapter report.
     pub lp_native_vector_width: Option<String>,
+    /// Host memory the crate may ask for at once, in bytes; None: 0.8 × `MemAvailable` of
+    /// /proc/meminfo when the runtime is made (Linux; no limit elsewhere). Sizes from flags or
+    /// files beyond it are refused before anything is allocated.
+    pub host_memory_budget: Option<u64>,
 }
 
 impl Default for GpuOptions {
@@ -153,8 +157,19 @@ impl Default for GpuOptions {
             shader_dir: None,
             pin_threads: true,
             lp_native_vector_width: None,
+            host_memory_budget: None,
         }
     }
+}
+
+/// 0.8 × `MemAvailable` from /proc/meminfo (Linux), the default host memory budget.
+pub(crate) fn default_host_budget() -> u64 {
+    let kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
+        s.lines()
+            .find(|l| l.starts_with("MemAvailable:"))
+            .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+    });
+    kib.map_or(u64::MAX, |k| k.saturating_mul(1024) / 10 * 8)
 }
 
 /// Backends this build of the crate has.
@@ -169,8 +184,8 @@ impl GpuOptions {
     /// `WGPU_BACKEND` (comma-separated vulkan, metal, dx12), `WGPU_ADAPTER_NAME`,
     /// `WGPU_POWER_PREF` (low, high, none), wgpu's instance and backend variables,
     /// `VAE_WGPU_MATMUL` (naive, tiled, subgroup), `VAE_WGPU_TEXTURES` (auto, all, none),
-    /// `VAE_WGPU_SHADER_DIR`, `VAE_WGPU_PIN_THREADS` (0, false or off to disable) and
-    /// `LP_NATIVE_VECTOR_WIDTH` (recorded). A value it cannot use is an error naming the
+    /// `VAE_WGPU_SHADER_DIR`, `VAE_WGPU_PIN_THREADS` (0, false or off to disable),
+    /// `VAE_WGPU_HOST_BUDGET` (bytes) and `LP_NATIVE_VECTOR_WIDTH` (recorded). A value it cannot use is an error naming the
     /// variable, its value and what is accepted.
     pub fn from_env() -> Result<Self> {
         let mut o = Self::from_vars(|k| std::env::var(k).ok())?;
@@ -250,6 +265,15 @@ impl GpuOptions {
             o.pin_threads = !matches!(v.trim().to_ascii_lowercase().as_str(), "0" | "false" | "off");
         }
         o.lp_native_vector_width = var("LP_NATIVE_VECTOR_WIDTH");
+        if let Some(v) = var("VAE_WGPU_HOST_BUDGET") {
+            o.host_memory_budget = Some(
+                v.trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|&b| b > 0)
+                    .ok_or_else(|| bad("VAE_WGPU_HOST_BUDGET", &v, "expected a number of bytes > 0"))?,
+            );
+        }
         Ok(o)
     }
 

@@ -110,12 +110,27 @@ impl Vae {
         out
     }
 
-    /// Writes the model (F32 tensors, configuration as string metadata) atomically.
+    /// Writes the model (F32 tensors, configuration as string metadata) atomically. A model
+    /// holding a value that is not finite (a diverged run) is refused, naming the tensor, so
+    /// that it never replaces a good file.
     pub fn save(&self, gpu: &Gpu, path: &Path, extra: &[(String, String)]) -> Result<()> {
         let mut meta = self.config.to_metadata();
         meta.push(("format".into(), "vae-wgpu/1".into()));
         meta.extend(extra.iter().cloned());
-        write_safetensors(path, &self.checkpoint_tensors(gpu)?, &meta)
+        let tensors = self.checkpoint_tensors(gpu)?;
+        if let Some((t, i)) = tensors
+            .iter()
+            .find_map(|t| t.data.iter().position(|x| !x.is_finite()).map(|i| (t, i)))
+        {
+            return Err(VaeError::Checkpoint {
+                path: path.into(),
+                problem: format!(
+                    "not written: tensor '{}' holds {} at index {i} (the model diverged)",
+                    t.name, t.data[i]
+                ),
+            });
+        }
+        write_safetensors(path, &tensors, &meta)
     }
 
     /// Loads a checkpoint written by [`Vae::save`], taking the configuration from its metadata.
@@ -130,8 +145,8 @@ impl Vae {
         Ok(vae)
     }
 
-    /// Loads weights into this model; a checkpoint of another configuration is an error
-    /// naming the difference.
+    /// Loads weights into this model; a checkpoint of another configuration, or one holding a
+    /// value that is not finite, is an error naming the difference or the tensor.
     pub fn load_weights(&self, gpu: &Gpu, path: &Path) -> Result<()> {
         let (tensors, meta) = read_safetensors(path)?;
         let bad = |problem: String| VaeError::Checkpoint {
@@ -144,6 +159,16 @@ impl Vae {
                     "it holds a model configured as {theirs:?}, but this model is {:?}; \
                      build the model from the checkpoint (Vae::load) or train a new one",
                     self.config
+                )));
+            }
+        }
+        // A diverged run's weights would decode to noise or to one constant image.
+        for t in &tensors {
+            if let Some(i) = t.data.iter().position(|x| !x.is_finite()) {
+                return Err(bad(format!(
+                    "tensor '{}' holds {} at index {i}: the run that wrote it diverged; use a checkpoint \
+                     from before that, or train again with a lower learning rate",
+                    t.name, t.data[i]
                 )));
             }
         }

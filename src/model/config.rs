@@ -181,6 +181,34 @@ impl VaeConfig {
     /// Checks the sizes the kernels need and the combinations the blocks support; every
     /// refusal names the fields at fault.
     pub fn validate(&self) -> Result<()> {
+        // The kernels index with 32-bit integers, and every size is checked before it is
+        // multiplied: no value from a flag or a file can overflow the arithmetic below.
+        let mut sizes: Vec<(&'static str, usize)> = vec![
+            ("VaeConfig::input_dim", self.input_dim),
+            ("VaeConfig::latent", self.latent),
+            ("VaeConfig::classes", self.classes),
+        ];
+        sizes.extend(self.hidden.iter().map(|&h| ("VaeConfig::hidden", h)));
+        sizes.extend(
+            self.top()
+                .iter()
+                .flat_map(|t| [("Code::Hierarchical", t.latent), ("Code::Hierarchical", t.hidden)]),
+        );
+        if let Code::Quantized { codes, groups, .. } = self.code {
+            sizes.extend([("Code::Quantized::codes", codes), ("Code::Quantized::groups", groups)]);
+        }
+        if self.hidden.len() > MAX_HIDDEN_LAYERS {
+            return Err(VaeError::setting(
+                "VaeConfig::hidden",
+                format!("at most {MAX_HIDDEN_LAYERS} hidden layers, got {}", self.hidden.len()),
+            ));
+        }
+        if let Some((field, v)) = sizes.into_iter().find(|&(_, v)| v > MAX_SIZE) {
+            return Err(VaeError::setting(
+                field,
+                format!("{v} is larger than any size the kernels can index (at most {MAX_SIZE})"),
+            ));
+        }
         if self.input_dim == 0 || !self.input_dim.is_multiple_of(4) {
             return Err(VaeError::setting(
                 "VaeConfig::input_dim",
@@ -373,34 +401,49 @@ impl VaeConfig {
 
     /// Parameters in the model, the zero-padding input rows of conditional and hierarchical
     /// layers included (they are stored and checkpointed).
+    /// (`usize::MAX` for a configuration whose count overflows; see
+    /// [`VaeConfig::num_params_checked`].)
     pub fn num_params(&self) -> usize {
+        self.num_params_checked().unwrap_or(usize::MAX)
+    }
+
+    /// [`VaeConfig::num_params`], or None when the count does not fit a `usize`. Every size of
+    /// a validated configuration fits 31 bits, so this never overflows its u128 arithmetic.
+    pub fn num_params_checked(&self) -> Option<usize> {
+        let dense = |i: usize, o: usize| i as u128 * o as u128 + o as u128;
         let mut widths = vec![self.enc_input_dim()];
         widths.extend(&self.hidden);
-        let enc: usize = widths.windows(2).map(|w| w[0] * w[1] + w[1]).sum();
+        let enc: u128 = widths.windows(2).map(|w| dense(w[0], w[1])).sum();
         let last = *widths.last().unwrap_or(&self.input_dim);
-        let head = last * self.head_width() + self.head_width();
+        let head = dense(last, self.head_width());
         let mut dw = vec![self.dec_input_dim()];
         dw.extend(self.hidden.iter().rev());
         dw.push(self.input_dim);
-        let dec: usize = dw.windows(2).map(|w| w[0] * w[1] + w[1]).sum();
+        let dec: u128 = dw.windows(2).map(|w| dense(w[0], w[1])).sum();
         let codebook = match self.code {
-            Code::Quantized { codes, groups, .. } => codes * (self.latent / groups),
+            Code::Quantized { codes, groups, .. } => codes as u128 * (self.latent / groups.max(1)) as u128,
             _ => 0,
         };
         // z₁ → h → [μ₂ | log σ₂²] and z₂ → h → [μₚ | log σₚ²], each input with the one-hot
         // and padding of a conditional model (the padding rows included, as for the decoder).
-        let top: usize = (0..self.top().len())
+        let top: u128 = (0..self.top().len())
             .map(|i| {
-                let (t, dense) = (self.top()[i], |i: usize, o: usize| i * o + o);
+                let t = self.top()[i];
                 dense(self.top_below_dim(i), t.hidden)
                     + dense(t.hidden, 2 * t.latent)
                     + dense(self.top_input_dim(i), t.hidden)
                     + dense(t.hidden, 2 * self.top_below_latent(i))
             })
             .sum();
-        enc + head + dec + codebook + top + self.likelihood.learned_log_c_len(self.input_dim).unwrap_or(0)
+        let log_c = self.likelihood.learned_log_c_len(self.input_dim).unwrap_or(0) as u128;
+        (enc + head + dec + codebook + top + log_c).try_into().ok()
     }
 }
+
+/// The largest size of any dimension: the kernels index with 32-bit integers.
+pub const MAX_SIZE: usize = 1 << 30;
+/// Most hidden layers in the encoder (and the decoder).
+pub const MAX_HIDDEN_LAYERS: usize = 64;
 
 /// Most stochastic layers above z: each has its own ε key base (see
 /// [`crate::ops::TOP_SAMPLE_BASE`]).

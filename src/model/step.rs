@@ -119,7 +119,9 @@ pub fn plan_step(
     d.push(vae.objective.metrics(&c, metric_log)?);
     if let Some(adam) = adam {
         let a = &vae.arena;
-        d.push(ops::adam(gpu, "adam", adam, step, &a.params, &a.grads, &a.m, &a.v)?);
+        d.push(ops::adam(
+            gpu, "adam", adam, step, &a.params, &a.grads, &a.m, &a.v, &a.health,
+        )?);
         d.extend(a.refresh_mirrors());
     }
     Ok(d)

@@ -48,6 +48,11 @@ impl Vae {
         let decoder: Box<dyn Network> = Box::new(MlpDecoder::new(&mut layout, &config));
         let likelihood = LikelihoodBlock::new(&mut layout, &config);
         let latent = crate::model::latent::build(&mut layout, &config);
+        // Sizes from flags or a checkpoint's metadata: refused before the host spends memory on
+        // initial values (those, their flat copy and the upload's).
+        let floats = layout.len() as u128;
+        gpu.check_buffer("the parameter arena (VaeConfig sizes)", 4 * floats)?;
+        gpu.check_host("the model's parameters (VaeConfig sizes)", 3 * 4 * floats)?;
         let mut values: Vec<Vec<f32>> = layout.slots().iter().map(|s| vec![0.0; s.len()]).collect();
         let mut rng = crate::rng::host_rng(seed, 0);
         for l in encoder.layers().into_iter().chain(decoder.layers()) {

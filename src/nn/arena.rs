@@ -87,6 +87,9 @@ pub struct ParamArena {
     pub m: Tensor,
     /// Adam's second moments.
     pub v: Tensor,
+    /// The divergence guard's word (u32): the first step at which Adam made a parameter
+    /// non-finite, or [`ops::HEALTHY`].
+    pub health: Tensor,
     /// Texture mirrors of parameters, by slot (see [`crate::gpu::mirror`]).
     mirrors: Vec<Option<Arc<GpuTexture>>>,
 }
@@ -108,6 +111,11 @@ impl ParamArena {
             grads: gpu.upload("arena.grads", &[n], &zeros)?,
             m: gpu.upload("arena.adam_m", &[n], &zeros)?,
             v: gpu.upload("arena.adam_v", &[n], &zeros)?,
+            health: {
+                let h = gpu.tensor("arena.health", &[4])?;
+                gpu.write_words(&h, &[ops::HEALTHY; 4])?;
+                h
+            },
             mirrors: vec![None; layout.slots.len()],
             layout,
         })
@@ -172,6 +180,21 @@ impl ParamArena {
             gpu.write(&self.view(t, slot), &zeros)?;
         }
         Ok(())
+    }
+
+    /// Sets the divergence guard's word back to [`ops::HEALTHY`] (queued; at the next submit).
+    pub fn reset_health(&self, gpu: &Gpu) -> Result<()> {
+        gpu.write_words(&self.health, &[ops::HEALTHY; 4])
+    }
+
+    /// The first parameter slot holding a value that is not finite, with that value, from
+    /// values read back (one vector per slot).
+    pub fn first_non_finite<'a>(&'a self, values: &[Vec<f32>]) -> Option<(&'a str, usize, f32)> {
+        self.layout.slots.iter().zip(values).find_map(|(s, v)| {
+            v.iter()
+                .position(|x| !x.is_finite())
+                .map(|i| (s.name.as_str(), i, v[i]))
+        })
     }
 
     /// Reads every parameter back, one vector per slot.

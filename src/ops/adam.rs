@@ -5,6 +5,9 @@ use crate::gpu::kernels::layout::{storage, uniform};
 use crate::gpu::{grid_1d, Dispatch, Gpu, Shader, Tensor};
 use crate::ops::step::{StepBuffer, StepParams};
 
+/// The value of a health word no step has lowered: every parameter stayed finite.
+pub const HEALTHY: u32 = u32::MAX;
+
 /// Adam hyper-parameters (PyTorch's defaults).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamConfig {
@@ -56,7 +59,8 @@ struct AdamParams {
 }
 
 /// Plans one Adam update of `params` from `grads`, with moments `m` and `v` (all the same
-/// length, a multiple of 4).
+/// length, a multiple of 4). `health` (at least one u32 word) takes the lowest step number at
+/// which an updated parameter was not finite (atomic min; see [`HEALTHY`]).
 #[allow(clippy::too_many_arguments)]
 pub fn adam(
     gpu: &Gpu,
@@ -67,6 +71,7 @@ pub fn adam(
     grads: &Tensor,
     m: &Tensor,
     v: &Tensor,
+    health: &Tensor,
 ) -> Result<Dispatch> {
     let n = params.len();
     if grads.len() != n || m.len() != n || v.len() != n || !n.is_multiple_of(4) {
@@ -85,6 +90,7 @@ pub fn adam(
         storage(3, true),
         storage(4, false),
         storage(5, false),
+        storage(6, false),
     ];
     let constants = [("DECOUPLED", if cfg.decoupled { 1.0 } else { 0.0 })];
     let pipeline = gpu.kernels.pipeline(Shader::Adam, "adam", &constants, &layout)?;
@@ -104,6 +110,7 @@ pub fn adam(
         grads.binding(),
         m.binding(),
         v.binding(),
+        health.binding(),
     ];
     gpu.dispatch(
         label,

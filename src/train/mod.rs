@@ -11,7 +11,7 @@ pub use evaluator::{Evaluator, EVAL_BATCH};
 pub use record::{rounded, settings_json, EpochRecord};
 pub use resume::TRAIN_STATE_FORMAT;
 pub use schedule::KlSchedule;
-pub use trainer::{TrainConfig, Trainer};
+pub use trainer::{EpochOutcome, TrainConfig, Trainer};
 
 pub use crate::ops::{AdamConfig, MAX_SAMPLES};
 

@@ -8,8 +8,12 @@ use std::path::Path;
 
 use crate::error::{Result, VaeError};
 use crate::io::{read_safetensors, write_safetensors, NamedTensor};
+use crate::model::terms::METRIC_SLOTS;
 use crate::model::{Vae, VaeConfig};
 use crate::train::Trainer;
+
+/// The training-state tensor holding an interrupted epoch's metric rows so far.
+const METRIC_ROWS: &str = "metrics.rows";
 
 /// The `format` metadata of a training-state file.
 pub const TRAIN_STATE_FORMAT: &str = "vae-wgpu-train-state/1";
@@ -26,8 +30,9 @@ impl Trainer<'_> {
     }
 
     /// Writes Adam's first and second moments (the whole parameter arena, `adam.m` and
-    /// `adam.v`) and the step and epoch counters to `path`, atomically. The model's own
-    /// weights go to its checkpoint ([`Vae::save`]); together they resume the run exactly.
+    /// `adam.v`), the step and epoch counters and, inside an interrupted epoch, its batch and
+    /// its metric rows so far (`metrics.rows`) to `path`, atomically. The model's own weights
+    /// go to its checkpoint ([`Vae::save`]); together they resume the run exactly.
     pub fn save_state(&self, vae: &Vae, path: &Path) -> Result<()> {
         let a = &vae.arena;
         let mut tensors = vec![
@@ -49,6 +54,14 @@ impl Trainer<'_> {
                 data: self.gpu.read(t)?,
             });
         }
+        if self.batch > 0 {
+            let rows = self.log.reshape_prefix(&[self.batch, METRIC_SLOTS]);
+            tensors.push(NamedTensor {
+                name: METRIC_ROWS.into(),
+                shape: vec![self.batch, METRIC_SLOTS],
+                data: self.gpu.read(&rows)?,
+            });
+        }
         let mut meta = vae.config.to_metadata();
         meta.extend([
             ("format".to_string(), TRAIN_STATE_FORMAT.to_string()),
@@ -56,6 +69,7 @@ impl Trainer<'_> {
             ("epoch".to_string(), self.epoch.to_string()),
             ("seed".to_string(), self.config.seed.to_string()),
             ("batch_size".to_string(), self.workspace().batch.to_string()),
+            ("batch".to_string(), self.batch.to_string()),
             ("vq_ema".to_string(), self.vq_ema_name()),
         ]);
         write_safetensors(path, &tensors, &meta)
@@ -122,6 +136,20 @@ impl Trainer<'_> {
             ("adam.v", a.v.reshape_prefix(&[a.v.len()])),
         ];
         wanted.extend(self.ema_state().into_iter().map(|(n, t)| (n, t.clone())));
+        // Older files have no "batch": saved at an epoch's end.
+        let batch = match meta.iter().find(|(k, _)| k == "batch") {
+            Some(_) => num("batch")? as usize,
+            None => 0,
+        };
+        let steps = self.steps_per_epoch();
+        if batch >= steps {
+            return Err(bad(format!(
+                "it stopped after batch {batch} of an epoch, but an epoch of this trainer has {steps} batches"
+            )));
+        }
+        if batch > 0 {
+            wanted.push((METRIC_ROWS, self.log.reshape_prefix(&[batch, METRIC_SLOTS])));
+        }
         let known: Vec<&str> = wanted.iter().map(|(n, _)| *n).collect();
         if let Some(extra) = tensors.iter().find(|t| !known.contains(&t.name.as_str())) {
             return Err(bad(format!(
@@ -146,6 +174,7 @@ impl Trainer<'_> {
         }
         self.step = num("step")?;
         self.epoch = num("epoch")?;
+        self.batch = batch;
         Ok(())
     }
 }

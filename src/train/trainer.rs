@@ -10,7 +10,7 @@ use crate::gpu::{Dispatch, Gpu, Tensor};
 use crate::model::block::WorkspaceSpec;
 use crate::model::inputs::Inputs;
 use crate::model::step::plan_step;
-use crate::model::terms::METRIC_SLOTS;
+use crate::model::terms::{METRIC_SLOTS, SLOT_RECON};
 use crate::model::workspace::Workspace;
 use crate::model::{Code, Vae, VaeConfig};
 use crate::ops::{self, AdamConfig, StepBuffer, StepParams};
@@ -150,13 +150,31 @@ pub struct Trainer<'g> {
     ws: Workspace,
     step_buf: StepBuffer,
     perm: Tensor,
-    log: Tensor,
+    pub(super) log: Tensor,
+    /// The model's divergence guard word (see [`crate::model::Vae`]'s arena).
+    health: Tensor,
     full_plan: Vec<Dispatch>,
     last_plan: Option<(usize, Vec<Dispatch>)>,
     /// Optimizer steps taken so far.
     pub step: u64,
     /// Epochs completed.
     pub epoch: u64,
+    /// Batches of the current epoch already trained (0 at an epoch's start; more after an
+    /// interrupted epoch, which [`Trainer::train_epoch_until`] continues).
+    pub batch: usize,
+}
+
+/// How a call of [`Trainer::train_epoch_until`] ended.
+#[derive(Clone, Copy, Debug)]
+pub enum EpochOutcome {
+    /// The epoch ran to its end.
+    Done(EpochReport),
+    /// The stop flag was set: the epoch stopped after this many of its batches (the state
+    /// [`Trainer::save_state`] writes continues it).
+    Stopped {
+        /// Batches of the epoch trained so far.
+        batch: usize,
+    },
 }
 
 impl<'g> Trainer<'g> {
@@ -219,6 +237,8 @@ impl<'g> Trainer<'g> {
             last_plan,
             step: 0,
             epoch: 0,
+            batch: 0,
+            health: vae.arena.health.clone(),
         })
     }
 
@@ -333,33 +353,105 @@ impl<'g> Trainer<'g> {
     }
 
     /// Trains one epoch: a fresh permutation uploaded once, one submit per step, no readback
-    /// until the end. `progress(done, total)` is called after each submit.
-    pub fn train_epoch(&mut self, mut progress: impl FnMut(usize, usize)) -> Result<EpochReport> {
+    /// until the end. `progress(done, total)` is called after each submit. A step whose loss
+    /// or parameters are not finite makes it a [`VaeError::Diverged`] naming that step.
+    pub fn train_epoch(&mut self, progress: impl FnMut(usize, usize)) -> Result<EpochReport> {
+        match self.train_epoch_until(|_| false, progress)? {
+            EpochOutcome::Done(report) => Ok(report),
+            EpochOutcome::Stopped { batch } => Err(VaeError::Config(format!("the epoch stopped after batch {batch}"))),
+        }
+    }
+
+    /// [`Trainer::train_epoch`] from batch [`Trainer::batch`] on (0, or where an interrupted
+    /// epoch stopped), asking `stop(batches done)` after each step but the epoch's last: when
+    /// it says so the epoch stops there, and can be saved ([`Trainer::save_state`]) and
+    /// continued, bit for bit (a signal, or a periodic save inside a long epoch).
+    pub fn train_epoch_until(
+        &mut self,
+        mut stop: impl FnMut(usize) -> bool,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<EpochOutcome> {
         let t0 = Instant::now();
         // Written every epoch, the first included: `epoch` is a public field a caller may set.
         self.gpu
             .write_words(&self.perm, &epoch_order(self.config.seed, self.epoch, self.data.count))?;
+        self.gpu.write_words(&self.health, &[ops::HEALTHY; 4])?;
         let steps = self.steps_per_epoch();
+        let (first, first_step) = (self.batch, self.step);
         let mut examples = 0;
-        for i in 0..steps {
+        for i in first..steps {
             let mut enc = self.gpu.ctx.device.create_command_encoder(&Default::default());
             examples += self.record_step(&mut enc, i)?;
             self.gpu.submit(enc.finish());
+            self.batch = i + 1;
             // Keep the queue bounded without a per-step sync.
             if i % 32 == 31 {
                 self.gpu.ctx.wait()?;
             }
             progress(i + 1, steps);
+            if i + 1 < steps && stop(i + 1) {
+                self.gpu.ctx.wait()?;
+                return Ok(EpochOutcome::Stopped { batch: i + 1 });
+            }
         }
-        let totals = ops::read_log_totals(self.gpu, &self.log, steps)?;
+        // The metric rows and the divergence guard in one readback.
+        let mut words = self.gpu.read_many(&[&self.log, &self.health])?;
+        let health = words.pop().unwrap_or_default();
+        let rows: Vec<f32> = bytemuck::cast_slice(&words.pop().unwrap_or_default()).to_vec();
+        let epoch_start = first_step - first as u64;
+        check_finite(self.epoch + 1, epoch_start, &rows[..steps * METRIC_SLOTS], health[0])?;
+        let mut totals = vec![0.0f64; METRIC_SLOTS];
+        for row in rows.chunks_exact(METRIC_SLOTS).take(steps) {
+            for (t, &x) in totals.iter_mut().zip(row) {
+                *t += x as f64;
+            }
+        }
         let seconds = t0.elapsed().as_secs_f64();
         self.epoch += 1;
-        Ok(EpochReport {
-            train: ElboStats::from_totals(&totals, examples),
+        self.batch = 0;
+        let all = self.data.count
+            - if self.config.drop_last {
+                self.data.count % self.ws.batch
+            } else {
+                0
+            };
+        Ok(EpochOutcome::Done(EpochReport {
+            train: ElboStats::from_totals(&totals, all),
             steps,
             samples_per_sec: examples as f64 / seconds,
             seconds,
             beta: self.beta_at(self.step.saturating_sub(1)),
-        })
+        }))
+    }
+}
+
+/// The divergence guard's verdict on an epoch: its metric rows (step `epoch_start + r` wrote
+/// row r) and the first step whose update left a parameter non-finite (`health`, or
+/// [`ops::HEALTHY`]). The earliest of the two names the step.
+fn check_finite(epoch: u64, epoch_start: u64, rows: &[f32], health: u32) -> Result<()> {
+    let bad_row = rows
+        .chunks_exact(METRIC_SLOTS)
+        .position(|r| r.iter().any(|x| !x.is_finite()));
+    let from_rows = bad_row.map(|r| {
+        let row = &rows[r * METRIC_SLOTS..(r + 1) * METRIC_SLOTS];
+        let what = if !row[SLOT_RECON].is_finite() {
+            "the reconstruction loss"
+        } else {
+            "the KL term (or the code's penalty)"
+        };
+        (epoch_start + r as u64, what)
+    });
+    let from_adam = (health != ops::HEALTHY).then_some((health as u64, "a parameter after Adam's update"));
+    let first = match (from_rows, from_adam) {
+        (Some(a), Some(b)) => Some(if b.0 <= a.0 { b } else { a }),
+        (a, b) => a.or(b),
+    };
+    match first {
+        None => Ok(()),
+        Some((step, what)) => Err(VaeError::Diverged {
+            epoch,
+            step,
+            what: what.to_string(),
+        }),
     }
 }

@@ -891,7 +891,9 @@ fn adam_and_adamw_match_pytorch_formula() {
         let m = g.upload("m", &[n], &vec![0.0; n]).unwrap();
         let v = g.upload("v", &[n], &vec![0.0; n]).unwrap();
         let step = StepBuffer::new(g).unwrap();
-        let d = ops::adam(g, "adam", &cfg, &step, &params, &grads, &m, &v).unwrap();
+        let health = g.tensor("health", &[4]).unwrap();
+        g.write_words(&health, &[ops::HEALTHY; 4]).unwrap();
+        let d = ops::adam(g, "adam", &cfg, &step, &params, &grads, &m, &v, &health).unwrap();
         let (mut p, mut mm, mut vv) = (
             p0.iter().map(|&x| x as f64).collect::<Vec<_>>(),
             vec![0.0f64; n],
@@ -933,7 +935,67 @@ fn adam_and_adamw_match_pytorch_formula() {
         );
         assert_close("adam m", &g.read(&m).unwrap(), &mm, |_| 1e-6);
         assert_close("adam v", &g.read(&v).unwrap(), &vv, |_| 1e-6);
+        assert_eq!(
+            g.read_words(&health).unwrap()[0],
+            ops::HEALTHY,
+            "finite steps flag nothing"
+        );
     }
+    // The divergence guard: the first step whose update leaves a parameter NaN or infinite is
+    // recorded (steps 11 and 13 here; 11 stays), an update that stays finite records nothing.
+    let cfg = ops::AdamConfig::default();
+    let (params, grads) = (g.upload("p", &[8], &[0.5; 8]).unwrap(), g.tensor("g", &[8]).unwrap());
+    let (m, v) = (
+        g.upload("m", &[8], &[0.0; 8]).unwrap(),
+        g.upload("v", &[8], &[0.0; 8]).unwrap(),
+    );
+    let health = g.tensor("health", &[4]).unwrap();
+    g.write_words(&health, &[ops::HEALTHY; 4]).unwrap();
+    let step = StepBuffer::new(g).unwrap();
+    let d = ops::adam(g, "adam-guard", &cfg, &step, &params, &grads, &m, &v, &health).unwrap();
+    for (t, bad) in [
+        (10u32, None),
+        (13, Some(f32::INFINITY)),
+        (11, Some(f32::NAN)),
+        (12, None),
+    ] {
+        let mut gh = vec![0.1f32; 8];
+        if let Some(x) = bad {
+            gh[5] = x;
+        }
+        g.write(&grads, &gh).unwrap();
+        let mut sp = StepParams {
+            step: t,
+            ..Default::default()
+        };
+        cfg.step_fields(t as u64 + 1, &mut sp);
+        step.write(g, &sp);
+        g.run(&[&d]).unwrap();
+        if t == 10 {
+            assert_eq!(g.read_words(&health).unwrap()[0], ops::HEALTHY);
+        }
+    }
+    assert_eq!(g.read_words(&health).unwrap()[0], 11, "the first non-finite step");
+    // A finite gradient that carries a parameter past f32's range is caught too.
+    let big = ops::AdamConfig {
+        lr: 3e38,
+        ..Default::default()
+    };
+    g.write_words(&health, &[ops::HEALTHY; 4]).unwrap();
+    g.write(&params, &[-3e38; 8]).unwrap();
+    g.write(&grads, &[1.0; 8]).unwrap();
+    g.write(&m, &[0.0; 8]).unwrap();
+    g.write(&v, &[0.0; 8]).unwrap();
+    let d = ops::adam(g, "adam-overflow", &big, &step, &params, &grads, &m, &v, &health).unwrap();
+    let mut sp = StepParams {
+        step: 42,
+        ..Default::default()
+    };
+    big.step_fields(43, &mut sp);
+    step.write(g, &sp);
+    g.run(&[&d]).unwrap();
+    assert!(g.read(&params).unwrap().iter().all(|&x| x == f32::NEG_INFINITY));
+    assert_eq!(g.read_words(&health).unwrap()[0], 42);
     // Moments that decay below f32's smallest normal (a parameter whose gradient stopped) are
     // stored as 0, so that no later step computes on subnormals; normal ones are kept, and
     // their parameters still move as the formula says.
@@ -947,7 +1009,8 @@ fn adam_and_adamw_match_pytorch_formula() {
     let mut sp = StepParams::default();
     cfg.step_fields(3, &mut sp);
     step.write(g, &sp);
-    g.run(&[&ops::adam(g, "adam-ftz", &cfg, &step, &params, &grads, &m, &v).unwrap()])
+    let health = g.tensor("health", &[4]).unwrap();
+    g.run(&[&ops::adam(g, "adam-ftz", &cfg, &step, &params, &grads, &m, &v, &health).unwrap()])
         .unwrap();
     let (mg, vg) = (g.read(&m).unwrap(), g.read(&v).unwrap());
     // β1·m: 0.945·MIN_POSITIVE and its negative are subnormal → 0; 1.08·MIN_POSITIVE stays.

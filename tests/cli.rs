@@ -1,0 +1,410 @@
+//! The examples' command lines, run as a user runs them: the test builds the example binaries
+//! (`cargo build --examples`, a no-op when `cargo test` has just built them) and runs them,
+//! checking exit codes, messages and what they leave on disk. Runs that train use tiny models
+//! on a few hundred MNIST images.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The directory of the example binaries, built once per test binary.
+fn examples_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args(["build", "--examples", "--quiet"]);
+        if !cfg!(debug_assertions) {
+            build.arg("--release");
+        }
+        let out = build
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("running cargo build --examples");
+        assert!(
+            out.status.success(),
+            "cargo build --examples failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // This binary is target/<profile>/deps/cli-<hash>; the examples are beside deps/.
+        let exe = std::env::current_exe().unwrap();
+        exe.parent().unwrap().parent().unwrap().join("examples")
+    })
+}
+
+/// Runs an example with `args` (and `env`), waiting for it.
+fn run(example: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(examples_dir().join(example));
+    cmd.args(args).envs(env.iter().copied());
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        cmd.env("XDG_RUNTIME_DIR", std::env::temp_dir());
+    }
+    cmd.output().unwrap_or_else(|e| panic!("running {example}: {e}"))
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A fresh directory for one test.
+fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vae-wgpu-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Every file under `dir` with its bytes: what a refused command must leave unchanged.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut all = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p.clone());
+                all.insert(p, Vec::new());
+            } else {
+                all.insert(p.clone(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    all
+}
+
+/// A tiny model and data: a run of a few steps takes about a second.
+const TINY: &[&str] = &[
+    "--limit-train",
+    "256",
+    "--hidden",
+    "16",
+    "--latent",
+    "2",
+    "--batch-size",
+    "64",
+];
+
+fn tiny(extra: &[&str]) -> Vec<String> {
+    TINY.iter().chain(extra).map(|s| s.to_string()).collect()
+}
+
+fn args(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn flag_errors_name_the_flag() {
+    let out = run("train_mnist", &["--epoch", "3"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let t = text(&out);
+    assert!(t.contains("'--epoch'") && t.contains("'--epochs'"), "{t}");
+    for (flag, value) in [("--batch-size", "0"), ("--epochs", "0"), ("--mc-samples", "0")] {
+        let out = run("train_mnist", &[flag, value], &[]);
+        assert_eq!(out.status.code(), Some(2));
+        let t = text(&out);
+        assert!(t.contains(flag) && t.contains("must be at least 1"), "{t}");
+        for other in ["--batch-size", "--epochs", "--mc-samples"]
+            .iter()
+            .filter(|f| **f != flag)
+        {
+            assert!(!t.contains(other), "{flag} {value}: {t}");
+        }
+    }
+    for (bad, needle) in [
+        (&["--drop-last=true"][..], "unexpected value 'true'"),
+        (&["stray"], "unexpected argument 'stray'"),
+        (&["--autoencoder", "--vq", "8"], "cannot be used with"),
+        (&["--l1", "0.1"], "--autoencoder"),
+        (&["--eval-iw", "0"], "--eval-iw"),
+        (&["--eval-iw", "100000"], "at most 32768"),
+        (&["--latent", "2000000000"], "--latent"),
+        (&["--vq", "4000000000"], "--vq K"),
+        (&["--kl-warmup", "5", "--kl-cycles", "2"], "cannot be used with"),
+        (&["--denoise", "1"], "[0, 1)"),
+        (&["--variance", "learned-pixel"], "--likelihood gaussian"),
+        (&["--dataset", "binarized-mnist", "--conditional"], "has none"),
+    ] {
+        let out = run("train_mnist", bad, &[]);
+        assert_ne!(out.status.code(), Some(0), "{bad:?}");
+        assert!(text(&out).contains(needle), "{bad:?}: {}", text(&out));
+    }
+    let out = run("sample", &["--checkpoint", "x", "--n", "0"], &[]);
+    assert!(text(&out).contains("--n") && !out.status.success(), "{}", text(&out));
+    let out = run("train_mnist", &[], &[("WGPU_BACKEND", "bogus")]);
+    let t = text(&out);
+    assert!(
+        t.contains("WGPU_BACKEND") && t.contains("bogus") && !t.contains("apt-get"),
+        "{t}"
+    );
+}
+
+/// A run's output redirected to a file holds no progress-bar redraws: the header lines, then
+/// one line per epoch.
+#[test]
+fn a_redirected_log_is_plain_lines() {
+    let dir = scratch("log");
+    let out_dir = dir.join("run");
+    let a = tiny(&["--epochs", "2", "--out", out_dir.to_str().unwrap()]);
+    let out = run("train_mnist", &args(&a), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let log = text(&out);
+    assert!(!log.contains('\r') && !log.contains('\x1b'), "{log:?}");
+    let epochs: Vec<&str> = log.lines().filter(|l| l.starts_with("epoch")).collect();
+    assert_eq!(epochs.len(), 2, "{log}");
+    let metrics = std::fs::read_to_string(out_dir.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 2);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A finished run is not overwritten, a missing run is not created by --resume, a refused
+/// --resume changes nothing, and a diverging run exits non-zero naming the step, leaving no
+/// checkpoint of its own.
+#[test]
+fn run_directories_keep_what_they_hold() {
+    let dir = scratch("dirs");
+    let run_dir = dir.join("run");
+    let p = run_dir.to_str().unwrap();
+    let out = run("train_mnist", &args(&tiny(&["--epochs", "1", "--out", p])), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let before = snapshot(&run_dir);
+    assert!(before.contains_key(&run_dir.join("checkpoint.safetensors")));
+    // The same --out again: refused, nothing touched.
+    let out = run("train_mnist", &args(&tiny(&["--epochs", "1", "--out", p])), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("already holds a run") && text(&out).contains("--overwrite"));
+    assert_eq!(snapshot(&run_dir), before);
+    // A resume with another learning rate: refused, nothing touched.
+    let out = run(
+        "train_mnist",
+        &args(&tiny(&["--epochs", "2", "--resume", p, "--lr", "0.01"])),
+        &[],
+    );
+    assert!(
+        !out.status.success() && text(&out).contains("lr = 0.001 in the run, 0.01 now"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(snapshot(&run_dir), before);
+    // Nothing to resume where there is no directory: and none is made.
+    let missing = dir.join("missing");
+    let out = run(
+        "train_mnist",
+        &args(&tiny(&["--resume", missing.to_str().unwrap()])),
+        &[],
+    );
+    assert!(
+        text(&out).contains("nothing to resume") && !missing.exists(),
+        "{}",
+        text(&out)
+    );
+    // A diverging run stops with the step, exit 1, and saves nothing.
+    let bad = dir.join("bad");
+    let out = run(
+        "train_mnist",
+        &args(&tiny(&[
+            "--epochs",
+            "1",
+            "--lr",
+            "1e30",
+            "--out",
+            bad.to_str().unwrap(),
+        ])),
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("diverged in epoch 1") && t.contains("at step") && t.contains("--lr"),
+        "{t}"
+    );
+    assert!(!bad.join("checkpoint.safetensors").exists() && !bad.join("saves").exists());
+    // explore and sample take a run directory for --checkpoint, and refuse a non-finite model.
+    let out = run("sample", &["--checkpoint", dir.to_str().unwrap()], &[]);
+    assert!(text(&out).contains("is a directory without"), "{}", text(&out));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Two runs into one directory at once: the second fails at once, naming the first's PID.
+#[test]
+fn a_second_run_into_a_live_directory_is_refused() {
+    let dir = scratch("lock");
+    let p = dir.join("run");
+    let long = ["--limit-train", "20000", "--epochs", "1", "--out", p.to_str().unwrap()];
+    let mut first = Command::new(examples_dir().join("train_mnist"))
+        .args(long)
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the first run holds its lock (its directory and .lock exist).
+    let lock = p.join(".lock");
+    for _ in 0..600 {
+        if std::fs::read_to_string(&lock).is_ok_and(|s| !s.trim().is_empty()) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = run("train_mnist", &long, &[]);
+    let t = text(&out);
+    assert!(
+        !out.status.success() && t.contains(&format!("pid {}", first.id())),
+        "{t}"
+    );
+    assert!(first.wait().unwrap().success());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// SIGINT finishes the step, saves, exits 130 and prints how to resume; the resumed run ends
+/// with the uninterrupted run's numbers, bit for bit.
+#[cfg(target_os = "linux")]
+#[test]
+fn an_interrupted_run_resumes_bit_for_bit() {
+    let dir = scratch("sigint");
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    let flags = [
+        "--limit-train",
+        "12000",
+        "--epochs",
+        "2",
+        "--hidden",
+        "64",
+        "--seed",
+        "9",
+    ];
+    let with = |out: &Path| -> Vec<String> {
+        flags
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["--out".to_string(), out.display().to_string()])
+            .collect()
+    };
+    let out = run("train_mnist", &args(&with(&a)), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let child = Command::new(examples_dir().join("train_mnist"))
+        .args(with(&b))
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt once training has started (its first save has not happened yet).
+    let bar = b.join("run.json");
+    for _ in 0..600 {
+        if bar.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // SAFETY: kill(2) on a child of ours.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let out = child.wait_with_output().unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(130), "{t}");
+    assert!(t.contains("--resume"), "{t}");
+    let resumed: Vec<String> = with(&b)
+        .into_iter()
+        .map(|s| if s == "--out" { "--resume".into() } else { s })
+        .collect();
+    let out = run("train_mnist", &args(&resumed), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let data = |dir: &Path| -> Vec<u8> {
+        // The tensors, not the header: the metadata holds the adapter and timings.
+        let bytes = std::fs::read(dir.join("checkpoint.safetensors")).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        bytes[8 + n..].to_vec()
+    };
+    assert_eq!(data(&a), data(&b));
+    let columns = |dir: &Path| -> Vec<String> {
+        std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                let o = v.as_object_mut().unwrap();
+                o.remove("samples_per_sec");
+                o.remove("elapsed_s");
+                v.to_string()
+            })
+            .collect()
+    };
+    assert_eq!(columns(&a), columns(&b));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Sizes from flags or a checkpoint's metadata are refused before anything is allocated, with
+/// a message naming the size.
+#[test]
+fn sizes_beyond_the_device_or_the_host_are_refused() {
+    let dir = scratch("sizes");
+    let out_dir = dir.join("run");
+    let o = out_dir.to_str().unwrap();
+    for (flags, needle) in [
+        (vec!["--hidden", "1000000000"], "parameter arena"),
+        (vec!["--hidden", "100000"], "max_storage_buffer_binding_size"),
+        (vec!["--latent", "200000000"], "parameter arena"),
+        (vec!["--batch-size", "100000000"], "bytes"),
+        (vec!["--mc-samples", "32768"], "bytes"),
+    ] {
+        let mut a = flags.clone();
+        a.extend(["--out", o]);
+        let out = run("train_mnist", &a, &[]);
+        assert_eq!(out.status.code(), Some(1), "{flags:?}: {}", text(&out));
+        assert!(text(&out).contains(needle), "{flags:?}: {}", text(&out));
+        assert!(!out_dir.exists(), "{flags:?} wrote {}", out_dir.display());
+    }
+    // A checkpoint whose metadata claims a latent of 4·10⁹.
+    let ckpt = dir.join("huge.safetensors");
+    let header = r#"{"__metadata__":{"input_dim":"784","hidden":"400","latent":"4000000000","activation":"relu","likelihood":"bernoulli","classes":"0","code":"gaussian","top":"none"}}"#;
+    let mut padded = header.to_string();
+    while !padded.len().is_multiple_of(8) {
+        padded.push(' ');
+    }
+    let mut bytes = (padded.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(padded.as_bytes());
+    std::fs::write(&ckpt, bytes).unwrap();
+    for example in ["sample", "explore"] {
+        let mut a = vec!["--checkpoint", ckpt.to_str().unwrap()];
+        if example == "explore" {
+            a.extend(["--out", o]);
+        }
+        let out = run(example, &a, &[]);
+        let t = text(&out);
+        assert!(!out.status.success() && t.contains("4000000000"), "{example}: {t}");
+    }
+    // sample --n beyond the budget and the device.
+    let small = dir.join("small");
+    let out = run(
+        "train_mnist",
+        &args(&tiny(&["--epochs", "1", "--out", small.to_str().unwrap()])),
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let c = small.join("checkpoint.safetensors");
+    let out = run(
+        "sample",
+        &["--checkpoint", c.to_str().unwrap(), "--n", "1000000000"],
+        &[],
+    );
+    let t = text(&out);
+    assert!(!out.status.success() && t.contains("decoding 1000000000 codes"), "{t}");
+    let out = run(
+        "sample",
+        &["--checkpoint", c.to_str().unwrap(), "--n", "10000"],
+        &[("VAE_WGPU_HOST_BUDGET", "1000000")],
+    );
+    let t = text(&out);
+    assert!(
+        !out.status.success() && t.contains("host memory") && t.contains("budget"),
+        "{t}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
