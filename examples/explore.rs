@@ -46,8 +46,8 @@ set's code vectors choose, and exp of the entropy of their frequencies.";
 #[derive(Parser, Debug)]
 #[command(name = "explore", after_help = AFTER_HELP)]
 struct Args {
-    /// A checkpoint written by train_mnist
-    #[arg(long, value_name = "FILE")]
+    /// A checkpoint written by train_mnist, or its run directory
+    #[arg(long, value_name = "FILE|DIR")]
     checkpoint: PathBuf,
     /// Where the pictures go (created)
     #[arg(long, value_name = "DIR")]

@@ -19,8 +19,8 @@ use vae_wgpu::{Gpu, Result, VaeError};
 #[derive(Parser, Debug)]
 #[command(name = "sample")]
 struct Args {
-    /// A checkpoint written by train_mnist
-    #[arg(long, value_name = "FILE")]
+    /// A checkpoint written by train_mnist, or its run directory
+    #[arg(long, value_name = "FILE|DIR")]
     checkpoint: PathBuf,
     /// The PNG to write, 8 images per row (its directory must exist)
     #[arg(long, value_name = "FILE", default_value = "samples.png")]

@@ -22,9 +22,10 @@ use vae_wgpu::{Gpu, GpuOptions, Result, VaeError};
 
 const AFTER_HELP: &str = "Writes to --out: metrics.jsonl (one JSON line per epoch, with the \
 epoch's last beta), run.json (configuration, adapter, matmul strategy), reconstructions.png, \
-samples.png (for a conditional model: one row per class), checkpoint.safetensors and \
-training_state.safetensors (Adam's moments and the step, for --resume). docs/cli.md describes \
-every flag and output.";
+samples.png (for a conditional model: one row per class), checkpoint.safetensors (the newest \
+model), saves/ (each save's model and training state, for --resume) and latest.json (which save \
+is the newest). Ctrl-C or SIGTERM saves and exits; --resume DIR continues bit for bit. \
+docs/cli.md describes every flag and output.";
 
 /// Train a VAE (or an autoencoder) on MNIST on the GPU.
 #[derive(Parser, Debug)]

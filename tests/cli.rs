@@ -408,3 +408,95 @@ fn sizes_beyond_the_device_or_the_host_are_refused() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Every flag the examples' own command lines define (read from their `--help`) is documented
+/// in docs/cli.md.
+#[test]
+fn every_flag_is_documented() {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/cli.md")).unwrap();
+    for example in ["train_mnist", "explore", "sample"] {
+        let out = run(example, &["--help"], &[]);
+        assert!(out.status.success(), "{example} --help");
+        let help = String::from_utf8_lossy(&out.stdout).to_string();
+        let flags: Vec<&str> = help
+            .lines()
+            .filter_map(|l| l.trim_start().strip_prefix("--"))
+            .filter_map(|rest| rest.split([' ', '=', '<']).next())
+            .filter(|f| *f != "help")
+            .collect();
+        assert!(flags.len() >= 4, "{example}: {flags:?} from\n{help}");
+        for flag in flags {
+            assert!(
+                doc.contains(&format!("`--{flag}")),
+                "docs/cli.md lacks {example}'s --{flag}"
+            );
+        }
+    }
+}
+
+/// GitHub's anchor of a Markdown heading: lower case, punctuation dropped, spaces to hyphens.
+fn slug(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// Every relative link in README.md and docs/*.md names a file that exists and, with an
+/// anchor, a heading of that file.
+#[test]
+fn every_relative_link_resolves() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut pages = vec![root.join("README.md")];
+    for e in std::fs::read_dir(root.join("docs")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "md") {
+            pages.push(p);
+        }
+    }
+    let anchors = |file: &Path| -> Vec<String> {
+        std::fs::read_to_string(file)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with('#'))
+            .map(|l| slug(l.trim_start_matches('#')))
+            .collect()
+    };
+    let mut checked = 0;
+    for page in &pages {
+        let text = std::fs::read_to_string(page).unwrap();
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find("](") {
+            rest = &rest[i + 2..];
+            let Some(end) = rest.find(')') else { break };
+            let target = &rest[..end];
+            rest = &rest[end..];
+            if target.starts_with("http://") || target.starts_with("https://") || target.starts_with("mailto:") {
+                continue;
+            }
+            let (file, anchor) = match target.split_once('#') {
+                Some((f, a)) => (f, Some(a)),
+                None => (target, None),
+            };
+            let path = if file.is_empty() {
+                page.clone()
+            } else {
+                page.parent().unwrap().join(file)
+            };
+            assert!(path.exists(), "{}: link to {target} names no file", page.display());
+            if let Some(a) = anchor {
+                assert!(
+                    anchors(&path).iter().any(|h| h == a),
+                    "{}: link to {target}: no such heading in {}",
+                    page.display(),
+                    path.display()
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 20, "only {checked} links found");
+}

@@ -5,7 +5,7 @@
 //! scheduler often wakes both workers on the same CPU and does not separate them before the
 //! dispatch ends (a few ms), so a dispatch then runs at one core's speed: the same matmul took
 //! 1.4–2.0 ms or 2.5–4.0 ms from one run to the next. With each worker pinned to its own CPU
-//! every run is at the fast end (README, performance section).
+//! every run is at the fast end (docs/performance.md).
 //!
 //! The threads pinned are those the driver starts while [`super::GpuContext::new`] creates the
 //! instance and device and leaves unnamed, so that they carry the name of the thread creating
