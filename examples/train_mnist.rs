@@ -489,9 +489,9 @@ fn run(args: Args) -> Result<i32> {
         None => RunDir::create(&out_dir, args.overwrite, args.keep)?,
     };
     run_dir.clean_stale()?;
+    let stop = Signals::install()?;
     let run_path = out_dir.join("run.json");
     std::fs::write(&run_path, settings_json(&run_meta)? + "\n").map_err(|e| VaeError::io(&run_path, e))?;
-    let stop = Signals::install()?;
     let run_start = Instant::now();
     let save = |trainer: &Trainer<'_>| -> Result<()> {
         let mut meta = ckpt_meta.clone();
