@@ -31,11 +31,14 @@ pub enum Shader {
     Adam,
     /// `gather.wgsl`: the batch gather and the one-hot class inputs.
     Gather,
+    /// `conv.wgsl`: a convolution's patch matrix (im2col), its adjoint (col2im) and channel
+    /// sums.
+    Conv,
 }
 
 impl Shader {
     /// Every kernel family, for validation and warm-up.
-    pub const ALL: [Shader; 8] = [
+    pub const ALL: [Shader; 9] = [
         Shader::Matmul,
         Shader::Activation,
         Shader::Reduce,
@@ -44,6 +47,7 @@ impl Shader {
         Shader::Loss,
         Shader::Adam,
         Shader::Gather,
+        Shader::Conv,
     ];
 
     /// File name under `shaders/`.
@@ -57,6 +61,7 @@ impl Shader {
             Shader::Loss => "loss.wgsl",
             Shader::Adam => "adam.wgsl",
             Shader::Gather => "gather.wgsl",
+            Shader::Conv => "conv.wgsl",
         }
     }
 
@@ -103,6 +108,7 @@ impl Shader {
             Shader::Loss => (&[], include_str!("../../shaders/loss.wgsl")),
             Shader::Adam => (&[STEP], include_str!("../../shaders/adam.wgsl")),
             Shader::Gather => (&[STEP, RNG], include_str!("../../shaders/gather.wgsl")),
+            Shader::Conv => (&[ACT], include_str!("../../shaders/conv.wgsl")),
         }
     }
 

@@ -3,6 +3,7 @@
 //! lavapipe). No adapter is a failure with the install hint, never a skip.
 
 mod common;
+mod conv;
 mod family;
 mod fixtures;
 mod kernels;
