@@ -181,3 +181,27 @@ fn channel_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     // A component store: the vec4's other lanes are other workgroups' channels.
     if (li == 0u) { dst[c / 4u][c % 4u] = partial[0]; }
 }
+
+// ---- column copies: dst[r, 0..n) = src[r, 0..n) between rows of different widths ----
+// A convolutional encoder's flattened feature map into the first columns of its dense
+// layers' input rows (a conditional model's one-hot fills the rest), and the gradient back.
+// Fields: batch = rows, in_c = n, in_w = src row width, out_w = dst row width, count = rows·n;
+// CIN4 when n and both widths are multiples of 4 (one vec4 per invocation, else one value).
+
+@compute @workgroup_size(64)
+fn copy_columns(@builtin(global_invocation_id) gid: vec3<u32>) {
+    P = p;
+    let i = index_of(gid);
+    if (CIN4) {
+        if (i * 4u >= P.count) { return; }
+        let r = (i * 4u) / P.in_c;
+        let c = (i * 4u) % P.in_c;
+        dst[(r * P.out_w + c) / 4u] = src[(r * P.in_w + c) / 4u];
+        return;
+    }
+    if (i >= P.count) { return; }
+    let r = i / P.in_c;
+    let c = i % P.in_c;
+    let d = r * P.out_w + c;
+    dst[d / 4u][d % 4u] = src1(r * P.in_w + c);
+}

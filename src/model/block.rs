@@ -11,8 +11,9 @@
 
 use crate::error::Result;
 use crate::gpu::{Dispatch, Gpu, Tensor};
+use crate::model::checkpoint::CheckpointTensor;
 use crate::model::terms::{TermLayout, Terms};
-use crate::nn::{Linear, ParamArena};
+use crate::nn::{Layer, Linear, ParamArena};
 use crate::ops::StepBuffer;
 
 /// What a block plans with: the runtime, the parameters, the step uniform, the workspace's
@@ -88,8 +89,16 @@ impl WorkspaceSpec {
 
 /// An encoder or a decoder: a network from rows to rows whose parameters live in the arena.
 pub trait Network: Send + Sync {
-    /// Its dense layers in forward order (initialisation, texture mirrors, checkpoints).
+    /// Its dense layers in forward order (texture mirrors, lookups by name).
     fn layers(&self) -> Vec<&Linear>;
+    /// Draws its initial parameters, layer by layer in forward order.
+    fn init(&self, rng: &mut rand_pcg::Pcg64Mcg, values: &mut [Vec<f32>]) {
+        for l in self.layers() {
+            l.init(rng, values);
+        }
+    }
+    /// Its parameters as checkpoint tensors, in file order.
+    fn checkpoint(&self) -> Vec<CheckpointTensor>;
     /// Its workspace for `rows` rows (the batch for an encoder, the draws for a decoder);
     /// penalties it adds declare their terms in `terms`.
     fn workspace(
@@ -113,6 +122,12 @@ pub trait NetworkWorkspace: Send + Sync {
     /// The parameter gradients from dL/dy (overwritten, a penalty's gradients added), and
     /// dL/dx if `dx` is given.
     fn backward(&self, c: &Ctx, x: &Tensor, dy: &Tensor, dx: Option<&Tensor>) -> Result<Vec<Dispatch>>;
+    /// Rows of the plan's b examples that carry a conditional model's one-hot label, each with
+    /// the column it starts at (a convolutional encoder's dense input); written by the inputs
+    /// block before the encoder runs.
+    fn labelled_rows(&self) -> Vec<(Tensor, usize)> {
+        Vec::new()
+    }
     /// Every tensor it holds (for byte counts).
     fn tensors(&self) -> Vec<&Tensor>;
 }

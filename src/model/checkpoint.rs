@@ -16,97 +16,148 @@ use crate::error::{Result, VaeError};
 use crate::gpu::Gpu;
 use crate::io::safetensors::{read_safetensors, write_safetensors, NamedTensor};
 use crate::model::{Vae, VaeConfig};
-use crate::nn::Linear;
+use crate::nn::{Conv2d, Linear};
 
 /// Checkpoint key of a learned decoder log-variance.
 pub const LOG_C_KEY: &str = "log_c";
 /// Checkpoint key of a VQ-VAE's codebook, [K, Z/G].
 pub const CODEBOOK_KEY: &str = crate::model::latent::quantized::CODEBOOK_SLOT;
 
+/// One tensor of a checkpoint: its key and shape in the file, the arena slot holding it, and
+/// for each of its values in file order the slot element that holds it. Layouts differ only
+/// by such an index: a dense weight is stored [in, out] and filed [out, in], a convolution's
+/// weight is stored by tap and filed [out, in, k, k], a feature map is NHWC in the model and
+/// NCHW (PyTorch's flatten order) in the file.
+pub(crate) struct CheckpointTensor {
+    /// Key in the file.
+    pub key: String,
+    /// Shape in the file.
+    pub shape: Vec<usize>,
+    /// The arena slot.
+    pub slot: usize,
+    /// Slot element of each file value.
+    pub index: Vec<usize>,
+}
+
+impl CheckpointTensor {
+    /// A dense layer as `{key}.weight` [cols.len(), inputs.len()] and `{key}.bias`: file output
+    /// o is the layer's output column `cols[o]`, file input i its input row `inputs[i]`.
+    pub fn dense(key: &str, l: &Linear, cols: &[usize], inputs: &[usize]) -> [Self; 2] {
+        let mut index = Vec::with_capacity(cols.len() * inputs.len());
+        for &c in cols {
+            index.extend(inputs.iter().map(|&i| i * l.out_features + c));
+        }
+        [
+            CheckpointTensor {
+                key: format!("{key}.weight"),
+                shape: vec![cols.len(), inputs.len()],
+                slot: l.w,
+                index,
+            },
+            CheckpointTensor {
+                key: format!("{key}.bias"),
+                shape: vec![cols.len()],
+                slot: l.b,
+                index: cols.to_vec(),
+            },
+        ]
+    }
+
+    /// A dense layer's output columns `cols` in order, every input row in order.
+    pub fn dense_range(key: &str, l: &Linear, cols: Range<usize>) -> [Self; 2] {
+        Self::dense(
+            key,
+            l,
+            &cols.collect::<Vec<_>>(),
+            &(0..l.in_features).collect::<Vec<_>>(),
+        )
+    }
+
+    /// A convolution's weight in PyTorch's layout, [out, in, k, k] for Conv2d and
+    /// [in, out, k, k] for ConvTranspose2d (both the planned convolution's [C', C, k, k]), and
+    /// its bias.
+    pub fn conv(key: &str, c: &Conv2d) -> [Self; 2] {
+        let (conv_in, conv_out) = if c.transposed {
+            (c.out_channels, c.in_channels)
+        } else {
+            (c.in_channels, c.out_channels)
+        };
+        let taps = c.kernel * c.kernel;
+        let mut index = Vec::with_capacity(conv_out * conv_in * taps);
+        for o in 0..conv_out {
+            for i in 0..conv_in {
+                index.extend((0..taps).map(|t| (t * conv_in + i) * conv_out + o));
+            }
+        }
+        [
+            CheckpointTensor {
+                key: format!("{key}.weight"),
+                shape: vec![conv_out, conv_in, c.kernel, c.kernel],
+                slot: c.w,
+                index,
+            },
+            CheckpointTensor {
+                key: format!("{key}.bias"),
+                shape: vec![c.out_channels],
+                slot: c.b,
+                index: (0..c.out_channels).collect(),
+            },
+        ]
+    }
+
+    /// A parameter filed whole, as stored.
+    pub fn whole(key: &str, slot: usize, shape: &[usize]) -> Self {
+        CheckpointTensor {
+            key: key.to_string(),
+            shape: shape.to_vec(),
+            slot,
+            index: (0..shape.iter().product()).collect(),
+        }
+    }
+}
+
+/// Where each value of a C×H×W feature map flattened in PyTorch's order (c·H·W + y·W + x)
+/// sits in the model's NHWC order ((y·W + x)·C + c); `extra` more values after it keep their
+/// place (a conditional model's one-hot).
+pub(crate) fn nchw_order([c, h, w]: [usize; 3], extra: usize) -> Vec<usize> {
+    let plane = h * w;
+    (0..c * plane)
+        .map(|f| (f % plane) * c + f / plane)
+        .chain(c * plane..c * plane + extra)
+        .collect()
+}
+
 impl Vae {
     /// The checkpoint tensors, in file order (see the module docs).
     pub fn checkpoint_tensors(&self, gpu: &Gpu) -> Result<Vec<NamedTensor>> {
         let values = self.arena.read_params(gpu)?;
-        let mut out = Vec::new();
-        for (name, l, cols) in self.pieces() {
-            let (w, b) = (&values[l.w], &values[l.b]);
-            let mut wt = vec![0.0f32; cols.len() * l.in_features];
-            for (o, c) in cols.clone().enumerate() {
-                for i in 0..l.in_features {
-                    wt[o * l.in_features + i] = w[i * l.out_features + c];
-                }
-            }
-            out.push(NamedTensor {
-                name: format!("{name}.weight"),
-                shape: vec![cols.len(), l.in_features],
-                data: wt,
-            });
-            out.push(NamedTensor {
-                name: format!("{name}.bias"),
-                shape: vec![cols.len()],
-                data: b[cols].to_vec(),
-            });
-        }
-        for (key, slot) in self.other_slots() {
-            out.push(NamedTensor {
-                name: key.into(),
-                shape: self.arena.layout.slots()[slot].shape.clone(),
-                data: values[slot].clone(),
-            });
-        }
-        Ok(out)
+        Ok(self
+            .checkpoint_layout()
+            .into_iter()
+            .map(|t| NamedTensor {
+                data: t.index.iter().map(|&i| values[t.slot][i]).collect(),
+                name: t.key,
+                shape: t.shape,
+            })
+            .collect())
     }
 
-    /// Parameters kept whole under a key, after the dense layers: the likelihood's, then the
-    /// latent's.
-    fn other_slots(&self) -> Vec<(&'static str, usize)> {
-        let mut v: Vec<(&'static str, usize)> = self.likelihood.log_c.map(|s| (LOG_C_KEY, s)).into_iter().collect();
-        v.extend(self.latent.checkpoint_slots());
-        v
-    }
-
-    /// Every dense checkpoint tensor pair as (name, layer, the layer's output columns it
-    /// holds), in file order: the encoder's hidden layers, its head (split into μ and log σ²
-    /// for a VAE), the decoder's layers, the latent's own layers.
-    fn pieces(&self) -> Vec<(String, &Linear, Range<usize>)> {
-        let cfg = &self.config;
-        let z = cfg.latent;
-        let (enc, dec) = (self.encoder.layers(), self.decoder.layers());
-        let Some((head, enc_hidden)) = enc.split_last() else {
-            return Vec::new();
-        };
-        let head_cols: Vec<(&str, Range<usize>)> = if cfg.is_vae() {
-            vec![("mu", 0..z), ("logvar", z..2 * z)]
-        } else {
-            vec![("code", 0..z)]
-        };
-        // With one hidden layer, the PyTorch reference model's names.
-        let short = cfg.hidden.len() == 1;
-        let whole = |l: &Linear| 0..l.out_features;
-        let mut out = Vec::new();
-        for (i, l) in enc_hidden.iter().enumerate() {
-            let name = if short { "fc1".to_string() } else { format!("enc{i}") };
-            out.push((name, *l, whole(l)));
+    /// Every checkpoint tensor in file order: the encoder's, the decoder's, the latent's dense
+    /// layers, then the parameters kept whole (the likelihood's, then the latent's).
+    pub(crate) fn checkpoint_layout(&self) -> Vec<CheckpointTensor> {
+        let mut out = self.encoder.checkpoint();
+        out.extend(self.decoder.checkpoint());
+        for (name, l, cols) in self.latent.checkpoint_pieces() {
+            out.extend(CheckpointTensor::dense_range(&name, l, cols));
         }
-        for (k, (long, cols)) in head_cols.iter().enumerate() {
-            let name = match (short, head_cols.len()) {
-                (true, 1) => "fc2".to_string(),
-                (true, _) => format!("fc2{}", k + 1),
-                (false, _) => long.to_string(),
-            };
-            out.push((name, *head, cols.clone()));
-        }
-        let last = dec.len() - 1;
-        for (i, l) in dec.iter().enumerate() {
-            let name = match (short, i == last) {
-                (true, false) => "fc3".to_string(),
-                (true, true) => "fc4".to_string(),
-                (false, false) => format!("dec{i}"),
-                (false, true) => "out".to_string(),
-            };
-            out.push((name, *l, whole(l)));
-        }
-        out.extend(self.latent.checkpoint_pieces());
+        let slots = self.arena.layout.slots();
+        let whole = self
+            .likelihood
+            .log_c
+            .map(|s| (LOG_C_KEY, s))
+            .into_iter()
+            .chain(self.latent.checkpoint_slots());
+        out.extend(whole.map(|(key, slot)| CheckpointTensor::whole(key, slot, &slots[slot].shape)));
         out
     }
 
@@ -172,36 +223,25 @@ impl Vae {
                 )));
             }
         }
-        let pieces = self.pieces();
-        let others = self.other_slots();
-        let expected = 2 * pieces.len() + others.len();
-        if tensors.len() != expected {
-            return Err(bad(format!("{} tensors, expected {expected}", tensors.len())));
+        let layout = self.checkpoint_layout();
+        if tensors.len() != layout.len() {
+            return Err(bad(format!("{} tensors, expected {}", tensors.len(), layout.len())));
         }
         let mut values: Vec<Vec<f32>> = self.arena.layout.slots().iter().map(|s| vec![0.0; s.len()]).collect();
-        let find = |name: &str, shape: &[usize]| -> Result<&NamedTensor> {
-            let t = tensors
+        for t in layout {
+            let file = tensors
                 .iter()
-                .find(|t| t.name == name)
-                .ok_or_else(|| bad(format!("missing tensor '{name}'")))?;
-            if t.shape != shape {
-                return Err(bad(format!("'{name}' has shape {:?}, expected {shape:?}", t.shape)));
+                .find(|f| f.name == t.key)
+                .ok_or_else(|| bad(format!("missing tensor '{}'", t.key)))?;
+            if file.shape != t.shape {
+                return Err(bad(format!(
+                    "'{}' has shape {:?}, expected {:?}",
+                    t.key, file.shape, t.shape
+                )));
             }
-            Ok(t)
-        };
-        for (name, l, cols) in pieces {
-            let w = find(&format!("{name}.weight"), &[cols.len(), l.in_features])?;
-            let b = find(&format!("{name}.bias"), &[cols.len()])?;
-            for (o, c) in cols.clone().enumerate() {
-                for i in 0..l.in_features {
-                    values[l.w][i * l.out_features + c] = w.data[o * l.in_features + i];
-                }
-                values[l.b][c] = b.data[o];
+            for (&i, &v) in t.index.iter().zip(&file.data) {
+                values[t.slot][i] = v;
             }
-        }
-        for (key, slot) in others {
-            let t = find(key, &self.arena.layout.slots()[slot].shape)?;
-            values[slot].copy_from_slice(&t.data);
         }
         self.arena.write_params(gpu, &values)
     }

@@ -56,6 +56,72 @@ pub struct TopLatent {
     pub hidden: usize,
 }
 
+/// The encoder's and decoder's networks.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Arch {
+    /// Dense layers on the flattened pixels, `VaeConfig::hidden` wide, mirrored by the decoder.
+    #[default]
+    Mlp,
+    /// Convolutions, then dense layers: see [`ConvArch`].
+    Conv(ConvArch),
+}
+
+/// Kernel side of every convolution of a [`ConvArch`].
+pub const CONV_KERNEL: usize = 4;
+/// Stride of every convolution of a [`ConvArch`]: each halves the image.
+pub const CONV_STRIDE: usize = 2;
+/// Zero padding of every convolution of a [`ConvArch`].
+pub const CONV_PADDING: usize = 1;
+/// Most convolutions in a [`ConvArch`].
+pub const MAX_CONV_LAYERS: usize = 8;
+
+/// A convolutional encoder and decoder on images of `input` = [C, H, W] (stored NHWC, so the
+/// model's `input_dim` is C·H·W): the encoder's convolutions (`channels`, each
+/// [`CONV_KERNEL`]×[`CONV_KERNEL`], stride [`CONV_STRIDE`], padding [`CONV_PADDING`], with the
+/// model's activation) halve the image per layer down to a feature map C'×H'×W', which dense
+/// layers (`VaeConfig::hidden`) take to the latent's head; the decoder runs dense layers from
+/// z to C'·H'·W' values (each with the activation) and transposed convolutions back up to
+/// C×H×W, the last without activation. A VQ-VAE ([`Code::Quantized`]) has no dense layers:
+/// the encoder's last convolution (without activation) is z_e, one code per cell of the
+/// feature map. A conditional model's one-hot joins at the dense layers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConvArch {
+    /// The input image: channels, height, width. H and W must divide by 2^(convolutions).
+    pub input: [usize; 3],
+    /// Output channels of the encoder's convolutions, in order; the decoder's transposed
+    /// convolutions run them backwards, then to the image's channels.
+    pub channels: Vec<usize>,
+}
+
+impl ConvArch {
+    /// The reference architecture's convolutions on `input`: 32 then 64 channels.
+    pub fn reference(input: [usize; 3]) -> Self {
+        ConvArch {
+            input,
+            channels: vec![32, 64],
+        }
+    }
+
+    /// The encoder's feature map (C', H', W'), or None when the image does not halve that often.
+    pub fn feature_map(&self) -> Option<[usize; 3]> {
+        let [_, h, w] = self.input;
+        let div = 1usize.checked_shl(self.channels.len() as u32)?;
+        let last = *self.channels.last()?;
+        (h.is_multiple_of(div) && w.is_multiple_of(div) && h > 0 && w > 0).then_some([last, h / div, w / div])
+    }
+
+    /// Values of the feature map C'·H'·W' (0 when there is none).
+    pub fn feature_len(&self) -> usize {
+        self.feature_map().map_or(0, |m| m.iter().product())
+    }
+
+    /// Each convolution's input side (height, width), from the image down.
+    pub fn sides(&self) -> Vec<(usize, usize)> {
+        let [_, h, w] = self.input;
+        (0..self.channels.len()).map(|i| (h >> i, w >> i)).collect()
+    }
+}
+
 /// Architecture and likelihood of a VAE. The default is the reference model used across the
 /// field: 784 → 400 (ReLU) → 20 μ, 20 log σ²; 20 → 400 (ReLU) → 784 Bernoulli logits.
 #[derive(Clone, Debug, PartialEq)]
@@ -70,6 +136,8 @@ pub struct VaeConfig {
     pub activation: Activation,
     /// Decoder likelihood.
     pub likelihood: Likelihood,
+    /// The encoder's and decoder's networks: dense (the default) or convolutional.
+    pub arch: Arch,
     /// Classes of a conditional VAE (0: unconditional). Encoder and decoder then take the
     /// one-hot label after their input: [x | one-hot(y) | 0…] and [z | one-hot(y) | 0…],
     /// zero-padded to a multiple of 4 so the matmul reads whole vec4s.
@@ -87,6 +155,7 @@ impl Default for VaeConfig {
             latent: 20,
             activation: Activation::Relu,
             likelihood: Likelihood::Bernoulli,
+            arch: Arch::Mlp,
             classes: 0,
             code: Code::Gaussian,
         }
@@ -102,12 +171,33 @@ impl VaeConfig {
         }
     }
 
-    /// Width of the encoder's input rows: the pixels, then (conditional) the padded one-hot.
+    /// The convolutional architecture, if the model has one.
+    pub fn conv(&self) -> Option<&ConvArch> {
+        match &self.arch {
+            Arch::Conv(c) => Some(c),
+            Arch::Mlp => None,
+        }
+    }
+
+    /// Width of the encoder's input rows: the pixels, then (conditional, dense encoder) the
+    /// padded one-hot. A convolutional encoder reads the image alone; its one-hot joins at
+    /// the dense layers ([`VaeConfig::dense_input_dim`]).
     pub fn enc_input_dim(&self) -> usize {
-        if self.classes == 0 {
+        if self.classes == 0 || self.conv().is_some() {
             self.input_dim
         } else {
             (self.input_dim + self.classes).div_ceil(4) * 4
+        }
+    }
+
+    /// Width of the rows the encoder's first dense layer reads: [`VaeConfig::enc_input_dim`]
+    /// for a dense encoder; for a convolutional one the flattened feature map, then
+    /// (conditional) the one-hot, padded to a multiple of 4.
+    pub fn dense_input_dim(&self) -> usize {
+        match self.conv() {
+            None => self.enc_input_dim(),
+            Some(c) if self.classes == 0 => c.feature_len(),
+            Some(c) => (c.feature_len() + self.classes).div_ceil(4) * 4,
         }
     }
 
@@ -209,6 +299,14 @@ impl VaeConfig {
                 format!("{v} is larger than any size the kernels can index (at most {MAX_SIZE})"),
             ));
         }
+        if let Some(c) = self.conv() {
+            if let Some(&v) = c.input.iter().chain(&c.channels).find(|&&v| v > MAX_SIZE) {
+                return Err(VaeError::setting(
+                    "ConvArch",
+                    format!("{v} is larger than any size the kernels can index (at most {MAX_SIZE})"),
+                ));
+            }
+        }
         if self.input_dim == 0 || !self.input_dim.is_multiple_of(4) {
             return Err(VaeError::setting(
                 "VaeConfig::input_dim",
@@ -250,6 +348,9 @@ impl VaeConfig {
                     self.latent
                 ),
             ));
+        }
+        if let Some(c) = self.conv() {
+            self.validate_conv(c)?;
         }
         match &self.code {
             Code::Gaussian => {}
@@ -335,11 +436,88 @@ impl VaeConfig {
         Ok(())
     }
 
+    /// The checks of a convolutional architecture and what it combines with.
+    fn validate_conv(&self, c: &ConvArch) -> Result<()> {
+        let n = c.channels.len();
+        if n == 0 || n > MAX_CONV_LAYERS {
+            return Err(VaeError::setting(
+                "ConvArch::channels",
+                format!("1 to {MAX_CONV_LAYERS} convolutions, got {n}"),
+            ));
+        }
+        if c.channels.contains(&0) || c.input.contains(&0) {
+            return Err(VaeError::setting(
+                "ConvArch",
+                format!(
+                    "every channel count and image side must be positive, got channels {:?} on an input of {:?}",
+                    c.channels, c.input
+                ),
+            ));
+        }
+        let [ch, h, w] = c.input;
+        if ch * h * w != self.input_dim {
+            return Err(VaeError::settings(
+                &["ConvArch::input", "VaeConfig::input_dim"],
+                format!(
+                    "an image of {ch}×{h}×{w} has {} values, but input_dim is {}",
+                    ch * h * w,
+                    self.input_dim
+                ),
+            ));
+        }
+        let Some([fc, fh, fw]) = c.feature_map() else {
+            return Err(VaeError::settings(
+                &["ConvArch::input", "ConvArch::channels"],
+                format!(
+                    "{n} convolutions halve the image {n} times, so its height and width must divide by {}; got {h}×{w}",
+                    1usize << n
+                ),
+            ));
+        };
+        if let Code::Deterministic { contractive, .. } = self.code {
+            if contractive > 0.0 {
+                return Err(VaeError::settings(
+                    &["Code::Deterministic::contractive", "VaeConfig::arch"],
+                    "the contractive penalty has a closed form for a dense encoder only; use Arch::Mlp",
+                ));
+            }
+        }
+        if let Code::Quantized { groups, .. } = self.code {
+            if self.classes > 0 {
+                return Err(VaeError::settings(
+                    &["VaeConfig::classes", "Code::Quantized", "VaeConfig::arch"],
+                    "a conditional convolutional VQ-VAE is not supported (its code has no dense layer for the one-hot to join); use a dense VQ-VAE or an unconditional one",
+                ));
+            }
+            if !self.hidden.is_empty() {
+                return Err(VaeError::settings(
+                    &["VaeConfig::hidden", "VaeConfig::arch"],
+                    format!(
+                        "a convolutional VQ-VAE has no dense layers (its code is the feature map), got hidden {:?}",
+                        self.hidden
+                    ),
+                ));
+            }
+            if self.latent != fc * fh * fw || groups != fh * fw {
+                return Err(VaeError::settings(
+                    &["VaeConfig::latent", "Code::Quantized::groups"],
+                    format!(
+                        "a convolutional VQ-VAE's code is its {fc}×{fh}×{fw} feature map: latent {} in {} groups of {fc}, got latent {} in {groups} groups",
+                        fc * fh * fw,
+                        fh * fw,
+                        self.latent
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Key/value pairs for checkpoint metadata.
     pub fn to_metadata(&self) -> Vec<(String, String)> {
         let hidden: Vec<String> = self.hidden.iter().map(|h| h.to_string()).collect();
         let lik = likelihood_name(self.likelihood);
-        vec![
+        let mut meta: Vec<(String, String)> = vec![
             ("input_dim".into(), self.input_dim.to_string()),
             ("hidden".into(), hidden.join(",")),
             ("latent".into(), self.latent.to_string()),
@@ -348,7 +526,17 @@ impl VaeConfig {
             ("classes".into(), self.classes.to_string()),
             ("code".into(), code_name(&self.code)),
             ("top".into(), top_name(self.top())),
-        ]
+        ];
+        // Written for convolutional models only: a file without `arch` is a dense model.
+        if let Some(c) = self.conv() {
+            let list = |v: &[usize]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",");
+            meta.extend([
+                ("arch".into(), "conv".into()),
+                ("conv".into(), list(&c.channels)),
+                ("input_shape".into(), list(&c.input)),
+            ]);
+        }
+        meta
     }
 
     /// Inverse of [`VaeConfig::to_metadata`].
@@ -385,7 +573,42 @@ impl VaeConfig {
                 )))
             }
         };
+        // Files from before convolutional models were added hold dense ones.
+        let arch = match get("arch").unwrap_or("mlp") {
+            "mlp" => Arch::Mlp,
+            "conv" => {
+                let list = |k: &str| -> Result<Vec<usize>> {
+                    get(k)?
+                        .split(',')
+                        .map(|v| {
+                            v.trim().parse().map_err(|_| {
+                                VaeError::Config(format!(
+                                    "checkpoint metadata '{k}' = {:?} is not a list of whole numbers",
+                                    get(k).unwrap_or_default()
+                                ))
+                            })
+                        })
+                        .collect()
+                };
+                let input: [usize; 3] = list("input_shape")?.try_into().map_err(|v: Vec<usize>| {
+                    VaeError::Config(format!(
+                        "checkpoint metadata 'input_shape' must be C,H,W, got {} values",
+                        v.len()
+                    ))
+                })?;
+                Arch::Conv(ConvArch {
+                    input,
+                    channels: list("conv")?,
+                })
+            }
+            other => {
+                return Err(VaeError::Config(format!(
+                    "checkpoint metadata 'arch' = {other:?}: expected mlp or conv"
+                )))
+            }
+        };
         let cfg = VaeConfig {
+            arch,
             input_dim: num("input_dim")?,
             hidden,
             latent: num("latent")?,
@@ -411,15 +634,34 @@ impl VaeConfig {
     /// a validated configuration fits 31 bits, so this never overflows its u128 arithmetic.
     pub fn num_params_checked(&self) -> Option<usize> {
         let dense = |i: usize, o: usize| i as u128 * o as u128 + o as u128;
-        let mut widths = vec![self.enc_input_dim()];
-        widths.extend(&self.hidden);
-        let enc: u128 = widths.windows(2).map(|w| dense(w[0], w[1])).sum();
-        let last = *widths.last().unwrap_or(&self.input_dim);
-        let head = dense(last, self.head_width());
-        let mut dw = vec![self.dec_input_dim()];
-        dw.extend(self.hidden.iter().rev());
-        dw.push(self.input_dim);
-        let dec: u128 = dw.windows(2).map(|w| dense(w[0], w[1])).sum();
+        let vq_conv = self.conv().is_some() && matches!(self.code, Code::Quantized { .. });
+        // The dense layers: encoder to the head, decoder from z (to the image, or to the
+        // feature map the transposed convolutions start from); none in a convolutional VQ-VAE.
+        let (enc, head, dec) = if vq_conv {
+            (0, 0, 0)
+        } else {
+            let mut widths = vec![self.dense_input_dim()];
+            widths.extend(&self.hidden);
+            let enc: u128 = widths.windows(2).map(|w| dense(w[0], w[1])).sum();
+            let last = *widths.last().unwrap_or(&self.input_dim);
+            let mut dw = vec![self.dec_input_dim()];
+            dw.extend(self.hidden.iter().rev());
+            dw.push(self.conv().map_or(self.input_dim, |c| c.feature_len()));
+            let dec: u128 = dw.windows(2).map(|w| dense(w[0], w[1])).sum();
+            (enc, dense(last, self.head_width()), dec)
+        };
+        // Each convolution twice (the encoder's, and the decoder's transposed one with the
+        // same channels), weights stored with their rows rounded up to 4.
+        let conv: u128 = self.conv().map_or(0, |c| {
+            let mut ch = vec![c.input[0]];
+            ch.extend(&c.channels);
+            ch.windows(2)
+                .map(|w| {
+                    let taps = (CONV_KERNEL * CONV_KERNEL * w[0]).div_ceil(4) * 4;
+                    2 * (taps as u128 * w[1] as u128) + w[0] as u128 + w[1] as u128
+                })
+                .sum()
+        });
         let codebook = match self.code {
             Code::Quantized { codes, groups, .. } => codes as u128 * (self.latent / groups.max(1)) as u128,
             _ => 0,
@@ -436,7 +678,7 @@ impl VaeConfig {
             })
             .sum();
         let log_c = self.likelihood.learned_log_c_len(self.input_dim).unwrap_or(0) as u128;
-        (enc + head + dec + codebook + top + log_c).try_into().ok()
+        (enc + head + dec + conv + codebook + top + log_c).try_into().ok()
     }
 }
 
@@ -839,6 +1081,137 @@ mod tests {
             .filter(|(k, _)| k == "latent")
             .for_each(|(_, v)| *v = "3".into());
         assert!(VaeConfig::from_metadata(&odd).is_err());
+    }
+
+    fn conv(channels: &[usize], input: [usize; 3]) -> VaeConfig {
+        VaeConfig {
+            input_dim: input.iter().product(),
+            hidden: vec![256],
+            arch: Arch::Conv(ConvArch {
+                input,
+                channels: channels.to_vec(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn conv_configurations_round_trip_and_size_their_feature_map() {
+        let reference = conv(&[32, 64], [1, 28, 28]);
+        reference.validate().unwrap();
+        let arch = reference.conv().unwrap();
+        assert_eq!(arch.feature_map(), Some([64, 7, 7]));
+        assert_eq!(arch.sides(), vec![(28, 28), (14, 14)]);
+        assert_eq!(reference.dense_input_dim(), 3136);
+        assert_eq!(reference.enc_input_dim(), 784);
+        // The PyTorch reference model's parameter count (every weight's rows already whole vec4s).
+        let torch = (16 * 32 + 32)
+            + (16 * 32 * 64 + 64)
+            + (3136 * 256 + 256)
+            + 2 * (256 * 20 + 20)
+            + (20 * 256 + 256)
+            + (256 * 3136 + 3136)
+            + (16 * 64 * 32 + 32)
+            + (16 * 32 + 1);
+        assert_eq!(reference.num_params(), torch);
+        // The one-hot joins the dense layers: the image alone enters the encoder.
+        let cond = VaeConfig {
+            classes: 10,
+            ..reference.clone()
+        };
+        assert_eq!(
+            (cond.enc_input_dim(), cond.dense_input_dim(), cond.dec_input_dim()),
+            (784, 3148, 32)
+        );
+        let vq = VaeConfig {
+            hidden: vec![],
+            latent: 3136,
+            code: Code::Quantized {
+                codes: 512,
+                groups: 49,
+                commitment: 0.25,
+            },
+            ..reference.clone()
+        };
+        vq.validate().unwrap();
+        let rgb = conv(&[16, 32, 64], [3, 32, 40]);
+        rgb.validate().unwrap();
+        for cfg in [reference, cond, vq, rgb] {
+            let meta = cfg.to_metadata();
+            assert_eq!(VaeConfig::from_metadata(&meta).unwrap(), cfg);
+            assert!(meta.iter().any(|(k, v)| k == "arch" && v == "conv"));
+        }
+        // Dense models keep the metadata they had: no `arch`, so older readers still load them.
+        assert!(!VaeConfig::default().to_metadata().iter().any(|(k, _)| k == "arch"));
+        let mut bad = conv(&[32, 64], [1, 28, 28]).to_metadata();
+        bad.iter_mut()
+            .filter(|(k, _)| k == "input_shape")
+            .for_each(|(_, v)| *v = "1,28".into());
+        assert!(VaeConfig::from_metadata(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("input_shape"));
+        let mut bad = conv(&[32, 64], [1, 28, 28]).to_metadata();
+        bad.iter_mut()
+            .filter(|(k, _)| k == "arch")
+            .for_each(|(_, v)| *v = "resnet".into());
+        assert!(VaeConfig::from_metadata(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("resnet"));
+    }
+
+    #[test]
+    fn conv_configurations_refuse_by_name() {
+        let refused = |cfg: VaeConfig, needles: &[&str]| {
+            let e = cfg.validate().expect_err("refused").to_string();
+            assert!(needles.iter().all(|n| e.contains(n)), "{e} lacks {needles:?}");
+        };
+        refused(
+            conv(&[32, 64, 128], [1, 28, 28]),
+            &["ConvArch::channels", "divide by 8", "28×28"],
+        );
+        refused(conv(&[], [1, 28, 28]), &["ConvArch::channels", "1 to 8"]);
+        refused(conv(&[32, 0], [1, 28, 28]), &["positive"]);
+        refused(
+            VaeConfig {
+                input_dim: 788,
+                ..conv(&[32, 64], [1, 28, 28])
+            },
+            &["ConvArch::input", "input_dim", "784"],
+        );
+        refused(
+            VaeConfig {
+                code: Code::Deterministic {
+                    l1: 0.0,
+                    contractive: 0.5,
+                },
+                latent: 20,
+                ..conv(&[32, 64], [1, 28, 28])
+            },
+            &["contractive", "VaeConfig::arch"],
+        );
+        let vq = |latent: usize, groups: usize, hidden: Vec<usize>, classes: usize| VaeConfig {
+            hidden,
+            latent,
+            classes,
+            code: Code::Quantized {
+                codes: 16,
+                groups,
+                commitment: 0.25,
+            },
+            ..conv(&[32, 64], [1, 28, 28])
+        };
+        refused(
+            vq(3136, 49, vec![], 10),
+            &["VaeConfig::classes", "conditional convolutional VQ-VAE"],
+        );
+        refused(vq(3136, 49, vec![256], 0), &["VaeConfig::hidden", "no dense layers"]);
+        refused(
+            vq(20, 10, vec![], 0),
+            &["VaeConfig::latent", "latent 3136 in 49 groups of 64"],
+        );
+        refused(vq(3136, 64, vec![], 0), &["Code::Quantized::groups"]);
     }
 
     #[test]

@@ -47,14 +47,16 @@ impl InputsWorkspace {
 }
 
 impl Inputs<'_> {
-    /// Plans the gather into the first b rows of x, the one-hot labels into x and each of
-    /// `labelled` (rows of L·b draws, with the column their label starts at), and the masking
-    /// noise. Returns the dispatches and the encoder's input (x or its noisy copy).
+    /// Plans the gather into the first b rows of x, the one-hot labels into x, each of
+    /// `labelled` (rows of L·b draws, with the column their label starts at) and each of
+    /// `enc_labelled` (rows of the b examples inside the encoder), and the masking noise.
+    /// Returns the dispatches and the encoder's input (x or its noisy copy).
     pub fn forward(
         &self,
         c: &Ctx,
         ws: &InputsWorkspace,
         labelled: &[(Tensor, usize)],
+        enc_labelled: &[(Tensor, usize)],
     ) -> Result<(Vec<Dispatch>, Tensor)> {
         let x = rows(&ws.x, c.b);
         let mut d = vec![self.source.plan_gather(c.gpu, c.step, &x, self.binarize)?];
@@ -64,6 +66,12 @@ impl Inputs<'_> {
             d.push(
                 self.source
                     .plan_labels(c.gpu, label, c.step, &x, &rows(target, c.draws()), *cols)?,
+            );
+        }
+        for (target, cols) in enc_labelled {
+            d.push(
+                self.source
+                    .plan_labels(c.gpu, "condition.encoder", c.step, &x, &rows(target, c.b), *cols)?,
             );
         }
         if self.denoise > 0.0 {

@@ -4,25 +4,32 @@
 //! the previous activation's derivative into its input gradient, so a layer is one dispatch
 //! forward and two backward.
 
+use std::ops::Range;
+
 use crate::error::Result;
 use crate::gpu::{Dispatch, Gpu, Tensor};
 use crate::model::block::{rows, Ctx, Network, NetworkWorkspace, WorkspaceSpec};
+use crate::model::checkpoint::CheckpointTensor;
 use crate::model::contractive::{Contractive, ContractiveWorkspace};
 use crate::model::terms::TermLayout;
 use crate::model::VaeConfig;
 use crate::nn::{ArenaLayout, Layer, Linear};
 use crate::ops::{self, Activation};
 
-/// A stack of dense layers, the last without activation.
+/// A stack of dense layers.
 #[derive(Clone)]
-pub struct Mlp {
-    layers: Vec<Linear>,
+pub(crate) struct Mlp {
+    pub(crate) layers: Vec<Linear>,
+    /// The activation that made the stack's input, whose derivative the input gradient takes
+    /// (identity for data or draws; a convolutional encoder's feature map has one).
+    input_act: Activation,
 }
 
 impl Mlp {
-    /// Registers `widths[0] → widths[1] → … → out` as layers `{name}.{i}` with `act`, and the
-    /// last as `{name}.{last}` without activation.
-    fn new(
+    /// Registers `input → hidden[0] → … → out` as layers `{name}.{i}` with `act`, and the
+    /// last as `{name}.{last}` with `last_act`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
         layout: &mut ArenaLayout,
         name: &str,
         input: usize,
@@ -30,6 +37,7 @@ impl Mlp {
         out: usize,
         last: &str,
         act: Activation,
+        last_act: Activation,
     ) -> Self {
         let mut layers = Vec::new();
         let mut width = input;
@@ -37,14 +45,16 @@ impl Mlp {
             layers.push(Linear::new(layout, &format!("{name}.{i}"), width, h, act));
             width = h;
         }
-        layers.push(Linear::new(
-            layout,
-            &format!("{name}.{last}"),
-            width,
-            out,
-            Activation::Identity,
-        ));
-        Mlp { layers }
+        layers.push(Linear::new(layout, &format!("{name}.{last}"), width, out, last_act));
+        Mlp {
+            layers,
+            input_act: Activation::Identity,
+        }
+    }
+
+    /// The same stack reading an input made by `act`.
+    pub(crate) fn with_input_act(self, act: Activation) -> Self {
+        Mlp { input_act: act, ..self }
     }
 
     /// Each hidden layer's output (or its gradient) for `rows` rows, mirrored when the
@@ -61,7 +71,7 @@ impl Mlp {
             .collect()
     }
 
-    fn workspace(&self, gpu: &Gpu, spec: &WorkspaceSpec, name: &str, rows: usize) -> Result<MlpWorkspace> {
+    pub(crate) fn workspace(&self, gpu: &Gpu, spec: &WorkspaceSpec, name: &str, rows: usize) -> Result<MlpWorkspace> {
         Ok(MlpWorkspace {
             net: self.clone(),
             hidden: self.hidden(gpu, spec, name, rows)?,
@@ -75,7 +85,7 @@ impl Mlp {
 }
 
 /// An MLP's hidden activations [rows, h] and, for training, their gradients.
-pub struct MlpWorkspace {
+pub(crate) struct MlpWorkspace {
     net: Mlp,
     hidden: Vec<Tensor>,
     d_hidden: Vec<Tensor>,
@@ -87,7 +97,7 @@ impl MlpWorkspace {
         self.hidden.first().map(|t| rows(t, n))
     }
 
-    fn forward(&self, c: &Ctx, x: &Tensor, y: &Tensor) -> Result<Vec<Dispatch>> {
+    pub(crate) fn forward(&self, c: &Ctx, x: &Tensor, y: &Tensor) -> Result<Vec<Dispatch>> {
         let n = x.shape()[0];
         let mut d = Vec::new();
         let mut input = x.clone();
@@ -102,7 +112,7 @@ impl MlpWorkspace {
     /// Output layer first; each layer's input gradient goes to the layer below (the first
     /// layer's to `dx`, if given), multiplied by the derivative of the activation that made
     /// its input.
-    fn backward(&self, c: &Ctx, x: &Tensor, dy: &Tensor, dx: Option<&Tensor>) -> Result<Vec<Dispatch>> {
+    pub(crate) fn backward(&self, c: &Ctx, x: &Tensor, dy: &Tensor, dx: Option<&Tensor>) -> Result<Vec<Dispatch>> {
         let n = x.shape()[0];
         if self.d_hidden.len() != self.hidden.len() {
             return Err(crate::VaeError::Config(
@@ -120,7 +130,7 @@ impl MlpWorkspace {
                     Some(rows(&self.d_hidden[i - 1], n)),
                 )
             } else {
-                (x.clone(), Activation::Identity, dx.cloned())
+                (x.clone(), self.net.input_act, dx.cloned())
             };
             d.extend(layers[i].backward(c.gpu, c.arena, &input, &dy, d_input.as_ref(), input_act)?);
             if let Some(next) = d_input {
@@ -130,7 +140,7 @@ impl MlpWorkspace {
         Ok(d)
     }
 
-    fn tensors(&self) -> Vec<&Tensor> {
+    pub(crate) fn tensors(&self) -> Vec<&Tensor> {
         self.hidden.iter().chain(&self.d_hidden).collect()
     }
 }
@@ -140,6 +150,8 @@ impl MlpWorkspace {
 pub struct MlpEncoder {
     mlp: Mlp,
     contractive: Option<Contractive>,
+    /// Checkpoint names of the head's column ranges: μ and log σ² (a VAE) or the code.
+    head_names: Vec<(&'static str, Range<usize>)>,
 }
 
 impl MlpEncoder {
@@ -153,15 +165,60 @@ impl MlpEncoder {
             cfg.head_width(),
             "head",
             cfg.activation,
+            Activation::Identity,
         );
         let contractive = Contractive::for_config(cfg, &mlp.layers);
-        MlpEncoder { mlp, contractive }
+        MlpEncoder {
+            mlp,
+            contractive,
+            head_names: head_names(cfg),
+        }
     }
+}
+
+/// The checkpoint names of an encoder head's columns: `mu` and `logvar` for a VAE, `code` for
+/// an autoencoder or a VQ-VAE.
+pub(crate) fn head_names(cfg: &VaeConfig) -> Vec<(&'static str, Range<usize>)> {
+    let z = cfg.latent;
+    if cfg.is_vae() {
+        vec![("mu", 0..z), ("logvar", z..2 * z)]
+    } else {
+        vec![("code", 0..z)]
+    }
+}
+
+/// With one hidden layer, the dense models take the PyTorch reference model's names.
+fn short_names(mlp: &Mlp) -> bool {
+    mlp.layers.len() == 2
 }
 
 impl Network for MlpEncoder {
     fn layers(&self) -> Vec<&Linear> {
         self.mlp.layers.iter().collect()
+    }
+
+    /// `fc1` (one hidden layer) or `enc{i}`, then the head as `fc21`/`fc22`, `fc2`, or
+    /// `mu`/`logvar`, `code`.
+    fn checkpoint(&self) -> Vec<CheckpointTensor> {
+        let short = short_names(&self.mlp);
+        let Some((head, hidden)) = self.mlp.layers.split_last() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, l) in hidden.iter().enumerate() {
+            let name = if short { "fc1".to_string() } else { format!("enc{i}") };
+            out.extend(CheckpointTensor::dense_range(&name, l, 0..l.out_features));
+        }
+        let n = self.head_names.len();
+        for (k, (long, cols)) in self.head_names.iter().enumerate() {
+            let name = match (short, n) {
+                (true, 1) => "fc2".to_string(),
+                (true, _) => format!("fc2{}", k + 1),
+                (false, _) => long.to_string(),
+            };
+            out.extend(CheckpointTensor::dense_range(&name, head, cols.clone()));
+        }
+        out
     }
 
     fn workspace(
@@ -237,6 +294,7 @@ impl MlpDecoder {
                 cfg.input_dim,
                 "out",
                 cfg.activation,
+                Activation::Identity,
             ),
         }
     }
@@ -245,6 +303,23 @@ impl MlpDecoder {
 impl Network for MlpDecoder {
     fn layers(&self) -> Vec<&Linear> {
         self.mlp.layers.iter().collect()
+    }
+
+    /// `fc3` and `fc4` (one hidden layer), or `dec{i}` and `out`.
+    fn checkpoint(&self) -> Vec<CheckpointTensor> {
+        let short = short_names(&self.mlp);
+        let last = self.mlp.layers.len() - 1;
+        let mut out = Vec::new();
+        for (i, l) in self.mlp.layers.iter().enumerate() {
+            let name = match (short, i == last) {
+                (true, false) => "fc3".to_string(),
+                (true, true) => "fc4".to_string(),
+                (false, false) => format!("dec{i}"),
+                (false, true) => "out".to_string(),
+            };
+            out.extend(CheckpointTensor::dense_range(&name, l, 0..l.out_features));
+        }
+        out
     }
 
     fn workspace(

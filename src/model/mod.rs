@@ -20,9 +20,10 @@
 //! where a new block goes.
 
 pub(crate) mod block;
-mod checkpoint;
+pub(crate) mod checkpoint;
 mod config;
 mod contractive;
+mod conv;
 pub(crate) mod inputs;
 pub(crate) mod latent;
 mod likelihood;
@@ -36,7 +37,7 @@ pub(crate) mod workspace;
 pub use crate::ops::{Activation, Likelihood, LOGVAR_MAX, LOGVAR_MIN, LOG_C_MAX, LOG_C_MIN};
 pub use checkpoint::{CODEBOOK_KEY, LOG_C_KEY};
 pub use config::{
-    code_name, likelihood_name, parse_code, parse_hidden, parse_likelihood, parse_top, parse_variance, top_name, Code,
-    TopLatent, VaeConfig, MAX_TOP_LAYERS,
+    code_name, likelihood_name, parse_code, parse_hidden, parse_likelihood, parse_top, parse_variance, top_name, Arch,
+    Code, ConvArch, TopLatent, VaeConfig, CONV_KERNEL, CONV_PADDING, CONV_STRIDE, MAX_CONV_LAYERS, MAX_TOP_LAYERS,
 };
 pub use vae::{TextureMirrors, Vae, MIRROR_MIN_WEIGHTS};

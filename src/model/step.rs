@@ -40,7 +40,7 @@ pub fn plan_encode(
     step: &StepBuffer,
 ) -> Result<(Vec<Dispatch>, Tensor)> {
     let c = context(gpu, vae, ws, b, step)?;
-    let (mut d, x_enc) = inputs.forward(&c, &ws.inputs, &ws.labelled)?;
+    let (mut d, x_enc) = inputs.forward(&c, &ws.inputs, &ws.labelled, &ws.enc_labelled)?;
     d.extend(ws.encoder.forward(&c, &x_enc, &rows(&ws.enc, b))?);
     Ok((d, x_enc))
 }

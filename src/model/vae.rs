@@ -4,11 +4,12 @@
 use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::model::block::{Latent, Network};
-use crate::model::config::VaeConfig;
+use crate::model::config::{Arch, VaeConfig};
+use crate::model::conv::{ConvDecoder, ConvEncoder};
 use crate::model::likelihood::LikelihoodBlock;
 use crate::model::mlp::{MlpDecoder, MlpEncoder};
 use crate::model::objective::{Elbo, Objective};
-use crate::nn::{ArenaLayout, Layer, Linear, ParamArena};
+use crate::nn::{ArenaLayout, Linear, ParamArena};
 
 pub use crate::gpu::TextureMirrors;
 
@@ -44,8 +45,16 @@ impl Vae {
     pub fn new(gpu: &Gpu, config: VaeConfig, seed: u64) -> Result<Self> {
         config.validate()?;
         let mut layout = ArenaLayout::default();
-        let encoder: Box<dyn Network> = Box::new(MlpEncoder::new(&mut layout, &config));
-        let decoder: Box<dyn Network> = Box::new(MlpDecoder::new(&mut layout, &config));
+        let (encoder, decoder): (Box<dyn Network>, Box<dyn Network>) = match &config.arch {
+            Arch::Mlp => (
+                Box::new(MlpEncoder::new(&mut layout, &config)),
+                Box::new(MlpDecoder::new(&mut layout, &config)),
+            ),
+            Arch::Conv(arch) => (
+                Box::new(ConvEncoder::new(&mut layout, &config, arch)),
+                Box::new(ConvDecoder::new(&mut layout, &config, arch)),
+            ),
+        };
         let likelihood = LikelihoodBlock::new(&mut layout, &config);
         let latent = crate::model::latent::build(&mut layout, &config);
         // Sizes from flags or a checkpoint's metadata: refused before the host spends memory on
@@ -55,9 +64,8 @@ impl Vae {
         gpu.check_host("the model's parameters (VaeConfig sizes)", 3 * 4 * floats)?;
         let mut values: Vec<Vec<f32>> = layout.slots().iter().map(|s| vec![0.0; s.len()]).collect();
         let mut rng = crate::rng::host_rng(seed, 0);
-        for l in encoder.layers().into_iter().chain(decoder.layers()) {
-            l.init(&mut rng, &mut values);
-        }
+        encoder.init(&mut rng, &mut values);
+        decoder.init(&mut rng, &mut values);
         latent.init(&mut rng, &mut values);
         // A learned log c starts at 0 (c = 1), as the zeros `values` already hold.
         let init = crate::nn::arena::flatten(&layout, &values)?;

@@ -47,9 +47,12 @@ pub struct Workspace {
     pub(crate) decoder: Box<dyn NetworkWorkspace>,
     /// The likelihood's terms and scratch.
     pub(crate) likelihood: LikelihoodWorkspace,
-    /// Rows that carry a conditional model's one-hot, with the column it starts at (z's, and
-    /// a hierarchy's upper layers'); empty for an unconditional model.
+    /// Rows of draws that carry a conditional model's one-hot, with the column it starts at
+    /// (z's, and a hierarchy's upper layers'); empty for an unconditional model.
     pub(crate) labelled: Vec<(Tensor, usize)>,
+    /// Rows of examples that carry it inside the encoder (a convolutional encoder's dense
+    /// input).
+    pub(crate) enc_labelled: Vec<(Tensor, usize)>,
     /// The per-example terms the blocks declared.
     pub terms: Terms,
 }
@@ -112,11 +115,16 @@ impl Workspace {
             } else {
                 None
             },
-            encoder,
             latent,
             decoder,
             likelihood,
             labelled,
+            enc_labelled: if cfg.classes > 0 {
+                encoder.labelled_rows()
+            } else {
+                Vec::new()
+            },
+            encoder,
             terms: terms.allocate(gpu)?,
         })
     }

@@ -312,3 +312,57 @@ pub fn channel_sum(gpu: &Gpu, label: &str, x: &Tensor, out: &Tensor) -> Result<D
         4.0 * (rows * c + c) as f64,
     )
 }
+
+/// Plans `dst[r, 0..n) = src[r, 0..n)` for every row r of `src` [R, Ws] and `dst` [R, Wd]
+/// (n ≤ both widths): a feature map into the first columns of wider rows, or back.
+pub fn copy_columns(gpu: &Gpu, label: &str, src: &Tensor, dst: &Tensor, n: usize) -> Result<Dispatch> {
+    let (&[rows, ws], &[rd, wd]) = (src.shape(), dst.shape()) else {
+        return Err(VaeError::Shape(format!(
+            "{label}: rows must be 2-D, got {:?} and {:?}",
+            src.shape(),
+            dst.shape()
+        )));
+    };
+    if rows != rd || n > ws || n > wd || n == 0 {
+        return Err(VaeError::Shape(format!(
+            "{label}: {n} columns from {:?} into {:?} (the same rows, both at least {n} wide)",
+            src.shape(),
+            dst.shape()
+        )));
+    }
+    let vec4 = n.is_multiple_of(4) && ws.is_multiple_of(4) && wd.is_multiple_of(4);
+    let pipeline = gpu
+        .kernels
+        .pipeline(Shader::Conv, "copy_columns", &[("CIN4", flag(vec4))], &layout())?;
+    let g = ConvGeometry {
+        batch: rows,
+        in_h: 1,
+        in_w: ws,
+        in_c: n,
+        out_h: 1,
+        out_w: wd,
+        out_c: n,
+        kernel: 1,
+        stride: 1,
+        pad: 0,
+    };
+    let ubuf = gpu.uniform(label, &g.params(rows * n, 0.0))?;
+    let read = gpu.dummy_read();
+    let res = [
+        ubuf.raw().as_entire_binding(),
+        src.binding(),
+        read.binding(),
+        read.binding(),
+        dst.binding(),
+    ];
+    let items = if vec4 { rows * n / 4 } else { rows * n };
+    gpu.dispatch(
+        label,
+        pipeline,
+        &res,
+        Some(ubuf.clone()),
+        grid_1d(items, 64),
+        0.0,
+        8.0 * (rows * n) as f64,
+    )
+}

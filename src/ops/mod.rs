@@ -16,7 +16,7 @@ pub use crate::gpu::mirror::{mirror_texture, mirrored, refresh_mirror, TEX_W};
 pub use activation::{activation_backward, activation_forward, Activation};
 pub use adam::{adam, AdamConfig, HEALTHY};
 pub use code::{code_backward, code_forward, contractive, vq_backward, vq_ema, vq_forward};
-pub use conv::{channel_sum, col2im, im2col, ConvGeometry};
+pub use conv::{channel_sum, col2im, copy_columns, im2col, ConvGeometry};
 pub use gather::{condition, corrupt, gather};
 pub use loss::{log_c_grad, loss, LearnedLogC, Likelihood, LOG_C_MAX, LOG_C_MIN};
 pub use matmul::{matmul, Epilogue, MatmulStrategy};

@@ -525,6 +525,7 @@ fn small_hierarchy(top: &[TopLatent], classes: usize) -> VaeConfig {
         likelihood: Likelihood::Bernoulli,
         code: crate::common::hier(top),
         classes,
+        arch: Default::default(),
     }
 }
 

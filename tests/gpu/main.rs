@@ -4,6 +4,7 @@
 
 mod common;
 mod conv;
+mod conv_model;
 mod family;
 mod fixtures;
 mod kernels;

@@ -13,7 +13,7 @@ use crate::common::{gpu, rand_vec, to_f64};
 use crate::reference::{self, AdamState, Batch};
 
 /// A byte dataset on the device, its host copy and an example order.
-struct Data {
+pub(crate) struct Data {
     /// The masking probability the steps' source asks for (0: no denoising).
     denoise: f32,
     bytes: Vec<u8>,
@@ -26,7 +26,7 @@ struct Data {
 
 impl Data {
     /// `count` examples of `dim` varied bytes (0 and 255 included), in a shuffled order.
-    fn new(g: &Gpu, count: usize, dim: usize, seed: u64) -> Self {
+    pub(crate) fn new(g: &Gpu, count: usize, dim: usize, seed: u64) -> Self {
         let mut bytes: Vec<u8> = rand_vec(count * dim, seed, 0.0, 256.0)
             .iter()
             .map(|&v| v.min(255.0) as u8)
@@ -50,7 +50,7 @@ impl Data {
     }
 
     /// The batch the gather builds: row b is example perm[start + b] as bytes / 255.
-    fn batch_x(&self, start: usize, b: usize) -> Vec<f64> {
+    pub(crate) fn batch_x(&self, start: usize, b: usize) -> Vec<f64> {
         let d = self.dim;
         (0..b)
             .flat_map(|row| {
@@ -61,7 +61,7 @@ impl Data {
     }
 
     /// The labels of the batch's rows.
-    fn batch_labels(&self, start: usize, b: usize) -> Vec<u8> {
+    pub(crate) fn batch_labels(&self, start: usize, b: usize) -> Vec<u8> {
         (0..b).map(|row| self.labels[self.perm[start + row] as usize]).collect()
     }
 
@@ -88,7 +88,7 @@ impl Data {
 }
 
 /// A training workspace of `b` examples and `l` draws each.
-fn train_spec(b: usize, l: usize, denoise: bool, vq_ema: Option<f32>) -> WorkspaceSpec {
+pub(crate) fn train_spec(b: usize, l: usize, denoise: bool, vq_ema: Option<f32>) -> WorkspaceSpec {
     WorkspaceSpec {
         train: true,
         denoise,
@@ -98,7 +98,7 @@ fn train_spec(b: usize, l: usize, denoise: bool, vq_ema: Option<f32>) -> Workspa
 }
 
 /// The ε the reparameterization kernel draws for a step, [L, B, Z] (see reparam_kl.wgsl).
-fn step_eps(sp: &StepParams, samples: usize, b: usize, z: usize) -> Vec<f64> {
+pub(crate) fn step_eps(sp: &StepParams, samples: usize, b: usize, z: usize) -> Vec<f64> {
     let mut eps = Vec::with_capacity(samples * b * z);
     for s in 0..samples {
         for e in 0..b {
@@ -112,17 +112,17 @@ fn step_eps(sp: &StepParams, samples: usize, b: usize, z: usize) -> Vec<f64> {
 }
 
 /// What one step on the device did.
-struct StepResult {
-    params_before: Vec<Vec<f32>>,
-    grads: Vec<Vec<f32>>,
-    params_after: Vec<Vec<f32>>,
+pub(crate) struct StepResult {
+    pub params_before: Vec<Vec<f32>>,
+    pub grads: Vec<Vec<f32>>,
+    pub params_after: Vec<Vec<f32>>,
     /// [Σ_b mean_s NLL, Σ_b KL] from the step's row of the metric log.
-    totals: Vec<f64>,
+    pub totals: Vec<f64>,
 }
 
 /// Plans and runs one training step for `b` examples with the optimizer `adam`, as the trainer
 /// does: one plan, the step uniform written, one submit.
-fn gpu_step(
+pub(crate) fn gpu_step(
     g: &Gpu,
     vae: &Vae,
     ws: &Workspace,
@@ -149,7 +149,14 @@ fn gpu_step(
 }
 
 /// Per tensor: every |got − want| ≤ rel·max|want| + abs; reports the worst element.
-fn assert_tensors_close(what: &str, names: &[String], got: &[Vec<f64>], want: &[Vec<f64>], rel: f64, abs: f64) {
+pub(crate) fn assert_tensors_close(
+    what: &str,
+    names: &[String],
+    got: &[Vec<f64>],
+    want: &[Vec<f64>],
+    rel: f64,
+    abs: f64,
+) {
     assert_eq!(got.len(), want.len(), "{what}: tensor count");
     for ((name, g), w) in names.iter().zip(got).zip(want) {
         assert_eq!(g.len(), w.len(), "{what} {name}: length");
@@ -1023,6 +1030,7 @@ fn hierarchical_vae_gradients_match_finite_differences() {
             likelihood,
             code: crate::common::hier(&top),
             classes,
+            arch: Default::default(),
         };
         let what = format!(
             "hierarchical {activation:?} {likelihood:?} L = {l}, {classes} classes, {} layers",
