@@ -15,7 +15,7 @@ use vae_wgpu::gpu::MatmulStrategy;
 use vae_wgpu::infer::{decode_conditional, prior_latents};
 use vae_wgpu::io::{read_safetensors, write_grid_png};
 use vae_wgpu::model::{parse_hidden, parse_likelihood, parse_top, parse_variance, Code, Likelihood, TopLatent};
-use vae_wgpu::model::{Vae, VaeConfig};
+use vae_wgpu::model::{Arch, ConvArch, Vae, VaeConfig};
 use vae_wgpu::run::RunDir;
 use vae_wgpu::train::{settings_json, EpochOutcome, EpochRecord, Evaluator, KlSchedule, TrainConfig, Trainer};
 use vae_wgpu::{Gpu, GpuOptions, Result, VaeError};
@@ -37,12 +37,21 @@ struct Cli {
     /// Examples per step
     #[arg(long, value_name = "N", default_value_t = 128, value_parser = common::positive)]
     batch_size: usize,
-    /// Latent dimensions (even for a VAE)
-    #[arg(long, value_name = "N", default_value_t = 20, value_parser = common::positive)]
-    latent: usize,
-    /// Encoder hidden widths; the decoder mirrors them (empty: none)
-    #[arg(long, value_name = "N[,N...]", default_value = "400", value_parser = hidden)]
-    hidden: Hidden,
+    /// Latent dimensions (even for a VAE) [default: 20]
+    #[arg(long, value_name = "N", value_parser = common::positive)]
+    latent: Option<usize>,
+    /// Dense layers' widths (empty: none): the encoder's, which the decoder mirrors; with
+    /// --arch conv, those between the feature map and the latent [default: 400, or 256 with
+    /// --arch conv]
+    #[arg(long, value_name = "N[,N...]", value_parser = hidden)]
+    hidden: Option<Hidden>,
+    /// Encoder and decoder: mlp (dense layers on the pixels) or conv (convolutions 4x4, stride
+    /// 2, padding 1, each halving the image, then dense layers; transposed convolutions back)
+    #[arg(long, value_name = "A", default_value = "mlp", value_parser = ["mlp", "conv"])]
+    arch: String,
+    /// With --arch conv: the convolutions' output channels [default: 32,64]
+    #[arg(long, value_name = "C[,C...]", value_parser = hidden)]
+    conv: Option<Hidden>,
     /// Adam learning rate
     #[arg(long, value_name = "F", default_value_t = 1e-3, value_parser = common::positive_f32)]
     lr: f32,
@@ -215,11 +224,48 @@ struct Args {
 impl Cli {
     /// The run's configuration, checked by the library before anything is written.
     fn into_args(self) -> Result<Args> {
+        let conv = match (self.arch.as_str(), self.conv) {
+            ("conv", channels) => Some(ConvArch {
+                input: [1, IMAGE_SIDE, IMAGE_SIDE],
+                channels: channels.map_or(vec![32, 64], |c| c.0),
+            }),
+            (_, Some(_)) => {
+                return Err(VaeError::Config(
+                    "--conv lists a convolutional model's channels; add --arch conv".into(),
+                ))
+            }
+            _ => None,
+        };
+        let conv_vq = conv.as_ref().filter(|_| self.vq.is_some());
+        let (latent, hidden) = match conv_vq {
+            // The code of a convolutional VQ-VAE is the encoder's feature map, one vector per cell.
+            Some(c) => {
+                if self.latent.is_some() || self.vq.is_some_and(|v| v.groups.is_some()) {
+                    return Err(VaeError::Config(
+                        "with --arch conv --vq the code is the feature map (one vector of its channels per \
+                         cell): drop --latent and the :G of --vq"
+                            .into(),
+                    ));
+                }
+                if self.hidden.is_some() {
+                    return Err(VaeError::Config(
+                        "with --arch conv --vq there are no dense layers: drop --hidden".into(),
+                    ));
+                }
+                (c.feature_len(), Vec::new())
+            }
+            None => (
+                self.latent.unwrap_or(20),
+                self.hidden
+                    .map_or_else(|| if conv.is_some() { vec![256] } else { vec![400] }, |h| h.0),
+            ),
+        };
         let mut model = VaeConfig {
-            hidden: self.hidden.0,
-            latent: self.latent,
+            hidden,
+            latent,
             likelihood: self.likelihood,
             classes: if self.conditional { NUM_CLASSES } else { 0 },
+            arch: conv.clone().map_or(Arch::Mlp, Arch::Conv),
             ..Default::default()
         };
         if let Some(v) = self.variance {
@@ -243,7 +289,9 @@ impl Cli {
             },
             (_, Some(vq), _) => Code::Quantized {
                 codes: vq.codes,
-                groups: vq.groups.unwrap_or(self.latent),
+                groups: vq
+                    .groups
+                    .unwrap_or(conv_vq.map_or(latent, |c| c.feature_len() / c.channels[c.channels.len() - 1])),
                 commitment: self.commitment.unwrap_or(0.25),
             },
             (_, _, Some(top)) => Code::Hierarchical(top.0),
@@ -357,12 +405,25 @@ fn run(args: Args) -> Result<i32> {
 
     let vae = Vae::new(&gpu, args.model.clone(), args.train.seed)?;
     let np = vae.num_params();
+    let m = &args.model;
+    // The convolutions, as the encoder and the decoder run them, around the dense layers.
+    let (conv_down, conv_up) = match m.conv() {
+        Some(c) => {
+            let [ch, h, w] = c.input;
+            let [fc, fh, fw] = c.feature_map().unwrap_or_default();
+            (
+                format!(" -> conv {:?} -> {fc}x{fh}x{fw}", c.channels),
+                format!(" -> {fc}x{fh}x{fw} -> conv^T -> {ch}x{h}x{w}"),
+            )
+        }
+        None => (String::new(), String::new()),
+    };
     println!(
-        "model: {} -> {:?} -> {} {} -> {:?} -> {} | {:?} | {} parameters, {:.2} MB",
-        args.model.input_dim,
-        args.model.hidden,
-        args.model.latent,
-        match &args.model.code {
+        "model: {}{conv_down} -> {:?} -> {} {} -> {:?}{conv_up} -> {} | {:?} | {} parameters, {:.2} MB",
+        m.input_dim,
+        m.hidden,
+        m.latent,
+        match &m.code {
             Code::Gaussian | Code::Hierarchical(_) => "(mu, log var)".to_string(),
             &Code::Deterministic { l1, contractive } => {
                 format!("(deterministic code, L1 {l1}, contractive {contractive})")
@@ -373,9 +434,9 @@ fn run(args: Args) -> Result<i32> {
                 commitment,
             } => format!("({groups} vectors quantized to {codes} codebook entries, commitment {commitment})"),
         },
-        args.model.hidden.iter().rev().collect::<Vec<_>>(),
-        args.model.input_dim,
-        args.model.likelihood,
+        m.hidden.iter().rev().collect::<Vec<_>>(),
+        m.input_dim,
+        m.likelihood,
         np,
         np as f64 * 4.0 / 1e6
     );
@@ -671,15 +732,42 @@ fn resume_run(
         "vq_ema",
         "binarize",
     ];
-    let config_keys: Vec<String> = args.model.to_metadata().into_iter().map(|(k, _)| k).collect();
-    let differ: Vec<String> = run_meta
-        .iter()
-        .filter(|(k, _)| decisive.contains(&k.as_str()) || config_keys.contains(k))
-        .filter_map(|(k, v)| match get(k) {
-            Some(r) if r != v => Some(format!("{k} = {r} in the run, {v} now")),
-            _ => None,
-        })
-        .collect();
+    // The configurations compared key by key over both files' keys: a key one of them lacks
+    // has its default meaning (no `arch` is a dense model).
+    let theirs = VaeConfig::from_metadata(&recorded).map_err(|e| VaeError::Checkpoint {
+        path: ckpt_path.clone(),
+        problem: e.to_string(),
+    })?;
+    let (mine_cfg, theirs_cfg) = (args.model.to_metadata(), theirs.to_metadata());
+    let lookup = |m: &[(String, String)], k: &str| {
+        m.iter().find(|(key, _)| key == k).map_or_else(
+            || {
+                if k == "arch" {
+                    "mlp".to_string()
+                } else {
+                    "none".to_string()
+                }
+            },
+            |(_, v)| v.clone(),
+        )
+    };
+    let mut differ: Vec<String> = Vec::new();
+    for (k, _) in mine_cfg.iter().chain(&theirs_cfg) {
+        let (r, v) = (lookup(&theirs_cfg, k), lookup(&mine_cfg, k));
+        let line = format!("{k} = {r} in the run, {v} now");
+        if r != v && !differ.contains(&line) {
+            differ.push(line);
+        }
+    }
+    differ.extend(
+        run_meta
+            .iter()
+            .filter(|(k, _)| decisive.contains(&k.as_str()))
+            .filter_map(|(k, v)| match get(k) {
+                Some(r) if r != v => Some(format!("{k} = {r} in the run, {v} now")),
+                _ => None,
+            }),
+    );
     if !differ.is_empty() {
         return Err(VaeError::Config(format!(
             "--resume: pass the run's own flags; {}",

@@ -128,6 +128,21 @@ fn flag_errors_name_the_flag() {
         (&["--denoise", "1"], "[0, 1)"),
         (&["--variance", "learned-pixel"], "--likelihood gaussian"),
         (&["--dataset", "binarized-mnist", "--conditional"], "has none"),
+        (&["--conv", "32,64"], "add --arch conv"),
+        (&["--arch", "cnn"], "invalid value 'cnn'"),
+        (&["--arch", "conv", "--conv", "32,64,128"], "--conv: 3 convolutions"),
+        (&["--arch", "conv", "--conv", "32,64,128"], "divide by 8"),
+        (&["--arch", "conv", "--vq", "64", "--latent", "20"], "drop --latent"),
+        (&["--arch", "conv", "--vq", "64:49"], "the :G of --vq"),
+        (&["--arch", "conv", "--vq", "64", "--hidden", "256"], "drop --hidden"),
+        (
+            &["--arch", "conv", "--vq", "64", "--conditional"],
+            "conditional convolutional VQ-VAE",
+        ),
+        (
+            &["--arch", "conv", "--autoencoder", "--contractive", "1"],
+            "--contractive with --arch",
+        ),
     ] {
         let out = run("train_mnist", bad, &[]);
         assert_ne!(out.status.code(), Some(0), "{bad:?}");
@@ -186,6 +201,18 @@ fn run_directories_keep_what_they_hold() {
     );
     assert!(
         !out.status.success() && text(&out).contains("lr = 0.001 in the run, 0.01 now"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(snapshot(&run_dir), before);
+    // A resume of this dense run as a convolutional one: refused, nothing touched.
+    let out = run(
+        "train_mnist",
+        &args(&tiny(&["--epochs", "2", "--resume", p, "--arch", "conv"])),
+        &[],
+    );
+    assert!(
+        !out.status.success() && text(&out).contains("arch = mlp in the run, conv now"),
         "{}",
         text(&out)
     );

@@ -43,6 +43,19 @@ impl<'g> Evaluator<'g> {
         })
     }
 
+    /// A workspace for `spec`, or for fewer examples where a tensor for that many would pass
+    /// the device's buffer limits (a wide convolutional model, K draws of each example):
+    /// evaluation steps through the dataset in whatever batch the workspace has.
+    fn fitting_workspace(&self, vae: &Vae, spec: WorkspaceSpec) -> Result<Workspace> {
+        let mut spec = spec;
+        loop {
+            match Workspace::new(self.gpu, vae, &spec) {
+                Err(VaeError::BufferTooLarge { .. }) if spec.batch > 1 => spec.batch = spec.batch.div_ceil(2),
+                other => return other,
+            }
+        }
+    }
+
     /// The dataset.
     pub fn data(&self) -> &GpuDataset {
         &self.data
@@ -121,9 +134,9 @@ impl<'g> Evaluator<'g> {
     /// −ELBO per example with one draw per example (fixed evaluation key, so every epoch is
     /// measured with the same ε).
     pub fn elbo(&self, vae: &Vae, seed: u64, binarize: bool) -> Result<ElboStats> {
-        let b = self.batch;
+        let ws = self.fitting_workspace(vae, WorkspaceSpec::eval(self.batch, 1))?;
+        let b = ws.batch;
         let steps = self.data.count.div_ceil(b);
-        let ws = Workspace::new(self.gpu, vae, &WorkspaceSpec::eval(b, 1))?;
         let log = self.gpu.tensor("eval_log", &[steps, METRIC_SLOTS])?;
         let (full, last) = self.plans(vae, &ws, b, &log, binarize)?;
         for i in 0..steps {
@@ -155,7 +168,7 @@ impl<'g> Evaluator<'g> {
                 "per-layer KL needs a VAE: an autoencoder's code has no prior",
             ));
         }
-        let ws = Workspace::new(self.gpu, vae, &WorkspaceSpec::eval(self.batch, 1))?;
+        let ws = self.fitting_workspace(vae, WorkspaceSpec::eval(self.batch, 1))?;
         let layers: Vec<_> = (0..=vae.config.top().len())
             .map(|layer| ws.terms.of_kind(TermKind::Kl { layer }))
             .collect();
@@ -194,7 +207,7 @@ impl<'g> Evaluator<'g> {
                 "codebook use needs a VQ-VAE (Code::Quantized)",
             ));
         };
-        let ws = Workspace::new(self.gpu, vae, &WorkspaceSpec::eval(self.batch, 1))?;
+        let ws = self.fitting_workspace(vae, WorkspaceSpec::eval(self.batch, 1))?;
         let index = ws.latent_output("vq.index")?;
         let mut counts = vec![0u64; codes];
         self.run_batches(
@@ -262,7 +275,7 @@ impl<'g> Evaluator<'g> {
             log_ratio: true,
             ..WorkspaceSpec::eval(b, k)
         };
-        let ws = Workspace::new(self.gpu, vae, &spec)?;
+        let ws = self.fitting_workspace(vae, spec)?;
         // Each layer's log p(z_k|z_{k+1}) − log q(z_k|z_{k−1}) terms (the topmost's prior
         // N(0, I)), from z₁ up: a chain's log-weight adds them all.
         let ratios = ws.terms.matching(|kind| matches!(kind, TermKind::LogRatio { .. }));
@@ -347,9 +360,9 @@ impl<'g> Evaluator<'g> {
     /// The posterior means μ(x) of every example (an autoencoder: its codes), n·Z values in
     /// dataset order: only the batch inputs and the encoder run.
     pub fn encode_means(&self, vae: &Vae, seed: u64) -> Result<Vec<f32>> {
-        let b = self.batch;
+        let ws = self.fitting_workspace(vae, WorkspaceSpec::eval(self.batch, 1))?;
+        let b = ws.batch;
         let steps = self.data.count.div_ceil(b);
-        let ws = Workspace::new(self.gpu, vae, &WorkspaceSpec::eval(b, 1))?;
         let batches = self.data.batches(&self.perm);
         let inputs = Inputs {
             source: &batches,
