@@ -287,16 +287,35 @@ fn main() -> AnyResult<()> {
     let cli = Cli::parse();
     let quick = cli.quick;
     let mut model = VaeConfig::default().to_metadata();
+    // Keys a dense model's metadata lacks: `--set arch=conv` benches the reference
+    // convolutional model (channels 32,64 on 1×28×28, dense width 256 unless set).
+    let conv_keys = ["arch", "conv", "input_shape"];
     for set in &cli.set {
         let (key, value) = set
             .split_once('=')
             .ok_or_else(|| format!("--set takes KEY=VALUE (a checkpoint metadata key), got {set:?}"))?;
         match model.iter_mut().find(|(k, _)| k == key) {
             Some(entry) => entry.1 = value.to_string(),
+            None if conv_keys.contains(&key) => model.push((key.to_string(), value.to_string())),
             None => {
-                let keys: Vec<&str> = model.iter().map(|(k, _)| k.as_str()).collect();
+                let mut keys: Vec<&str> = model.iter().map(|(k, _)| k.as_str()).collect();
+                keys.extend(conv_keys);
                 return Err(format!("--set: unknown key {key:?}; the keys are {}", keys.join(", ")).into());
             }
+        }
+    }
+    if model.iter().any(|(k, v)| k == "arch" && v == "conv") {
+        let given = |key: &str| cli.set.iter().any(|s| s.split_once('=').is_some_and(|(k, _)| k == key));
+        for (key, value) in [("conv", "32,64"), ("input_shape", "1,28,28")] {
+            if !given(key) {
+                model.push((key.to_string(), value.to_string()));
+            }
+        }
+        if !given("hidden") {
+            model
+                .iter_mut()
+                .filter(|(k, _)| k == "hidden")
+                .for_each(|(_, v)| *v = "256".into());
         }
     }
     let model_cfg = VaeConfig::from_metadata(&model)?;

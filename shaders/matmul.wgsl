@@ -13,6 +13,13 @@
 // The vec4 strategies need N % 4 == 0, K % 4 == 0 when A is read along K (not TRANS_A) or B
 // is (TRANS_B), and M % 4 == 0 when TRANS_A; the host checks this and picks naive otherwise.
 //
+// Implicit convolutions (CONV != 0; see the section "implicit convolution operands"): the
+// same products with an operand gathered from an image instead of read from a matrix, so a
+// convolution needs no patch matrix in memory. CONV = 1: op(A) is the patch matrix of an
+// image X (a convolution's forward); 2: op(A) is its transpose (TRANS_A; the weight gradient
+// patchesᵀ·dY); 3: the input gradient, one stride class of X's pixels per workgroup layer z,
+// op(A) gathering dY at the taps that reach the class and op(B) the weight of those taps.
+//
 // Epilogue, in this order: r = op(A)·op(B); r += bias[n] (HAS_BIAS); r = act(r) (ACT);
 // r *= act'(aux) with act' computed from the activation's output aux (DACT, the fused
 // activation backward); c = r, or c += r (ACCUMULATE). COLSUM also writes the column sums of
@@ -24,6 +31,10 @@ struct MatmulParams {
     n: u32,
     k: u32,
     leaky_slope: f32,
+    batch: u32,  // implicit convolutions: images in the batch
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 override TRANS_A: bool = false;
@@ -53,6 +64,18 @@ override LANES: u32 = 8u;
 override A_TEXTURE: bool = false;
 override B_TEXTURE: bool = false;
 const TEX_W: u32 = 256u;
+// Implicit convolutions: the mode (above), the kernel side, stride and padding, the channels of
+// the image operand (X's for CONV 1 and 2, dY's for 3), X's and Y's sides. Constants, so that
+// index arithmetic divides by constants (multiplies and shifts, not per-lane divisions).
+override CONV: u32 = 0u;
+override KS: u32 = 1u;
+override STRIDE: u32 = 1u;
+override PAD: u32 = 0u;
+override GC: u32 = 4u;
+override IMG_H: u32 = 1u;
+override IMG_W: u32 = 1u;
+override OUT_H: u32 = 1u;
+override OUT_W: u32 = 1u;
 
 @group(0) @binding(0) var<uniform> p: MatmulParams;
 // A private copy of p, taken first thing in each entry: once a branch has made the execution
@@ -90,6 +113,9 @@ fn load1(buf_is_a: bool, idx: u32) -> f32 {
 // op(A)[m, k]
 fn a_at(m: u32, k: u32) -> f32 {
     if (m >= P.m || k >= P.k) { return 0.0; }
+    if (CONV == 1u) { return gathered1(patch_index(m, k)); }
+    if (CONV == 2u) { return gathered1(patch_index(k, m)); }
+    if (CONV == 3u) { return gathered1(grad_index(m, k)); }
     if (TRANS_A) { return load1(true, k * P.m + m); }
     return load1(true, m * P.k + k);
 }
@@ -97,14 +123,96 @@ fn a_at(m: u32, k: u32) -> f32 {
 // op(B)[k, n]
 fn b_at(k: u32, n: u32) -> f32 {
     if (k >= P.k || n >= P.n) { return 0.0; }
+    if (CONV == 3u) { return load1(false, weight_index(k, n)); }
     if (TRANS_B) { return load1(false, n * P.k + k); }
     return load1(false, k * P.n + n);
+}
+
+// ---- implicit convolution operands ----
+// X [B, IMG_H, IMG_W, ·] and Y [B, OUT_H, OUT_W, ·] are NHWC; a patch-matrix column j is
+// (ky·KS + kx)·GC + c, a row p is Y's pixel (b, oy, ox). Out-of-image taps and rows past the
+// batch read 0 (index -1).
+
+// The stride class of CONV 3's workgroup layer: X's pixels (iy, ix) ≡ (py, px) mod STRIDE,
+// reached by the taps ky ≡ ry = (py + PAD) mod STRIDE (and kx likewise), TAPS_1 per axis,
+// from Y's pixel oy = jy + c0y − ty for the class's row jy and the tap ky = ry + STRIDE·ty.
+// The host uses this mode only where STRIDE divides IMG_H, IMG_W and KS.
+override TAPS_1: u32 = KS / STRIDE;
+var<private> CLASS_P: vec2<u32>;   // (py, px)
+var<private> CLASS_R: vec2<u32>;   // (ry, rx)
+var<private> CLASS_C0: vec2<u32>;  // (c0y, c0x)
+
+fn set_class(z: u32) {
+    CLASS_P = vec2<u32>(z / STRIDE, z % STRIDE);
+    CLASS_R = (CLASS_P + vec2<u32>(PAD)) % STRIDE;
+    CLASS_C0 = (CLASS_P + vec2<u32>(PAD)) / STRIDE;
+    P.m = P.batch * (IMG_H / STRIDE) * (IMG_W / STRIDE);
+    P.k = TAPS_1 * TAPS_1 * GC;
+}
+
+// The image operand's value at a flat index, or 0 at -1.
+fn gathered1(i: i32) -> f32 {
+    if (i < 0) { return 0.0; }
+    return load1(true, u32(i));
+}
+
+fn gathered4(i: i32) -> vec4<f32> {
+    if (i < 0) { return vec4<f32>(0.0); }
+    return a[u32(i) / 4u];
+}
+
+// Patch-matrix entry (p, j) of X as a flat index into X.
+fn patch_index(p: u32, j: u32) -> i32 {
+    let plane = OUT_H * OUT_W;
+    let t = j / GC;
+    if (p / plane >= P.batch || t >= KS * KS) { return -1; }
+    let iy = i32((p % plane) / OUT_W * STRIDE + t / KS) - i32(PAD);
+    let ix = i32(p % OUT_W * STRIDE + t % KS) - i32(PAD);
+    if (iy < 0 || ix < 0 || iy >= i32(IMG_H) || ix >= i32(IMG_W)) { return -1; }
+    return i32(((p / plane * IMG_H + u32(iy)) * IMG_W + u32(ix)) * GC + j % GC);
+}
+
+// op(A)[q, kk] of CONV 3: dY at the pixel that tap kk / GC reaches from the class's row q,
+// channel kk % GC.
+fn grad_index(q: u32, kk: u32) -> i32 {
+    let rows = (IMG_H / STRIDE) * (IMG_W / STRIDE);
+    let t = kk / GC;
+    if (q / rows >= P.batch) { return -1; }
+    let oy = i32((q % rows) / (IMG_W / STRIDE) + CLASS_C0.x) - i32(t / TAPS_1);
+    let ox = i32(q % (IMG_W / STRIDE) + CLASS_C0.y) - i32(t % TAPS_1);
+    if (oy < 0 || ox < 0 || oy >= i32(OUT_H) || ox >= i32(OUT_W)) { return -1; }
+    return i32(((q / rows * OUT_H + u32(oy)) * OUT_W + u32(ox)) * GC + kk % GC);
+}
+
+// op(B)[kk, n] of CONV 3: the weight [KS·KS·N, GC] (row tap·N + n) at the class's tap kk / GC.
+fn weight_index(kk: u32, n: u32) -> u32 {
+    let t = kk / GC;
+    let ky = CLASS_R.x + STRIDE * (t / TAPS_1);
+    let kx = CLASS_R.y + STRIDE * (t % TAPS_1);
+    return ((ky * KS + kx) * P.n + n) * GC + kk % GC;
+}
+
+// The row of C (and aux) that row m of the product is: CONV 3's class row q is X's pixel.
+fn c_row(m: u32) -> u32 {
+    if (CONV != 3u) { return m; }
+    let rows = (IMG_H / STRIDE) * (IMG_W / STRIDE);
+    let iy = CLASS_P.x + STRIDE * ((m % rows) / (IMG_W / STRIDE));
+    let ix = CLASS_P.y + STRIDE * (m % (IMG_W / STRIDE));
+    return (m / rows * IMG_H + iy) * IMG_W + ix;
+}
+
+// Four consecutive patch-matrix columns j..j+3 of row p: one vec4 of X when GC % 4 == 0 (the
+// four are channels of one pixel), else four values.
+fn patch4(p: u32, j: u32) -> vec4<f32> {
+    if (GC % 4u == 0u) { return gathered4(patch_index(p, j)); }
+    return vec4<f32>(gathered1(patch_index(p, j)), gathered1(patch_index(p, j + 1u)),
+                     gathered1(patch_index(p, j + 2u)), gathered1(patch_index(p, j + 3u)));
 }
 
 // ---- epilogues ----
 
 fn epilogue1(m: u32, n: u32, v: f32) {
-    let idx = m * P.n + n;
+    let idx = c_row(m) * P.n + n;
     var r = v;
     if (HAS_BIAS) { r += bias[n / 4u][n % 4u]; }
     r = act_apply(ACT, r, P.leaky_slope);
@@ -117,7 +225,7 @@ fn epilogue1(m: u32, n: u32, v: f32) {
 // per column quad by the caller: on lavapipe every buffer load is a per-lane loop, and the
 // compiler does not merge the repeated loads across the stores in between.
 fn epilogue4(m: u32, nq: u32, v: vec4<f32>, bq: vec4<f32>) {
-    let idx = m * (P.n / 4u) + nq;
+    let idx = c_row(m) * (P.n / 4u) + nq;
     var r = v;
     if (HAS_BIAS) { r += bq; }
     r = act_apply4(ACT, r, P.leaky_slope);
@@ -156,6 +264,7 @@ fn store_rows(m: u32, nq: u32, blk: mat4x4<f32>, bq: vec4<f32>) {
 @compute @workgroup_size(8, 8)
 fn matmul_naive(@builtin(global_invocation_id) gid: vec3<u32>) {
     P = p;
+    if (CONV == 3u) { set_class(gid.z); }
     let n = gid.x;
     let m = gid.y;
     if (n >= P.n || m >= P.m) { return; }
@@ -187,6 +296,7 @@ fn matmul_tiled(
     @builtin(local_invocation_index) li: u32,
 ) {
     P = p;
+    if (CONV == 3u) { set_class(wid.z); }
     let m0 = wid.y * T_TILE;
     let n0 = wid.x * T_TILE;
     var acc = mat4x4<f32>();  // column i = row lid.y·4 + i
@@ -232,6 +342,13 @@ const S_ROWS: u32 = 32u;  // rows of C per workgroup; each lane holds 32×4 accu
 // that are never stored, and every out-of-range load is defined (robust buffer access, zero
 // texels). Each check would cost a blend per value on lavapipe.
 fn a_unit(m0: u32, k: u32, u: u32) -> vec4<f32> {
+    if (CONV == 1u) { return patch4(m0 + u, k); }
+    if (CONV == 3u) { return gathered4(grad_index(m0 + u, k)); }
+    if (CONV == 2u) {
+        let kr = k + u / 8u;
+        if (K_TAIL && kr >= P.k) { return vec4<f32>(0.0); }
+        return patch4(kr, m0 + (u % 8u) * 4u);
+    }
     if (TRANS_A) {
         let kr = k + u / 8u;
         let m = m0 + (u % 8u) * 4u;
@@ -244,6 +361,14 @@ fn a_unit(m0: u32, k: u32, u: u32) -> vec4<f32> {
 
 // op(B)[k..k+3, n..n+3] as a matrix whose column j is op(B)[k + j, n..n+3].
 fn b_block(k: u32, n: u32) -> mat4x4<f32> {
+    if (CONV == 3u) {
+        // Like TRANS_B: four weight rows n..n+3, each a vec4 over the class tap's channels.
+        let r0 = b_vec(weight_index(k, n) / 4u);
+        let r1 = b_vec(weight_index(k, n + 1u) / 4u);
+        let r2 = b_vec(weight_index(k, n + 2u) / 4u);
+        let r3 = b_vec(weight_index(k, n + 3u) / 4u);
+        return transpose(mat4x4<f32>(r0, r1, r2, r3));
+    }
     if (TRANS_B) {
         let r0 = b_vec((n * P.k + k) / 4u);
         let r1 = b_vec(((n + 1u) * P.k + k) / 4u);
@@ -350,6 +475,11 @@ fn matmul_subgroup(
 ) {
     P = p;
     let m0 = wid.y * S_ROWS;
+    if (CONV == 3u) {
+        set_class(wid.z);
+        // The whole workgroup, so subgroup operations stay uniform.
+        if (m0 >= P.m) { return; }
+    }
     let n = (wid.x * SG_WG + li) * 4u;
     let li_a = lane % LANES;
     var acc = Acc();

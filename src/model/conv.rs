@@ -32,8 +32,8 @@ struct ConvStack {
     /// Each layer's output except the stack's last, whose output belongs to the caller.
     outputs: Vec<Tensor>,
     d_outputs: Vec<Tensor>,
-    /// Each layer's patch matrix, kept from forward to backward.
-    cols: Vec<Tensor>,
+    /// Each layer's patch matrix, where its input gradient needs one.
+    cols: Vec<Option<Tensor>>,
 }
 
 impl ConvStack {
@@ -62,7 +62,7 @@ impl ConvStack {
         let mut input = x.clone();
         for (i, l) in self.layers.iter().enumerate() {
             let output = self.outputs.get(i).map_or_else(|| y.clone(), |t| rows(t, n));
-            d.extend(l.forward(c.gpu, c.arena, &input, &output, &self.cols[i])?);
+            d.extend(l.forward(c.gpu, c.arena, &input, &output, self.cols[i].as_ref())?);
             input = output;
         }
         Ok(d)
@@ -96,7 +96,15 @@ impl ConvStack {
             } else {
                 (x.clone(), x_act, dx.cloned())
             };
-            d.extend(self.layers[i].backward(c.gpu, c.arena, &input, &dy, d_input.as_ref(), act, &self.cols[i])?);
+            d.extend(self.layers[i].backward(
+                c.gpu,
+                c.arena,
+                &input,
+                &dy,
+                d_input.as_ref(),
+                act,
+                self.cols[i].as_ref(),
+            )?);
             if let Some(next) = d_input {
                 dy = next;
             }
@@ -105,7 +113,11 @@ impl ConvStack {
     }
 
     fn tensors(&self) -> Vec<&Tensor> {
-        self.outputs.iter().chain(&self.d_outputs).chain(&self.cols).collect()
+        self.outputs
+            .iter()
+            .chain(&self.d_outputs)
+            .chain(self.cols.iter().flatten())
+            .collect()
     }
 }
 

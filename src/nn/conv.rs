@@ -7,14 +7,19 @@
 //!
 //! | | forward | backward |
 //! |---|---|---|
-//! | convolution | im2col(x); matmul + bias + act | weight + bias gradient (one matmul); dx: matmul, col2im · act′ |
-//! | transposed | matmul; col2im + bias + act | im2col(dy); weight gradient; bias gradient (channel sums); dx: matmul · act′ |
+//! | convolution | forward product + bias + act | weight gradient + bias gradient (its column sums); dx: input-gradient product · act′ |
+//! | transposed | input-gradient product + bias + act | weight gradient; bias gradient (channel sums); dx: forward product · act′ |
+//!
+//! Each product is one implicit matmul ([`crate::ops::conv_matmul`]: the image operand gathered
+//! in the kernel), except an input gradient whose stride classes or channels do not suit it
+//! (a transposed layer to one channel, the decoder's last): dY·Wᵀ into a patch matrix, then
+//! col2im.
 
 use crate::error::Result;
 use crate::gpu::{Dispatch, Gpu, Tensor};
 use crate::nn::arena::{ArenaLayout, ParamArena};
 use crate::nn::linear::LEAKY_SLOPE;
-use crate::ops::{self, Activation, ConvGeometry, Epilogue};
+use crate::ops::{self, Activation, ConvGeometry, ConvProduct, Epilogue};
 
 /// A k×k convolution (or transposed convolution) with one stride and padding on both axes.
 /// The weight is stored [k·k·C (rounded up to 4), C'] for the convolution C → C' it is planned
@@ -137,10 +142,24 @@ impl Conv2d {
         )
     }
 
-    /// The patch matrix it keeps from forward to backward, for `batch` images.
-    pub fn cols(&self, gpu: &Gpu, batch: usize) -> Result<Tensor> {
+    /// Whether the input gradient of the planned convolution runs as one implicit matmul
+    /// (the stride divides the sides and the kernel; channels in whole vec4s on both sides),
+    /// or as a matmul into a patch matrix followed by col2im. Measured on lavapipe, the
+    /// implicit product is the faster wherever the vec4 strategies run it (docs/performance.md).
+    fn implicit_input_grad(g: &ConvGeometry) -> bool {
+        ConvProduct::input_grad_fits(g) && g.in_c.is_multiple_of(4) && g.out_c.is_multiple_of(4)
+    }
+
+    /// The patch matrix the layer needs for `batch` images, if it needs one: where its planned
+    /// convolution's input gradient (a convolution's backward, a transposed one's forward) is
+    /// not implicit.
+    pub fn cols(&self, gpu: &Gpu, batch: usize) -> Result<Option<Tensor>> {
         let g = self.geometry(batch)?;
-        gpu.tensor(&format!("{}.cols", self.name), &[g.cols_rows(), g.cols_width()])
+        if Self::implicit_input_grad(&g) {
+            return Ok(None);
+        }
+        let t = gpu.tensor(&format!("{}.cols", self.name), &[g.cols_rows(), g.cols_width()])?;
+        Ok(Some(t))
     }
 
     /// PyTorch's default initialisation, U(±1/√fan_in) for weight and bias, with fan_in the
@@ -163,24 +182,61 @@ impl Conv2d {
         }
     }
 
-    /// A tensor of whole NHWC images seen as its pixels' rows, [n·H·W, C].
-    fn pixels(t: &Tensor, c: usize) -> Tensor {
-        t.reshape_prefix(&[t.len() / c, c])
+    /// The patch matrix for `g`, a prefix of the workspace's.
+    fn cols_for(&self, cols: Option<&Tensor>, g: &ConvGeometry) -> Result<Tensor> {
+        let t = cols.ok_or_else(|| {
+            crate::VaeError::Config(format!("{}: a patch matrix is needed (Conv2d::cols)", self.name))
+        })?;
+        Ok(t.reshape_prefix(&[g.cols_rows(), g.cols_width()]))
+    }
+
+    /// The planned convolution's input gradient dX = adjoint(dY) into `dx` with `epi`: one
+    /// implicit matmul, or dY·Wᵀ into the patch matrix and col2im.
+    #[allow(clippy::too_many_arguments)]
+    fn input_grad(
+        &self,
+        gpu: &Gpu,
+        label: &str,
+        g: &ConvGeometry,
+        w: &Tensor,
+        dy: &Tensor,
+        dx: &Tensor,
+        epi: &Epilogue<'_>,
+        cols: Option<&Tensor>,
+    ) -> Result<Vec<Dispatch>> {
+        if Self::implicit_input_grad(g) {
+            return Ok(vec![ops::conv_matmul(
+                gpu,
+                label,
+                ConvProduct::InputGrad,
+                g,
+                dy,
+                w,
+                dx,
+                epi,
+                None,
+            )?]);
+        }
+        let cols = self.cols_for(cols, g)?;
+        let dyp = dy.reshape_prefix(&[g.cols_rows(), g.out_c]);
+        Ok(vec![
+            ops::matmul(gpu, label, &dyp, false, w, true, &cols, &Epilogue::default(), None)?,
+            ops::col2im(gpu, &format!("{label}.col2im"), g, &cols, dx, epi)?,
+        ])
     }
 
     /// Plans y = act(layer(x) + b) for x [n, in_len] and y [n, out_len]; `cols` is the
-    /// layer's patch matrix for at least n images.
+    /// layer's patch matrix for at least n images if [`Conv2d::cols`] made one.
     pub fn forward(
         &self,
         gpu: &Gpu,
         arena: &ParamArena,
         x: &Tensor,
         y: &Tensor,
-        cols: &Tensor,
+        cols: Option<&Tensor>,
     ) -> Result<Vec<Dispatch>> {
         let n = x.shape()[0];
         let g = self.geometry(n)?;
-        let cols = cols.reshape_prefix(&[g.cols_rows(), g.cols_width()]);
         let (w, b) = (arena.param(self.w), arena.param(self.b));
         let epi = Epilogue {
             bias: Some(&b),
@@ -190,24 +246,25 @@ impl Conv2d {
         };
         let label = format!("{}.forward", self.name);
         if self.transposed {
-            // cols = x·Wᵀ: each input pixel's contribution to every tap; col2im adds them up.
-            let x = Self::pixels(x, self.in_channels);
-            Ok(vec![
-                ops::matmul(gpu, &label, &x, false, &w, true, &cols, &Epilogue::default(), None)?,
-                ops::col2im(gpu, &format!("{label}.col2im"), &g, &cols, y, &epi)?,
-            ])
-        } else {
-            let y = Self::pixels(y, self.out_channels);
-            Ok(vec![
-                ops::im2col(gpu, &format!("{label}.im2col"), &g, x, &cols)?,
-                ops::matmul(gpu, &label, &cols, false, &w, false, &y, &epi, None)?,
-            ])
+            // The planned convolution's input gradient, with the layer's bias and activation.
+            return self.input_grad(gpu, &label, &g, &w, x, y, &epi, cols);
         }
+        Ok(vec![ops::conv_matmul(
+            gpu,
+            &label,
+            ConvProduct::Forward,
+            &g,
+            x,
+            &w,
+            y,
+            &epi,
+            None,
+        )?])
     }
 
     /// Plans the weight and bias gradients (overwritten) from dy = dL/d(pre-activation of y)
     /// and, with `dx`, dL/d(pre-activation of x) (times the derivative of `x_act`, the
-    /// activation that made x). `cols` must hold what [`Conv2d::forward`] left in it.
+    /// activation that made x).
     #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &self,
@@ -217,11 +274,10 @@ impl Conv2d {
         dy: &Tensor,
         dx: Option<&Tensor>,
         x_act: Activation,
-        cols: &Tensor,
+        cols: Option<&Tensor>,
     ) -> Result<Vec<Dispatch>> {
         let n = x.shape()[0];
         let g = self.geometry(n)?;
-        let cols = cols.reshape_prefix(&[g.cols_rows(), g.cols_width()]);
         let (w, dw, db) = (arena.param(self.w), arena.grad(self.w), arena.grad(self.b));
         let dact = Epilogue {
             dact: (x_act != Activation::Identity).then_some((x_act, x)),
@@ -232,71 +288,35 @@ impl Conv2d {
         let mut d = Vec::new();
         if self.transposed {
             // The planned convolution reads dy and writes x: its weight gradient is
-            // im2col(dy)ᵀ·x, its input gradient (the layer's dx) im2col(dy)·W.
-            let xp = Self::pixels(x, self.in_channels);
-            let dyp = Self::pixels(dy, self.out_channels);
-            d.push(ops::im2col(gpu, &format!("{name}.im2col"), &g, dy, &cols)?);
-            d.push(ops::matmul(
-                gpu,
-                &format!("{name}.wgrad"),
-                &cols,
-                true,
-                &xp,
-                false,
-                &dw,
-                &Epilogue::default(),
-                None,
-            )?);
+            // patches(dy)ᵀ·x, its forward applied to dy the layer's dx.
+            let product = |p, label: &str, b: &Tensor, c: &Tensor, epi: &Epilogue<'_>| {
+                ops::conv_matmul(gpu, &format!("{name}.{label}"), p, &g, dy, b, c, epi, None)
+            };
+            d.push(product(ConvProduct::WeightGrad, "wgrad", x, &dw, &Epilogue::default())?);
+            let dyp = dy.reshape_prefix(&[dy.len() / self.out_channels, self.out_channels]);
             d.push(ops::channel_sum(gpu, &format!("{name}.bgrad"), &dyp, &db)?);
             if let Some(dx) = dx {
-                let dxp = Self::pixels(dx, self.in_channels);
-                let dact = Epilogue {
-                    dact: dact.dact.map(|(a, _)| (a, &xp)),
-                    ..dact
-                };
-                d.push(ops::matmul(
-                    gpu,
-                    &format!("{name}.dgrad"),
-                    &cols,
-                    false,
-                    &w,
-                    false,
-                    &dxp,
-                    &dact,
-                    None,
-                )?);
+                d.push(product(ConvProduct::Forward, "dgrad", &w, dx, &dact)?);
             }
         } else {
-            let dyp = Self::pixels(dy, self.out_channels);
             let wgrad = Epilogue {
                 colsum: Some(&db),
                 ..Default::default()
             };
-            d.push(ops::matmul(
+            let label = format!("{name}.wgrad");
+            d.push(ops::conv_matmul(
                 gpu,
-                &format!("{name}.wgrad"),
-                &cols,
-                true,
-                &dyp,
-                false,
+                &label,
+                ConvProduct::WeightGrad,
+                &g,
+                x,
+                dy,
                 &dw,
                 &wgrad,
                 None,
             )?);
             if let Some(dx) = dx {
-                // The patch matrix is no longer needed: it takes dy·Wᵀ, which col2im adds up.
-                d.push(ops::matmul(
-                    gpu,
-                    &format!("{name}.dgrad"),
-                    &dyp,
-                    false,
-                    &w,
-                    true,
-                    &cols,
-                    &Epilogue::default(),
-                    None,
-                )?);
-                d.push(ops::col2im(gpu, &format!("{name}.dgrad.col2im"), &g, &cols, dx, &dact)?);
+                d.extend(self.input_grad(gpu, &format!("{name}.dgrad"), &g, &w, dy, dx, &dact, cols)?);
             }
         }
         Ok(d)

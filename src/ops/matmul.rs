@@ -4,6 +4,7 @@ use crate::error::{Result, VaeError};
 use crate::gpu::kernels::layout::{storage, storage_texture, uniform};
 use crate::gpu::{Dispatch, Gpu, Shader, Tensor};
 use crate::ops::activation::Activation;
+use crate::ops::conv::ConvGeometry;
 
 pub use crate::gpu::MatmulStrategy;
 
@@ -32,6 +33,32 @@ struct MatmulParams {
     n: u32,
     k: u32,
     leaky_slope: f32,
+    batch: u32,
+    _pad: [u32; 3],
+}
+
+/// Which product of a convolution an implicit-convolution matmul computes (see
+/// `matmul.wgsl`): the operand that is an image is gathered in the kernel, never written out
+/// as a patch matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvProduct {
+    /// Y [B·H'·W', C'] = patches(X) · W: `a` is X, `b` the weight [k·k·C (rounded to 4), C'].
+    Forward,
+    /// dW [k·k·C (rounded), C'] = patches(X)ᵀ · dY: `a` is X, `b` is dY [B·H'·W', C'] (column
+    /// sums: the bias gradient).
+    WeightGrad,
+    /// dX [B·H·W, C] = the adjoint of the forward applied to dY: `a` is dY, `b` the weight;
+    /// one stride class of X's pixels per workgroup layer. Needs the stride to divide H, W and
+    /// the kernel.
+    InputGrad,
+}
+
+impl ConvProduct {
+    /// Whether the input gradient's stride classes fit `g` (the stride divides the sides and
+    /// the kernel), so that [`ConvProduct::InputGrad`] can run on it.
+    pub fn input_grad_fits(g: &ConvGeometry) -> bool {
+        g.in_h.is_multiple_of(g.stride) && g.in_w.is_multiple_of(g.stride) && g.kernel.is_multiple_of(g.stride)
+    }
 }
 
 /// The bind group layout of matmul.wgsl; the subgroup entry also reads B's texture mirror.
@@ -118,7 +145,158 @@ pub fn matmul(
             )));
         }
     }
-    let vec_ok = MatmulStrategy::vec4_shape_ok(m, n, k, trans_a, trans_b);
+    let shape = Shape {
+        m,
+        n,
+        k,
+        trans_a,
+        trans_b,
+        vec_ok: MatmulStrategy::vec4_shape_ok(m, n, k, trans_a, trans_b),
+    };
+    dispatch(gpu, label, a, b, c, epi, strategy, shape, None)
+}
+
+/// Plans one product of a convolution of geometry `g` (see [`ConvProduct`]) as an implicit
+/// matmul: C = epilogue(op(A)·op(B)) with the image operand `a` gathered in the kernel.
+/// Bias, activation and column sums apply as in [`matmul`]; `strategy` None picks the
+/// adapter's preferred one where the channels allow it (whole vec4s of channels on the
+/// gathered and the output side), else the naive one.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_matmul(
+    gpu: &Gpu,
+    label: &str,
+    product: ConvProduct,
+    g: &ConvGeometry,
+    a: &Tensor,
+    b: &Tensor,
+    c: &Tensor,
+    epi: &Epilogue<'_>,
+    strategy: Option<MatmulStrategy>,
+) -> Result<Dispatch> {
+    let (kc, pixels) = (g.cols_width(), g.cols_rows());
+    let want = |what: &str, t: &Tensor, len: usize| -> Result<()> {
+        if t.len() != len {
+            return Err(VaeError::Shape(format!(
+                "{label}: {what} must hold {len} values, got {:?}",
+                t.shape()
+            )));
+        }
+        Ok(())
+    };
+    let (m, n, k, trans_a, trans_b, gathered_c) = match product {
+        ConvProduct::Forward => {
+            want("the input image", a, g.in_len())?;
+            want("the weight", b, kc * g.out_c)?;
+            want("the output", c, pixels * g.out_c)?;
+            (pixels, g.out_c, kc, false, false, g.in_c)
+        }
+        ConvProduct::WeightGrad => {
+            want("the input image", a, g.in_len())?;
+            want("the output gradient", b, pixels * g.out_c)?;
+            want("the weight gradient", c, kc * g.out_c)?;
+            (kc, g.out_c, pixels, true, false, g.in_c)
+        }
+        ConvProduct::InputGrad => {
+            if !ConvProduct::input_grad_fits(g) {
+                return Err(VaeError::Shape(format!(
+                    "{label}: the implicit input gradient needs the stride {} to divide the input {}×{} and the \
+                     kernel {}",
+                    g.stride, g.in_h, g.in_w, g.kernel
+                )));
+            }
+            want("the output gradient", a, g.out_len())?;
+            want("the weight", b, kc * g.out_c)?;
+            want("the input gradient", c, g.in_len())?;
+            let taps = (g.kernel / g.stride).pow(2);
+            let rows = g.batch * (g.in_h / g.stride) * (g.in_w / g.stride);
+            (rows, g.in_c, taps * g.out_c, false, true, g.out_c)
+        }
+    };
+    check_epilogue(
+        label,
+        if product == ConvProduct::InputGrad {
+            g.in_len() / g.in_c
+        } else {
+            m
+        },
+        n,
+        epi,
+    )?;
+    // The forward and the weight gradient gather a unit's four patch columns either way; the
+    // input gradient's units and weight rows must not straddle two taps.
+    let vec_ok = MatmulStrategy::vec4_shape_ok(m, n, k, trans_a, trans_b)
+        && (product != ConvProduct::InputGrad || gathered_c.is_multiple_of(4));
+    let shape = Shape {
+        m,
+        n,
+        k,
+        trans_a,
+        trans_b,
+        vec_ok,
+    };
+    dispatch(gpu, label, a, b, c, epi, strategy, shape, Some((product, g)))
+}
+
+/// The product's sizes as the kernel sees them.
+#[derive(Clone, Copy)]
+struct Shape {
+    m: usize,
+    n: usize,
+    k: usize,
+    trans_a: bool,
+    trans_b: bool,
+    /// The vec4 strategies can run it.
+    vec_ok: bool,
+}
+
+fn check_epilogue(label: &str, m: usize, n: usize, epi: &Epilogue<'_>) -> Result<()> {
+    if let Some(bias) = epi.bias {
+        if bias.len() != n {
+            return Err(VaeError::Shape(format!(
+                "{label}: bias must have {n} elements, got {:?}",
+                bias.shape()
+            )));
+        }
+    }
+    if let Some((_, aux)) = epi.dact {
+        if aux.len() != m * n {
+            return Err(VaeError::Shape(format!(
+                "{label}: activation output for the backward must be [{m}, {n}], got {:?}",
+                aux.shape()
+            )));
+        }
+    }
+    if let Some(cs) = epi.colsum {
+        if cs.len() != n {
+            return Err(VaeError::Shape(format!(
+                "{label}: column-sum output must have {n} elements, got {:?}",
+                cs.shape()
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn dispatch(
+    gpu: &Gpu,
+    label: &str,
+    a: &Tensor,
+    b: &Tensor,
+    c: &Tensor,
+    epi: &Epilogue<'_>,
+    strategy: Option<MatmulStrategy>,
+    shape: Shape,
+    conv: Option<(ConvProduct, &ConvGeometry)>,
+) -> Result<Dispatch> {
+    let Shape {
+        m,
+        n,
+        k,
+        trans_a,
+        trans_b,
+        vec_ok,
+    } = shape;
     let strategy = match strategy {
         Some(s) => {
             s.check_supported(gpu)?;
@@ -146,17 +324,50 @@ pub fn matmul(
         ("ACT", epi.act.code() as f64),
         ("DACT", epi.dact.map(|(act, _)| act.code()).unwrap_or(0) as f64),
     ];
+    if let Some((product, g)) = conv {
+        let mode = match product {
+            ConvProduct::Forward => 1.0,
+            ConvProduct::WeightGrad => 2.0,
+            ConvProduct::InputGrad => 3.0,
+        };
+        let gathered = if product == ConvProduct::InputGrad {
+            g.out_c
+        } else {
+            g.in_c
+        };
+        constants.extend([
+            ("CONV", mode),
+            ("KS", g.kernel as f64),
+            ("STRIDE", g.stride as f64),
+            ("PAD", g.pad as f64),
+            ("GC", gathered as f64),
+            ("IMG_H", g.in_h as f64),
+            ("IMG_W", g.in_w as f64),
+            ("OUT_H", g.out_h as f64),
+            ("OUT_W", g.out_w as f64),
+        ]);
+    }
     let subgroup = strategy == MatmulStrategy::Subgroup;
-    let a_tex = if subgroup { a.mirror().map(|t| &**t) } else { None };
+    // An image operand is gathered from its buffer, never from a mirror.
+    let a_tex = if subgroup && conv.is_none() {
+        a.mirror().map(|t| &**t)
+    } else {
+        None
+    };
     let b_tex = if subgroup { b.mirror().map(|t| &**t) } else { None };
     for (what, t, tex) in [("A", a, a_tex), ("B", b, b_tex)] {
         if let Some(tex) = tex {
             crate::gpu::mirror::check_mirror(&format!("{label}: {what}"), t, tex)?;
         }
     }
+    // The input gradient's stride classes, one per workgroup layer.
+    let layers = match conv {
+        Some((ConvProduct::InputGrad, g)) => (g.stride * g.stride) as u32,
+        _ => 1,
+    };
     let (entry, workgroups) = match strategy {
-        MatmulStrategy::Naive => ("matmul_naive", [n.div_ceil(8) as u32, m.div_ceil(8) as u32, 1]),
-        MatmulStrategy::Tiled => ("matmul_tiled", [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1]),
+        MatmulStrategy::Naive => ("matmul_naive", [n.div_ceil(8) as u32, m.div_ceil(8) as u32, layers]),
+        MatmulStrategy::Tiled => ("matmul_tiled", [n.div_ceil(64) as u32, m.div_ceil(64) as u32, layers]),
         MatmulStrategy::Subgroup => {
             // One subgroup per workgroup: at 8 lanes, 32 columns per workgroup waste less of
             // N = 400 or 784 than 64 did, and N = 20 runs on one SIMD batch instead of two.
@@ -173,7 +384,7 @@ pub fn matmul(
             constants.push(("K8", flag(!trans_a)));
             (
                 "matmul_subgroup",
-                [(n / 4).div_ceil(wg) as u32, m.div_ceil(32) as u32, 1],
+                [(n / 4).div_ceil(wg) as u32, m.div_ceil(32) as u32, layers],
             )
         }
     };
@@ -185,6 +396,8 @@ pub fn matmul(
         n: n as u32,
         k: k as u32,
         leaky_slope: epi.leaky_slope,
+        batch: conv.map_or(0, |(_, g)| g.batch as u32),
+        _pad: [0; 3],
     };
     let ubuf = gpu.uniform(label, &params)?;
     let read = gpu.dummy_read();
@@ -204,8 +417,15 @@ pub fn matmul(
             ));
         }
     }
-    let flops = 2.0 * (m * n * k) as f64;
-    let bytes = 4.0 * (m * k + k * n + m * n) as f64;
+    // A convolution's rate counts its multiply-adds without the taps on padding.
+    let flops = match conv {
+        Some((_, g)) => 2.0 * g.macs(),
+        None => 2.0 * (m * n * k) as f64,
+    };
+    let bytes = match conv {
+        Some((_, g)) => 4.0 * (g.in_len() + g.out_len() + g.cols_width() * g.out_c) as f64,
+        None => 4.0 * (m * k + k * n + m * n) as f64,
+    };
     let name = if subgroup && sg >= 16 {
         "Subgroup16".to_string()
     } else {

@@ -19,7 +19,7 @@ pub use code::{code_backward, code_forward, contractive, vq_backward, vq_ema, vq
 pub use conv::{channel_sum, col2im, copy_columns, im2col, ConvGeometry};
 pub use gather::{condition, corrupt, gather};
 pub use loss::{log_c_grad, loss, LearnedLogC, Likelihood, LOG_C_MAX, LOG_C_MIN};
-pub use matmul::{matmul, Epilogue, MatmulStrategy};
+pub use matmul::{conv_matmul, matmul, ConvProduct, Epilogue, MatmulStrategy};
 pub use reduce::{colsum, read_log_totals, sum_segments, Segment, MAX_SEGMENTS};
 pub use reparam::{
     hier_kl, reparam_kl_backward, reparam_kl_backward_at, reparam_kl_forward, reparam_kl_forward_at, sample_backward,

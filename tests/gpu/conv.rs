@@ -3,7 +3,7 @@
 //! that loop, on odd sizes, batch 1, one channel and every stride and padding the models use.
 
 use vae_wgpu::internals::nn::{ArenaLayout, Conv2d, ParamArena};
-use vae_wgpu::internals::ops::{self, Activation, ConvGeometry, Epilogue};
+use vae_wgpu::internals::ops::{self, Activation, ConvGeometry, ConvProduct, Epilogue, MatmulStrategy};
 use vae_wgpu::{Gpu, Tensor, VaeError};
 
 use crate::common::{assert_close, gpu, rand_vec};
@@ -160,7 +160,7 @@ fn finite_difference(v: &[f64], loss: impl Fn(&[f64]) -> f64) -> Vec<f64> {
 struct Layer {
     conv: Conv2d,
     arena: ParamArena,
-    cols: Tensor,
+    cols: Option<Tensor>,
 }
 
 fn layer(g: &Gpu, c: &Case, act: Activation, wt: &[f32], bias: &[f32]) -> Layer {
@@ -205,7 +205,7 @@ fn check_case(g: &Gpu, c: &Case, seed: u64) {
     let l = layer(g, c, act, &wh, &bh);
     let x = g.upload("x", &[c.batch, c.in_len() / c.batch], &xh).unwrap();
     let y = g.tensor("y", &[c.batch, c.out_len() / c.batch]).unwrap();
-    let d = l.conv.forward(g, &l.arena, &x, &y, &l.cols).unwrap();
+    let d = l.conv.forward(g, &l.arena, &x, &y, l.cols.as_ref()).unwrap();
     g.run(&d.iter().collect::<Vec<_>>()).unwrap();
     let want: Vec<f64> = pre.iter().map(|&v| if v > 0.0 { v } else { slope * v }).collect();
     assert_close(&format!("{c:?} forward"), &g.read(&y).unwrap(), &want, tol);
@@ -215,7 +215,7 @@ fn check_case(g: &Gpu, c: &Case, seed: u64) {
     let dx = g.tensor("dx", x.shape()).unwrap();
     let d = l
         .conv
-        .backward(g, &l.arena, &x, &dy, Some(&dx), Activation::Tanh, &l.cols)
+        .backward(g, &l.arena, &x, &dy, Some(&dx), Activation::Tanh, l.cols.as_ref())
         .unwrap();
     g.run(&d.iter().collect::<Vec<_>>()).unwrap();
     let grads = l.arena.read_grads(g).unwrap();
@@ -422,4 +422,124 @@ fn conv_shape_errors_name_the_layer() {
         .err()
         .expect("a short patch matrix");
     assert!(e.to_string().contains("patch matrix"), "{e}");
+}
+
+/// The patch-matrix entry (p, j) of X for `g`, in f64 (0 outside the image and past k·k·C).
+fn patch_f64(g: &ConvGeometry, x: &[f32], p: usize, j: usize) -> f64 {
+    let (t, c) = (j / g.in_c, j % g.in_c);
+    if t >= g.kernel * g.kernel {
+        return 0.0;
+    }
+    let plane = g.out_h * g.out_w;
+    let (b, oy, ox) = (p / plane, p % plane / g.out_w, p % g.out_w);
+    let iy = (oy * g.stride + t / g.kernel) as isize - g.pad as isize;
+    let ix = (ox * g.stride + t % g.kernel) as isize - g.pad as isize;
+    if iy < 0 || ix < 0 || iy >= g.in_h as isize || ix >= g.in_w as isize {
+        return 0.0;
+    }
+    x[((b * g.in_h + iy as usize) * g.in_w + ix as usize) * g.in_c + c] as f64
+}
+
+/// Each product of `ops::conv_matmul` in every matmul strategy the adapter runs, against the
+/// products written out from the patch matrix in f64: forward patches·W, weight gradient
+/// patchesᵀ·dY (with the column sums), input gradient patchesᵀ applied to dY·Wᵀ.
+#[test]
+fn implicit_conv_products_in_every_strategy() {
+    let g = gpu();
+    let geometries = [
+        ConvGeometry::new("a", 2, (8, 8), 4, 8, 4, 2, 1).unwrap(),
+        ConvGeometry::new("b", 1, (6, 6), 8, 4, 3, 1, 1).unwrap(),
+        ConvGeometry::new("c", 3, (4, 6), 4, 4, 2, 2, 0).unwrap(),
+        // One input channel (the patch units gather four taps); the input gradient needs the
+        // stride to divide the sides, which 7 does not.
+        ConvGeometry::new("d", 2, (7, 5), 1, 4, 4, 2, 1).unwrap(),
+    ];
+    for (gi, geo) in geometries.iter().enumerate() {
+        let (kc, rows) = (geo.cols_width(), geo.cols_rows());
+        let seed = 9100 + 10 * gi as u64;
+        let xh = rand_vec(geo.in_len(), seed, -1.0, 1.0);
+        let mut wh = rand_vec(kc * geo.out_c, seed + 1, -1.0, 1.0);
+        // The weight's rounding rows are zero in a model.
+        wh[geo.kernel * geo.kernel * geo.in_c * geo.out_c..]
+            .iter_mut()
+            .for_each(|v| *v = 0.0);
+        let dyh = rand_vec(rows * geo.out_c, seed + 2, -1.0, 1.0);
+        let cols: Vec<f64> = (0..rows * kc).map(|i| patch_f64(geo, &xh, i / kc, i % kc)).collect();
+        let forward: Vec<f64> = (0..rows * geo.out_c)
+            .map(|i| {
+                (0..kc)
+                    .map(|j| cols[i / geo.out_c * kc + j] * wh[j * geo.out_c + i % geo.out_c] as f64)
+                    .sum()
+            })
+            .collect();
+        let wgrad: Vec<f64> = (0..kc * geo.out_c)
+            .map(|i| {
+                (0..rows)
+                    .map(|p| cols[p * kc + i / geo.out_c] * dyh[p * geo.out_c + i % geo.out_c] as f64)
+                    .sum()
+            })
+            .collect();
+        let bgrad: Vec<f64> = (0..geo.out_c)
+            .map(|o| (0..rows).map(|p| dyh[p * geo.out_c + o] as f64).sum())
+            .collect();
+        // dX = the adjoint of X ↦ patches(X)·W at dY: scatter dY·Wᵀ back through the patches.
+        let mut dgrad = vec![0.0f64; geo.in_len()];
+        for p in 0..rows {
+            for j in 0..geo.kernel * geo.kernel * geo.in_c {
+                // The element of X that patch entry (p, j) reads.
+                let (t, c) = (j / geo.in_c, j % geo.in_c);
+                let plane = geo.out_h * geo.out_w;
+                let (b, oy, ox) = (p / plane, p % plane / geo.out_w, p % geo.out_w);
+                let iy = (oy * geo.stride + t / geo.kernel) as isize - geo.pad as isize;
+                let ix = (ox * geo.stride + t % geo.kernel) as isize - geo.pad as isize;
+                if iy < 0 || ix < 0 || iy >= geo.in_h as isize || ix >= geo.in_w as isize {
+                    continue;
+                }
+                let at = ((b * geo.in_h + iy as usize) * geo.in_w + ix as usize) * geo.in_c + c;
+                dgrad[at] += (0..geo.out_c)
+                    .map(|o| dyh[p * geo.out_c + o] as f64 * wh[j * geo.out_c + o] as f64)
+                    .sum::<f64>();
+            }
+        }
+        let x = g.upload("x", &[geo.in_len()], &xh).unwrap();
+        let w = g.upload("w", &[kc, geo.out_c], &wh).unwrap();
+        let dy = g.upload("dy", &[rows, geo.out_c], &dyh).unwrap();
+        let terms = (kc.max(rows)) as f64;
+        for st in crate::kernels::strategies(g) {
+            let what = |p: &str| format!("{p} {geo:?} {st:?}");
+            let run = |product: ConvProduct, a: &Tensor, b: &Tensor, c: &Tensor, epi: &Epilogue<'_>| {
+                match ops::conv_matmul(g, "conv", product, geo, a, b, c, epi, Some(st)) {
+                    Ok(d) => {
+                        g.run(&[&d]).unwrap();
+                        true
+                    }
+                    // The vec4 strategies refuse channel counts they cannot read whole.
+                    Err(VaeError::Shape(_)) if st != MatmulStrategy::Naive => false,
+                    Err(e) => panic!("{}: {e}", what("planning")),
+                }
+            };
+            let y = g.tensor("y", &[rows, geo.out_c]).unwrap();
+            if run(ConvProduct::Forward, &x, &w, &y, &Epilogue::default()) {
+                assert_close(&what("forward"), &g.read(&y).unwrap(), &forward, |_| 1e-6 * terms);
+            }
+            let dw = g.tensor("dw", &[kc, geo.out_c]).unwrap();
+            let db = g.tensor("db", &[geo.out_c]).unwrap();
+            let epi = Epilogue {
+                colsum: Some(&db),
+                ..Default::default()
+            };
+            if run(ConvProduct::WeightGrad, &x, &dy, &dw, &epi) {
+                assert_close(&what("weight gradient"), &g.read(&dw).unwrap(), &wgrad, |_| {
+                    1e-6 * terms
+                });
+                assert_close(&what("bias gradient"), &g.read(&db).unwrap(), &bgrad, |_| 1e-6 * terms);
+            }
+            if ConvProduct::input_grad_fits(geo) {
+                let dx = g.upload("dx", &[geo.in_len()], &vec![f32::NAN; geo.in_len()]).unwrap();
+                if run(ConvProduct::InputGrad, &dy, &w, &dx, &Epilogue::default()) {
+                    assert_close(&what("input gradient"), &g.read(&dx).unwrap(), &dgrad, |_| 1e-6 * terms);
+                }
+            }
+        }
+    }
 }

@@ -202,7 +202,7 @@ fn run_matmul(g: &Gpu, st: MatmulStrategy, c: &MatCase, seed: u64) -> bool {
     true
 }
 
-fn strategies(g: &Gpu) -> Vec<MatmulStrategy> {
+pub(crate) fn strategies(g: &Gpu) -> Vec<MatmulStrategy> {
     let mut v = vec![MatmulStrategy::Naive, MatmulStrategy::Tiled];
     if MatmulStrategy::Subgroup.check_supported(g).is_ok() {
         v.push(MatmulStrategy::Subgroup);
