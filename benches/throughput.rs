@@ -138,6 +138,88 @@ fn host_cpu() -> String {
     }
 }
 
+/// Each convolution of `arch` at batch 128, each of its three products as the step runs them
+/// (implicit matmuls, the preferred strategy) beside the plain matmul on the same GEMM shape
+/// (M×N×K, random operands in memory). A convolution's rate counts 2 × its multiply-adds
+/// without the taps on padding; the matmul's 2·M·N·K. The decoder's transposed convolutions
+/// run the same three products of the same geometries (forward and input gradient swapped).
+fn conv_products(gpu: &Gpu, arch: &vae_wgpu::model::ConvArch, repeats: usize) -> AnyResult<Vec<serde_json::Value>> {
+    use vae_wgpu::internals::ops::{ConvGeometry, ConvProduct};
+    println!("\nconvolution products at batch 128 beside the matmul on the same GEMM shape (median of {repeats}, 5 launches per submit):");
+    println!(
+        "  {:<22} {:<13} {:>18} {:>9} {:>9} {:>9} {:>9}",
+        "convolution", "product", "GEMM M x N x K", "conv ms", "GFLOP/s", "GEMM ms", "GFLOP/s"
+    );
+    let mut rows = Vec::new();
+    let mut c_in = arch.input[0];
+    for (i, (&c_out, side)) in arch.channels.iter().zip(arch.sides()).enumerate() {
+        let name = format!("{}x{}x{} -> {c_out}", side.0, side.1, c_in);
+        let g = ConvGeometry::new(&name, 128, side, c_in, c_out, 4, 2, 1)?;
+        c_in = c_out;
+        let (kc, pixels) = (g.cols_width(), g.cols_rows());
+        let x = gpu.upload("x", &[g.in_len()], &vec![0.01; g.in_len()])?;
+        let w = gpu.upload("w", &[kc, g.out_c], &vec![0.02; kc * g.out_c])?;
+        let y = gpu.upload("y", &[pixels, g.out_c], &vec![0.03; pixels * g.out_c])?;
+        let dw = gpu.tensor("dw", &[kc, g.out_c])?;
+        let dx = gpu.tensor("dx", &[g.in_len()])?;
+        let taps = (g.kernel / g.stride).pow(2);
+        let products = [
+            (ConvProduct::Forward, &x, &w, &y, (pixels, g.out_c, kc, false, false)),
+            (ConvProduct::WeightGrad, &x, &y, &dw, (kc, g.out_c, pixels, true, false)),
+            (
+                ConvProduct::InputGrad,
+                &y,
+                &w,
+                &dx,
+                (g.in_len() / g.in_c, g.in_c, taps * g.out_c, false, true),
+            ),
+        ];
+        for (product, a, b, c, (m, n, k, ta, tb)) in products {
+            if product == ConvProduct::InputGrad && !(g.in_c % 4 == 0 && ConvProduct::input_grad_fits(&g)) {
+                continue;
+            }
+            let d = ops::conv_matmul(gpu, &name, product, &g, a, b, c, &Epilogue::default(), None)?;
+            let time = |d: &Dispatch| -> AnyResult<Stat> {
+                let list: Vec<&Dispatch> = (0..5).map(|_| d).collect();
+                time_runs(repeats, || {
+                    let t = Instant::now();
+                    gpu.run(&list)?;
+                    Ok(t.elapsed().as_secs_f64() / 5.0)
+                })
+            };
+            let conv = time(&d)?;
+            let ga = gpu.upload("ga", &if ta { [k, m] } else { [m, k] }, &vec![0.01; m * k])?;
+            let gb = gpu.upload("gb", &if tb { [n, k] } else { [k, n] }, &vec![0.02; k * n])?;
+            let gc = gpu.tensor("gc", &[m, n])?;
+            let mm = ops::matmul(gpu, "gemm", &ga, ta, &gb, tb, &gc, &Epilogue::default(), None)?;
+            let gemm = time(&mm)?;
+            let (cr, gr) = (d.flops / conv.median / 1e9, mm.flops / gemm.median / 1e9);
+            println!(
+                "  {name:<22} {:<13} {:>18} {:>9.3} {cr:>9.1} {:>9.3} {gr:>9.1}",
+                format!("{product:?}"),
+                format!(
+                    "{m}x{n}x{k}{}",
+                    if ta {
+                        " (At)"
+                    } else if tb {
+                        " (Bt)"
+                    } else {
+                        ""
+                    }
+                ),
+                conv.median * 1e3,
+                gemm.median * 1e3,
+            );
+            rows.push(json!({
+                "layer": i, "convolution": name, "product": format!("{product:?}"),
+                "gemm": [m, n, k], "conv_ms": rounded(conv.median * 1e3, 3), "conv_gflops": rounded(cr, 2),
+                "gemm_ms": rounded(gemm.median * 1e3, 3), "gemm_gflops": rounded(gr, 2),
+            }));
+        }
+    }
+    Ok(rows)
+}
+
 fn time_runs(repeats: usize, mut f: impl FnMut() -> AnyResult<f64>) -> AnyResult<Stat> {
     f()?; // warm-up
     Ok(stat((0..repeats).map(|_| f()).collect::<AnyResult<Vec<f64>>>()?))
@@ -699,6 +781,11 @@ fn main() -> AnyResult<()> {
     }
     json.insert("matmul".into(), json!(mm));
     note_steal("matmul", &meter);
+    if let Some(arch) = model_cfg.conv() {
+        let meter = StealMeter::start();
+        json.insert("conv_products".into(), json!(conv_products(&gpu, arch, long_repeats)?));
+        note_steal("conv_products", &meter);
+    }
     note_steal("whole_run", &whole_run);
     json.insert("host_steal_percent".into(), json!(steal));
     json.insert("host_core_gflops".into(), json!(core_speed));

@@ -159,18 +159,25 @@ fn col2im(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 // ---- channel sums: dst[c] = Σ_r src[r, c] for src [R, C], any C ----
-// One workgroup per channel; its lanes stride over the rows, then a fixed tree in workgroup
-// memory (deterministic). C is in_c, R is count.
+// One workgroup per quad of channels (one vec4 load a row when CIN4, C % 4 == 0); its lanes
+// stride over the rows, then a fixed tree in workgroup memory (deterministic). C is in_c, R
+// is count.
 
-var<workgroup> partial: array<f32, 64>;
+var<workgroup> partial: array<vec4<f32>, 64>;
 
 @compute @workgroup_size(64)
 fn channel_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     P = p;
-    let c = wid.x;
-    var s = 0.0;
+    let c0 = wid.x * 4u;
+    var s = vec4<f32>(0.0);
     for (var r = li; r < P.count; r += 64u) {
-        s += src1(r * P.in_c + c);
+        if (CIN4) {
+            s += src[(r * P.in_c + c0) / 4u];
+        } else {
+            for (var l = 0u; l < 4u; l++) {
+                if (c0 + l < P.in_c) { s[l] += src1(r * P.in_c + c0 + l); }
+            }
+        }
     }
     partial[li] = s;
     workgroupBarrier();
@@ -178,8 +185,12 @@ fn channel_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
         if (li < w) { partial[li] += partial[li + w]; }
         workgroupBarrier();
     }
-    // A component store: the vec4's other lanes are other workgroups' channels.
-    if (li == 0u) { dst[c / 4u][c % 4u] = partial[0]; }
+    // Component stores: past C, the vec4's lanes are not this sum's.
+    if (li == 0u) {
+        for (var l = 0u; l < 4u; l++) {
+            if (c0 + l < P.in_c) { dst[wid.x][l] = partial[0][l]; }
+        }
+    }
 }
 
 // ---- column copies: dst[r, 0..n) = src[r, 0..n) between rows of different widths ----

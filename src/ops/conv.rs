@@ -271,7 +271,7 @@ pub fn col2im(
 }
 
 /// Plans `out[c] = Σ_r x[r, c]` for `x` [R, C] of any C (a transposed convolution's bias
-/// gradient); one workgroup per channel, a fixed reduction order.
+/// gradient); one workgroup per four channels, a fixed reduction order.
 pub fn channel_sum(gpu: &Gpu, label: &str, x: &Tensor, out: &Tensor) -> Result<Dispatch> {
     let [rows, c] = *x.shape() else {
         return Err(VaeError::Shape(format!(
@@ -280,7 +280,10 @@ pub fn channel_sum(gpu: &Gpu, label: &str, x: &Tensor, out: &Tensor) -> Result<D
         )));
     };
     check_len(label, "the output", out, c)?;
-    let pipeline = gpu.kernels.pipeline(Shader::Conv, "channel_sum", &[], &layout())?;
+    let constants = [("CIN4", flag(c.is_multiple_of(4)))];
+    let pipeline = gpu
+        .kernels
+        .pipeline(Shader::Conv, "channel_sum", &constants, &layout())?;
     let g = ConvGeometry {
         batch: 1,
         in_h: 1,
@@ -307,7 +310,7 @@ pub fn channel_sum(gpu: &Gpu, label: &str, x: &Tensor, out: &Tensor) -> Result<D
         pipeline,
         &res,
         Some(ubuf.clone()),
-        [c as u32, 1, 1],
+        [c.div_ceil(4) as u32, 1, 1],
         (rows * c) as f64,
         4.0 * (rows * c + c) as f64,
     )
