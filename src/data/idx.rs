@@ -1,14 +1,14 @@
 //! Reader for IDX files, the container format MNIST and Fashion-MNIST are distributed in.
 //!
 //! Only the unsigned-byte variants are supported (images `[n, rows, cols]`, labels `[n]`),
-//! which is all those datasets use. Files may be gzip-compressed or raw. A gzipped file is
-//! decompressed only as far as its header allows, and a header announcing more than 2 GiB of
-//! data is refused, so a corrupt or hostile file cannot make the readers hold more memory than
-//! a small multiple of what it really contains.
+//! which is all those datasets use. Files may be gzip-compressed or raw. The header is read
+//! first, and a file (or a gzip stream, once decompressed) is read only as far as it allows;
+//! a header announcing more than 2 GiB of data is refused. So a corrupt or hostile file, or a
+//! device or pipe that never ends, cannot make the readers hold more memory than a small
+//! multiple of what it really contains.
 
-use std::borrow::Cow;
-use std::fs;
-use std::io::{self, Read};
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use flate2::bufread::MultiGzDecoder;
@@ -33,6 +33,11 @@ pub(crate) const MAX_IDX_DATA_BYTES: usize = 1 << 31;
 /// header's claim alone never allocates more.
 const MAX_PREALLOC_RATIO: usize = 8;
 
+/// Memory reserved up front for the data of a stream of unknown length (a pipe, a device);
+/// more grows as it arrives, so what a stream holds, not what its header claims, sets the
+/// memory it costs.
+const STREAM_PREALLOC: usize = 1 << 20;
+
 /// Images decoded from an IDX file, kept as bytes so callers choose their own normalisation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdxImages {
@@ -49,34 +54,43 @@ pub struct IdxImages {
 /// Reads an image file (magic 0x00000803), compressed or not.
 ///
 /// A missing `x` falls back to `x.gz` and a missing `x.gz` to `x`, so callers can name a
-/// file without knowing how it was shipped.
+/// file without knowing how it was shipped. The file is read as a stream, only as far as its
+/// header allows: a device, pipe or FIFO that goes on past the data the header announces
+/// (or never ends) is refused after one byte too many.
 pub fn read_idx_images(path: &Path) -> Result<IdxImages> {
-    let (path, bytes) = read_resolved(path)?;
-    parse_idx_images(bytes, &path)
+    let (path, file, size) = open_resolved(path)?;
+    images(read_idx(BufReader::new(file), size, &path, 3)?)
 }
 
-/// Reads a label file (magic 0x00000801), compressed or not, with the same fallback as
-/// [`read_idx_images`].
+/// Reads a label file (magic 0x00000801), compressed or not, with the same fallback and
+/// bounds as [`read_idx_images`].
 pub fn read_idx_labels(path: &Path) -> Result<Vec<u8>> {
-    let (path, bytes) = read_resolved(path)?;
-    parse_idx_labels(bytes, &path)
+    let (path, file, size) = open_resolved(path)?;
+    Ok(read_idx(BufReader::new(file), size, &path, 1)?.1)
 }
 
 /// Parses the contents of an IDX image file (raw or gzipped) as [`read_idx_images`] does;
-/// `path` only names the file in errors. Takes the bytes owned (no copy) or borrowed.
-pub(crate) fn parse_idx_images<'a>(bytes: impl Into<Cow<'a, [u8]>>, path: &Path) -> Result<IdxImages> {
-    let (dims, pixels) = parse_idx(bytes.into(), path, 3)?;
+/// `path` only names the file in errors. Takes the bytes owned or borrowed.
+#[cfg(test)]
+pub(crate) fn parse_idx_images<'a>(bytes: impl Into<std::borrow::Cow<'a, [u8]>>, path: &Path) -> Result<IdxImages> {
+    let bytes = bytes.into();
+    images(read_idx(&bytes[..], Some(bytes.len() as u64), path, 3)?)
+}
+
+/// Parses the contents of an IDX label file (raw or gzipped) as [`read_idx_labels`] does.
+#[cfg(test)]
+pub(crate) fn parse_idx_labels<'a>(bytes: impl Into<std::borrow::Cow<'a, [u8]>>, path: &Path) -> Result<Vec<u8>> {
+    let bytes = bytes.into();
+    Ok(read_idx(&bytes[..], Some(bytes.len() as u64), path, 1)?.1)
+}
+
+fn images((dims, pixels): (Vec<usize>, Vec<u8>)) -> Result<IdxImages> {
     Ok(IdxImages {
         count: dims[0],
         rows: dims[1],
         cols: dims[2],
         pixels,
     })
-}
-
-/// Parses the contents of an IDX label file (raw or gzipped) as [`read_idx_labels`] does.
-pub(crate) fn parse_idx_labels<'a>(bytes: impl Into<Cow<'a, [u8]>>, path: &Path) -> Result<Vec<u8>> {
-    Ok(parse_idx(bytes.into(), path, 1)?.1)
 }
 
 /// Finds the file the readers would open for `path`: `path` itself, else its `.gz` twin
@@ -117,27 +131,66 @@ fn gz_twin(path: &Path) -> Option<PathBuf> {
     }
 }
 
-/// Returns the resolved path and the file's raw contents.
-fn read_resolved(path: &Path) -> Result<(PathBuf, Vec<u8>)> {
+/// Opens the file the readers read for `path`, with its size when it is a regular file (a
+/// device, pipe or FIFO has none: it is read only as far as its header allows).
+fn open_resolved(path: &Path) -> Result<(PathBuf, File, Option<u64>)> {
     let path = resolve_idx_path(path)?;
-    let raw = fs::read(&path).map_err(|e| VaeError::io(&path, e))?;
-    Ok((path, raw))
+    let file = File::open(&path).map_err(|e| VaeError::io(&path, e))?;
+    let size = file.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
+    Ok((path, file, size))
 }
 
-/// The dimensions and the data of an IDX file with `ndims` dimensions, raw or gzipped.
-fn parse_idx(bytes: Cow<'_, [u8]>, path: &Path, ndims: usize) -> Result<(Vec<usize>, Vec<u8>)> {
-    if bytes.starts_with(&GZIP_MAGIC) {
-        return decompress(path, &bytes, ndims);
+/// The dimensions and the data of an IDX file with `ndims` dimensions, raw or gzipped, read
+/// from `reader` no further than the header allows. `size` is the input's length when it is
+/// known (a regular file, a slice): then a raw file's data length is checked before any of it
+/// is read; a stream of unknown length is read up to one byte past the data the header
+/// announces, so an endless one is refused after that byte.
+fn read_idx<R: BufRead>(mut reader: R, size: Option<u64>, path: &Path, ndims: usize) -> Result<(Vec<usize>, Vec<u8>)> {
+    // The first two bytes tell gzip from raw; a stream may deliver them one at a time.
+    let mut magic = Vec::with_capacity(2);
+    (&mut reader)
+        .take(2)
+        .read_to_end(&mut magic)
+        .map_err(|e| VaeError::io(path, e))?;
+    let reader = (&magic[..]).chain(reader);
+    if magic == GZIP_MAGIC {
+        return decompress(path, reader, size, ndims);
     }
-    let header = parse_header(path, &bytes, ndims, false)?;
-    check_data_len(path, &header, bytes.len() - header.len, false)?;
-    let data = match bytes {
-        Cow::Owned(mut v) => {
-            v.drain(..header.len);
-            v
+    read_raw(path, reader, size, ndims)
+}
+
+/// A raw IDX file: the header, then exactly the data it announces.
+fn read_raw(path: &Path, mut reader: impl Read, size: Option<u64>, ndims: usize) -> Result<(Vec<usize>, Vec<u8>)> {
+    let io_err = |e| VaeError::io(path, e);
+    let header_len = 4 + 4 * ndims;
+    let mut head = Vec::with_capacity(header_len);
+    (&mut reader)
+        .take(header_len as u64)
+        .read_to_end(&mut head)
+        .map_err(io_err)?;
+    let header = parse_header(path, &head, ndims, false)?;
+    let limit = match size {
+        // A file's length is known: refuse a wrong one before reading, then read what it
+        // claims (one byte more shows a file that grew meanwhile).
+        Some(size) => {
+            let present = usize::try_from(size.saturating_sub(header_len as u64)).unwrap_or(usize::MAX);
+            check_data_len(path, &header, present, Counted::Exactly)?;
+            header.need
         }
-        Cow::Borrowed(b) => b[header.len..].to_vec(),
+        None => header.need.min(STREAM_PREALLOC),
     };
+    let mut data = Vec::with_capacity(limit);
+    // `need + 1` cannot overflow: `need` is at most MAX_IDX_DATA_BYTES.
+    (&mut reader)
+        .take(header.need as u64 + 1)
+        .read_to_end(&mut data)
+        .map_err(io_err)?;
+    let counted = if data.len() > header.need {
+        Counted::AtLeast
+    } else {
+        Counted::Exactly
+    };
+    check_data_len(path, &header, data.len(), counted)?;
     Ok((header.dims, data))
 }
 
@@ -146,7 +199,7 @@ fn parse_idx(bytes: Cow<'_, [u8]>, path: &Path, ndims: usize) -> Result<(Vec<usi
 /// announces, so a stream that expands beyond that (a decompression bomb) is refused after
 /// `need + 1` bytes. Memory is reserved up front only for what the compressed size can
 /// plausibly hold, never for what the header or the gzip trailer claim.
-fn decompress(path: &Path, raw: &[u8], ndims: usize) -> Result<(Vec<usize>, Vec<u8>)> {
+fn decompress(path: &Path, raw: impl BufRead, size: Option<u64>, ndims: usize) -> Result<(Vec<usize>, Vec<u8>)> {
     let corrupt = |e: io::Error| VaeError::format(path, format!("gzip data is corrupt or truncated: {e}"));
     let mut decoder = MultiGzDecoder::new(raw);
     let header_len = 4 + 4 * ndims;
@@ -156,13 +209,18 @@ fn decompress(path: &Path, raw: &[u8], ndims: usize) -> Result<(Vec<usize>, Vec<
         .read_to_end(&mut head)
         .map_err(corrupt)?;
     let header = parse_header(path, &head, ndims, true)?;
-    let mut data = Vec::with_capacity(header.need.min(raw.len().saturating_mul(MAX_PREALLOC_RATIO)));
+    let plausible = size.map_or(STREAM_PREALLOC, |s| {
+        usize::try_from(s)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(MAX_PREALLOC_RATIO)
+    });
+    let mut data = Vec::with_capacity(header.need.min(plausible));
     // `need + 1` cannot overflow: `need` is at most MAX_IDX_DATA_BYTES.
     (&mut decoder)
         .take(header.need as u64 + 1)
         .read_to_end(&mut data)
         .map_err(corrupt)?;
-    check_data_len(path, &header, data.len(), true)?;
+    check_data_len(path, &header, data.len(), Counted::Decompressed)?;
     Ok((header.dims, data))
 }
 
@@ -248,11 +306,24 @@ fn parse_header(path: &Path, bytes: &[u8], ndims: usize, gz: bool) -> Result<Hea
     })
 }
 
+/// How a count of data bytes was taken, for messages.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Counted {
+    /// The exact number of bytes the file holds after its header.
+    Exactly,
+    /// Read with a limit of `need + 1` bytes: more than `need` means "at least one too many".
+    AtLeast,
+    /// Decompressed with a limit of `need + 1` bytes.
+    Decompressed,
+}
+
 /// Checks that `present` bytes of data follow the header, exactly as many as it announces.
-/// When `gz`, the data were decompressed with a limit of `need + 1` bytes, so more than
-/// `need` means "at least one byte too many".
-fn check_data_len(path: &Path, header: &Header, present: usize, gz: bool) -> Result<()> {
-    let decompressed = if gz { " after decompression" } else { "" };
+fn check_data_len(path: &Path, header: &Header, present: usize, counted: Counted) -> Result<()> {
+    let decompressed = if counted == Counted::Decompressed {
+        " after decompression"
+    } else {
+        ""
+    };
     let (need, header_len, shape) = (header.need, header.len, shape(&header.dims));
     if present < need {
         return Err(VaeError::format(
@@ -264,10 +335,10 @@ fn check_data_len(path: &Path, header: &Header, present: usize, gz: bool) -> Res
         ));
     }
     if present > need {
-        let found = if gz {
-            format!("more{decompressed}")
-        } else {
+        let found = if counted == Counted::Exactly {
             present.to_string()
+        } else {
+            format!("more{decompressed}")
         };
         return Err(VaeError::format(
             path,
@@ -608,5 +679,88 @@ pub(crate) mod tests {
             ],
         );
         assert!(peak < 256 << 10, "allocated {peak} bytes");
+    }
+
+    /// A stream of unknown length: `head`, then `fill` bytes forever (or `tail` of them).
+    pub(crate) struct Endless {
+        pub(crate) head: Vec<u8>,
+        pub(crate) at: usize,
+        pub(crate) fill: u8,
+        pub(crate) tail: Option<usize>,
+    }
+
+    impl Endless {
+        pub(crate) fn new(head: Vec<u8>, fill: u8, tail: Option<usize>) -> Self {
+            Endless {
+                head,
+                at: 0,
+                fill,
+                tail,
+            }
+        }
+    }
+
+    impl Read for Endless {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let mut n = 0;
+            while n < buf.len() {
+                if self.at < self.head.len() {
+                    buf[n] = self.head[self.at];
+                } else if self.tail.is_none_or(|t| self.at < self.head.len() + t) {
+                    buf[n] = self.fill;
+                } else {
+                    break;
+                }
+                self.at += 1;
+                n += 1;
+            }
+            Ok(n)
+        }
+    }
+
+    /// A device, pipe or FIFO has no length: it is read only as far as the header allows, so
+    /// one that never ends is refused after a byte too many, holding no more than the data
+    /// the header announces; one that ends early is truncated with the bytes it held.
+    #[test]
+    fn streams_are_read_no_further_than_the_header_allows() {
+        let path = Path::new("stream-idx1-ubyte");
+        let read = |stream: Endless, ndims| peak_alloc(|| read_idx(BufReader::new(stream), None, path, ndims));
+        // /dev/zero: a bad magic number after 4 bytes.
+        let (r, peak) = read(Endless::new(Vec::new(), 0, None), 3);
+        expect_format(r, "stream-idx1-ubyte", &["bad magic number 0x00000000"]);
+        assert!(peak < 256 << 10, "allocated {peak} bytes");
+        // A valid header, then data forever: refused one byte past the 1000 announced.
+        let (r, peak) = read(Endless::new(idx_bytes(&[1000], &[]), 7, None), 1);
+        expect_format(
+            r,
+            "stream-idx1-ubyte",
+            &["trailing data", "need 1000 bytes", "found more"],
+        );
+        assert!(peak < 256 << 10, "allocated {peak} bytes");
+        // 2 GiB announced, 100 bytes delivered: memory follows what came, not the claim.
+        let (r, peak) = read(Endless::new(idx_bytes(&[1 << 31], &[]), 7, Some(100)), 1);
+        expect_format(r, "stream-idx1-ubyte", &["truncated data", "found 100"]);
+        assert!(peak < 4 << 20, "allocated {peak} bytes");
+        // A gzip member followed by zeros forever is corrupt, after the data it announces.
+        let (r, peak) = read(Endless::new(gzip(&idx_bytes(&[2], &[1, 2])), 0, None), 1);
+        expect_format(r, "stream-idx1-ubyte", &["gzip"]);
+        assert!(peak < 4 << 20, "allocated {peak} bytes");
+        // A stream that holds exactly the file reads, raw or gzipped, a byte at a time too.
+        let exact = Endless::new(idx_bytes(&[3], &[4, 5, 6]), 0, Some(0));
+        assert_eq!(read(exact, 1).0.unwrap().1, vec![4, 5, 6]);
+        let gz = Endless::new(gzip(&idx_bytes(&[3], &[4, 5, 6])), 0, Some(0));
+        assert_eq!(read(gz, 1).0.unwrap().1, vec![4, 5, 6]);
+        let one_at_a_time = BufReader::with_capacity(1, Endless::new(gzip(&idx_bytes(&[1], &[9])), 0, Some(0)));
+        assert_eq!(read_idx(one_at_a_time, None, path, 1).unwrap().1, vec![9]);
+    }
+
+    /// A data file that is a symbolic link to an endless device is refused from its header.
+    #[cfg(unix)]
+    #[test]
+    fn a_link_to_an_endless_device_is_refused() {
+        let dir = TempDir::new("idx-devzero");
+        let path = dir.join("train-images-idx3-ubyte");
+        std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
+        expect_format(read_idx_images(&path), "train-images-idx3-ubyte", &["bad magic number"]);
     }
 }

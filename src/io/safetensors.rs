@@ -183,20 +183,115 @@ pub fn write_safetensors(path: &Path, tensors: &[NamedTensor], metadata: &[(Stri
 /// not depend on the header's key order. Anything malformed — a non-F32 dtype, a repeated key,
 /// offsets that are out of range, overlapping, leave gaps or disagree with the shape, a
 /// truncated file — is a [`VaeError::Checkpoint`] naming the problem and the tensor or key.
+///
+/// The file is read once, as a stream, and no further than its header allows: the header
+/// length first (at most 100 MB), then the header, then the tensor data it describes (at most
+/// [`MAX_DATA_BYTES`]). So a pipe (`/dev/stdin`) reads, and a device or FIFO that goes on past
+/// what the header describes (or never ends) is refused after one byte too many.
 #[allow(clippy::type_complexity)] // the signature is the module's documented API
 pub fn read_safetensors(path: &Path) -> Result<(Vec<NamedTensor>, Vec<(String, String)>)> {
-    let bytes = std::fs::read(path).map_err(|e| VaeError::io(path, e))?;
-    parse_safetensors(&bytes, path)
+    let file = std::fs::File::open(path).map_err(|e| VaeError::io(path, e))?;
+    let size = file.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
+    read_contents(std::io::BufReader::new(file), size, path)
 }
 
 /// Parses the contents of a safetensors file as [`read_safetensors`] does; `path` only names
 /// the file in errors.
+#[cfg(test)]
 pub(crate) fn parse_safetensors(bytes: &[u8], path: &Path) -> Result<Contents> {
-    parse_contents(bytes).map_err(|problem| checkpoint_err(path, problem))
+    read_contents(bytes, Some(bytes.len() as u64), path)
 }
 
 /// Tensors and metadata as [`read_safetensors`] returns them.
 pub(crate) type Contents = (Vec<NamedTensor>, Vec<(String, String)>);
+
+/// The most tensor data a file may hold: 16 GiB, far beyond any model (with its optimizer
+/// state) the kernels can train, and a bound on what a stream can make the reader hold.
+pub const MAX_DATA_BYTES: u64 = 1 << 34;
+
+/// Memory reserved up front for the data of a stream of unknown length; more grows as it
+/// arrives, so what a stream holds, not what its header claims, sets the memory it costs.
+const STREAM_PREALLOC: u64 = 1 << 20;
+
+/// Reads a safetensors file from `reader` in the order of its parts, each bounded by what the
+/// parts before it say: the 8-byte header length, the header, the data. `size` is the input's
+/// length when it is known (a regular file, a slice): then the data is read whole if it is
+/// at most [`MAX_DATA_BYTES`]; a stream of unknown length is read up to one byte past the data
+/// its header describes.
+fn read_contents(mut reader: impl std::io::Read, size: Option<u64>, path: &Path) -> Result<Contents> {
+    use std::io::Read as _;
+    let io_err = |e| VaeError::io(path, e);
+    let mut bytes = Vec::with_capacity(8);
+    (&mut reader).take(8).read_to_end(&mut bytes).map_err(io_err)?;
+    let declared = match <[u8; 8]>::try_from(&bytes[..]) {
+        Ok(prefix) => u64::from_le_bytes(prefix),
+        Err(_) => return parse_contents(&bytes).map_err(|p| checkpoint_err(path, p)),
+    };
+    if declared > MAX_HEADER_SIZE as u64 {
+        return parse_contents(&bytes).map_err(|p| checkpoint_err(path, p));
+    }
+    // `declared` is at most 100 MB; a file's size bounds what is reserved for it.
+    let header_len = declared as usize;
+    bytes.reserve(header_len.min(size.unwrap_or(STREAM_PREALLOC).min(usize::MAX as u64) as usize));
+    (&mut reader).take(declared).read_to_end(&mut bytes).map_err(io_err)?;
+    // The header's own problems (truncated, not UTF-8, not JSON, malformed entries) are
+    // reported as for a whole file; otherwise it says how much data follows.
+    let Some(infos) = std::str::from_utf8(&bytes[8..])
+        .ok()
+        .filter(|_| bytes.len() == 8 + header_len)
+        .and_then(|header| serde_json::from_str::<HeaderProbe>(header).ok())
+        .and_then(|probe| probe.check().ok())
+    else {
+        return parse_contents(&bytes).map_err(|p| checkpoint_err(path, p));
+    };
+    let last = infos.iter().max_by_key(|(_, info)| info.data_offsets.1);
+    let claim = last.map_or(0, |(_, info)| info.data_offsets.1) as u64;
+    let data_len = match size {
+        Some(size) => {
+            let data_len = size.saturating_sub(bytes.len() as u64);
+            if data_len > MAX_DATA_BYTES {
+                return Err(checkpoint_err(
+                    path,
+                    format!(
+                        "it holds {data_len} bytes of tensor data, more than the {MAX_DATA_BYTES} bytes this \
+                         reader accepts (not a checkpoint?)"
+                    ),
+                ));
+            }
+            data_len
+        }
+        None => {
+            if claim > MAX_DATA_BYTES {
+                let name = last.map_or("?", |(name, _)| name.as_str());
+                return Err(checkpoint_err(
+                    path,
+                    format!(
+                        "tensor '{name}' ends at byte {claim} of the data, more than the {MAX_DATA_BYTES} bytes \
+                         this reader accepts (corrupt header?)"
+                    ),
+                ));
+            }
+            claim.min(STREAM_PREALLOC)
+        }
+    };
+    // A file is read whole (its length is bounded above), so that its problems are named
+    // exactly; a stream up to one byte past the data its header describes.
+    let limit = if size.is_some() { data_len } else { claim + 1 };
+    bytes.reserve(data_len as usize);
+    let before = bytes.len();
+    (&mut reader).take(limit).read_to_end(&mut bytes).map_err(io_err)?;
+    if size.is_none() && (bytes.len() - before) as u64 > claim {
+        let name = last.map_or("?", |(name, _)| name.as_str());
+        return Err(checkpoint_err(
+            path,
+            format!(
+                "it goes on past the {claim} bytes of tensor data its header describes (tensor '{name}' ends \
+                 there): not a checkpoint, or one followed by other data"
+            ),
+        ));
+    }
+    parse_contents(&bytes).map_err(|p| checkpoint_err(path, p))
+}
 
 fn parse_contents(bytes: &[u8]) -> std::result::Result<Contents, String> {
     let Some((header, data)) = split_header(bytes) else {
@@ -1158,5 +1253,100 @@ mod tests {
         let mut expected_md: Vec<(String, String)> = metadata.into_iter().collect();
         expected_md.sort();
         assert_eq!(read_md, expected_md);
+    }
+
+    /// A device, pipe or FIFO is read as a stream, once, and no further than its header
+    /// allows: /dev/zero and /dev/urandom are refused from their first bytes, a stream that
+    /// goes on past the data its header describes after one byte too many, and memory follows
+    /// what the stream holds, not what its header claims. A stream that holds a checkpoint
+    /// reads like the file.
+    #[test]
+    fn streams_are_read_no_further_than_the_header_allows() {
+        use crate::data::idx::tests::Endless;
+        use crate::fuzz::peak_alloc;
+        let path = Path::new("/dev/stdin");
+        let read = |stream: Endless| peak_alloc(|| read_contents(std::io::BufReader::new(stream), None, path));
+        let problem = |r: Result<Contents>| match r {
+            Err(VaeError::Checkpoint { path: p, problem }) => {
+                assert_eq!(p, path);
+                problem
+            }
+            other => panic!("expected a Checkpoint error, got {other:?}"),
+        };
+        // /dev/zero: an empty header.
+        let (r, peak) = read(Endless::new(Vec::new(), 0, None));
+        assert!(problem(r).contains("invalid header JSON"));
+        assert!(peak < 64 << 10, "allocated {peak} bytes");
+        // /dev/urandom (here 0xff forever): a header length beyond the format's limit.
+        let (r, peak) = read(Endless::new(Vec::new(), 0xff, None));
+        assert!(problem(r).contains("exceeds the safetensors limit"));
+        assert!(peak < 64 << 10, "allocated {peak} bytes");
+        // A valid file, then more forever: refused one byte past its data.
+        let dir = unique_dir("st-stream");
+        let file = dir.join("m.safetensors");
+        write_safetensors(&file, &sample_tensors(), &sample_metadata()).unwrap();
+        let bytes = std::fs::read(&file).unwrap();
+        let (r, peak) = read(Endless::new(bytes.clone(), 0, None));
+        let p = problem(r);
+        assert!(
+            p.contains("goes on past the") && p.contains("bytes of tensor data"),
+            "{p}"
+        );
+        assert!(peak < 64 * bytes.len() + (64 << 10), "allocated {peak} bytes");
+        // A header claiming more than 16 GiB of data on a stream: refused from the header.
+        let huge = raw_file(
+            r#"{"a":{"dtype":"F32","shape":[4294967297],"data_offsets":[0,17179869188]}}"#,
+            &[],
+        );
+        let (r, _) = read(Endless::new(huge, 0, None));
+        assert!(problem(r).contains("more than the 17179869184 bytes"));
+        // A header claiming 1 GiB, a stream ending after 1,000 bytes: truncated, and the
+        // memory is that of the bytes that came.
+        let big = raw_file(
+            r#"{"a":{"dtype":"F32","shape":[268435456],"data_offsets":[0,1073741824]}}"#,
+            &[],
+        );
+        let (r, peak) = read(Endless::new(big, 0, Some(1000)));
+        assert!(problem(r).contains("the data section has only 1000 bytes"));
+        assert!(peak < 4 << 20, "allocated {peak} bytes");
+        // The checkpoint as a stream reads as the file does, even a byte at a time.
+        let exact = Endless::new(bytes.clone(), 0, Some(0));
+        assert_eq!(read(exact).0.unwrap(), read_safetensors(&file).unwrap());
+        let slow = std::io::BufReader::with_capacity(1, Endless::new(bytes, 0, Some(0)));
+        assert_eq!(
+            read_contents(slow, None, path).unwrap(),
+            read_safetensors(&file).unwrap()
+        );
+    }
+
+    /// A checkpoint through a FIFO (as `/dev/stdin` from a pipe) reads, once, as a stream; a
+    /// FIFO fed forever after it is refused one byte past the checkpoint's data.
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_reads_and_an_endless_one_is_refused() {
+        let dir = unique_dir("st-fifo");
+        let file = dir.join("m.safetensors");
+        write_safetensors(&file, &sample_tensors(), &sample_metadata()).unwrap();
+        let bytes = std::fs::read(&file).unwrap();
+        for endless in [false, true] {
+            let fifo = dir.join(format!("fifo{endless}"));
+            let status = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+            assert!(status.success());
+            let (contents, at) = (bytes.clone(), fifo.clone());
+            let writer = std::thread::spawn(move || {
+                let mut w = std::fs::OpenOptions::new().write(true).open(at).unwrap();
+                // Until the reader closes its end (EPIPE; std ignores SIGPIPE).
+                let _ = w.write_all(&contents);
+                while endless && w.write_all(&[0; 4096]).is_ok() {}
+            });
+            let read = read_safetensors(&fifo);
+            writer.join().unwrap();
+            if endless {
+                let e = read.unwrap_err().to_string();
+                assert!(e.contains("goes on past the"), "{e}");
+            } else {
+                assert_eq!(read.unwrap(), read_safetensors(&file).unwrap());
+            }
+        }
     }
 }
