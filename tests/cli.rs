@@ -256,6 +256,56 @@ fn run_directories_keep_what_they_hold() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// --overwrite replaces a run and nothing else: a directory of the user's (named as --out, as
+/// `.`, or through a symbolic link) and a run beside foreign files are refused with nothing
+/// touched; a run alone is replaced.
+#[cfg(unix)]
+#[test]
+fn overwrite_replaces_a_run_and_nothing_else() {
+    let dir = scratch("overwrite");
+    let mine = dir.join("mine");
+    std::fs::create_dir_all(mine.join("photos")).unwrap();
+    std::fs::write(mine.join("thesis.tex"), "years of work").unwrap();
+    let link = dir.join("link");
+    std::os::unix::fs::symlink(&mine, &link).unwrap();
+    let before = snapshot(&mine);
+    for (out, cwd) in [(&mine, &dir), (&link, &dir), (&PathBuf::from("."), &mine)] {
+        let a = tiny(&["--epochs", "1", "--overwrite", "--out", out.to_str().unwrap()]);
+        let out = Command::new(examples_dir().join("train_mnist"))
+            .args(&a)
+            .current_dir(cwd)
+            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+            .output()
+            .unwrap();
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{t}");
+        assert!(t.contains("photos, thesis.tex and no run"), "{t}");
+        assert_eq!(snapshot(&mine), before);
+    }
+    let run_dir = dir.join("run");
+    let p = run_dir.to_str().unwrap();
+    let out = run("train_mnist", &args(&tiny(&["--epochs", "1", "--out", p])), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    std::fs::write(run_dir.join("notes.txt"), "mine").unwrap();
+    let before = snapshot(&run_dir);
+    let out = run(
+        "train_mnist",
+        &args(&tiny(&["--epochs", "1", "--overwrite", "--out", p])),
+        &[],
+    );
+    let t = text(&out);
+    assert!(t.contains("nothing else") && t.contains("notes.txt"), "{t}");
+    assert_eq!(snapshot(&run_dir), before);
+    std::fs::remove_file(run_dir.join("notes.txt")).unwrap();
+    let out = run(
+        "train_mnist",
+        &args(&tiny(&["--epochs", "1", "--overwrite", "--out", p])),
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// Two runs into one directory at once: the second fails at once, naming the first's PID.
 #[test]
 fn a_second_run_into_a_live_directory_is_refused() {
