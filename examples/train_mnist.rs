@@ -314,7 +314,11 @@ impl Cli {
             vq_ema: self.vq_ema,
         };
         if let (Some(r), Some(o)) = (&self.resume, &self.out) {
-            if r != o {
+            let same = match (std::fs::canonicalize(r), std::fs::canonicalize(o)) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => r.components().eq(o.components()),
+            };
+            if !same {
                 return Err(VaeError::Config(
                     "--resume DIR writes into DIR; drop --out or make it the same directory".into(),
                 ));
@@ -359,7 +363,9 @@ fn append_line(path: &Path, line: &str) -> Result<()> {
         .append(true)
         .open(path)
         .map_err(|e| VaeError::io(path, e))?;
-    writeln!(f, "{line}").map_err(|e| VaeError::io(path, e))
+    // One write, so that a crash leaves the line whole or cut short, never interleaved.
+    f.write_all(format!("{line}\n").as_bytes())
+        .map_err(|e| VaeError::io(path, e))
 }
 
 /// Trains, evaluates and writes the run's files.
@@ -712,8 +718,15 @@ fn resume_run(
 ) -> Result<()> {
     let pair = run_dir.latest()?.ok_or_else(|| VaeError::NoRun {
         path: run_dir.path().to_path_buf(),
-        problem: "it holds no saved model and training state (start the run without --resume)".into(),
+        problem: format!(
+            "it holds no saved model and training state (the run stopped before its first save); start it \
+             again in that directory with --out {} --overwrite",
+            run_dir.path().display()
+        ),
     })?;
+    if let Some(why) = &pair.recovered {
+        eprintln!("note: {}: {why}", run_dir.path().display());
+    }
     let (ckpt_path, state_path) = (&pair.checkpoint, &pair.state);
     let (_, recorded) = read_safetensors(ckpt_path)?;
     let get = |k: &str| recorded.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
@@ -754,7 +767,7 @@ fn resume_run(
     let mut differ: Vec<String> = Vec::new();
     for (k, _) in mine_cfg.iter().chain(&theirs_cfg) {
         let (r, v) = (lookup(&theirs_cfg, k), lookup(&mine_cfg, k));
-        let line = format!("{k} = {r} in the run, {v} now");
+        let line = format!("{}: {k} = {r} in the run, {v} now", resume_flag(k));
         if r != v && !differ.contains(&line) {
             differ.push(line);
         }
@@ -764,7 +777,7 @@ fn resume_run(
             .iter()
             .filter(|(k, _)| decisive.contains(&k.as_str()))
             .filter_map(|(k, v)| match get(k) {
-                Some(r) if r != v => Some(format!("{k} = {r} in the run, {v} now")),
+                Some(r) if r != v => Some(format!("{}: {k} = {r} in the run, {v} now", resume_flag(k))),
                 _ => None,
             }),
     );
@@ -802,14 +815,88 @@ fn resume_run(
             trainer.epoch
         )));
     }
-    // Keep the metric lines of the epochs the checkpoint holds.
-    let text = std::fs::read_to_string(metrics).unwrap_or_default();
-    let kept: Vec<&str> = text
-        .lines()
-        .filter(|l| EpochRecord::from_line(l).is_ok_and(|r| r.epoch <= trainer.epoch))
-        .collect();
-    let body: String = kept.iter().map(|l| format!("{l}\n")).collect();
-    std::fs::write(metrics, body).map_err(|e| VaeError::io(metrics, e))
+    // Keep the metric lines of the epochs the checkpoint holds. A line that is not a metric
+    // record is refused (it is not ours to delete), unless it is the last one and cut short,
+    // as a crash while it was written leaves it: that epoch was never saved.
+    let text = match std::fs::read_to_string(metrics) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(VaeError::io(metrics, e)),
+    };
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let mut kept = String::new();
+    for (i, raw) in lines.iter().enumerate() {
+        let line = raw.trim_end_matches(['\n', '\r']);
+        match EpochRecord::from_line(line) {
+            Ok(r) if r.epoch <= trainer.epoch => kept.push_str(&format!("{line}\n")),
+            Ok(_) => {}
+            Err(_) if line.trim().is_empty() => {}
+            Err(_) if i + 1 == lines.len() && !raw.ends_with('\n') => {
+                eprintln!(
+                    "note: {}: its last line was cut short (the run stopped while writing it); dropped",
+                    metrics.display()
+                );
+            }
+            Err(e) => {
+                return Err(VaeError::format(
+                    metrics,
+                    format!(
+                        "line {} is not a metric record ({e}); repair or remove that line, then resume again",
+                        i + 1
+                    ),
+                ))
+            }
+        }
+    }
+    write_replacing(metrics, kept.as_bytes())
+}
+
+/// The flag that sets a key of the run's record, for --resume's refusals.
+fn resume_flag(key: &str) -> &'static str {
+    match key {
+        "dataset" => "--dataset",
+        "train_examples" => "--limit-train",
+        "batch_size" => "--batch-size",
+        "lr" => "--lr",
+        "seed" => "--seed",
+        "beta" => "--beta",
+        "kl_schedule" => "--kl-warmup/--kl-cycles",
+        "mc_samples" => "--mc-samples",
+        "drop_last" => "--drop-last",
+        "denoise" => "--denoise",
+        "vq_ema" => "--vq-ema",
+        "binarize" => "--binarize",
+        "hidden" => "--hidden",
+        "latent" => "--latent",
+        "likelihood" => "--likelihood/--variance",
+        "classes" => "--conditional",
+        "code" => "--autoencoder/--l1/--contractive/--vq/--commitment",
+        "top" => "--top",
+        "arch" => "--arch",
+        "conv" => "--conv",
+        "input_dim" => "--dataset",
+        _ => "the model",
+    }
+}
+
+/// Replaces `path` with `bytes` atomically: written to `.<name>.tmp` beside it, synced and
+/// renamed over it (a temporary name the run directory knows as its own).
+fn write_replacing(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })()
+    .map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        VaeError::io(path, e)
+    })
 }
 
 fn main() {

@@ -306,6 +306,75 @@ fn overwrite_replaces_a_run_and_nothing_else() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// --resume's refusals say what to do and name the flag; a broken manifest gives way to the
+/// newest complete save; a metric line that is not one is refused, not deleted; --out may name
+/// the run's directory another way.
+#[test]
+fn resume_refusals_say_what_to_do() {
+    let dir = scratch("resume");
+    let resume = |a: &[&str]| {
+        // The tiny flags, a flag given here taking the place of its own.
+        let mut all: Vec<&str> = TINY
+            .chunks(2)
+            .filter(|f| !a.contains(&f[0]))
+            .flatten()
+            .copied()
+            .collect();
+        all.extend(a);
+        let out = Command::new(examples_dir().join("train_mnist"))
+            .args(all)
+            .current_dir(&dir)
+            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+            .output()
+            .unwrap();
+        (out.status.code(), text(&out))
+    };
+    // A run stopped before its first save holds only run.json: resume says --overwrite, and
+    // so does a new run into it.
+    std::fs::create_dir(dir.join("early")).unwrap();
+    std::fs::write(dir.join("early/run.json"), "{}").unwrap();
+    let (code, t) = resume(&["--resume", "early"]);
+    assert!(
+        code == Some(1) && t.contains("before its first save") && t.contains("--out early --overwrite"),
+        "{t}"
+    );
+    let (code, t) = resume(&["--out", "early"]);
+    assert!(code == Some(1) && t.contains("--overwrite replaces it"), "{t}");
+    // A file is not a run directory.
+    std::fs::write(dir.join("file"), "x").unwrap();
+    let (_, t) = resume(&["--resume", "file"]);
+    assert!(t.contains("is a file, not a run directory"), "{t}");
+    // A run, and a resume that differs from it: the flag is named.
+    let (code, t) = resume(&["--epochs", "1", "--out", "run"]);
+    assert_eq!(code, Some(0), "{t}");
+    let run_dir = dir.join("run");
+    let (_, t) = resume(&["--epochs", "2", "--resume", "run", "--limit-train", "300"]);
+    assert!(
+        t.contains("--limit-train: train_examples = 256 in the run, 300 now"),
+        "{t}"
+    );
+    // A metric line that is not one: refused, naming the line; nothing changes.
+    let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+    std::fs::write(run_dir.join("metrics.jsonl"), format!("{{\"epoch\":1,\"tra\n{metrics}")).unwrap();
+    let before = snapshot(&run_dir);
+    let (code, t) = resume(&["--epochs", "2", "--resume", "run"]);
+    assert!(
+        code == Some(1) && t.contains("metrics.jsonl: line 1 is not a metric record"),
+        "{t}"
+    );
+    assert_eq!(snapshot(&run_dir), before);
+    std::fs::write(run_dir.join("metrics.jsonl"), &metrics).unwrap();
+    // An empty manifest gives way to the newest complete save; --out names the run's
+    // directory another way.
+    std::fs::write(run_dir.join("latest.json"), "").unwrap();
+    let (code, t) = resume(&["--epochs", "2", "--resume", "run/", "--out", "./run"]);
+    assert_eq!(code, Some(0), "{t}");
+    assert!(t.contains("using the newest complete save, saves/e0001"), "{t}");
+    let lines = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 2, "{lines}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// Two runs into one directory at once: the second fails at once, naming the first's PID.
 #[test]
 fn a_second_run_into_a_live_directory_is_refused() {
