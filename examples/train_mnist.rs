@@ -5,6 +5,7 @@
 mod common;
 
 use std::io::Write;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -409,7 +410,8 @@ fn run(args: Args) -> Result<i32> {
     )?;
     let test_gpu = GpuDataset::upload(&gpu, "test", &test.images, test.count, d, test.labels.clone())?;
 
-    let vae = Vae::new(&gpu, args.model.clone(), args.train.seed)?;
+    let vae =
+        Vae::new(&gpu, args.model.clone(), args.train.seed).map_err(common::sized_by(common::MODEL_SIZE_FLAGS))?;
     let np = vae.num_params();
     let m = &args.model;
     // The convolutions, as the encoder and the decoder run them, around the dense layers.
@@ -452,7 +454,9 @@ fn run(args: Args) -> Result<i32> {
         epochs: args.epochs,
         ..args.train.clone()
     };
-    let mut trainer = Trainer::new(&gpu, &vae, train_gpu, train_cfg)?;
+    let mut trainer = Trainer::new(&gpu, &vae, train_gpu, train_cfg).map_err(common::sized_by(
+        "--batch-size/--mc-samples with --latent/--hidden/--vq/--top/--conv (the training step's sizes)",
+    ))?;
     let evaluator = Evaluator::new(&gpu, test_gpu)?;
     let (compile, pipelines) = gpu.kernels.compile_stats();
     println!(
@@ -629,34 +633,61 @@ fn run(args: Args) -> Result<i32> {
             println!("test KL per layer: {}", shown.join(", "));
             record.test_layer_kl = Some(layers);
         }
-        if epoch == args.epochs {
-            if let Some(k) = args.eval_iw {
-                let bar = common::progress_bar(0, format!("IWAE K={k}"));
-                let iw = evaluator.iw_nll(&vae, args.train.seed, k, args.train.binarize, |done, total| {
-                    bar.set_length(total as u64);
-                    bar.set_position(done as u64)
-                })?;
-                bar.finish_and_clear();
-                println!("test {bound} (importance weighted, K = {k}): {iw:.2}");
-                record.test_iw_nll = Some(iw);
-                record.iw_k = Some(k);
-            }
-        }
         // The line before the save: a crash between them leaves a line of an epoch the
         // manifest does not hold, which the resume drops and trains again.
         append_line(&metrics, &record.to_line()?)?;
         save(&trainer)?;
+        if epoch < args.epochs {
+            if let Some(code) = stop.exit_code() {
+                println!(
+                    "interrupted after epoch {epoch} (step {}); saved. Continue with the same flags and --resume {}",
+                    trainer.step,
+                    out_dir.display()
+                );
+                return Ok(code);
+            }
+            continue;
+        }
+        // The last epoch is saved: what follows adds to it, and a signal stops it without loss.
         if let Some(code) = stop.exit_code() {
-            println!(
-                "interrupted after epoch {epoch} (step {}); saved. Continue with the same flags and --resume {}",
-                trainer.step,
-                out_dir.display()
-            );
+            println!("interrupted after the last epoch; the run is saved, its pictures are not drawn");
             return Ok(code);
         }
+        if let Some(k) = args.eval_iw {
+            let bar = common::progress_bar(0, format!("IWAE K={k}"));
+            let iw = evaluator
+                .iw_nll_until(&vae, args.train.seed, k, args.train.binarize, |done, total| {
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                    if stop.raised() {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                })
+                .map_err(common::sized_by("--eval-iw"))?;
+            bar.finish_and_clear();
+            let Some(iw) = iw else {
+                println!(
+                    "interrupted during the importance-weighted estimate after the last epoch; the run is saved, \
+                     its pictures are not drawn (explore --checkpoint {} --eval-iw {k} estimates it)",
+                    out_dir.display()
+                );
+                return Ok(stop.exit_code().unwrap_or(130));
+            };
+            println!("test {bound} (importance weighted, K = {k}): {iw:.2}");
+            record.test_iw_nll = Some(iw);
+            record.iw_k = Some(k);
+            replace_last_line(&metrics, &record.to_line()?)?;
+        }
     }
-    if let Some(code) = stop.exit_code() {
-        println!("interrupted after the last epoch; the run is saved, its pictures are not drawn");
+    // A signal from here on stops what is left undone; the run is saved.
+    let interrupted = |undone: &str| {
+        stop.exit_code().inspect(|_| {
+            println!("interrupted after the last epoch; the run is saved, {undone}");
+        })
+    };
+    if let Some(code) = interrupted("its pictures are not drawn") {
         return Ok(code);
     }
     // Pictures: 16 test images over their reconstructions, and 64 samples from the prior.
@@ -683,7 +714,10 @@ fn run(args: Args) -> Result<i32> {
             "wrote {}/{{metrics.jsonl, run.json, checkpoint.safetensors, reconstructions.png}}",
             out_dir.display()
         );
-        return Ok(0);
+        return Ok(finished(&stop));
+    }
+    if let Some(code) = interrupted("samples.png is not drawn") {
+        return Ok(code);
     }
     // Samples from the prior; a conditional model draws one row of 8 per class.
     let (n, labels) = if args.model.classes > 0 {
@@ -699,7 +733,24 @@ fn run(args: Args) -> Result<i32> {
         "wrote {}/{{metrics.jsonl, run.json, checkpoint.safetensors, reconstructions.png, samples.png}}",
         out_dir.display()
     );
-    Ok(0)
+    Ok(finished(&stop))
+}
+
+/// The exit code of a run that wrote everything: 0, or that of a signal that came as it
+/// finished (honoured, though nothing was left to stop).
+fn finished(stop: &Signals) -> i32 {
+    stop.exit_code().map_or(0, |code| {
+        println!("interrupted as the run finished; everything is written");
+        code
+    })
+}
+
+/// Replaces the last line of `path` (the last epoch's metric line) with `line`.
+fn replace_last_line(path: &Path, line: &str) -> Result<()> {
+    let text = std::fs::read_to_string(path).map_err(|e| VaeError::io(path, e))?;
+    let body = text.trim_end_matches('\n');
+    let head = body.rfind('\n').map_or("", |i| &body[..=i]);
+    write_replacing(path, format!("{head}{line}\n").as_bytes())
 }
 
 /// Loads the newest save of the run in `--resume DIR` after checking that this invocation's

@@ -486,6 +486,76 @@ fn an_interrupted_run_resumes_bit_for_bit() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// The last epoch is saved before the importance-weighted estimate, and SIGINT stops the
+/// estimate at once: exit 130, the run saved, its metric line without the estimate, no
+/// pictures.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_last_epoch_is_saved_before_the_estimate_and_a_signal_stops_it() {
+    let dir = scratch("iwsig");
+    let run_dir = dir.join("run");
+    // K = 32768 over the 10,000 test images takes many minutes.
+    let a = tiny(&[
+        "--epochs",
+        "1",
+        "--eval-iw",
+        "32768",
+        "--out",
+        run_dir.to_str().unwrap(),
+    ]);
+    let mut child = Command::new(examples_dir().join("train_mnist"))
+        .args(&a)
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !run_dir.join("latest.json").exists() {
+        assert!(std::time::Instant::now() < deadline, "no save before the estimate");
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before its save");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let sent = std::time::Instant::now();
+    // SAFETY: kill(2) on a child of ours.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    while child.try_wait().unwrap().is_none() {
+        if sent.elapsed() > std::time::Duration::from_secs(30) {
+            child.kill().unwrap();
+            panic!("SIGINT during the estimate unanswered after 30 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(130), "{t}");
+    assert!(t.contains("interrupted during the importance-weighted estimate"), "{t}");
+    let manifest = std::fs::read_to_string(run_dir.join("latest.json")).unwrap();
+    assert!(manifest.contains("\"save\":\"e0001\""), "{manifest}");
+    let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+    assert!(
+        metrics.lines().count() == 1 && !metrics.contains("test_iw_nll"),
+        "{metrics}"
+    );
+    assert!(!run_dir.join("reconstructions.png").exists());
+    // Uninterrupted, the estimate joins the last epoch's line.
+    let done = dir.join("done");
+    let a = tiny(&["--epochs", "2", "--eval-iw", "2", "--out", done.to_str().unwrap()]);
+    let out = run("train_mnist", &args(&a), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let metrics = std::fs::read_to_string(done.join("metrics.jsonl")).unwrap();
+    let lines: Vec<&str> = metrics.lines().collect();
+    assert_eq!(lines.len(), 2, "{metrics}");
+    assert!(
+        !lines[0].contains("test_iw_nll") && lines[1].contains("\"iw_k\":2"),
+        "{metrics}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// Sizes from flags or a checkpoint's metadata are refused before anything is allocated, with
 /// a message naming the size.
 #[test]

@@ -73,6 +73,29 @@ pub fn explain(e: &VaeError) -> String {
     }
 }
 
+/// The flags that size the model, for refusals of buffers the device cannot hold.
+pub const MODEL_SIZE_FLAGS: &str = "--latent/--hidden/--vq/--top/--conv (the model's sizes)";
+
+/// Turns a buffer the device cannot hold into a refusal of the flags that size it (the library
+/// names only its buffer); other errors pass as they are.
+pub fn sized_by(flags: &'static str) -> impl Fn(VaeError) -> VaeError {
+    move |e| match e {
+        VaeError::BufferTooLarge {
+            label,
+            bytes,
+            limit,
+            limit_name,
+        } => VaeError::Setting {
+            fields: vec![flags],
+            problem: format!(
+                "buffer '{label}' would need {bytes} bytes, more than the device's {limit_name} of {limit} \
+                 bytes; choose smaller values"
+            ),
+        },
+        other => other,
+    }
+}
+
 /// SIGINT and SIGTERM, caught: the training loop finishes its step, saves and exits with 130
 /// or 143 (128 + the signal), the shell's convention for a process the signal ended. A second
 /// signal of the same kind ends the process at once.

@@ -2,6 +2,8 @@
 //! codebook use, reconstructions and posterior means. Evaluation reads back per batch where
 //! its results are per example.
 
+use std::ops::ControlFlow;
+
 use super::{strip_columns, CodeUsage, ElboStats};
 use crate::data::GpuDataset;
 use crate::error::{Result, VaeError};
@@ -102,7 +104,8 @@ impl<'g> Evaluator<'g> {
     /// Runs the evaluation plans of `ws` over the dataset in batches of `ws.batch` (the last
     /// one partial), the draws keyed by `seed`, and calls `after(rows)` once each batch's
     /// results are in `ws` (waiting for the device: evaluation reads back per batch), then
-    /// `progress(batches done, batches)`.
+    /// `progress(batches done, batches)`, which may stop the run after that batch (then the
+    /// result is `Ok(false)`).
     fn run_batches(
         &self,
         vae: &Vae,
@@ -110,8 +113,8 @@ impl<'g> Evaluator<'g> {
         seed: u64,
         binarize: bool,
         mut after: impl FnMut(usize) -> Result<()>,
-        mut progress: impl FnMut(usize, usize),
-    ) -> Result<()> {
+        mut progress: impl FnMut(usize, usize) -> ControlFlow<()>,
+    ) -> Result<bool> {
         let b = ws.batch;
         let steps = self.data.count.div_ceil(b);
         let rem = self.data.count % b;
@@ -126,9 +129,11 @@ impl<'g> Evaluator<'g> {
             self.write_step(seed, i * b, i);
             self.gpu.run(&plan.iter().collect::<Vec<_>>())?;
             after(rows)?;
-            progress(i + 1, steps);
+            if progress(i + 1, steps).is_break() {
+                return Ok(false);
+            }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// −ELBO per example with one draw per example (fixed evaluation key, so every epoch is
@@ -191,7 +196,7 @@ impl<'g> Evaluator<'g> {
                 }
                 Ok(())
             },
-            |_, _| {},
+            |_, _| ControlFlow::Continue(()),
         )?;
         Ok(totals.into_iter().map(|t| t / self.data.count as f64).collect())
     }
@@ -222,7 +227,7 @@ impl<'g> Evaluator<'g> {
                 }
                 Ok(())
             },
-            |_, _| {},
+            |_, _| ControlFlow::Continue(()),
         )?;
         let total = counts.iter().sum::<u64>() as f64;
         let entropy: f64 = counts
@@ -251,8 +256,26 @@ impl<'g> Evaluator<'g> {
         seed: u64,
         k: usize,
         binarize: bool,
-        progress: impl FnMut(usize, usize),
+        mut progress: impl FnMut(usize, usize),
     ) -> Result<f64> {
+        let all = self.iw_nll_until(vae, seed, k, binarize, |done, total| {
+            progress(done, total);
+            ControlFlow::Continue(())
+        })?;
+        all.ok_or_else(|| VaeError::Gpu("the importance-weighted estimate stopped unasked".into()))
+    }
+
+    /// [`Evaluator::iw_nll`] that can be stopped between batches (a long estimate, K in the
+    /// thousands, takes minutes): `progress(batches done, batches)` is called after each
+    /// batch and returns [`ControlFlow::Break`] to stop there; the result is then `None`.
+    pub fn iw_nll_until(
+        &self,
+        vae: &Vae,
+        seed: u64,
+        k: usize,
+        binarize: bool,
+        progress: impl FnMut(usize, usize) -> ControlFlow<()>,
+    ) -> Result<Option<f64>> {
         if k == 0 || k > ops::MAX_SAMPLES {
             return Err(VaeError::setting(
                 "Evaluator::iw_nll k",
@@ -287,7 +310,7 @@ impl<'g> Evaluator<'g> {
             )));
         }
         let mut total = 0.0f64;
-        self.run_batches(
+        let done = self.run_batches(
             vae,
             &ws,
             seed,
@@ -314,7 +337,7 @@ impl<'g> Evaluator<'g> {
             },
             progress,
         )?;
-        Ok(total / self.data.count as f64)
+        Ok(done.then(|| total / self.data.count as f64))
     }
 
     /// Decoder means (probabilities for Bernoulli) of the first `n` examples' reconstructions,
