@@ -17,7 +17,7 @@ use vae_wgpu::explore::{
 use vae_wgpu::io::{read_safetensors, write_grid_png};
 use vae_wgpu::model::{Code, Vae};
 use vae_wgpu::train::{rounded, Evaluator};
-use vae_wgpu::{Gpu, Result, VaeError};
+use vae_wgpu::{run, Gpu, Result, VaeError};
 
 const AFTER_HELP: &str = "Writes (28x28 cells, 2 px padding):
   reconstructions.png  8 chosen test images over their reconstructions
@@ -44,7 +44,7 @@ set's code vectors choose, and exp of the entropy of their frequencies.";
 
 /// Latent-space pictures and figures of a trained VAE, from its checkpoint.
 #[derive(Parser, Debug)]
-#[command(name = "explore", after_help = AFTER_HELP)]
+#[command(name = "explore", after_help = AFTER_HELP, allow_negative_numbers = true)]
 struct Args {
     /// A checkpoint written by train_mnist, or its run directory
     #[arg(long, value_name = "FILE|DIR")]
@@ -102,19 +102,42 @@ fn one_per_class(labels: &[u8], classes: usize, fallback: usize) -> Vec<usize> {
 /// Loads the checkpoint, evaluates it, draws the pictures and prints the report.
 fn run(args: Args) -> Result<()> {
     let checkpoint = common::checkpoint_file(&args.checkpoint)?;
-    let (_, meta) = read_safetensors(&checkpoint)?;
+    check_out(&args.out)?;
+    // The checkpoint is read once (a pipe reads only once).
+    let (tensors, meta) = read_safetensors(&checkpoint)?;
     let get = |k: &str| meta.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
-    let dataset = match args.dataset {
-        Some(d) => d,
-        None => DatasetKind::parse(get("dataset").unwrap_or("mnist"))?,
+    let bad_meta = |key: &str, problem: String| VaeError::Checkpoint {
+        path: checkpoint.clone(),
+        problem: format!("its metadata '{key}' is {:?}: {problem}", get(key).unwrap_or_default()),
     };
-    let binarize = get("binarize") == Some("dynamic");
-    let seed = args
-        .seed
-        .or_else(|| get("seed").and_then(|s| s.parse().ok()))
-        .unwrap_or(1);
+    let dataset = match (args.dataset, get("dataset")) {
+        (Some(d), _) => d,
+        (None, None) => DatasetKind::Mnist,
+        (None, Some(name)) => DatasetKind::parse(name).map_err(|_| {
+            bad_meta(
+                "dataset",
+                format!(
+                    "not a dataset this program knows ({}); pass --dataset",
+                    DatasetKind::NAMES.join(", ")
+                ),
+            )
+        })?,
+    };
+    let binarize = match get("binarize") {
+        None | Some("none") => false,
+        Some("dynamic") => true,
+        Some(_) => return Err(bad_meta("binarize", "expected dynamic or none".into())),
+    };
+    let seed = match (args.seed, get("seed")) {
+        (Some(s), _) => s,
+        (None, None) => 1,
+        (None, Some(s)) => s
+            .parse()
+            .map_err(|_| bad_meta("seed", "not a whole number; pass --seed".into()))?,
+    };
     let gpu = Gpu::new(vae_wgpu::GpuOptions::from_env()?)?;
-    let vae = Vae::load(&gpu, &checkpoint)?;
+    let vae = Vae::from_checkpoint(&gpu, &checkpoint, &tensors, &meta)?;
+    drop(tensors);
     let cfg = vae.config.clone();
     if cfg.input_dim != IMAGE_SIDE * IMAGE_SIDE {
         return Err(VaeError::Config(format!(
@@ -130,7 +153,6 @@ fn run(args: Args) -> Result<()> {
     let train_gpu = GpuDataset::upload(&gpu, "train", &train.images, train.count, d, train.labels.clone())?;
     let test_eval = Evaluator::new(&gpu, test_gpu)?;
     let train_eval = Evaluator::new(&gpu, train_gpu)?;
-    std::fs::create_dir_all(&args.out).map_err(|e| VaeError::io(&args.out, e))?;
 
     // Numbers: the bound, its importance-weighted tightening, and the probe.
     let stats = test_eval.elbo(&vae, seed, binarize)?;
@@ -139,10 +161,12 @@ fn run(args: Args) -> Result<()> {
         (
             Some({
                 let bar = common::progress_bar(0, format!("IWAE K={}", args.iw_k));
-                let iw = test_eval.iw_nll(&vae, seed, args.iw_k, binarize, |done, total| {
-                    bar.set_length(total as u64);
-                    bar.set_position(done as u64)
-                })?;
+                let iw = test_eval
+                    .iw_nll(&vae, seed, args.iw_k, binarize, |done, total| {
+                        bar.set_length(total as u64);
+                        bar.set_position(done as u64)
+                    })
+                    .map_err(common::sized_by("--eval-iw"))?;
                 bar.finish_and_clear();
                 iw
             }),
@@ -175,7 +199,8 @@ fn run(args: Args) -> Result<()> {
         None
     };
 
-    // Pictures.
+    // Pictures: the directory is made once everything has been evaluated.
+    std::fs::create_dir_all(&args.out).map_err(|e| VaeError::io(&args.out, e))?;
     let mut wrote = Vec::new();
     let side = IMAGE_SIDE;
     let chosen = one_per_class(&test.labels, NUM_CLASSES, 8);
@@ -234,7 +259,7 @@ fn run(args: Args) -> Result<()> {
         test_loss: rounded(stats.loss, 4),
         test_iw_nll: iw.and_then(|v| rounded(v, 4)),
         iw_k: args.iw_k,
-        layer_kl: layer_kl.map(|v| v.iter().map(|&k| rounded(k, 4)).collect()),
+        layer_kl: layer_kl.as_ref().map(|v| v.iter().map(|&k| rounded(k, 4)).collect()),
         codes_used: usage.as_ref().map(|u| u.used),
         code_perplexity: usage.as_ref().and_then(|u| rounded(u.perplexity, 2)),
         probe_accuracy: probe_accuracy.and_then(|a| rounded(a, 4)),
@@ -248,6 +273,57 @@ fn run(args: Args) -> Result<()> {
         "{}",
         serde_json::to_string(&report).map_err(|e| VaeError::Config(format!("writing the report: {e}")))?
     );
+    // null means "does not apply"; a number that does apply but is not finite is said so.
+    let mut not_finite: Vec<String> = [("test_loss", Some(stats.loss)), ("test_iw_nll", iw)]
+        .into_iter()
+        .filter(|(_, v)| v.is_some_and(|v| !v.is_finite()))
+        .map(|(k, v)| format!("{k} ({})", v.unwrap_or_default()))
+        .collect();
+    if let Some(layers) = &layer_kl {
+        not_finite.extend(
+            layers
+                .iter()
+                .enumerate()
+                .filter(|(_, k)| !k.is_finite())
+                .map(|(i, k)| format!("layer_kl[{i}] ({k})")),
+        );
+    }
+    if !not_finite.is_empty() {
+        eprintln!(
+            "warning: {} not finite: the model's numbers overflow on this data; the report shows {} as null",
+            if not_finite.len() == 1 {
+                format!("{} is", not_finite[0])
+            } else {
+                format!("{} are", not_finite.join(", "))
+            },
+            if not_finite.len() == 1 { "it" } else { "them" }
+        );
+    }
+    Ok(())
+}
+
+/// Refuses an --out explore cannot use before any work: a file, or a train_mnist run
+/// directory (explore's reconstructions.png would replace the run's own).
+fn check_out(out: &std::path::Path) -> Result<()> {
+    if out.exists() && !out.is_dir() {
+        return Err(VaeError::Config(format!(
+            "--out {} is a file; explore writes its pictures into a directory",
+            out.display()
+        )));
+    }
+    let run_files: Vec<&str> = [run::RUN_RECORD, run::MANIFEST, run::SAVES]
+        .into_iter()
+        .filter(|f| out.join(f).exists())
+        .collect();
+    if !run_files.is_empty() {
+        return Err(VaeError::Config(format!(
+            "--out {} holds a train_mnist run ({}), whose reconstructions.png explore's would replace; give \
+             explore a directory of its own, e.g. --out {}",
+            out.display(),
+            run_files.join(", "),
+            out.join("explore").display()
+        )));
+    }
     Ok(())
 }
 

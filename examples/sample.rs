@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Parser;
 
@@ -17,7 +17,7 @@ use vae_wgpu::{Gpu, Result, VaeError};
 
 /// New images from a trained VAE's prior, written as one PNG grid.
 #[derive(Parser, Debug)]
-#[command(name = "sample")]
+#[command(name = "sample", allow_negative_numbers = true)]
 struct Args {
     /// A checkpoint written by train_mnist, or its run directory
     #[arg(long, value_name = "FILE|DIR")]
@@ -49,8 +49,9 @@ fn run(args: Args) -> Result<()> {
         temperature,
         class,
     } = args;
-    let gpu = Gpu::new(vae_wgpu::GpuOptions::from_env()?)?;
     let checkpoint = common::checkpoint_file(&checkpoint)?;
+    refuse_overwriting_a_checkpoint(&out, &checkpoint)?;
+    let gpu = Gpu::new(vae_wgpu::GpuOptions::from_env()?)?;
     let vae = Vae::load(&gpu, &checkpoint)?;
     if !vae.config.is_vae() {
         return Err(VaeError::Config(format!(
@@ -79,10 +80,32 @@ fn run(args: Args) -> Result<()> {
         (_, Some(k)) => Some(vec![k; n]),
         (c, None) => Some((0..n).map(|i| ((i / 8) % c) as u8).collect()),
     };
-    let z = prior_latents(&gpu, &vae, seed, n, temperature, labels.as_deref())?;
-    let images = decode_conditional(&gpu, &vae, &z, labels.as_deref())?;
+    let z = prior_latents(&gpu, &vae, seed, n, temperature, labels.as_deref()).map_err(common::sized_by("--n"))?;
+    let images = decode_conditional(&gpu, &vae, &z, labels.as_deref()).map_err(common::sized_by("--n"))?;
     write_grid_png(&out, &images, n, IMAGE_SIDE, IMAGE_SIDE, 8, 2)?;
     println!("wrote {} samples to {}", n, out.display());
+    Ok(())
+}
+
+/// Refuses an --out that names a checkpoint: the one read, or any .safetensors file (a PNG
+/// written there would replace a model).
+fn refuse_overwriting_a_checkpoint(out: &Path, checkpoint: &Path) -> Result<()> {
+    let same = match (std::fs::canonicalize(out), std::fs::canonicalize(checkpoint)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    let safetensors = out.extension().is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
+    if same || safetensors {
+        return Err(VaeError::Config(format!(
+            "--out {} names {}: the PNG would replace a model; write the samples to a .png file",
+            out.display(),
+            if same {
+                "the checkpoint being read"
+            } else {
+                "a checkpoint file"
+            }
+        )));
+    }
     Ok(())
 }
 

@@ -375,6 +375,178 @@ fn resume_refusals_say_what_to_do() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// Rewrites the safetensors file `src` into `dst`, editing its header (metadata, tensor
+/// entries) with `edit` and its data section with `data`.
+fn rewrite_checkpoint(
+    src: &Path,
+    dst: &Path,
+    edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+    data: impl FnOnce(&serde_json::Map<String, serde_json::Value>, &mut [u8]),
+) {
+    let bytes = std::fs::read(src).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let map = header.as_object_mut().unwrap();
+    edit(map);
+    let mut body = bytes[8 + n..].to_vec();
+    data(map, &mut body);
+    let mut text = header.to_string();
+    while !text.len().is_multiple_of(8) {
+        text.push(' ');
+    }
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(&body);
+    std::fs::write(dst, out).unwrap();
+}
+
+/// explore and sample read a checkpoint once (a pipe works), refuse a device that never ends,
+/// a training state, metadata they cannot use (naming the key and the file), an --out that
+/// would replace a checkpoint or a run's pictures (before any work, creating nothing), and
+/// say when a number of the report is not finite.
+#[cfg(unix)]
+#[test]
+fn explore_and_sample_refuse_what_they_cannot_use() {
+    let dir = scratch("readers");
+    let run_dir = dir.join("run");
+    let a = tiny(&["--epochs", "1", "--conditional", "--out", run_dir.to_str().unwrap()]);
+    let out = run("train_mnist", &args(&a), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let ckpt = run_dir.join("checkpoint.safetensors");
+    let c = ckpt.to_str().unwrap();
+    // A pipe, read once.
+    let mut child = Command::new(examples_dir().join("sample"))
+        .args([
+            "--checkpoint",
+            "/dev/stdin",
+            "--out",
+            dir.join("piped.png").to_str().unwrap(),
+        ])
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let bytes = std::fs::read(&ckpt).unwrap();
+    let feeder = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &bytes));
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    // A device that never ends, and a training state.
+    let out = run("sample", &["--checkpoint", "/dev/zero"], &[]);
+    assert!(
+        text(&out).contains("checkpoint /dev/zero: invalid header JSON"),
+        "{}",
+        text(&out)
+    );
+    let state = run_dir.join("saves/e0001/training_state.safetensors");
+    let out = run("sample", &["--checkpoint", state.to_str().unwrap()], &[]);
+    assert!(text(&out).contains("it is a training state"), "{}", text(&out));
+    // --out onto the checkpoint, or any .safetensors: refused, the checkpoint unchanged.
+    let before = snapshot(&run_dir);
+    for o in [
+        c,
+        &format!("{}/./checkpoint.safetensors", run_dir.display()),
+        "x.safetensors",
+    ] {
+        let out = run("sample", &["--checkpoint", c, "--out", o], &[]);
+        assert!(text(&out).contains("the PNG would replace a model"), "{}", text(&out));
+    }
+    // explore --out into a run: refused, the run unchanged.
+    let out = run("explore", &["--checkpoint", c, "--out", run_dir.to_str().unwrap()], &[]);
+    assert!(
+        text(&out).contains("--out") && text(&out).contains("holds a train_mnist run"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(snapshot(&run_dir), before);
+    // Metadata that cannot be used: named with the file.
+    for (key, value) in [("seed", "abc"), ("binarize", "static"), ("dataset", "cifar")] {
+        let bad = dir.join(format!("{key}.safetensors"));
+        rewrite_checkpoint(
+            &ckpt,
+            &bad,
+            |h| {
+                h["__metadata__"][key] = value.into();
+            },
+            |_, _| {},
+        );
+        let ex = dir.join("ex");
+        let out = run(
+            "explore",
+            &["--checkpoint", bad.to_str().unwrap(), "--out", ex.to_str().unwrap()],
+            &[],
+        );
+        let t = text(&out);
+        assert!(
+            t.contains(&format!("{}: its metadata '{key}' is \"{value}\"", bad.display())),
+            "{t}"
+        );
+        assert!(!ex.exists());
+    }
+    // A refusal during evaluation leaves no --out behind: a conditional model on unlabelled data.
+    let amat = dir.join("amat");
+    std::fs::create_dir(&amat).unwrap();
+    let line = vec!["0"; 784].join(" ") + "\n";
+    for split in ["train", "test"] {
+        std::fs::write(amat.join(format!("binarized_mnist_{split}.amat")), line.repeat(3)).unwrap();
+    }
+    let ex = dir.join("ex");
+    let out = run(
+        "explore",
+        &[
+            "--checkpoint",
+            c,
+            "--out",
+            ex.to_str().unwrap(),
+            "--dataset",
+            "binarized-mnist",
+            "--data-dir",
+            amat.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        !out.status.success() && text(&out).contains("labelled"),
+        "{}",
+        text(&out)
+    );
+    assert!(!ex.exists());
+    // Weights that overflow: the report's null is explained.
+    let huge = dir.join("huge.safetensors");
+    rewrite_checkpoint(
+        &ckpt,
+        &huge,
+        |_| {},
+        |h, data| {
+            let [begin, end] = [0, 1].map(|i| h["fc4.bias"]["data_offsets"][i].as_u64().unwrap() as usize);
+            for v in data[begin..end].chunks_exact_mut(4) {
+                v.copy_from_slice(&3e38f32.to_le_bytes());
+            }
+        },
+    );
+    let out = run(
+        "explore",
+        &[
+            "--checkpoint",
+            huge.to_str().unwrap(),
+            "--out",
+            ex.to_str().unwrap(),
+            "--eval-iw",
+            "2",
+        ],
+        &[],
+    );
+    let t = text(&out);
+    assert!(
+        out.status.success() && t.contains("\"test_loss\":null") && t.contains("warning: test_loss"),
+        "{t}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// Two runs into one directory at once: the second fails at once, naming the first's PID.
 #[test]
 fn a_second_run_into_a_live_directory_is_refused() {
@@ -575,6 +747,14 @@ fn sizes_beyond_the_device_or_the_host_are_refused() {
         let out = run("train_mnist", &a, &[]);
         assert_eq!(out.status.code(), Some(1), "{flags:?}: {}", text(&out));
         assert!(text(&out).contains(needle), "{flags:?}: {}", text(&out));
+        // The refusal names the flag that set the size.
+        assert!(
+            text(&out).contains(&format!("{}/", flags[0]))
+                || text(&out).contains(&format!("{}:", flags[0]))
+                || text(&out).contains(&format!("{} with", flags[0])),
+            "{flags:?}: {}",
+            text(&out)
+        );
         assert!(!out_dir.exists(), "{flags:?} wrote {}", out_dir.display());
     }
     // A checkpoint whose metadata claims a latent of 4·10⁹.
@@ -596,6 +776,27 @@ fn sizes_beyond_the_device_or_the_host_are_refused() {
         let t = text(&out);
         assert!(!out.status.success() && t.contains("4000000000"), "{example}: {t}");
     }
+    // One whose sizes are valid but beyond the device: the file and its sizes are named.
+    let wide = dir.join("wide.safetensors");
+    let header = header
+        .replace(r#""hidden":"400""#, r#""hidden":"100000000""#)
+        .replace("4000000000", "2");
+    let mut padded = header.to_string();
+    while !padded.len().is_multiple_of(8) {
+        padded.push(' ');
+    }
+    let mut bytes = (padded.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(padded.as_bytes());
+    std::fs::write(&wide, bytes).unwrap();
+    let out = run("sample", &["--checkpoint", wide.to_str().unwrap()], &[]);
+    let t = text(&out);
+    assert!(
+        t.contains(&format!(
+            "checkpoint {}: its metadata describes a model too large",
+            wide.display()
+        )) && t.contains("hidden 100000000"),
+        "{t}"
+    );
     // sample --n beyond the budget and the device.
     let small = dir.join("small");
     let out = run(
@@ -611,7 +812,10 @@ fn sizes_beyond_the_device_or_the_host_are_refused() {
         &[],
     );
     let t = text(&out);
-    assert!(!out.status.success() && t.contains("decoding 1000000000 codes"), "{t}");
+    assert!(
+        !out.status.success() && t.contains("decoding 1000000000 codes") && t.contains("--n:"),
+        "{t}"
+    );
     let out = run(
         "sample",
         &["--checkpoint", c.to_str().unwrap(), "--n", "10000"],

@@ -185,14 +185,46 @@ impl Vae {
     }
 
     /// Loads a checkpoint written by [`Vae::save`], taking the configuration from its metadata.
+    /// The file is read once, so a pipe (`/dev/stdin`) works.
     pub fn load(gpu: &Gpu, path: &Path) -> Result<Self> {
-        let (_, meta) = read_safetensors(path)?;
-        let config = VaeConfig::from_metadata(&meta).map_err(|e| VaeError::Checkpoint {
+        let (tensors, meta) = read_safetensors(path)?;
+        Self::from_checkpoint(gpu, path, &tensors, &meta)
+    }
+
+    /// Builds the model a checkpoint holds from its contents, read already with
+    /// [`read_safetensors`] (for a caller that reads its metadata too, reading the file once);
+    /// `path` names the file in errors. Sizes its metadata describes beyond the device's
+    /// limits or the host memory budget are refused naming the file.
+    pub fn from_checkpoint(gpu: &Gpu, path: &Path, tensors: &[NamedTensor], meta: &[(String, String)]) -> Result<Self> {
+        let bad = |problem: String| VaeError::Checkpoint {
             path: path.into(),
-            problem: e.to_string(),
+            problem,
+        };
+        refuse_training_state(path, meta)?;
+        let config = VaeConfig::from_metadata(meta).map_err(|e| bad(e.to_string()))?;
+        let sizes = format!(
+            "hidden {}, latent {}, code {}, top {}",
+            meta_value(meta, "hidden"),
+            meta_value(meta, "latent"),
+            meta_value(meta, "code"),
+            meta_value(meta, "top"),
+        );
+        let vae = Vae::new(gpu, config, 0).map_err(|e| match e {
+            VaeError::BufferTooLarge {
+                label,
+                bytes,
+                limit,
+                limit_name,
+            } => bad(format!(
+                "its metadata describes a model too large for this device ({sizes}): buffer '{label}' would \
+                 need {bytes} bytes, more than the device's {limit_name} of {limit} bytes"
+            )),
+            e @ VaeError::HostMemory { .. } => bad(format!(
+                "its metadata describes a model too large for this machine ({sizes}): {e}"
+            )),
+            other => other,
         })?;
-        let vae = Vae::new(gpu, config, 0)?;
-        vae.load_weights(gpu, path)?;
+        vae.set_weights(gpu, path, tensors, meta)?;
         Ok(vae)
     }
 
@@ -200,11 +232,17 @@ impl Vae {
     /// value that is not finite, is an error naming the difference or the tensor.
     pub fn load_weights(&self, gpu: &Gpu, path: &Path) -> Result<()> {
         let (tensors, meta) = read_safetensors(path)?;
+        refuse_training_state(path, &meta)?;
+        self.set_weights(gpu, path, &tensors, &meta)
+    }
+
+    /// Writes the tensors of the checkpoint `path` (read already) into this model.
+    fn set_weights(&self, gpu: &Gpu, path: &Path, tensors: &[NamedTensor], meta: &[(String, String)]) -> Result<()> {
         let bad = |problem: String| VaeError::Checkpoint {
             path: path.into(),
             problem,
         };
-        if let Ok(theirs) = VaeConfig::from_metadata(&meta) {
+        if let Ok(theirs) = VaeConfig::from_metadata(meta) {
             if theirs != self.config {
                 return Err(bad(format!(
                     "it holds a model configured as {theirs:?}, but this model is {:?}; \
@@ -214,7 +252,7 @@ impl Vae {
             }
         }
         // A diverged run's weights would decode to noise or to one constant image.
-        for t in &tensors {
+        for t in tensors {
             if let Some(i) = t.data.iter().position(|x| !x.is_finite()) {
                 return Err(bad(format!(
                     "tensor '{}' holds {} at index {i}: the run that wrote it diverged; use a checkpoint \
@@ -245,4 +283,24 @@ impl Vae {
         }
         self.arena.write_params(gpu, &values)
     }
+}
+
+/// A metadata value for messages ("?" when absent).
+fn meta_value<'m>(meta: &'m [(String, String)], key: &str) -> &'m str {
+    meta.iter().find(|(k, _)| k == key).map_or("?", |(_, v)| v.as_str())
+}
+
+/// Refuses a training state (what `--resume` reads besides the model) given as a model.
+fn refuse_training_state(path: &Path, meta: &[(String, String)]) -> Result<()> {
+    if meta_value(meta, "format") == crate::train::TRAIN_STATE_FORMAT {
+        return Err(VaeError::Checkpoint {
+            path: path.into(),
+            problem: format!(
+                "it is a training state (format {}: the optimizer's moments for --resume), not a model; \
+                 load the checkpoint.safetensors saved beside it, or the run directory",
+                crate::train::TRAIN_STATE_FORMAT
+            ),
+        });
+    }
+    Ok(())
 }
