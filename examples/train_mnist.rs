@@ -15,7 +15,9 @@ use vae_wgpu::data::{DatasetKind, GpuDataset, MnistSet, IMAGE_SIDE, NUM_CLASSES}
 use vae_wgpu::gpu::MatmulStrategy;
 use vae_wgpu::infer::{decode_conditional, prior_latents};
 use vae_wgpu::io::{read_safetensors, write_grid_png};
-use vae_wgpu::model::{parse_hidden, parse_likelihood, parse_top, parse_variance, Code, Likelihood, TopLatent};
+use vae_wgpu::model::{
+    likelihood_name, parse_hidden, parse_likelihood, parse_top, parse_variance, Code, Likelihood, TopLatent,
+};
 use vae_wgpu::model::{Arch, ConvArch, Vae, VaeConfig};
 use vae_wgpu::run::RunDir;
 use vae_wgpu::train::{settings_json, EpochOutcome, EpochRecord, Evaluator, KlSchedule, TrainConfig, Trainer};
@@ -30,7 +32,7 @@ docs/cli.md describes every flag and output.";
 
 /// Train a VAE (or an autoencoder) on MNIST on the GPU.
 #[derive(Parser, Debug)]
-#[command(name = "train_mnist", after_help = AFTER_HELP)]
+#[command(name = "train_mnist", after_help = AFTER_HELP, allow_negative_numbers = true)]
 struct Cli {
     /// Epochs to train (in all, counting a resumed run's)
     #[arg(long, value_name = "N", default_value_t = 10, value_parser = common::positive)]
@@ -61,7 +63,7 @@ struct Cli {
     seed: u64,
     /// Decoder likelihood: bernoulli, gaussian (fixed variance 1) or gaussian:C (variance C)
     #[arg(long, value_name = "L", default_value = "bernoulli", value_parser = likelihood)]
-    likelihood: Likelihood,
+    likelihood: Lik,
     /// A Gaussian decoder's variance: fixed:C, learned-global or learned-pixel (a learned
     /// log-variance is floored at -6, sigma >= 0.05)
     #[arg(long, value_name = "V", value_parser = variance)]
@@ -167,8 +169,18 @@ fn hidden(s: &str) -> std::result::Result<Hidden, String> {
 fn top(s: &str) -> std::result::Result<Top, String> {
     parse_top(s).map(Top).map_err(|e| common::explain(&e))
 }
-fn likelihood(s: &str) -> std::result::Result<Likelihood, String> {
-    parse_likelihood(s).map_err(|e| common::explain(&e))
+/// A likelihood, and whether it names a Gaussian's variance (`gaussian:C`, `gaussian:learned-*`).
+#[derive(Clone, Copy, Debug)]
+struct Lik {
+    value: Likelihood,
+    names_variance: bool,
+}
+
+fn likelihood(s: &str) -> std::result::Result<Lik, String> {
+    Ok(Lik {
+        value: parse_likelihood(s).map_err(|e| common::explain(&e))?,
+        names_variance: s.contains(':'),
+    })
 }
 fn variance(s: &str) -> std::result::Result<Likelihood, String> {
     parse_variance(s).map_err(|e| common::explain(&e))
@@ -184,6 +196,13 @@ fn cycles(s: &str) -> std::result::Result<u32, String> {
     }
 }
 fn probability(s: &str) -> std::result::Result<f32, String> {
+    // Inside [0, 1) but 1 in f32, the kernels' precision: say so rather than "not in [0, 1)".
+    if s.parse::<f64>().is_ok_and(|p| (0.0..1.0).contains(&p)) && s.parse::<f32>() == Ok(1.0) {
+        return Err(format!(
+            "{s:?} rounds to 1 in f32 (the kernels' precision); use at most {}",
+            1.0f32.next_down()
+        ));
+    }
     s.parse::<f32>()
         .ok()
         .filter(|v| (0.0..1.0).contains(v))
@@ -264,7 +283,7 @@ impl Cli {
         let mut model = VaeConfig {
             hidden,
             latent,
-            likelihood: self.likelihood,
+            likelihood: self.likelihood.value,
             classes: if self.conditional { NUM_CLASSES } else { 0 },
             arch: conv.clone().map_or(Arch::Mlp, Arch::Conv),
             ..Default::default()
@@ -274,6 +293,13 @@ impl Cli {
                 return Err(VaeError::Config(
                     "--variance applies to a Gaussian decoder; add --likelihood gaussian".into(),
                 ));
+            }
+            if self.likelihood.names_variance {
+                return Err(VaeError::Config(format!(
+                    "--likelihood {} and --variance both set the Gaussian's variance; give --likelihood \
+                     gaussian with --variance, or --likelihood gaussian:C alone",
+                    likelihood_name(model.likelihood)
+                )));
             }
             model.likelihood = v;
         }

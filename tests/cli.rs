@@ -125,6 +125,20 @@ fn flag_errors_name_the_flag() {
         (&["--latent", "2000000000"], "--latent"),
         (&["--vq", "4000000000"], "--vq K"),
         (&["--kl-warmup", "5", "--kl-cycles", "2"], "cannot be used with"),
+        (&["--epochs", "-1"], "invalid value '-1' for '--epochs <N>'"),
+        (&["--hidden", "-4"], "invalid value '-4' for '--hidden"),
+        (
+            &["--denoise", "0.999999999"],
+            "rounds to 1 in f32 (the kernels' precision); use at most 0.99999994",
+        ),
+        (
+            &["--likelihood", "gaussian:1e-50"],
+            "1e-50 is outside the range of an f32",
+        ),
+        (
+            &["--likelihood", "gaussian:2", "--variance", "learned-global"],
+            "both set the Gaussian's variance",
+        ),
         (&["--denoise", "1"], "[0, 1)"),
         (&["--variance", "learned-pixel"], "--likelihood gaussian"),
         (&["--dataset", "binarized-mnist", "--conditional"], "has none"),
@@ -150,6 +164,10 @@ fn flag_errors_name_the_flag() {
     }
     let out = run("sample", &["--checkpoint", "x", "--n", "0"], &[]);
     assert!(text(&out).contains("--n") && !out.status.success(), "{}", text(&out));
+    let out = run("sample", &["--checkpoint", "x", "--seed", "-3"], &[]);
+    assert!(text(&out).contains("invalid value '-3' for '--seed"), "{}", text(&out));
+    let out = run("train_mnist", &[], &[("VAE_WGPU_PIN_THREADS", "maybe")]);
+    assert!(text(&out).contains("VAE_WGPU_PIN_THREADS=\"maybe\""), "{}", text(&out));
     let out = run("train_mnist", &[], &[("WGPU_BACKEND", "bogus")]);
     let t = text(&out);
     assert!(

@@ -184,7 +184,7 @@ impl GpuOptions {
     /// `WGPU_BACKEND` (comma-separated vulkan, metal, dx12), `WGPU_ADAPTER_NAME`,
     /// `WGPU_POWER_PREF` (low, high, none), wgpu's instance and backend variables,
     /// `VAE_WGPU_MATMUL` (naive, tiled, subgroup), `VAE_WGPU_TEXTURES` (auto, all, none),
-    /// `VAE_WGPU_SHADER_DIR`, `VAE_WGPU_PIN_THREADS` (0, false or off to disable),
+    /// `VAE_WGPU_SHADER_DIR`, `VAE_WGPU_PIN_THREADS` (1, true, on, or 0, false, off to disable),
     /// `VAE_WGPU_HOST_BUDGET` (bytes) and `LP_NATIVE_VECTOR_WIDTH` (recorded). A value it cannot use is an error naming the
     /// variable, its value and what is accepted.
     pub fn from_env() -> Result<Self> {
@@ -262,17 +262,31 @@ impl GpuOptions {
             o.shader_dir = Some(dir);
         }
         if let Some(v) = var("VAE_WGPU_PIN_THREADS") {
-            o.pin_threads = !matches!(v.trim().to_ascii_lowercase().as_str(), "0" | "false" | "off");
+            o.pin_threads = match v.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "on" => true,
+                "0" | "false" | "off" => false,
+                _ => {
+                    return Err(bad(
+                        "VAE_WGPU_PIN_THREADS",
+                        &v,
+                        "expected 1, true or on (pin, the default) or 0, false or off (do not pin)",
+                    ))
+                }
+            };
         }
         o.lp_native_vector_width = var("LP_NATIVE_VECTOR_WIDTH");
         if let Some(v) = var("VAE_WGPU_HOST_BUDGET") {
-            o.host_memory_budget = Some(
-                v.trim()
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|&b| b > 0)
-                    .ok_or_else(|| bad("VAE_WGPU_HOST_BUDGET", &v, "expected a number of bytes > 0"))?,
-            );
+            o.host_memory_budget = Some(match v.trim().parse::<u64>() {
+                Ok(b) if b > 0 => b,
+                Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => {
+                    return Err(bad(
+                        "VAE_WGPU_HOST_BUDGET",
+                        &v,
+                        &format!("expected a number of bytes from 1 to {}", u64::MAX),
+                    ))
+                }
+                _ => return Err(bad("VAE_WGPU_HOST_BUDGET", &v, "expected a whole number of bytes > 0")),
+            });
         }
         Ok(o)
     }
@@ -328,6 +342,13 @@ mod tests {
             ("VAE_WGPU_MATMUL", "fast", "naive, tiled or subgroup"),
             ("VAE_WGPU_TEXTURES", "some", "auto, all or none"),
             ("VAE_WGPU_SHADER_DIR", "/nonexistent/shaders", "not a directory"),
+            ("VAE_WGPU_PIN_THREADS", "maybe", "0, false or off"),
+            ("VAE_WGPU_HOST_BUDGET", "-5", "a whole number of bytes > 0"),
+            (
+                "VAE_WGPU_HOST_BUDGET",
+                "99999999999999999999999",
+                "from 1 to 18446744073709551615",
+            ),
         ] {
             let e = opts(&[(var, value)]).unwrap_err().to_string();
             assert!(

@@ -833,7 +833,18 @@ pub fn parse_likelihood(s: &str) -> Result<Likelihood> {
             .ok()
             .filter(|v| *v > 0.0 && v.is_finite())
             .map(|variance| Likelihood::Gaussian { variance })
-            .ok_or_else(|| VaeError::Config(format!("Gaussian variance must be a positive number, got {v:?}"))),
+            .ok_or_else(|| {
+                // A positive number that rounds to 0 or ∞ in f32 is out of range, not negative.
+                let positive = v.parse::<f64>().is_ok_and(|x| x > 0.0 && x.is_finite());
+                VaeError::Config(if positive {
+                    format!(
+                        "Gaussian variance {v} is outside the range of an f32 (from about 1.4e-45 to 3.4e38), \
+                         which the kernels compute in"
+                    )
+                } else {
+                    format!("Gaussian variance must be a positive number, got {v:?}")
+                })
+            }),
         _ => Err(VaeError::Config(format!(
             "unknown likelihood {s:?}; expected bernoulli or gaussian"
         ))),
@@ -883,6 +894,17 @@ mod tests {
             "",
         ] {
             assert!(parse_likelihood(bad).is_err(), "{bad:?} parsed");
+        }
+        // A positive variance that f32 cannot hold is out of range, not "not positive".
+        for (v, needle) in [
+            ("1e-50", "1e-50 is outside the range of an f32"),
+            ("1e39", "1e39 is outside the range of an f32"),
+            ("-1", "must be a positive number"),
+        ] {
+            let e = parse_likelihood(&format!("gaussian:{v}")).unwrap_err().to_string();
+            assert!(e.contains(needle), "{v}: {e}");
+            let e = parse_variance(&format!("fixed:{v}")).unwrap_err().to_string();
+            assert!(e.contains(needle), "{v}: {e}");
         }
         for l in [
             Likelihood::Bernoulli,
