@@ -570,7 +570,8 @@ fn explore_and_sample_refuse_what_they_cannot_use() {
 fn a_second_run_into_a_live_directory_is_refused() {
     let dir = scratch("lock");
     let p = dir.join("run");
-    let long = ["--limit-train", "20000", "--epochs", "1", "--out", p.to_str().unwrap()];
+    // Long enough to outlive the second run's start-up on a busy machine; killed once checked.
+    let long = ["--epochs", "100", "--out", p.to_str().unwrap()];
     let mut first = Command::new(examples_dir().join("train_mnist"))
         .args(long)
         .env("XDG_RUNTIME_DIR", std::env::temp_dir())
@@ -586,13 +587,17 @@ fn a_second_run_into_a_live_directory_is_refused() {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let out = run("train_mnist", &long, &[]);
+    let short = ["--limit-train", "2000", "--epochs", "1", "--out", p.to_str().unwrap()];
+    let out = run("train_mnist", &short, &[]);
     let t = text(&out);
     assert!(
         !out.status.success() && t.contains(&format!("pid {}", first.id())),
         "{t}"
     );
-    assert!(first.wait().unwrap().success());
+    let still_running = first.try_wait().unwrap().is_none();
+    first.kill().ok();
+    first.wait().unwrap();
+    assert!(still_running, "the first run ended before the second was refused");
     std::fs::remove_dir_all(&dir).ok();
 }
 
