@@ -115,6 +115,8 @@ var<private> VP: VqParams;
 @group(0) @binding(14) var<storage, read_write> ema_n: array<f32>;     // [K, d]: N_k, per value
 @group(0) @binding(15) var<storage, read_write> ema_m: array<f32>;     // [K, d]: M_k
 @group(0) @binding(16) var<storage, read_write> book_out: array<f32>;  // [K, d]: the codebook
+@group(0) @binding(17) var<storage, read_write> vq_scores: array<f32>; // [B·G, K]; half norms [K]; sums [K, d + 4]
+@group(0) @binding(18) var<storage, read_write> vq_rows: array<f32>;   // [B·G, d] or [B·G, d + 4]
 
 @compute @workgroup_size(64)
 fn vq_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -201,6 +203,105 @@ fn vq_ema(@builtin(global_invocation_id) gid: vec3<u32>) {
     let ns = assigned(i / d, i % d, 0.0);
     let big_n = VP.decay * ema_n[i] + (1.0 - VP.decay) * ns.x;
     let big_m = VP.decay * ema_m[i] + (1.0 - VP.decay) * ns.y;
+    ema_n[i] = big_n;
+    ema_m[i] = big_m;
+    if (big_n > 1e-20) { book_out[i] = big_m / big_n; }
+}
+
+// ---- VQ-VAE at scale: distances as one matmul ----
+// For vectors of d % 4 == 0 values (a convolutional code's channels) the loops above cost
+// B·G·K·d scalar loads. There the nearest entry is the argmax over k of z·e_k − ½‖e_k‖², so
+// the B·G × K scores are one matmul (z_e's vectors times the codebookᵀ, the half norms its
+// bias) and each vector's pick is a tree reduction; the codebook's gradient
+// s·Σ 2(e_k − z_e) over each entry's vectors is the matmul onehot(idx)ᵀ · R with
+// R = 2s(e − z_e) per vector (the one-hot gathered by the matmul kernel from idx, ONE_HOT_A),
+// and the moving averages take their sums and counts from onehot(idx)ᵀ · [z_e | 1 | 0 0 0].
+// Ties go to the lowest index, as in vq_forward, but the scores round differently from the
+// distances, so the two can pick differently between near-equal entries.
+//   vq_half_norms (per k):            scores[k] = −½‖e_k‖²  (the next matmul's bias)
+//   vq_pick (a workgroup per vector): k = argmax scores[r, ·]; idx, z and pen as vq_forward;
+//                                     rows[r] = 2s(e_k − z_e), or [z_e | 1 | 0 0 0] (VQ_EMA)
+//   vq_ema_apply (per (k, c)):        from sums[k] = [Σ z_e | n | 0…] as vq_ema
+
+override VQ_EMA: bool = false;
+
+@compute @workgroup_size(64)
+fn vq_half_norms(@builtin(global_invocation_id) gid: vec3<u32>) {
+    VP = vp;
+    let k = gid.x;
+    if (k >= VP.codes) { return; }
+    let d = VP.latent / VP.groups;
+    var s = 0.0;
+    for (var c = 0u; c < d; c++) {
+        let e = codebook[k * d + c];
+        s += e * e;
+    }
+    vq_scores[k] = -0.5 * s;
+}
+
+var<workgroup> pick_v: array<f32, 64>;
+var<workgroup> pick_k: array<u32, 64>;
+
+@compute @workgroup_size(64)
+fn vq_pick(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    VP = vp;
+    let r = wid.x + wid.y * 65535u;
+    if (r >= VP.batch * VP.groups) { return; }
+    var bv = -3.4e38;
+    var bk = VP.codes;
+    for (var k = li; k < VP.codes; k += 64u) {
+        let v = vq_scores[r * VP.codes + k];
+        if (v > bv) {
+            bv = v;
+            bk = k;
+        }
+    }
+    pick_v[li] = bv;
+    pick_k[li] = bk;
+    workgroupBarrier();
+    for (var w = 32u; w > 0u; w /= 2u) {
+        if (li < w) {
+            let ov = pick_v[li + w];
+            let ok = pick_k[li + w];
+            if (ov > pick_v[li] || (ov == pick_v[li] && ok < pick_k[li])) {
+                pick_v[li] = ov;
+                pick_k[li] = ok;
+            }
+        }
+        workgroupBarrier();
+    }
+    // A row of non-finite scores picks entry 0.
+    let k = select(pick_k[0], 0u, pick_k[0] >= VP.codes);
+    let d = VP.latent / VP.groups;
+    let b = r / VP.groups;
+    let g = r % VP.groups;
+    if (li == 0u) { vq_idx[r] = f32(k); }
+    for (var c = li; c < d; c += 64u) {
+        let e = codebook[k * d + c];
+        let ze = enc[b * VP.latent + g * d + c];
+        let diff = ze - e;
+        z[b * VP.z_stride + g * d + c] = e;
+        pen[b * VP.latent + g * d + c] = VP.scale * (1.0 + VP.commitment) * diff * diff;
+        if (VQ_EMA) {
+            vq_rows[r * (d + 4u) + c] = ze;
+        } else {
+            vq_rows[r * d + c] = 2.0 * VP.scale * (e - ze);
+        }
+    }
+    if (VQ_EMA && li < 4u) { vq_rows[r * (d + 4u) + d + li] = select(0.0, 1.0, li == 0u); }
+}
+
+@compute @workgroup_size(64)
+fn vq_ema_apply(@builtin(global_invocation_id) gid: vec3<u32>) {
+    VP = vp;
+    let i = gid.x + gid.y * 65535u * 64u;
+    let d = VP.latent / VP.groups;
+    if (i >= VP.codes * d) { return; }
+    let k = i / d;
+    let sums = vq_scores[k * (d + 4u) + i % d];
+    let n = vq_scores[k * (d + 4u) + d];
+    let big_n = VP.decay * ema_n[i] + (1.0 - VP.decay) * n;
+    let big_m = VP.decay * ema_m[i] + (1.0 - VP.decay) * sums;
     ema_n[i] = big_n;
     ema_m[i] = big_m;
     if (big_n > 1e-20) { book_out[i] = big_m / big_n; }

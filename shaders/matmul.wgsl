@@ -76,6 +76,10 @@ override IMG_H: u32 = 1u;
 override IMG_W: u32 = 1u;
 override OUT_H: u32 = 1u;
 override OUT_W: u32 = 1u;
+// op(A) is the one-hot matrix of an index list, transposed (with TRANS_A): A is R class indices
+// (exact integers as f32) and op(A)[m, r] = 1 where index r is m. Its product with B [R, N]
+// sums B's rows by class (a VQ-VAE's codebook gradient and moving averages).
+override ONE_HOT_A: bool = false;
 
 @group(0) @binding(0) var<uniform> p: MatmulParams;
 // A private copy of p, taken first thing in each entry: once a branch has made the execution
@@ -113,6 +117,7 @@ fn load1(buf_is_a: bool, idx: u32) -> f32 {
 // op(A)[m, k]
 fn a_at(m: u32, k: u32) -> f32 {
     if (m >= P.m || k >= P.k) { return 0.0; }
+    if (ONE_HOT_A) { return select(0.0, 1.0, load1(true, k) == f32(m)); }
     if (CONV == 1u) { return gathered1(patch_index(m, k)); }
     if (CONV == 2u) { return gathered1(patch_index(k, m)); }
     if (CONV == 3u) { return gathered1(grad_index(m, k)); }
@@ -342,6 +347,12 @@ const S_ROWS: u32 = 32u;  // rows of C per workgroup; each lane holds 32×4 accu
 // that are never stored, and every out-of-range load is defined (robust buffer access, zero
 // texels). Each check would cost a blend per value on lavapipe.
 fn a_unit(m0: u32, k: u32, u: u32) -> vec4<f32> {
+    if (ONE_HOT_A) {
+        let kr = k + u / 8u;
+        if (K_TAIL && kr >= P.k) { return vec4<f32>(0.0); }
+        let m = f32(m0 + (u % 8u) * 4u);
+        return select(vec4<f32>(0.0), vec4<f32>(1.0), vec4<f32>(load1(true, kr)) == vec4<f32>(m, m + 1.0, m + 2.0, m + 3.0));
+    }
     if (CONV == 1u) { return patch4(m0 + u, k); }
     if (CONV == 3u) { return gathered4(grad_index(m0 + u, k)); }
     if (CONV == 2u) {

@@ -453,3 +453,209 @@ pub fn vq_ema(
         4.0 * (q.codes * d * q.b * q.groups) as f64,
     )
 }
+
+/// The scratch of the scored quantization ([`vq_forward_scored`]): the codebook's half norms,
+/// the B·G × K scores, and per vector the rows the codebook's update sums by entry.
+pub struct VqScratch<'a> {
+    /// −½‖e_k‖², [K].
+    pub half_norms: &'a Tensor,
+    /// [B·G, K].
+    pub scores: &'a Tensor,
+    /// [B·G, d] (gradient) or [B·G, d + 4] (moving averages).
+    pub rows: &'a Tensor,
+    /// The codebook is trained by moving averages: `rows` are [z_e | 1 | 0 0 0].
+    pub ema: bool,
+}
+
+/// Whether the scored quantization serves vectors of `d` values and a codebook of `codes`
+/// entries: the matmuls read whole vec4s.
+pub fn vq_scored_fits(d: usize, codes: usize) -> bool {
+    d.is_multiple_of(4) && codes.is_multiple_of(4)
+}
+
+/// Plans [`vq_forward`]'s outputs for vectors of d % 4 == 0 values by scores (see code.wgsl:
+/// the half norms, one matmul, one pick per vector), and the rows of `s` the codebook's
+/// update needs.
+#[allow(clippy::too_many_arguments)]
+pub fn vq_forward_scored(
+    gpu: &Gpu,
+    label: &str,
+    enc: &Tensor,
+    codebook: &Tensor,
+    groups: usize,
+    commitment: f32,
+    scale: f32,
+    z: &Tensor,
+    pen: &Tensor,
+    idx: &Tensor,
+    s: &VqScratch<'_>,
+) -> Result<Vec<Dispatch>> {
+    let q = check_vq(label, enc, codebook, groups, idx)?;
+    let (_, _, zs) = check(label, enc, z)?;
+    let (r, d) = (q.b * q.groups, q.zd / q.groups);
+    let width = if s.ema { d + 4 } else { d };
+    if !vq_scored_fits(d, q.codes)
+        || s.half_norms.len() != q.codes
+        || s.scores.len() < r * q.codes
+        || s.rows.len() < r * width
+        || pen.len() != q.b * q.zd
+    {
+        return Err(VaeError::Shape(format!(
+            "{label}: scored quantization needs d = {d} and K = {} in whole vec4s, scores of {} values (got {}), \
+             rows of {} (got {}) and B·Z = {} penalty terms (got {})",
+            q.codes,
+            r * q.codes,
+            s.scores.len(),
+            r * width,
+            s.rows.len(),
+            q.b * q.zd,
+            pen.len()
+        )));
+    }
+    let ubuf = vq_uniform(gpu, label, &q, zs, commitment, scale, 0.0)?;
+    let norms = gpu.dispatch_bound(
+        format!("{label}.norms"),
+        gpu.kernels.pipeline(
+            Shader::Code,
+            "vq_half_norms",
+            &[],
+            &[uniform(0), storage(11, true), storage(17, false)],
+        )?,
+        &[
+            (0, ubuf.raw().as_entire_binding()),
+            (11, codebook.binding()),
+            (17, s.half_norms.binding()),
+        ],
+        Some(ubuf.clone()),
+        grid_1d(q.codes, 64),
+        (2 * q.codes * d) as f64,
+        4.0 * (q.codes * d + q.codes) as f64,
+    )?;
+    let vectors = enc.reshape_prefix(&[r, d]);
+    let scores = s.scores.reshape_prefix(&[r, q.codes]);
+    let epi = crate::ops::Epilogue {
+        bias: Some(s.half_norms),
+        ..Default::default()
+    };
+    let product = crate::ops::matmul(
+        gpu,
+        &format!("{label}.scores"),
+        &vectors,
+        false,
+        codebook,
+        true,
+        &scores,
+        &epi,
+        None,
+    )?;
+    let layout = [
+        uniform(0),
+        storage(1, true),
+        storage(2, false),
+        storage(3, false),
+        storage(11, true),
+        storage(12, false),
+        storage(17, false),
+        storage(18, false),
+    ];
+    let constants = [("VQ_EMA", if s.ema { 1.0 } else { 0.0 })];
+    let pick = gpu.dispatch_bound(
+        format!("{label}.pick"),
+        gpu.kernels.pipeline(Shader::Code, "vq_pick", &constants, &layout)?,
+        &[
+            (0, ubuf.raw().as_entire_binding()),
+            (1, enc.binding()),
+            (2, z.binding()),
+            (3, pen.binding()),
+            (11, codebook.binding()),
+            (12, idx.binding()),
+            (17, s.scores.binding()),
+            (18, s.rows.binding()),
+        ],
+        Some(ubuf.clone()),
+        if r <= 65535 {
+            [r as u32, 1, 1]
+        } else {
+            [65535, r.div_ceil(65535) as u32, 1]
+        },
+        0.0,
+        4.0 * (r * q.codes + 4 * q.b * q.zd) as f64,
+    )?;
+    Ok(vec![norms, product, pick])
+}
+
+/// Plans the codebook's gradient from the rows [`vq_forward_scored`] wrote (without moving
+/// averages): `dcodebook` [K, d] = onehot(idx)ᵀ · rows.
+pub fn vq_codebook_grad_scored(
+    gpu: &Gpu,
+    label: &str,
+    idx: &Tensor,
+    rows: &Tensor,
+    dcodebook: &Tensor,
+) -> Result<Dispatch> {
+    let d = dcodebook.shape()[1];
+    crate::ops::onehot_matmul(gpu, label, idx, &rows.reshape_prefix(&[idx.len(), d]), dcodebook, None)
+}
+
+/// Plans the moving averages' update from the rows [`vq_forward_scored`] wrote with `ema`:
+/// the sums and counts by entry (`sums` [K, d + 4] = onehot(idx)ᵀ · rows), then N, M and the
+/// codebook as [`vq_ema`].
+#[allow(clippy::too_many_arguments)]
+pub fn vq_ema_scored(
+    gpu: &Gpu,
+    label: &str,
+    idx: &Tensor,
+    rows: &Tensor,
+    sums: &Tensor,
+    codebook: &Tensor,
+    decay: f32,
+    ema_n: &Tensor,
+    ema_m: &Tensor,
+) -> Result<Vec<Dispatch>> {
+    let [codes, d] = *codebook.shape() else {
+        return Err(VaeError::Shape(format!(
+            "{label}: the codebook must be 2-D, got {:?}",
+            codebook.shape()
+        )));
+    };
+    if sums.len() < codes * (d + 4) || ema_n.shape() != codebook.shape() || ema_m.shape() != codebook.shape() {
+        return Err(VaeError::Shape(format!(
+            "{label}: sums of {} values (got {}) and running counts and sums shaped as the codebook {:?}",
+            codes * (d + 4),
+            sums.len(),
+            codebook.shape()
+        )));
+    }
+    let sums = sums.reshape_prefix(&[codes, d + 4]);
+    let product = crate::ops::onehot_matmul(gpu, label, idx, &rows.reshape_prefix(&[idx.len(), d + 4]), &sums, None)?;
+    let q = Vq {
+        b: 1,
+        zd: d,
+        groups: 1,
+        codes,
+    };
+    let ubuf = vq_uniform(gpu, label, &q, d, 0.0, 0.0, decay)?;
+    let layout = [
+        uniform(0),
+        storage(14, false),
+        storage(15, false),
+        storage(16, false),
+        storage(17, false),
+    ];
+    let apply = gpu.dispatch_bound(
+        format!("{label}.apply"),
+        gpu.kernels.pipeline(Shader::Code, "vq_ema_apply", &[], &layout)?,
+        &[
+            (0, ubuf.raw().as_entire_binding()),
+            (14, ema_n.binding()),
+            (15, ema_m.binding()),
+            (16, codebook.binding()),
+            (17, sums.binding()),
+        ],
+        Some(ubuf.clone()),
+        grid_1d(codes * d, 64),
+        0.0,
+        4.0 * (6 * codes * d) as f64,
+    )?;
+    Ok(vec![product, apply])
+}

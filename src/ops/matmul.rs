@@ -153,7 +153,7 @@ pub fn matmul(
         trans_b,
         vec_ok: MatmulStrategy::vec4_shape_ok(m, n, k, trans_a, trans_b),
     };
-    dispatch(gpu, label, a, b, c, epi, strategy, shape, None)
+    dispatch(gpu, label, a, b, c, epi, strategy, shape, Gathered::None)
 }
 
 /// Plans one product of a convolution of geometry `g` (see [`ConvProduct`]) as an implicit
@@ -234,7 +234,55 @@ pub fn conv_matmul(
         trans_b,
         vec_ok,
     };
-    dispatch(gpu, label, a, b, c, epi, strategy, shape, Some((product, g)))
+    dispatch(gpu, label, a, b, c, epi, strategy, shape, Gathered::Conv(product, g))
+}
+
+/// Plans C [K, N] = onehot(idx)ᵀ · B: row k of C sums the rows r of `b` [R, N] whose index
+/// `idx[r]` (R exact integers as f32) is k. The one-hot matrix is never written: the kernel
+/// gathers it from the indices (ONE_HOT_A). Column sums of B go to `colsum` if given.
+pub fn onehot_matmul(
+    gpu: &Gpu,
+    label: &str,
+    idx: &Tensor,
+    b: &Tensor,
+    c: &Tensor,
+    colsum: Option<&Tensor>,
+) -> Result<Dispatch> {
+    let (r, n) = dims2(b, "B")?;
+    let (k, cn) = dims2(c, "C")?;
+    if idx.len() != r || cn != n {
+        return Err(VaeError::Shape(format!(
+            "{label}: {} indices for B {:?}, and C {:?} must have B's columns",
+            idx.len(),
+            b.shape(),
+            c.shape()
+        )));
+    }
+    let epi = Epilogue {
+        colsum,
+        ..Default::default()
+    };
+    check_epilogue(label, k, n, &epi)?;
+    let shape = Shape {
+        m: k,
+        n,
+        k: r,
+        trans_a: true,
+        trans_b: false,
+        vec_ok: MatmulStrategy::vec4_shape_ok(k, n, r, true, false),
+    };
+    dispatch(gpu, label, idx, b, c, &epi, None, shape, Gathered::OneHot)
+}
+
+/// An operand the kernel gathers instead of reading a matrix.
+#[derive(Clone, Copy)]
+enum Gathered<'g> {
+    /// Both operands are matrices.
+    None,
+    /// A is a convolution's image (see [`ConvProduct`]).
+    Conv(ConvProduct, &'g ConvGeometry),
+    /// A is an index list standing for its one-hot matrix.
+    OneHot,
 }
 
 /// The product's sizes as the kernel sees them.
@@ -287,8 +335,12 @@ fn dispatch(
     epi: &Epilogue<'_>,
     strategy: Option<MatmulStrategy>,
     shape: Shape,
-    conv: Option<(ConvProduct, &ConvGeometry)>,
+    gathered: Gathered<'_>,
 ) -> Result<Dispatch> {
+    let conv = match gathered {
+        Gathered::Conv(p, g) => Some((p, g)),
+        _ => None,
+    };
     let Shape {
         m,
         n,
@@ -347,9 +399,12 @@ fn dispatch(
             ("OUT_W", g.out_w as f64),
         ]);
     }
+    if let Gathered::OneHot = gathered {
+        constants.push(("ONE_HOT_A", 1.0));
+    }
     let subgroup = strategy == MatmulStrategy::Subgroup;
-    // An image operand is gathered from its buffer, never from a mirror.
-    let a_tex = if subgroup && conv.is_none() {
+    // A gathered operand is read from its buffer, never from a mirror.
+    let a_tex = if subgroup && matches!(gathered, Gathered::None) {
         a.mirror().map(|t| &**t)
     } else {
         None

@@ -401,8 +401,24 @@ fn conv_vq_vae_step_matches_the_reference() {
     };
     check(
         "conv VQ-VAE, tanh",
-        conv_config(Activation::Tanh, Likelihood::Bernoulli, 0, code),
+        conv_config(Activation::Tanh, Likelihood::Bernoulli, 0, code.clone()),
         1,
         43,
     );
+    // 8 channels and 2048 entries: a search of 4·2048·8 values per example takes the
+    // quantization by scores (vq_forward_scored, the one-hot matmul for the codebook).
+    let wide = VaeConfig {
+        latent: 32,
+        code: Code::Quantized {
+            codes: 2048,
+            groups: 4,
+            commitment: 0.25,
+        },
+        arch: Arch::Conv(ConvArch {
+            input: [1, 8, 8],
+            channels: vec![4, 8],
+        }),
+        ..conv_config(Activation::Tanh, Likelihood::Bernoulli, 0, code)
+    };
+    check("conv VQ-VAE by scores, tanh", wide, 1, 44);
 }

@@ -500,6 +500,182 @@ fn vq_ema_moving_averages_over_two_steps() {
     }
 }
 
+/// Cases of the quantization by scores: vectors and codebooks in whole vec4s; B·G not a
+/// multiple of 4 (the one-hot matmul's last k step).
+const VQ_SCORED_CASES: [Vq; 2] = [
+    Vq {
+        b: 3,
+        groups: 3,
+        d: 8,
+        codes: 12,
+        zs: 26,
+    },
+    Vq {
+        b: 2,
+        groups: 5,
+        d: 4,
+        codes: 8,
+        zs: 20,
+    },
+];
+
+/// The scored quantization picks the nearest entries as the loop does (no near-ties), with
+/// the same z and terms, and writes per vector 2s(e − z_e) (gradient) or [z_e | 1 | 0 0 0]
+/// (moving averages).
+#[test]
+fn vq_scored_forward_matches_the_nearest_entries() {
+    let g = gpu();
+    let (beta, scale) = (0.25f32, 3.5f32);
+    for (case, q) in VQ_SCORED_CASES.iter().enumerate() {
+        for ema in [false, true] {
+            let seed = 2500 + 10 * case as u64;
+            let (zd, n) = (q.zd(), q.b * q.groups);
+            let book_h = rand_vec(q.codes * q.d, seed, -1.0, 1.0);
+            let enc_h = rand_vec(q.b * zd, seed + 1, -1.2, 1.2);
+            let near = nearest(q, &enc_h, &book_h);
+            assert!(near.iter().all(|x| x.1 > 1e-3), "near-tie: {near:?}");
+            let enc = g.upload("enc", &[q.b, zd], &enc_h).unwrap();
+            let book = g.upload("codebook", &[q.codes, q.d], &book_h).unwrap();
+            let z = g.upload("z", &[q.b, q.zs], &vec![SENTINEL; q.b * q.zs]).unwrap();
+            let pen = g.upload("pen", &[q.b * zd], &vec![SENTINEL; q.b * zd]).unwrap();
+            let idx = g.upload("idx", &[n], &vec![SENTINEL; n]).unwrap();
+            let width = q.d + if ema { 4 } else { 0 };
+            let half = g.tensor("half", &[q.codes]).unwrap();
+            let scores = g.tensor("scores", &[n, q.codes]).unwrap();
+            let rows = g.upload("rows", &[n, width], &vec![SENTINEL; n * width]).unwrap();
+            let scratch = ops::VqScratch {
+                half_norms: &half,
+                scores: &scores,
+                rows: &rows,
+                ema,
+            };
+            let ds =
+                ops::vq_forward_scored(g, "vq", &enc, &book, q.groups, beta, scale, &z, &pen, &idx, &scratch).unwrap();
+            g.run(&ds.iter().collect::<Vec<_>>()).unwrap();
+            let what = format!("scored vq B={} G={} d={} K={} ema {ema}", q.b, q.groups, q.d, q.codes);
+            let idx_want: Vec<f32> = near.iter().map(|x| x.0 as f32).collect();
+            assert_eq!(g.read(&idx).unwrap(), idx_want, "{what}: indices");
+            let (zg, rg) = (g.read(&z).unwrap(), g.read(&rows).unwrap());
+            let mut pen_want = vec![0.0f64; q.b * zd];
+            let mut rows_want = vec![0.0f64; n * width];
+            for b in 0..q.b {
+                for j in 0..q.zs {
+                    let want = if j < zd {
+                        book_h[near[b * q.groups + j / q.d].0 * q.d + j % q.d]
+                    } else {
+                        SENTINEL
+                    };
+                    assert_eq!(zg[b * q.zs + j].to_bits(), want.to_bits(), "{what}: z[{b}, {j}]");
+                }
+                for j in 0..zd {
+                    let a = b * q.groups + j / q.d;
+                    let e = book_h[near[a].0 * q.d + j % q.d] as f64;
+                    let ze = enc_h[b * zd + j] as f64;
+                    pen_want[b * zd + j] = scale as f64 * (1.0 + beta as f64) * (ze - e) * (ze - e);
+                    rows_want[a * width + j % q.d] = if ema { ze } else { 2.0 * scale as f64 * (e - ze) };
+                }
+            }
+            if ema {
+                for a in 0..n {
+                    rows_want[a * width + q.d] = 1.0;
+                }
+            }
+            assert_close(&format!("{what} terms"), &g.read(&pen).unwrap(), &pen_want, |i| {
+                tol(pen_want[i])
+            });
+            assert_close(&format!("{what} rows"), &rg, &rows_want, |i| tol(rows_want[i]));
+        }
+    }
+}
+
+/// The codebook's gradient and the moving averages by the one-hot matmul, from given
+/// assignments (an entry nobody chooses: zero gradient, and with no count its value kept).
+#[test]
+fn vq_scored_codebook_gradient_and_moving_averages() {
+    let g = gpu();
+    let (scale, decay) = (3.5f64, 0.8f32);
+    for (case, q) in VQ_SCORED_CASES.iter().enumerate() {
+        let seed = 2600 + 10 * case as u64;
+        let (zd, n) = (q.zd(), q.b * q.groups);
+        let book_h = rand_vec(q.codes * q.d, seed, -1.0, 1.0);
+        let enc_h = rand_vec(q.b * zd, seed + 1, -1.2, 1.2);
+        // Entry K−1 is never chosen.
+        let idx_h: Vec<usize> = (0..n).map(|a| (a * 5 + 1) % (q.codes - 1)).collect();
+        let idx = g
+            .upload("idx", &[n], &idx_h.iter().map(|&k| k as f32).collect::<Vec<_>>())
+            .unwrap();
+        let ze = |a: usize, c: usize| enc_h[(a / q.groups) * zd + (a % q.groups) * q.d + c] as f64;
+        let e = |k: usize, c: usize| book_h[k * q.d + c] as f64;
+        let what = format!("scored vq B={} G={} d={} K={}", q.b, q.groups, q.d, q.codes);
+
+        // Gradient: rows 2s(e − z_e), summed by entry.
+        let rows_h: Vec<f32> = (0..n * q.d)
+            .map(|i| (2.0 * scale * (e(idx_h[i / q.d], i % q.d) - ze(i / q.d, i % q.d))) as f32)
+            .collect();
+        let rows = g.upload("rows", &[n, q.d], &rows_h).unwrap();
+        let dbook = g
+            .upload("dbook", &[q.codes, q.d], &vec![SENTINEL; q.codes * q.d])
+            .unwrap();
+        g.run(&[&ops::vq_codebook_grad_scored(g, "vq.codebook", &idx, &rows, &dbook).unwrap()])
+            .unwrap();
+        let mut want = vec![0.0f64; q.codes * q.d];
+        let mut mag = vec![0.0f64; q.codes * q.d];
+        for a in 0..n {
+            for c in 0..q.d {
+                want[idx_h[a] * q.d + c] += rows_h[a * q.d + c] as f64;
+                mag[idx_h[a] * q.d + c] += (rows_h[a * q.d + c] as f64).abs();
+            }
+        }
+        let bg = g.read(&dbook).unwrap();
+        assert_close(&format!("{what} codebook gradient"), &bg, &want, |i| tol(mag[i]));
+        assert!(bg[(q.codes - 1) * q.d..].iter().all(|&v| v == 0.0), "{what}: {bg:?}");
+
+        // Moving averages: rows [z_e | 1 | 0 0 0]; entry K−1 starts with no count.
+        let w = q.d + 4;
+        let zx: Vec<f32> = (0..n * w)
+            .map(|i| match i % w {
+                c if c < q.d => ze(i / w, c) as f32,
+                c if c == q.d => 1.0,
+                _ => 0.0,
+            })
+            .collect();
+        let rows = g.upload("rows_ema", &[n, w], &zx).unwrap();
+        let mut n_h = rand_vec(q.codes * q.d, seed + 2, 0.5, 2.0);
+        let m_h = rand_vec(q.codes * q.d, seed + 3, -1.0, 1.0);
+        n_h[(q.codes - 1) * q.d..].iter_mut().for_each(|v| *v = 0.0);
+        let book = g.upload("codebook", &[q.codes, q.d], &book_h).unwrap();
+        let ema_n = g.upload("ema_n", &[q.codes, q.d], &n_h).unwrap();
+        let ema_m = g.upload("ema_m", &[q.codes, q.d], &m_h).unwrap();
+        let sums = g.tensor("sums", &[q.codes, w]).unwrap();
+        let ds = ops::vq_ema_scored(g, "vq.ema", &idx, &rows, &sums, &book, decay, &ema_n, &ema_m).unwrap();
+        g.run(&ds.iter().collect::<Vec<_>>()).unwrap();
+        let gam = decay as f64;
+        let (mut nn, mut mm, mut bw) = (f64s(&n_h), f64s(&m_h), f64s(&book_h));
+        for k in 0..q.codes {
+            for c in 0..q.d {
+                let chose: Vec<f64> = (0..n).filter(|&a| idx_h[a] == k).map(|a| ze(a, c)).collect();
+                let i = k * q.d + c;
+                nn[i] = gam * nn[i] + (1.0 - gam) * chose.len() as f64;
+                mm[i] = gam * mm[i] + (1.0 - gam) * chose.iter().sum::<f64>();
+                if nn[i] > 1e-20 {
+                    bw[i] = mm[i] / nn[i];
+                }
+            }
+        }
+        assert_close(&format!("{what} N"), &g.read(&ema_n).unwrap(), &nn, |i| tol(nn[i]));
+        assert_close(&format!("{what} M"), &g.read(&ema_m).unwrap(), &mm, |_| tol(4.0));
+        let bg = g.read(&book).unwrap();
+        assert_close(&format!("{what} codebook"), &bg, &bw, |i| {
+            tol(bw[i].abs() + 4.0 / nn[i].max(0.1))
+        });
+        assert_eq!(
+            &bg[(q.codes - 1) * q.d..],
+            &book_h[(q.codes - 1) * q.d..],
+            "{what}: the unchosen entry moved"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Hierarchical VAE: z₁'s KL term against the conditional prior, and its sample backward
 

@@ -16,6 +16,12 @@ use crate::ops;
 /// Arena slot name (and checkpoint key) of the codebook.
 pub const CODEBOOK_SLOT: &str = "codebook";
 
+/// The search per example (vectors × entries × values) from which the quantization runs by
+/// scores (`code.wgsl`'s matmul form, for vectors of whole vec4s) instead of one kernel that
+/// loops over every entry: the dense VQ-VAEs (10 vectors of 2 values) stay below it, a
+/// convolutional one's feature map (49 cells × 512 entries × 64 channels) is far above.
+pub const SCORED_MIN_SEARCH: usize = 1 << 16;
+
 /// A codebook of `codes` entries for `groups` vectors per code.
 #[derive(Clone, Copy)]
 pub struct QuantizedCode {
@@ -40,6 +46,19 @@ impl QuantizedCode {
             scale: cfg.input_dim as f32 / cfg.latent as f32,
             codebook: layout.add(CODEBOOK_SLOT, &[codes, cfg.latent / groups]),
         }
+    }
+}
+
+impl QuantizedCode {
+    /// Values per vector.
+    fn width(&self) -> usize {
+        self.latent / self.groups
+    }
+
+    /// Whether the quantization runs by scores (see [`SCORED_MIN_SEARCH`]).
+    fn scored(&self, codes: usize) -> bool {
+        let d = self.width();
+        ops::vq_scored_fits(d, codes) && self.groups * codes * d >= SCORED_MIN_SEARCH
     }
 }
 
@@ -99,8 +118,25 @@ impl Latent for QuantizedCode {
             }
             _ => None,
         };
+        let codes = shape[0];
+        let rows = spec.batch * self.groups;
+        let scored = if self.scored(codes) {
+            let width = self.width() + if ema.is_some() { 4 } else { 0 };
+            Some(Scored {
+                half_norms: gpu.tensor("vq_half_norms", &[codes])?,
+                scores: gpu.tensor("vq_scores", &[rows, codes])?,
+                rows: gpu.tensor("vq_rows", &[rows, width])?,
+                sums: match ema {
+                    Some(_) => Some(gpu.tensor("vq_ema_sums_step", &[codes, width])?),
+                    None => None,
+                },
+            })
+        } else {
+            None
+        };
         Ok(Box::new(QuantizedWorkspace {
             code: *self,
+            scored,
             pen: terms.add(TermSpec::new(
                 "vq",
                 TermKind::Penalty,
@@ -122,10 +158,20 @@ struct MovingAverages {
     sums: Tensor,
 }
 
+/// The scratch of the quantization by scores.
+struct Scored {
+    half_norms: Tensor,
+    scores: Tensor,
+    rows: Tensor,
+    /// With moving averages: the step's sums and counts by entry, [K, d + 4].
+    sums: Option<Tensor>,
+}
+
 /// The code's terms, the entry each of the B·G vectors chose (exact integers as f32), and the
 /// moving averages of a codebook trained by them.
 struct QuantizedWorkspace {
     code: QuantizedCode,
+    scored: Option<Scored>,
     pen: TermId,
     index: Tensor,
     ema: Option<MovingAverages>,
@@ -134,17 +180,44 @@ struct QuantizedWorkspace {
 impl LatentWorkspace for QuantizedWorkspace {
     fn forward(&self, c: &Ctx, enc: &Tensor, z: &Tensor) -> Result<Vec<Dispatch>> {
         let q = &self.code;
+        let (book, pen, index) = (
+            c.arena.param(q.codebook),
+            c.terms.view(self.pen, c.b),
+            self.index.reshape_prefix(&[c.b * q.groups]),
+        );
+        if let Some(s) = &self.scored {
+            let scratch = ops::VqScratch {
+                half_norms: &s.half_norms,
+                scores: &s.scores,
+                rows: &s.rows,
+                ema: self.ema.is_some(),
+            };
+            let (g, commit, scale) = (q.groups, q.commitment, q.scale);
+            return ops::vq_forward_scored(
+                c.gpu,
+                "vq.forward",
+                enc,
+                &book,
+                g,
+                commit,
+                scale,
+                z,
+                &pen,
+                &index,
+                &scratch,
+            );
+        }
         Ok(vec![ops::vq_forward(
             c.gpu,
             "vq.forward",
             enc,
-            &c.arena.param(q.codebook),
+            &book,
             q.groups,
             q.commitment,
             q.scale,
             z,
-            &c.terms.view(self.pen, c.b),
-            &self.index.reshape_prefix(&[c.b * q.groups]),
+            &pen,
+            &index,
         )?])
     }
 
@@ -153,6 +226,7 @@ impl LatentWorkspace for QuantizedWorkspace {
         let (book, index) = (c.arena.param(q.codebook), self.index.reshape_prefix(&[c.b * q.groups]));
         // With moving averages the codebook gets no gradient: its slot's gradient stays 0.
         let dbook = c.arena.grad(q.codebook);
+        let loop_grad = self.ema.is_none() && self.scored.is_none();
         let mut d = ops::vq_backward(
             c.gpu,
             "vq.backward",
@@ -164,10 +238,33 @@ impl LatentWorkspace for QuantizedWorkspace {
             &index,
             dz,
             denc,
-            if self.ema.is_some() { None } else { Some(&dbook) },
+            loop_grad.then_some(&dbook),
         )?;
-        if let Some(ema) = &self.ema {
-            d.push(ops::vq_ema(
+        match (&self.scored, &self.ema) {
+            (Some(s), None) => d.push(ops::vq_codebook_grad_scored(
+                c.gpu,
+                "vq.codebook",
+                &index,
+                &s.rows,
+                &dbook,
+            )?),
+            (Some(s), Some(ema)) => {
+                let sums = s.sums.as_ref().ok_or_else(|| {
+                    crate::VaeError::Config("the moving averages' scratch is missing from the workspace".into())
+                })?;
+                d.extend(ops::vq_ema_scored(
+                    c.gpu,
+                    "vq.ema",
+                    &index,
+                    &s.rows,
+                    sums,
+                    &book,
+                    ema.decay,
+                    &ema.counts,
+                    &ema.sums,
+                )?);
+            }
+            (None, Some(ema)) => d.push(ops::vq_ema(
                 c.gpu,
                 "vq.ema",
                 enc,
@@ -177,7 +274,8 @@ impl LatentWorkspace for QuantizedWorkspace {
                 ema.decay,
                 &ema.counts,
                 &ema.sums,
-            )?);
+            )?),
+            (None, None) => {}
         }
         Ok(d)
     }
@@ -195,6 +293,10 @@ impl LatentWorkspace for QuantizedWorkspace {
 
     fn tensors(&self) -> Vec<&Tensor> {
         let mut all = vec![&self.index];
+        if let Some(s) = &self.scored {
+            all.extend([&s.half_norms, &s.scores, &s.rows]);
+            all.extend(&s.sums);
+        }
         if let Some(e) = &self.ema {
             all.extend([&e.counts, &e.sums]);
         }
