@@ -2,8 +2,7 @@
 //!
 //! Both are planned around one convolution, the layer's own or (transposed) the one whose
 //! input gradient it is; PyTorch's ConvTranspose2d weight [in, out, k, k] is exactly that
-//! convolution's [out, in, k, k], so the two share a weight layout and every kernel. Per step
-//! (a patch matrix `cols` per layer, kept from forward to backward):
+//! convolution's [out, in, k, k], so the two share a weight layout and every kernel. Per step:
 //!
 //! | | forward | backward |
 //! |---|---|---|
@@ -12,8 +11,8 @@
 //!
 //! Each product is one implicit matmul ([`crate::ops::conv_matmul`]: the image operand gathered
 //! in the kernel), except an input gradient whose stride classes or channels do not suit it
-//! (a transposed layer to one channel, the decoder's last): dY·Wᵀ into a patch matrix, then
-//! col2im.
+//! (a transposed layer to one channel, the decoder's last): dY·Wᵀ into a patch matrix
+//! ([`Conv2d::cols`], the only layers that have one), then col2im.
 
 use crate::error::Result;
 use crate::gpu::{Dispatch, Gpu, Tensor};

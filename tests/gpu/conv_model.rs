@@ -422,3 +422,76 @@ fn conv_vq_vae_step_matches_the_reference() {
     };
     check("conv VQ-VAE by scores, tanh", wide, 1, 44);
 }
+
+/// A convolutional checkpoint whose tensors or metadata disagree is refused naming the value
+/// or the tensor, and the intact file loads bit for bit.
+#[test]
+fn conv_checkpoints_that_disagree_with_their_metadata_are_refused() {
+    let g = gpu();
+    let cfg = conv_config(Activation::Relu, Likelihood::Bernoulli, 0, Code::Gaussian);
+    let vae = Vae::new(g, cfg, 7).unwrap();
+    let dir = std::env::temp_dir().join(format!("vae-wgpu-conv-ckpt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("model.safetensors");
+    vae.save(g, &path, &[]).unwrap();
+    let st = crate::common::RawCheckpoint::read(&path);
+    assert_eq!(st.metadata.get("arch").map(String::as_str), Some("conv"));
+    assert_eq!(st.shape("enc_conv.1.weight"), &[8, 4, 4, 4]);
+    assert_eq!(st.shape("dec_conv.0.weight"), &[8, 4, 4, 4]);
+
+    let write = |file: &str, set: &[(&str, &str)], reshape: &str| {
+        let mut meta = st.metadata.clone();
+        for (key, value) in set {
+            meta.insert(key.to_string(), value.to_string());
+        }
+        let tensors: Vec<_> = st
+            .tensors
+            .iter()
+            .map(|(n, s, v)| {
+                let s = if n == reshape {
+                    vec![s.iter().product()]
+                } else {
+                    s.clone()
+                };
+                (n.clone(), s, v.clone())
+            })
+            .collect();
+        let out = dir.join(file);
+        crate::common::RawCheckpoint::write(&out, &tensors, &meta);
+        out
+    };
+    for (file, want) in [
+        // The second convolution's channels disagree with its tensors.
+        (
+            write("channels.safetensors", &[("conv", "4,6")], ""),
+            "'enc_conv.1.weight' has shape [8, 4, 4, 4], expected [6, 4, 4, 4]",
+        ),
+        // An image that two halvings cannot divide.
+        (
+            write(
+                "shape.safetensors",
+                &[("input_shape", "1,6,6"), ("input_dim", "36")],
+                "",
+            ),
+            "must divide by 4; got 6×6",
+        ),
+        // Channels that do not match the input's width.
+        (
+            write("input.safetensors", &[("input_shape", "3,8,8")], ""),
+            "3×8×8 has 192 values, but input_dim is 64",
+        ),
+        // A weight flattened.
+        (
+            write("reshaped.safetensors", &[], "dec_conv.1.weight"),
+            "'dec_conv.1.weight' has shape [64]",
+        ),
+    ] {
+        match Vae::load(g, &file) {
+            Err(e) => assert!(e.to_string().contains(want), "{}: {e}", file.display()),
+            Ok(_) => panic!("{} loaded", file.display()),
+        }
+    }
+    let params = vae.arena.read_params(g).unwrap();
+    assert_eq!(Vae::load(g, &path).unwrap().arena.read_params(g).unwrap(), params);
+    std::fs::remove_dir_all(&dir).ok();
+}
