@@ -121,30 +121,7 @@ pub fn matmul(
             c.shape()
         )));
     }
-    if let Some(bias) = epi.bias {
-        if bias.len() != n {
-            return Err(VaeError::Shape(format!(
-                "{label}: bias must have {n} elements, got {:?}",
-                bias.shape()
-            )));
-        }
-    }
-    if let Some((_, aux)) = epi.dact {
-        if aux.shape() != [m, n] {
-            return Err(VaeError::Shape(format!(
-                "{label}: activation output for the backward must be [{m}, {n}], got {:?}",
-                aux.shape()
-            )));
-        }
-    }
-    if let Some(cs) = epi.colsum {
-        if cs.len() != n {
-            return Err(VaeError::Shape(format!(
-                "{label}: column-sum output must have {n} elements, got {:?}",
-                cs.shape()
-            )));
-        }
-    }
+    check_epilogue(label, m, n, epi)?;
     let shape = Shape {
         m,
         n,
