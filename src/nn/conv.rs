@@ -48,7 +48,7 @@ pub struct Conv2d {
     pub act: Activation,
     /// Arena slot of the weight.
     pub w: usize,
-    /// Arena slot of the bias, [out_channels].
+    /// Arena slot of the bias, `[out_channels]`.
     pub b: usize,
 }
 

@@ -457,7 +457,7 @@ pub fn vq_ema(
 /// The scratch of the scored quantization ([`vq_forward_scored`]): the codebook's half norms,
 /// the B·G × K scores, and per vector the rows the codebook's update sums by entry.
 pub struct VqScratch<'a> {
-    /// −½‖e_k‖², [K].
+    /// −½‖e_k‖², `[K]`.
     pub half_norms: &'a Tensor,
     /// [B·G, K].
     pub scores: &'a Tensor,

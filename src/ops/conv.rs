@@ -1,5 +1,5 @@
 //! `shaders/conv.wgsl`: the patch matrix of a convolution (im2col), its adjoint (col2im, with
-//! the matmul's epilogue), and per-channel sums. With [`crate::ops::matmul`] these make a
+//! the matmul's epilogue), and per-channel sums. With `ops::matmul` these make a
 //! convolution's forward, input gradient and weight gradient, and a transposed convolution's.
 
 use crate::error::{Result, VaeError};
@@ -218,7 +218,7 @@ pub fn im2col(gpu: &Gpu, label: &str, g: &ConvGeometry, x: &Tensor, cols: &Tenso
 }
 
 /// Plans X = epilogue(col2im(`cols`)) into `x` (B·H·W·C elements): each pixel
-/// sums the patch-matrix entries that read it, then adds `epi.bias` ([C]), applies `epi.act`,
+/// sums the patch-matrix entries that read it, then adds `epi.bias` (`[C]`), applies `epi.act`,
 /// or multiplies by the derivative of `epi.dact`'s activation from its output (X's shape).
 /// Accumulation and column sums are matmul epilogues only.
 pub fn col2im(
