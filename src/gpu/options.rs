@@ -85,9 +85,9 @@ impl MatmulStrategy {
 /// (see [`Tensor`](crate::Tensor)). Mirrors only exist where the subgroup strategy is chosen.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum TextureMirrors {
-    /// The operands of the large products: weights of at least
-    /// [`crate::model::MIRROR_MIN_WEIGHTS`] values, and in every workspace the input, the
-    /// hidden activations, their gradients and the output gradient.
+    /// The operands of the large products: dense weights of at least
+    /// [`crate::model::MIRROR_MIN_WEIGHTS`] values, every convolution's weight, and in every
+    /// workspace the input, the hidden activations, their gradients and the output gradient.
     #[default]
     Auto,
     /// As `Auto`, and every weight whose size is a whole number of texels.

@@ -91,6 +91,10 @@ impl WorkspaceSpec {
 pub trait Network: Send + Sync {
     /// Its dense layers in forward order (texture mirrors, lookups by name).
     fn layers(&self) -> Vec<&Linear>;
+    /// Its convolutions in forward order (texture mirrors of their weights).
+    fn convs(&self) -> Vec<&crate::nn::Conv2d> {
+        Vec::new()
+    }
     /// Draws its initial parameters, layer by layer in forward order.
     fn init(&self, rng: &mut rand_pcg::Pcg64Mcg, values: &mut [Vec<f32>]) {
         for l in self.layers() {

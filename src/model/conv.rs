@@ -183,6 +183,10 @@ impl Network for ConvEncoder {
         self.dense.iter().flat_map(|m| &m.layers).collect()
     }
 
+    fn convs(&self) -> Vec<&Conv2d> {
+        self.convs.iter().collect()
+    }
+
     fn init(&self, rng: &mut rand_pcg::Pcg64Mcg, values: &mut [Vec<f32>]) {
         for c in &self.convs {
             c.init(rng, values);
@@ -418,6 +422,10 @@ impl ConvDecoder {
 impl Network for ConvDecoder {
     fn layers(&self) -> Vec<&Linear> {
         self.dense.iter().flat_map(|m| &m.layers).collect()
+    }
+
+    fn convs(&self) -> Vec<&Conv2d> {
+        self.convs.iter().collect()
     }
 
     fn init(&self, rng: &mut rand_pcg::Pcg64Mcg, values: &mut [Vec<f32>]) {

@@ -91,18 +91,22 @@ impl Vae {
     pub fn set_texture_mirrors(&mut self, gpu: &Gpu, policy: TextureMirrors) -> Result<()> {
         let subgroup = crate::ops::MatmulStrategy::preferred(gpu)? == crate::ops::MatmulStrategy::Subgroup;
         self.mirrors = if subgroup { policy } else { TextureMirrors::None };
+        let convs = self.encoder.convs().into_iter().chain(self.decoder.convs());
+        // A convolution's weight is read by every pixel of every image, so its mirror pays
+        // at any size: under Auto its threshold is 0.
         let wanted: Vec<(usize, bool)> = self
             .layers()
             .into_iter()
-            .map(|l| {
-                let size = l.in_features * l.out_features;
+            .map(|l| (l.w, l.in_features * l.out_features, MIRROR_MIN_WEIGHTS))
+            .chain(convs.map(|c| (c.w, c.weight_len(), 0)))
+            .map(|(w, size, min)| {
                 let on = size % 4 == 0
                     && match self.mirrors {
-                        TextureMirrors::Auto => size >= MIRROR_MIN_WEIGHTS,
+                        TextureMirrors::Auto => size >= min,
                         TextureMirrors::All => true,
                         TextureMirrors::None => false,
                     };
-                (l.w, on)
+                (w, on)
             })
             .collect();
         self.arena.set_mirrors(gpu, &wanted)

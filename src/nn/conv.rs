@@ -122,6 +122,16 @@ impl Conv2d {
         self.out_hw.0 * self.out_hw.1 * self.out_channels
     }
 
+    /// Values of the stored weight, [k·k·C (rounded up to 4), C'] of the planned convolution.
+    pub fn weight_len(&self) -> usize {
+        let (c, c_out) = if self.transposed {
+            (self.out_channels, self.in_channels)
+        } else {
+            (self.in_channels, self.out_channels)
+        };
+        (self.kernel * self.kernel * c).div_ceil(4) * 4 * c_out
+    }
+
     /// The convolution the layer is planned around, for `batch` images.
     pub fn geometry(&self, batch: usize) -> Result<ConvGeometry> {
         let (hw, c_in, c_out) = if self.transposed {

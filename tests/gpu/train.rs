@@ -5,7 +5,7 @@ use vae_wgpu::data::DatasetKind;
 use vae_wgpu::data::GpuDataset;
 use vae_wgpu::explore::hierarchy_figure;
 use vae_wgpu::infer::{prior_latents, prior_samples};
-use vae_wgpu::model::{Code, TextureMirrors, TopLatent, Vae, VaeConfig};
+use vae_wgpu::model::{Arch, Code, ConvArch, TextureMirrors, TopLatent, Vae, VaeConfig};
 use vae_wgpu::train::{Evaluator, KlSchedule, TrainConfig, Trainer};
 use vae_wgpu::{rng, Gpu, VaeError};
 
@@ -375,6 +375,42 @@ fn texture_mirrors_do_not_change_the_numbers() {
     assert_eq!(nb, 8, "the 4 weights of 784-64-8-64-784 and the 4 of the second layer");
     assert_eq!(la, lb);
     assert!(pa == pb, "hierarchical: parameters differ with texture mirrors");
+
+    // A convolutional VAE: its four convolutions' weights are mirrored by default, and read
+    // as B by the forward and input-gradient products.
+    let conv = |policy: TextureMirrors| {
+        let cfg = VaeConfig {
+            hidden: vec![16],
+            latent: 4,
+            arch: Arch::Conv(ConvArch {
+                input: [1, 28, 28],
+                channels: vec![4, 8],
+            }),
+            ..small_config()
+        };
+        let mut vae = Vae::new(g, cfg, 5).unwrap();
+        vae.set_texture_mirrors(g, policy).unwrap();
+        let tc = TrainConfig {
+            batch_size: 64,
+            seed: 5,
+            ..Default::default()
+        };
+        let mut tr = Trainer::new(g, &vae, mnist_subset(g, 100), tc).unwrap();
+        let mut losses: Vec<f64> = (0..2).map(|_| tr.train_epoch(|_, _| {}).unwrap().train.loss).collect();
+        losses.push(
+            Evaluator::new(g, mnist_subset(g, 50))
+                .unwrap()
+                .elbo(&vae, 1, false)
+                .unwrap()
+                .loss,
+        );
+        (losses, g.read(&vae.arena.params).unwrap(), vae.mirrored_weights())
+    };
+    let (la, pa, na) = conv(TextureMirrors::None);
+    let (lb, pb, nb) = conv(TextureMirrors::Auto);
+    assert_eq!((na, nb), (0, 4), "the convolutions' weights (the dense ones are small)");
+    assert_eq!(la, lb);
+    assert!(pa == pb, "convolutional: parameters differ with texture mirrors");
 }
 
 /// Embedding: a host application creates its own device, hands it to vae-wgpu, and records
