@@ -27,6 +27,12 @@ use crate::ops::{self, Activation};
 const GEOMETRY: (usize, usize, usize) = (CONV_KERNEL, CONV_STRIDE, CONV_PADDING);
 
 /// The convolutions' activations [n, len] for `n` rows (and, training, their gradients).
+/// `t` with a texture mirror where the workspace's policy asks and its values are whole texels.
+fn mirrored(gpu: &Gpu, spec: &WorkspaceSpec, name: &str, t: Tensor) -> Result<Tensor> {
+    let whole = t.len().is_multiple_of(4);
+    ops::mirrored(gpu, name, t, spec.mirrors && whole)
+}
+
 struct ConvStack {
     layers: Vec<Conv2d>,
     /// Each layer's output except the stack's last, whose output belongs to the caller.
@@ -39,14 +45,28 @@ struct ConvStack {
 impl ConvStack {
     fn new(gpu: &Gpu, spec: &WorkspaceSpec, layers: &[Conv2d], name: &str, n: usize) -> Result<Self> {
         let inner = &layers[..layers.len() - 1];
-        let t = |prefix: &str, l: &Conv2d| gpu.tensor(&format!("{prefix}.{}", l.name), &[n, l.out_len()]);
+        // Mirrored where a weight gradient reads it as B: a transposed layer's input, a
+        // convolution's output gradient.
+        let t = |prefix: &str, l: &Conv2d, mirror: bool| {
+            let name = format!("{prefix}.{}", l.name);
+            let t = gpu.tensor(&name, &[n, l.out_len()])?;
+            if mirror {
+                mirrored(gpu, spec, &name, t)
+            } else {
+                Ok(t)
+            }
+        };
         Ok(ConvStack {
             layers: layers.to_vec(),
-            outputs: inner.iter().map(|l| t(name, l)).collect::<Result<_>>()?,
+            outputs: inner
+                .iter()
+                .zip(&layers[1..])
+                .map(|(l, next)| t(name, l, next.transposed))
+                .collect::<Result<_>>()?,
             d_outputs: if spec.train {
                 inner
                     .iter()
-                    .map(|l| t(&format!("d_{name}"), l))
+                    .map(|l| t(&format!("d_{name}"), l, !l.transposed))
                     .collect::<Result<_>>()?
             } else {
                 Vec::new()
@@ -63,6 +83,9 @@ impl ConvStack {
         for (i, l) in self.layers.iter().enumerate() {
             let output = self.outputs.get(i).map_or_else(|| y.clone(), |t| rows(t, n));
             d.extend(l.forward(c.gpu, c.arena, &input, &output, self.cols[i].as_ref())?);
+            if i + 1 < self.layers.len() {
+                d.extend(ops::refresh_mirror(&format!("{}.forward", l.name), &output));
+            }
             input = output;
         }
         Ok(d)
@@ -106,6 +129,9 @@ impl ConvStack {
                 self.cols[i].as_ref(),
             )?);
             if let Some(next) = d_input {
+                if i > 0 {
+                    d.extend(ops::refresh_mirror(&format!("{}.dgrad", self.layers[i].name), &next));
+                }
                 dy = next;
             }
         }
@@ -249,7 +275,11 @@ impl Network for ConvEncoder {
             d_joined: (joined && spec.train)
                 .then(|| t("d_enc_dense_in", self.dense_width))
                 .transpose()?,
-            d_feature: spec.train.then(|| t("d_enc_feature", self.feature)).transpose()?,
+            // B of the last convolution's weight gradient: mirrored like a dense layer's.
+            d_feature: spec
+                .train
+                .then(|| mirrored(gpu, spec, "d_enc_feature", t("d_enc_feature", self.feature)?))
+                .transpose()?,
             feature,
         };
         Ok(Box::new(ConvEncoderWorkspace {
@@ -322,6 +352,7 @@ impl NetworkWorkspace for ConvEncoderWorkspace {
                     &d_feature,
                     feature.shape()[1],
                 )?);
+                d.extend(ops::refresh_mirror("encoder.unjoin", &d_feature));
                 d
             }
             _ => p.mlp.backward(c, &feature, dy, Some(&d_feature))?,
@@ -471,7 +502,8 @@ impl Network for ConvDecoder {
             dense: match &self.dense {
                 Some(m) => Some((
                     m.workspace(gpu, spec, "dec_hidden", n)?,
-                    t("dec_feature")?,
+                    // B of the first transposed convolution's weight gradient.
+                    mirrored(gpu, spec, "dec_feature", t("dec_feature")?)?,
                     spec.train.then(|| t("d_dec_feature")).transpose()?,
                 )),
                 None => None,
