@@ -1,12 +1,12 @@
-//! Checkpoints and training states written before the reader moved to the `safetensors` crate
-//! (`tests/fixtures/`) still load: the model's configuration from the metadata, every tensor
-//! as stored (re-saved and read back by hand, bit for bit), and the optimizer state into a
-//! trainer of the same settings.
+//! Checkpoints and training states written by earlier versions (`tests/fixtures/`: from before
+//! the reader moved to the `safetensors` crate, and the first convolutional format) still load:
+//! the model's configuration from the metadata, every tensor as stored (re-saved and read back
+//! by hand, bit for bit), and the optimizer state into a trainer of the same settings.
 
 use std::path::Path;
 
 use vae_wgpu::data::{DatasetKind, GpuDataset};
-use vae_wgpu::model::{Code, Likelihood, TopLatent, Vae, VaeConfig};
+use vae_wgpu::model::{Arch, Code, ConvArch, Likelihood, TopLatent, Vae, VaeConfig};
 use vae_wgpu::train::{TrainConfig, Trainer};
 
 use crate::common::{gpu, RawCheckpoint};
@@ -86,7 +86,21 @@ fn checkpoints_and_states_of_earlier_versions_load() {
         },
         TrainConfig {
             vq_ema: Some(0.9),
-            ..train
+            ..train.clone()
         },
+    );
+    check(
+        "conv-conditional",
+        VaeConfig {
+            hidden: vec![8],
+            latent: 2,
+            classes: 10,
+            arch: Arch::Conv(ConvArch {
+                input: [1, 28, 28],
+                channels: vec![4, 8],
+            }),
+            ..Default::default()
+        },
+        train,
     );
 }
