@@ -47,9 +47,7 @@ impl QuantizedCode {
             codebook: layout.add(CODEBOOK_SLOT, &[codes, cfg.latent / groups]),
         }
     }
-}
 
-impl QuantizedCode {
     /// Values per vector.
     fn width(&self) -> usize {
         self.latent / self.groups
