@@ -201,8 +201,13 @@ fn vq_ema(@builtin(global_invocation_id) gid: vec3<u32>) {
     let d = VP.latent / VP.groups;
     if (i >= VP.codes * d) { return; }
     let ns = assigned(i / d, i % d, 0.0);
-    let big_n = VP.decay * ema_n[i] + (1.0 - VP.decay) * ns.x;
-    let big_m = VP.decay * ema_m[i] + (1.0 - VP.decay) * ns.y;
+    ema_update(i, ns.x, ns.y);
+}
+
+// Value i of the moving averages from this step's count n and sum s (shared by both forms).
+fn ema_update(i: u32, n: f32, s: f32) {
+    let big_n = VP.decay * ema_n[i] + (1.0 - VP.decay) * n;
+    let big_m = VP.decay * ema_m[i] + (1.0 - VP.decay) * s;
     ema_n[i] = big_n;
     ema_m[i] = big_m;
     if (big_n > 1e-20) { book_out[i] = big_m / big_n; }
@@ -298,11 +303,5 @@ fn vq_ema_apply(@builtin(global_invocation_id) gid: vec3<u32>) {
     let d = VP.latent / VP.groups;
     if (i >= VP.codes * d) { return; }
     let k = i / d;
-    let sums = vq_scores[k * (d + 4u) + i % d];
-    let n = vq_scores[k * (d + 4u) + d];
-    let big_n = VP.decay * ema_n[i] + (1.0 - VP.decay) * n;
-    let big_m = VP.decay * ema_m[i] + (1.0 - VP.decay) * sums;
-    ema_n[i] = big_n;
-    ema_m[i] = big_m;
-    if (big_n > 1e-20) { book_out[i] = big_m / big_n; }
+    ema_update(i, vq_scores[k * (d + 4u) + d], vq_scores[k * (d + 4u) + i % d]);
 }
