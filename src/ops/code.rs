@@ -594,7 +594,7 @@ pub fn vq_codebook_grad_scored(
     dcodebook: &Tensor,
 ) -> Result<Dispatch> {
     let d = dcodebook.shape()[1];
-    crate::ops::onehot_matmul(gpu, label, idx, &rows.reshape_prefix(&[idx.len(), d]), dcodebook, None)
+    crate::ops::onehot_matmul(gpu, label, idx, &rows.reshape_prefix(&[idx.len(), d]), dcodebook)
 }
 
 /// Plans the moving averages' update from the rows [`vq_forward_scored`] wrote with `ema`:
@@ -627,7 +627,7 @@ pub fn vq_ema_scored(
         )));
     }
     let sums = sums.reshape_prefix(&[codes, d + 4]);
-    let product = crate::ops::onehot_matmul(gpu, label, idx, &rows.reshape_prefix(&[idx.len(), d + 4]), &sums, None)?;
+    let product = crate::ops::onehot_matmul(gpu, label, idx, &rows.reshape_prefix(&[idx.len(), d + 4]), &sums)?;
     let q = Vq {
         b: 1,
         zd: d,

@@ -216,15 +216,8 @@ pub fn conv_matmul(
 
 /// Plans C [K, N] = onehot(idx)ᵀ · B: row k of C sums the rows r of `b` [R, N] whose index
 /// `idx[r]` (R exact integers as f32) is k. The one-hot matrix is never written: the kernel
-/// gathers it from the indices (ONE_HOT_A). Column sums of B go to `colsum` if given.
-pub fn onehot_matmul(
-    gpu: &Gpu,
-    label: &str,
-    idx: &Tensor,
-    b: &Tensor,
-    c: &Tensor,
-    colsum: Option<&Tensor>,
-) -> Result<Dispatch> {
+/// gathers it from the indices (ONE_HOT_A).
+pub fn onehot_matmul(gpu: &Gpu, label: &str, idx: &Tensor, b: &Tensor, c: &Tensor) -> Result<Dispatch> {
     let (r, n) = dims2(b, "B")?;
     let (k, cn) = dims2(c, "C")?;
     if idx.len() != r || cn != n {
@@ -235,11 +228,7 @@ pub fn onehot_matmul(
             c.shape()
         )));
     }
-    let epi = Epilogue {
-        colsum,
-        ..Default::default()
-    };
-    check_epilogue(label, k, n, &epi)?;
+    let epi = Epilogue::default();
     let shape = Shape {
         m: k,
         n,
