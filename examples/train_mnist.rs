@@ -16,7 +16,8 @@ use vae_wgpu::gpu::MatmulStrategy;
 use vae_wgpu::infer::{decode_conditional, prior_latents};
 use vae_wgpu::io::{read_safetensors, write_grid_png};
 use vae_wgpu::model::{
-    likelihood_name, parse_hidden, parse_likelihood, parse_top, parse_variance, Code, Likelihood, TopLatent,
+    likelihood_name, parse_hidden, parse_likelihood, parse_top, parse_variance, Activation, Code, Likelihood, Objective,
+    TopLatent,
 };
 use vae_wgpu::model::{Arch, ConvArch, Vae, VaeConfig};
 use vae_wgpu::run::RunDir;
@@ -55,9 +56,15 @@ struct Cli {
     /// With --arch conv: the convolutions' output channels [default: 32,64]
     #[arg(long, value_name = "C[,C...]", value_parser = hidden)]
     conv: Option<Hidden>,
+    /// Hidden layers' activation: relu, leaky-relu, tanh, sigmoid, or identity (alias linear)
+    #[arg(long, value_name = "A", default_value = "relu", value_parser = activation)]
+    activation: Activation,
     /// Adam learning rate
     #[arg(long, value_name = "F", default_value_t = 1e-3, value_parser = common::positive_f32)]
     lr: f32,
+    /// Adam's epsilon (the IWAE paper's protocol uses 1e-4)
+    #[arg(long, value_name = "F", default_value_t = 1e-8, value_parser = common::positive_f32)]
+    adam_eps: f32,
     /// Seed for the initial weights, the example order and the device's draws
     #[arg(long, value_name = "N", default_value_t = 1)]
     seed: u64,
@@ -80,6 +87,13 @@ struct Cli {
     /// Monte Carlo samples of z per example in training (at most 32768)
     #[arg(long, value_name = "L", default_value_t = 1, value_parser = common::samples)]
     mc_samples: usize,
+    /// The bound training maximizes: elbo, or iwae (the importance-weighted bound over
+    /// --iw-k draws, Burda et al. 2016)
+    #[arg(long, value_name = "O", default_value = "elbo", value_parser = ["elbo", "iwae"])]
+    objective: String,
+    /// With --objective iwae: importance samples K per example (at most 32768)
+    #[arg(long, value_name = "K", value_parser = common::samples)]
+    iw_k: Option<usize>,
     /// Conditional VAE: the one-hot label feeds encoder and decoder; the bound is then on
     /// -log p(x|y)
     #[arg(long)]
@@ -185,6 +199,9 @@ fn likelihood(s: &str) -> std::result::Result<Lik, String> {
 fn variance(s: &str) -> std::result::Result<Likelihood, String> {
     parse_variance(s).map_err(|e| common::explain(&e))
 }
+fn activation(s: &str) -> std::result::Result<Activation, String> {
+    Activation::parse(s).map_err(|e| common::explain(&e))
+}
 fn dataset(s: &str) -> std::result::Result<DatasetKind, String> {
     DatasetKind::parse(s).map_err(|e| common::explain(&e))
 }
@@ -283,6 +300,7 @@ impl Cli {
         let mut model = VaeConfig {
             hidden,
             latent,
+            activation: self.activation,
             likelihood: self.likelihood.value,
             classes: if self.conditional { NUM_CLASSES } else { 0 },
             arch: conv.clone().map_or(Arch::Mlp, Arch::Conv),
@@ -324,16 +342,36 @@ impl Cli {
             (_, _, Some(top)) => Code::Hierarchical(top.0),
             _ => Code::Gaussian,
         };
+        let objective = match (self.objective.as_str(), self.iw_k) {
+            ("iwae", Some(k)) => Objective::Iwae { k },
+            ("iwae", None) => {
+                return Err(VaeError::Config(
+                    "--objective iwae needs --iw-k K, the importance samples per example (the IWAE paper \
+                     uses 1, 5 and 50)"
+                        .into(),
+                ))
+            }
+            (_, Some(_)) => {
+                return Err(VaeError::Config(
+                    "--iw-k sets the importance-weighted bound's samples; add --objective iwae (the ELBO's \
+                     samples are --mc-samples)"
+                        .into(),
+                ))
+            }
+            _ => Objective::Elbo,
+        };
         let train = TrainConfig {
             batch_size: self.batch_size,
             adam: vae_wgpu::train::AdamConfig {
                 lr: self.lr,
+                eps: self.adam_eps,
                 ..Default::default()
             },
             seed: self.seed,
             drop_last: self.drop_last,
             binarize: self.binarize == "dynamic",
             mc_samples: self.mc_samples,
+            objective,
             denoise: self.denoise,
             beta: self.beta,
             kl_schedule: KlSchedule::parse(self.kl_warmup, self.kl_cycles)?,
@@ -509,6 +547,15 @@ fn run(args: Args) -> Result<i32> {
         ("beta".to_string(), args.train.beta.to_string()),
         ("kl_schedule".to_string(), args.train.kl_schedule.to_string()),
         ("mc_samples".to_string(), args.train.mc_samples.to_string()),
+        ("objective".to_string(), args.train.objective.name().to_string()),
+        (
+            "iw_k".to_string(),
+            match args.train.objective {
+                Objective::Iwae { k } => k.to_string(),
+                Objective::Elbo => "none".to_string(),
+            },
+        ),
+        ("adam_eps".to_string(), args.train.adam.eps.to_string()),
         ("drop_last".to_string(), args.train.drop_last.to_string()),
         ("denoise".to_string(), args.train.denoise.to_string()),
         (
@@ -545,6 +592,12 @@ fn run(args: Args) -> Result<i32> {
         ("-ELBO", "KL")
     } else {
         ("loss", "penalty")
+    };
+    // Under the importance-weighted bound the training columns are that bound and its gap
+    // to the mean NLL; the test columns stay the ELBO, comparable across objectives.
+    let (train_name, train_rest) = match args.train.objective {
+        Objective::Iwae { k } => (format!("-IWAE(K={k})"), "gap"),
+        Objective::Elbo => (loss_name.to_string(), kl_name),
     };
     let bound_note = if args.model.is_vae() {
         format!("(bound on {bound})")
@@ -632,6 +685,10 @@ fn run(args: Args) -> Result<i32> {
             train_loss: rep.train.loss,
             train_recon: rep.train.recon,
             train_kl: rep.train.kl,
+            train_bound: match args.train.objective {
+                Objective::Iwae { k } => Some(format!("iwae:{k}")),
+                Objective::Elbo => None,
+            },
             test_loss: test_stats.loss,
             test_recon: test_stats.recon,
             test_kl: test_stats.kl,
@@ -644,7 +701,7 @@ fn run(args: Args) -> Result<i32> {
             iw_k: None,
         };
         println!(
-            "epoch {epoch:>3} | beta {:.3} | train {loss_name} {:.2} (recon {:.2} + {kl_name} {:.2}) | test {loss_name} {:.2} {bound_note} | {:.0} samples/s | {:.1}s",
+            "epoch {epoch:>3} | beta {:.3} | train {train_name} {:.2} (recon {:.2} + {train_rest} {:.2}) | test {loss_name} {:.2} {bound_note} | {:.0} samples/s | {:.1}s",
             rep.beta, rep.train.loss, rep.train.recon, rep.train.kl, test_stats.loss, rep.samples_per_sec, elapsed
         );
         // A hierarchical VAE's last epoch also splits the test KL by layer (a layer near 0 is
@@ -817,6 +874,9 @@ fn resume_run(
         "beta",
         "kl_schedule",
         "mc_samples",
+        "objective",
+        "iw_k",
+        "adam_eps",
         "drop_last",
         "denoise",
         "vq_ema",
@@ -853,7 +913,7 @@ fn resume_run(
         run_meta
             .iter()
             .filter(|(k, _)| decisive.contains(&k.as_str()))
-            .filter_map(|(k, v)| match get(k) {
+            .filter_map(|(k, v)| match get(k).or_else(|| recorded_default(k)) {
                 Some(r) if r != v => Some(format!("{}: {k} = {r} in the run, {v} now", resume_flag(k))),
                 _ => None,
             }),
@@ -928,6 +988,16 @@ fn resume_run(
     write_replacing(metrics, kept.as_bytes())
 }
 
+/// What a run recorded before a key existed meant: the setting's only value then.
+fn recorded_default(key: &str) -> Option<&'static str> {
+    match key {
+        "objective" => Some("elbo"),
+        "iw_k" => Some("none"),
+        "adam_eps" => Some("0.00000001"),
+        _ => None,
+    }
+}
+
 /// The flag that sets a key of the run's record, for --resume's refusals.
 fn resume_flag(key: &str) -> &'static str {
     match key {
@@ -939,11 +1009,15 @@ fn resume_flag(key: &str) -> &'static str {
         "beta" => "--beta",
         "kl_schedule" => "--kl-warmup/--kl-cycles",
         "mc_samples" => "--mc-samples",
+        "objective" => "--objective",
+        "iw_k" => "--iw-k",
+        "adam_eps" => "--adam-eps",
         "drop_last" => "--drop-last",
         "denoise" => "--denoise",
         "vq_ema" => "--vq-ema",
         "binarize" => "--binarize",
         "hidden" => "--hidden",
+        "activation" => "--activation",
         "latent" => "--latent",
         "likelihood" => "--likelihood/--variance",
         "classes" => "--conditional",

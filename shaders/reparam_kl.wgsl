@@ -9,6 +9,11 @@
 //           log p(z) − log q(z|x)
 // backward: with dz summed over the L samples,
 //           dμ = Σ_s dz + β·μ ;  dlv = ½ Σ_s dz·ε·σ + ½·β·(σ² − 1)   (0 where lv was clamped)
+// WEIGHTED backward (the importance-weighted bound): each draw's term is the sampled
+//           log q(z|x) − log p(z) = ½(z² − ε² − lv) instead of the closed-form KL, weighted
+//           by the draw's normalized weight w̃ (row_weight[s·B + b]); with ε held fixed its
+//           gradient is z on z (log q's own μ-dependence cancels through z) and −½ on lv:
+//           g_s = dz_s + w̃_s·z_s ;  dμ = Σ_s g_s ;  dlv = ½σ Σ_s g_s·ε_s − ½ Σ_s w̃_s
 // ε is drawn again in backward instead of being stored: the RNG is a pure function of its key.
 // A hierarchical VAE's upper layer i draws with sample_base 2^15 + i (one draw per row of the
 // layer below, sample 0), so its ε never repeats z₁'s or another layer's.
@@ -38,11 +43,15 @@ var<private> S: Step;
 @group(0) @binding(4) var<storage, read_write> kl: array<f32>;     // forward: [B, Z] out (hier_kl: [L·B, Z])
 @group(0) @binding(5) var<storage, read_write> denc: array<f32>;   // backward: [B, 2Z] out
 @group(0) @binding(6) var<storage, read_write> log_ratio: array<f32>; // forward, LOG_RATIO: [L·B, Z]
+@group(0) @binding(11) var<storage, read> row_weight: array<f32>;  // WEIGHTED: [L·B] normalized weights
 
 // Also write the terms of log p(z) − log q(z|x) per sample, for importance-weighted bounds.
 override LOG_RATIO: bool = false;
 // Write the KL's terms; off for a hierarchical VAE's z₁, whose prior is p(z₁|z₂) (hier_kl).
 override WRITE_KL: bool = true;
+// Weight each draw's prior terms by row_weight (the importance-weighted bound) instead of by
+// β·kl_scale, and take the sampled log q − log p in place of the closed-form KL.
+override WEIGHTED: bool = false;
 
 fn eps_at(s: u32, b: u32, j: u32) -> f32 {
     return rng_normal(S.seed, S.step, (S.stream << 16u) | (P.sample_base + s), b * P.latent + j);
@@ -87,14 +96,26 @@ fn reparam_kl_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     let sigma = exp(0.5 * lv);
     var dz_sum = 0.0;
     var dz_eps = 0.0;
+    var w_sum = 0.0;
     for (var s = 0u; s < P.samples; s++) {
-        let g = z[(s * P.batch + b) * P.z_stride + j];
+        let e = eps_at(s, b, j);
+        var g = z[(s * P.batch + b) * P.z_stride + j];
+        if (WEIGHTED) {
+            let w = row_weight[s * P.batch + b];
+            g += w * (mu + sigma * e);
+            w_sum += w;
+        }
         dz_sum += g;
-        dz_eps += g * eps_at(s, b, j);
+        dz_eps += g * e;
+    }
+    let inside = raw >= P.lv_min && raw <= P.lv_max;
+    if (WEIGHTED) {
+        denc[b * 2u * zd + j] = dz_sum;
+        denc[b * 2u * zd + zd + j] = select(0.0, 0.5 * dz_eps * sigma - 0.5 * w_sum, inside);
+        return;
     }
     let w = beta * P.kl_scale;
     denc[b * 2u * zd + j] = dz_sum + w * mu;
-    let inside = raw >= P.lv_min && raw <= P.lv_max;
     denc[b * 2u * zd + zd + j] = select(0.0, 0.5 * dz_eps * sigma + 0.5 * w * (sigma * sigma - 1.0), inside);
 }
 
@@ -110,6 +131,10 @@ fn reparam_kl_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
 // per element, for importance weights. Each row's gradients are weighted by β·kl_scale (1/L:
 // the terms are averaged over the L draws, as the NLL is). A layer z_k below the top of a deeper
 // hierarchy is the same with q(z_k|z_{k−1})'s rows as enc (one draw per row).
+// WEIGHTED (the importance-weighted bound): row r's gradients are weighted by row_weight[r]
+// instead of β·kl_scale, and sample_backward's entropy by the sum of its draws' weights. The
+// sampled log q(z₁|x) − log p(z₁|z₂) = ½(lvₚ − lv − ε² + (z₁ − μₚ)²e^(−lvₚ)) differs from t only
+// by terms constant in the parameters with ε fixed, so its gradients are t's.
 @group(0) @binding(7) var<storage, read> prior: array<f32>;          // [L·B, 2Z]: μₚ | log σₚ²
 @group(0) @binding(8) var<storage, read_write> dprior: array<f32>;   // [L·B, 2Z]
 @group(0) @binding(9) var<storage, read> dz_up: array<f32>;          // [L·B, Z']: from q(z₂|z₁)'s net
@@ -125,7 +150,8 @@ fn hier_kl(@builtin(global_invocation_id) gid: vec3<u32>) {
     let r = i / zd;
     let j = i % zd;
     let b = r % P.batch;
-    let beta = S.kl_beta * P.kl_scale;
+    var beta = S.kl_beta * P.kl_scale;
+    if (WEIGHTED) { beta = row_weight[r]; }
     let lv = clamp(enc[b * 2u * zd + zd + j], P.lv_min, P.lv_max);
     let zv = z[r * P.z_stride + j];
     let mu_p = prior[r * 2u * zd + j];
@@ -161,13 +187,19 @@ fn sample_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     // weighted 1/L: kl_scale 1/L.
     var g_sum = 0.0;
     var g_eps = 0.0;
+    var w_sum = 0.0;
     for (var s = 0u; s < P.samples; s++) {
         let r = s * P.batch + b;
         let g = z[r * P.z_stride + j] + dz_up[r * P.z_stride + j] + dz_kl[r * zd + j];
         g_sum += g;
         g_eps += g * eps_at(s, b, j);
+        if (WEIGHTED) { w_sum += row_weight[r]; }
     }
     denc[b * 2u * zd + j] = g_sum;
     let inside = raw >= P.lv_min && raw <= P.lv_max;
-    denc[b * 2u * zd + zd + j] = select(0.0, 0.5 * g_eps * sigma - 0.5 * S.kl_beta * P.kl_scale, inside);
+    // The entropy's −½ per draw (the sampled log q's, under the importance-weighted bound),
+    // weighted as the draw's other prior terms are.
+    var entropy = S.kl_beta * P.kl_scale;
+    if (WEIGHTED) { entropy = w_sum; }
+    denc[b * 2u * zd + zd + j] = select(0.0, 0.5 * g_eps * sigma - 0.5 * entropy, inside);
 }

@@ -43,6 +43,7 @@ pub fn decode_conditional(gpu: &Gpu, vae: &Vae, z: &[f32], labels: Option<&[u8]>
         terms: &terms,
         b: n,
         samples: 1,
+        weights: None,
     };
     let plan = ws.forward(&c, &zt, &out)?;
     gpu.run(&plan.iter().collect::<Vec<_>>())?;

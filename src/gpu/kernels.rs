@@ -34,11 +34,14 @@ pub enum Shader {
     /// `conv.wgsl`: a convolution's patch matrix (im2col), its adjoint (col2im) and channel
     /// sums.
     Conv,
+    /// `iwae.wgsl`: the importance-weighted bound's log-weights, normalized weights and the
+    /// per-draw weighting of a gradient.
+    Iwae,
 }
 
 impl Shader {
     /// Every kernel family, for validation and warm-up.
-    pub const ALL: [Shader; 9] = [
+    pub const ALL: [Shader; 10] = [
         Shader::Matmul,
         Shader::Activation,
         Shader::Reduce,
@@ -48,6 +51,7 @@ impl Shader {
         Shader::Adam,
         Shader::Gather,
         Shader::Conv,
+        Shader::Iwae,
     ];
 
     /// File name under `shaders/`.
@@ -62,6 +66,7 @@ impl Shader {
             Shader::Adam => "adam.wgsl",
             Shader::Gather => "gather.wgsl",
             Shader::Conv => "conv.wgsl",
+            Shader::Iwae => "iwae.wgsl",
         }
     }
 
@@ -109,6 +114,7 @@ impl Shader {
             Shader::Adam => (&[STEP], include_str!("../../shaders/adam.wgsl")),
             Shader::Gather => (&[STEP, RNG], include_str!("../../shaders/gather.wgsl")),
             Shader::Conv => (&[ACT], include_str!("../../shaders/conv.wgsl")),
+            Shader::Iwae => (&[], include_str!("../../shaders/iwae.wgsl")),
         }
     }
 

@@ -32,6 +32,9 @@ pub struct Ctx<'a> {
     pub b: usize,
     /// Draws of z per example.
     pub samples: usize,
+    /// The importance-weighted bound's normalized weight of each of the L·b draws, which
+    /// backward applies in place of 1/L and β (None under the ELBO).
+    pub weights: Option<Tensor>,
 }
 
 impl Ctx<'_> {
@@ -58,6 +61,9 @@ pub struct WorkspaceSpec {
     pub train: bool,
     /// Allocate the importance-weighted bound's log-ratio terms (an evaluation workspace).
     pub log_ratio: bool,
+    /// Train on the importance-weighted bound over the `samples` draws instead of the ELBO
+    /// (implies `log_ratio`).
+    pub iw: bool,
     /// A denoising model's corrupted copy of the input, which the encoder reads instead.
     pub denoise: bool,
     /// Train a VQ-VAE's codebook by moving averages with this decay instead of by Adam.
@@ -75,6 +81,7 @@ impl WorkspaceSpec {
             samples,
             train: false,
             log_ratio: false,
+            iw: false,
             denoise: false,
             vq_ema: None,
             mirrors: false,

@@ -87,24 +87,29 @@ impl LikelihoodWorkspace {
             d_out,
             learned.as_ref(),
         )?];
-        if train {
+        // Under per-draw weights the gradient is final only in backward, which refreshes it.
+        if train && c.weights.is_none() {
             d.extend(ops::refresh_mirror("loss", d_out));
         }
         Ok(d)
     }
 
-    /// A learned log-variance's gradient, reduced from the loss's per-element terms.
-    pub fn backward(&self, c: &Ctx) -> Result<Vec<Dispatch>> {
-        match (self.block.log_c, &self.dlc, self.block.kind) {
-            (Some(slot), Some(dlc), Likelihood::GaussianLearned { per_pixel }) => Ok(vec![ops::log_c_grad(
-                c.gpu,
-                "log_c.grad",
-                per_pixel,
-                &rows(dlc, c.draws()),
-                &c.arena.grad(slot),
-            )?]),
-            _ => Ok(Vec::new()),
+    /// Per-draw weights (the importance-weighted bound's), applied to `d_out` and a learned
+    /// log-variance's terms; then that log-variance's gradient, reduced from its terms.
+    pub fn backward(&self, c: &Ctx, d_out: &Tensor) -> Result<Vec<Dispatch>> {
+        let mut d = Vec::new();
+        let dlc = self.dlc.as_ref().map(|t| rows(t, c.draws()));
+        if let Some(w) = &c.weights {
+            d.push(ops::iw_scale_rows(c.gpu, "iw.scale_d_out", c.b, c.samples, w, d_out)?);
+            d.extend(ops::refresh_mirror("iw.scale_d_out", d_out));
+            if let Some(dlc) = &dlc {
+                d.push(ops::iw_scale_rows(c.gpu, "iw.scale_d_log_c", c.b, c.samples, w, dlc)?);
+            }
         }
+        if let (Some(slot), Some(dlc), Likelihood::GaussianLearned { per_pixel }) = (self.block.log_c, &dlc, self.block.kind) {
+            d.push(ops::log_c_grad(c.gpu, "log_c.grad", per_pixel, dlc, &c.arena.grad(slot))?);
+        }
+        Ok(d)
     }
 
     /// The NLL term.

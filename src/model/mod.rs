@@ -10,7 +10,8 @@
 //! - `mlp.rs`: the MLP encoder (and its penalty, `contractive.rs`) and decoder.
 //! - `latent/`: Gaussian, hierarchical, deterministic and quantized codes, a file each.
 //! - `likelihood.rs`: Bernoulli and Gaussian (fixed, learned global, learned per pixel).
-//! - `objective.rs`: the ELBO, its gradient weights and metric row.
+//! - `objective.rs`: the ELBO and the importance-weighted bound, their gradient weights and
+//!   metric rows (chosen per workspace: the objective is how a step trains, not the model).
 //!
 //! `block.rs` holds the contracts blocks meet (`Network`, `Latent`) and what plans read;
 //! `terms.rs` the per-example terms blocks declare by name; `workspace.rs` a step's tensors;
@@ -28,7 +29,7 @@ pub(crate) mod inputs;
 pub(crate) mod latent;
 mod likelihood;
 mod mlp;
-mod objective;
+pub(crate) mod objective;
 pub(crate) mod step;
 pub(crate) mod terms;
 mod vae;
@@ -36,6 +37,7 @@ pub(crate) mod workspace;
 
 pub use crate::ops::{Activation, Likelihood, LOGVAR_MAX, LOGVAR_MIN, LOG_C_MAX, LOG_C_MIN};
 pub use checkpoint::{CODEBOOK_KEY, LOG_C_KEY};
+pub use objective::Objective;
 pub use config::{
     code_name, likelihood_name, parse_code, parse_hidden, parse_likelihood, parse_top, parse_variance, top_name, Arch,
     Code, ConvArch, TopLatent, VaeConfig, CONV_KERNEL, CONV_PADDING, CONV_STRIDE, MAX_CONV_LAYERS, MAX_TOP_LAYERS,

@@ -25,6 +25,7 @@ fn context<'a>(gpu: &'a Gpu, vae: &'a Vae, ws: &'a Workspace, b: usize, step: &'
         terms: &ws.terms,
         b,
         samples: ws.samples,
+        weights: ws.objective.weights(b, ws.samples),
     })
 }
 
@@ -103,20 +104,20 @@ pub fn plan_step(
     d.extend(ws.latent.forward(&c, &enc, &z)?);
     d.extend(ws.encoder.penalties(&c)?);
     d.extend(ws.decoder.forward(&c, &z, &out)?);
-    let weight = vae.objective.draw_weight(ws.samples);
+    let weight = ws.objective.draw_weight(ws.samples);
     d.extend(ws.likelihood.forward(&c, &out, &x, &d_out, weight, train)?);
-    d.extend(vae.objective.forward(&c)?);
+    d.extend(ws.objective.forward(&c)?);
 
     // Backward, each block's penalties with it.
     if let Some((dz, denc)) = &grads {
-        d.extend(ws.likelihood.backward(&c)?);
+        d.extend(ws.likelihood.backward(&c, &d_out)?);
         d.extend(ws.decoder.backward(&c, &z, &d_out, Some(dz))?);
         d.extend(ws.latent.backward(&c, &enc, &z, dz, denc)?);
         d.extend(ws.encoder.backward(&c, &x_enc, denc, None)?);
     }
 
     // This step's metric row, then the optimizer (the weights' texture mirrors follow it).
-    d.push(vae.objective.metrics(&c, metric_log)?);
+    d.push(ws.objective.metrics(&c, metric_log)?);
     if let Some(adam) = adam {
         let a = &vae.arena;
         d.push(ops::adam(

@@ -39,13 +39,16 @@ pub enum TermKind {
         /// The layer, from z₁ = 0 up.
         layer: usize,
     },
+    /// The importance-weighted bound's gap to the mean NLL per example, −bound − mean NLL:
+    /// the KL column (that objective sums the NLL and this alone).
+    BoundGap,
 }
 
 impl TermKind {
     fn slot(self) -> Option<usize> {
         match self {
             TermKind::Nll => Some(SLOT_RECON),
-            TermKind::Kl { .. } | TermKind::Penalty => Some(SLOT_KL),
+            TermKind::Kl { .. } | TermKind::Penalty | TermKind::BoundGap => Some(SLOT_KL),
             TermKind::LogRatio { .. } => None,
         }
     }
@@ -210,12 +213,18 @@ impl Terms {
 
     /// The metric row's segments for a plan of `b` examples (see [`segments`]).
     pub fn segments(&self, b: usize) -> Result<Vec<Segment>> {
+        self.segments_where(b, |_| true)
+    }
+
+    /// [`Terms::segments`] of the terms whose kind passes `keep` alone.
+    pub fn segments_where(&self, b: usize, keep: impl Fn(TermKind) -> bool) -> Result<Vec<Segment>> {
         let offsets: Vec<Option<usize>> = self
             .placed
             .iter()
-            .map(|p| match p {
-                Place::Shared(o) => Some(*o),
-                Place::Own(_) => None,
+            .zip(&self.specs)
+            .map(|(p, spec)| match p {
+                Place::Shared(o) if keep(spec.kind) => Some(*o),
+                _ => None,
             })
             .collect();
         segments(&self.specs, &offsets, b, self.samples)

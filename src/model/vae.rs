@@ -1,5 +1,6 @@
-//! The VAE: its blocks (encoder, latent, decoder, likelihood, objective) and the parameter
-//! arena they share.
+//! The VAE: its blocks (encoder, latent, decoder, likelihood) and the parameter arena they
+//! share. The objective belongs to a workspace (`model/objective.rs`): it is how a step is
+//! trained, not part of the model.
 
 use crate::error::Result;
 use crate::gpu::Gpu;
@@ -8,7 +9,6 @@ use crate::model::config::{Arch, VaeConfig};
 use crate::model::conv::{ConvDecoder, ConvEncoder};
 use crate::model::likelihood::LikelihoodBlock;
 use crate::model::mlp::{MlpDecoder, MlpEncoder};
-use crate::model::objective::{Elbo, Objective};
 use crate::nn::{ArenaLayout, Linear, ParamArena};
 
 pub use crate::gpu::TextureMirrors;
@@ -29,8 +29,6 @@ pub struct Vae {
     pub(crate) decoder: Box<dyn Network>,
     /// p(x|z).
     pub(crate) likelihood: LikelihoodBlock,
-    /// How the terms combine into the loss.
-    pub(crate) objective: Box<dyn Objective>,
     /// Every parameter, gradient and Adam moment, one buffer each.
     pub arena: ParamArena,
     /// Texture mirrors of the weights, and of the activations of workspaces made from now on
@@ -76,7 +74,6 @@ impl Vae {
             latent,
             decoder,
             likelihood,
-            objective: Box::new(Elbo),
             arena,
             mirrors: TextureMirrors::None,
         };

@@ -7,6 +7,7 @@ use crate::gpu::{Gpu, Tensor};
 use crate::model::block::{LatentWorkspace, NetworkWorkspace, WorkspaceSpec};
 use crate::model::inputs::InputsWorkspace;
 use crate::model::likelihood::LikelihoodWorkspace;
+use crate::model::objective::{self, ObjectiveBlock};
 use crate::model::terms::{TermLayout, Terms};
 use crate::model::vae::TextureMirrors;
 use crate::model::Vae;
@@ -53,6 +54,8 @@ pub struct Workspace {
     /// Rows of examples that carry it inside the encoder (a convolutional encoder's dense
     /// input).
     pub(crate) enc_labelled: Vec<(Tensor, usize)>,
+    /// How the terms combine into the loss, its gradient weights and the metric row.
+    pub(crate) objective: Box<dyn ObjectiveBlock>,
     /// The per-example terms the blocks declared.
     pub terms: Terms,
 }
@@ -67,8 +70,15 @@ impl Workspace {
         let cfg = &vae.config;
         let spec = WorkspaceSpec {
             mirrors: vae.texture_mirrors() != TextureMirrors::None,
+            log_ratio: spec.log_ratio || spec.iw,
             ..*spec
         };
+        if spec.iw && !cfg.is_vae() {
+            return Err(VaeError::settings(
+                &["TrainConfig::objective", "VaeConfig::code"],
+                "the importance-weighted bound needs a VAE: an autoencoder or a VQ-VAE has no prior",
+            ));
+        }
         if spec.batch == 0 || spec.samples == 0 || spec.samples > ops::MAX_SAMPLES {
             return Err(VaeError::Config(format!(
                 "a workspace needs at least one example and 1 to {} draws each, got {} and {}",
@@ -84,6 +94,7 @@ impl Workspace {
         let encoder = vae.encoder.workspace(gpu, &spec, b, &mut terms)?;
         let latent = vae.latent.workspace(gpu, &vae.arena, &spec, &mut terms)?;
         let decoder = vae.decoder.workspace(gpu, &spec, r, &mut terms)?;
+        let objective = objective::workspace(gpu, &spec, &mut terms)?;
         let z = t("z", &[r, cfg.dec_input_dim()])?;
         let labelled = if cfg.classes > 0 {
             let mut rows = vec![(z.clone(), cfg.latent)];
@@ -125,6 +136,7 @@ impl Workspace {
                 Vec::new()
             },
             encoder,
+            objective,
             terms: terms.allocate(gpu)?,
         })
     }
@@ -171,6 +183,7 @@ impl Workspace {
         all.extend(self.latent.tensors());
         all.extend(self.decoder.tensors());
         all.extend(self.likelihood.tensors());
+        all.extend(self.objective.tensors());
         all.extend(self.terms.tensors());
         all
     }

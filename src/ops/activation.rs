@@ -33,16 +33,17 @@ impl Activation {
         }
     }
 
-    /// Parses `identity`, `relu`, `leaky_relu`, `tanh` or `sigmoid`.
+    /// Parses `identity` (or `linear`), `relu`, `leaky_relu` (or `leaky-relu`), `tanh` or
+    /// `sigmoid`.
     pub fn parse(s: &str) -> Result<Self> {
         match s {
-            "identity" => Ok(Self::Identity),
+            "identity" | "linear" => Ok(Self::Identity),
             "relu" => Ok(Self::Relu),
             "leaky_relu" | "leaky-relu" => Ok(Self::LeakyRelu),
             "tanh" => Ok(Self::Tanh),
             "sigmoid" => Ok(Self::Sigmoid),
             _ => Err(VaeError::Config(format!(
-                "unknown activation {s:?}; expected identity, relu, leaky_relu, tanh or sigmoid"
+                "unknown activation {s:?}; expected relu, leaky-relu (leaky_relu), tanh, sigmoid, or identity (linear)"
             ))),
         }
     }

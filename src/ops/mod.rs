@@ -6,6 +6,7 @@ pub mod adam;
 pub mod code;
 pub mod conv;
 pub mod gather;
+pub mod iwae;
 pub mod loss;
 pub mod matmul;
 pub mod reduce;
@@ -21,6 +22,7 @@ pub use code::{
 };
 pub use conv::{channel_sum, col2im, copy_columns, im2col, ConvGeometry};
 pub use gather::{condition, corrupt, gather};
+pub use iwae::{iw_log_weights, iw_normalize, iw_scale_rows};
 pub use loss::{log_c_grad, loss, LearnedLogC, Likelihood, LOG_C_MAX, LOG_C_MIN};
 pub use matmul::{conv_matmul, matmul, onehot_matmul, ConvProduct, Epilogue, MatmulStrategy};
 pub use reduce::{colsum, read_log_totals, sum_segments, Segment, MAX_SEGMENTS};

@@ -209,12 +209,14 @@ pub fn reparam_kl_backward(
     dz: &Tensor,
     denc: &Tensor,
 ) -> Result<Dispatch> {
-    reparam_kl_backward_at(gpu, label, step, enc, samples, dz, denc, 0, 1.0)
+    reparam_kl_backward_at(gpu, label, step, enc, samples, dz, denc, 0, 1.0, None)
 }
 
 /// [`reparam_kl_backward`] for draws keyed from `sample_base` (see [`reparam_kl_forward_at`]),
 /// with the KL's gradient weighted by `kl_scale` on top of β (1/L when the rows of `enc` are
-/// themselves L draws of a layer below, whose terms the objective averages).
+/// themselves L draws of a layer below, whose terms the objective averages). With `weights`
+/// ([L·B], the importance-weighted bound's normalized weights) each draw's sampled
+/// log q − log p is weighted by its own weight instead, and β and `kl_scale` are not read.
 #[allow(clippy::too_many_arguments)]
 pub fn reparam_kl_backward_at(
     gpu: &Gpu,
@@ -226,6 +228,7 @@ pub fn reparam_kl_backward_at(
     denc: &Tensor,
     sample_base: u32,
     kl_scale: f32,
+    weights: Option<&Tensor>,
 ) -> Result<Dispatch> {
     let (b, zd) = check(label, enc, dz, samples)?;
     if denc.shape() != enc.shape() {
@@ -235,20 +238,25 @@ pub fn reparam_kl_backward_at(
             denc.shape()
         )));
     }
-    let pipeline = gpu
-        .kernels
-        .pipeline(Shader::ReparamKl, "reparam_kl_backward", &[], &layout())?;
+    let (weighted, weights) = weighting(label, weights, samples * b)?;
+    let mut layout = layout().to_vec();
+    layout.push(storage(11, true));
+    let pipeline =
+        gpu.kernels
+            .pipeline(Shader::ReparamKl, "reparam_kl_backward", &[("WEIGHTED", weighted)], &layout)?;
     let ubuf = params(gpu, label, b, zd, samples, z_stride(dz), sample_base, kl_scale)?;
+    let dw = gpu.dummy_write();
     let res = [
-        ubuf.raw().as_entire_binding(),
-        step.binding(),
-        enc.binding(),
-        dz.binding(),
-        gpu.dummy_write().binding(),
-        denc.binding(),
-        gpu.dummy_write().binding(),
+        (0, ubuf.raw().as_entire_binding()),
+        (1, step.binding()),
+        (2, enc.binding()),
+        (3, dz.binding()),
+        (4, dw.binding()),
+        (5, denc.binding()),
+        (6, dw.binding()),
+        (11, weights.unwrap_or(gpu.dummy_read()).binding()),
     ];
-    gpu.dispatch(
+    gpu.dispatch_bound(
         label,
         pipeline,
         &res,
@@ -257,6 +265,20 @@ pub fn reparam_kl_backward_at(
         0.0,
         4.0 * (4 * b * zd + samples * b * zd) as f64,
     )
+}
+
+/// The `WEIGHTED` constant and the binding-11 entry for per-draw weights: the importance-
+/// weighted bound's normalized weight of each of the `rows` draws, which replaces β·kl_scale
+/// (see reparam_kl.wgsl).
+fn weighting<'a>(label: &str, weights: Option<&'a Tensor>, rows: usize) -> Result<(f64, Option<&'a Tensor>)> {
+    match weights {
+        Some(w) if w.len() != rows => Err(VaeError::Shape(format!(
+            "{label}: the draws' weights must have {rows} elements, got {:?}",
+            w.shape()
+        ))),
+        Some(w) => Ok((1.0, Some(w))),
+        None => Ok((0.0, None)),
+    }
 }
 
 /// Checks that every tensor in `same` has `want`'s element count.
@@ -304,7 +326,9 @@ pub fn sample_forward_at(
 /// per draw), its terms `kl` [L·B·Z], the gradients weighted by the step's β·`kl_scale`,
 /// `dprior` [L·B, 2Z] and `dz_kl` [L·B·Z], and when given the terms of
 /// log p(z₁|z₂) − log q(z₁|x) in `log_ratio` [L·B·Z] (its ε keyed with `sample_base`, as z₁
-/// was drawn). The same for any layer below the top: its q rows and one sample per row.
+/// was drawn). The same for any layer below the top: its q rows and one sample per row. With
+/// `weights` [L·B] each row's gradients are weighted by its normalized weight instead of by
+/// β·`kl_scale` (the sampled log q − log p has the ladder term's gradient).
 #[allow(clippy::too_many_arguments)]
 pub fn hier_kl(
     gpu: &Gpu,
@@ -320,9 +344,11 @@ pub fn hier_kl(
     log_ratio: Option<&Tensor>,
     sample_base: u32,
     kl_scale: f32,
+    weights: Option<&Tensor>,
 ) -> Result<Dispatch> {
     let (b, zd) = check(label, enc, z, samples)?;
     let r = samples * b;
+    let (weighted, weights) = weighting(label, weights, r)?;
     check_len(label, r * zd, &[("the terms", kl), ("dz_kl", dz_kl)])?;
     if let Some(lr) = log_ratio {
         check_len(label, r * zd, &[("log_ratio", lr)])?;
@@ -345,8 +371,12 @@ pub fn hier_kl(
         storage(7, true),
         storage(8, false),
         storage(10, false),
+        storage(11, true),
     ];
-    let constants = [("LOG_RATIO", if log_ratio.is_some() { 1.0 } else { 0.0 })];
+    let constants = [
+        ("LOG_RATIO", if log_ratio.is_some() { 1.0 } else { 0.0 }),
+        ("WEIGHTED", weighted),
+    ];
     let pipeline = gpu
         .kernels
         .pipeline(Shader::ReparamKl, "hier_kl", &constants, &layout)?;
@@ -362,6 +392,7 @@ pub fn hier_kl(
         (7, prior.binding()),
         (8, dprior.binding()),
         (10, dz_kl.binding()),
+        (11, weights.unwrap_or(gpu.dummy_read()).binding()),
     ];
     gpu.dispatch_bound(
         label,
@@ -378,7 +409,8 @@ pub fn hier_kl(
 /// draws, of the decoder's `dz` and the upper encoder's `dz_up` (both [L·B, Z'], the columns
 /// past Z, a conditional model's one-hot, ignored) and [`hier_kl`]'s `dz_kl` [L·B·Z], plus
 /// the entropy's −β/2 on log σ² times `entropy_scale` (1 for z₁, whose L draws' 1/L add up;
-/// 1/L for a layer above, one draw per row). ε is keyed with `sample_base`, as in the draw.
+/// 1/L for a layer above, one draw per row), or with `weights` [L·B] each draw's −½ times
+/// its normalized weight. ε is keyed with `sample_base`, as in the draw.
 #[allow(clippy::too_many_arguments)]
 pub fn sample_backward(
     gpu: &Gpu,
@@ -392,8 +424,10 @@ pub fn sample_backward(
     denc: &Tensor,
     sample_base: u32,
     entropy_scale: f32,
+    weights: Option<&Tensor>,
 ) -> Result<Dispatch> {
     let (b, zd) = check(label, enc, dz, samples)?;
+    let (weighted, weights) = weighting(label, weights, samples * b)?;
     check_len(label, samples * b * zd, &[("dz_kl", dz_kl)])?;
     if dz_up.shape() != dz.shape() {
         return Err(VaeError::Shape(format!(
@@ -417,10 +451,11 @@ pub fn sample_backward(
         storage(5, false),
         storage(9, true),
         storage(10, false),
+        storage(11, true),
     ];
     let pipeline = gpu
         .kernels
-        .pipeline(Shader::ReparamKl, "sample_backward", &[], &layout)?;
+        .pipeline(Shader::ReparamKl, "sample_backward", &[("WEIGHTED", weighted)], &layout)?;
     let ubuf = params(gpu, label, b, zd, samples, z_stride(dz), sample_base, entropy_scale)?;
     let res = [
         (0, ubuf.raw().as_entire_binding()),
@@ -430,6 +465,7 @@ pub fn sample_backward(
         (5, denc.binding()),
         (9, dz_up.binding()),
         (10, dz_kl.binding()),
+        (11, weights.unwrap_or(gpu.dummy_read()).binding()),
     ];
     gpu.dispatch_bound(
         label,

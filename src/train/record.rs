@@ -12,15 +12,21 @@ use crate::error::{Result, VaeError};
 pub struct EpochRecord {
     /// The epoch, from 1.
     pub epoch: u64,
-    /// Training −ELBO (or an autoencoder's loss) over the epoch, as trained.
+    /// Training −ELBO (or an autoencoder's loss; under `train_bound`, that bound) over the
+    /// epoch, as trained.
     #[serde(with = "six")]
     pub train_loss: f64,
-    /// Its reconstruction part.
+    /// Its reconstruction part (the mean NLL over the draws).
     #[serde(with = "six")]
     pub train_recon: f64,
-    /// Its KL part (an autoencoder's or a VQ-VAE's penalties).
+    /// Its KL part (an autoencoder's or a VQ-VAE's penalties; under `train_bound`, the rest of
+    /// the bound: train_loss − train_recon).
     #[serde(with = "six")]
     pub train_kl: f64,
+    /// The bound trained when it is not the ELBO: `iwae:K`, the importance-weighted bound over
+    /// K draws (absent: the ELBO).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_bound: Option<String>,
     /// The test set's −ELBO after the epoch.
     #[serde(with = "six")]
     pub test_loss: f64,
@@ -136,6 +142,7 @@ mod tests {
             train_loss: 217.691_562_4,
             train_recon: 211.099_017,
             train_kl: 6.592_545,
+            train_bound: None,
             test_loss: 208.0,
             test_recon: f64::NAN,
             test_kl: f64::INFINITY,
@@ -172,6 +179,14 @@ mod tests {
             "{line}"
         );
         assert_eq!(EpochRecord::from_line(&line).unwrap().iw_k, Some(100));
+        // A run on the importance-weighted bound names it after the training terms.
+        let iw = EpochRecord {
+            train_bound: Some("iwae:5".into()),
+            ..record()
+        };
+        let line = iw.to_line().unwrap();
+        assert!(line.contains(r#""train_kl":6.592545,"train_bound":"iwae:5","test_loss""#), "{line}");
+        assert_eq!(EpochRecord::from_line(&line).unwrap().train_bound.as_deref(), Some("iwae:5"));
         assert!(EpochRecord::from_line("{\"epoch\":1}").is_err());
     }
 

@@ -12,7 +12,7 @@ use crate::model::inputs::Inputs;
 use crate::model::step::plan_step;
 use crate::model::terms::{METRIC_SLOTS, SLOT_RECON};
 use crate::model::workspace::Workspace;
-use crate::model::{Code, Vae, VaeConfig};
+use crate::model::{Code, Objective, Vae, VaeConfig};
 use crate::ops::{self, AdamConfig, StepBuffer, StepParams};
 use crate::rng;
 use crate::train::KlSchedule;
@@ -31,8 +31,11 @@ pub struct TrainConfig {
     pub drop_last: bool,
     /// Dynamic binarization of the inputs.
     pub binarize: bool,
-    /// Monte Carlo samples per example.
+    /// Monte Carlo samples per example (the ELBO's; the importance-weighted bound draws its own
+    /// K, and takes 1 here).
     pub mc_samples: usize,
+    /// The bound the steps maximize: the ELBO, or the importance-weighted bound over K draws.
+    pub objective: Objective,
     /// Denoising: the probability that masking noise zeroes each input pixel of the encoder
     /// in training (0: off); the loss compares the reconstruction with the clean input.
     /// Evaluation always encodes clean inputs.
@@ -59,6 +62,7 @@ impl Default for TrainConfig {
             drop_last: false,
             binarize: false,
             mc_samples: 1,
+            objective: Objective::Elbo,
             denoise: 0.0,
             beta: 1.0,
             kl_schedule: KlSchedule::Constant,
@@ -87,6 +91,40 @@ impl TrainConfig {
                     self.mc_samples
                 ),
             ));
+        }
+        if let Objective::Iwae { k } = self.objective {
+            if k == 0 || k > ops::MAX_SAMPLES {
+                return Err(VaeError::setting(
+                    "TrainConfig::objective",
+                    format!(
+                        "the importance-weighted bound needs 1 to {} samples per example (the random key's \
+                         sample field), got K = {k}",
+                        ops::MAX_SAMPLES
+                    ),
+                ));
+            }
+            if !model.is_vae() {
+                return Err(VaeError::settings(
+                    &["TrainConfig::objective", "VaeConfig::code"],
+                    "the importance-weighted bound needs a VAE: an autoencoder or a VQ-VAE has no prior, so \
+                     no importance weights",
+                ));
+            }
+            let elbo_only = [
+                (self.mc_samples != 1, "TrainConfig::mc_samples", "its K draws are the samples"),
+                (self.beta != 1.0, "TrainConfig::beta", "a weighted KL is not part of the bound"),
+                (
+                    self.kl_schedule != KlSchedule::Constant,
+                    "TrainConfig::kl_schedule",
+                    "a scheduled KL weight is not part of the bound",
+                ),
+            ];
+            if let Some((_, field, why)) = elbo_only.iter().find(|(set, _, _)| *set) {
+                return Err(VaeError::settings(
+                    &[field, "TrainConfig::objective"],
+                    format!("applies to the ELBO, not the importance-weighted bound: {why}"),
+                ));
+            }
         }
         if !(self.beta >= 0.0 && self.beta.is_finite()) {
             return Err(VaeError::setting(
@@ -137,6 +175,15 @@ impl TrainConfig {
             }
         }
         Ok(())
+    }
+
+    /// Draws of z per example in a training step: K under the importance-weighted bound,
+    /// else `mc_samples`.
+    pub fn draws(&self) -> usize {
+        match self.objective {
+            Objective::Iwae { k } => k,
+            Objective::Elbo => self.mc_samples,
+        }
     }
 }
 
@@ -202,7 +249,8 @@ impl<'g> Trainer<'g> {
             train: true,
             denoise: config.denoise > 0.0,
             vq_ema: config.vq_ema,
-            ..WorkspaceSpec::eval(b, config.mc_samples)
+            iw: matches!(config.objective, Objective::Iwae { .. }),
+            ..WorkspaceSpec::eval(b, config.draws())
         };
         let ws = Workspace::new(gpu, vae, &spec)?;
         let step_buf = StepBuffer::new(gpu)?;

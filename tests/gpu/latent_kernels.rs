@@ -821,6 +821,7 @@ fn hier_kl_terms_gradients_and_log_ratio() {
                 with_ratio.then_some(&lr),
                 h.base,
                 h.kl_scale,
+                None,
             )
             .unwrap();
             g.run(&[&d]).unwrap();
@@ -913,6 +914,7 @@ fn sample_backward_sums_the_three_gradients() {
             &denc,
             h.base,
             entropy_scale,
+            None,
         )
         .unwrap();
         g.run(&[&d]).unwrap();

@@ -7,6 +7,7 @@ mod conv;
 mod conv_model;
 mod family;
 mod fixtures;
+mod iwae;
 mod kernels;
 mod latent_kernels;
 mod model;

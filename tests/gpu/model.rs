@@ -177,7 +177,7 @@ pub(crate) fn assert_tensors_close(
 }
 
 /// The model's parameter slots must be the ones the reference reads.
-fn slot_names(vae: &Vae) -> Vec<String> {
+pub(crate) fn slot_names(vae: &Vae) -> Vec<String> {
     let got: Vec<(String, Vec<usize>)> = vae
         .arena
         .layout
@@ -972,7 +972,7 @@ fn trainer_epochs_match_the_reference_with_every_option() {
 /// The ε upper layer `level` of a hierarchical VAE (z_{level+2}) draws for a step, [rows, Z]:
 /// sample index `TOP_SAMPLE_BASE` + level in the key, so never one of z₁'s draws or another
 /// layer's.
-fn top_eps(sp: &StepParams, rows: usize, latent: usize, level: u32) -> Vec<f64> {
+pub(crate) fn top_eps(sp: &StepParams, rows: usize, latent: usize, level: u32) -> Vec<f64> {
     let stream = rng::stream_word(sp.stream, 32768 + level); // 2^15 + level, written out
     (0..rows * latent)
         .map(|i| rng::normal(sp.seed, sp.step, stream, i as u32))

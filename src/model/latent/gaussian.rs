@@ -94,7 +94,7 @@ impl LatentWorkspace for GaussianWorkspace {
     }
 
     fn backward(&self, c: &Ctx, enc: &Tensor, _z: &Tensor, dz: &Tensor, denc: &Tensor) -> Result<Vec<Dispatch>> {
-        Ok(vec![ops::reparam_kl_backward(
+        Ok(vec![ops::reparam_kl_backward_at(
             c.gpu,
             "reparam_kl.backward",
             c.step,
@@ -102,6 +102,9 @@ impl LatentWorkspace for GaussianWorkspace {
             c.samples,
             dz,
             denc,
+            0,
+            1.0,
+            c.weights.as_ref(),
         )?])
     }
 

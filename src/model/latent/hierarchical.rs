@@ -371,6 +371,31 @@ impl HierarchyWorkspace {
             sample_base: ops::top_sample_base(i - 1),
         }
     }
+
+    /// The ladder term of the layer below upper layer `i` (`hier_kl`): its terms, their
+    /// gradients and, in the forward pass, the log-ratio terms. Each draw's gradients are
+    /// weighted by 1/L under the ELBO, or by the draw's normalized weight ([`Ctx::weights`]).
+    fn ladder_term(&self, c: &Ctx, i: usize, enc: &Tensor, z: &Tensor, forward: bool) -> Result<Dispatch> {
+        let (tw, r) = (&self.upper[i], c.draws());
+        let lower = self.below(c, i, enc, z);
+        let zd = self.h.below_latents[i];
+        ops::hier_kl(
+            c.gpu,
+            "top.hier_kl",
+            c.step,
+            &lower.q,
+            lower.samples,
+            &lower.z,
+            &rows(&tw.p_below, r),
+            &lower.kl,
+            &rows(&tw.d_p_below, r),
+            &tw.dz_kl_below.reshape_prefix(&[r * zd]),
+            if forward { lower.log_ratio.as_ref() } else { None },
+            lower.sample_base,
+            1.0 / c.samples as f32,
+            if forward { None } else { c.weights.as_ref() },
+        )
+    }
 }
 
 /// An upper layer's gradients, or the error of a workspace made for evaluation.
@@ -419,25 +444,8 @@ impl LatentWorkspace for HierarchyWorkspace {
         }
         for (i, (layers, tw)) in self.h.layers.iter().zip(&self.upper).enumerate() {
             let (zi, ph, p_below) = (rows(&tw.z, r), rows(&tw.prior_hidden, r), rows(&tw.p_below, r));
-            let lower = self.below(c, i, enc, z);
-            let zd = self.h.below_latents[i];
             d.extend(layers.plan_prior(c.gpu, a, &zi, &ph, &p_below)?);
-            // The terms are per draw, averaged over the L draws.
-            d.push(ops::hier_kl(
-                c.gpu,
-                "top.hier_kl",
-                c.step,
-                &lower.q,
-                lower.samples,
-                &lower.z,
-                &p_below,
-                &lower.kl,
-                &rows(&tw.d_p_below, r),
-                &tw.dz_kl_below.reshape_prefix(&[r * zd]),
-                lower.log_ratio.as_ref(),
-                lower.sample_base,
-                1.0 / l as f32,
-            )?);
+            d.push(self.ladder_term(c, i, enc, z, true)?);
         }
         Ok(d)
     }
@@ -447,6 +455,13 @@ impl LatentWorkspace for HierarchyWorkspace {
         // One row per draw of z₁: L·b.
         let r = c.draws();
         let mut d = Vec::new();
+        // The importance-weighted bound's weights exist only after the forward pass: the
+        // ladder terms' gradients are written again, each row weighted by its draw's weight.
+        if c.weights.is_some() {
+            for i in 0..levels {
+                d.push(self.ladder_term(c, i, enc, z, false)?);
+            }
+        }
         for i in (0..levels).rev() {
             let (layers, tw) = (&self.h.layers[i], &self.upper[i]);
             let g = grads(tw)?;
@@ -487,6 +502,7 @@ impl LatentWorkspace for HierarchyWorkspace {
                     &d_q,
                     base,
                     1.0 / l as f32,
+                    c.weights.as_ref(),
                 )?);
             } else {
                 let (above, g_above) = (&self.upper[i + 1], grads(&self.upper[i + 1])?);
@@ -502,6 +518,7 @@ impl LatentWorkspace for HierarchyWorkspace {
                     &d_q,
                     base,
                     1.0 / l as f32,
+                    c.weights.as_ref(),
                 )?);
             }
             let lower_z = if i == 0 {
@@ -537,6 +554,7 @@ impl LatentWorkspace for HierarchyWorkspace {
             denc,
             0,
             1.0,
+            c.weights.as_ref(),
         )?);
         Ok(d)
     }
