@@ -21,7 +21,9 @@ use vae_wgpu::model::{
 };
 use vae_wgpu::model::{Arch, ConvArch, Vae, VaeConfig};
 use vae_wgpu::run::RunDir;
-use vae_wgpu::train::{settings_json, EpochOutcome, EpochRecord, Evaluator, KlSchedule, TrainConfig, Trainer};
+use vae_wgpu::train::{
+    settings_json, EpochOutcome, EpochRecord, Evaluator, KlSchedule, LrSchedule, TrainConfig, Trainer,
+};
 use vae_wgpu::{Gpu, GpuOptions, Result, VaeError};
 
 const AFTER_HELP: &str = "Writes to --out: metrics.jsonl (one JSON line per epoch, with the \
@@ -65,6 +67,19 @@ struct Cli {
     /// Adam's epsilon (the IWAE paper's protocol uses 1e-4)
     #[arg(long, value_name = "F", default_value_t = 1e-8, value_parser = common::positive_f32)]
     adam_eps: f32,
+    /// Learning-rate schedule: constant, or burda (Burda et al. 2016: stage i = 0..7 runs
+    /// 3^i passes at lr * 10^(-i/7); --epochs must equal its length)
+    #[arg(long, value_name = "S", default_value = "constant", value_parser = ["constant", "burda"])]
+    lr_schedule: String,
+    /// With --lr-schedule burda: compress it to N nominal passes, stage i running
+    /// max(1, round(3^i * N / 3280)) epochs [default: 3280, the paper's]
+    #[arg(long, value_name = "N", value_parser = common::positive)]
+    passes: Option<usize>,
+    /// The decoder's output bias at the start: default (as the other layers) or mean (the
+    /// logit of each pixel's training mean, clipped to [0.001, 0.999]; a Gaussian decoder: the
+    /// mean)
+    #[arg(long, value_name = "I", default_value = "default", value_parser = ["default", "mean"])]
+    output_bias: String,
     /// Seed for the initial weights, the example order and the device's draws
     #[arg(long, value_name = "N", default_value_t = 1)]
     seed: u64,
@@ -252,6 +267,8 @@ struct Args {
     limit_train: Option<usize>,
     out: Option<PathBuf>,
     eval_iw: Option<usize>,
+    /// Start the output bias at the training data's pixel means.
+    output_bias_mean: bool,
     resume: Option<PathBuf>,
     overwrite: bool,
     keep: usize,
@@ -360,6 +377,17 @@ impl Cli {
             }
             _ => Objective::Elbo,
         };
+        let lr_schedule = match (self.lr_schedule.as_str(), self.passes) {
+            ("burda", passes) => LrSchedule::Burda {
+                passes: passes.unwrap_or(LrSchedule::BURDA_PASSES),
+            },
+            (_, Some(_)) => {
+                return Err(VaeError::Config(
+                    "--passes compresses the burda learning-rate schedule; add --lr-schedule burda".into(),
+                ))
+            }
+            _ => LrSchedule::Constant,
+        };
         let train = TrainConfig {
             batch_size: self.batch_size,
             adam: vae_wgpu::train::AdamConfig {
@@ -375,6 +403,7 @@ impl Cli {
             denoise: self.denoise,
             beta: self.beta,
             kl_schedule: KlSchedule::parse(self.kl_warmup, self.kl_cycles)?,
+            lr_schedule,
             epochs: self.epochs,
             vq_ema: self.vq_ema,
         };
@@ -400,6 +429,7 @@ impl Cli {
             limit_train: self.limit_train,
             out: self.out,
             eval_iw: self.eval_iw,
+            output_bias_mean: self.output_bias == "mean",
             resume: self.resume,
             overwrite: self.overwrite,
             keep: self.keep,
@@ -476,6 +506,15 @@ fn run(args: Args) -> Result<i32> {
 
     let vae =
         Vae::new(&gpu, args.model.clone(), args.train.seed).map_err(common::sized_by(common::MODEL_SIZE_FLAGS))?;
+    if args.output_bias_mean {
+        let images = &train.images[..n_train * d];
+        let mean: Vec<f32> = (0..d)
+            .map(|p| (images.iter().skip(p).step_by(d).map(|&v| v as f64).sum::<f64>() / (255.0 * n_train as f64)) as f32)
+            .collect();
+        vae.init_output_bias(&gpu, &mean).map_err(|e| {
+            VaeError::Config(format!("--output-bias mean: {}", common::explain(&e)))
+        })?;
+    }
     let np = vae.num_params();
     let m = &args.model;
     // The convolutions, as the encoder and the decoder run them, around the dense layers.
@@ -546,6 +585,11 @@ fn run(args: Args) -> Result<i32> {
         ("seed".to_string(), args.train.seed.to_string()),
         ("beta".to_string(), args.train.beta.to_string()),
         ("kl_schedule".to_string(), args.train.kl_schedule.to_string()),
+        ("lr_schedule".to_string(), args.train.lr_schedule.to_string()),
+        (
+            "output_bias".to_string(),
+            if args.output_bias_mean { "mean" } else { "default" }.to_string(),
+        ),
         ("mc_samples".to_string(), args.train.mc_samples.to_string()),
         ("objective".to_string(), args.train.objective.name().to_string()),
         (
@@ -716,6 +760,15 @@ fn run(args: Args) -> Result<i32> {
             println!("test KL per layer: {}", shown.join(", "));
             record.test_layer_kl = Some(layers);
         }
+        // A staged learning rate gets the importance-weighted estimate at each stage's end (the
+        // IWAE paper's protocol); the last epoch's comes after its save, below.
+        if let (Some(k), true) = (args.eval_iw, epoch < args.epochs && args.train.lr_schedule.ends_stage(epoch)) {
+            if let Some(iw) = estimate_iw(&evaluator, &vae, &args, k, &stop)? {
+                println!("test {bound} (importance weighted, K = {k}) at the stage's end: {iw:.2}");
+                record.test_iw_nll = Some(iw);
+                record.iw_k = Some(k);
+            }
+        }
         // The line before the save: a crash between them leaves a line of an epoch the
         // manifest does not hold, which the resume drops and trains again.
         append_line(&metrics, &record.to_line()?)?;
@@ -737,20 +790,7 @@ fn run(args: Args) -> Result<i32> {
             return Ok(code);
         }
         if let Some(k) = args.eval_iw {
-            let bar = common::progress_bar(0, format!("IWAE K={k}"));
-            let iw = evaluator
-                .iw_nll_until(&vae, args.train.seed, k, args.train.binarize, |done, total| {
-                    bar.set_length(total as u64);
-                    bar.set_position(done as u64);
-                    if stop.raised() {
-                        ControlFlow::Break(())
-                    } else {
-                        ControlFlow::Continue(())
-                    }
-                })
-                .map_err(common::sized_by("--eval-iw"))?;
-            bar.finish_and_clear();
-            let Some(iw) = iw else {
+            let Some(iw) = estimate_iw(&evaluator, &vae, &args, k, &stop)? else {
                 println!(
                     "interrupted during the importance-weighted estimate after the last epoch; the run is saved, \
                      its pictures are not drawn (explore --checkpoint {} --eval-iw {k} estimates it)",
@@ -819,6 +859,25 @@ fn run(args: Args) -> Result<i32> {
     Ok(finished(&stop))
 }
 
+/// The importance-weighted estimate of the test −log p(x) with `k` samples, with a progress
+/// bar; None when a signal stopped it.
+fn estimate_iw(evaluator: &Evaluator<'_>, vae: &Vae, args: &Args, k: usize, stop: &Signals) -> Result<Option<f64>> {
+    let bar = common::progress_bar(0, format!("IWAE K={k}"));
+    let iw = evaluator
+        .iw_nll_until(vae, args.train.seed, k, args.train.binarize, |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+            if stop.raised() {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .map_err(common::sized_by("--eval-iw"))?;
+    bar.finish_and_clear();
+    Ok(iw)
+}
+
 /// The exit code of a run that wrote everything: 0, or that of a signal that came as it
 /// finished (honoured, though nothing was left to stop).
 fn finished(stop: &Signals) -> i32 {
@@ -873,6 +932,8 @@ fn resume_run(
         "seed",
         "beta",
         "kl_schedule",
+        "lr_schedule",
+        "output_bias",
         "mc_samples",
         "objective",
         "iw_k",
@@ -994,6 +1055,8 @@ fn recorded_default(key: &str) -> Option<&'static str> {
         "objective" => Some("elbo"),
         "iw_k" => Some("none"),
         "adam_eps" => Some("0.00000001"),
+        "lr_schedule" => Some("constant"),
+        "output_bias" => Some("default"),
         _ => None,
     }
 }
@@ -1012,6 +1075,8 @@ fn resume_flag(key: &str) -> &'static str {
         "objective" => "--objective",
         "iw_k" => "--iw-k",
         "adam_eps" => "--adam-eps",
+        "lr_schedule" => "--lr-schedule/--passes",
+        "output_bias" => "--output-bias",
         "drop_last" => "--drop-last",
         "denoise" => "--denoise",
         "vq_ema" => "--vq-ema",

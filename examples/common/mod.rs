@@ -31,6 +31,7 @@ pub fn flag_for(field: &str) -> &str {
         "TrainConfig::objective" => "--objective iwae --iw-k",
         "TrainConfig::beta" => "--beta",
         "TrainConfig::kl_schedule" => "--kl-warmup/--kl-cycles",
+        "TrainConfig::lr_schedule" => "--lr-schedule/--passes",
         "TrainConfig::denoise" => "--denoise",
         "TrainConfig::vq_ema" => "--vq-ema",
         "TrainConfig::drop_last" => "--drop-last",

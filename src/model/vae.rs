@@ -138,4 +138,42 @@ impl Vae {
     pub fn num_params(&self) -> usize {
         self.arena.layout.num_params()
     }
+
+    /// Starts the decoder's output bias at the data: for per-pixel training means `mean` in
+    /// [0, 1] (D values), logit(clip(mean, 0.001, 0.999)) for a Bernoulli decoder (the IWAE
+    /// paper's initialisation: the untrained decoder then predicts the mean image) and the mean
+    /// itself for a Gaussian one. A dense decoder only: a convolutional decoder's bias is per
+    /// channel.
+    pub fn init_output_bias(&self, gpu: &Gpu, mean: &[f32]) -> Result<()> {
+        let d = self.config.input_dim;
+        let slot = match (self.config.conv(), self.arena.layout.find("decoder.out.bias")) {
+            (None, Some(slot)) => slot,
+            _ => {
+                return Err(crate::VaeError::setting(
+                    "VaeConfig::arch",
+                    "the output bias is set per pixel for a dense decoder; a convolutional decoder's is per \
+                     channel",
+                ))
+            }
+        };
+        if mean.len() != d || mean.iter().any(|m| !(0.0..=1.0).contains(m)) {
+            return Err(crate::VaeError::Shape(format!(
+                "the output bias starts from {d} pixel means in [0, 1], got {} values",
+                mean.len()
+            )));
+        }
+        let bias: Vec<f32> = match self.config.likelihood {
+            crate::ops::Likelihood::Bernoulli => mean
+                .iter()
+                .map(|&m| {
+                    let p = (m as f64).clamp(0.001, 0.999);
+                    (p / (1.0 - p)).ln() as f32
+                })
+                .collect(),
+            _ => mean.to_vec(),
+        };
+        let mut values = self.arena.read_params(gpu)?;
+        values[slot] = bias;
+        self.arena.write_params(gpu, &values)
+    }
 }

@@ -10,7 +10,7 @@ mod trainer;
 pub use evaluator::{Evaluator, EVAL_BATCH};
 pub use record::{rounded, settings_json, EpochRecord};
 pub use resume::TRAIN_STATE_FORMAT;
-pub use schedule::KlSchedule;
+pub use schedule::{KlSchedule, LrSchedule};
 pub use trainer::{EpochOutcome, TrainConfig, Trainer};
 
 pub use crate::ops::{AdamConfig, MAX_SAMPLES};

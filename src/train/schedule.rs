@@ -1,4 +1,5 @@
-//! Schedules for the weight of the KL term over a run.
+//! Schedules for the weight of the KL term over a run, and for the learning rate over its
+//! epochs.
 //!
 //! Starting with a small KL weight lets the decoder learn to use the latent code before the
 //! prior pulls the posterior towards it, which counters posterior collapse. Warm-up
@@ -109,9 +110,137 @@ impl fmt::Display for KlSchedule {
     }
 }
 
+/// How the learning rate evolves over the epochs (`lr` is [`crate::train::AdamConfig::lr`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LrSchedule {
+    /// `lr` in every epoch.
+    #[default]
+    Constant,
+    /// Burda, Grosse & Salakhutdinov (2016)'s schedule: stage i = 0…7 runs 3^i passes at
+    /// lr·10^(−i/7), 3,280 passes in all. `passes` = N compresses it: stage i runs
+    /// max(1, round(3^i·N/3280)) passes (N = 3280 is the paper's).
+    Burda {
+        /// The schedule's nominal length N in passes.
+        passes: usize,
+    },
+}
+
+impl LrSchedule {
+    /// The full length of [`LrSchedule::Burda`]: Σ 3^i for i = 0…7.
+    pub const BURDA_PASSES: usize = 3280;
+    /// Stages of [`LrSchedule::Burda`].
+    pub const BURDA_STAGES: usize = 8;
+
+    /// Epochs in each stage (one stage of any length for [`LrSchedule::Constant`]: empty).
+    pub fn stages(&self) -> Vec<usize> {
+        match *self {
+            LrSchedule::Constant => Vec::new(),
+            LrSchedule::Burda { passes } => (0..Self::BURDA_STAGES)
+                .map(|i| {
+                    let nominal = 3f64.powi(i as i32) * passes as f64 / Self::BURDA_PASSES as f64;
+                    (nominal.round() as usize).max(1)
+                })
+                .collect(),
+        }
+    }
+
+    /// The epochs the schedule runs, if it fixes them.
+    pub fn epochs(&self) -> Option<usize> {
+        match self {
+            LrSchedule::Constant => None,
+            LrSchedule::Burda { .. } => Some(self.stages().iter().sum()),
+        }
+    }
+
+    /// Whether epoch `epoch` (1-based) ends a stage: the last epoch of each stage (never, for
+    /// a constant rate).
+    pub fn ends_stage(&self, epoch: usize) -> bool {
+        let mut end = 0;
+        self.stages().iter().any(|&n| {
+            end += n;
+            end == epoch
+        })
+    }
+
+    /// The learning rate of epoch `epoch` (0-based) for base rate `lr`; past the schedule's
+    /// end, its last stage's.
+    pub fn lr_at(&self, lr: f32, epoch: u64) -> f32 {
+        let stages = self.stages();
+        let mut end = 0u64;
+        let stage = stages
+            .iter()
+            .position(|&n| {
+                end += n as u64;
+                epoch < end
+            })
+            .unwrap_or(stages.len().saturating_sub(1));
+        match self {
+            LrSchedule::Constant => lr,
+            LrSchedule::Burda { .. } => (lr as f64 * 10f64.powf(-(stage as f64) / 7.0)) as f32,
+        }
+    }
+
+    /// Checks the schedule against the run's length in epochs, naming both settings.
+    pub fn validate(&self, epochs: usize) -> Result<()> {
+        match *self {
+            LrSchedule::Burda { passes: 0 } => Err(VaeError::setting(
+                "TrainConfig::lr_schedule",
+                "the schedule's length in passes must be at least 1, got 0",
+            )),
+            LrSchedule::Burda { passes } if self.epochs() != Some(epochs) => Err(VaeError::settings(
+                &["TrainConfig::epochs", "TrainConfig::lr_schedule"],
+                format!(
+                    "the schedule of {passes} passes runs {} epochs (stages of {:?}), the run has {epochs}; \
+                     train for exactly its length",
+                    self.epochs().unwrap_or(0),
+                    self.stages()
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The short form recorded in run metadata: `constant` or `burda(N)`.
+impl fmt::Display for LrSchedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LrSchedule::Constant => write!(f, "constant"),
+            LrSchedule::Burda { passes } => write!(f, "burda({passes})"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn burda_schedule_has_the_papers_stages_and_compresses() {
+        let full = LrSchedule::Burda { passes: 3280 };
+        assert_eq!(full.stages(), vec![1, 3, 9, 27, 81, 243, 729, 2187]);
+        assert_eq!(full.epochs(), Some(3280));
+        // Stage i at 1e-3 · 10^(−i/7): epoch 0 is stage 0, epochs 1–3 stage 1, 4–12 stage 2.
+        let lr = |e| full.lr_at(1e-3, e);
+        assert_eq!(lr(0), 1e-3);
+        assert!((lr(1) as f64 - 1e-3 * 10f64.powf(-1.0 / 7.0)).abs() < 1e-10);
+        assert_eq!(lr(3), lr(1));
+        assert!((lr(4) as f64 - 1e-3 * 10f64.powf(-2.0 / 7.0)).abs() < 1e-10);
+        assert!((lr(3279) as f64 - 1e-4).abs() < 1e-10, "{}", lr(3279));
+        assert!(full.ends_stage(1) && full.ends_stage(4) && full.ends_stage(3280));
+        assert!(!full.ends_stage(2) && !full.ends_stage(3279));
+        // N = 100: round(3^i·100/3280) floored at 1.
+        let short = LrSchedule::Burda { passes: 100 };
+        assert_eq!(short.stages(), vec![1, 1, 1, 1, 2, 7, 22, 67]);
+        assert_eq!(short.epochs(), Some(102));
+        assert!(short.validate(102).is_ok());
+        let e = short.validate(100).unwrap_err().to_string();
+        assert!(e.contains("102") && e.contains("100"), "{e}");
+        assert!(LrSchedule::Burda { passes: 0 }.validate(8).is_err());
+        assert_eq!(LrSchedule::Constant.lr_at(3e-4, 17), 3e-4);
+        assert!(LrSchedule::Constant.validate(5).is_ok() && !LrSchedule::Constant.ends_stage(5));
+        assert_eq!(short.to_string(), "burda(100)");
+    }
 
     fn config_message(r: Result<impl fmt::Debug>) -> String {
         match r {

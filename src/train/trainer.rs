@@ -15,7 +15,7 @@ use crate::model::workspace::Workspace;
 use crate::model::{Code, Objective, Vae, VaeConfig};
 use crate::ops::{self, AdamConfig, StepBuffer, StepParams};
 use crate::rng;
-use crate::train::KlSchedule;
+use crate::train::{KlSchedule, LrSchedule};
 
 /// How to train.
 #[derive(Clone, Debug)]
@@ -45,6 +45,9 @@ pub struct TrainConfig {
     pub beta: f32,
     /// How β moves over the run.
     pub kl_schedule: KlSchedule,
+    /// How the learning rate moves over the epochs (a schedule of fixed length must match
+    /// `epochs`).
+    pub lr_schedule: LrSchedule,
     /// The run's length in epochs: cyclical annealing spreads its cycles over its
     /// T = epochs × steps-per-epoch steps (0 counts as 1).
     pub epochs: usize,
@@ -66,6 +69,7 @@ impl Default for TrainConfig {
             denoise: 0.0,
             beta: 1.0,
             kl_schedule: KlSchedule::Constant,
+            lr_schedule: LrSchedule::Constant,
             epochs: 1,
             vq_ema: None,
         }
@@ -152,6 +156,7 @@ impl TrainConfig {
                 ));
             }
         }
+        self.lr_schedule.validate(self.epochs)?;
         if let Some(decay) = self.vq_ema {
             if !matches!(model.code, Code::Quantized { .. }) {
                 return Err(VaeError::settings(
@@ -345,6 +350,7 @@ impl<'g> Trainer<'g> {
             ..Default::default()
         };
         self.config.adam.step_fields(self.step + 1, &mut p);
+        p.adam_lr = self.config.lr_schedule.lr_at(self.config.adam.lr, self.epoch);
         p
     }
 
