@@ -196,7 +196,7 @@ impl TrainConfig {
 /// the global step, the seed, the model's arena (params, grads, Adam moments).
 pub struct Trainer<'g> {
     pub(super) gpu: &'g Gpu,
-    /// How it trains; fixed at construction.
+    /// How it trains; fixed at construction but for the learning rate ([`Trainer::set_lr`]).
     pub config: TrainConfig,
     data: GpuDataset,
     ws: Workspace,
@@ -311,6 +311,20 @@ impl<'g> Trainer<'g> {
     pub fn beta_at(&self, step: u64) -> f32 {
         let t = Self::schedule_steps(&self.config, self.steps_per_epoch());
         self.config.kl_schedule.beta_at(self.config.beta, step, t)
+    }
+
+    /// Sets Adam's base learning rate from the next step on, for a schedule of the caller's
+    /// own (the configured [`LrSchedule`] still scales it); the rate lives in the step uniform,
+    /// so no plan changes. Refuses a rate that is not finite and positive.
+    pub fn set_lr(&mut self, lr: f32) -> Result<()> {
+        if !(lr > 0.0 && lr.is_finite()) {
+            return Err(VaeError::setting(
+                "AdamConfig::lr",
+                format!("the learning rate must be a finite number > 0, got {lr}"),
+            ));
+        }
+        self.config.adam.lr = lr;
+        Ok(())
     }
 
     /// Steps per epoch.

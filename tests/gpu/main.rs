@@ -11,6 +11,7 @@ mod iwae;
 mod kernels;
 mod latent_kernels;
 mod model;
+mod pca;
 mod pinned;
 mod reference;
 mod reliability;
