@@ -138,7 +138,8 @@ struct Cli {
     /// its gradient
     #[arg(long, value_name = "G", requires = "vq", value_parser = decay)]
     vq_ema: Option<f32>,
-    /// Hierarchical VAE: stochastic layers above z, each Z:H (latent size, hidden width), up to 8
+    /// Hierarchical VAE: stochastic layers above z, each Z:H (latent size, hidden width of its
+    /// q and p networks; Z:HxH for two hidden layers, the IWAE paper's), up to 8
     #[arg(long, value_name = "Z2:H2[,Z3:H3...]", value_parser = top)]
     top: Option<Top>,
     /// Denoising: zero each input pixel with probability P in training (0 <= P < 1)

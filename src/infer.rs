@@ -100,7 +100,7 @@ fn check_rows(gpu: &Gpu, vae: &Vae, n: usize) -> Result<()> {
     let widest = cfg
         .hidden
         .iter()
-        .chain(cfg.top().iter().map(|t| &t.hidden))
+        .chain(cfg.top().iter().flat_map(|t| &t.hidden))
         .chain([&cfg.input_dim, &cfg.dec_input_dim()])
         .max()
         .copied()

@@ -157,6 +157,28 @@ fn flag_errors_name_the_flag() {
             &["--arch", "conv", "--autoencoder", "--contractive", "1"],
             "--contractive with --arch",
         ),
+        (&["--objective", "iwae", "--iw-k", "0"], "--iw-k"),
+        (&["--objective", "iwae"], "needs --iw-k K"),
+        (&["--iw-k", "5"], "add --objective iwae"),
+        (&["--objective", "iwsae"], "invalid value 'iwsae'"),
+        (
+            &["--objective", "iwae", "--iw-k", "5", "--mc-samples", "2"],
+            "--mc-samples with --objective iwae --iw-k",
+        ),
+        (
+            &["--objective", "iwae", "--iw-k", "5", "--kl-warmup", "100"],
+            "--kl-warmup/--kl-cycles with --objective iwae --iw-k",
+        ),
+        (
+            &["--objective", "iwae", "--iw-k", "5", "--autoencoder"],
+            "needs a VAE",
+        ),
+        (&["--activation", "swish"], "unknown activation \"swish\""),
+        (&["--lr-schedule", "burda", "--epochs", "10"], "runs 3280 epochs"),
+        (&["--lr-schedule", "burda", "--passes", "8", "--epochs", "10"], "runs 13 epochs"),
+        (&["--lr-schedule", "burda", "--passes", "0"], "must be at least 1"),
+        (&["--passes", "5"], "add --lr-schedule burda"),
+        (&["--adam-eps", "0"], "--adam-eps"),
     ] {
         let out = run("train_mnist", bad, &[]);
         assert_ne!(out.status.code(), Some(0), "{bad:?}");

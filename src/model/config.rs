@@ -46,14 +46,16 @@ pub enum Code {
 /// q(z₂|z₁) = N(μ₂, σ₂²) from an MLP on z₁, and the learned conditional prior
 /// p(z₁|z₂) = N(μₚ, σₚ²) from an MLP on z₂, which replaces N(0, I) as z₁'s prior; the topmost
 /// layer's prior is N(0, I). A layer z₃ above z₂ adds q(z₃|z₂) and p(z₂|z₃) the same way, and
-/// so on. Each MLP has one hidden layer of `hidden` units with the model's activation. In a
-/// conditional model every such MLP also takes the one-hot label: q(z₂|z₁, y), p(z₁|z₂, y).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// so on. Each MLP has the hidden layers `hidden` lists (one or more, the IWAE paper's two),
+/// with the model's activation. In a conditional model every such MLP also takes the one-hot
+/// label: q(z₂|z₁, y), p(z₁|z₂, y).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TopLatent {
     /// Dimensions of this layer's latent (even).
     pub latent: usize,
-    /// Hidden width of the q(z₂|z₁) and p(z₁|z₂) networks (a multiple of 4).
-    pub hidden: usize,
+    /// Hidden widths of the q(z₂|z₁) and p(z₁|z₂) networks, input side first (each a multiple
+    /// of 4; at least one).
+    pub hidden: Vec<usize>,
 }
 
 /// The encoder's and decoder's networks.
@@ -282,7 +284,8 @@ impl VaeConfig {
         sizes.extend(
             self.top()
                 .iter()
-                .flat_map(|t| [("Code::Hierarchical", t.latent), ("Code::Hierarchical", t.hidden)]),
+                .flat_map(|t| std::iter::once(t.latent).chain(t.hidden.iter().copied()))
+                .map(|v| ("Code::Hierarchical", v)),
         );
         if let Code::Quantized { codes, groups, .. } = self.code {
             sizes.extend([("Code::Quantized::codes", codes), ("Code::Quantized::groups", groups)]);
@@ -362,12 +365,15 @@ impl VaeConfig {
                     ));
                 }
                 for (i, t) in top.iter().enumerate() {
-                    if t.latent == 0 || t.latent % 2 != 0 || t.hidden == 0 || t.hidden % 4 != 0 {
+                    let widths_ok = !t.hidden.is_empty()
+                        && t.hidden.len() <= MAX_HIDDEN_LAYERS
+                        && t.hidden.iter().all(|&h| h > 0 && h % 4 == 0);
+                    if t.latent == 0 || t.latent % 2 != 0 || !widths_ok {
                         return Err(VaeError::setting(
                             "Code::Hierarchical",
                             format!(
-                                "stochastic layer z{} needs an even latent size and a hidden width that is a \
-                                 positive multiple of 4, got {} and {}",
+                                "stochastic layer z{} needs an even latent size and 1 to {MAX_HIDDEN_LAYERS} hidden \
+                                 widths, each a positive multiple of 4, got {} and {:?}",
                                 i + 2,
                                 t.latent,
                                 t.hidden
@@ -668,13 +674,17 @@ impl VaeConfig {
         };
         // z₁ → h → [μ₂ | log σ₂²] and z₂ → h → [μₚ | log σₚ²], each input with the one-hot
         // and padding of a conditional model (the padding rows included, as for the decoder).
+        let chain = |input: usize, hidden: &[usize], out: usize| -> u128 {
+            let mut widths = vec![input];
+            widths.extend(hidden);
+            widths.push(out);
+            widths.windows(2).map(|w| dense(w[0], w[1])).sum()
+        };
         let top: u128 = (0..self.top().len())
             .map(|i| {
-                let t = self.top()[i];
-                dense(self.top_below_dim(i), t.hidden)
-                    + dense(t.hidden, 2 * t.latent)
-                    + dense(self.top_input_dim(i), t.hidden)
-                    + dense(t.hidden, 2 * self.top_below_latent(i))
+                let t = &self.top()[i];
+                chain(self.top_below_dim(i), &t.hidden, 2 * t.latent)
+                    + chain(self.top_input_dim(i), &t.hidden, 2 * self.top_below_latent(i))
             })
             .sum();
         let log_c = self.likelihood.learned_log_c_len(self.input_dim).unwrap_or(0) as u128;
@@ -692,18 +702,22 @@ pub const MAX_HIDDEN_LAYERS: usize = 64;
 pub const MAX_TOP_LAYERS: usize = 8;
 
 /// The string form of the upper stochastic layers, as [`parse_top`] reads it back: "none",
-/// or "Z2:H2" for each layer from z₂ up, comma-separated (latent size and hidden width).
+/// or "Z2:H2" for each layer from z₂ up, comma-separated (latent size and hidden width; two
+/// or more hidden layers as "Z2:H2xH2'").
 pub fn top_name(t: &[TopLatent]) -> String {
     if t.is_empty() {
         return "none".into();
     }
     t.iter()
-        .map(|t| format!("{}:{}", t.latent, t.hidden))
+        .map(|t| {
+            let widths: Vec<String> = t.hidden.iter().map(|h| h.to_string()).collect();
+            format!("{}:{}", t.latent, widths.join("x"))
+        })
         .collect::<Vec<_>>()
         .join(",")
 }
 
-/// Parses "none" or "Z2:H2[,Z3:H3...]" (see [`top_name`]); sizes are checked by
+/// Parses "none" or "Z2:H2[xH2'…][,Z3:H3…]" (see [`top_name`]); sizes are checked by
 /// [`VaeConfig::validate`].
 pub fn parse_top(s: &str) -> Result<Vec<TopLatent>> {
     if s == "none" {
@@ -711,7 +725,8 @@ pub fn parse_top(s: &str) -> Result<Vec<TopLatent>> {
     }
     let bad = || {
         VaeError::Config(format!(
-            "stochastic layers {s:?}: expected none or Z2:H2[,Z3:H3...] from z2 up, e.g. 10:200 or 16:200,8:100"
+            "stochastic layers {s:?}: expected none or Z2:H2[,Z3:H3...] from z2 up, each H one hidden width or \
+             several joined by x, e.g. 10:200, 16:200,8:100 or 50:100x100"
         ))
     };
     s.split(',')
@@ -719,7 +734,10 @@ pub fn parse_top(s: &str) -> Result<Vec<TopLatent>> {
             let (z, h) = level.split_once(':').ok_or_else(bad)?;
             Ok(TopLatent {
                 latent: z.trim().parse().map_err(|_| bad())?,
-                hidden: h.trim().parse().map_err(|_| bad())?,
+                hidden: h
+                    .split('x')
+                    .map(|w| w.trim().parse().map_err(|_| bad()))
+                    .collect::<Result<_>>()?,
             })
         })
         .collect()
@@ -1037,7 +1055,7 @@ mod tests {
             VaeConfig {
                 code: Code::Hierarchical(vec![TopLatent {
                     latent: 10,
-                    hidden: 200,
+                    hidden: vec![200],
                 }]),
                 ..Default::default()
             },
@@ -1045,9 +1063,9 @@ mod tests {
                 code: Code::Hierarchical(vec![
                     TopLatent {
                         latent: 16,
-                        hidden: 200,
+                        hidden: vec![200],
                     },
-                    TopLatent { latent: 6, hidden: 100 },
+                    TopLatent { latent: 6, hidden: vec![100] },
                 ]),
                 classes: 10,
                 ..Default::default()
@@ -1081,7 +1099,12 @@ mod tests {
         assert!(e.contains("top") && e.contains("deterministic"), "{e}");
         assert_eq!(top_name(&cases_top()), "16:200,8:100");
         assert_eq!(parse_top("16:200, 8:100").unwrap(), cases_top());
-        for bad in ["10", "10:x", ":200", "a:b", "10:200,", "10:200,4"] {
+        // The IWAE paper's upper networks: two hidden layers each.
+        let two = parse_top("50:100x100").unwrap();
+        assert_eq!(two, vec![TopLatent { latent: 50, hidden: vec![100, 100] }]);
+        assert_eq!(top_name(&two), "50:100x100");
+        assert_eq!(parse_top(&top_name(&two)).unwrap(), two);
+        for bad in ["10", "10:x", ":200", "a:b", "10:200,", "10:200,4", "50:100x", "50:x100", "50:100xx100"] {
             let e = parse_top(bad).unwrap_err().to_string();
             assert!(e.contains("Z2:H2"), "{bad}: {e}");
         }
@@ -1354,25 +1377,25 @@ mod tests {
             },
             // Upper stochastic layers: at most MAX_TOP_LAYERS, each even, hidden a multiple of 4.
             VaeConfig {
-                code: Code::Hierarchical(vec![TopLatent { latent: 4, hidden: 8 }; MAX_TOP_LAYERS + 1]),
+                code: Code::Hierarchical(vec![TopLatent { latent: 4, hidden: vec![8] }; MAX_TOP_LAYERS + 1]),
                 ..ok.clone()
             },
             VaeConfig {
                 code: Code::Hierarchical(vec![
-                    TopLatent { latent: 4, hidden: 8 },
-                    TopLatent { latent: 5, hidden: 8 },
+                    TopLatent { latent: 4, hidden: vec![8] },
+                    TopLatent { latent: 5, hidden: vec![8] },
                 ]),
                 ..ok.clone()
             },
             // A second stochastic layer: a VAE, an even z₂, hidden a multiple of 4.
             VaeConfig {
-                code: Code::Hierarchical(vec![TopLatent { latent: 3, hidden: 200 }]),
+                code: Code::Hierarchical(vec![TopLatent { latent: 3, hidden: vec![200] }]),
                 ..ok.clone()
             },
             VaeConfig {
                 code: Code::Hierarchical(vec![TopLatent {
                     latent: 10,
-                    hidden: 202,
+                    hidden: vec![202],
                 }]),
                 ..ok.clone()
             },
@@ -1435,7 +1458,7 @@ mod tests {
         let top = VaeConfig {
             code: Code::Hierarchical(vec![TopLatent {
                 latent: 10,
-                hidden: 200,
+                hidden: vec![200],
             }]),
             ..Default::default()
         };
@@ -1458,7 +1481,7 @@ mod tests {
         // A third layer z₃ of 4 with 100 hidden units above z₂ = 10: q(z₃|z₂) reads z₂'s
         // rows (12 wide) and p(z₂|z₃) z₃'s (4 wide, no padding).
         let three = VaeConfig {
-            code: Code::Hierarchical(vec![top.top()[0], TopLatent { latent: 4, hidden: 100 }]),
+            code: Code::Hierarchical(vec![top.top()[0].clone(), TopLatent { latent: 4, hidden: vec![100] }]),
             ..Default::default()
         };
         assert_eq!(three.top_below_dim(1), 12);
@@ -1473,9 +1496,9 @@ mod tests {
         vec![
             TopLatent {
                 latent: 16,
-                hidden: 200,
+                hidden: vec![200],
             },
-            TopLatent { latent: 8, hidden: 100 },
+            TopLatent { latent: 8, hidden: vec![100] },
         ]
     }
 }

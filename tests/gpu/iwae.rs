@@ -168,8 +168,12 @@ fn check(case: &Case) {
 
 #[test]
 fn iwae_gradients_match_finite_differences_of_the_bound() {
-    let two = [TopLatent { latent: 2, hidden: 8 }];
-    let three = [TopLatent { latent: 4, hidden: 8 }, TopLatent { latent: 2, hidden: 4 }];
+    let two = [TopLatent { latent: 2, hidden: vec![8] }];
+    let three = [TopLatent { latent: 4, hidden: vec![8] }, TopLatent { latent: 2, hidden: vec![4] }];
+    let deep = [TopLatent {
+        latent: 2,
+        hidden: vec![8, 8],
+    }];
     let cases = [
         Case {
             what: "K = 1 (the ELBO with the sampled KL), tanh, Bernoulli",
@@ -205,6 +209,12 @@ fn iwae_gradients_match_finite_differences_of_the_bound() {
             what: "K = 3, three stochastic layers, conditional",
             cfg: small(Activation::Tanh, Likelihood::Bernoulli, 3, &three),
             k: 3,
+            mirrors: false,
+        },
+        Case {
+            what: "K = 5, two stochastic layers whose networks have two hidden layers (the IWAE paper's)",
+            cfg: small(Activation::Tanh, Likelihood::Bernoulli, 0, &deep),
+            k: 5,
             mirrors: false,
         },
     ];

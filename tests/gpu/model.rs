@@ -990,12 +990,12 @@ pub(crate) fn top_eps(sp: &StepParams, rows: usize, latent: usize, level: u32) -
 /// last has the most layers a model may have.
 #[test]
 fn hierarchical_vae_gradients_match_finite_differences() {
-    let two = vec![TopLatent { latent: 2, hidden: 8 }];
-    let three = vec![TopLatent { latent: 4, hidden: 8 }, TopLatent { latent: 2, hidden: 4 }];
+    let two = vec![TopLatent { latent: 2, hidden: vec![8] }];
+    let three = vec![TopLatent { latent: 4, hidden: vec![8] }, TopLatent { latent: 2, hidden: vec![4] }];
     let four = vec![
-        TopLatent { latent: 4, hidden: 8 },
-        TopLatent { latent: 2, hidden: 4 },
-        TopLatent { latent: 2, hidden: 4 },
+        TopLatent { latent: 4, hidden: vec![8] },
+        TopLatent { latent: 2, hidden: vec![4] },
+        TopLatent { latent: 2, hidden: vec![4] },
     ];
     let cases = [
         (Activation::Tanh, Likelihood::Bernoulli, 1, 0, two.clone()),
@@ -1011,13 +1011,30 @@ fn hierarchical_vae_gradients_match_finite_differences() {
         (Activation::Tanh, Likelihood::Bernoulli, 1, 0, three.clone()),
         (Activation::Tanh, Likelihood::Gaussian { variance: 0.5 }, 2, 3, three),
         (Activation::Tanh, Likelihood::Bernoulli, 2, 0, four),
+        // Upper networks of two hidden layers each (the IWAE paper's), under a conditional model.
+        (
+            Activation::Tanh,
+            Likelihood::Bernoulli,
+            2,
+            3,
+            vec![
+                TopLatent {
+                    latent: 4,
+                    hidden: vec![8, 12],
+                },
+                TopLatent {
+                    latent: 2,
+                    hidden: vec![4, 8],
+                },
+            ],
+        ),
         // The most layers (MAX_TOP_LAYERS above z₁): ten metric segments, eight RNG bases.
         (
             Activation::Tanh,
             Likelihood::Bernoulli,
             1,
             0,
-            vec![TopLatent { latent: 2, hidden: 4 }; vae_wgpu::model::MAX_TOP_LAYERS],
+            vec![TopLatent { latent: 2, hidden: vec![4] }; vae_wgpu::model::MAX_TOP_LAYERS],
         ),
     ];
     for (activation, likelihood, l, classes, top) in cases {

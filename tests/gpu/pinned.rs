@@ -54,7 +54,7 @@ fn members() -> Vec<Member> {
         ..Default::default()
     };
     let top = |t: &[(usize, usize)]| -> Vec<TopLatent> {
-        t.iter().map(|&(latent, hidden)| TopLatent { latent, hidden }).collect()
+        t.iter().map(|&(latent, hidden)| TopLatent { latent, hidden: vec![hidden] }).collect()
     };
     let mut m = vec![
         Member {

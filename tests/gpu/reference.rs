@@ -95,9 +95,9 @@ pub fn param_slots(cfg: &VaeConfig) -> Vec<(String, Vec<usize>)> {
     v
 }
 
-/// A hierarchical VAE's upper-layer networks, after every other slot, four per upper layer
-/// from z₂ up: q(z_k|z_{k−1})'s hidden layer and head [μ_k | log σ_k²], then p(z_{k−1}|z_k)'s
-/// hidden layer and head [μₚ | log σₚ²].
+/// A hierarchical VAE's upper-layer networks, after every other slot, per upper layer from z₂
+/// up: q(z_k|z_{k−1})'s hidden layers and head [μ_k | log σ_k²], then p(z_{k−1}|z_k)'s hidden
+/// layers and head [μₚ | log σₚ²] (upper layer i's start at [`top_start`]).
 pub fn top_layers(cfg: &VaeConfig) -> Vec<Dense> {
     let dense = |name: String, inputs: usize, outputs: usize, act: Activation| Dense {
         name,
@@ -120,14 +120,21 @@ pub fn top_layers(cfg: &VaeConfig) -> Vec<Dense> {
             0 => format!("top.{part}"),
             _ => format!("top.z{}.{part}", i + 2),
         };
-        out.extend([
-            dense(name("up.0"), below_in, t.hidden, cfg.activation),
-            dense(name("up.head"), t.hidden, 2 * t.latent, Activation::Identity),
-            dense(name("prior.0"), width(t.latent), t.hidden, cfg.activation),
-            dense(name("prior.head"), t.hidden, 2 * below, Activation::Identity),
-        ]);
+        for (net, input, out_width) in [("up", below_in, 2 * t.latent), ("prior", width(t.latent), 2 * below)] {
+            let mut w = input;
+            for (j, &h) in t.hidden.iter().enumerate() {
+                out.push(dense(name(&format!("{net}.{j}")), w, h, cfg.activation));
+                w = h;
+            }
+            out.push(dense(name(&format!("{net}.head")), w, out_width, Activation::Identity));
+        }
     }
     out
+}
+
+/// The index in [`top_layers`] where upper layer `i`'s networks start.
+pub fn top_start(cfg: &VaeConfig, i: usize) -> usize {
+    cfg.top()[..i].iter().map(|t| 2 * (t.hidden.len() + 1)).sum()
 }
 
 /// One stochastic layer of [`HierForward`], [K·B, Z_k] each: its posterior's mean and clamped
@@ -227,25 +234,31 @@ pub fn hier_forward(
         let (w, bias) = p(2 * j);
         out = dense_forward(layer, &out, rows, w, bias).1;
     }
+    // A chain of dense layers [first, first + count) of `tl` on `x`.
+    let chain = |first: usize, count: usize, x: &[f64]| {
+        let mut h = x.to_vec();
+        for j in first..first + count {
+            let (w, bias) = p(top_slot + 2 * j);
+            h = dense_forward(&tl[j], &h, rows, w, bias).1;
+        }
+        h
+    };
     // Up the layers: q(z_{i+2}|z_{i+1}) from the rows below, and the draws.
     let mut below_in = z1_in;
     for (i, t) in cfg.top().iter().enumerate() {
-        let (w, bias) = p(top_slot + 8 * i);
-        let uh = dense_forward(&tl[4 * i], &below_in, rows, w, bias).1;
-        let (w, bias) = p(top_slot + 8 * i + 2);
-        let q = dense_forward(&tl[4 * i + 1], &uh, rows, w, bias).1;
+        let (start, m) = (top_start(cfg, i), t.hidden.len());
+        let q = chain(start, m + 1, &below_in);
         let layer = gaussian(&q, t.latent, &eps_up[i]);
-        below_in = labelled(&layer.z, t.latent, tl[4 * i + 2].inputs);
+        below_in = labelled(&layer.z, t.latent, tl[start + m + 1].inputs);
         levels.push(layer);
     }
     // Each conditional prior p(z_{i+1}|z_{i+2}) at the drawn z_{i+2}.
     for (i, t) in cfg.top().iter().enumerate() {
-        let z_in = labelled(&levels[i + 1].z, t.latent, tl[4 * i + 2].inputs);
-        let (w, bias) = p(top_slot + 8 * i + 4);
-        let ph = dense_forward(&tl[4 * i + 2], &z_in, rows, w, bias).1;
-        let (w, bias) = p(top_slot + 8 * i + 6);
-        let pp = dense_forward(&tl[4 * i + 3], &ph, rows, w, bias).1;
-        let below = tl[4 * i + 3].outputs / 2;
+        let (start, m) = (top_start(cfg, i), t.hidden.len());
+        let prior = start + m + 1;
+        let z_in = labelled(&levels[i + 1].z, t.latent, tl[prior].inputs);
+        let pp = chain(prior, m + 1, &z_in);
+        let below = tl[prior + m].outputs / 2;
         for r in 0..rows {
             for j in 0..below {
                 levels[i].mu_p.push(pp[r * 2 * below + j]);

@@ -349,7 +349,7 @@ fn texture_mirrors_do_not_change_the_numbers() {
     // A hierarchical VAE's second-layer weights (z₂ padded from 6 to 8 columns) mirrored too.
     let top = |policy: TextureMirrors| {
         let cfg = VaeConfig {
-            code: Code::Hierarchical(vec![TopLatent { latent: 6, hidden: 16 }]),
+            code: Code::Hierarchical(vec![TopLatent { latent: 6, hidden: vec![16] }]),
             ..small_config()
         };
         let mut vae = Vae::new(g, cfg, 5).unwrap();
@@ -936,7 +936,7 @@ fn hierarchical_vae_trains_checkpoints_and_samples() {
     let cfg = VaeConfig {
         hidden: vec![64],
         latent: 8,
-        code: Code::Hierarchical(vec![TopLatent { latent: 4, hidden: 16 }]),
+        code: Code::Hierarchical(vec![TopLatent { latent: 4, hidden: vec![16] }]),
         ..Default::default()
     };
     let vae = Vae::new(g, cfg.clone(), 5).unwrap();
@@ -1017,6 +1017,68 @@ fn hierarchical_vae_trains_checkpoints_and_samples() {
     }
 }
 
+/// Upper networks of two hidden layers each (`--top 4:16x8`): one checkpoint tensor per hidden
+/// layer, in order, a load that gives the same parameters, and prior draws through both layers.
+#[test]
+fn deep_upper_networks_checkpoint_and_sample() {
+    let g = gpu();
+    let cfg = VaeConfig {
+        input_dim: 16,
+        hidden: vec![12],
+        latent: 4,
+        activation: vae_wgpu::model::Activation::Tanh,
+        code: Code::Hierarchical(vec![TopLatent {
+            latent: 4,
+            hidden: vec![16, 8],
+        }]),
+        ..Default::default()
+    };
+    let vae = Vae::new(g, cfg.clone(), 23).unwrap();
+    let dir = std::env::temp_dir().join(format!("vae-wgpu-deep-top-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("deep.safetensors");
+    vae.save(g, &path, &[]).unwrap();
+    let st = RawCheckpoint::read(&path);
+    // q(z₂|z₁): 4 → 16 → 8 → [μ | log σ²]; p(z₁|z₂) the same widths.
+    for (key, shape) in [
+        ("q_z2.0", [16, 4]),
+        ("q_z2.1", [8, 16]),
+        ("q_z2.mu", [4, 8]),
+        ("p_z1.0", [16, 4]),
+        ("p_z1.1", [8, 16]),
+        ("p_z1.logvar", [4, 8]),
+    ] {
+        assert_eq!(st.shape(&format!("{key}.weight")), &shape, "{key}");
+    }
+    let params = vae.arena.read_params(g).unwrap();
+    let back = Vae::load(g, &path).unwrap();
+    assert_eq!(back.config, cfg);
+    assert_eq!(back.arena.read_params(g).unwrap(), params);
+    std::fs::remove_dir_all(&dir).ok();
+    // z₁ from z₂ through p(z₁|z₂)'s two hidden layers, replayed in f64.
+    let slot = |name: &str| -> Vec<f64> {
+        params[vae.arena.layout.find(&format!("top.prior.{name}")).unwrap()]
+            .iter()
+            .map(|&v| v as f64)
+            .collect()
+    };
+    let (n, t) = (3, 1.0f32);
+    let z1 = prior_latents(g, &vae, 5, n, t, None).unwrap();
+    let mut h: Vec<f64> = prior_samples(5, n, 4, t).iter().map(|&v| v as f64).collect();
+    // p's layers follow q's two hidden layers and head in the reference's list.
+    let tl = reference::top_layers(&cfg);
+    for (j, part) in ["0", "1", "head"].iter().enumerate() {
+        h = reference::dense_forward(&tl[3 + j], &h, n, &slot(&format!("{part}.weight")), &slot(&format!("{part}.bias"))).1;
+    }
+    let word = rng::stream_word(rng::STREAM_SAMPLE, 1);
+    for k in 0..n * 4 {
+        let (e, j) = (k / 4, k % 4);
+        let eps = rng::normal(rng::device_seed(5), 0, word, k as u32);
+        let want = h[e * 8 + j] + (0.5 * h[e * 8 + 4 + j]).exp() * eps;
+        assert!((z1[k] as f64 - want).abs() < 1e-4 * (1.0 + want.abs()), "z1[{k}]: {} want {want}", z1[k]);
+    }
+}
+
 /// Upper layer `i`'s conditional prior replayed in f64 from the model's parameters: the rows
 /// `z_in` [n, width] (z_{i+2} with its padding or one-hot) through p(z_{i+1}|z_{i+2})'s network,
 /// then z_{i+1} = μₚ + σₚ·ε with ε keyed (seed, 0, sample word `word`, `first` + k), scaled by
@@ -1046,9 +1108,12 @@ fn replay_prior(
             .map(|&v| v as f64)
             .collect::<Vec<f64>>()
     };
-    let h = reference::dense_forward(&tl[4 * i + 2], z_in, n, &w("prior.0.weight"), &w("prior.0.bias")).1;
-    let pp = reference::dense_forward(&tl[4 * i + 3], &h, n, &w("prior.head.weight"), &w("prior.head.bias")).1;
-    let zd = tl[4 * i + 3].outputs / 2;
+    // p(z_i|z_{i+1})'s layers follow q's hidden layers and head.
+    let prior = reference::top_start(&vae.config, i) + vae.config.top()[i].hidden.len() + 1;
+    assert_eq!(vae.config.top()[i].hidden.len(), 1, "the replay runs one hidden layer");
+    let h = reference::dense_forward(&tl[prior], z_in, n, &w("prior.0.weight"), &w("prior.0.bias")).1;
+    let pp = reference::dense_forward(&tl[prior + 1], &h, n, &w("prior.head.weight"), &w("prior.head.bias")).1;
+    let zd = tl[prior + 1].outputs / 2;
     let word = rng::stream_word(rng::STREAM_SAMPLE, word);
     (0..n * zd)
         .map(|k| {
@@ -1121,7 +1186,7 @@ fn conditional_hierarchical_vae_trains_and_samples_by_class() {
         hidden: vec![64],
         latent: 8,
         classes: 10,
-        code: Code::Hierarchical(vec![TopLatent { latent: 4, hidden: 16 }]),
+        code: Code::Hierarchical(vec![TopLatent { latent: 4, hidden: vec![16] }]),
         ..Default::default()
     };
     // [z₁ | one-hot] is 18 wide, padded to 20; [z₂ | one-hot] 14, padded to 16.
@@ -1166,7 +1231,7 @@ fn conditional_hierarchical_vae_trains_and_samples_by_class() {
 #[test]
 fn three_layer_vae_trains_and_samples_ancestrally() {
     let g = gpu();
-    let top = vec![TopLatent { latent: 6, hidden: 16 }, TopLatent { latent: 2, hidden: 8 }];
+    let top = vec![TopLatent { latent: 6, hidden: vec![16] }, TopLatent { latent: 2, hidden: vec![8] }];
     let cfg = VaeConfig {
         hidden: vec![64],
         latent: 8,
@@ -1220,7 +1285,7 @@ fn layer_kl_splits_the_evaluation_kl() {
     let eval = Evaluator::new(g, mnist_subset(g, 150)).unwrap();
     for top in [
         vec![],
-        vec![TopLatent { latent: 6, hidden: 16 }, TopLatent { latent: 2, hidden: 8 }],
+        vec![TopLatent { latent: 6, hidden: vec![16] }, TopLatent { latent: 2, hidden: vec![8] }],
     ] {
         let cfg = VaeConfig {
             code: crate::common::hier(&top),
@@ -1268,8 +1333,8 @@ fn deep_conditional_hierarchy_resumes_exactly() {
         latent: 8,
         classes: 10,
         code: Code::Hierarchical(vec![
-            TopLatent { latent: 6, hidden: 16 },
-            TopLatent { latent: 2, hidden: 8 },
+            TopLatent { latent: 6, hidden: vec![16] },
+            TopLatent { latent: 2, hidden: vec![8] },
         ]),
         ..Default::default()
     };

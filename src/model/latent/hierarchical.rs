@@ -22,23 +22,86 @@ use crate::nn::{ArenaLayout, Layer, Linear, ParamArena};
 use crate::ops::{self, Activation};
 use crate::rng;
 
-/// The networks of one upper stochastic layer, one hidden layer each. Written for z₂ above z₁;
-/// upper layer i is z_{i+2} above z_{i+1}.
+/// An upper layer's network: hidden layers `{prefix}.0`, `{prefix}.1`, … with the model's
+/// activation, then the head `{prefix}.head` (no activation) writing [μ | log σ²].
+#[derive(Clone)]
+pub struct Chain {
+    /// The hidden layers, input side first.
+    pub hidden: Vec<Linear>,
+    /// The last layer.
+    pub head: Linear,
+}
+
+impl Chain {
+    fn new(layout: &mut ArenaLayout, prefix: &str, input: usize, widths: &[usize], out: usize, act: Activation) -> Self {
+        let mut hidden = Vec::new();
+        let mut width = input;
+        for (j, &h) in widths.iter().enumerate() {
+            hidden.push(Linear::new(layout, &format!("{prefix}.{j}"), width, h, act));
+            width = h;
+        }
+        Chain {
+            hidden,
+            head: Linear::new(layout, &format!("{prefix}.head"), width, out, Activation::Identity),
+        }
+    }
+
+    /// Its layers in forward order.
+    pub fn layers(&self) -> Vec<&Linear> {
+        self.hidden.iter().chain([&self.head]).collect()
+    }
+
+    /// Plans x → `acts` (one per hidden layer) → `out`.
+    pub fn forward(&self, gpu: &Gpu, arena: &ParamArena, x: &Tensor, acts: &[Tensor], out: &Tensor) -> Result<Vec<Dispatch>> {
+        let mut d = Vec::new();
+        let mut input = x;
+        for (layer, a) in self.hidden.iter().zip(acts) {
+            d.extend(layer.forward(gpu, arena, input, a)?);
+            input = a;
+        }
+        d.extend(self.head.forward(gpu, arena, input, out)?);
+        Ok(d)
+    }
+
+    /// Plans the parameter gradients from ∂L/∂`out`, through the hidden layers' pre-activation
+    /// gradients `d_acts`, and ∂L/∂x into `dx`.
+    #[allow(clippy::too_many_arguments)]
+    fn backward(
+        &self,
+        gpu: &Gpu,
+        arena: &ParamArena,
+        x: &Tensor,
+        acts: &[Tensor],
+        d_acts: &[Tensor],
+        d_out: &Tensor,
+        dx: &Tensor,
+    ) -> Result<Vec<Dispatch>> {
+        let m = self.hidden.len();
+        let mut d = self.head.backward(gpu, arena, &acts[m - 1], d_out, Some(&d_acts[m - 1]), self.hidden[m - 1].act)?;
+        for j in (0..m).rev() {
+            let (input, below, act) = match j {
+                0 => (x, dx, Activation::Identity),
+                _ => (&acts[j - 1], &d_acts[j - 1], self.hidden[j - 1].act),
+            };
+            d.extend(self.hidden[j].backward(gpu, arena, input, &d_acts[j], Some(below), act)?);
+        }
+        Ok(d)
+    }
+}
+
+/// The networks of one upper stochastic layer. Written for z₂ above z₁; upper layer i is
+/// z_{i+2} above z_{i+1}.
 #[derive(Clone)]
 pub struct TopLayers {
-    /// z₁ → hidden, in q(z₂|z₁).
-    pub up: Linear,
-    /// hidden → [μ₂ | log σ₂²].
-    pub up_head: Linear,
-    /// z₂ → hidden, in p(z₁|z₂).
-    pub prior: Linear,
-    /// hidden → [μₚ | log σₚ²].
-    pub prior_head: Linear,
+    /// q(z₂|z₁): z₁ → hidden → [μ₂ | log σ₂²].
+    pub up: Chain,
+    /// p(z₁|z₂): z₂ → hidden → [μₚ | log σₚ²].
+    pub prior: Chain,
 }
 
 impl TopLayers {
     fn new(layout: &mut ArenaLayout, cfg: &VaeConfig, i: usize) -> Self {
-        let (act, t) = (cfg.activation, cfg.top()[i]);
+        let (act, t) = (cfg.activation, &cfg.top()[i]);
         // Slot names: "top.*" for z₂ (the first, and once the only, upper layer), "top.z3.*"
         // and so on above it.
         let name = |part: &str| match i {
@@ -48,38 +111,37 @@ impl TopLayers {
         TopLayers {
             // A conditional model's rows carry the one-hot after the draws (z₁'s as the decoder
             // reads them), so both networks see the label.
-            up: Linear::new(layout, &name("up.0"), cfg.top_below_dim(i), t.hidden, act),
-            up_head: Linear::new(layout, &name("up.head"), t.hidden, 2 * t.latent, Activation::Identity),
-            prior: Linear::new(layout, &name("prior.0"), cfg.top_input_dim(i), t.hidden, act),
-            prior_head: Linear::new(
+            up: Chain::new(layout, &name("up"), cfg.top_below_dim(i), &t.hidden, 2 * t.latent, act),
+            prior: Chain::new(
                 layout,
-                &name("prior.head"),
-                t.hidden,
+                &name("prior"),
+                cfg.top_input_dim(i),
+                &t.hidden,
                 2 * cfg.top_below_latent(i),
-                Activation::Identity,
+                act,
             ),
         }
     }
 
-    /// The four layers in forward order.
-    pub fn layers(&self) -> [&Linear; 4] {
-        [&self.up, &self.up_head, &self.prior, &self.prior_head]
+    /// Its layers in forward order: q's, then p's.
+    pub fn layers(&self) -> Vec<&Linear> {
+        let mut all = self.up.layers();
+        all.extend(self.prior.layers());
+        all
     }
 
     /// Plans the conditional prior's network: z₂ [B, Z₂'] (z₂'s rows as
-    /// [`VaeConfig::top_input_dim`] gives them) → `hidden` [B, H] → `p1` [B, 2Z] = [μₚ | log σₚ²]
-    /// of p(z₁|z₂).
+    /// [`VaeConfig::top_input_dim`] gives them) → `hidden` ([B, H] each) → `p1` [B, 2Z] =
+    /// [μₚ | log σₚ²] of p(z₁|z₂).
     pub fn plan_prior(
         &self,
         gpu: &Gpu,
         arena: &ParamArena,
         z2: &Tensor,
-        hidden: &Tensor,
+        hidden: &[Tensor],
         p1: &Tensor,
     ) -> Result<Vec<Dispatch>> {
-        let mut d = self.prior.forward(gpu, arena, z2, hidden)?;
-        d.extend(self.prior_head.forward(gpu, arena, hidden, p1)?);
-        Ok(d)
+        self.prior.forward(gpu, arena, z2, hidden, p1)
     }
 }
 
@@ -123,20 +185,22 @@ impl Latent for Hierarchy {
         self.layers.iter().flat_map(|t| t.layers()).collect()
     }
 
-    /// For each upper layer z_k: q_z{k}.{0, mu, logvar} and p_z{k−1}.{0, mu, logvar}.
+    /// For each upper layer z_k: q_z{k}.{0, 1, …, mu, logvar} and p_z{k−1}.{0, 1, …, mu, logvar}
+    /// (one numbered tensor per hidden layer).
     fn checkpoint_pieces(&self) -> Vec<(String, &Linear, std::ops::Range<usize>)> {
         let mut out = Vec::new();
         let whole = |l: &Linear| 0..l.out_features;
         let half = |l: &Linear| (0..l.out_features / 2, l.out_features / 2..l.out_features);
         for (i, t) in self.layers.iter().enumerate() {
-            let ((m2, v2), (mp, vp)) = (half(&t.up_head), half(&t.prior_head));
             let (q, p) = (format!("q_z{}", i + 2), format!("p_z{}", i + 1));
-            out.push((format!("{q}.0"), &t.up, whole(&t.up)));
-            out.push((format!("{q}.mu"), &t.up_head, m2));
-            out.push((format!("{q}.logvar"), &t.up_head, v2));
-            out.push((format!("{p}.0"), &t.prior, whole(&t.prior)));
-            out.push((format!("{p}.mu"), &t.prior_head, mp));
-            out.push((format!("{p}.logvar"), &t.prior_head, vp));
+            for (name, chain) in [(q, &t.up), (p, &t.prior)] {
+                for (j, l) in chain.hidden.iter().enumerate() {
+                    out.push((format!("{name}.{j}"), l, whole(l)));
+                }
+                let (mu, lv) = half(&chain.head);
+                out.push((format!("{name}.mu"), &chain.head, mu));
+                out.push((format!("{name}.logvar"), &chain.head, lv));
+            }
         }
         out
     }
@@ -177,12 +241,13 @@ impl Latent for Hierarchy {
         let mut upper = Vec::new();
         for (i, tl) in self.top.iter().enumerate() {
             let below = self.below_latents[i];
+            let hidden = |name: &str| -> Result<Vec<Tensor>> { tl.hidden.iter().map(|&h| t(name, &[r, h])).collect() };
             let grads = if spec.train {
                 Some(TopGrads {
-                    up_hidden: t("d_top_up_hidden", &[r, tl.hidden])?,
+                    up_hidden: hidden("d_top_up_hidden")?,
                     q: t("d_top_q", &[r, 2 * tl.latent])?,
                     z: t("d_top_z", &[r, self.input_dims[i]])?,
-                    prior_hidden: t("d_top_prior_hidden", &[r, tl.hidden])?,
+                    prior_hidden: hidden("d_top_prior_hidden")?,
                     // Shaped as the rows below: z₁'s are the decoder's input rows.
                     z_below_up: t("d_top_z_below_up", &[r, self.below_dims[i]])?,
                 })
@@ -190,12 +255,12 @@ impl Latent for Hierarchy {
                 None
             };
             upper.push(TopWorkspace {
-                up_hidden: t("top_up_hidden", &[r, tl.hidden])?,
+                up_hidden: hidden("top_up_hidden")?,
                 q: t("top_q", &[r, 2 * tl.latent])?,
                 // Padded columns: never written, so zero (a conditional model's one-hot is
                 // written by the inputs, as z₁'s is).
                 z: t("top_z", &[r, self.input_dims[i]])?,
-                prior_hidden: t("top_prior_hidden", &[r, tl.hidden])?,
+                prior_hidden: hidden("top_prior_hidden")?,
                 p_below: t("top_p_below", &[r, 2 * below])?,
                 d_p_below: t("d_top_p_below", &[r, 2 * below])?,
                 dz_kl_below: t("d_top_z_kl_below", &[r, below])?,
@@ -257,7 +322,7 @@ impl Latent for Hierarchy {
         let mut z = top.to_vec();
         for i in (0..self.top.len()).rev() {
             // z holds z_{i+2}; draw z_{i+1} from p(z_{i+1}|z_{i+2}).
-            let (t, zd) = (self.top[i], self.below_latents[i]);
+            let (t, zd) = (&self.top[i], self.below_latents[i]);
             let width = self.input_dims[i];
             let rows = crate::model::inputs::labelled_rows(
                 self.classes,
@@ -268,7 +333,11 @@ impl Latent for Hierarchy {
                 "draws from p(z|z above, y)",
             )?;
             let above = gpu.upload("z_above", &[n, width], &rows)?;
-            let hidden = gpu.tensor("prior_hidden", &[n, t.hidden])?;
+            let hidden: Vec<Tensor> = t
+                .hidden
+                .iter()
+                .map(|&h| gpu.tensor("prior_hidden", &[n, h]))
+                .collect::<Result<_>>()?;
             let p_out = gpu.tensor("p_below", &[n, 2 * zd])?;
             let plan = self.layers[i].plan_prior(gpu, arena, &above, &hidden, &p_out)?;
             gpu.run(&plan.iter().collect::<Vec<_>>())?;
@@ -292,14 +361,14 @@ impl Latent for Hierarchy {
 /// i holds z_{i+2}, the network q(z_{i+2}|z_{i+1}) and the conditional prior p(z_{i+1}|z_{i+2})
 /// of the layer below; the comments name the i = 0 case, z₂ above z₁.
 struct TopWorkspace {
-    /// q(z₂|z₁)'s hidden layer, [L·B, H₂].
-    up_hidden: Tensor,
+    /// q(z₂|z₁)'s hidden layers, [L·B, H] each.
+    up_hidden: Vec<Tensor>,
     /// [μ₂ | log σ₂²], [L·B, 2Z₂].
     q: Tensor,
     /// The draws of z₂, [L·B, Z₂'] (then a conditional model's one-hot, zero-padded).
     z: Tensor,
-    /// p(z₁|z₂)'s hidden layer, [L·B, H₂].
-    prior_hidden: Tensor,
+    /// p(z₁|z₂)'s hidden layers, [L·B, H] each.
+    prior_hidden: Vec<Tensor>,
     /// [μₚ | log σₚ²] of p(z₁|z₂), [L·B, 2Z₁].
     p_below: Tensor,
     /// ∂L/∂p_below, written by the lower layer's KL term in the forward pass, [L·B, 2Z₁].
@@ -316,14 +385,14 @@ struct TopWorkspace {
 
 /// Gradients of a [`TopWorkspace`]'s activations (training only).
 struct TopGrads {
-    /// ∂L/∂ pre-activation of q(z₂|z₁)'s hidden layer.
-    up_hidden: Tensor,
+    /// ∂L/∂ pre-activation of q(z₂|z₁)'s hidden layers.
+    up_hidden: Vec<Tensor>,
     /// ∂L/∂[μ₂ | log σ₂²].
     q: Tensor,
     /// ∂L/∂z₂ through p(z₁|z₂)'s network.
     z: Tensor,
-    /// ∂L/∂ pre-activation of p(z₁|z₂)'s hidden layer.
-    prior_hidden: Tensor,
+    /// ∂L/∂ pre-activation of p(z₁|z₂)'s hidden layers.
+    prior_hidden: Vec<Tensor>,
     /// ∂L/∂z₁ through q(z₂|z₁)'s network, shaped as z₁'s rows.
     z_below_up: Tensor,
 }
@@ -398,6 +467,11 @@ impl HierarchyWorkspace {
     }
 }
 
+/// The first `n` rows of each tensor.
+fn all_rows(ts: &[Tensor], n: usize) -> Vec<Tensor> {
+    ts.iter().map(|t| rows(t, n)).collect()
+}
+
 /// An upper layer's gradients, or the error of a workspace made for evaluation.
 fn grads(tw: &TopWorkspace) -> Result<&TopGrads> {
     tw.grads
@@ -412,10 +486,9 @@ impl LatentWorkspace for HierarchyWorkspace {
         // z₁'s draws, without a KL term: its prior is p(z₁|z₂), whose term comes below.
         let mut d = vec![ops::sample_forward(c.gpu, "sample.forward", c.step, enc, l, z)?];
         for (i, (layers, tw)) in self.h.layers.iter().zip(&self.upper).enumerate() {
-            let (uh, q, zi) = (rows(&tw.up_hidden, r), rows(&tw.q, r), rows(&tw.z, r));
+            let (uh, q, zi) = (all_rows(&tw.up_hidden, r), rows(&tw.q, r), rows(&tw.z, r));
             let lower = self.below(c, i, enc, z);
-            d.extend(layers.up.forward(c.gpu, a, &lower.z, &uh)?);
-            d.extend(layers.up_head.forward(c.gpu, a, &uh, &q)?);
+            d.extend(layers.up.forward(c.gpu, a, &lower.z, &uh, &q)?);
             let base = ops::top_sample_base(i);
             if i + 1 == levels {
                 let ratio = tw.log_ratio.map(|id| c.terms.view(id, c.b));
@@ -443,7 +516,7 @@ impl LatentWorkspace for HierarchyWorkspace {
             }
         }
         for (i, (layers, tw)) in self.h.layers.iter().zip(&self.upper).enumerate() {
-            let (zi, ph, p_below) = (rows(&tw.z, r), rows(&tw.prior_hidden, r), rows(&tw.p_below, r));
+            let (zi, ph, p_below) = (rows(&tw.z, r), all_rows(&tw.prior_hidden, r), rows(&tw.p_below, r));
             d.extend(layers.plan_prior(c.gpu, a, &zi, &ph, &p_below)?);
             d.push(self.ladder_term(c, i, enc, z, true)?);
         }
@@ -466,29 +539,21 @@ impl LatentWorkspace for HierarchyWorkspace {
             let (layers, tw) = (&self.h.layers[i], &self.upper[i]);
             let g = grads(tw)?;
             let (uh, q, zi, ph) = (
-                rows(&tw.up_hidden, r),
+                all_rows(&tw.up_hidden, r),
                 rows(&tw.q, r),
                 rows(&tw.z, r),
-                rows(&tw.prior_hidden, r),
+                all_rows(&tw.prior_hidden, r),
             );
             let (d_uh, d_q, dzi, d_ph) = (
-                rows(&g.up_hidden, r),
+                all_rows(&g.up_hidden, r),
                 rows(&g.q, r),
                 rows(&g.z, r),
-                rows(&g.prior_hidden, r),
+                all_rows(&g.prior_hidden, r),
             );
-            d.extend(layers.prior_head.backward(
-                c.gpu,
-                a,
-                &ph,
-                &rows(&tw.d_p_below, r),
-                Some(&d_ph),
-                layers.prior.act,
-            )?);
             d.extend(
                 layers
                     .prior
-                    .backward(c.gpu, a, &zi, &d_ph, Some(&dzi), Activation::Identity)?,
+                    .backward(c.gpu, a, &zi, &ph, &d_ph, &rows(&tw.d_p_below, r), &dzi)?,
             );
             let base = ops::top_sample_base(i);
             if i + 1 == levels {
@@ -528,17 +593,9 @@ impl LatentWorkspace for HierarchyWorkspace {
             };
             d.extend(
                 layers
-                    .up_head
-                    .backward(c.gpu, a, &uh, &d_q, Some(&d_uh), layers.up.act)?,
+                    .up
+                    .backward(c.gpu, a, &lower_z, &uh, &d_uh, &d_q, &rows(&g.z_below_up, r))?,
             );
-            d.extend(layers.up.backward(
-                c.gpu,
-                a,
-                &lower_z,
-                &d_uh,
-                Some(&rows(&g.z_below_up, r)),
-                Activation::Identity,
-            )?);
         }
         // z₁'s draws: the decoder's dz, q(z₂|z₁)'s and the ladder KL term's gradients.
         let (first, g_first) = (&self.upper[0], grads(&self.upper[0])?);
@@ -573,17 +630,11 @@ impl LatentWorkspace for HierarchyWorkspace {
     fn tensors(&self) -> Vec<&Tensor> {
         let mut all = Vec::new();
         for t in &self.upper {
-            all.extend([
-                &t.up_hidden,
-                &t.q,
-                &t.z,
-                &t.prior_hidden,
-                &t.p_below,
-                &t.d_p_below,
-                &t.dz_kl_below,
-            ]);
+            all.extend(t.up_hidden.iter().chain(&t.prior_hidden));
+            all.extend([&t.q, &t.z, &t.p_below, &t.d_p_below, &t.dz_kl_below]);
             if let Some(g) = &t.grads {
-                all.extend([&g.up_hidden, &g.q, &g.z, &g.prior_hidden, &g.z_below_up]);
+                all.extend(g.up_hidden.iter().chain(&g.prior_hidden));
+                all.extend([&g.q, &g.z, &g.z_below_up]);
             }
         }
         all
