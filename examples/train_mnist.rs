@@ -16,8 +16,8 @@ use vae_wgpu::gpu::MatmulStrategy;
 use vae_wgpu::infer::{decode_conditional, prior_latents};
 use vae_wgpu::io::{read_safetensors, write_grid_png};
 use vae_wgpu::model::{
-    likelihood_name, parse_hidden, parse_likelihood, parse_top, parse_variance, Activation, Code, Likelihood, Objective,
-    TopLatent,
+    likelihood_name, parse_hidden, parse_likelihood, parse_top, parse_variance, Activation, Code, Likelihood,
+    Objective, TopLatent,
 };
 use vae_wgpu::model::{Arch, ConvArch, Vae, VaeConfig};
 use vae_wgpu::run::RunDir;
@@ -510,11 +510,12 @@ fn run(args: Args) -> Result<i32> {
     if args.output_bias_mean {
         let images = &train.images[..n_train * d];
         let mean: Vec<f32> = (0..d)
-            .map(|p| (images.iter().skip(p).step_by(d).map(|&v| v as f64).sum::<f64>() / (255.0 * n_train as f64)) as f32)
+            .map(|p| {
+                (images.iter().skip(p).step_by(d).map(|&v| v as f64).sum::<f64>() / (255.0 * n_train as f64)) as f32
+            })
             .collect();
-        vae.init_output_bias(&gpu, &mean).map_err(|e| {
-            VaeError::Config(format!("--output-bias mean: {}", common::explain(&e)))
-        })?;
+        vae.init_output_bias(&gpu, &mean)
+            .map_err(|e| VaeError::Config(format!("--output-bias mean: {}", common::explain(&e))))?;
     }
     let np = vae.num_params();
     let m = &args.model;
@@ -763,7 +764,10 @@ fn run(args: Args) -> Result<i32> {
         }
         // A staged learning rate gets the importance-weighted estimate at each stage's end (the
         // IWAE paper's protocol); the last epoch's comes after its save, below.
-        if let (Some(k), true) = (args.eval_iw, epoch < args.epochs && args.train.lr_schedule.ends_stage(epoch)) {
+        if let (Some(k), true) = (
+            args.eval_iw,
+            epoch < args.epochs && args.train.lr_schedule.ends_stage(epoch),
+        ) {
             if let Some(iw) = estimate_iw(&evaluator, &vae, &args, k, &stop)? {
                 println!("test {bound} (importance weighted, K = {k}) at the stage's end: {iw:.2}");
                 record.test_iw_nll = Some(iw);

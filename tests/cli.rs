@@ -169,13 +169,13 @@ fn flag_errors_name_the_flag() {
             &["--objective", "iwae", "--iw-k", "5", "--kl-warmup", "100"],
             "--kl-warmup/--kl-cycles with --objective iwae --iw-k",
         ),
-        (
-            &["--objective", "iwae", "--iw-k", "5", "--autoencoder"],
-            "needs a VAE",
-        ),
+        (&["--objective", "iwae", "--iw-k", "5", "--autoencoder"], "needs a VAE"),
         (&["--activation", "swish"], "unknown activation \"swish\""),
         (&["--lr-schedule", "burda", "--epochs", "10"], "runs 3280 epochs"),
-        (&["--lr-schedule", "burda", "--passes", "8", "--epochs", "10"], "runs 13 epochs"),
+        (
+            &["--lr-schedule", "burda", "--passes", "8", "--epochs", "10"],
+            "runs 13 epochs",
+        ),
         (&["--lr-schedule", "burda", "--passes", "0"], "must be at least 1"),
         (&["--passes", "5"], "add --lr-schedule burda"),
         (&["--adam-eps", "0"], "--adam-eps"),

@@ -1065,7 +1065,10 @@ mod tests {
                         latent: 16,
                         hidden: vec![200],
                     },
-                    TopLatent { latent: 6, hidden: vec![100] },
+                    TopLatent {
+                        latent: 6,
+                        hidden: vec![100],
+                    },
                 ]),
                 classes: 10,
                 ..Default::default()
@@ -1101,10 +1104,26 @@ mod tests {
         assert_eq!(parse_top("16:200, 8:100").unwrap(), cases_top());
         // The IWAE paper's upper networks: two hidden layers each.
         let two = parse_top("50:100x100").unwrap();
-        assert_eq!(two, vec![TopLatent { latent: 50, hidden: vec![100, 100] }]);
+        assert_eq!(
+            two,
+            vec![TopLatent {
+                latent: 50,
+                hidden: vec![100, 100]
+            }]
+        );
         assert_eq!(top_name(&two), "50:100x100");
         assert_eq!(parse_top(&top_name(&two)).unwrap(), two);
-        for bad in ["10", "10:x", ":200", "a:b", "10:200,", "10:200,4", "50:100x", "50:x100", "50:100xx100"] {
+        for bad in [
+            "10",
+            "10:x",
+            ":200",
+            "a:b",
+            "10:200,",
+            "10:200,4",
+            "50:100x",
+            "50:x100",
+            "50:100xx100",
+        ] {
             let e = parse_top(bad).unwrap_err().to_string();
             assert!(e.contains("Z2:H2"), "{bad}: {e}");
         }
@@ -1377,19 +1396,34 @@ mod tests {
             },
             // Upper stochastic layers: at most MAX_TOP_LAYERS, each even, hidden a multiple of 4.
             VaeConfig {
-                code: Code::Hierarchical(vec![TopLatent { latent: 4, hidden: vec![8] }; MAX_TOP_LAYERS + 1]),
+                code: Code::Hierarchical(vec![
+                    TopLatent {
+                        latent: 4,
+                        hidden: vec![8]
+                    };
+                    MAX_TOP_LAYERS + 1
+                ]),
                 ..ok.clone()
             },
             VaeConfig {
                 code: Code::Hierarchical(vec![
-                    TopLatent { latent: 4, hidden: vec![8] },
-                    TopLatent { latent: 5, hidden: vec![8] },
+                    TopLatent {
+                        latent: 4,
+                        hidden: vec![8],
+                    },
+                    TopLatent {
+                        latent: 5,
+                        hidden: vec![8],
+                    },
                 ]),
                 ..ok.clone()
             },
             // A second stochastic layer: a VAE, an even z₂, hidden a multiple of 4.
             VaeConfig {
-                code: Code::Hierarchical(vec![TopLatent { latent: 3, hidden: vec![200] }]),
+                code: Code::Hierarchical(vec![TopLatent {
+                    latent: 3,
+                    hidden: vec![200],
+                }]),
                 ..ok.clone()
             },
             VaeConfig {
@@ -1481,7 +1515,13 @@ mod tests {
         // A third layer z₃ of 4 with 100 hidden units above z₂ = 10: q(z₃|z₂) reads z₂'s
         // rows (12 wide) and p(z₂|z₃) z₃'s (4 wide, no padding).
         let three = VaeConfig {
-            code: Code::Hierarchical(vec![top.top()[0].clone(), TopLatent { latent: 4, hidden: vec![100] }]),
+            code: Code::Hierarchical(vec![
+                top.top()[0].clone(),
+                TopLatent {
+                    latent: 4,
+                    hidden: vec![100],
+                },
+            ]),
             ..Default::default()
         };
         assert_eq!(three.top_below_dim(1), 12);
@@ -1498,7 +1538,10 @@ mod tests {
                 latent: 16,
                 hidden: vec![200],
             },
-            TopLatent { latent: 8, hidden: vec![100] },
+            TopLatent {
+                latent: 8,
+                hidden: vec![100],
+            },
         ]
     }
 }

@@ -106,8 +106,16 @@ impl LikelihoodWorkspace {
                 d.push(ops::iw_scale_rows(c.gpu, "iw.scale_d_log_c", c.b, c.samples, w, dlc)?);
             }
         }
-        if let (Some(slot), Some(dlc), Likelihood::GaussianLearned { per_pixel }) = (self.block.log_c, &dlc, self.block.kind) {
-            d.push(ops::log_c_grad(c.gpu, "log_c.grad", per_pixel, dlc, &c.arena.grad(slot))?);
+        if let (Some(slot), Some(dlc), Likelihood::GaussianLearned { per_pixel }) =
+            (self.block.log_c, &dlc, self.block.kind)
+        {
+            d.push(ops::log_c_grad(
+                c.gpu,
+                "log_c.grad",
+                per_pixel,
+                dlc,
+                &c.arena.grad(slot),
+            )?);
         }
         Ok(d)
     }

@@ -37,9 +37,9 @@ pub(crate) mod workspace;
 
 pub use crate::ops::{Activation, Likelihood, LOGVAR_MAX, LOGVAR_MIN, LOG_C_MAX, LOG_C_MIN};
 pub use checkpoint::{CODEBOOK_KEY, LOG_C_KEY};
-pub use objective::Objective;
 pub use config::{
     code_name, likelihood_name, parse_code, parse_hidden, parse_likelihood, parse_top, parse_variance, top_name, Arch,
     Code, ConvArch, TopLatent, VaeConfig, CONV_KERNEL, CONV_PADDING, CONV_STRIDE, MAX_CONV_LAYERS, MAX_TOP_LAYERS,
 };
+pub use objective::Objective;
 pub use vae::{TextureMirrors, Vae, MIRROR_MIN_WEIGHTS};

@@ -53,7 +53,7 @@ pub fn iw_log_weights(
     let r = b * k;
     need(label, "the NLL terms", nll, r)?;
     need(label, "the log-weights", lw, r)?;
-    if r == 0 || ratio.len() % r != 0 {
+    if r == 0 || !ratio.len().is_multiple_of(r) {
         return Err(VaeError::Shape(format!(
             "{label}: the log-ratio terms {:?} must be K·B = {r} rows of equal width",
             ratio.shape()
@@ -86,6 +86,7 @@ pub fn iw_log_weights(
 /// Plans the normalized weights `weights` [K·B] (each example's softmax over its K
 /// log-weights `lw`) and each example's gap [B] between −log (1/K) Σ_k w_k and its mean NLL
 /// over the draws (`nll` [K·B]).
+#[allow(clippy::too_many_arguments)]
 pub fn iw_normalize(
     gpu: &Gpu,
     label: &str,
@@ -133,7 +134,7 @@ pub fn iw_normalize(
 pub fn iw_scale_rows(gpu: &Gpu, label: &str, b: usize, k: usize, weights: &Tensor, x: &Tensor) -> Result<Dispatch> {
     let r = b * k;
     need(label, "the weights", weights, r)?;
-    if r == 0 || x.len() % r != 0 {
+    if r == 0 || !x.len().is_multiple_of(r) {
         return Err(VaeError::Shape(format!(
             "{label}: the rows {:?} must be K·B = {r} rows of equal width",
             x.shape()

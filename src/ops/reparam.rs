@@ -241,9 +241,12 @@ pub fn reparam_kl_backward_at(
     let (weighted, weights) = weighting(label, weights, samples * b)?;
     let mut layout = layout().to_vec();
     layout.push(storage(11, true));
-    let pipeline =
-        gpu.kernels
-            .pipeline(Shader::ReparamKl, "reparam_kl_backward", &[("WEIGHTED", weighted)], &layout)?;
+    let pipeline = gpu.kernels.pipeline(
+        Shader::ReparamKl,
+        "reparam_kl_backward",
+        &[("WEIGHTED", weighted)],
+        &layout,
+    )?;
     let ubuf = params(gpu, label, b, zd, samples, z_stride(dz), sample_base, kl_scale)?;
     let dw = gpu.dummy_write();
     let res = [

@@ -185,8 +185,14 @@ mod tests {
             ..record()
         };
         let line = iw.to_line().unwrap();
-        assert!(line.contains(r#""train_kl":6.592545,"train_bound":"iwae:5","test_loss""#), "{line}");
-        assert_eq!(EpochRecord::from_line(&line).unwrap().train_bound.as_deref(), Some("iwae:5"));
+        assert!(
+            line.contains(r#""train_kl":6.592545,"train_bound":"iwae:5","test_loss""#),
+            "{line}"
+        );
+        assert_eq!(
+            EpochRecord::from_line(&line).unwrap().train_bound.as_deref(),
+            Some("iwae:5")
+        );
         assert!(EpochRecord::from_line("{\"epoch\":1}").is_err());
     }
 

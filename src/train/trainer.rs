@@ -115,8 +115,16 @@ impl TrainConfig {
                 ));
             }
             let elbo_only = [
-                (self.mc_samples != 1, "TrainConfig::mc_samples", "its K draws are the samples"),
-                (self.beta != 1.0, "TrainConfig::beta", "a weighted KL is not part of the bound"),
+                (
+                    self.mc_samples != 1,
+                    "TrainConfig::mc_samples",
+                    "its K draws are the samples",
+                ),
+                (
+                    self.beta != 1.0,
+                    "TrainConfig::beta",
+                    "a weighted KL is not part of the bound",
+                ),
                 (
                     self.kl_schedule != KlSchedule::Constant,
                     "TrainConfig::kl_schedule",

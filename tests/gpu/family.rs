@@ -370,7 +370,10 @@ fn figures_have_documented_sizes_and_content() {
             input_dim: side * side,
             hidden: vec![8],
             latent: 4,
-            code: Code::Hierarchical(vec![TopLatent { latent: 2, hidden: vec![8] }]),
+            code: Code::Hierarchical(vec![TopLatent {
+                latent: 2,
+                hidden: vec![8],
+            }]),
             ..Default::default()
         },
         7,
@@ -557,19 +560,49 @@ fn eval_noise(seed: u64, k: usize, rows: usize, latent: usize, top: &[TopLatent]
 #[test]
 fn hierarchical_iw_bound_matches_the_reference() {
     let g = gpu();
-    let three = vec![TopLatent { latent: 4, hidden: vec![8] }, TopLatent { latent: 2, hidden: vec![4] }];
+    let three = vec![
+        TopLatent {
+            latent: 4,
+            hidden: vec![8],
+        },
+        TopLatent {
+            latent: 2,
+            hidden: vec![4],
+        },
+    ];
     for (classes, top) in [
-        (0usize, vec![TopLatent { latent: 2, hidden: vec![8] }]),
-        (3, vec![TopLatent { latent: 2, hidden: vec![8] }]),
+        (
+            0usize,
+            vec![TopLatent {
+                latent: 2,
+                hidden: vec![8],
+            }],
+        ),
+        (
+            3,
+            vec![TopLatent {
+                latent: 2,
+                hidden: vec![8],
+            }],
+        ),
         (0, three.clone()),
         (3, three),
         // Four layers: two middle layers' log-ratios (z₂'s and z₃'s), the second with base 2^15 + 1.
         (
             0,
             vec![
-                TopLatent { latent: 4, hidden: vec![8] },
-                TopLatent { latent: 2, hidden: vec![4] },
-                TopLatent { latent: 2, hidden: vec![4] },
+                TopLatent {
+                    latent: 4,
+                    hidden: vec![8],
+                },
+                TopLatent {
+                    latent: 2,
+                    hidden: vec![4],
+                },
+                TopLatent {
+                    latent: 2,
+                    hidden: vec![4],
+                },
             ],
         ),
     ] {
@@ -623,7 +656,16 @@ fn hierarchical_iw_bound_matches_the_reference() {
 #[test]
 fn layer_kl_matches_the_reference() {
     let g = gpu();
-    let top = vec![TopLatent { latent: 4, hidden: vec![8] }, TopLatent { latent: 2, hidden: vec![4] }];
+    let top = vec![
+        TopLatent {
+            latent: 4,
+            hidden: vec![8],
+        },
+        TopLatent {
+            latent: 2,
+            hidden: vec![4],
+        },
+    ];
     let cfg = small_hierarchy(&top, 0);
     let n = 7;
     let bytes: Vec<u8> = rand_vec(n * 16, 35, 0.0, 256.0)

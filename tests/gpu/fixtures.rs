@@ -67,7 +67,10 @@ fn checkpoints_and_states_of_earlier_versions_load() {
             latent: 2,
             likelihood: Likelihood::GaussianLearned { per_pixel: true },
             classes: 10,
-            code: Code::Hierarchical(vec![TopLatent { latent: 2, hidden: vec![8] }]),
+            code: Code::Hierarchical(vec![TopLatent {
+                latent: 2,
+                hidden: vec![8],
+            }]),
             ..Default::default()
         },
         train.clone(),

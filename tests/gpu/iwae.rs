@@ -133,7 +133,8 @@ fn check(case: &Case) {
     };
     let lw = log_weights(&params);
     // The draws must not all carry the same weight, or a weighting error would not show.
-    let spread = lw.iter().cloned().fold(f64::NEG_INFINITY, f64::max) - lw.iter().cloned().fold(f64::INFINITY, f64::min);
+    let spread =
+        lw.iter().cloned().fold(f64::NEG_INFINITY, f64::max) - lw.iter().cloned().fold(f64::INFINITY, f64::min);
     assert!(spread > 0.1, "{}: log-weights spread only {spread}", case.what);
 
     // The metric row: the mean NLL over the draws, and the gap that makes the sum −bound.
@@ -168,8 +169,20 @@ fn check(case: &Case) {
 
 #[test]
 fn iwae_gradients_match_finite_differences_of_the_bound() {
-    let two = [TopLatent { latent: 2, hidden: vec![8] }];
-    let three = [TopLatent { latent: 4, hidden: vec![8] }, TopLatent { latent: 2, hidden: vec![4] }];
+    let two = [TopLatent {
+        latent: 2,
+        hidden: vec![8],
+    }];
+    let three = [
+        TopLatent {
+            latent: 4,
+            hidden: vec![8],
+        },
+        TopLatent {
+            latent: 2,
+            hidden: vec![4],
+        },
+    ];
     let deep = [TopLatent {
         latent: 2,
         hidden: vec![8, 8],
@@ -195,7 +208,12 @@ fn iwae_gradients_match_finite_differences_of_the_bound() {
         },
         Case {
             what: "K = 5, tanh, learned per-pixel variance",
-            cfg: small(Activation::Tanh, Likelihood::GaussianLearned { per_pixel: true }, 0, &[]),
+            cfg: small(
+                Activation::Tanh,
+                Likelihood::GaussianLearned { per_pixel: true },
+                0,
+                &[],
+            ),
             k: 5,
             mirrors: false,
         },
@@ -245,7 +263,9 @@ fn iw_kernels_stay_finite_far_outside_the_exponent_range() {
     let want_lw: Vec<f64> = (0..r)
         .map(|i| -(nll[i] as f64) + 2.0 * ratio[i * w..(i + 1) * w].iter().map(|&v| v as f64).sum::<f64>())
         .collect();
-    assert_close("log-weights", &g.read(&lw).unwrap(), &want_lw, |i| 1e-5 * want_lw[i].abs() + 1e-4);
+    assert_close("log-weights", &g.read(&lw).unwrap(), &want_lw, |i| {
+        1e-5 * want_lw[i].abs() + 1e-4
+    });
     let mut want_w = vec![0.0; r];
     let mut want_gap = vec![0.0; b];
     for e in 0..b {
@@ -261,7 +281,9 @@ fn iw_kernels_stay_finite_far_outside_the_exponent_range() {
     assert!(got_w.iter().all(|v| v.is_finite()), "{got_w:?}");
     // The weights' exponents carry the log-weights' f32 rounding (~1e-4 absolute at |lw| ~ 1e3).
     assert_close("normalized weights", &got_w, &want_w, |_| 1e-3);
-    assert_close("gap", &g.read(&gap).unwrap(), &want_gap, |i| 1e-5 * want_gap[i].abs() + 2e-3);
+    assert_close("gap", &g.read(&gap).unwrap(), &want_gap, |i| {
+        1e-5 * want_gap[i].abs() + 2e-3
+    });
     // Each example's weights sum to 1.
     for e in 0..b {
         let s: f32 = (0..k).map(|s| got_w[s * b + e]).sum();
@@ -290,13 +312,19 @@ fn iwae_objective_refusals_name_the_setting() {
         },
         ..Default::default()
     };
-    assert_eq!(fields(iw(5).validate(&ae)), ["TrainConfig::objective", "VaeConfig::code"]);
+    assert_eq!(
+        fields(iw(5).validate(&ae)),
+        ["TrainConfig::objective", "VaeConfig::code"]
+    );
     let with = |f: fn(&mut TrainConfig)| {
         let mut c = iw(5);
         f(&mut c);
         fields(c.validate(&vae_cfg))
     };
-    assert_eq!(with(|c| c.mc_samples = 2), ["TrainConfig::mc_samples", "TrainConfig::objective"]);
+    assert_eq!(
+        with(|c| c.mc_samples = 2),
+        ["TrainConfig::mc_samples", "TrainConfig::objective"]
+    );
     assert_eq!(with(|c| c.beta = 0.5), ["TrainConfig::beta", "TrainConfig::objective"]);
     assert_eq!(
         with(|c| c.kl_schedule = vae_wgpu::train::KlSchedule::Warmup { steps: 10 }),

@@ -990,12 +990,33 @@ pub(crate) fn top_eps(sp: &StepParams, rows: usize, latent: usize, level: u32) -
 /// last has the most layers a model may have.
 #[test]
 fn hierarchical_vae_gradients_match_finite_differences() {
-    let two = vec![TopLatent { latent: 2, hidden: vec![8] }];
-    let three = vec![TopLatent { latent: 4, hidden: vec![8] }, TopLatent { latent: 2, hidden: vec![4] }];
+    let two = vec![TopLatent {
+        latent: 2,
+        hidden: vec![8],
+    }];
+    let three = vec![
+        TopLatent {
+            latent: 4,
+            hidden: vec![8],
+        },
+        TopLatent {
+            latent: 2,
+            hidden: vec![4],
+        },
+    ];
     let four = vec![
-        TopLatent { latent: 4, hidden: vec![8] },
-        TopLatent { latent: 2, hidden: vec![4] },
-        TopLatent { latent: 2, hidden: vec![4] },
+        TopLatent {
+            latent: 4,
+            hidden: vec![8],
+        },
+        TopLatent {
+            latent: 2,
+            hidden: vec![4],
+        },
+        TopLatent {
+            latent: 2,
+            hidden: vec![4],
+        },
     ];
     let cases = [
         (Activation::Tanh, Likelihood::Bernoulli, 1, 0, two.clone()),
@@ -1034,7 +1055,13 @@ fn hierarchical_vae_gradients_match_finite_differences() {
             Likelihood::Bernoulli,
             1,
             0,
-            vec![TopLatent { latent: 2, hidden: vec![4] }; vae_wgpu::model::MAX_TOP_LAYERS],
+            vec![
+                TopLatent {
+                    latent: 2,
+                    hidden: vec![4]
+                };
+                vae_wgpu::model::MAX_TOP_LAYERS
+            ],
         ),
     ];
     for (activation, likelihood, l, classes, top) in cases {

@@ -105,7 +105,10 @@ fn principal_angles(a: &[Vec<f64>], b: &[Vec<f64>]) -> Vec<f64> {
 fn jacobi_eigensolver_diagonalises_a_known_matrix() {
     // [[2, 1], [1, 2]]: eigenvalues 3 and 1, eigenvectors (1, 1)/√2 and (1, −1)/√2.
     let (values, vectors) = symmetric_eigen(vec![2.0, 1.0, 1.0, 2.0], 2);
-    assert!((values[0] - 3.0).abs() < 1e-12 && (values[1] - 1.0).abs() < 1e-12, "{values:?}");
+    assert!(
+        (values[0] - 3.0).abs() < 1e-12 && (values[1] - 1.0).abs() < 1e-12,
+        "{values:?}"
+    );
     let h = 0.5f64.sqrt();
     assert!((vectors[0].abs() - h).abs() < 1e-12 && (vectors[2].abs() - h).abs() < 1e-12);
     assert!(vectors[0] * vectors[2] > 0.0 && vectors[1] * vectors[3] < 0.0);
@@ -125,7 +128,12 @@ fn linear_autoencoder_learns_the_principal_subspace() {
     // decay as slowly as they cost.)
     let dirs = orthonormal(
         &(0..k)
-            .map(|i| rand_vec(d, 100 + i as u64, -1.0, 1.0).iter().map(|&v| v as f64).collect())
+            .map(|i| {
+                rand_vec(d, 100 + i as u64, -1.0, 1.0)
+                    .iter()
+                    .map(|&v| v as f64)
+                    .collect()
+            })
             .collect::<Vec<Vec<f64>>>(),
     );
     let scales = [0.1, 0.09, 0.08];
@@ -144,11 +152,16 @@ fn linear_autoencoder_learns_the_principal_subspace() {
     }
     // PCA of the bytes the model trains on (pixel / 255).
     let x: Vec<f64> = bytes.iter().map(|&b| b as f64 / 255.0).collect();
-    let mean: Vec<f64> = (0..d).map(|p| (0..n).map(|e| x[e * d + p]).sum::<f64>() / n as f64).collect();
+    let mean: Vec<f64> = (0..d)
+        .map(|p| (0..n).map(|e| x[e * d + p]).sum::<f64>() / n as f64)
+        .collect();
     let cov: Vec<f64> = (0..d * d)
         .map(|ij| {
             let (i, j) = (ij / d, ij % d);
-            (0..n).map(|e| (x[e * d + i] - mean[i]) * (x[e * d + j] - mean[j])).sum::<f64>() / n as f64
+            (0..n)
+                .map(|e| (x[e * d + i] - mean[i]) * (x[e * d + j] - mean[j]))
+                .sum::<f64>()
+                / n as f64
         })
         .collect();
     let (lambda, vectors) = symmetric_eigen(cov, d);

@@ -54,7 +54,12 @@ fn members() -> Vec<Member> {
         ..Default::default()
     };
     let top = |t: &[(usize, usize)]| -> Vec<TopLatent> {
-        t.iter().map(|&(latent, hidden)| TopLatent { latent, hidden: vec![hidden] }).collect()
+        t.iter()
+            .map(|&(latent, hidden)| TopLatent {
+                latent,
+                hidden: vec![hidden],
+            })
+            .collect()
     };
     let mut m = vec![
         Member {

@@ -237,9 +237,9 @@ pub fn hier_forward(
     // A chain of dense layers [first, first + count) of `tl` on `x`.
     let chain = |first: usize, count: usize, x: &[f64]| {
         let mut h = x.to_vec();
-        for j in first..first + count {
+        for (j, layer) in tl.iter().enumerate().skip(first).take(count) {
             let (w, bias) = p(top_slot + 2 * j);
-            h = dense_forward(&tl[j], &h, rows, w, bias).1;
+            h = dense_forward(layer, &h, rows, w, bias).1;
         }
         h
     };

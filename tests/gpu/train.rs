@@ -349,7 +349,10 @@ fn texture_mirrors_do_not_change_the_numbers() {
     // A hierarchical VAE's second-layer weights (z₂ padded from 6 to 8 columns) mirrored too.
     let top = |policy: TextureMirrors| {
         let cfg = VaeConfig {
-            code: Code::Hierarchical(vec![TopLatent { latent: 6, hidden: vec![16] }]),
+            code: Code::Hierarchical(vec![TopLatent {
+                latent: 6,
+                hidden: vec![16],
+            }]),
             ..small_config()
         };
         let mut vae = Vae::new(g, cfg, 5).unwrap();
@@ -936,7 +939,10 @@ fn hierarchical_vae_trains_checkpoints_and_samples() {
     let cfg = VaeConfig {
         hidden: vec![64],
         latent: 8,
-        code: Code::Hierarchical(vec![TopLatent { latent: 4, hidden: vec![16] }]),
+        code: Code::Hierarchical(vec![TopLatent {
+            latent: 4,
+            hidden: vec![16],
+        }]),
         ..Default::default()
     };
     let vae = Vae::new(g, cfg.clone(), 5).unwrap();
@@ -1068,14 +1074,25 @@ fn deep_upper_networks_checkpoint_and_sample() {
     // p's layers follow q's two hidden layers and head in the reference's list.
     let tl = reference::top_layers(&cfg);
     for (j, part) in ["0", "1", "head"].iter().enumerate() {
-        h = reference::dense_forward(&tl[3 + j], &h, n, &slot(&format!("{part}.weight")), &slot(&format!("{part}.bias"))).1;
+        h = reference::dense_forward(
+            &tl[3 + j],
+            &h,
+            n,
+            &slot(&format!("{part}.weight")),
+            &slot(&format!("{part}.bias")),
+        )
+        .1;
     }
     let word = rng::stream_word(rng::STREAM_SAMPLE, 1);
-    for k in 0..n * 4 {
+    assert_eq!(z1.len(), n * 4);
+    for (k, &got) in z1.iter().enumerate() {
         let (e, j) = (k / 4, k % 4);
         let eps = rng::normal(rng::device_seed(5), 0, word, k as u32);
         let want = h[e * 8 + j] + (0.5 * h[e * 8 + 4 + j]).exp() * eps;
-        assert!((z1[k] as f64 - want).abs() < 1e-4 * (1.0 + want.abs()), "z1[{k}]: {} want {want}", z1[k]);
+        assert!(
+            (got as f64 - want).abs() < 1e-4 * (1.0 + want.abs()),
+            "z1[{k}]: {got} want {want}"
+        );
     }
 }
 
@@ -1186,7 +1203,10 @@ fn conditional_hierarchical_vae_trains_and_samples_by_class() {
         hidden: vec![64],
         latent: 8,
         classes: 10,
-        code: Code::Hierarchical(vec![TopLatent { latent: 4, hidden: vec![16] }]),
+        code: Code::Hierarchical(vec![TopLatent {
+            latent: 4,
+            hidden: vec![16],
+        }]),
         ..Default::default()
     };
     // [z₁ | one-hot] is 18 wide, padded to 20; [z₂ | one-hot] 14, padded to 16.
@@ -1231,7 +1251,16 @@ fn conditional_hierarchical_vae_trains_and_samples_by_class() {
 #[test]
 fn three_layer_vae_trains_and_samples_ancestrally() {
     let g = gpu();
-    let top = vec![TopLatent { latent: 6, hidden: vec![16] }, TopLatent { latent: 2, hidden: vec![8] }];
+    let top = vec![
+        TopLatent {
+            latent: 6,
+            hidden: vec![16],
+        },
+        TopLatent {
+            latent: 2,
+            hidden: vec![8],
+        },
+    ];
     let cfg = VaeConfig {
         hidden: vec![64],
         latent: 8,
@@ -1285,7 +1314,16 @@ fn layer_kl_splits_the_evaluation_kl() {
     let eval = Evaluator::new(g, mnist_subset(g, 150)).unwrap();
     for top in [
         vec![],
-        vec![TopLatent { latent: 6, hidden: vec![16] }, TopLatent { latent: 2, hidden: vec![8] }],
+        vec![
+            TopLatent {
+                latent: 6,
+                hidden: vec![16],
+            },
+            TopLatent {
+                latent: 2,
+                hidden: vec![8],
+            },
+        ],
     ] {
         let cfg = VaeConfig {
             code: crate::common::hier(&top),
@@ -1333,8 +1371,14 @@ fn deep_conditional_hierarchy_resumes_exactly() {
         latent: 8,
         classes: 10,
         code: Code::Hierarchical(vec![
-            TopLatent { latent: 6, hidden: vec![16] },
-            TopLatent { latent: 2, hidden: vec![8] },
+            TopLatent {
+                latent: 6,
+                hidden: vec![16],
+            },
+            TopLatent {
+                latent: 2,
+                hidden: vec![8],
+            },
         ]),
         ..Default::default()
     };

@@ -33,7 +33,14 @@ pub struct Chain {
 }
 
 impl Chain {
-    fn new(layout: &mut ArenaLayout, prefix: &str, input: usize, widths: &[usize], out: usize, act: Activation) -> Self {
+    fn new(
+        layout: &mut ArenaLayout,
+        prefix: &str,
+        input: usize,
+        widths: &[usize],
+        out: usize,
+        act: Activation,
+    ) -> Self {
         let mut hidden = Vec::new();
         let mut width = input;
         for (j, &h) in widths.iter().enumerate() {
@@ -52,7 +59,14 @@ impl Chain {
     }
 
     /// Plans x → `acts` (one per hidden layer) → `out`.
-    pub fn forward(&self, gpu: &Gpu, arena: &ParamArena, x: &Tensor, acts: &[Tensor], out: &Tensor) -> Result<Vec<Dispatch>> {
+    pub fn forward(
+        &self,
+        gpu: &Gpu,
+        arena: &ParamArena,
+        x: &Tensor,
+        acts: &[Tensor],
+        out: &Tensor,
+    ) -> Result<Vec<Dispatch>> {
         let mut d = Vec::new();
         let mut input = x;
         for (layer, a) in self.hidden.iter().zip(acts) {
@@ -77,7 +91,14 @@ impl Chain {
         dx: &Tensor,
     ) -> Result<Vec<Dispatch>> {
         let m = self.hidden.len();
-        let mut d = self.head.backward(gpu, arena, &acts[m - 1], d_out, Some(&d_acts[m - 1]), self.hidden[m - 1].act)?;
+        let mut d = self.head.backward(
+            gpu,
+            arena,
+            &acts[m - 1],
+            d_out,
+            Some(&d_acts[m - 1]),
+            self.hidden[m - 1].act,
+        )?;
         for j in (0..m).rev() {
             let (input, below, act) = match j {
                 0 => (x, dx, Activation::Identity),
