@@ -717,7 +717,7 @@ pub fn top_name(t: &[TopLatent]) -> String {
         .join(",")
 }
 
-/// Parses "none" or "Z2:H2[xH2'…][,Z3:H3…]" (see [`top_name`]); sizes are checked by
+/// Parses `none` or `Z2:H2[xH2'…][,Z3:H3…]` (see [`top_name`]); sizes are checked by
 /// [`VaeConfig::validate`].
 pub fn parse_top(s: &str) -> Result<Vec<TopLatent>> {
     if s == "none" {

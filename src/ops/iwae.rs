@@ -84,7 +84,7 @@ pub fn iw_log_weights(
 }
 
 /// Plans the normalized weights `weights` [K·B] (each example's softmax over its K
-/// log-weights `lw`) and each example's gap [B] between −log (1/K) Σ_k w_k and its mean NLL
+/// log-weights `lw`) and each example's gap (`gap`, B values) between −log (1/K) Σ_k w_k and its mean NLL
 /// over the draws (`nll` [K·B]).
 #[allow(clippy::too_many_arguments)]
 pub fn iw_normalize(
@@ -129,7 +129,7 @@ pub fn iw_normalize(
     )
 }
 
-/// Plans x[r, :] *= `weights`[r] in place for the K·B rows of `x` (each draw's gradient
+/// Plans `x[r, :] *= weights[r]` in place for the K·B rows of `x` (each draw's gradient
 /// weighted by its normalized weight).
 pub fn iw_scale_rows(gpu: &Gpu, label: &str, b: usize, k: usize, weights: &Tensor, x: &Tensor) -> Result<Dispatch> {
     let r = b * k;
