@@ -1,7 +1,8 @@
-//! Datasets: readers of the IDX and .amat formats, the MNIST family, and the sources batches
-//! are gathered from on the device.
+//! Datasets: readers of the IDX, .amat and NumPy formats, the MNIST family, and the sources
+//! batches are gathered from on the device.
 
 pub mod amat;
+pub mod arrays;
 pub mod idx;
 pub mod mnist;
 pub mod resident;
@@ -9,6 +10,7 @@ pub mod set;
 pub mod source;
 
 pub use amat::{load_binarized_mnist, AmatSplit};
+pub use arrays::{read_npy_images, read_npy_labels, read_npz, ArrayLayout, ImageArrays, NpzNames};
 pub use idx::{read_idx_images, read_idx_labels, resolve_idx_path, IdxImages};
 pub use mnist::{load_mnist_split, DatasetKind};
 pub use resident::{GpuDataset, ResidentBatches};
