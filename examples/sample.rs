@@ -9,9 +9,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser;
 
-use vae_wgpu::data::IMAGE_SIDE;
 use vae_wgpu::infer::{decode_conditional, prior_latents};
-use vae_wgpu::io::write_grid_png;
 use vae_wgpu::model::Vae;
 use vae_wgpu::{Gpu, Result, VaeError};
 
@@ -52,7 +50,9 @@ fn run(args: Args) -> Result<()> {
     let checkpoint = common::checkpoint_file(&checkpoint)?;
     refuse_overwriting_a_checkpoint(&out, &checkpoint)?;
     let gpu = Gpu::new(vae_wgpu::GpuOptions::from_env()?)?;
-    let vae = Vae::load(&gpu, &checkpoint)?;
+    // Read once: the checkpoint may be a pipe.
+    let (tensors, meta) = vae_wgpu::io::read_safetensors(&checkpoint)?;
+    let vae = Vae::from_checkpoint(&gpu, &checkpoint, &tensors, &meta)?;
     if !vae.config.is_vae() {
         return Err(VaeError::Config(format!(
             "{} holds a model without a prior (code {}): there is nothing to sample. \
@@ -61,12 +61,7 @@ fn run(args: Args) -> Result<()> {
             vae_wgpu::model::code_name(&vae.config.code)
         )));
     }
-    if vae.config.input_dim != IMAGE_SIDE * IMAGE_SIDE {
-        return Err(VaeError::Config(format!(
-            "the model makes {} pixels, not 28×28 images",
-            vae.config.input_dim
-        )));
-    }
+    let shape = common::image_shape(&meta, &vae.config)?;
     let classes = vae.config.classes;
     let labels: Option<Vec<u8>> = match (classes, class) {
         (0, Some(_)) => return Err(VaeError::Config("--class needs a conditional model".into())),
@@ -82,7 +77,7 @@ fn run(args: Args) -> Result<()> {
     };
     let z = prior_latents(&gpu, &vae, seed, n, temperature, labels.as_deref()).map_err(common::sized_by("--n"))?;
     let images = decode_conditional(&gpu, &vae, &z, labels.as_deref()).map_err(common::sized_by("--n"))?;
-    write_grid_png(&out, &images, n, IMAGE_SIDE, IMAGE_SIDE, 8, 2)?;
+    common::write_grid(&out, &images, n, shape, 8, 2)?;
     println!("wrote {} samples to {}", n, out.display());
     Ok(())
 }

@@ -11,10 +11,10 @@ use std::time::Instant;
 
 use clap::Parser;
 use common::Signals;
-use vae_wgpu::data::{DatasetKind, GpuDataset, MnistSet, IMAGE_SIDE, NUM_CLASSES};
+use vae_wgpu::data::{ArrayLayout, DatasetKind, GpuDataset, MnistSet, NpzNames, IMAGE_SIDE, NUM_CLASSES};
 use vae_wgpu::gpu::MatmulStrategy;
 use vae_wgpu::infer::{decode_conditional, prior_latents};
-use vae_wgpu::io::{read_safetensors, write_grid_png};
+use vae_wgpu::io::read_safetensors;
 use vae_wgpu::model::{
     likelihood_name, parse_hidden, parse_likelihood, parse_top, parse_variance, Activation, Code, Likelihood,
     Objective, TopLatent,
@@ -145,9 +145,22 @@ struct Cli {
     /// Denoising: zero each input pixel with probability P in training (0 <= P < 1)
     #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = probability)]
     denoise: f32,
-    /// The dataset: mnist, fashion-mnist or binarized-mnist
+    /// The dataset: mnist, fashion-mnist, binarized-mnist, or npy:FILE[,LABELS] (NumPy arrays: a
+    /// .npy of images [N,H,W], [N,H,W,C] or [N,C,H,W], uint8 or float32 in [0, 1], with an
+    /// optional .npy of integer labels; or a .npz with x_train, y_train, x_test, y_test)
     #[arg(long, value_name = "D", default_value = "mnist", value_parser = dataset)]
-    dataset: DatasetKind,
+    dataset: DataSpec,
+    /// With --dataset npy: where a 4-D array's channels are, nhwc or nchw (needed only when
+    /// both ends of its shape could be channels)
+    #[arg(long, value_name = "L", value_parser = ["nhwc", "nchw"])]
+    layout: Option<String>,
+    /// With --dataset npy:FILE.npy: the fraction of the images held out as the test set, chosen
+    /// by a fixed key (the same whatever --seed)
+    #[arg(long, value_name = "F", value_parser = fraction)]
+    test_split: Option<f64>,
+    /// With --dataset npy:FILE.npz: the arrays' names, in the order x_train,y_train,x_test,y_test
+    #[arg(long, value_name = "XTR,YTR,XTE,YTE", value_parser = npz_names)]
+    npz_names: Option<NpzNames>,
     /// Directory with the dataset's files (default: the dataset's own)
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -218,9 +231,169 @@ fn variance(s: &str) -> std::result::Result<Likelihood, String> {
 fn activation(s: &str) -> std::result::Result<Activation, String> {
     Activation::parse(s).map_err(|e| common::explain(&e))
 }
-fn dataset(s: &str) -> std::result::Result<DatasetKind, String> {
-    DatasetKind::parse(s).map_err(|e| common::explain(&e))
+/// Where the images come from: a built-in dataset or NumPy arrays.
+#[derive(Clone, Debug)]
+enum DataSpec {
+    Builtin(DatasetKind),
+    /// A .npy of images with an optional .npy of labels, or a .npz of both splits.
+    Arrays {
+        file: PathBuf,
+        labels: Option<PathBuf>,
+    },
 }
+
+impl DataSpec {
+    /// The name run.json and the checkpoint record: the built-in name, or npy:FILE[,LABELS].
+    fn name(&self) -> String {
+        match self {
+            DataSpec::Builtin(k) => k.name().to_string(),
+            DataSpec::Arrays { file, labels } => match labels {
+                Some(l) => format!("npy:{},{}", file.display(), l.display()),
+                None => format!("npy:{}", file.display()),
+            },
+        }
+    }
+
+    fn is_npz(&self) -> bool {
+        matches!(self, DataSpec::Arrays { file, .. } if file.extension().is_some_and(|e| e == "npz"))
+    }
+}
+
+fn dataset(s: &str) -> std::result::Result<DataSpec, String> {
+    if let Some(rest) = s.strip_prefix("npy:") {
+        let (file, labels) = match rest.split_once(',') {
+            Some((f, l)) => (f, Some(l)),
+            None => (rest, None),
+        };
+        if file.is_empty() || labels.is_some_and(str::is_empty) {
+            return Err("npy: takes FILE or FILE,LABELS".into());
+        }
+        let file = PathBuf::from(file);
+        if labels.is_some() && file.extension().is_some_and(|e| e == "npz") {
+            return Err("a .npz holds its own labels (y_train, y_test); give npy:FILE.npz alone".into());
+        }
+        return Ok(DataSpec::Arrays {
+            file,
+            labels: labels.map(PathBuf::from),
+        });
+    }
+    DatasetKind::parse(s)
+        .map(DataSpec::Builtin)
+        .map_err(|e| format!("{}; or npy:FILE[,LABELS] for NumPy arrays", common::explain(&e)))
+}
+fn fraction(s: &str) -> std::result::Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|v| *v > 0.0 && *v < 1.0)
+        .ok_or_else(|| format!("{s:?} is not a fraction in (0, 1)"))
+}
+fn npz_names(s: &str) -> std::result::Result<NpzNames, String> {
+    match s.split(',').map(str::trim).collect::<Vec<_>>()[..] {
+        [a, b, c, d] if [a, b, c, d].iter().all(|n| !n.is_empty()) => Ok(NpzNames {
+            x_train: a.into(),
+            y_train: b.into(),
+            x_test: c.into(),
+            y_test: d.into(),
+        }),
+        _ => Err(format!("{s:?}: expected four names, x_train,y_train,x_test,y_test")),
+    }
+}
+
+/// One split in memory: `count` images of C·H·W bytes (channels interleaved) and their labels
+/// (empty without them).
+struct Split {
+    images: Vec<u8>,
+    labels: Vec<u8>,
+    count: usize,
+}
+
+/// The data of a run: both splits, the image shape and what the summary line says of them.
+struct Data {
+    train: Split,
+    test: Split,
+    shape: [usize; 3],
+    /// Classes in the labels (0 without labels).
+    classes: usize,
+    from: String,
+    notes: Vec<String>,
+}
+
+impl Data {
+    /// NumPy arrays, read and split now: their shape and classes decide the model.
+    fn arrays(spec: &DataSpec, layout: Option<ArrayLayout>, test_split: Option<f64>, names: &NpzNames) -> Result<Data> {
+        let DataSpec::Arrays { file, labels } = spec else {
+            return Err(VaeError::Config("not an array dataset".into()));
+        };
+        let (train, test) = if spec.is_npz() {
+            if test_split.is_some() {
+                return Err(VaeError::Config(
+                    "--test-split splits a .npy; a .npz has its own test arrays".into(),
+                ));
+            }
+            vae_wgpu::data::read_npz(file, names, layout)?
+        } else {
+            let mut all = vae_wgpu::data::read_npy_images(file, layout)?;
+            if let Some(l) = labels {
+                all.labels = Some(vae_wgpu::data::read_npy_labels(l, all.count)?);
+            }
+            vae_wgpu::data::arrays::split(&all, test_split.unwrap_or(0.1))?
+        };
+        let classes = train
+            .labels
+            .iter()
+            .chain(&test.labels)
+            .flatten()
+            .max()
+            .map_or(0, |&m| m as usize + 1);
+        // Labels reach the device as bytes: more than 256 classes train unconditionally only.
+        let bytes = |l: &Option<Vec<u32>>| -> Vec<u8> {
+            match l {
+                Some(l) if classes <= 256 => l.iter().map(|&v| v as u8).collect(),
+                _ => Vec::new(),
+            }
+        };
+        let mut notes = train.notes.clone();
+        if classes > 256 {
+            notes.push(format!(
+                "{classes} classes: labels unused (a conditional model takes at most 256)"
+            ));
+        }
+        Ok(Data {
+            train: Split {
+                labels: bytes(&train.labels),
+                images: train.images,
+                count: train.count,
+            },
+            test: Split {
+                labels: bytes(&test.labels),
+                images: test.images,
+                count: test.count,
+            },
+            shape: train.shape,
+            classes: if classes <= 256 { classes } else { 0 },
+            from: file.display().to_string(),
+            notes,
+        })
+    }
+
+    /// A built-in dataset from `dir`.
+    fn builtin(kind: DatasetKind, dir: &Path) -> Result<Data> {
+        let split = |set: MnistSet| Split {
+            images: set.images,
+            labels: set.labels,
+            count: set.count,
+        };
+        Ok(Data {
+            train: split(kind.load_split(dir, true)?),
+            test: split(kind.load_split(dir, false)?),
+            shape: [1, IMAGE_SIDE, IMAGE_SIDE],
+            classes: if kind.has_labels() { NUM_CLASSES } else { 0 },
+            from: dir.display().to_string(),
+            notes: Vec::new(),
+        })
+    }
+}
+
 fn cycles(s: &str) -> std::result::Result<u32, String> {
     match s.parse::<u32>() {
         Ok(0) => Err("must be at least 1 (omit it for a constant KL weight)".into()),
@@ -263,7 +436,11 @@ struct Args {
     epochs: usize,
     train: TrainConfig,
     model: VaeConfig,
-    dataset: DatasetKind,
+    dataset: DataSpec,
+    /// Array data, read while the flags were checked (its shape decides the model).
+    arrays: Option<Data>,
+    layout: Option<String>,
+    test_split: Option<f64>,
     data_dir: Option<PathBuf>,
     limit_train: Option<usize>,
     out: Option<PathBuf>,
@@ -279,9 +456,44 @@ struct Args {
 impl Cli {
     /// The run's configuration, checked by the library before anything is written.
     fn into_args(self) -> Result<Args> {
+        let layout = self.layout.as_deref().map(ArrayLayout::parse).transpose()?;
+        let arrays = match &self.dataset {
+            DataSpec::Builtin(_) => {
+                let array_flags = [
+                    (self.layout.is_some(), "--layout"),
+                    (self.test_split.is_some(), "--test-split"),
+                    (self.npz_names.is_some(), "--npz-names"),
+                ];
+                if let Some((_, flag)) = array_flags.iter().find(|(set, _)| *set) {
+                    return Err(VaeError::Config(format!(
+                        "{flag} applies to --dataset npy:FILE (NumPy arrays)"
+                    )));
+                }
+                None
+            }
+            spec => {
+                if self.data_dir.is_some() {
+                    return Err(VaeError::Config(
+                        "--data-dir locates a built-in dataset; npy:FILE names its files itself".into(),
+                    ));
+                }
+                Some(Data::arrays(
+                    spec,
+                    layout,
+                    self.test_split,
+                    &self.npz_names.clone().unwrap_or_default(),
+                )?)
+            }
+        };
+        let shape = arrays.as_ref().map_or([1, IMAGE_SIDE, IMAGE_SIDE], |a| a.shape);
+        let classes = match (&arrays, &self.dataset) {
+            (Some(a), _) => a.classes,
+            (None, DataSpec::Builtin(k)) if k.has_labels() => NUM_CLASSES,
+            _ => 0,
+        };
         let conv = match (self.arch.as_str(), self.conv) {
             ("conv", channels) => Some(ConvArch {
-                input: [1, IMAGE_SIDE, IMAGE_SIDE],
+                input: shape,
                 channels: channels.map_or(vec![32, 64], |c| c.0),
             }),
             (_, Some(_)) => {
@@ -316,11 +528,12 @@ impl Cli {
             ),
         };
         let mut model = VaeConfig {
+            input_dim: shape.iter().product(),
             hidden,
             latent,
             activation: self.activation,
             likelihood: self.likelihood.value,
-            classes: if self.conditional { NUM_CLASSES } else { 0 },
+            classes: if self.conditional { classes } else { 0 },
             arch: conv.clone().map_or(Arch::Mlp, Arch::Conv),
             ..Default::default()
         };
@@ -339,10 +552,15 @@ impl Cli {
             }
             model.likelihood = v;
         }
-        if self.conditional && !self.dataset.has_labels() {
+        if self.conditional && classes < 2 {
             return Err(VaeError::Config(format!(
-                "--conditional needs class labels, and {} has none",
-                self.dataset.name()
+                "--conditional needs class labels (2 to 256 classes), and {} has {}",
+                self.dataset.name(),
+                if classes == 0 {
+                    "none".to_string()
+                } else {
+                    format!("{classes}")
+                }
             )));
         }
         model.code = match (self.autoencoder, self.vq, self.top) {
@@ -426,6 +644,9 @@ impl Cli {
             train,
             model,
             dataset: self.dataset,
+            arrays,
+            layout: self.layout,
+            test_split: self.test_split,
             data_dir: self.data_dir,
             limit_train: self.limit_train,
             out: self.out,
@@ -465,7 +686,7 @@ fn append_line(path: &Path, line: &str) -> Result<()> {
 }
 
 /// Trains, evaluates and writes the run's files.
-fn run(args: Args) -> Result<i32> {
+fn run(mut args: Args) -> Result<i32> {
     let gpu = Gpu::new(GpuOptions::from_env()?)?;
     let r = gpu.report();
     println!(
@@ -474,26 +695,38 @@ fn run(args: Args) -> Result<i32> {
         r.backend,
         r.driver.trim()
     );
-    let dir = args.data_dir.clone().unwrap_or_else(|| args.dataset.default_dir());
-    let train: MnistSet = args.dataset.load_split(&dir, true)?;
-    let test: MnistSet = args.dataset.load_split(&dir, false)?;
-    let d = IMAGE_SIDE * IMAGE_SIDE;
+    let data = match (&args.dataset, args.arrays.take()) {
+        (_, Some(data)) => data,
+        (DataSpec::Builtin(kind), None) => {
+            Data::builtin(*kind, &args.data_dir.clone().unwrap_or_else(|| kind.default_dir()))?
+        }
+        (DataSpec::Arrays { .. }, None) => return Err(VaeError::Config("the arrays were not read".into())),
+    };
+    let (train, test, shape) = (&data.train, &data.test, data.shape);
+    let d: usize = shape.iter().product();
     if train.count == 0 || test.count == 0 {
         return Err(VaeError::Config(format!(
-            "the {} files in {} hold {} training and {} test images; both sets need at least one",
+            "{} in {} holds {} training and {} test images; both sets need at least one",
             args.dataset.name(),
-            dir.display(),
+            data.from,
             train.count,
             test.count
         )));
     }
     let n_train = args.limit_train.map_or(train.count, |n| n.min(train.count));
+    let [c, h, w] = shape;
+    let notes: String = data.notes.iter().map(|n| format!(" | {n}")).collect();
     println!(
-        "dataset: {} from {} | train {} | test {}",
+        "dataset: {} from {} | train {} | test {} | {c}x{h}x{w}{} | {:.1} MB on the device{notes}",
         args.dataset.name(),
-        dir.display(),
+        data.from,
         n_train,
-        test.count
+        test.count,
+        match data.classes {
+            0 => String::new(),
+            k => format!(" | {k} classes"),
+        },
+        ((n_train + test.count) * d) as f64 / 1e6
     );
     let train_gpu = GpuDataset::upload(
         &gpu,
@@ -504,6 +737,19 @@ fn run(args: Args) -> Result<i32> {
         train.labels.get(..n_train).map(<[u8]>::to_vec).unwrap_or_default(),
     )?;
     let test_gpu = GpuDataset::upload(&gpu, "test", &test.images, test.count, d, test.labels.clone())?;
+    let data_meta = [
+        ("image_shape".to_string(), format!("{c},{h},{w}")),
+        (
+            "test_split".to_string(),
+            args.test_split
+                .or((matches!(args.dataset, DataSpec::Arrays { .. }) && !args.dataset.is_npz()).then_some(0.1))
+                .map_or("none".to_string(), |f| f.to_string()),
+        ),
+        (
+            "layout".to_string(),
+            args.layout.clone().unwrap_or_else(|| "none".to_string()),
+        ),
+    ];
 
     let vae =
         Vae::new(&gpu, args.model.clone(), args.train.seed).map_err(common::sized_by(common::MODEL_SIZE_FLAGS))?;
@@ -579,8 +825,11 @@ fn run(args: Args) -> Result<i32> {
     let strategy = MatmulStrategy::preferred(&gpu)?;
     let mut run_meta: Vec<(String, String)> = args.model.to_metadata();
     run_meta.extend([
-        ("dataset".to_string(), args.dataset.name().to_string()),
+        ("dataset".to_string(), args.dataset.name()),
         ("train_examples".to_string(), n_train.to_string()),
+        data_meta[0].clone(),
+        data_meta[1].clone(),
+        data_meta[2].clone(),
         ("epochs".to_string(), args.epochs.to_string()),
         ("batch_size".to_string(), args.train.batch_size.to_string()),
         ("lr".to_string(), args.train.adam.lr.to_string()),
@@ -827,15 +1076,7 @@ fn run(args: Args) -> Result<i32> {
         pairs.extend_from_slice(&x[range.clone()]);
         pairs.extend_from_slice(&xr[range]);
     }
-    write_grid_png(
-        &out_dir.join("reconstructions.png"),
-        &pairs,
-        2 * n,
-        IMAGE_SIDE,
-        IMAGE_SIDE,
-        8,
-        2,
-    )?;
+    common::write_grid(&out_dir.join("reconstructions.png"), &pairs, 2 * n, shape, 8, 2)?;
     if !args.model.is_vae() {
         // An autoencoder has no prior to sample from.
         println!(
@@ -847,16 +1088,16 @@ fn run(args: Args) -> Result<i32> {
     if let Some(code) = interrupted("samples.png is not drawn") {
         return Ok(code);
     }
-    // Samples from the prior; a conditional model draws one row of 8 per class.
+    // Samples from the prior; a conditional model draws one row of 8 per class (the first 16).
     let (n, labels) = if args.model.classes > 0 {
-        let l: Vec<u8> = (0..8 * args.model.classes).map(|i| (i / 8) as u8).collect();
+        let l: Vec<u8> = (0..8 * args.model.classes.min(16)).map(|i| (i / 8) as u8).collect();
         (l.len(), Some(l))
     } else {
         (64, None)
     };
     let z = prior_latents(&gpu, &vae, args.train.seed, n, 1.0, labels.as_deref())?;
     let samples = decode_conditional(&gpu, &vae, &z, labels.as_deref())?;
-    write_grid_png(&out_dir.join("samples.png"), &samples, n, IMAGE_SIDE, IMAGE_SIDE, 8, 2)?;
+    common::write_grid(&out_dir.join("samples.png"), &samples, n, shape, 8, 2)?;
     println!(
         "wrote {}/{{metrics.jsonl, run.json, checkpoint.safetensors, reconstructions.png, samples.png}}",
         out_dir.display()
@@ -932,6 +1173,9 @@ fn resume_run(
     let decisive = [
         "dataset",
         "train_examples",
+        "image_shape",
+        "test_split",
+        "layout",
         "batch_size",
         "lr",
         "seed",
@@ -1061,6 +1305,9 @@ fn recorded_default(key: &str) -> Option<&'static str> {
         "iw_k" => Some("none"),
         "adam_eps" => Some("0.00000001"),
         "lr_schedule" => Some("constant"),
+        "image_shape" => Some("1,28,28"),
+        "test_split" => Some("none"),
+        "layout" => Some("none"),
         "output_bias" => Some("default"),
         _ => None,
     }
@@ -1070,6 +1317,9 @@ fn recorded_default(key: &str) -> Option<&'static str> {
 fn resume_flag(key: &str) -> &'static str {
     match key {
         "dataset" => "--dataset",
+        "image_shape" => "--dataset",
+        "test_split" => "--test-split",
+        "layout" => "--layout",
         "train_examples" => "--limit-train",
         "batch_size" => "--batch-size",
         "lr" => "--lr",

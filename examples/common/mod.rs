@@ -216,3 +216,47 @@ pub fn samples(s: &str) -> Result<usize, String> {
     }
     Ok(n)
 }
+
+/// The image shape [C, H, W] a checkpoint's model makes: its `image_shape` metadata, else a
+/// convolutional model's input, else 1×28×28 (files from before other shapes), checked
+/// against the model's pixel count.
+pub fn image_shape(meta: &[(String, String)], cfg: &vae_wgpu::VaeConfig) -> vae_wgpu::Result<[usize; 3]> {
+    let recorded = meta.iter().find(|(k, _)| k == "image_shape").map(|(_, v)| v.as_str());
+    let shape = match recorded {
+        Some(v) => {
+            let parts: Vec<usize> = v.split(',').filter_map(|p| p.trim().parse().ok()).collect();
+            match parts[..] {
+                [c, h, w] => [c, h, w],
+                _ => {
+                    return Err(VaeError::Config(format!(
+                        "the checkpoint's image_shape {v:?} is not C,H,W"
+                    )))
+                }
+            }
+        }
+        None => cfg.conv().map_or([1, 28, 28], |c| c.input),
+    };
+    if shape.iter().product::<usize>() != cfg.input_dim || !matches!(shape[0], 1 | 3) {
+        return Err(VaeError::Config(format!(
+            "the model makes {} values per image, which are not {}×{}×{} images of 1 or 3 channels",
+            cfg.input_dim, shape[0], shape[1], shape[2]
+        )));
+    }
+    Ok(shape)
+}
+
+/// Writes a grid of `count` images of `shape` [C, H, W] (grey, or colour with the channels
+/// interleaved) with `cols` columns and `pad` pixels of padding.
+pub fn write_grid(
+    path: &std::path::Path,
+    images: &[f32],
+    count: usize,
+    shape: [usize; 3],
+    cols: usize,
+    pad: usize,
+) -> vae_wgpu::Result<()> {
+    match shape {
+        [1, h, w] => vae_wgpu::io::write_grid_png(path, images, count, h, w, cols, pad),
+        [_, h, w] => vae_wgpu::io::write_colour_grid_png(path, images, count, h, w, cols, pad),
+    }
+}

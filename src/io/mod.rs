@@ -3,7 +3,7 @@
 pub mod png;
 pub mod safetensors;
 
-pub use self::png::{grid_size, write_grid_png, write_rgb_png, GRID_PAD_VALUE};
+pub use self::png::{grid_size, write_colour_grid_png, write_grid_png, write_rgb_png, GRID_PAD_VALUE};
 pub use self::safetensors::{read_safetensors, write_safetensors, NamedTensor};
 
 use std::fs::{self, File};

@@ -122,6 +122,52 @@ pub fn write_grid_png(
     })
 }
 
+/// [`write_grid_png`] for colour images: `images` holds `count × height × width × 3` values in
+/// [0, 1], each pixel's red, green and blue interleaved; the grid is one 8-bit RGB PNG with
+/// the same layout ([`grid_size`]) and grey padding.
+pub fn write_colour_grid_png(
+    path: &Path,
+    images: &[f32],
+    count: usize,
+    height: usize,
+    width: usize,
+    cols: usize,
+    pad: usize,
+) -> Result<()> {
+    if count == 0 || cols == 0 || height == 0 || width == 0 {
+        return Err(VaeError::Shape(format!(
+            "a colour grid needs at least one image, one column and cells of 1×1 pixels (got {count} images, \
+             {cols} columns, {height}×{width})"
+        )));
+    }
+    let per_image = height.checked_mul(width).and_then(|n| n.checked_mul(3));
+    if per_image.and_then(|n| n.checked_mul(count)) != Some(images.len()) {
+        return Err(VaeError::Shape(format!(
+            "{} values given for {count} colour images of {height}×{width} (3 per pixel)",
+            images.len()
+        )));
+    }
+    let (grid_w, grid_h) = grid_dims(count, height, width, cols, pad)
+        .ok_or_else(|| VaeError::Shape("image grid size overflows".to_string()))?;
+    let (png_w, png_h) = png_dims(grid_w, grid_h, "a colour image grid")?;
+    let mut canvas = vec![GRID_PAD_VALUE; grid_w * grid_h * 3];
+    for (i, image) in images.chunks_exact(height * width * 3).enumerate() {
+        let x0 = pad + (i % cols) * (width + pad);
+        let y0 = pad + (i / cols) * (height + pad);
+        for (y, src) in image.chunks_exact(width * 3).enumerate() {
+            let start = ((y0 + y) * grid_w + x0) * 3;
+            for (dst, &v) in canvas[start..start + width * 3].iter_mut().zip(src) {
+                *dst = grey_to_u8(v);
+            }
+        }
+    }
+    super::write_atomically(path, |w| {
+        PngEncoder::new(w)
+            .write_image(&canvas, png_w, png_h, ExtendedColorType::Rgb8)
+            .map_err(image_to_io)
+    })
+}
+
 /// Writes an 8-bit RGB PNG from interleaved `rgb` bytes (row-major, 3 per pixel), for plots the
 /// caller rasterises itself such as latent-space scatter plots. Written atomically like
 /// [`write_grid_png`]; a length mismatch or zero dimension is a [`VaeError::Shape`].
@@ -160,6 +206,24 @@ mod tests {
         assert_eq!(grid_size(0, 5, 7, 4, 2), (4 * 7 + 5 * 2, 2));
         assert_eq!(grid_size(3, 5, 7, 0, 2), (2, 2));
         assert_eq!(grid_size(usize::MAX, 2, 2, 1, 1), (usize::MAX, usize::MAX));
+    }
+
+    #[test]
+    fn colour_grid_keeps_each_channel() {
+        let dir = unique_dir("png-colour");
+        let path = dir.join("grid.png");
+        // Two 1×2 images in 2 columns, 1 px padding: 2·2 + 3 = 7 wide, 1 + 2 = 3 high.
+        let images = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.5, 0.5, 0.5];
+        write_colour_grid_png(&path, &images, 2, 1, 2, 2, 1).unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        assert_eq!(img.dimensions(), (7, 3));
+        assert_eq!(img.get_pixel(1, 1).0, [255, 0, 0]);
+        assert_eq!(img.get_pixel(2, 1).0, [0, 255, 0]);
+        assert_eq!(img.get_pixel(4, 1).0, [0, 0, 255]);
+        assert_eq!(img.get_pixel(5, 1).0, [128, 128, 128]);
+        assert_eq!(img.get_pixel(0, 0).0, [GRID_PAD_VALUE; 3]);
+        assert!(write_colour_grid_png(&path, &images[..9], 2, 1, 2, 2, 1).is_err());
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]
