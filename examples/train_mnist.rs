@@ -145,17 +145,35 @@ struct Cli {
     /// Denoising: zero each input pixel with probability P in training (0 <= P < 1)
     #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = probability)]
     denoise: f32,
-    /// The dataset: mnist, fashion-mnist, binarized-mnist, or npy:FILE[,LABELS] (NumPy arrays: a
-    /// .npy of images [N,H,W], [N,H,W,C] or [N,C,H,W], uint8 or float32 in [0, 1], with an
-    /// optional .npy of integer labels; or a .npz with x_train, y_train, x_test, y_test)
+    /// The dataset: mnist, fashion-mnist, binarized-mnist; images:DIR (PNG and JPEG files, flat
+    /// or in class folders, optionally under train/ and test/); or npy:FILE[,LABELS] (NumPy
+    /// arrays: a .npy of images [N,H,W], [N,H,W,C] or [N,C,H,W], uint8 or float32 in [0, 1],
+    /// with an optional .npy of integer labels; or a .npz with x_train, y_train, x_test, y_test)
     #[arg(long, value_name = "D", default_value = "mnist", value_parser = dataset)]
     dataset: DataSpec,
+    /// With --dataset images:DIR: the images' size, S or HxW [default: the images' own, when
+    /// they all agree]
+    #[arg(long, value_name = "S|HxW", value_parser = image_size)]
+    image_size: Option<(usize, usize)>,
+    /// With --dataset images:DIR: how other sizes reach --image-size: crop (scale to cover, centre
+    /// crop), fit (scale to fit, on black) or stretch; bilinear filter
+    #[arg(long, value_name = "M", default_value = "crop", value_parser = ["crop", "fit", "stretch"])]
+    resize: String,
+    /// With --dataset images:DIR: 1 (grey, Rec. 601 luma) or 3 (RGB) [default: 1 when every
+    /// image is grey, else 3]
+    #[arg(long, value_name = "C", value_parser = ["1", "3"])]
+    channels: Option<String>,
+    /// With --dataset images:DIR: refuse a file that is not a readable PNG or JPEG instead of
+    /// skipping it with a warning
+    #[arg(long)]
+    strict: bool,
     /// With --dataset npy: where a 4-D array's channels are, nhwc or nchw (needed only when
     /// both ends of its shape could be channels)
     #[arg(long, value_name = "L", value_parser = ["nhwc", "nchw"])]
     layout: Option<String>,
-    /// With --dataset npy:FILE.npy: the fraction of the images held out as the test set, chosen
-    /// by a fixed key (the same whatever --seed)
+    /// With --dataset npy:FILE.npy or images:DIR without train/ and test/: the fraction of the
+    /// images held out as the test set, chosen by a fixed key (the same whatever --seed)
+    /// [default: 0.1]
     #[arg(long, value_name = "F", value_parser = fraction)]
     test_split: Option<f64>,
     /// With --dataset npy:FILE.npz: the arrays' names, in the order x_train,y_train,x_test,y_test
@@ -240,6 +258,8 @@ enum DataSpec {
         file: PathBuf,
         labels: Option<PathBuf>,
     },
+    /// A folder of PNG and JPEG images.
+    Folder(PathBuf),
 }
 
 impl DataSpec {
@@ -251,6 +271,7 @@ impl DataSpec {
                 Some(l) => format!("npy:{},{}", file.display(), l.display()),
                 None => format!("npy:{}", file.display()),
             },
+            DataSpec::Folder(dir) => format!("images:{}", dir.display()),
         }
     }
 
@@ -260,6 +281,12 @@ impl DataSpec {
 }
 
 fn dataset(s: &str) -> std::result::Result<DataSpec, String> {
+    if let Some(dir) = s.strip_prefix("images:") {
+        if dir.is_empty() {
+            return Err("images: takes a directory, images:DIR".into());
+        }
+        return Ok(DataSpec::Folder(PathBuf::from(dir)));
+    }
     if let Some(rest) = s.strip_prefix("npy:") {
         let (file, labels) = match rest.split_once(',') {
             Some((f, l)) => (f, Some(l)),
@@ -277,9 +304,20 @@ fn dataset(s: &str) -> std::result::Result<DataSpec, String> {
             labels: labels.map(PathBuf::from),
         });
     }
-    DatasetKind::parse(s)
-        .map(DataSpec::Builtin)
-        .map_err(|e| format!("{}; or npy:FILE[,LABELS] for NumPy arrays", common::explain(&e)))
+    DatasetKind::parse(s).map(DataSpec::Builtin).map_err(|e| {
+        format!(
+            "{}; or images:DIR for a folder of images, npy:FILE[,LABELS] for NumPy arrays",
+            common::explain(&e)
+        )
+    })
+}
+fn image_size(s: &str) -> std::result::Result<(usize, usize), String> {
+    let parse = |v: &str| v.trim().parse::<usize>().ok().filter(|&n| n > 0);
+    match s.split_once('x') {
+        Some((h, w)) => parse(h).zip(parse(w)),
+        None => parse(s).map(|n| (n, n)),
+    }
+    .ok_or_else(|| format!("{s:?}: expected a side S or HxW, e.g. 64 or 48x64"))
 }
 fn fraction(s: &str) -> std::result::Result<f64, String> {
     s.parse::<f64>()
@@ -376,6 +414,73 @@ impl Data {
         })
     }
 
+    /// A folder of images, decoded now (with a progress bar): their shape and classes decide
+    /// the model.
+    fn folder(dir: &Path, opts: &vae_wgpu::data::FolderOptions) -> Result<Data> {
+        let bar = common::progress_bar(0, "decoding");
+        let f = vae_wgpu::data::read_image_folder(
+            dir,
+            opts,
+            |done, total| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64)
+            },
+            |warning| bar.suspend(|| eprintln!("warning: {warning}")),
+        )?;
+        bar.finish_and_clear();
+        let mut notes = Vec::new();
+        if !f.classes.is_empty() {
+            let counts: Vec<String> = f
+                .classes
+                .iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    let n = f
+                        .train
+                        .labels
+                        .iter()
+                        .chain(&f.test.labels)
+                        .flatten()
+                        .filter(|&&l| l as usize == i)
+                        .count();
+                    format!("{name} {n}")
+                })
+                .collect();
+            println!("classes: {}", counts.join(", "));
+        }
+        if !f.skipped.is_empty() {
+            notes.push(format!("{} files skipped", f.skipped.len()));
+        }
+        let classes = f.classes.len();
+        if classes > 256 {
+            notes.push(format!(
+                "{classes} classes: labels unused (a conditional model takes at most 256)"
+            ));
+        }
+        let bytes = |l: &Option<Vec<u32>>| -> Vec<u8> {
+            match l {
+                Some(l) if classes <= 256 => l.iter().map(|&v| v as u8).collect(),
+                _ => Vec::new(),
+            }
+        };
+        Ok(Data {
+            train: Split {
+                labels: bytes(&f.train.labels),
+                images: f.train.images,
+                count: f.train.count,
+            },
+            test: Split {
+                labels: bytes(&f.test.labels),
+                images: f.test.images,
+                count: f.test.count,
+            },
+            shape: f.train.shape,
+            classes: if classes <= 256 { classes } else { 0 },
+            from: dir.display().to_string(),
+            notes,
+        })
+    }
+
     /// A built-in dataset from `dir`.
     fn builtin(kind: DatasetKind, dir: &Path) -> Result<Data> {
         let split = |set: MnistSet| Split {
@@ -445,6 +550,10 @@ struct Args {
     limit_train: Option<usize>,
     out: Option<PathBuf>,
     eval_iw: Option<usize>,
+    /// The source splits off its own test set (a .npy, or a folder without train/ and test/).
+    splits_itself: bool,
+    /// An image folder's preprocessing (size, resize mode, channels), "none" otherwise.
+    preprocessing: String,
     /// Start the output bias at the training data's pixel means.
     output_bias_mean: bool,
     resume: Option<PathBuf>,
@@ -471,6 +580,26 @@ impl Cli {
                 }
                 None
             }
+            DataSpec::Folder(dir) => {
+                let misplaced = [
+                    (self.layout.is_some(), "--layout"),
+                    (self.npz_names.is_some(), "--npz-names"),
+                    (self.data_dir.is_some(), "--data-dir"),
+                ];
+                if let Some((_, flag)) = misplaced.iter().find(|(set, _)| *set) {
+                    return Err(VaeError::Config(format!(
+                        "{flag} does not apply to --dataset images:DIR"
+                    )));
+                }
+                let opts = vae_wgpu::data::FolderOptions {
+                    size: self.image_size,
+                    resize: vae_wgpu::data::ResizeMode::parse(&self.resize)?,
+                    channels: self.channels.as_deref().map(|c| if c == "1" { 1 } else { 3 }),
+                    strict: self.strict,
+                    test_split: self.test_split.unwrap_or(0.1),
+                };
+                Some(Data::folder(dir, &opts)?)
+            }
             spec => {
                 if self.data_dir.is_some() {
                     return Err(VaeError::Config(
@@ -485,6 +614,17 @@ impl Cli {
                 )?)
             }
         };
+        if !matches!(self.dataset, DataSpec::Folder(_)) {
+            let folder_flags = [
+                (self.image_size.is_some(), "--image-size"),
+                (self.resize != "crop", "--resize"),
+                (self.channels.is_some(), "--channels"),
+                (self.strict, "--strict"),
+            ];
+            if let Some((_, flag)) = folder_flags.iter().find(|(set, _)| *set) {
+                return Err(VaeError::Config(format!("{flag} applies to --dataset images:DIR")));
+            }
+        }
         let shape = arrays.as_ref().map_or([1, IMAGE_SIDE, IMAGE_SIDE], |a| a.shape);
         let classes = match (&arrays, &self.dataset) {
             (Some(a), _) => a.classes,
@@ -643,6 +783,22 @@ impl Cli {
             epochs: self.epochs,
             train,
             model,
+            splits_itself: match &self.dataset {
+                DataSpec::Arrays { .. } => !self.dataset.is_npz(),
+                DataSpec::Folder(dir) => !(dir.join("train").is_dir() && dir.join("test").is_dir()),
+                DataSpec::Builtin(_) => false,
+            },
+            preprocessing: match (&self.dataset, &arrays) {
+                (DataSpec::Folder(_), Some(a)) => format!(
+                    "{}x{} {} {} channels{}",
+                    a.shape[1],
+                    a.shape[2],
+                    self.resize,
+                    a.shape[0],
+                    if self.strict { " strict" } else { "" }
+                ),
+                _ => "none".to_string(),
+            },
             dataset: self.dataset,
             arrays,
             layout: self.layout,
@@ -700,7 +856,7 @@ fn run(mut args: Args) -> Result<i32> {
         (DataSpec::Builtin(kind), None) => {
             Data::builtin(*kind, &args.data_dir.clone().unwrap_or_else(|| kind.default_dir()))?
         }
-        (DataSpec::Arrays { .. }, None) => return Err(VaeError::Config("the arrays were not read".into())),
+        (_, None) => return Err(VaeError::Config("the dataset was not read".into())),
     };
     let (train, test, shape) = (&data.train, &data.test, data.shape);
     let d: usize = shape.iter().product();
@@ -742,13 +898,14 @@ fn run(mut args: Args) -> Result<i32> {
         (
             "test_split".to_string(),
             args.test_split
-                .or((matches!(args.dataset, DataSpec::Arrays { .. }) && !args.dataset.is_npz()).then_some(0.1))
+                .or(args.splits_itself.then_some(0.1))
                 .map_or("none".to_string(), |f| f.to_string()),
         ),
         (
             "layout".to_string(),
             args.layout.clone().unwrap_or_else(|| "none".to_string()),
         ),
+        ("preprocessing".to_string(), args.preprocessing.clone()),
     ];
 
     let vae =
@@ -830,6 +987,7 @@ fn run(mut args: Args) -> Result<i32> {
         data_meta[0].clone(),
         data_meta[1].clone(),
         data_meta[2].clone(),
+        data_meta[3].clone(),
         ("epochs".to_string(), args.epochs.to_string()),
         ("batch_size".to_string(), args.train.batch_size.to_string()),
         ("lr".to_string(), args.train.adam.lr.to_string()),
@@ -1175,6 +1333,7 @@ fn resume_run(
         "train_examples",
         "image_shape",
         "test_split",
+        "preprocessing",
         "layout",
         "batch_size",
         "lr",
@@ -1308,6 +1467,7 @@ fn recorded_default(key: &str) -> Option<&'static str> {
         "image_shape" => Some("1,28,28"),
         "test_split" => Some("none"),
         "layout" => Some("none"),
+        "preprocessing" => Some("none"),
         "output_bias" => Some("default"),
         _ => None,
     }
@@ -1320,6 +1480,7 @@ fn resume_flag(key: &str) -> &'static str {
         "image_shape" => "--dataset",
         "test_split" => "--test-split",
         "layout" => "--layout",
+        "preprocessing" => "--image-size/--resize/--channels/--strict",
         "train_examples" => "--limit-train",
         "batch_size" => "--batch-size",
         "lr" => "--lr",

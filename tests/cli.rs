@@ -1129,3 +1129,141 @@ fn mnist_as_numpy_arrays_trains_as_the_built_in_loader() {
     assert_eq!(snapshot(&dir), before);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// MNIST exported by `export_images` as flat train/ and test/ folders of PNGs trains to the
+/// metrics of the same images as NumPy arrays (which train as the built-in loader does); with
+/// `--by-class` the folders give the labels, printed with their counts; folder flags elsewhere
+/// are refused.
+#[test]
+fn an_exported_image_folder_trains_as_the_same_arrays() {
+    use std::io::Write;
+    let dir = scratch("folder");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist");
+    let (n_train, n_test) = (300, 200);
+    let flat = dir.join("flat");
+    let out = run(
+        "export_images",
+        &[
+            "--out",
+            flat.to_str().unwrap(),
+            "--limit-train",
+            "300",
+            "--limit-test",
+            "200",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(flat.join("train/00299.png").is_file() && flat.join("test/00199.png").is_file());
+    let train = vae_wgpu::data::load_mnist_split(&root, true).unwrap();
+    let test = vae_wgpu::data::load_mnist_split(&root, false).unwrap();
+    let npz = dir.join("same.npz");
+    {
+        let mut w = zip::ZipWriter::new(std::fs::File::create(&npz).unwrap());
+        let stored = zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        for (name, bytes) in [
+            ("x_train", npy_u8(&[n_train, 28, 28], &train.images[..n_train * 784])),
+            ("x_test", npy_u8(&[n_test, 28, 28], &test.images[..n_test * 784])),
+        ] {
+            w.start_file(format!("{name}.npy"), stored).unwrap();
+            w.write_all(&bytes).unwrap();
+        }
+        w.finish().unwrap();
+    }
+    let flags = ["--epochs", "2", "--hidden", "16", "--latent", "2", "--batch-size", "64"];
+    let mut lines = Vec::new();
+    for (tag, source) in [
+        ("from-folder", format!("images:{}", flat.display())),
+        ("from-npz", format!("npy:{}", npz.display())),
+    ] {
+        let run_dir = dir.join(tag);
+        let mut args: Vec<&str> = flags.to_vec();
+        args.extend(["--dataset", &source, "--out", run_dir.to_str().unwrap()]);
+        let out = run("train_mnist", &args, &[]);
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(text(&out).contains("train 300 | test 200 | 1x28x28"), "{}", text(&out));
+        let metrics: Vec<serde_json::Value> = std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                for timing in ["samples_per_sec", "elapsed_s"] {
+                    v.as_object_mut().unwrap().remove(timing);
+                }
+                v
+            })
+            .collect();
+        lines.push(metrics);
+    }
+    assert_eq!(lines[0], lines[1]);
+
+    // Class folders: labels from the folder names, counted in the output.
+    let classes = dir.join("classes");
+    let out = run(
+        "export_images",
+        &[
+            "--out",
+            classes.to_str().unwrap(),
+            "--limit-train",
+            "300",
+            "--limit-test",
+            "200",
+            "--by-class",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let counted: Vec<usize> = (0..10)
+        .map(|c| {
+            train.labels[..n_train]
+                .iter()
+                .chain(&test.labels[..n_test])
+                .filter(|&&l| l == c)
+                .count()
+        })
+        .collect();
+    let source = format!("images:{}", classes.display());
+    let run_dir = dir.join("conditional");
+    let out = run(
+        "train_mnist",
+        &[
+            "--dataset",
+            &source,
+            "--conditional",
+            "--epochs",
+            "1",
+            "--hidden",
+            "16",
+            "--latent",
+            "2",
+            "--out",
+            run_dir.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let want = format!("classes: 0 {}, 1 {},", counted[0], counted[1]);
+    assert!(text(&out).contains(&want), "{want} in {}", text(&out));
+    assert!(text(&out).contains("| 10 classes"), "{}", text(&out));
+
+    for (bad, needle) in [
+        (
+            vec!["--image-size", "32"],
+            "--image-size applies to --dataset images:DIR",
+        ),
+        (
+            vec!["--dataset", source.as_str(), "--layout", "nhwc"],
+            "--layout does not apply",
+        ),
+        (vec!["--dataset", "images:"], "images: takes a directory"),
+        (
+            vec!["--dataset", "images:/nonexistent/dir"],
+            "not a directory of images",
+        ),
+    ] {
+        let out = run("train_mnist", &bad, &[]);
+        assert!(!out.status.success(), "{bad:?}");
+        assert!(text(&out).contains(needle), "{bad:?}: {}", text(&out));
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

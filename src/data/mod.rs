@@ -1,8 +1,9 @@
-//! Datasets: readers of the IDX, .amat and NumPy formats, the MNIST family, and the sources
+//! Datasets: readers of the IDX, .amat and NumPy formats and of image folders, the MNIST family, and the sources
 //! batches are gathered from on the device.
 
 pub mod amat;
 pub mod arrays;
+pub mod folder;
 pub mod idx;
 pub mod mnist;
 pub mod resident;
@@ -11,6 +12,7 @@ pub mod source;
 
 pub use amat::{load_binarized_mnist, AmatSplit};
 pub use arrays::{read_npy_images, read_npy_labels, read_npz, ArrayLayout, ImageArrays, NpzNames};
+pub use folder::{read_image_folder, FolderData, FolderOptions, ResizeMode};
 pub use idx::{read_idx_images, read_idx_labels, resolve_idx_path, IdxImages};
 pub use mnist::{load_mnist_split, DatasetKind};
 pub use resident::{GpuDataset, ResidentBatches};
