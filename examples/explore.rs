@@ -7,14 +7,15 @@ mod common;
 use std::path::PathBuf;
 
 use clap::Parser;
+use common::data::Data;
 use serde::Serialize;
+use vae_wgpu::data::DatasetKind;
 use vae_wgpu::data::GpuDataset;
-use vae_wgpu::data::{DatasetKind, IMAGE_SIDE, NUM_CLASSES};
 use vae_wgpu::explore::{
     arithmetic_figure, class_figure, hierarchy_figure, interpolation_figure, manifold_figure, write_scatter_png,
     Figure, LinearProbe,
 };
-use vae_wgpu::io::{read_safetensors, write_grid_png};
+use vae_wgpu::io::read_safetensors;
 use vae_wgpu::model::{Code, Vae};
 use vae_wgpu::train::{rounded, Evaluator};
 use vae_wgpu::{run, Gpu, Result, VaeError};
@@ -53,7 +54,8 @@ struct Args {
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
     /// The dataset to evaluate on: mnist, fashion-mnist or binarized-mnist (default: the one
-    /// the checkpoint was trained on)
+    /// the checkpoint was trained on, a folder of images or NumPy arrays included, read again as
+    /// its run recorded)
     #[arg(long, value_name = "D", value_parser = dataset)]
     dataset: Option<DatasetKind>,
     /// The dataset's directory (default: the dataset's own place)
@@ -83,7 +85,7 @@ struct Report {
     code_perplexity: Option<f64>,
     probe_accuracy: Option<f64>,
     bound_on: &'static str,
-    dataset: &'static str,
+    dataset: String,
     data_dir: String,
     latent: usize,
     seed: u64,
@@ -110,19 +112,18 @@ fn run(args: Args) -> Result<()> {
         path: checkpoint.clone(),
         problem: format!("its metadata '{key}' is {:?}: {problem}", get(key).unwrap_or_default()),
     };
-    let dataset = match (args.dataset, get("dataset")) {
-        (Some(d), _) => d,
-        (None, None) => DatasetKind::Mnist,
-        (None, Some(name)) => DatasetKind::parse(name).map_err(|_| {
-            bad_meta(
-                "dataset",
-                format!(
-                    "not a dataset this program knows ({}); pass --dataset",
-                    DatasetKind::NAMES.join(", ")
-                ),
-            )
-        })?,
-    };
+    // The recorded source unless --dataset names a built-in one.
+    let recorded = get("dataset").unwrap_or("mnist");
+    if args.dataset.is_none() && common::data::dataset(recorded).is_err() {
+        return Err(bad_meta(
+            "dataset",
+            format!(
+                "not a dataset this program knows ({}, images:DIR, npy:FILE); pass --dataset",
+                DatasetKind::NAMES.join(", ")
+            ),
+        ));
+    }
+    let dataset_name = args.dataset.map_or(recorded.to_string(), |d| d.name().to_string());
     let binarize = match get("binarize") {
         None | Some("none") => false,
         Some("dynamic") => true,
@@ -139,15 +140,20 @@ fn run(args: Args) -> Result<()> {
     let vae = Vae::from_checkpoint(&gpu, &checkpoint, &tensors, &meta)?;
     drop(tensors);
     let cfg = vae.config.clone();
-    if cfg.input_dim != IMAGE_SIDE * IMAGE_SIDE {
+    let shape = common::image_shape(&meta, &cfg)?;
+    let data = match args.dataset {
+        Some(kind) => Data::builtin(kind, &args.data_dir.clone().unwrap_or_else(|| kind.default_dir()))?,
+        None => Data::recorded(&meta, args.data_dir.as_deref())?,
+    };
+    if data.shape != shape {
         return Err(VaeError::Config(format!(
-            "the model makes {} pixels, not 28×28 images",
-            cfg.input_dim
+            "the model makes {:?} images (C, H, W), the data holds {:?}",
+            shape, data.shape
         )));
     }
-    let dir = args.data_dir.clone().unwrap_or_else(|| dataset.default_dir());
-    let train = dataset.load_split(&dir, true)?;
-    let test = dataset.load_split(&dir, false)?;
+    let classes = data.classes;
+    let dir = data.from.clone();
+    let (train, test) = (&data.train, &data.test);
     let d = cfg.input_dim;
     let test_gpu = GpuDataset::upload(&gpu, "test", &test.images, test.count, d, test.labels.clone())?;
     let train_gpu = GpuDataset::upload(&gpu, "train", &train.images, train.count, d, train.labels.clone())?;
@@ -184,15 +190,10 @@ fn run(args: Args) -> Result<()> {
     let probe_accuracy = if cfg.classes == 0 && labelled {
         let train_means = train_eval.encode_means(&vae, seed)?;
         let bar = common::progress_bar(200, "probe");
-        let probe = LinearProbe::fit_with_progress(
-            &train_means,
-            cfg.latent,
-            &train.labels,
-            NUM_CLASSES,
-            1e-4,
-            200,
-            |i, _| bar.set_position(i as u64),
-        )?;
+        let probe =
+            LinearProbe::fit_with_progress(&train_means, cfg.latent, &train.labels, classes, 1e-4, 200, |i, _| {
+                bar.set_position(i as u64)
+            })?;
         bar.finish_and_clear();
         Some(probe.accuracy(&test_means, &test.labels))
     } else {
@@ -202,40 +203,39 @@ fn run(args: Args) -> Result<()> {
     // Pictures: the directory is made once everything has been evaluated.
     std::fs::create_dir_all(&args.out).map_err(|e| VaeError::io(&args.out, e))?;
     let mut wrote = Vec::new();
-    let side = IMAGE_SIDE;
-    let chosen = one_per_class(&test.labels, NUM_CLASSES, 8);
+    let chosen = one_per_class(&test.labels, classes, 8);
     let shown = &chosen[..chosen.len().min(8)];
     let (x, xr) = test_eval.reconstruct_examples(&vae, seed, shown)?;
     let mut pairs_img = x.clone();
     pairs_img.extend_from_slice(&xr);
     let recon_path = args.out.join("reconstructions.png");
-    write_grid_png(&recon_path, &pairs_img, 2 * shown.len(), side, side, shown.len(), 2)?;
+    common::write_grid(&recon_path, &pairs_img, 2 * shown.len(), shape, shown.len(), 2)?;
     wrote.push("reconstructions.png");
 
     let pairs: Vec<(usize, usize)> = (0..4)
         .map(|i| (chosen[2 * i % chosen.len()], chosen[(2 * i + 1) % chosen.len()]))
         .collect();
     let fig = interpolation_figure(&gpu, &vae, &test_means, &test.labels, &pairs, 10)?;
-    fig.write(&args.out.join("interpolation.png"), side)?;
+    fig.write(&args.out.join("interpolation.png"), shape)?;
     wrote.push("interpolation.png");
 
     if labelled {
-        let fig = arithmetic_figure(&gpu, &vae, &test_means, &test.labels, NUM_CLASSES, &chosen)?;
-        fig.write(&args.out.join("arithmetic.png"), side)?;
+        let fig = arithmetic_figure(&gpu, &vae, &test_means, &test.labels, classes, &chosen)?;
+        fig.write(&args.out.join("arithmetic.png"), shape)?;
         wrote.push("arithmetic.png");
     } else {
         eprintln!(
             "note: {} has no labels: no arithmetic.png (class means need labels)",
-            dataset.name()
+            dataset_name
         );
     }
     if !cfg.top().is_empty() {
-        hierarchy_figure(&gpu, &vae, seed, 8, 8, 1.0)?.write(&args.out.join("hierarchy.png"), side)?;
+        hierarchy_figure(&gpu, &vae, seed, 8, 8, 1.0)?.write(&args.out.join("hierarchy.png"), shape)?;
         wrote.push("hierarchy.png");
     }
     if cfg.classes > 0 && cfg.is_vae() {
         let fig: Figure = class_figure(&gpu, &vae, seed, 10, 1.0)?;
-        fig.write(&args.out.join("class_grid.png"), side)?;
+        fig.write(&args.out.join("class_grid.png"), shape)?;
         wrote.push("class_grid.png");
     }
     if cfg.latent == 2 {
@@ -249,7 +249,7 @@ fn run(args: Args) -> Result<()> {
         wrote.push("latent_scatter.png");
         // The quantiles of N(0, I) map z's prior only without a second stochastic layer.
         if cfg.is_vae() && cfg.top().is_empty() {
-            manifold_figure(&gpu, &vae, 20, 0)?.write(&args.out.join("manifold.png"), side)?;
+            manifold_figure(&gpu, &vae, 20, 0)?.write(&args.out.join("manifold.png"), shape)?;
             wrote.push("manifold.png");
         }
     }
@@ -264,8 +264,8 @@ fn run(args: Args) -> Result<()> {
         code_perplexity: usage.as_ref().and_then(|u| rounded(u.perplexity, 2)),
         probe_accuracy: probe_accuracy.and_then(|a| rounded(a, 4)),
         bound_on: cfg.bound_on(),
-        dataset: dataset.name(),
-        data_dir: dir.display().to_string(),
+        dataset: dataset_name.clone(),
+        data_dir: dir,
         latent: cfg.latent,
         seed,
     };

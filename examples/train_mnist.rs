@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Parser;
+use common::data::{dataset, fraction, image_size, npz_names, Data, DataSpec};
 use common::Signals;
-use vae_wgpu::data::{ArrayLayout, DatasetKind, GpuDataset, MnistSet, NpzNames, IMAGE_SIDE, NUM_CLASSES};
+use vae_wgpu::data::{ArrayLayout, GpuDataset, NpzNames, IMAGE_SIDE, NUM_CLASSES};
 use vae_wgpu::gpu::MatmulStrategy;
 use vae_wgpu::infer::{decode_conditional, prior_latents};
 use vae_wgpu::io::read_safetensors;
@@ -249,256 +250,6 @@ fn variance(s: &str) -> std::result::Result<Likelihood, String> {
 fn activation(s: &str) -> std::result::Result<Activation, String> {
     Activation::parse(s).map_err(|e| common::explain(&e))
 }
-/// Where the images come from: a built-in dataset or NumPy arrays.
-#[derive(Clone, Debug)]
-enum DataSpec {
-    Builtin(DatasetKind),
-    /// A .npy of images with an optional .npy of labels, or a .npz of both splits.
-    Arrays {
-        file: PathBuf,
-        labels: Option<PathBuf>,
-    },
-    /// A folder of PNG and JPEG images.
-    Folder(PathBuf),
-}
-
-impl DataSpec {
-    /// The name run.json and the checkpoint record: the built-in name, or npy:FILE[,LABELS].
-    fn name(&self) -> String {
-        match self {
-            DataSpec::Builtin(k) => k.name().to_string(),
-            DataSpec::Arrays { file, labels } => match labels {
-                Some(l) => format!("npy:{},{}", file.display(), l.display()),
-                None => format!("npy:{}", file.display()),
-            },
-            DataSpec::Folder(dir) => format!("images:{}", dir.display()),
-        }
-    }
-
-    fn is_npz(&self) -> bool {
-        matches!(self, DataSpec::Arrays { file, .. } if file.extension().is_some_and(|e| e == "npz"))
-    }
-}
-
-fn dataset(s: &str) -> std::result::Result<DataSpec, String> {
-    if let Some(dir) = s.strip_prefix("images:") {
-        if dir.is_empty() {
-            return Err("images: takes a directory, images:DIR".into());
-        }
-        return Ok(DataSpec::Folder(PathBuf::from(dir)));
-    }
-    if let Some(rest) = s.strip_prefix("npy:") {
-        let (file, labels) = match rest.split_once(',') {
-            Some((f, l)) => (f, Some(l)),
-            None => (rest, None),
-        };
-        if file.is_empty() || labels.is_some_and(str::is_empty) {
-            return Err("npy: takes FILE or FILE,LABELS".into());
-        }
-        let file = PathBuf::from(file);
-        if labels.is_some() && file.extension().is_some_and(|e| e == "npz") {
-            return Err("a .npz holds its own labels (y_train, y_test); give npy:FILE.npz alone".into());
-        }
-        return Ok(DataSpec::Arrays {
-            file,
-            labels: labels.map(PathBuf::from),
-        });
-    }
-    DatasetKind::parse(s).map(DataSpec::Builtin).map_err(|e| {
-        format!(
-            "{}; or images:DIR for a folder of images, npy:FILE[,LABELS] for NumPy arrays",
-            common::explain(&e)
-        )
-    })
-}
-fn image_size(s: &str) -> std::result::Result<(usize, usize), String> {
-    let parse = |v: &str| v.trim().parse::<usize>().ok().filter(|&n| n > 0);
-    match s.split_once('x') {
-        Some((h, w)) => parse(h).zip(parse(w)),
-        None => parse(s).map(|n| (n, n)),
-    }
-    .ok_or_else(|| format!("{s:?}: expected a side S or HxW, e.g. 64 or 48x64"))
-}
-fn fraction(s: &str) -> std::result::Result<f64, String> {
-    s.parse::<f64>()
-        .ok()
-        .filter(|v| *v > 0.0 && *v < 1.0)
-        .ok_or_else(|| format!("{s:?} is not a fraction in (0, 1)"))
-}
-fn npz_names(s: &str) -> std::result::Result<NpzNames, String> {
-    match s.split(',').map(str::trim).collect::<Vec<_>>()[..] {
-        [a, b, c, d] if [a, b, c, d].iter().all(|n| !n.is_empty()) => Ok(NpzNames {
-            x_train: a.into(),
-            y_train: b.into(),
-            x_test: c.into(),
-            y_test: d.into(),
-        }),
-        _ => Err(format!("{s:?}: expected four names, x_train,y_train,x_test,y_test")),
-    }
-}
-
-/// One split in memory: `count` images of C·H·W bytes (channels interleaved) and their labels
-/// (empty without them).
-struct Split {
-    images: Vec<u8>,
-    labels: Vec<u8>,
-    count: usize,
-}
-
-/// The data of a run: both splits, the image shape and what the summary line says of them.
-struct Data {
-    train: Split,
-    test: Split,
-    shape: [usize; 3],
-    /// Classes in the labels (0 without labels).
-    classes: usize,
-    from: String,
-    notes: Vec<String>,
-}
-
-impl Data {
-    /// NumPy arrays, read and split now: their shape and classes decide the model.
-    fn arrays(spec: &DataSpec, layout: Option<ArrayLayout>, test_split: Option<f64>, names: &NpzNames) -> Result<Data> {
-        let DataSpec::Arrays { file, labels } = spec else {
-            return Err(VaeError::Config("not an array dataset".into()));
-        };
-        let (train, test) = if spec.is_npz() {
-            if test_split.is_some() {
-                return Err(VaeError::Config(
-                    "--test-split splits a .npy; a .npz has its own test arrays".into(),
-                ));
-            }
-            vae_wgpu::data::read_npz(file, names, layout)?
-        } else {
-            let mut all = vae_wgpu::data::read_npy_images(file, layout)?;
-            if let Some(l) = labels {
-                all.labels = Some(vae_wgpu::data::read_npy_labels(l, all.count)?);
-            }
-            vae_wgpu::data::arrays::split(&all, test_split.unwrap_or(0.1))?
-        };
-        let classes = train
-            .labels
-            .iter()
-            .chain(&test.labels)
-            .flatten()
-            .max()
-            .map_or(0, |&m| m as usize + 1);
-        // Labels reach the device as bytes: more than 256 classes train unconditionally only.
-        let bytes = |l: &Option<Vec<u32>>| -> Vec<u8> {
-            match l {
-                Some(l) if classes <= 256 => l.iter().map(|&v| v as u8).collect(),
-                _ => Vec::new(),
-            }
-        };
-        let mut notes = train.notes.clone();
-        if classes > 256 {
-            notes.push(format!(
-                "{classes} classes: labels unused (a conditional model takes at most 256)"
-            ));
-        }
-        Ok(Data {
-            train: Split {
-                labels: bytes(&train.labels),
-                images: train.images,
-                count: train.count,
-            },
-            test: Split {
-                labels: bytes(&test.labels),
-                images: test.images,
-                count: test.count,
-            },
-            shape: train.shape,
-            classes: if classes <= 256 { classes } else { 0 },
-            from: file.display().to_string(),
-            notes,
-        })
-    }
-
-    /// A folder of images, decoded now (with a progress bar): their shape and classes decide
-    /// the model.
-    fn folder(dir: &Path, opts: &vae_wgpu::data::FolderOptions) -> Result<Data> {
-        let bar = common::progress_bar(0, "decoding");
-        let f = vae_wgpu::data::read_image_folder(
-            dir,
-            opts,
-            |done, total| {
-                bar.set_length(total as u64);
-                bar.set_position(done as u64)
-            },
-            |warning| bar.suspend(|| eprintln!("warning: {warning}")),
-        )?;
-        bar.finish_and_clear();
-        let mut notes = Vec::new();
-        if !f.classes.is_empty() {
-            let counts: Vec<String> = f
-                .classes
-                .iter()
-                .enumerate()
-                .map(|(i, name)| {
-                    let n = f
-                        .train
-                        .labels
-                        .iter()
-                        .chain(&f.test.labels)
-                        .flatten()
-                        .filter(|&&l| l as usize == i)
-                        .count();
-                    format!("{name} {n}")
-                })
-                .collect();
-            println!("classes: {}", counts.join(", "));
-        }
-        if !f.skipped.is_empty() {
-            notes.push(format!("{} files skipped", f.skipped.len()));
-        }
-        let classes = f.classes.len();
-        if classes > 256 {
-            notes.push(format!(
-                "{classes} classes: labels unused (a conditional model takes at most 256)"
-            ));
-        }
-        let bytes = |l: &Option<Vec<u32>>| -> Vec<u8> {
-            match l {
-                Some(l) if classes <= 256 => l.iter().map(|&v| v as u8).collect(),
-                _ => Vec::new(),
-            }
-        };
-        Ok(Data {
-            train: Split {
-                labels: bytes(&f.train.labels),
-                images: f.train.images,
-                count: f.train.count,
-            },
-            test: Split {
-                labels: bytes(&f.test.labels),
-                images: f.test.images,
-                count: f.test.count,
-            },
-            shape: f.train.shape,
-            classes: if classes <= 256 { classes } else { 0 },
-            from: dir.display().to_string(),
-            notes,
-        })
-    }
-
-    /// A built-in dataset from `dir`.
-    fn builtin(kind: DatasetKind, dir: &Path) -> Result<Data> {
-        let split = |set: MnistSet| Split {
-            images: set.images,
-            labels: set.labels,
-            count: set.count,
-        };
-        Ok(Data {
-            train: split(kind.load_split(dir, true)?),
-            test: split(kind.load_split(dir, false)?),
-            shape: [1, IMAGE_SIDE, IMAGE_SIDE],
-            classes: if kind.has_labels() { NUM_CLASSES } else { 0 },
-            from: dir.display().to_string(),
-            notes: Vec::new(),
-        })
-    }
-}
-
 fn cycles(s: &str) -> std::result::Result<u32, String> {
     match s.parse::<u32>() {
         Ok(0) => Err("must be at least 1 (omit it for a constant KL weight)".into()),
@@ -797,6 +548,10 @@ impl Cli {
                     a.shape[0],
                     if self.strict { " strict" } else { "" }
                 ),
+                (DataSpec::Arrays { .. }, _) => match &self.npz_names {
+                    Some(n) => format!("npz-names {},{},{},{}", n.x_train, n.y_train, n.x_test, n.y_test),
+                    None => "none".to_string(),
+                },
                 _ => "none".to_string(),
             },
             dataset: self.dataset,

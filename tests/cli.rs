@@ -1245,6 +1245,42 @@ fn an_exported_image_folder_trains_as_the_same_arrays() {
     let want = format!("classes: 0 {}, 1 {},", counted[0], counted[1]);
     assert!(text(&out).contains(&want), "{want} in {}", text(&out));
     assert!(text(&out).contains("| 10 classes"), "{}", text(&out));
+    // explore reads the folder again as the run recorded it: its test loss is the run's last.
+    let last: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
+    let ex = dir.join("explored");
+    let out = run(
+        "explore",
+        &[
+            "--checkpoint",
+            run_dir.to_str().unwrap(),
+            "--out",
+            ex.to_str().unwrap(),
+            "--eval-iw",
+            "2",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .rfind(|l| l.starts_with('{'))
+            .unwrap(),
+    )
+    .unwrap();
+    let (got, want) = (
+        report["test_loss"].as_f64().unwrap(),
+        last["test_loss"].as_f64().unwrap(),
+    );
+    assert!((got - want).abs() < 1e-3, "explore {got} vs the run's {want}");
+    assert!(ex.join("class_grid.png").is_file());
 
     for (bad, needle) in [
         (

@@ -2,6 +2,8 @@
 //! for the library's configuration fields, and progress bars.
 #![allow(dead_code)]
 
+pub mod data;
+
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};

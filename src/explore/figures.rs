@@ -9,7 +9,7 @@ use crate::error::{Result, VaeError};
 use crate::explore::interp::{class_means, interpolation_path, latent_arithmetic, manifold_grid};
 use crate::gpu::Gpu;
 use crate::infer::{conditional_prior_draws, decode_conditional, prior_latents, prior_samples};
-use crate::io::write_grid_png;
+use crate::io::{write_colour_grid_png, write_grid_png};
 use crate::model::Vae;
 
 /// Pixels between grid cells and around the border of a figure.
@@ -27,10 +27,17 @@ pub struct Figure {
 }
 
 impl Figure {
-    /// Writes the grid as a greyscale PNG of square `side`×`side` cells (see
-    /// [`crate::io::grid_size`] for its size, with pad [`FIGURE_PAD`]).
-    pub fn write(&self, path: &Path, side: usize) -> Result<()> {
-        write_grid_png(path, &self.images, self.count, side, side, self.cols, FIGURE_PAD)
+    /// Writes the grid as a PNG of cells of the model's image `shape` [C, H, W]: greyscale for
+    /// one channel, RGB for three (see [`crate::io::grid_size`] for its size, with pad
+    /// [`FIGURE_PAD`]).
+    pub fn write(&self, path: &Path, shape: [usize; 3]) -> Result<()> {
+        match shape {
+            [1, h, w] => write_grid_png(path, &self.images, self.count, h, w, self.cols, FIGURE_PAD),
+            [3, h, w] => write_colour_grid_png(path, &self.images, self.count, h, w, self.cols, FIGURE_PAD),
+            _ => Err(VaeError::Shape(format!(
+                "a figure draws images of 1 or 3 channels, got the shape {shape:?}"
+            ))),
+        }
     }
 }
 

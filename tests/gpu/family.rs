@@ -338,7 +338,7 @@ fn figures_have_documented_sizes_and_content() {
             "{name}"
         );
         let path = dir.join(format!("{name}.png"));
-        fig.write(&path, side).unwrap();
+        fig.write(&path, [1, side, side]).unwrap();
         let img = image::open(&path).unwrap().to_luma8();
         let (w, h) = grid_size(count, side, side, cols, FIGURE_PAD);
         assert_eq!((img.width() as usize, img.height() as usize), (w, h), "{name} PNG size");
