@@ -168,6 +168,10 @@ struct Cli {
     /// skipping it with a warning
     #[arg(long)]
     strict: bool,
+    /// With --dataset images:DIR: where decoded images are kept between runs, or none
+    /// [default: $XDG_CACHE_HOME/vae-wgpu, else ~/.cache/vae-wgpu]
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
     /// With --dataset npy: where a 4-D array's channels are, nhwc or nchw (needed only when
     /// both ends of its shape could be channels)
     #[arg(long, value_name = "L", value_parser = ["nhwc", "nchw"])]
@@ -349,7 +353,12 @@ impl Cli {
                     strict: self.strict,
                     test_split: self.test_split.unwrap_or(0.1),
                 };
-                Some(Data::folder(dir, &opts)?)
+                let cache = match &self.cache_dir {
+                    Some(d) if d.as_os_str() == "none" => None,
+                    Some(d) => Some(d.clone()),
+                    None => vae_wgpu::data::default_cache_dir(),
+                };
+                Some(Data::folder(dir, &opts, cache.as_deref())?)
             }
             spec => {
                 if self.data_dir.is_some() {
@@ -371,6 +380,7 @@ impl Cli {
                 (self.resize != "crop", "--resize"),
                 (self.channels.is_some(), "--channels"),
                 (self.strict, "--strict"),
+                (self.cache_dir.is_some(), "--cache-dir"),
             ];
             if let Some((_, flag)) = folder_flags.iter().find(|(set, _)| *set) {
                 return Err(VaeError::Config(format!("{flag} applies to --dataset images:DIR")));

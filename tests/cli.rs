@@ -1170,6 +1170,7 @@ fn an_exported_image_folder_trains_as_the_same_arrays() {
         }
         w.finish().unwrap();
     }
+    let cache = dir.join("cache");
     let flags = ["--epochs", "2", "--hidden", "16", "--latent", "2", "--batch-size", "64"];
     let mut lines = Vec::new();
     for (tag, source) in [
@@ -1179,6 +1180,9 @@ fn an_exported_image_folder_trains_as_the_same_arrays() {
         let run_dir = dir.join(tag);
         let mut args: Vec<&str> = flags.to_vec();
         args.extend(["--dataset", &source, "--out", run_dir.to_str().unwrap()]);
+        if source.starts_with("images:") {
+            args.extend(["--cache-dir", cache.to_str().unwrap()]);
+        }
         let out = run("train_mnist", &args, &[]);
         assert!(out.status.success(), "{}", text(&out));
         assert!(text(&out).contains("train 300 | test 200 | 1x28x28"), "{}", text(&out));
@@ -1196,6 +1200,27 @@ fn an_exported_image_folder_trains_as_the_same_arrays() {
         lines.push(metrics);
     }
     assert_eq!(lines[0], lines[1]);
+    // The decoded folder is kept: a second run reads the cache, and trains the same.
+    let again = dir.join("again");
+    let folder_source = format!("images:{}", flat.display());
+    let mut args: Vec<&str> = flags.to_vec();
+    args.extend([
+        "--dataset",
+        &folder_source,
+        "--out",
+        again.to_str().unwrap(),
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ]);
+    let out = run("train_mnist", &args, &[]);
+    assert!(text(&out).contains("decoded images: reused"), "{}", text(&out));
+    assert_eq!(
+        std::fs::read_to_string(again.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        lines[0].len()
+    );
 
     // Class folders: labels from the folder names, counted in the output.
     let classes = dir.join("classes");
@@ -1238,6 +1263,8 @@ fn an_exported_image_folder_trains_as_the_same_arrays() {
             "2",
             "--out",
             run_dir.to_str().unwrap(),
+            "--cache-dir",
+            "none",
         ],
         &[],
     );
@@ -1265,7 +1292,7 @@ fn an_exported_image_folder_trains_as_the_same_arrays() {
             "--eval-iw",
             "2",
         ],
-        &[],
+        &[("XDG_CACHE_HOME", cache.to_str().unwrap())],
     );
     assert!(out.status.success(), "{}", text(&out));
     let report: serde_json::Value = serde_json::from_str(

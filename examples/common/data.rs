@@ -183,17 +183,26 @@ impl Data {
 
     /// A folder of images, decoded now (with a progress bar): their shape and classes decide
     /// the model.
-    pub fn folder(dir: &Path, opts: &vae_wgpu::data::FolderOptions) -> Result<Data> {
+    /// Decoded images are kept in `cache` (see `vae_wgpu::data::cache`) when given.
+    pub fn folder(dir: &Path, opts: &vae_wgpu::data::FolderOptions, cache: Option<&Path>) -> Result<Data> {
         let bar = super::progress_bar(0, "decoding");
-        let f = vae_wgpu::data::read_image_folder(
-            dir,
-            opts,
-            |done, total| {
-                bar.set_length(total as u64);
-                bar.set_position(done as u64)
-            },
-            |warning| bar.suspend(|| eprintln!("warning: {warning}")),
-        )?;
+        let progress = |done: usize, total: usize| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64)
+        };
+        let warn = |warning: &str| bar.suspend(|| eprintln!("warning: {warning}"));
+        let f = match cache {
+            Some(c) => {
+                let (f, used) = vae_wgpu::data::read_image_folder_cached(dir, opts, c, progress, warn)?;
+                bar.finish_and_clear();
+                match used {
+                    vae_wgpu::data::CacheUse::Reused(p) => println!("decoded images: reused {}", p.display()),
+                    vae_wgpu::data::CacheUse::Written(p) => println!("decoded images: cached in {}", p.display()),
+                }
+                f
+            }
+            None => vae_wgpu::data::read_image_folder(dir, opts, progress, warn)?,
+        };
         bar.finish_and_clear();
         let mut notes = Vec::new();
         if !f.classes.is_empty() {
@@ -300,7 +309,7 @@ impl Data {
                     strict: parts.last() == Some(&"strict"),
                     test_split: test_split.unwrap_or(0.1),
                 };
-                Data::folder(folder, &opts)
+                Data::folder(folder, &opts, vae_wgpu::data::default_cache_dir().as_deref())
             }
         }
     }

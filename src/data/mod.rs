@@ -3,6 +3,7 @@
 
 pub mod amat;
 pub mod arrays;
+pub mod cache;
 pub mod folder;
 pub mod idx;
 pub mod mnist;
@@ -12,6 +13,7 @@ pub mod source;
 
 pub use amat::{load_binarized_mnist, AmatSplit};
 pub use arrays::{read_npy_images, read_npy_labels, read_npz, ArrayLayout, ImageArrays, NpzNames};
+pub use cache::{default_cache_dir, read_image_folder_cached, CacheUse};
 pub use folder::{read_image_folder, FolderData, FolderOptions, ResizeMode};
 pub use idx::{read_idx_images, read_idx_labels, resolve_idx_path, IdxImages};
 pub use mnist::{load_mnist_split, DatasetKind};
