@@ -191,17 +191,28 @@ impl Data {
             bar.set_position(done as u64)
         };
         let warn = |warning: &str| bar.suspend(|| eprintln!("warning: {warning}"));
+        let t0 = std::time::Instant::now();
         let f = match cache {
             Some(c) => {
                 let (f, used) = vae_wgpu::data::read_image_folder_cached(dir, opts, c, progress, warn)?;
                 bar.finish_and_clear();
+                let secs = t0.elapsed().as_secs_f64();
                 match used {
-                    vae_wgpu::data::CacheUse::Reused(p) => println!("decoded images: reused {}", p.display()),
-                    vae_wgpu::data::CacheUse::Written(p) => println!("decoded images: cached in {}", p.display()),
+                    vae_wgpu::data::CacheUse::Reused(p) => {
+                        println!("decoded images: reused {} ({secs:.1} s)", p.display())
+                    }
+                    vae_wgpu::data::CacheUse::Written(p) => {
+                        println!("decoded images: {secs:.1} s, cached in {}", p.display())
+                    }
                 }
                 f
             }
-            None => vae_wgpu::data::read_image_folder(dir, opts, progress, warn)?,
+            None => {
+                let f = vae_wgpu::data::read_image_folder(dir, opts, progress, warn)?;
+                bar.finish_and_clear();
+                println!("decoded images: {:.1} s (no cache)", t0.elapsed().as_secs_f64());
+                f
+            }
         };
         bar.finish_and_clear();
         let mut notes = Vec::new();
