@@ -457,10 +457,9 @@ impl Cli {
             return Err(VaeError::Config(format!(
                 "--conditional needs class labels (2 to 256 classes), and {} has {}",
                 self.dataset.name(),
-                if classes == 0 {
-                    "none".to_string()
-                } else {
-                    format!("{classes}")
+                match arrays.as_ref().map_or(classes, |a| a.label_classes) {
+                    0 => "none".to_string(),
+                    n => format!("{n}"),
                 }
             )));
         }

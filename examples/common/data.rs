@@ -114,6 +114,8 @@ pub struct Data {
     pub shape: [usize; 3],
     /// Classes in the labels (0 without labels).
     pub classes: usize,
+    /// Classes in the source's labels, kept or not (more than 256 are left out).
+    pub label_classes: usize,
     pub from: String,
     pub notes: Vec<String>,
 }
@@ -176,6 +178,7 @@ impl Data {
             },
             shape: train.shape,
             classes: if classes <= 256 { classes } else { 0 },
+            label_classes: classes,
             from: file.display().to_string(),
             notes,
         })
@@ -263,6 +266,7 @@ impl Data {
             },
             shape: f.train.shape,
             classes: if classes <= 256 { classes } else { 0 },
+            label_classes: classes,
             from: dir.display().to_string(),
             notes,
         })
@@ -337,6 +341,7 @@ impl Data {
             test: split(kind.load_split(dir, false)?),
             shape: [1, IMAGE_SIDE, IMAGE_SIDE],
             classes: if kind.has_labels() { NUM_CLASSES } else { 0 },
+            label_classes: if kind.has_labels() { NUM_CLASSES } else { 0 },
             from: dir.display().to_string(),
             notes: Vec::new(),
         })
