@@ -168,6 +168,10 @@ struct Cli {
     /// skipping it with a warning
     #[arg(long)]
     strict: bool,
+    /// Keep the training images on the host and upload each batch before its step (automatic
+    /// when they exceed the device's largest storage binding); the numbers do not change
+    #[arg(long)]
+    stream: bool,
     /// With --dataset images:DIR: where decoded images are kept between runs, or none
     /// [default: $XDG_CACHE_HOME/vae-wgpu, else ~/.cache/vae-wgpu]
     #[arg(long, value_name = "DIR")]
@@ -311,6 +315,8 @@ struct Args {
     preprocessing: String,
     /// Start the output bias at the training data's pixel means.
     output_bias_mean: bool,
+    /// Stream the training images whatever their size.
+    stream: bool,
     resume: Option<PathBuf>,
     overwrite: bool,
     keep: usize,
@@ -572,6 +578,7 @@ impl Cli {
             out: self.out,
             eval_iw: self.eval_iw,
             output_bias_mean: self.output_bias == "mean",
+            stream: self.stream,
             resume: self.resume,
             overwrite: self.overwrite,
             keep: self.keep,
@@ -634,6 +641,15 @@ fn run(mut args: Args) -> Result<i32> {
         )));
     }
     let n_train = args.limit_train.map_or(train.count, |n| n.min(train.count));
+    // Training images beyond one storage binding (or asked to) stay on the host, streamed a
+    // batch at a time; the numbers are the same either way.
+    let streamed = args.stream || gpu.check_buffer("the training images", (n_train * d) as u128).is_err();
+    let on_device = test.count * d
+        + if streamed {
+            args.train.batch_size.min(n_train) * d
+        } else {
+            n_train * d
+        };
     let [c, h, w] = shape;
     let notes: String = data.notes.iter().map(|n| format!(" | {n}")).collect();
     println!(
@@ -646,16 +662,29 @@ fn run(mut args: Args) -> Result<i32> {
             0 => String::new(),
             k => format!(" | {k} classes"),
         },
-        ((n_train + test.count) * d) as f64 / 1e6
+        on_device as f64 / 1e6
     );
-    let train_gpu = GpuDataset::upload(
-        &gpu,
-        "train",
-        &train.images[..n_train * d],
-        n_train,
-        d,
-        train.labels.get(..n_train).map(<[u8]>::to_vec).unwrap_or_default(),
-    )?;
+    let train_labels = train.labels.get(..n_train).map(<[u8]>::to_vec).unwrap_or_default();
+    let train_gpu = if streamed {
+        GpuDataset::streamed(
+            &gpu,
+            "train",
+            train.images[..n_train * d].to_vec(),
+            n_train,
+            d,
+            train_labels,
+            args.train.batch_size,
+        )?
+    } else {
+        GpuDataset::upload(&gpu, "train", &train.images[..n_train * d], n_train, d, train_labels)?
+    };
+    if streamed {
+        println!(
+            "streaming: the {:.1} MB of training images stay on the host; the device holds a batch ({:.2} MB)",
+            (n_train * d) as f64 / 1e6,
+            train_gpu.device_bytes() as f64 / 1e6
+        );
+    }
     let test_gpu = GpuDataset::upload(&gpu, "test", &test.images, test.count, d, test.labels.clone())?;
     let data_meta = [
         ("image_shape".to_string(), format!("{c},{h},{w}")),
@@ -870,6 +899,7 @@ fn run(mut args: Args) -> Result<i32> {
             trainer.save_state(&vae, state)
         })
     };
+    let mut stream_before = 0.0;
     while (trainer.epoch as usize) < args.epochs {
         let epoch = trainer.epoch as usize + 1;
         let bar = common::progress_bar(trainer.steps_per_epoch() as u64, format!("epoch {epoch:>3}"));
@@ -921,6 +951,14 @@ fn run(mut args: Args) -> Result<i32> {
             "epoch {epoch:>3} | beta {:.3} | train {train_name} {:.2} (recon {:.2} + {train_rest} {:.2}) | test {loss_name} {:.2} {bound_note} | {:.0} samples/s | {:.1}s",
             rep.beta, rep.train.loss, rep.train.recon, rep.train.kl, test_stats.loss, rep.samples_per_sec, elapsed
         );
+        if streamed {
+            let host = trainer.stream_seconds();
+            println!(
+                "streaming: {:.2} ms per step on the host, gathering and uploading the batches",
+                1e3 * (host - stream_before) / rep.steps.max(1) as f64
+            );
+            stream_before = host;
+        }
         // A hierarchical VAE's last epoch also splits the test KL by layer (a layer near 0 is
         // unused), with the evaluation's own draws.
         if epoch == args.epochs && !args.model.top().is_empty() {

@@ -1049,6 +1049,23 @@ fn mnist_as_numpy_arrays_trains_as_the_built_in_loader() {
             .collect()
     };
     assert_eq!(metrics(&runs[0]), metrics(&runs[1]));
+    // Streamed from the host a batch at a time, the same run gives the same numbers.
+    let streamed = dir.join("streamed");
+    let mut args: Vec<&str> = flags.to_vec();
+    args.extend([
+        "--dataset",
+        source.as_str(),
+        "--stream",
+        "--out",
+        streamed.to_str().unwrap(),
+    ]);
+    let out = run("train_mnist", &args, &[]);
+    assert!(
+        text(&out).contains("streaming: the 0.8 MB of training images stay on the host"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(metrics(&streamed), metrics(&runs[1]));
     let record: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(runs[1].join("run.json")).unwrap()).unwrap();
     assert_eq!(record["dataset"], serde_json::Value::String(source.clone()));

@@ -1,4 +1,6 @@
-//! A byte dataset resident on the GPU, and the batches gathered from it.
+//! A byte dataset on the GPU, and the batches gathered from it: resident (every example in one
+//! storage binding), or streamed (the examples on the host, a window of one batch on the device
+//! that the trainer fills before each step: for data beyond the device's binding size).
 
 use crate::data::source::BatchSource;
 use crate::error::{Result, VaeError};
@@ -18,6 +20,11 @@ pub struct GpuDataset {
     pub labels: Vec<u8>,
     /// The labels as u32 on the device, when there are labels.
     pub labels_gpu: Option<Tensor>,
+    /// A streamed dataset's examples on the host (`words` and `labels_gpu` then hold a window
+    /// of `window` examples); None for a resident one.
+    host: Option<std::sync::Arc<Vec<u8>>>,
+    /// Examples the device buffers hold: `count` resident, the window streamed.
+    window: usize,
 }
 
 impl GpuDataset {
@@ -52,7 +59,95 @@ impl GpuDataset {
             dim,
             labels,
             labels_gpu,
+            host: None,
+            window: count,
         })
+    }
+
+    /// A streamed dataset: `count` examples of `dim` bytes kept on the host, and on the device a
+    /// window of `window` examples (the batch size) and their labels, which
+    /// [`GpuDataset::fill_window`] writes before each step. Training on it gives the numbers of
+    /// the same data resident, bit for bit.
+    pub fn streamed(
+        gpu: &Gpu,
+        label: &str,
+        pixels: Vec<u8>,
+        count: usize,
+        dim: usize,
+        labels: Vec<u8>,
+        window: usize,
+    ) -> Result<Self> {
+        if !dim.is_multiple_of(4) || pixels.len() != count * dim || count == 0 || window == 0 {
+            return Err(VaeError::Shape(format!(
+                "{label}: {} bytes for {count} examples of {dim} pixels and a window of {window} (dim must be \
+                 a multiple of 4, count and window > 0)",
+                pixels.len()
+            )));
+        }
+        if !labels.is_empty() && labels.len() != count {
+            return Err(VaeError::Shape(format!(
+                "{label}: {} labels for {count} examples",
+                labels.len()
+            )));
+        }
+        let window = window.min(count);
+        let labels_gpu = if labels.is_empty() {
+            None
+        } else {
+            Some(gpu.tensor(&format!("{label}_labels_window"), &[window])?)
+        };
+        Ok(GpuDataset {
+            words: gpu.tensor(&format!("{label}_window"), &[window * dim / 4])?,
+            count,
+            dim,
+            labels,
+            labels_gpu,
+            host: Some(std::sync::Arc::new(pixels)),
+            window,
+        })
+    }
+
+    /// Whether the examples stay on the host ([`GpuDataset::streamed`]).
+    pub fn is_streamed(&self) -> bool {
+        self.host.is_some()
+    }
+
+    /// Device bytes of the examples and labels it holds (the window, when streamed).
+    pub fn device_bytes(&self) -> u64 {
+        self.words.buffer().bytes() + self.labels_gpu.as_ref().map_or(0, |t| t.buffer().bytes())
+    }
+
+    /// A streamed dataset: writes examples `ids` (dataset indices) into the window's first rows,
+    /// and their labels, with `queue.write_buffer` (they land before the next submit, after
+    /// every earlier one, so the window may be refilled while the previous step runs). A
+    /// resident dataset: nothing to do.
+    pub fn fill_window(&self, gpu: &Gpu, ids: &[u32]) -> Result<()> {
+        let Some(host) = &self.host else {
+            return Ok(());
+        };
+        if ids.len() > self.window || ids.iter().any(|&i| i as usize >= self.count) {
+            return Err(VaeError::Shape(format!(
+                "{} examples for a window of {} (indices below {})",
+                ids.len(),
+                self.window,
+                self.count
+            )));
+        }
+        let d = self.dim;
+        let mut bytes = Vec::with_capacity(ids.len() * d);
+        for &i in ids {
+            bytes.extend_from_slice(&host[i as usize * d..(i as usize + 1) * d]);
+        }
+        let words: Vec<u32> = bytes
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        gpu.write_words(&self.words, &words)?;
+        if let Some(l) = &self.labels_gpu {
+            let w: Vec<u32> = ids.iter().map(|&i| self.labels[i as usize] as u32).collect();
+            gpu.write_words(l, &w)?;
+        }
+        Ok(())
     }
 
     /// The batches of this dataset taken in `order` (a permutation of its indices on the
@@ -76,7 +171,7 @@ impl BatchSource for ResidentBatches<'_> {
 
     fn plan_gather(&self, gpu: &Gpu, step: &StepBuffer, x: &Tensor, binarize: bool) -> Result<Dispatch> {
         let d = self.data;
-        ops::gather(gpu, "gather", step, &d.words, d.count, d.dim, self.order, x, binarize)
+        ops::gather(gpu, "gather", step, &d.words, d.window, d.dim, self.order, x, binarize)
     }
 
     fn plan_labels(

@@ -281,6 +281,22 @@ impl Gpu {
         Ok(())
     }
 
+    /// Writes u32 words into `t` from element `at` on, through the queue (see
+    /// [`Gpu::write_words`]).
+    pub fn write_words_at(&self, t: &Tensor, at: usize, words: &[u32]) -> Result<()> {
+        if at.checked_add(words.len()).is_none_or(|end| end > t.len()) {
+            return Err(VaeError::Shape(format!(
+                "writing {} words at {at} into a tensor of {} elements",
+                words.len(),
+                t.len()
+            )));
+        }
+        self.ctx
+            .queue
+            .write_buffer(t.raw(), t.offset() + 4 * at as u64, bytemuck::cast_slice(words));
+        Ok(())
+    }
+
     /// Copies a tensor back to the host (waits for all submitted work).
     pub fn read(&self, t: &Tensor) -> Result<Vec<f32>> {
         let words = self.read_words(t)?;

@@ -215,6 +215,11 @@ pub struct Trainer<'g> {
     health: Tensor,
     full_plan: Vec<Dispatch>,
     last_plan: Option<(usize, Vec<Dispatch>)>,
+    /// The example order of epoch `order.0` on the host (a streamed dataset's batches are
+    /// gathered from it).
+    order: (u64, Vec<u32>),
+    /// Host time spent gathering and uploading a streamed dataset's batches.
+    stream_time: std::time::Duration,
     /// Optimizer steps taken so far.
     pub step: u64,
     /// Epochs completed.
@@ -270,7 +275,10 @@ impl<'g> Trainer<'g> {
         let perm = gpu.tensor("perm", &[data.count])?;
         // The first epoch's order, so that steps recorded before any epoch (record_step,
         // train_steps) draw real batches, not example 0 in every row of a zero-filled buffer.
-        gpu.write_words(&perm, &epoch_order(config.seed, 0, data.count))?;
+        let first_order = epoch_order(config.seed, 0, data.count);
+        if !data.is_streamed() {
+            gpu.write_words(&perm, &first_order)?;
+        }
         let log = gpu.tensor("metric_log", &[steps, METRIC_SLOTS])?;
         let batches = data.batches(&perm);
         let inputs = Inputs {
@@ -296,6 +304,8 @@ impl<'g> Trainer<'g> {
             log,
             full_plan,
             last_plan,
+            order: (0, first_order),
+            stream_time: std::time::Duration::ZERO,
             step: 0,
             epoch: 0,
             batch: 0,
@@ -355,6 +365,12 @@ impl<'g> Trainer<'g> {
         &self.full_plan
     }
 
+    /// Host seconds spent gathering and uploading a streamed dataset's batches so far (0 for a
+    /// resident one).
+    pub fn stream_seconds(&self) -> f64 {
+        self.stream_time.as_secs_f64()
+    }
+
     /// The dataset being trained on.
     pub fn data(&self) -> &GpuDataset {
         &self.data
@@ -394,6 +410,18 @@ impl<'g> Trainer<'g> {
             _ => &self.full_plan,
         };
         let rows = (self.data.count - start).min(b);
+        if self.data.is_streamed() {
+            // The batch's examples into the window, and the order's entries for them pointing
+            // at its rows: the gather reads what it would read from the whole dataset.
+            let t0 = Instant::now();
+            if self.order.0 != self.epoch {
+                self.order = (self.epoch, epoch_order(self.config.seed, self.epoch, self.data.count));
+            }
+            self.data.fill_window(self.gpu, &self.order.1[start..start + rows])?;
+            let slots: Vec<u32> = (0..rows as u32).collect();
+            self.gpu.write_words_at(&self.perm, start, &slots)?;
+            self.stream_time += t0.elapsed();
+        }
         self.step_buf.write(self.gpu, &self.step_params(start, batch_index));
         let refs: Vec<&Dispatch> = plan.iter().collect();
         self.gpu.record(encoder, &refs);
@@ -449,8 +477,11 @@ impl<'g> Trainer<'g> {
     ) -> Result<EpochOutcome> {
         let t0 = Instant::now();
         // Written every epoch, the first included: `epoch` is a public field a caller may set.
-        self.gpu
-            .write_words(&self.perm, &epoch_order(self.config.seed, self.epoch, self.data.count))?;
+        // A streamed dataset writes its entries step by step (`record_step`).
+        self.order = (self.epoch, epoch_order(self.config.seed, self.epoch, self.data.count));
+        if !self.data.is_streamed() {
+            self.gpu.write_words(&self.perm, &self.order.1)?;
+        }
         self.gpu.write_words(&self.health, &[ops::HEALTHY; 4])?;
         let steps = self.steps_per_epoch();
         let (first, first_step) = (self.batch, self.step);

@@ -1391,3 +1391,56 @@ fn deep_conditional_hierarchy_resumes_exactly() {
     let run = resumed_run(g, &cfg, &tc, "deep-hier");
     std::fs::remove_dir_all(&run.dir).ok();
 }
+
+/// A streamed dataset (the examples on the host, a window of one batch on the device, filled
+/// before each step) trains to the resident dataset's numbers bit for bit: two epochs of a
+/// conditional model with dynamic binarization and a partial last batch, then two host-driven
+/// steps of the next epoch through `record_step`; the streamed device buffers hold one batch.
+#[test]
+fn a_streamed_dataset_trains_as_the_resident_one() {
+    let g = gpu();
+    let set = DatasetKind::Mnist
+        .load_split(&DatasetKind::Mnist.default_dir(), true)
+        .expect("data/mnist is committed");
+    let n = 300;
+    let (images, labels) = (set.images[..n * 784].to_vec(), set.labels[..n].to_vec());
+    let cfg = VaeConfig {
+        classes: 10,
+        ..small_config()
+    };
+    let train = TrainConfig {
+        batch_size: 64,
+        binarize: true,
+        seed: 5,
+        ..Default::default()
+    };
+    let mut results = Vec::new();
+    for streamed in [false, true] {
+        let data = if streamed {
+            GpuDataset::streamed(g, "train", images.clone(), n, 784, labels.clone(), 64).unwrap()
+        } else {
+            GpuDataset::upload(g, "train", &images, n, 784, labels.clone()).unwrap()
+        };
+        assert_eq!(data.is_streamed(), streamed);
+        if streamed {
+            // 64 examples of 784 bytes and 64 labels, not 300.
+            assert_eq!(data.device_bytes(), (64 * 784 + 64 * 4) as u64);
+        }
+        let vae = Vae::new(g, cfg.clone(), 9).unwrap();
+        let mut tr = Trainer::new(g, &vae, data, train.clone()).unwrap();
+        let stats: Vec<_> = (0..2).map(|_| tr.train_epoch(|_, _| {}).unwrap().train).collect();
+        for i in 0..2 {
+            let mut enc = g.ctx.device.create_command_encoder(&Default::default());
+            tr.record_step(&mut enc, i).unwrap();
+            g.submit(enc.finish());
+        }
+        g.ctx.wait().unwrap();
+        assert_eq!(tr.stream_seconds() > 0.0, streamed);
+        results.push((stats, vae.arena.read_params(g).unwrap()));
+    }
+    assert_eq!(results[0].0, results[1].0, "metrics");
+    assert!(
+        results[0].1 == results[1].1,
+        "parameters after two epochs and two steps"
+    );
+}
