@@ -220,6 +220,10 @@ pub struct Trainer<'g> {
     order: (u64, Vec<u32>),
     /// Host time spent gathering and uploading a streamed dataset's batches.
     stream_time: std::time::Duration,
+    /// When the current epoch began ([`Trainer::begin_epoch`]), at which batch and step, and
+    /// the examples its steps have recorded since.
+    epoch_began: (Instant, usize, u64),
+    epoch_examples: usize,
     /// Optimizer steps taken so far.
     pub step: u64,
     /// Epochs completed.
@@ -306,6 +310,8 @@ impl<'g> Trainer<'g> {
             last_plan,
             order: (0, first_order),
             stream_time: std::time::Duration::ZERO,
+            epoch_began: (Instant::now(), 0, 0),
+            epoch_examples: 0,
             step: 0,
             epoch: 0,
             batch: 0,
@@ -426,6 +432,7 @@ impl<'g> Trainer<'g> {
         let refs: Vec<&Dispatch> = plan.iter().collect();
         self.gpu.record(encoder, &refs);
         self.step += 1;
+        self.epoch_examples += rows;
         Ok(rows)
     }
 
@@ -475,20 +482,11 @@ impl<'g> Trainer<'g> {
         mut stop: impl FnMut(usize) -> bool,
         mut progress: impl FnMut(usize, usize),
     ) -> Result<EpochOutcome> {
-        let t0 = Instant::now();
-        // Written every epoch, the first included: `epoch` is a public field a caller may set.
-        // A streamed dataset writes its entries step by step (`record_step`).
-        self.order = (self.epoch, epoch_order(self.config.seed, self.epoch, self.data.count));
-        if !self.data.is_streamed() {
-            self.gpu.write_words(&self.perm, &self.order.1)?;
-        }
-        self.gpu.write_words(&self.health, &[ops::HEALTHY; 4])?;
+        self.begin_epoch()?;
         let steps = self.steps_per_epoch();
-        let (first, first_step) = (self.batch, self.step);
-        let mut examples = 0;
-        for i in first..steps {
+        for i in self.batch..steps {
             let mut enc = self.gpu.ctx.device.create_command_encoder(&Default::default());
-            examples += self.record_step(&mut enc, i)?;
+            self.record_step(&mut enc, i)?;
             self.gpu.submit(enc.finish());
             self.batch = i + 1;
             // Keep the queue bounded without a per-step sync.
@@ -501,6 +499,34 @@ impl<'g> Trainer<'g> {
                 return Ok(EpochOutcome::Stopped { batch: i + 1 });
             }
         }
+        self.end_epoch().map(EpochOutcome::Done)
+    }
+
+    /// Starts epoch [`Trainer::epoch`] (from batch [`Trainer::batch`]) for a loop the caller
+    /// drives: writes the epoch's example order exactly as [`Trainer::train_epoch`] does (the
+    /// host PCG64 permutation of epoch and seed, uploaded with `queue.write_buffer`; a streamed
+    /// dataset's entries step by step in [`Trainer::record_step`]) and resets the divergence
+    /// guard. No readback. Then [`Trainer::record_step`] each batch (submitting each encoder
+    /// before the next step is recorded) and [`Trainer::end_epoch`].
+    pub fn begin_epoch(&mut self) -> Result<()> {
+        // Written every epoch, the first included: `epoch` is a public field a caller may set.
+        self.order = (self.epoch, epoch_order(self.config.seed, self.epoch, self.data.count));
+        if !self.data.is_streamed() {
+            self.gpu.write_words(&self.perm, &self.order.1)?;
+        }
+        self.gpu.write_words(&self.health, &[ops::HEALTHY; 4])?;
+        self.epoch_began = (Instant::now(), self.batch, self.step);
+        self.epoch_examples = 0;
+        Ok(())
+    }
+
+    /// Ends the epoch begun with [`Trainer::begin_epoch`] once all its batches are submitted:
+    /// one readback of the epoch's metric rows and divergence guard (waiting for the device),
+    /// its report, [`Trainer::epoch`] advanced and [`Trainer::batch`] back to 0. A step whose
+    /// loss or parameters are not finite makes it a [`VaeError::Diverged`] naming that step.
+    pub fn end_epoch(&mut self) -> Result<EpochReport> {
+        let steps = self.steps_per_epoch();
+        let (t0, first, first_step) = self.epoch_began;
         // The metric rows and the divergence guard in one readback.
         let mut words = self.gpu.read_many(&[&self.log, &self.health])?;
         let health = words.pop().unwrap_or_default();
@@ -522,13 +548,13 @@ impl<'g> Trainer<'g> {
             } else {
                 0
             };
-        Ok(EpochOutcome::Done(EpochReport {
+        Ok(EpochReport {
             train: ElboStats::from_totals(&totals, all),
             steps,
-            samples_per_sec: examples as f64 / seconds,
+            samples_per_sec: self.epoch_examples as f64 / seconds,
             seconds,
             beta: self.beta_at(self.step.saturating_sub(1)),
-        }))
+        })
     }
 }
 

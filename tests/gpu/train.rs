@@ -1444,3 +1444,42 @@ fn a_streamed_dataset_trains_as_the_resident_one() {
         "parameters after two epochs and two steps"
     );
 }
+
+/// A loop the host drives — `begin_epoch`, `record_step` into its own encoders, `end_epoch` —
+/// trains as `train_epoch` does, bit for bit: two epochs with dynamic binarization and a
+/// partial last batch give the same reports and parameters, and the report comes from one
+/// readback at the end.
+#[test]
+fn a_host_driven_epoch_equals_train_epoch() {
+    let g = gpu();
+    let train = TrainConfig {
+        batch_size: 64,
+        binarize: true,
+        seed: 11,
+        ..Default::default()
+    };
+    let mut results = Vec::new();
+    for host_driven in [false, true] {
+        let vae = Vae::new(g, small_config(), 4).unwrap();
+        let mut tr = Trainer::new(g, &vae, mnist_subset(g, 300), train.clone()).unwrap();
+        let mut reports = Vec::new();
+        for _ in 0..2 {
+            let report = if host_driven {
+                tr.begin_epoch().unwrap();
+                for i in 0..tr.steps_per_epoch() {
+                    let mut enc = g.ctx.device.create_command_encoder(&Default::default());
+                    tr.record_step(&mut enc, i).unwrap();
+                    g.submit(enc.finish());
+                }
+                tr.end_epoch().unwrap()
+            } else {
+                tr.train_epoch(|_, _| {}).unwrap()
+            };
+            reports.push((report.train, report.steps));
+        }
+        assert_eq!(tr.epoch, 2);
+        results.push((reports, vae.arena.read_params(g).unwrap()));
+    }
+    assert_eq!(results[0].0, results[1].0, "reports");
+    assert!(results[0].1 == results[1].1, "parameters");
+}
