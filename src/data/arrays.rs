@@ -1,7 +1,8 @@
 //! NumPy arrays as image sets: `.npy` files (read with `npyz`) and `.npz` archives of them
-//! (their members read through `zip`), uint8 or float32 images shaped [N, H, W], [N, H, W, C]
-//! or [N, C, H, W], integer labels (one per image). Images come out as bytes, each image H·W·C values with
-//! the channels interleaved (the models' NHWC); float32 images must lie in [0, 1] and are
+//! (their members read through `zip`), uint8 or float32 images shaped `[N, H, W]`,
+//! `[N, H, W, C]` or `[N, C, H, W]`, integer labels (one per image). Images come out as bytes,
+//! each image H·W·C values with the channels interleaved (the models' NHWC); float32 images
+//! must lie in [0, 1] and are
 //! quantized to round(x·255); four channels are RGBA, composited on black to RGB.
 //!
 //! Every size is read from the header and checked against the file before the data is read,
