@@ -137,7 +137,7 @@ fn run(args: Args) -> Result<()> {
             .map_err(|_| bad_meta("seed", "not a whole number; pass --seed".into()))?,
     };
     let gpu = Gpu::new(vae_wgpu::GpuOptions::from_env()?)?;
-    let vae = Vae::from_checkpoint(&gpu, &checkpoint, &tensors, &meta)?;
+    let vae = Vae::from_checkpoint_as(&gpu, &checkpoint, &tensors, &meta, false)?;
     drop(tensors);
     let cfg = vae.config.clone();
     let shape = common::image_shape(&meta, &cfg)?;

@@ -52,7 +52,7 @@ fn run(args: Args) -> Result<()> {
     let gpu = Gpu::new(vae_wgpu::GpuOptions::from_env()?)?;
     // Read once: the checkpoint may be a pipe.
     let (tensors, meta) = vae_wgpu::io::read_safetensors(&checkpoint)?;
-    let vae = Vae::from_checkpoint(&gpu, &checkpoint, &tensors, &meta)?;
+    let vae = Vae::from_checkpoint_as(&gpu, &checkpoint, &tensors, &meta, false)?;
     if !vae.config.is_vae() {
         return Err(VaeError::Config(format!(
             "{} holds a model without a prior (code {}): there is nothing to sample. \

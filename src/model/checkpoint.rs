@@ -196,6 +196,24 @@ impl Vae {
     /// `path` names the file in errors. Sizes its metadata describes beyond the device's
     /// limits or the host memory budget are refused naming the file.
     pub fn from_checkpoint(gpu: &Gpu, path: &Path, tensors: &[NamedTensor], meta: &[(String, String)]) -> Result<Self> {
+        Self::from_checkpoint_as(gpu, path, tensors, meta, true)
+    }
+
+    /// [`Vae::load`] for inference: the parameters alone on the device, without gradients or
+    /// Adam's moments (a quarter of the arena's bytes); training it is refused.
+    pub fn load_weights_only(gpu: &Gpu, path: &Path) -> Result<Self> {
+        let (tensors, meta) = read_safetensors(path)?;
+        Self::from_checkpoint_as(gpu, path, &tensors, &meta, false)
+    }
+
+    /// [`Vae::from_checkpoint`] with the parameters alone when `trainable` is false.
+    pub fn from_checkpoint_as(
+        gpu: &Gpu,
+        path: &Path,
+        tensors: &[NamedTensor],
+        meta: &[(String, String)],
+        trainable: bool,
+    ) -> Result<Self> {
         let bad = |problem: String| VaeError::Checkpoint {
             path: path.into(),
             problem,
@@ -209,7 +227,7 @@ impl Vae {
             meta_value(meta, "code"),
             meta_value(meta, "top"),
         );
-        let vae = Vae::new(gpu, config, 0).map_err(|e| match e {
+        let vae = Vae::build(gpu, config, 0, trainable).map_err(|e| match e {
             VaeError::BufferTooLarge {
                 label,
                 bytes,

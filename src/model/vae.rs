@@ -41,6 +41,12 @@ impl Vae {
     /// `seed`). Parameters are registered block by block (encoder, decoder, likelihood,
     /// latent) and drawn in the order encoder, decoder, latent.
     pub fn new(gpu: &Gpu, config: VaeConfig, seed: u64) -> Result<Self> {
+        Self::build(gpu, config, seed, true)
+    }
+
+    /// [`Vae::new`] with the parameters alone (`trainable` false: no gradients or Adam
+    /// moments on the device; see [`ParamArena::weights_only`]).
+    pub(crate) fn build(gpu: &Gpu, config: VaeConfig, seed: u64, trainable: bool) -> Result<Self> {
         config.validate()?;
         let mut layout = ArenaLayout::default();
         let (encoder, decoder): (Box<dyn Network>, Box<dyn Network>) = match &config.arch {
@@ -67,7 +73,11 @@ impl Vae {
         latent.init(&mut rng, &mut values);
         // A learned log c starts at 0 (c = 1), as the zeros `values` already hold.
         let init = crate::nn::arena::flatten(&layout, &values)?;
-        let arena = ParamArena::new(gpu, layout, &init)?;
+        let arena = if trainable {
+            ParamArena::new(gpu, layout, &init)?
+        } else {
+            ParamArena::weights_only(gpu, layout, &init)?
+        };
         let mut vae = Vae {
             config,
             encoder,

@@ -73,6 +73,9 @@ impl Workspace {
             log_ratio: spec.log_ratio || spec.iw,
             ..*spec
         };
+        if spec.train {
+            vae.arena.refuse_weights_only("a training workspace")?;
+        }
         if spec.iw && !cfg.is_vae() {
             return Err(VaeError::settings(
                 &["TrainConfig::objective", "VaeConfig::code"],

@@ -92,6 +92,9 @@ pub struct ParamArena {
     pub health: Tensor,
     /// Texture mirrors of parameters, by slot (see [`crate::gpu::mirror`]).
     mirrors: Vec<Option<Arc<GpuTexture>>>,
+    /// Whether gradients and Adam's moments are allocated ([`ParamArena::weights_only`] has
+    /// placeholders instead).
+    trainable: bool,
 }
 
 impl ParamArena {
@@ -118,7 +121,48 @@ impl ParamArena {
             },
             mirrors: vec![None; layout.slots.len()],
             layout,
+            trainable: true,
         })
+    }
+
+    /// The parameters alone, for inference: the gradients and Adam's moments are 16-byte
+    /// placeholders, so the arena holds a quarter of a trainable one's bytes. Training refuses
+    /// it ([`ParamArena::is_trainable`]).
+    pub fn weights_only(gpu: &Gpu, layout: ArenaLayout, init: &[f32]) -> Result<Self> {
+        let n = layout.len();
+        if init.len() != n {
+            return Err(VaeError::Shape(format!(
+                "arena init has {} floats, layout needs {n}",
+                init.len()
+            )));
+        }
+        let none = |name: &str| gpu.tensor(name, &[4]);
+        Ok(ParamArena {
+            params: gpu.upload("arena.params", &[n], init)?,
+            grads: none("arena.grads (weights only)")?,
+            m: none("arena.adam_m (weights only)")?,
+            v: none("arena.adam_v (weights only)")?,
+            health: {
+                let h = gpu.tensor("arena.health", &[4])?;
+                gpu.write_words(&h, &[ops::HEALTHY; 4])?;
+                h
+            },
+            mirrors: vec![None; layout.slots.len()],
+            layout,
+            trainable: false,
+        })
+    }
+
+    /// Whether the arena holds gradients and Adam's moments (false: weights only).
+    pub fn is_trainable(&self) -> bool {
+        self.trainable
+    }
+
+    /// Device bytes of the parameters, their gradients and Adam's two moments (texture mirrors
+    /// apart: [`ParamArena::mirror_bytes`]).
+    pub fn device_bytes(&self) -> (u64, u64, u64) {
+        let b = |t: &Tensor| t.buffer().bytes();
+        (b(&self.params), b(&self.grads), b(&self.m) + b(&self.v))
     }
 
     fn view(&self, t: &Tensor, slot: usize) -> Tensor {
@@ -204,7 +248,19 @@ impl ParamArena {
 
     /// Reads every gradient back, one vector per slot.
     pub fn read_grads(&self, gpu: &Gpu) -> Result<Vec<Vec<f32>>> {
+        self.refuse_weights_only("reading gradients")?;
         self.read_slots(gpu, &self.grads)
+    }
+
+    /// A typed refusal of `what` for an arena without gradients and moments.
+    pub fn refuse_weights_only(&self, what: &str) -> Result<()> {
+        if self.trainable {
+            return Ok(());
+        }
+        Err(VaeError::Config(format!(
+            "{what} needs a trainable model; this one was loaded for inference (weights only): load it with \
+             Vae::load to train it"
+        )))
     }
 
     fn read_slots(&self, gpu: &Gpu, t: &Tensor) -> Result<Vec<Vec<f32>>> {

@@ -251,6 +251,7 @@ impl<'g> Trainer<'g> {
     /// for the epoch's last partial batch. The configuration is checked against the model
     /// first ([`TrainConfig::validate`]).
     pub fn new(gpu: &'g Gpu, vae: &Vae, data: GpuDataset, config: TrainConfig) -> Result<Self> {
+        vae.arena.refuse_weights_only("Trainer::new")?;
         config.validate(&vae.config)?;
         if data.dim != vae.config.input_dim {
             return Err(VaeError::Shape(format!(

@@ -1483,3 +1483,38 @@ fn a_host_driven_epoch_equals_train_epoch() {
     assert_eq!(results[0].0, results[1].0, "reports");
     assert!(results[0].1 == results[1].1, "parameters");
 }
+
+/// A model loaded for inference holds its parameters alone: a quarter of the trainable
+/// arena's bytes (the gradients and both Adam moments are placeholders), the same decodings
+/// and test loss bit for bit, and a typed refusal of training.
+#[test]
+fn a_weights_only_model_infers_as_the_trainable_one() {
+    let g = gpu();
+    let vae = Vae::new(g, small_config(), 6).unwrap();
+    let dir = std::env::temp_dir().join(format!("vae-wgpu-weights-only-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("model.safetensors");
+    vae.save(g, &path, &[]).unwrap();
+    let full = Vae::load(g, &path).unwrap();
+    let lean = Vae::load_weights_only(g, &path).unwrap();
+    assert!(full.arena.is_trainable() && !lean.arena.is_trainable());
+    let (p_full, g_full, adam_full) = full.arena.device_bytes();
+    let (p_lean, g_lean, adam_lean) = lean.arena.device_bytes();
+    assert_eq!((p_lean, g_full, adam_full), (p_full, p_full, 2 * p_full));
+    assert!(g_lean <= 16 && adam_lean <= 32, "{g_lean} {adam_lean}");
+    let z: Vec<f32> = (0..5 * 8).map(|i| (i as f32 * 0.37).sin()).collect();
+    assert_eq!(
+        vae_wgpu::infer::decode_conditional(g, &full, &z, None).unwrap(),
+        vae_wgpu::infer::decode_conditional(g, &lean, &z, None).unwrap()
+    );
+    let eval = Evaluator::new(g, mnist_subset(g, 200)).unwrap();
+    assert_eq!(eval.elbo(&full, 3, false).unwrap(), eval.elbo(&lean, 3, false).unwrap());
+    let refused = Trainer::new(g, &lean, mnist_subset(g, 100), TrainConfig::default());
+    assert!(
+        matches!(&refused, Err(VaeError::Config(m)) if m.contains("weights only")),
+        "{:?}",
+        refused.err()
+    );
+    assert!(lean.arena.read_grads(g).is_err());
+    std::fs::remove_dir_all(&dir).ok();
+}
