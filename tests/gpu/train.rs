@@ -1518,3 +1518,65 @@ fn a_weights_only_model_infers_as_the_trainable_one() {
     assert!(lean.arena.read_grads(g).is_err());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A host's device shared politely: with a storage binding limit too small for the model, the
+/// host gets the typed error naming the limit, what was needed and what it granted; on a
+/// device created without subgroups the crate runs its fallback matmul and trains to the
+/// library's own numbers within the kernels' tolerance.
+#[test]
+fn a_host_device_with_small_limits_or_no_subgroups() {
+    use vae_wgpu::wgpu;
+    let _ = gpu();
+    let instance = wgpu::Instance::default();
+    let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
+        .expect("GPU tests need an adapter");
+    let device_with = |features: wgpu::Features, limits: wgpu::Limits| {
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("host"),
+            required_features: features,
+            required_limits: limits,
+            ..Default::default()
+        }))
+        .unwrap();
+        Gpu::from_device(&adapter.get_info(), device, queue, vae_wgpu::GpuOptions::default()).unwrap()
+    };
+    let (features, limits) = vae_wgpu::gpu::device_requirements(&adapter);
+    let small = wgpu::Limits {
+        max_storage_buffer_binding_size: 1 << 20,
+        ..limits.clone()
+    };
+    let tight = device_with(features, small);
+    match Vae::new(&tight, VaeConfig::default(), 1) {
+        Err(VaeError::BufferTooLarge {
+            limit_name,
+            limit,
+            bytes,
+            ..
+        }) => {
+            assert_eq!((limit_name, limit), ("max_storage_buffer_binding_size", 1 << 20));
+            assert!(bytes > 1 << 20, "{bytes}");
+        }
+        other => panic!("expected the binding limit, got {:?}", other.err()),
+    }
+    // No subgroups: the fallback matmul, the same training within f32 tolerance.
+    let plain = device_with(features - wgpu::Features::SUBGROUP, limits);
+    use vae_wgpu::gpu::MatmulStrategy;
+    assert_ne!(MatmulStrategy::preferred(&plain).unwrap(), MatmulStrategy::Subgroup);
+    let cfg = TrainConfig {
+        batch_size: 64,
+        seed: 2,
+        ..Default::default()
+    };
+    let mut losses = Vec::new();
+    for g in [gpu(), &plain] {
+        let vae = Vae::new(g, small_config(), 2).unwrap();
+        let mut tr = Trainer::new(g, &vae, mnist_subset(g, 300), cfg.clone()).unwrap();
+        losses.push(tr.train_epoch(|_, _| {}).unwrap().train.loss);
+    }
+    assert!(
+        (losses[0] - losses[1]).abs() <= 1e-4 * losses[0].abs(),
+        "subgroups {} against the fallback {}",
+        losses[0],
+        losses[1]
+    );
+}
