@@ -81,45 +81,7 @@ pub fn write_grid_png(
     cols: usize,
     pad: usize,
 ) -> Result<()> {
-    if count == 0 || cols == 0 {
-        return Err(VaeError::Shape(format!(
-            "an image grid needs at least one image and one column (got {count} images, {cols} \
-             columns)"
-        )));
-    }
-    if height == 0 || width == 0 {
-        return Err(VaeError::Shape(format!(
-            "grid cells must be at least 1×1 pixels (got {height}×{width})"
-        )));
-    }
-    let per_image = height.checked_mul(width);
-    if per_image.and_then(|n| n.checked_mul(count)) != Some(images.len()) {
-        return Err(VaeError::Shape(format!(
-            "{} grey values given for {count} images of {height}×{width}",
-            images.len()
-        )));
-    }
-    let (grid_w, grid_h) = grid_dims(count, height, width, cols, pad)
-        .ok_or_else(|| VaeError::Shape("image grid size overflows".to_string()))?;
-    let (png_w, png_h) = png_dims(grid_w, grid_h, "an image grid")?;
-
-    let mut canvas = vec![GRID_PAD_VALUE; grid_w * grid_h];
-    for (i, image) in images.chunks_exact(height * width).enumerate() {
-        let x0 = pad + (i % cols) * (width + pad);
-        let y0 = pad + (i / cols) * (height + pad);
-        for (y, src) in image.chunks_exact(width).enumerate() {
-            let start = (y0 + y) * grid_w + x0;
-            for (dst, &v) in canvas[start..start + width].iter_mut().zip(src) {
-                *dst = grey_to_u8(v);
-            }
-        }
-    }
-
-    super::write_atomically(path, |w| {
-        PngEncoder::new(w)
-            .write_image(&canvas, png_w, png_h, ExtendedColorType::L8)
-            .map_err(image_to_io)
-    })
+    write_grid(path, images, count, height, width, 1, cols, pad)
 }
 
 /// [`write_grid_png`] for colour images: `images` holds `count × height × width × 3` values in
@@ -134,36 +96,63 @@ pub fn write_colour_grid_png(
     cols: usize,
     pad: usize,
 ) -> Result<()> {
-    if count == 0 || cols == 0 || height == 0 || width == 0 {
+    write_grid(path, images, count, height, width, 3, cols, pad)
+}
+
+/// The grid of [`write_grid_png`] (`channels` 1, 8-bit grey) or [`write_colour_grid_png`]
+/// (`channels` 3, 8-bit RGB, values interleaved per pixel).
+#[allow(clippy::too_many_arguments)]
+fn write_grid(
+    path: &Path,
+    images: &[f32],
+    count: usize,
+    height: usize,
+    width: usize,
+    channels: usize,
+    cols: usize,
+    pad: usize,
+) -> Result<()> {
+    if count == 0 || cols == 0 {
         return Err(VaeError::Shape(format!(
-            "a colour grid needs at least one image, one column and cells of 1×1 pixels (got {count} images, \
-             {cols} columns, {height}×{width})"
+            "an image grid needs at least one image and one column (got {count} images, {cols} \
+             columns)"
         )));
     }
-    let per_image = height.checked_mul(width).and_then(|n| n.checked_mul(3));
+    if height == 0 || width == 0 {
+        return Err(VaeError::Shape(format!(
+            "grid cells must be at least 1×1 pixels (got {height}×{width})"
+        )));
+    }
+    let per_image = height.checked_mul(width).and_then(|n| n.checked_mul(channels));
     if per_image.and_then(|n| n.checked_mul(count)) != Some(images.len()) {
         return Err(VaeError::Shape(format!(
-            "{} values given for {count} colour images of {height}×{width} (3 per pixel)",
+            "{} values given for {count} images of {height}×{width} ({channels} per pixel)",
             images.len()
         )));
     }
     let (grid_w, grid_h) = grid_dims(count, height, width, cols, pad)
         .ok_or_else(|| VaeError::Shape("image grid size overflows".to_string()))?;
-    let (png_w, png_h) = png_dims(grid_w, grid_h, "a colour image grid")?;
-    let mut canvas = vec![GRID_PAD_VALUE; grid_w * grid_h * 3];
-    for (i, image) in images.chunks_exact(height * width * 3).enumerate() {
+    let (png_w, png_h) = png_dims(grid_w, grid_h, "an image grid")?;
+    let row = width * channels;
+    let mut canvas = vec![GRID_PAD_VALUE; grid_w * grid_h * channels];
+    for (i, image) in images.chunks_exact(height * row).enumerate() {
         let x0 = pad + (i % cols) * (width + pad);
         let y0 = pad + (i / cols) * (height + pad);
-        for (y, src) in image.chunks_exact(width * 3).enumerate() {
-            let start = ((y0 + y) * grid_w + x0) * 3;
-            for (dst, &v) in canvas[start..start + width * 3].iter_mut().zip(src) {
+        for (y, src) in image.chunks_exact(row).enumerate() {
+            let start = ((y0 + y) * grid_w + x0) * channels;
+            for (dst, &v) in canvas[start..start + row].iter_mut().zip(src) {
                 *dst = grey_to_u8(v);
             }
         }
     }
+    let colour = if channels == 1 {
+        ExtendedColorType::L8
+    } else {
+        ExtendedColorType::Rgb8
+    };
     super::write_atomically(path, |w| {
         PngEncoder::new(w)
-            .write_image(&canvas, png_w, png_h, ExtendedColorType::Rgb8)
+            .write_image(&canvas, png_w, png_h, colour)
             .map_err(image_to_io)
     })
 }
