@@ -388,7 +388,9 @@ pub fn read_npz(path: &Path, names: &NpzNames, layout: Option<ArrayLayout>) -> R
     let (f, _) = open(path)?;
     let mut zip = zip::ZipArchive::new(std::io::BufReader::new(f))
         .map_err(|e| VaeError::format(path, format!("not a .npz (zip) archive: {e}")))?;
-    let members: Vec<String> = zip.file_names().map(str::to_string).collect();
+    // Sorted: the archive's own listing order is not kept.
+    let mut members: Vec<String> = zip.file_names().map(str::to_string).collect();
+    members.sort();
     let has = |name: &str| members.iter().any(|m| m == &format!("{name}.npy"));
     for name in [&names.x_train, &names.x_test] {
         if !has(name) {
