@@ -240,6 +240,14 @@ mod tests {
         GrayImage::from_pixel(2, 2, image::Luma([77]))
             .save(dir.join("a/0.png"))
             .unwrap();
+        // A clock of coarse mtimes could give the same second and size: move the time on.
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+        std::fs::File::options()
+            .write(true)
+            .open(dir.join("a/0.png"))
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
         let (changed, used) = read_image_folder_cached(&dir, &opts, &cache, quiet, |_: &str| {}).unwrap();
         assert!(matches!(used, CacheUse::Written(_)), "{used:?}");
         assert!(changed.train.images.contains(&77) || changed.test.images.contains(&77));
