@@ -101,34 +101,17 @@ impl ParamArena {
     /// Allocates the four buffers; parameters from `init` (full arena length, padding zero),
     /// gradients and moments zero.
     pub fn new(gpu: &Gpu, layout: ArenaLayout, init: &[f32]) -> Result<Self> {
-        let n = layout.len();
-        if init.len() != n {
-            return Err(VaeError::Shape(format!(
-                "arena init has {} floats, layout needs {n}",
-                init.len()
-            )));
-        }
-        let zeros = vec![0.0f32; n];
-        Ok(ParamArena {
-            params: gpu.upload("arena.params", &[n], init)?,
-            grads: gpu.upload("arena.grads", &[n], &zeros)?,
-            m: gpu.upload("arena.adam_m", &[n], &zeros)?,
-            v: gpu.upload("arena.adam_v", &[n], &zeros)?,
-            health: {
-                let h = gpu.tensor("arena.health", &[4])?;
-                gpu.write_words(&h, &[ops::HEALTHY; 4])?;
-                h
-            },
-            mirrors: vec![None; layout.slots.len()],
-            layout,
-            trainable: true,
-        })
+        Self::allocate(gpu, layout, init, true)
     }
 
     /// The parameters alone, for inference: the gradients and Adam's moments are 16-byte
     /// placeholders, so the arena holds a quarter of a trainable one's bytes. Training refuses
     /// it ([`ParamArena::is_trainable`]).
     pub fn weights_only(gpu: &Gpu, layout: ArenaLayout, init: &[f32]) -> Result<Self> {
+        Self::allocate(gpu, layout, init, false)
+    }
+
+    fn allocate(gpu: &Gpu, layout: ArenaLayout, init: &[f32], trainable: bool) -> Result<Self> {
         let n = layout.len();
         if init.len() != n {
             return Err(VaeError::Shape(format!(
@@ -136,12 +119,25 @@ impl ParamArena {
                 init.len()
             )));
         }
-        let none = |name: &str| gpu.tensor(name, &[4]);
+        let zeros = vec![0.0f32; if trainable { n } else { 4 }];
+        let state = |name: &str| gpu.upload(name, &[zeros.len()], &zeros);
         Ok(ParamArena {
             params: gpu.upload("arena.params", &[n], init)?,
-            grads: none("arena.grads (weights only)")?,
-            m: none("arena.adam_m (weights only)")?,
-            v: none("arena.adam_v (weights only)")?,
+            grads: state(if trainable {
+                "arena.grads"
+            } else {
+                "arena.grads (weights only)"
+            })?,
+            m: state(if trainable {
+                "arena.adam_m"
+            } else {
+                "arena.adam_m (weights only)"
+            })?,
+            v: state(if trainable {
+                "arena.adam_v"
+            } else {
+                "arena.adam_v (weights only)"
+            })?,
             health: {
                 let h = gpu.tensor("arena.health", &[4])?;
                 gpu.write_words(&h, &[ops::HEALTHY; 4])?;
@@ -149,7 +145,7 @@ impl ParamArena {
             },
             mirrors: vec![None; layout.slots.len()],
             layout,
-            trainable: false,
+            trainable,
         })
     }
 
