@@ -133,16 +133,16 @@ impl GpuDataset {
                 self.count
             )));
         }
+        // The bytes go up as they are: four pixels per little-endian word is the layout the
+        // device reads (`dim` is a multiple of 4).
         let d = self.dim;
         let mut bytes = Vec::with_capacity(ids.len() * d);
         for &i in ids {
             bytes.extend_from_slice(&host[i as usize * d..(i as usize + 1) * d]);
         }
-        let words: Vec<u32> = bytes
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        gpu.write_words(&self.words, &words)?;
+        gpu.ctx
+            .queue
+            .write_buffer(self.words.raw(), self.words.offset(), &bytes);
         if let Some(l) = &self.labels_gpu {
             let w: Vec<u32> = ids.iter().map(|&i| self.labels[i as usize] as u32).collect();
             gpu.write_words(l, &w)?;
