@@ -32,3 +32,13 @@ fn act_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (i >= P.len4) { return; }
     out[i] = dy[i] * act_grad4(ACT, x[i], P.leaky_slope);
 }
+
+// A Gaussian decoder's means as pixel values: clamped to [0, 1] (a Bernoulli decoder's are the
+// sigmoid of its logits, act_forward with ACT 4).
+@compute @workgroup_size(64)
+fn unit_clamp(@builtin(global_invocation_id) gid: vec3<u32>) {
+    P = p;
+    let i = gid.x + gid.y * 65535u * 64u;
+    if (i >= P.len4) { return; }
+    out[i] = clamp(x[i], vec4<f32>(0.0), vec4<f32>(1.0));
+}

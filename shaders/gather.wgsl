@@ -56,6 +56,38 @@ fn gather(@builtin(global_invocation_id) gid: vec3<u32>) {
     x[b * P.x_stride4 + q] = v;
 }
 
+// The same gather from a dataset of f32 grey levels in [0, 1] (a host's own device buffer): row b
+// of the batch is example perm[batch_start + b] as it is stored, or with BINARIZE a Bernoulli
+// draw with that probability under the byte path's keys. Values holding byte·(1/255) give the
+// byte path's batch bit for bit.
+@group(0) @binding(10) var<storage, read> dataf: array<vec4<f32>>;
+
+@compute @workgroup_size(64)
+fn gather_f32(@builtin(global_invocation_id) gid: vec3<u32>) {
+    P = p;
+    S = step;
+    let i = gid.x + gid.y * 65535u * 64u;
+    if (i >= P.rows * P.d4) { return; }
+    let b = i / P.d4;
+    let q = i % P.d4;
+    let pos = S.batch_start + b;
+    var v = vec4<f32>(0.0);
+    if (pos < P.perm_len) {
+        let ex = min(perm[pos], P.count - 1u);
+        v = dataf[ex * P.d4 + q];
+    }
+    if (BINARIZE) {
+        let e = i * 4u;
+        let u = vec4<f32>(
+            rng_uniform(S.seed, S.step, BINARIZE_STREAM, e),
+            rng_uniform(S.seed, S.step, BINARIZE_STREAM, e + 1u),
+            rng_uniform(S.seed, S.step, BINARIZE_STREAM, e + 2u),
+            rng_uniform(S.seed, S.step, BINARIZE_STREAM, e + 3u));
+        v = select(vec4<f32>(0.0), vec4<f32>(1.0), u < v);
+    }
+    x[b * P.x_stride4 + q] = v;
+}
+
 // ---- class conditioning: one-hot labels after the pixels and after the latent code ----
 // x[b, D + c] = [label(b) == c] for c in 0..x_extra, and z[r, Z + c] likewise for every one of
 // the L·B decoder rows r (example r mod B); the columns past the classes are zero padding.

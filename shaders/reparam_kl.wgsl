@@ -203,3 +203,29 @@ fn sample_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (WEIGHTED) { entropy = w_sum; }
     denc[b * 2u * zd + zd + j] = select(0.0, 0.5 * g_eps * sigma - 0.5 * entropy, inside);
 }
+
+// ---- draws from the prior, for generation ----
+// z[b, j] = T·ε with HAS_P false (N(0, I) at temperature T), or z[b, j] = μ + σ·T·ε from a
+// conditional prior's rows p [B, 2Z] = [μ | log σ²] (log σ² clamped as above), ε keyed as in
+// the forward pass with sample 0 (the host's `prior_samples` and `conditional_prior_draws` draw
+// the same keys in f64). T comes in kl_scale. z rows may be wider than Z (z_stride): the
+// columns past Z (a conditional model's one-hot) are left alone.
+override HAS_P: bool = false;
+
+@compute @workgroup_size(64)
+fn prior_draw(@builtin(global_invocation_id) gid: vec3<u32>) {
+    P = p;
+    S = step;
+    let i = gid.x + gid.y * 65535u * 64u;
+    let zd = P.latent;
+    if (i >= P.batch * zd) { return; }
+    let b = i / zd;
+    let j = i % zd;
+    let e = P.kl_scale * eps_at(0u, b, j);
+    var zv = e;
+    if (HAS_P) {
+        let lv = clamp(enc[b * 2u * zd + zd + j], P.lv_min, P.lv_max);
+        zv = enc[b * 2u * zd + j] + exp(0.5 * lv) * e;
+    }
+    z[b * P.z_stride + j] = zv;
+}

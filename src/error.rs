@@ -52,6 +52,15 @@ pub enum VaeError {
         /// The budget.
         budget: u64,
     },
+    /// A host's buffer handed to the crate cannot serve as the tensor asked for (its usages,
+    /// the offset's alignment or its size).
+    #[error("the buffer given for {what}: {problem}")]
+    HostBuffer {
+        /// The tensor it was to hold, with its shape.
+        what: String,
+        /// What is wrong and what the crate needs.
+        problem: String,
+    },
     /// A wgpu validation or out-of-memory error surfaced while recording or submitting work.
     #[error("GPU error: {0}")]
     Gpu(String),

@@ -28,6 +28,7 @@ pub mod train;
 
 pub use error::{Result, VaeError};
 pub use gpu::{Dispatch, Gpu, GpuOptions, Tensor};
+pub use infer::Inference;
 pub use model::{Code, Vae, VaeConfig};
 pub use train::{Evaluator, TrainConfig, Trainer};
 pub use wgpu;

@@ -7,16 +7,29 @@ use crate::error::{Result, VaeError};
 use crate::gpu::{Dispatch, Gpu, Tensor};
 use crate::ops::{self, StepBuffer};
 
-/// A byte dataset resident on the GPU (four pixels per u32 word), with its labels on the host
-/// and, when it has labels, on the device (one u32 each, for conditional models).
+/// How a dataset's pixels are stored on the device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PixelFormat {
+    /// Bytes, four pixels per little-endian u32 word; the batch gets byte·(1/255).
+    #[default]
+    U8,
+    /// f32 grey levels in [0, 1], taken as they are.
+    F32,
+}
+
+/// A dataset resident on the GPU (bytes four per u32 word, or f32 values), with its labels on
+/// the host and, when it has labels, on the device (one u32 each, for conditional models).
 pub struct GpuDataset {
-    /// The pixels as bytes, four per u32 word, example after example.
+    /// The pixels, example after example, in `format`.
     pub words: Tensor,
+    /// How `words` holds the pixels.
+    pub format: PixelFormat,
     /// Examples.
     pub count: usize,
     /// Pixels per example (a multiple of 4).
     pub dim: usize,
-    /// One class label per example, or empty for an unlabelled dataset.
+    /// One class label per example on the host, or empty for an unlabelled dataset (and for
+    /// one made [`GpuDataset::from_device`], whose labels are on the device only).
     pub labels: Vec<u8>,
     /// The labels as u32 on the device, when there are labels.
     pub labels_gpu: Option<Tensor>,
@@ -55,6 +68,7 @@ impl GpuDataset {
         };
         Ok(GpuDataset {
             words: gpu.upload_words(label, &words)?,
+            format: PixelFormat::U8,
             count,
             dim,
             labels,
@@ -98,12 +112,55 @@ impl GpuDataset {
         };
         Ok(GpuDataset {
             words: gpu.tensor(&format!("{label}_window"), &[window * dim / 4])?,
+            format: PixelFormat::U8,
             count,
             dim,
             labels,
             labels_gpu,
             host: Some(std::sync::Arc::new(pixels)),
             window,
+        })
+    }
+
+    /// A dataset already on the device, such as a host's own buffers wrapped by
+    /// [`Gpu::wrap_buffer`]: `pixels` holds `count` examples of `dim` pixels (dim a multiple of
+    /// 4) in `format`, `labels` one u32 class per example or None. Nothing is copied; the
+    /// host keeps the contents valid while batches are gathered from them. Training on byte
+    /// values b stored as f32 b·(1/255) gives the numbers of the bytes, bit for bit.
+    pub fn from_device(
+        pixels: Tensor,
+        format: PixelFormat,
+        count: usize,
+        dim: usize,
+        labels: Option<Tensor>,
+    ) -> Result<Self> {
+        let per_word = match format {
+            PixelFormat::U8 => 4,
+            PixelFormat::F32 => 1,
+        };
+        if !dim.is_multiple_of(4) || count == 0 || pixels.len() < count * dim / per_word {
+            return Err(VaeError::Shape(format!(
+                "a device dataset of {count} examples of {dim} pixels ({format:?}) needs {} words \
+                 (count > 0, dim a multiple of 4), got a tensor of {:?}",
+                count * dim / per_word,
+                pixels.shape()
+            )));
+        }
+        if let Some(l) = labels.as_ref().filter(|l| l.len() < count) {
+            return Err(VaeError::Shape(format!(
+                "{count} examples need one u32 label each, got a tensor of {:?}",
+                l.shape()
+            )));
+        }
+        Ok(GpuDataset {
+            words: pixels,
+            format,
+            count,
+            dim,
+            labels: Vec::new(),
+            labels_gpu: labels,
+            host: None,
+            window: count,
         })
     }
 
@@ -171,7 +228,11 @@ impl BatchSource for ResidentBatches<'_> {
 
     fn plan_gather(&self, gpu: &Gpu, step: &StepBuffer, x: &Tensor, binarize: bool) -> Result<Dispatch> {
         let d = self.data;
-        ops::gather(gpu, "gather", step, &d.words, d.window, d.dim, self.order, x, binarize)
+        let gather = match d.format {
+            PixelFormat::U8 => ops::gather,
+            PixelFormat::F32 => ops::gather_f32,
+        };
+        gather(gpu, "gather", step, &d.words, d.window, d.dim, self.order, x, binarize)
     }
 
     fn plan_labels(

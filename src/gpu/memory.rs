@@ -36,13 +36,14 @@ pub struct DeviceMemory {
     max_buffer: u64,
 }
 
-/// One device buffer with its accounting; pooled buffers go back to the pool when dropped.
+/// One device buffer with its accounting; pooled buffers go back to the pool when dropped. A
+/// host's own buffer ([`GpuBuffer::external`]) has no accounting: the crate never frees it.
 pub struct GpuBuffer {
     raw: wgpu::Buffer,
     bytes: u64,
     usage: wgpu::BufferUsages,
     pooled: bool,
-    ledger: Arc<Mutex<Ledger>>,
+    ledger: Option<Arc<Mutex<Ledger>>>,
 }
 
 impl GpuBuffer {
@@ -54,11 +55,30 @@ impl GpuBuffer {
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
+    /// A host's buffer, outside the ledger: dropping it drops this handle's reference only
+    /// (wgpu frees the buffer with its last one, which the host holds).
+    pub fn external(raw: wgpu::Buffer) -> Self {
+        GpuBuffer {
+            bytes: raw.size(),
+            usage: raw.usage(),
+            raw,
+            pooled: false,
+            ledger: None,
+        }
+    }
+    /// Whether the buffer is a host's ([`GpuBuffer::external`]).
+    pub fn is_external(&self) -> bool {
+        self.ledger.is_none()
+    }
+    /// The usages it was created with.
+    pub fn usage(&self) -> wgpu::BufferUsages {
+        self.usage
+    }
 }
 
 impl Drop for GpuBuffer {
     fn drop(&mut self) {
-        let Ok(mut l) = self.ledger.lock() else {
+        let Some(Ok(mut l)) = self.ledger.as_ref().map(|l| l.lock()) else {
             return;
         };
         if self.pooled {
@@ -182,7 +202,7 @@ impl DeviceMemory {
             bytes,
             usage,
             pooled: false,
-            ledger: self.ledger.clone(),
+            ledger: Some(self.ledger.clone()),
         }))
     }
 
@@ -202,7 +222,7 @@ impl DeviceMemory {
                     bytes,
                     usage,
                     pooled: true,
-                    ledger: self.ledger.clone(),
+                    ledger: Some(self.ledger.clone()),
                 }));
             }
         }
@@ -212,7 +232,7 @@ impl DeviceMemory {
             bytes,
             usage,
             pooled: true,
-            ledger: self.ledger.clone(),
+            ledger: Some(self.ledger.clone()),
         }))
     }
 

@@ -222,6 +222,51 @@ impl Gpu {
         Ok(Tensor::view(self.memory.alloc(label, bytes, TENSOR_USAGE)?, 0, shape))
     }
 
+    /// A host's buffer as a tensor of `shape` from byte `offset` on, with no copy and no
+    /// allocation; `what` names it in errors. The buffer must belong to this device, have
+    /// `STORAGE` usage (no other: the crate reads and writes it from kernels, never by copy),
+    /// an offset that is a multiple of the device's `min_storage_buffer_offset_alignment`, and
+    /// room for the tensor's 4-byte elements (at least 16 bytes) from the offset on. The tensor
+    /// holds a reference to the buffer, never frees it and is outside
+    /// the ledger's counts ([`DeviceMemory::stats`]).
+    pub fn wrap_buffer(&self, what: &str, buffer: &wgpu::Buffer, offset: u64, shape: &[usize]) -> Result<Tensor> {
+        let what = format!("{what} {shape:?}");
+        let fail = |problem: String| VaeError::HostBuffer {
+            what: what.clone(),
+            problem,
+        };
+        if shape.is_empty() || shape.contains(&0) {
+            return Err(fail("a tensor needs a shape with no zero dimension".into()));
+        }
+        if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
+            return Err(fail(format!(
+                "its usages {:?} lack STORAGE, which every buffer the crate reads or writes needs",
+                buffer.usage()
+            )));
+        }
+        let align = self.ctx.device.limits().min_storage_buffer_offset_alignment as u64;
+        if !offset.is_multiple_of(align) {
+            return Err(fail(format!(
+                "offset {offset} is not a multiple of the device's min_storage_buffer_offset_alignment, {align}"
+            )));
+        }
+        let bytes = tensor_bytes(&what, shape)?;
+        let need = offset.saturating_add(bytes.max(16));
+        if need > buffer.size() {
+            return Err(fail(format!(
+                "it holds {} bytes; the tensor needs {need} (offset {offset}, then {bytes} bytes of 4-byte \
+                 elements, at least 16)",
+                buffer.size()
+            )));
+        }
+        self.memory.check(&what, bytes, wgpu::BufferUsages::STORAGE)?;
+        Ok(Tensor::view(
+            Arc::new(GpuBuffer::external(buffer.clone())),
+            offset,
+            shape,
+        ))
+    }
+
     /// A transient tensor from the pool; its buffer returns to the pool when the last view drops.
     pub fn tensor_pooled(&self, label: &str, shape: &[usize]) -> Result<Tensor> {
         let bytes = tensor_bytes(label, shape)?;

@@ -185,6 +185,28 @@ pub trait Latent: Send + Sync {
             "a conditional prior p(z1|z2) needs a hierarchical VAE (Code::Hierarchical)".into(),
         ))
     }
+    /// Plans draws from the prior on the device into the first Z columns of the decoder's
+    /// rows `z` [n, Z'], the noise scaled by `temperature` and keyed by `step` (seed, step 0,
+    /// [`crate::rng::STREAM_SAMPLE`]) as [`Latent::sample_prior`] keys it; `labels` (one u32
+    /// per row, read through `order`) for a conditional prior. Scratch tensors live as long
+    /// as the returned dispatches.
+    #[allow(clippy::too_many_arguments)]
+    fn plan_prior_draws(
+        &self,
+        _gpu: &Gpu,
+        _arena: &ParamArena,
+        _step: &StepBuffer,
+        _temperature: f32,
+        _labels: Option<&Tensor>,
+        _order: &Tensor,
+        _z: &Tensor,
+    ) -> Result<Vec<Dispatch>> {
+        Err(crate::VaeError::Config(
+            "this model's code has no prior to sample from (an autoencoder's code is deterministic, a \
+             VQ-VAE's prior is not modelled)"
+                .into(),
+        ))
+    }
     /// Its workspace; its terms are declared in `terms`. A training workspace may reset the
     /// block's own optimizer state in `arena`: a codebook trained by moving averages gets its
     /// gradient and Adam moments cleared, so that Adam leaves it alone.

@@ -133,3 +133,29 @@ fn plan(
     let bytes = 4.0 * x.len() as f64 * if entry == "act_backward" { 3.0 } else { 2.0 };
     gpu.dispatch(label, pipeline, &res, Some(ubuf.clone()), grid_1d(len4, 64), 0.0, bytes)
 }
+
+/// Plans a decoder's output `out` as pixel means in `means` (the same shape, a multiple of 4
+/// elements): the sigmoid of a Bernoulli decoder's logits, a Gaussian decoder's means clamped
+/// to [0, 1]. The device-side counterpart of [`crate::infer::mean_image`].
+pub fn pixel_means(
+    gpu: &Gpu,
+    label: &str,
+    likelihood: crate::ops::Likelihood,
+    out: &Tensor,
+    means: &Tensor,
+) -> Result<Dispatch> {
+    check_len(label, out, means)?;
+    match likelihood {
+        crate::ops::Likelihood::Bernoulli => activation_forward(gpu, label, Activation::Sigmoid, 0.0, out, means),
+        _ => plan(
+            gpu,
+            label,
+            "unit_clamp",
+            Activation::Identity,
+            0.0,
+            out,
+            gpu.dummy_read(),
+            means,
+        ),
+    }
+}

@@ -32,30 +32,68 @@ pub fn gather(
     x: &Tensor,
     binarize: bool,
 ) -> Result<Dispatch> {
+    gather_entry(gpu, label, step, data, false, count, dim, perm, x, binarize)
+}
+
+/// [`gather`] from a dataset of f32 grey levels in [0, 1] (`data` holds `count` examples of
+/// `dim` values, dim a multiple of 4), copied as they are or binarized with the byte path's
+/// keys. byte·(1/255) in `data` gives [`gather`]'s batch bit for bit.
+#[allow(clippy::too_many_arguments)]
+pub fn gather_f32(
+    gpu: &Gpu,
+    label: &str,
+    step: &StepBuffer,
+    data: &Tensor,
+    count: usize,
+    dim: usize,
+    perm: &Tensor,
+    x: &Tensor,
+    binarize: bool,
+) -> Result<Dispatch> {
+    gather_entry(gpu, label, step, data, true, count, dim, perm, x, binarize)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gather_entry(
+    gpu: &Gpu,
+    label: &str,
+    step: &StepBuffer,
+    data: &Tensor,
+    f32_data: bool,
+    count: usize,
+    dim: usize,
+    perm: &Tensor,
+    x: &Tensor,
+    binarize: bool,
+) -> Result<Dispatch> {
     let d = dim;
+    // Words per example: four bytes or one f32 per word.
+    let per_word = if f32_data { 1 } else { 4 };
     let [rows, width] = *x.shape() else {
         return Err(VaeError::Shape(format!(
             "{label}: batch must be [B, D], got {:?}",
             x.shape()
         )));
     };
-    if !d.is_multiple_of(4) || width % 4 != 0 || width < d || count == 0 || data.len() < count * d / 4 {
+    if !d.is_multiple_of(4) || width % 4 != 0 || width < d || count == 0 || data.len() < count * d / per_word {
         return Err(VaeError::Shape(format!(
             "{label}: example size {d} and batch row width {width} must be multiples of 4 (width ≥ size) \
              and the data must hold {count} examples ({} words), got {} words",
-            count * d / 4,
+            count * d / per_word,
             data.len()
         )));
     }
+    let data_binding = if f32_data { 10 } else { 2 };
     let layout = [
         uniform(0),
         uniform(1),
-        storage(2, true),
+        storage(data_binding, true),
         storage(3, true),
         storage(4, false),
     ];
     let constants = [("BINARIZE", if binarize { 1.0 } else { 0.0 })];
-    let pipeline = gpu.kernels.pipeline(Shader::Gather, "gather", &constants, &layout)?;
+    let entry = if f32_data { "gather_f32" } else { "gather" };
+    let pipeline = gpu.kernels.pipeline(Shader::Gather, entry, &constants, &layout)?;
     let raw = GatherParams {
         rows: rows as u32,
         d4: (d / 4) as u32,
@@ -66,20 +104,21 @@ pub fn gather(
     };
     let ubuf = gpu.uniform(label, &raw)?;
     let res = [
-        ubuf.raw().as_entire_binding(),
-        step.binding(),
-        data.binding(),
-        perm.binding(),
-        x.binding(),
+        (0, ubuf.raw().as_entire_binding()),
+        (1, step.binding()),
+        (data_binding, data.binding()),
+        (3, perm.binding()),
+        (4, x.binding()),
     ];
-    gpu.dispatch(
+    gpu.dispatch_bound(
         label,
         pipeline,
         &res,
         Some(ubuf.clone()),
         grid_1d(rows * d / 4, 64),
         0.0,
-        5.0 * (rows * d) as f64,
+        // Read one byte or one f32 per pixel, write one f32.
+        (rows * d * (4 + if f32_data { 4 } else { 1 })) as f64,
     )
 }
 

@@ -481,6 +481,63 @@ pub fn sample_backward(
     )
 }
 
+/// Plans draws from the prior for generation into the first `latent` columns of `z` [B, Z']:
+/// z = T·ε (N(0, I) at `temperature` T) when `p` is None, else z = μ + σ·T·ε from a
+/// conditional prior's rows `p` [B, 2Z] = [μ | log σ²]. ε is keyed by the step's seed, step
+/// and stream with sample index `sample_base` and element b·Z + j, the keys the host's
+/// [`crate::infer::prior_samples`] and [`crate::infer::conditional_prior_draws`] use.
+#[allow(clippy::too_many_arguments)]
+pub fn prior_draw(
+    gpu: &Gpu,
+    label: &str,
+    step: &StepBuffer,
+    p: Option<&Tensor>,
+    latent: usize,
+    temperature: f32,
+    sample_base: u32,
+    z: &Tensor,
+) -> Result<Dispatch> {
+    let [b, width] = *z.shape() else {
+        return Err(VaeError::Shape(format!(
+            "{label}: z must be [B, Z'], got {:?}",
+            z.shape()
+        )));
+    };
+    if latent == 0 || width < latent || p.is_some_and(|p| p.shape() != [b, 2 * latent]) {
+        return Err(VaeError::Shape(format!(
+            "{label}: {latent} latent columns in z {:?}, with the prior's rows {:?} = [B, 2Z]",
+            z.shape(),
+            p.map(|p| p.shape().to_vec())
+        )));
+    }
+    if !temperature.is_finite() || temperature < 0.0 {
+        return Err(VaeError::Config(format!(
+            "{label}: the temperature must be finite and ≥ 0, got {temperature}"
+        )));
+    }
+    let constants = [("HAS_P", if p.is_some() { 1.0 } else { 0.0 })];
+    let layout = [uniform(0), uniform(1), storage(2, true), storage(3, false)];
+    let pipeline = gpu
+        .kernels
+        .pipeline(Shader::ReparamKl, "prior_draw", &constants, &layout)?;
+    let ubuf = params(gpu, label, b, latent, 1, width, sample_base, temperature)?;
+    let res = [
+        (0, ubuf.raw().as_entire_binding()),
+        (1, step.binding()),
+        (2, p.unwrap_or(gpu.dummy_read()).binding()),
+        (3, z.binding()),
+    ];
+    gpu.dispatch_bound(
+        label,
+        pipeline,
+        &res,
+        Some(ubuf.clone()),
+        grid_1d((b * latent).max(1), 64),
+        0.0,
+        4.0 * (if p.is_some() { 3 } else { 1 } * b * latent) as f64,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,6 @@ use super::{strip_columns, CodeUsage, ElboStats};
 use crate::data::GpuDataset;
 use crate::error::{Result, VaeError};
 use crate::gpu::{Dispatch, Gpu, Tensor};
-use crate::infer::mean_image;
 use crate::model::block::WorkspaceSpec;
 use crate::model::inputs::Inputs;
 use crate::model::step::{plan_encode, plan_step};
@@ -368,7 +367,16 @@ impl<'g> Evaluator<'g> {
             binarize: false,
             denoise: 0.0,
         };
-        let plan = plan_step(self.gpu, vae, &ws, n, &inputs, &self.step_buf, &log, None)?;
+        let mut plan = plan_step(self.gpu, vae, &ws, n, &inputs, &self.step_buf, &log, None)?;
+        // The pixel means on the device, as `Inference` computes them.
+        let means = self.gpu.tensor("recon_means", &[n, vae.config.input_dim])?;
+        plan.push(ops::pixel_means(
+            self.gpu,
+            "pixel_means",
+            vae.config.likelihood,
+            &ws.out.reshape_prefix(&[n, vae.config.input_dim]),
+            &means,
+        )?);
         self.write_step(seed, 0, 0);
         self.gpu.run(&plan.iter().collect::<Vec<_>>())?;
         let x = strip_columns(
@@ -376,8 +384,7 @@ impl<'g> Evaluator<'g> {
             vae.config.enc_input_dim(),
             vae.config.input_dim,
         );
-        let out = self.gpu.read(&ws.out)?;
-        Ok((x, mean_image(vae.config.likelihood, &out)))
+        Ok((x, self.gpu.read(&means)?))
     }
 
     /// The posterior means μ(x) of every example (an autoencoder: its codes), n·Z values in

@@ -5,6 +5,7 @@
 mod common;
 mod conv;
 mod conv_model;
+mod embed;
 mod family;
 mod fixtures;
 mod iwae;

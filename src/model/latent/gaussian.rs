@@ -9,7 +9,7 @@ use crate::model::block::{Ctx, Latent, LatentWorkspace, WorkspaceSpec};
 use crate::model::terms::{TermId, TermKind, TermLayout, TermRows, TermSpec};
 use crate::model::VaeConfig;
 use crate::nn::{Linear, ParamArena};
-use crate::ops;
+use crate::ops::{self, StepBuffer};
 use crate::rng;
 
 /// A Gaussian posterior of `latent` dimensions with a standard normal prior.
@@ -43,6 +43,28 @@ impl Latent for GaussianLatent {
         _labels: Option<&[u8]>,
     ) -> Result<Vec<f32>> {
         Ok(standard_normals(seed, n, self.latent, temperature))
+    }
+
+    fn plan_prior_draws(
+        &self,
+        gpu: &Gpu,
+        _arena: &ParamArena,
+        step: &StepBuffer,
+        temperature: f32,
+        _labels: Option<&Tensor>,
+        _order: &Tensor,
+        z: &Tensor,
+    ) -> Result<Vec<Dispatch>> {
+        Ok(vec![ops::prior_draw(
+            gpu,
+            "prior.z1",
+            step,
+            None,
+            self.latent,
+            temperature,
+            0,
+            z,
+        )?])
     }
 
     fn workspace(

@@ -19,7 +19,7 @@ use crate::model::block::{rows, Ctx, Latent, LatentWorkspace, WorkspaceSpec};
 use crate::model::terms::{TermId, TermKind, TermLayout, TermRows, TermSpec};
 use crate::model::{TopLatent, VaeConfig};
 use crate::nn::{ArenaLayout, Layer, Linear, ParamArena};
-use crate::ops::{self, Activation};
+use crate::ops::{self, Activation, StepBuffer};
 use crate::rng;
 
 /// An upper layer's network: hidden layers `{prefix}.0`, `{prefix}.1`, … with the model's
@@ -314,6 +314,84 @@ impl Latent for Hierarchy {
         let top = self.top.last().map_or(0, |t| t.latent);
         let z = super::gaussian::standard_normals(seed, n, top, temperature);
         self.draw_down(gpu, arena, &z, labels, seed, temperature)
+    }
+
+    fn plan_prior_draws(
+        &self,
+        gpu: &Gpu,
+        arena: &ParamArena,
+        step: &StepBuffer,
+        temperature: f32,
+        labels: Option<&Tensor>,
+        order: &Tensor,
+        z: &Tensor,
+    ) -> Result<Vec<Dispatch>> {
+        let (Some(t), Some(&width)) = (self.top.last(), self.input_dims.last()) else {
+            return Err(VaeError::Config("a hierarchy needs a layer above z1".into()));
+        };
+        if (self.classes > 0) != labels.is_some() {
+            return Err(VaeError::Config(format!(
+                "a hierarchy with {} classes draws from its priors with {} labels",
+                self.classes,
+                if labels.is_some() { "no" } else { "one u32 per row of" }
+            )));
+        }
+        let n = z.shape()[0];
+        // The topmost layer from N(0, I), keyed as `sample_prior`'s host draws.
+        let mut above = gpu.tensor("prior.z_top", &[n, width])?;
+        let mut d = vec![ops::prior_draw(
+            gpu,
+            "prior.top",
+            step,
+            None,
+            t.latent,
+            temperature,
+            0,
+            &above,
+        )?];
+        for i in (0..self.top.len()).rev() {
+            // `above` holds z_{i+2}'s rows; draw z_{i+1} from p(z_{i+1}|z_{i+2}) as `draw_down`
+            // does, into the next layer's rows (or, for z₁, the decoder's).
+            let (t, zd) = (&self.top[i], self.below_latents[i]);
+            if let Some(labels) = labels {
+                let x = gpu.dummy_write().reshape_prefix(&[n, 0]);
+                d.push(ops::condition(
+                    gpu,
+                    "prior.condition",
+                    step,
+                    labels,
+                    order,
+                    &x,
+                    0,
+                    &above,
+                    t.latent,
+                )?);
+            }
+            let hidden: Vec<Tensor> = t
+                .hidden
+                .iter()
+                .map(|&h| gpu.tensor("prior_hidden", &[n, h]))
+                .collect::<Result<_>>()?;
+            let p_out = gpu.tensor("p_below", &[n, 2 * zd])?;
+            d.extend(self.layers[i].plan_prior(gpu, arena, &above, &hidden, &p_out)?);
+            let below = if i == 0 {
+                z.clone()
+            } else {
+                gpu.tensor("prior.z_below", &[n, self.input_dims[i - 1]])?
+            };
+            d.push(ops::prior_draw(
+                gpu,
+                "prior.below",
+                step,
+                Some(&p_out),
+                zd,
+                temperature,
+                i as u32 + 1,
+                &below,
+            )?);
+            above = below;
+        }
+        Ok(d)
     }
 
     /// Each layer z_k below the top from p(z_k|z_{k+1}) (p(z_k|z_{k+1}, y) with one label per

@@ -1,13 +1,16 @@
-//! Inference on host vectors: decoding latent codes into images, and drawing codes from the
-//! model's prior. Each call runs its own small plan and reads its result back.
+//! Inference: [`Inference`] records encode, decode, reconstruct and prior draws into a
+//! caller's command encoder over device buffers; the functions here are host-vector
+//! conveniences (decoding codes into images, drawing codes from the model's prior), each
+//! running its own small plan and reading its result back.
+
+mod device;
+
+pub use device::{Inference, MAX_CACHED_PLANS};
 
 use crate::error::{Result, VaeError};
 use crate::gpu::Gpu;
-use crate::model::block::{Ctx, WorkspaceSpec};
-use crate::model::inputs::labelled_rows;
-use crate::model::terms::TermLayout;
 use crate::model::Vae;
-use crate::ops::{Likelihood, StepBuffer};
+use crate::ops::Likelihood;
 
 /// Decodes latent codes `z` (n·Z values) into decoder means. A conditional model needs
 /// [`decode_conditional`].
@@ -16,10 +19,10 @@ pub fn decode(gpu: &Gpu, vae: &Vae, z: &[f32]) -> Result<Vec<f32>> {
 }
 
 /// Decodes latent codes `z` (n·Z values) into decoder means, each conditioned on its class in
-/// `labels` (n values) for a conditional model; `labels` must be None for other models.
+/// `labels` (n values) for a conditional model; `labels` must be None for other models. The
+/// host side of [`Inference::record_decode`]: the same plan and kernels, so the same bits.
 pub fn decode_conditional(gpu: &Gpu, vae: &Vae, z: &[f32], labels: Option<&[u8]>) -> Result<Vec<f32>> {
-    let cfg = &vae.config;
-    let zd = cfg.latent;
+    let zd = vae.config.latent;
     if z.is_empty() || !z.len().is_multiple_of(zd) {
         return Err(VaeError::Shape(format!(
             "{} latent values are not a whole number of {zd}-vectors",
@@ -27,27 +30,17 @@ pub fn decode_conditional(gpu: &Gpu, vae: &Vae, z: &[f32], labels: Option<&[u8]>
         )));
     }
     let n = z.len() / zd;
-    let width = cfg.dec_input_dim();
     check_rows(gpu, vae, n)?;
-    let rows = labelled_rows(cfg.classes, z, zd, width, labels, "decodes")?;
-    let zt = gpu.upload("z", &[n, width], &rows)?;
-    let out = gpu.tensor("decoded", &[n, cfg.input_dim])?;
-    let spec = WorkspaceSpec::eval(n, 1);
-    let mut terms = TermLayout::new(n, 1);
-    let ws = vae.decoder.workspace(gpu, &spec, n, &mut terms)?;
-    let (terms, step) = (terms.allocate(gpu)?, StepBuffer::new(gpu)?);
-    let c = Ctx {
-        gpu,
-        arena: &vae.arena,
-        step: &step,
-        terms: &terms,
-        b: n,
-        samples: 1,
-        weights: None,
-    };
-    let plan = ws.forward(&c, &zt, &out)?;
-    gpu.run(&plan.iter().collect::<Vec<_>>())?;
-    Ok(mean_image(cfg.likelihood, &gpu.read(&out)?))
+    let labels: Option<Vec<u32>> = labels.map(|l| l.iter().map(|&c| c as u32).collect());
+    match (vae.config.classes, &labels) {
+        (0, Some(_)) => Err(VaeError::Config(
+            "labels given, but the model is not conditional".into(),
+        )),
+        (c, None) if c > 0 => Err(VaeError::Config(
+            "a conditional model decodes with a class label per code".into(),
+        )),
+        _ => Inference::new(gpu, vae)?.decode(z, labels.as_deref()),
+    }
 }
 
 /// Draws `n` latent codes from the prior N(0, I) scaled by `temperature` (host-side, from the

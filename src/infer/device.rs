@@ -1,0 +1,542 @@
+//! Inference on device buffers: encode, decode, reconstruct and draw from the prior, recorded
+//! into the caller's command encoder, reading from and writing to the caller's buffers (or any
+//! [`Tensor`]). Nothing is read back and nothing is submitted; the host-vector methods at the
+//! end are these plans with an upload before and one readback after.
+
+use std::collections::{hash_map, HashMap};
+
+use crate::data::{GpuDataset, PixelFormat};
+use crate::error::{Result, VaeError};
+use crate::gpu::{Dispatch, Gpu, Tensor};
+use crate::model::block::{rows, WorkspaceSpec};
+use crate::model::inputs::Inputs;
+use crate::model::step::{plan_decode, plan_encode, plan_reconstruct};
+use crate::model::workspace::Workspace;
+use crate::model::Vae;
+use crate::ops::{self, StepBuffer, StepParams};
+use crate::rng;
+
+/// Plans kept before the cache is emptied (each holds bind groups over the buffers it was
+/// recorded with, and so keeps them alive).
+pub const MAX_CACHED_PLANS: usize = 64;
+
+/// Inference for one model on device buffers. Every `record_*` method validates its tensors,
+/// fetches (or builds and caches) the plan for its batch size and buffers, and records it into
+/// the caller's encoder: no submit, no readback, no `device.poll`.
+///
+/// Inputs are f32: images [n, D] in [0, 1] (D = [`crate::VaeConfig::input_dim`]), latent
+/// codes [n, Z], and for a conditional model one u32 class per row (a class at or beyond the
+/// model's count gives an all-zero one-hot). Outputs are posterior means [n, Z] and pixel
+/// means [n, D] (the sigmoid of a Bernoulli decoder's logits, a Gaussian decoder's means
+/// clamped to [0, 1]). Wrap a host's `wgpu::Buffer` with [`Gpu::wrap_buffer`]: the only
+/// usage it needs is `STORAGE`, inputs and outputs alike (kernels read and write it; it is
+/// never a copy's source or destination).
+///
+/// Buffers: per batch size n, one evaluation workspace (the model's activations for n rows)
+/// and the host methods' staging tensors, held until the `Inference` drops; per plan, its
+/// uniforms and bind groups, which keep the buffers they bind alive until the plan leaves the
+/// cache ([`Inference::clear_plans`], or once [`MAX_CACHED_PLANS`] are held).
+pub struct Inference<'a> {
+    gpu: &'a Gpu,
+    vae: &'a Vae,
+    /// batch_start 0, seed 0: the deterministic plans' step uniform.
+    step: StepBuffer,
+    sizes: HashMap<usize, Batch>,
+    plans: HashMap<PlanKey, Plan>,
+}
+
+/// What the plans for one batch size share.
+struct Batch {
+    ws: Workspace,
+    /// 0..n, the order the batch source reads the caller's rows in.
+    order: Tensor,
+    /// Staging tensors of the host methods, made on first use.
+    staging: HashMap<&'static str, Tensor>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Entry {
+    Encode,
+    Decode,
+    Reconstruct { seed: u64 },
+    SamplePrior { seed: u64, temperature: u32 },
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct PlanKey {
+    entry: Entry,
+    n: usize,
+    /// The caller's tensors by buffer and offset: a plan's bind groups are over these.
+    buffers: Vec<(wgpu::Buffer, u64)>,
+}
+
+struct Plan {
+    dispatches: Vec<Dispatch>,
+    /// A seeded plan's own step uniform (written once), so that plans with different seeds
+    /// may be recorded into one encoder.
+    _step: Option<StepBuffer>,
+}
+
+impl<'a> Inference<'a> {
+    /// Inference for `vae` on `gpu` (the model may be weights-only:
+    /// [`Vae::load_weights_only`]).
+    pub fn new(gpu: &'a Gpu, vae: &'a Vae) -> Result<Self> {
+        let step = StepBuffer::new(gpu)?;
+        step.write(gpu, &StepParams::default());
+        Ok(Inference {
+            gpu,
+            vae,
+            step,
+            sizes: HashMap::new(),
+            plans: HashMap::new(),
+        })
+    }
+
+    /// The model.
+    pub fn vae(&self) -> &Vae {
+        self.vae
+    }
+
+    /// Plans held in the cache.
+    pub fn plans_cached(&self) -> usize {
+        self.plans.len()
+    }
+
+    /// Drops every cached plan (and with them the bind groups over the caller's buffers);
+    /// the workspaces stay.
+    pub fn clear_plans(&mut self) {
+        self.plans.clear();
+    }
+
+    /// Records the posterior means μ(x) [n, Z] of images `x` [n, D] into `means` (an
+    /// autoencoder's or VQ-VAE's encoder output: its code before quantization; a hierarchical
+    /// VAE's: μ₁). `labels` [n] u32 for a conditional model, else None.
+    pub fn record_encode(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        labels: Option<&Tensor>,
+        means: &Tensor,
+    ) -> Result<()> {
+        let n = self.rows_of("record_encode", "x", x, self.vae.config.input_dim)?;
+        self.check_labels("record_encode", labels, n)?;
+        self.check("record_encode", "means", means, n, self.vae.config.latent)?;
+        let key = self.key(Entry::Encode, n, &[Some(x), labels, Some(means)]);
+        self.record(encoder, key, |me, s| {
+            let (source, batch) = me.source(s, n, x, labels)?;
+            let batches = source.batches(&batch.order);
+            let inputs = Inputs {
+                source: &batches,
+                binarize: false,
+                denoise: 0.0,
+            };
+            let (mut d, _) = plan_encode(me.gpu, me.vae, &batch.ws, n, &inputs, &me.step)?;
+            d.push(ops::copy_columns(
+                me.gpu,
+                "encode.means",
+                &rows(&batch.ws.enc, n),
+                means,
+                me.vae.config.latent,
+            )?);
+            Ok((d, None))
+        })
+    }
+
+    /// Records the decoder's pixel means [n, D] of latent codes `z` [n, Z] into `images`.
+    /// `labels` [n] u32 for a conditional model, else None.
+    pub fn record_decode(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        z: &Tensor,
+        labels: Option<&Tensor>,
+        images: &Tensor,
+    ) -> Result<()> {
+        let cfg = &self.vae.config;
+        let n = self.rows_of("record_decode", "z", z, cfg.latent)?;
+        self.check_labels("record_decode", labels, n)?;
+        self.check("record_decode", "images", images, n, cfg.input_dim)?;
+        let key = self.key(Entry::Decode, n, &[Some(z), labels, Some(images)]);
+        self.record(encoder, key, |me, s| {
+            let batch = me.batch(s, n)?;
+            let zr = rows(&batch.ws.z, n);
+            let mut d = vec![ops::copy_columns(me.gpu, "decode.z", z, &zr, me.vae.config.latent)?];
+            d.extend(me.condition_rows(batch, labels, &zr, &me.step)?);
+            d.extend(ops::refresh_mirror("decode.z", &zr));
+            d.extend(plan_decode(me.gpu, me.vae, &batch.ws, n, &me.step)?);
+            d.push(me.pixel_means(batch, n, images)?);
+            Ok((d, None))
+        })
+    }
+
+    /// Records reconstructions of images `x` [n, D] (encoder, one draw of z keyed by `seed`
+    /// as [`crate::Evaluator::reconstruct_examples`] keys it, decoder) as pixel means into
+    /// `images` [n, D]. `labels` [n] u32 for a conditional model, else None.
+    pub fn record_reconstruct(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        x: &Tensor,
+        labels: Option<&Tensor>,
+        seed: u64,
+        images: &Tensor,
+    ) -> Result<()> {
+        let d_in = self.vae.config.input_dim;
+        let n = self.rows_of("record_reconstruct", "x", x, d_in)?;
+        self.check_labels("record_reconstruct", labels, n)?;
+        self.check("record_reconstruct", "images", images, n, d_in)?;
+        let key = self.key(Entry::Reconstruct { seed }, n, &[Some(x), labels, Some(images)]);
+        self.record(encoder, key, |me, s| {
+            let step = me.seeded_step(seed, rng::STREAM_EVAL)?;
+            let (source, batch) = me.source(s, n, x, labels)?;
+            let batches = source.batches(&batch.order);
+            let inputs = Inputs {
+                source: &batches,
+                binarize: false,
+                denoise: 0.0,
+            };
+            let mut d = plan_reconstruct(me.gpu, me.vae, &batch.ws, n, &inputs, &step)?;
+            d.push(me.pixel_means(batch, n, images)?);
+            Ok((d, Some(step)))
+        })
+    }
+
+    /// Records `images.shape()[0]` draws from the model's prior, decoded into pixel means
+    /// `images` [n, D]: z from N(0, I) (a hierarchy: its top layer, then each layer below from
+    /// its conditional prior), the noise scaled by `temperature`, keyed by `seed` as
+    /// [`crate::infer::prior_latents`] keys it (the same draws, up to f32 rounding). `labels`
+    /// [n] u32 for a conditional model, else None. An autoencoder or VQ-VAE has no prior: an
+    /// error.
+    pub fn record_sample_prior(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        seed: u64,
+        temperature: f32,
+        labels: Option<&Tensor>,
+        images: &Tensor,
+    ) -> Result<()> {
+        let n = self.rows_of("record_sample_prior", "images", images, self.vae.config.input_dim)?;
+        self.check_labels("record_sample_prior", labels, n)?;
+        let entry = Entry::SamplePrior {
+            seed,
+            temperature: temperature.to_bits(),
+        };
+        let key = self.key(entry, n, &[labels, Some(images)]);
+        self.record(encoder, key, |me, s| {
+            let step = me.seeded_step(seed, rng::STREAM_SAMPLE)?;
+            let batch = me.batch(s, n)?;
+            let zr = rows(&batch.ws.z, n);
+            let mut d =
+                me.vae
+                    .latent
+                    .plan_prior_draws(me.gpu, &me.vae.arena, &step, temperature, labels, &batch.order, &zr)?;
+            d.extend(me.condition_rows(batch, labels, &zr, &step)?);
+            d.extend(ops::refresh_mirror("sample.z", &zr));
+            d.extend(plan_decode(me.gpu, me.vae, &batch.ws, n, &step)?);
+            d.push(me.pixel_means(batch, n, images)?);
+            Ok((d, Some(step)))
+        })
+    }
+
+    /// Posterior means of host images `x` (n·D values), n·Z values: [`Inference::record_encode`]
+    /// with one upload and one readback.
+    pub fn encode(&mut self, x: &[f32], labels: Option<&[u32]>) -> Result<Vec<f32>> {
+        let cfg = &self.vae.config;
+        let n = whole_rows("encode", "image values", x.len(), cfg.input_dim)?;
+        let (xt, lt, out) = self.staged(n, Some(("x", cfg.input_dim, x)), labels, ("means", cfg.latent))?;
+        self.run(|me, enc| me.record_encode(enc, &xt, lt.as_ref(), &out), &out)
+    }
+
+    /// Pixel means of host latent codes `z` (n·Z values), n·D values:
+    /// [`Inference::record_decode`] with one upload and one readback.
+    pub fn decode(&mut self, z: &[f32], labels: Option<&[u32]>) -> Result<Vec<f32>> {
+        let cfg = &self.vae.config;
+        let n = whole_rows("decode", "latent values", z.len(), cfg.latent)?;
+        let (zt, lt, out) = self.staged(n, Some(("z", cfg.latent, z)), labels, ("images", cfg.input_dim))?;
+        self.run(|me, enc| me.record_decode(enc, &zt, lt.as_ref(), &out), &out)
+    }
+
+    /// Reconstructions of host images `x` (n·D values), n·D values:
+    /// [`Inference::record_reconstruct`] with one upload and one readback.
+    pub fn reconstruct(&mut self, x: &[f32], labels: Option<&[u32]>, seed: u64) -> Result<Vec<f32>> {
+        let cfg = &self.vae.config;
+        let n = whole_rows("reconstruct", "image values", x.len(), cfg.input_dim)?;
+        let (xt, lt, out) = self.staged(n, Some(("x", cfg.input_dim, x)), labels, ("images", cfg.input_dim))?;
+        self.run(|me, enc| me.record_reconstruct(enc, &xt, lt.as_ref(), seed, &out), &out)
+    }
+
+    /// `n` images drawn from the prior, n·D values: [`Inference::record_sample_prior`] with
+    /// one readback.
+    pub fn sample_prior(&mut self, n: usize, seed: u64, temperature: f32, labels: Option<&[u32]>) -> Result<Vec<f32>> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let (_, lt, out) = self.staged(n, None, labels, ("images", self.vae.config.input_dim))?;
+        self.run(
+            |me, enc| me.record_sample_prior(enc, seed, temperature, lt.as_ref(), &out),
+            &out,
+        )
+    }
+
+    // ---- plans ----
+
+    fn key(&self, entry: Entry, n: usize, tensors: &[Option<&Tensor>]) -> PlanKey {
+        PlanKey {
+            entry,
+            n,
+            buffers: tensors
+                .iter()
+                .map(|t| {
+                    t.map_or((self.gpu.dummy_read().raw().clone(), u64::MAX), |t| {
+                        (t.raw().clone(), t.offset())
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// Records the cached plan for `key`, building it with `build` first if needed.
+    fn record(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        key: PlanKey,
+        build: impl FnOnce(&Self, &mut HashMap<usize, Batch>) -> Result<(Vec<Dispatch>, Option<StepBuffer>)>,
+    ) -> Result<()> {
+        if !self.plans.contains_key(&key) {
+            let mut sizes = std::mem::take(&mut self.sizes);
+            let built = build(self, &mut sizes);
+            self.sizes = sizes;
+            let (dispatches, step) = built?;
+            if self.plans.len() >= MAX_CACHED_PLANS {
+                self.plans.clear();
+            }
+            self.plans.insert(
+                key.clone(),
+                Plan {
+                    dispatches,
+                    _step: step,
+                },
+            );
+        }
+        let plan = self
+            .plans
+            .get(&key)
+            .ok_or_else(|| VaeError::Gpu("an inference plan went missing from its cache".into()))?;
+        self.gpu.record(encoder, &plan.dispatches.iter().collect::<Vec<_>>());
+        Ok(())
+    }
+
+    /// The workspace and order for `n` rows, made on first use.
+    fn batch<'s>(&self, sizes: &'s mut HashMap<usize, Batch>, n: usize) -> Result<&'s Batch> {
+        match sizes.entry(n) {
+            hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
+            hash_map::Entry::Vacant(e) => {
+                let ws = Workspace::new(self.gpu, self.vae, &WorkspaceSpec::eval(n, 1))?;
+                let order: Vec<u32> = (0..n as u32).collect();
+                let order = self.gpu.upload_words("inference.order", &order)?;
+                Ok(e.insert(Batch {
+                    ws,
+                    order,
+                    staging: HashMap::new(),
+                }))
+            }
+        }
+    }
+
+    /// The caller's images (and labels) as a batch source over `n` rows.
+    fn source<'s>(
+        &self,
+        sizes: &'s mut HashMap<usize, Batch>,
+        n: usize,
+        x: &Tensor,
+        labels: Option<&Tensor>,
+    ) -> Result<(GpuDataset, &'s Batch)> {
+        let source = GpuDataset::from_device(
+            x.clone(),
+            PixelFormat::F32,
+            n,
+            self.vae.config.input_dim,
+            labels.cloned(),
+        )?;
+        Ok((source, self.batch(sizes, n)?))
+    }
+
+    /// A conditional model's one-hot labels into the decoder's rows `z` [n, Z'] (and a
+    /// hierarchy's upper rows are the latent's own business).
+    fn condition_rows(
+        &self,
+        batch: &Batch,
+        labels: Option<&Tensor>,
+        z: &Tensor,
+        step: &StepBuffer,
+    ) -> Result<Vec<Dispatch>> {
+        let Some(labels) = labels else {
+            return Ok(Vec::new());
+        };
+        let n = z.shape()[0];
+        // No pixel columns to label: an empty x of n rows.
+        let x = self.gpu.dummy_write().reshape_prefix(&[n, 0]);
+        Ok(vec![ops::condition(
+            self.gpu,
+            "decode.condition",
+            step,
+            labels,
+            &batch.order,
+            &x,
+            0,
+            z,
+            self.vae.config.latent,
+        )?])
+    }
+
+    fn pixel_means(&self, batch: &Batch, n: usize, images: &Tensor) -> Result<Dispatch> {
+        ops::pixel_means(
+            self.gpu,
+            "pixel_means",
+            self.vae.config.likelihood,
+            &rows(&batch.ws.out, n),
+            images,
+        )
+    }
+
+    /// A step uniform for a seeded plan: the draws keyed (seed, step 0, `stream`).
+    fn seeded_step(&self, seed: u64, stream: u32) -> Result<StepBuffer> {
+        let step = StepBuffer::new(self.gpu)?;
+        step.write(
+            self.gpu,
+            &StepParams {
+                seed: rng::device_seed(seed),
+                stream,
+                kl_beta: 1.0,
+                ..Default::default()
+            },
+        );
+        Ok(step)
+    }
+
+    // ---- validation ----
+
+    /// Rows of a [n, cols] tensor named `name`, n ≥ 1.
+    fn rows_of(&self, entry: &str, name: &str, t: &Tensor, cols: usize) -> Result<usize> {
+        match *t.shape() {
+            [n, c] if n > 0 && c == cols => Ok(n),
+            _ => Err(VaeError::Shape(format!(
+                "{entry}: {name} must be [n, {cols}] with n ≥ 1, got {:?}",
+                t.shape()
+            ))),
+        }
+    }
+
+    fn check(&self, entry: &str, name: &str, t: &Tensor, n: usize, cols: usize) -> Result<()> {
+        if t.shape() != [n, cols] {
+            return Err(VaeError::Shape(format!(
+                "{entry}: {name} must be [{n}, {cols}], got {:?}",
+                t.shape()
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_labels(&self, entry: &str, labels: Option<&Tensor>, n: usize) -> Result<()> {
+        let classes = self.vae.config.classes;
+        match (classes, labels) {
+            (0, None) => Ok(()),
+            (0, Some(_)) => Err(VaeError::Config(format!(
+                "{entry}: labels given, but the model is not conditional"
+            ))),
+            (c, None) => Err(VaeError::Config(format!(
+                "{entry}: a conditional model ({c} classes) needs one u32 label per row"
+            ))),
+            (_, Some(l)) if l.shape() != [n] => Err(VaeError::Shape(format!(
+                "{entry}: labels must be [{n}] (one u32 per row), got {:?}",
+                l.shape()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    // ---- the host methods' staging ----
+
+    /// Staging tensors for a host call of `n` rows: the input (written with `values`), the
+    /// labels (checked against the class count, written) and the output.
+    #[allow(clippy::type_complexity)]
+    fn staged(
+        &mut self,
+        n: usize,
+        input: Option<(&'static str, usize, &[f32])>,
+        labels: Option<&[u32]>,
+        output: (&'static str, usize),
+    ) -> Result<(Tensor, Option<Tensor>, Tensor)> {
+        let classes = self.vae.config.classes;
+        if let Some(l) = labels {
+            if l.len() != n || l.iter().any(|&c| c as usize >= classes.max(1)) {
+                return Err(VaeError::Shape(format!(
+                    "{} labels for {n} rows, each must be below the model's {classes} classes",
+                    l.len()
+                )));
+            }
+        }
+        let gpu = self.gpu;
+        let mut sizes = std::mem::take(&mut self.sizes);
+        let made = (|| {
+            self.batch(&mut sizes, n)?;
+            let batch = sizes
+                .get_mut(&n)
+                .ok_or_else(|| VaeError::Gpu("an inference workspace went missing".into()))?;
+            let mut tensor = |name: &'static str, shape: &[usize]| -> Result<Tensor> {
+                if !batch.staging.contains_key(name) {
+                    batch
+                        .staging
+                        .insert(name, gpu.tensor(&format!("inference.{name}"), shape)?);
+                }
+                Ok(batch.staging[name].clone())
+            };
+            let inp = match input {
+                Some((name, cols, values)) => {
+                    let t = tensor(name, &[n, cols])?;
+                    gpu.write(&t, values)?;
+                    t
+                }
+                None => gpu.dummy_read().clone(),
+            };
+            let lt = match labels {
+                Some(l) => {
+                    let t = tensor("labels", &[n])?;
+                    gpu.write_words(&t, l)?;
+                    Some(t)
+                }
+                None => None,
+            };
+            let out = tensor(output.0, &[n, output.1])?;
+            Ok((inp, lt, out))
+        })();
+        self.sizes = sizes;
+        made
+    }
+
+    /// Records `record` into a new encoder, submits it and reads `out` back.
+    fn run(
+        &mut self,
+        record: impl FnOnce(&mut Self, &mut wgpu::CommandEncoder) -> Result<()>,
+        out: &Tensor,
+    ) -> Result<Vec<f32>> {
+        let mut encoder = self
+            .gpu
+            .ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("inference"),
+            });
+        record(self, &mut encoder)?;
+        self.gpu.submit(encoder.finish());
+        self.gpu.read(out)
+    }
+}
+
+/// Rows of `len` values of `cols` each, refusing none or a remainder.
+fn whole_rows(entry: &str, what: &str, len: usize, cols: usize) -> Result<usize> {
+    if len == 0 || !len.is_multiple_of(cols) {
+        return Err(VaeError::Shape(format!(
+            "{entry}: {len} {what} are not a whole number of rows of {cols}"
+        )));
+    }
+    Ok(len / cols)
+}
