@@ -1347,3 +1347,56 @@ fn an_exported_image_folder_trains_as_the_same_arrays() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Width and height from a PNG's IHDR chunk (bytes 16..24, big-endian).
+fn png_size(path: &Path) -> (u32, u32) {
+    let b = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(&b[..8], b"\x89PNG\r\n\x1a\n", "{}", path.display());
+    let word = |at: usize| u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    (word(16), word(20))
+}
+
+/// The embedding example as a host program runs it: its own device, a model it trains
+/// itself through the host-driven loop, the latent walk's frames, and fine-tuning on inverted
+/// digits whose mean loss over the last 50 steps is below that over the first 50.
+#[test]
+fn the_embed_example_walks_and_fine_tunes() {
+    let dir = scratch("embed");
+    let out_dir = dir.join("out");
+    let out = run(
+        "embed",
+        &[
+            "--out",
+            out_dir.to_str().unwrap(),
+            "--pretrain-epochs",
+            "1",
+            "--frames",
+            "6",
+            "--finetune-epochs",
+            "2",
+        ],
+        &[],
+    );
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    let line = log
+        .lines()
+        .find(|l| l.starts_with("fine-tuning: mean loss over the first 50 steps"))
+        .unwrap_or_else(|| panic!("no fine-tuning summary in:\n{log}"));
+    let numbers: Vec<f64> = line
+        .split([' ', ','])
+        .filter_map(|w| w.parse().ok())
+        .filter(|&v: &f64| v != 50.0)
+        .collect();
+    let [first, last] = numbers[..] else {
+        panic!("two losses in {line:?}")
+    };
+    assert!(last < first, "{line}");
+    assert!(log.contains("walk: 6 frames of 8 digits"), "{log}");
+    // One walk per row, one frame per column: 29-pixel cells and a 1-pixel border.
+    assert_eq!(png_size(&out_dir.join("walk.png")), (6 * 29 + 1, 8 * 29 + 1));
+    for name in ["inverted-before.png", "inverted-after.png"] {
+        assert_eq!(png_size(&out_dir.join(name)), (16 * 29 + 1, 2 * 29 + 1), "{name}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
