@@ -5,7 +5,8 @@
 //! metadata (`hidden=400,200`, `latent=10`, `top=10:200`, `code=quantized:512:10:0.25`, …).
 //!
 //! Prints the adapter and its settings, then: pipeline compilation time; training samples/s
-//! at several batch sizes; inference samples/s (encode, decode, reconstruct); the GPU time of
+//! at several batch sizes; inference samples/s (encode, decode, reconstruct), also through
+//! `Inference` on device buffers against its host-vector methods; the GPU time of
 //! every dispatch of one training step at batch 128 from timestamp queries written inside the
 //! pass (wall clock around a synchronised submit where the adapter lacks them), with GFLOP/s
 //! or GB/s; dispatches, passes, submits and readbacks per step; resident device bytes against
@@ -728,6 +729,60 @@ fn main() -> AnyResult<()> {
     }
     json.insert("inference_samples_per_sec".into(), json!(inf));
     note_steal("inference", &meter);
+
+    // The same three through `Inference`: on device buffers (recorded into an encoder, one
+    // submit, a wait and no readback) against its host-vector methods (an upload and one
+    // readback each), at batch 1024.
+    println!("\ninference on device buffers vs host vectors (batch 1024; median of {repeats} after a warm-up):");
+    let meter = StealMeter::start();
+    let cfg = vae.config.clone();
+    let x_host: Vec<f32> = set.images[..b * 784].iter().map(|&p| p as f32 / 255.0).collect();
+    let labels_host: Vec<u32> = set.labels[..b].iter().map(|&l| l as u32).collect();
+    let labels_host = (cfg.classes > 0).then_some(&labels_host[..]);
+    let x = gpu.upload("bench.x", &[b, cfg.input_dim], &x_host)?;
+    let labels = labels_host.map(|l| gpu.upload_words("bench.labels", l)).transpose()?;
+    let means = gpu.tensor("bench.means", &[b, cfg.latent])?;
+    let images_out = gpu.tensor("bench.images", &[b, cfg.input_dim])?;
+    let mut inference = vae_wgpu::Inference::new(&gpu, &vae)?;
+    let z_host = inference.encode(&x_host, labels_host)?;
+    let mut paths = Map::new();
+    for name in ["encode", "decode", "reconstruct"] {
+        let device = time_runs(repeats, || {
+            let t = Instant::now();
+            let mut enc = gpu.ctx.device.create_command_encoder(&Default::default());
+            match name {
+                "encode" => inference.record_encode(&mut enc, &x, labels.as_ref(), &means)?,
+                "decode" => inference.record_decode(&mut enc, &means, labels.as_ref(), &images_out)?,
+                _ => inference.record_reconstruct(&mut enc, &x, labels.as_ref(), 1, &images_out)?,
+            }
+            gpu.submit(enc.finish());
+            gpu.ctx.wait()?;
+            Ok(b as f64 / t.elapsed().as_secs_f64())
+        })?;
+        let host = time_runs(repeats, || {
+            let t = Instant::now();
+            match name {
+                "encode" => inference.encode(&x_host, labels_host)?,
+                "decode" => inference.decode(&z_host, labels_host)?,
+                _ => inference.reconstruct(&x_host, labels_host, 1)?,
+            };
+            Ok(b as f64 / t.elapsed().as_secs_f64())
+        })?;
+        println!(
+            "  {name:<12} device buffers {:>9.0} samples/s (min {:.0}) | host vectors {:>9.0} (min {:.0}): {:.2} ms per call for the upload and readback",
+            device.median,
+            device.min,
+            host.median,
+            host.min,
+            1e3 * b as f64 * (1.0 / host.median - 1.0 / device.median)
+        );
+        paths.insert(
+            name.into(),
+            json!({"device_buffers": rounded(device.median, 1), "host_vectors": rounded(host.median, 1)}),
+        );
+    }
+    json.insert("inference_paths_samples_per_sec".into(), json!(paths));
+    note_steal("inference_paths", &meter);
 
     // Matmul at the default model's shapes (whatever --set benches) and 1024³, per strategy.
     println!("\nmatmul (median of {long_repeats} submits after a warm-up; 10 launches per submit, 2 at 1024³):");

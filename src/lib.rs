@@ -9,6 +9,36 @@
 //! [`io`] (safetensors, PNG) and [`rng`] (the device's counter-based generator, mirrored on the
 //! host). Under it, crate-private: one typed wrapper per kernel (`ops/`), the parameter arena
 //! and dense layers (`nn/`), and the model's blocks and plans (`model/`).
+//!
+//! Training and evaluating a small VAE on synthetic 4×4 images:
+//!
+//! ```
+//! use vae_wgpu::data::GpuDataset;
+//! use vae_wgpu::{Evaluator, Gpu, GpuOptions, TrainConfig, Trainer, Vae, VaeConfig};
+//!
+//! # fn main() -> vae_wgpu::Result<()> {
+//! let gpu = Gpu::new(GpuOptions::default())?;
+//! // 256 images of 16 bytes: the left or the right half lit.
+//! let pixels: Vec<u8> = (0..256 * 16)
+//!     .map(|i| if (i % 4 < 2) == (i / 16 % 2 == 0) { 255 } else { 0 })
+//!     .collect();
+//! let train = GpuDataset::upload(&gpu, "train", &pixels, 256, 16, Vec::new())?;
+//! let test = GpuDataset::upload(&gpu, "test", &pixels[..64 * 16], 64, 16, Vec::new())?;
+//!
+//! let config = VaeConfig { input_dim: 16, hidden: vec![32], latent: 2, ..Default::default() };
+//! let vae = Vae::new(&gpu, config, 1)?;
+//! let train_config = TrainConfig { batch_size: 32, ..Default::default() };
+//! let mut trainer = Trainer::new(&gpu, &vae, train, train_config)?;
+//! let evaluator = Evaluator::new(&gpu, test)?;
+//! let before = evaluator.elbo(&vae, 1, false)?.loss;
+//! for _ in 0..10 {
+//!     trainer.train_epoch(|_done, _steps| {})?;
+//! }
+//! let after = evaluator.elbo(&vae, 1, false)?.loss;
+//! assert!(after < before, "test -ELBO {before} before, {after} after");
+//! # Ok(())
+//! # }
+//! ```
 #![warn(missing_docs)]
 
 pub mod data;

@@ -127,6 +127,40 @@ impl GpuDataset {
     /// 4) in `format`, `labels` one u32 class per example or None. Nothing is copied; the
     /// host keeps the contents valid while batches are gathered from them. Training on byte
     /// values b stored as f32 b·(1/255) gives the numbers of the bytes, bit for bit.
+    ///
+    /// ```
+    /// use vae_wgpu::data::{GpuDataset, PixelFormat};
+    /// use vae_wgpu::{wgpu, Gpu, GpuOptions, TrainConfig, Trainer, Vae, VaeConfig};
+    ///
+    /// # fn main() -> vae_wgpu::Result<()> {
+    /// let gpu = Gpu::new(GpuOptions::default())?;
+    /// // 64 images of 16 grey levels the host already holds in a storage buffer.
+    /// let values: Vec<f32> = (0..64 * 16).map(|i| (i % 7) as f32 / 6.0).collect();
+    /// let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    /// let buffer = gpu.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+    ///     label: Some("host images"),
+    ///     size: bytes.len() as u64,
+    ///     usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+    ///     mapped_at_creation: false,
+    /// });
+    /// gpu.ctx.queue.write_buffer(&buffer, 0, &bytes);
+    /// let pixels = gpu.wrap_buffer("images", &buffer, 0, &[64 * 16])?;
+    /// let data = GpuDataset::from_device(pixels, PixelFormat::F32, 64, 16, None)?;
+    ///
+    /// let config = VaeConfig { input_dim: 16, hidden: vec![8], latent: 2, ..Default::default() };
+    /// let vae = Vae::new(&gpu, config, 1)?;
+    /// let mut trainer = Trainer::new(&gpu, &vae, data, TrainConfig { batch_size: 16, ..Default::default() })?;
+    /// trainer.begin_epoch()?; // the epoch's order, uploaded; no readback
+    /// for batch in 0..trainer.steps_per_epoch() {
+    ///     let mut encoder = gpu.ctx.device.create_command_encoder(&Default::default());
+    ///     trainer.record_step(&mut encoder, batch)?;
+    ///     gpu.ctx.queue.submit([encoder.finish()]);
+    /// }
+    /// let report = trainer.end_epoch()?; // one readback
+    /// assert_eq!((report.steps, report.train.examples), (4, 64));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn from_device(
         pixels: Tensor,
         format: PixelFormat,

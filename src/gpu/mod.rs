@@ -142,7 +142,27 @@ impl Gpu {
     }
 
     /// Runs on a host application's device and queue (create the device with
-    /// [`device_requirements`]); the adapter options in `options` are not used.
+    /// [`device_requirements`]); the adapter options in `options` are not used. The host's
+    /// error handlers stay its own.
+    ///
+    /// ```
+    /// use vae_wgpu::{wgpu, Gpu, GpuOptions};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let instance = wgpu::Instance::default();
+    /// let adapter = pollster::block_on(instance.request_adapter(&Default::default()))?;
+    /// let (features, limits) = vae_wgpu::gpu::device_requirements(&adapter);
+    /// let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+    ///     required_features: features,
+    ///     required_limits: limits,
+    ///     ..Default::default()
+    /// }))?;
+    /// // The host keeps its handles; the crate gets clones.
+    /// let gpu = Gpu::from_device(&adapter.get_info(), device.clone(), queue.clone(), GpuOptions::default())?;
+    /// assert_eq!(gpu.report().name, adapter.get_info().name);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn from_device(
         info: &wgpu::AdapterInfo,
         device: wgpu::Device,
@@ -229,6 +249,22 @@ impl Gpu {
     /// room for the tensor's 4-byte elements (at least 16 bytes) from the offset on. The tensor
     /// holds a reference to the buffer, never frees it and is outside
     /// the ledger's counts ([`DeviceMemory::stats`]).
+    ///
+    /// ```
+    /// use vae_wgpu::{wgpu, Gpu, GpuOptions, VaeError};
+    ///
+    /// # fn main() -> vae_wgpu::Result<()> {
+    /// let gpu = Gpu::new(GpuOptions::default())?;
+    /// let desc = |usage| wgpu::BufferDescriptor { label: None, size: 1024, usage, mapped_at_creation: false };
+    /// let host = gpu.ctx.device.create_buffer(&desc(wgpu::BufferUsages::STORAGE));
+    /// let x = gpu.wrap_buffer("x", &host, 0, &[16, 16])?;
+    /// assert_eq!(x.shape(), [16, 16]);
+    /// let uniform = gpu.ctx.device.create_buffer(&desc(wgpu::BufferUsages::UNIFORM));
+    /// let refused = gpu.wrap_buffer("x", &uniform, 0, &[16, 16]);
+    /// assert!(matches!(refused, Err(VaeError::HostBuffer { .. })));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn wrap_buffer(&self, what: &str, buffer: &wgpu::Buffer, offset: u64, shape: &[usize]) -> Result<Tensor> {
         let what = format!("{what} {shape:?}");
         let fail = |problem: String| VaeError::HostBuffer {

@@ -36,6 +36,36 @@ pub const MAX_CACHED_PLANS: usize = 64;
 /// and the host methods' staging tensors, held until the `Inference` drops; per plan, its
 /// uniforms and bind groups, which keep the buffers they bind alive until the plan leaves the
 /// cache ([`Inference::clear_plans`], or once [`MAX_CACHED_PLANS`] are held).
+///
+/// ```
+/// use vae_wgpu::{wgpu, Gpu, GpuOptions, Inference, Vae, VaeConfig};
+///
+/// # fn main() -> vae_wgpu::Result<()> {
+/// let gpu = Gpu::new(GpuOptions::default())?;
+/// let vae = Vae::new(&gpu, VaeConfig { hidden: vec![64], latent: 8, ..Default::default() }, 1)?;
+/// // The host's buffers: 4 codes in, 4 images out. STORAGE is all the crate needs; the
+/// // others are for the host's own writes and reads.
+/// let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
+/// let desc = |bytes: usize| wgpu::BufferDescriptor { label: None, size: bytes as u64, usage, mapped_at_creation: false };
+/// let codes = gpu.ctx.device.create_buffer(&desc(4 * 8 * 4));
+/// let frame = gpu.ctx.device.create_buffer(&desc(4 * 784 * 4));
+/// let z: Vec<f32> = (0..32).map(|i| (i as f32 * 0.3).sin()).collect();
+/// let z_bytes: Vec<u8> = z.iter().flat_map(|v| v.to_le_bytes()).collect();
+/// gpu.ctx.queue.write_buffer(&codes, 0, &z_bytes);
+///
+/// let mut inference = Inference::new(&gpu, &vae)?;
+/// let z_t = gpu.wrap_buffer("codes", &codes, 0, &[4, 8])?;
+/// let images = gpu.wrap_buffer("frame", &frame, 0, &[4, 784])?;
+/// let mut encoder = gpu.ctx.device.create_command_encoder(&Default::default());
+/// inference.record_decode(&mut encoder, &z_t, None, &images)?;
+/// // ... the host's own passes reading `frame` ...
+/// gpu.ctx.queue.submit([encoder.finish()]);
+///
+/// // Read back only to show it: the host-vector method runs the same plan.
+/// assert_eq!(gpu.read(&images)?, inference.decode(&z, None)?);
+/// # Ok(())
+/// # }
+/// ```
 pub struct Inference<'a> {
     gpu: &'a Gpu,
     vae: &'a Vae,
@@ -110,7 +140,7 @@ impl<'a> Inference<'a> {
 
     /// Records the posterior means μ(x) [n, Z] of images `x` [n, D] into `means` (an
     /// autoencoder's or VQ-VAE's encoder output: its code before quantization; a hierarchical
-    /// VAE's: μ₁). `labels` [n] u32 for a conditional model, else None.
+    /// VAE's: μ₁). `labels` (`[n]`, u32) for a conditional model, else None.
     pub fn record_encode(
         &mut self,
         encoder: &mut wgpu::CommandEncoder,
@@ -143,7 +173,7 @@ impl<'a> Inference<'a> {
     }
 
     /// Records the decoder's pixel means [n, D] of latent codes `z` [n, Z] into `images`.
-    /// `labels` [n] u32 for a conditional model, else None.
+    /// `labels` (`[n]`, u32) for a conditional model, else None.
     pub fn record_decode(
         &mut self,
         encoder: &mut wgpu::CommandEncoder,
@@ -170,7 +200,7 @@ impl<'a> Inference<'a> {
 
     /// Records reconstructions of images `x` [n, D] (encoder, one draw of z keyed by `seed`
     /// as [`crate::Evaluator::reconstruct_examples`] keys it, decoder) as pixel means into
-    /// `images` [n, D]. `labels` [n] u32 for a conditional model, else None.
+    /// `images` [n, D]. `labels` (`[n]`, u32) for a conditional model, else None.
     pub fn record_reconstruct(
         &mut self,
         encoder: &mut wgpu::CommandEncoder,
@@ -203,7 +233,7 @@ impl<'a> Inference<'a> {
     /// `images` [n, D]: z from N(0, I) (a hierarchy: its top layer, then each layer below from
     /// its conditional prior), the noise scaled by `temperature`, keyed by `seed` as
     /// [`crate::infer::prior_latents`] keys it (the same draws, up to f32 rounding). `labels`
-    /// [n] u32 for a conditional model, else None. An autoencoder or VQ-VAE has no prior: an
+    /// (`[n]`, u32) for a conditional model, else None. An autoencoder or VQ-VAE has no prior: an
     /// error.
     pub fn record_sample_prior(
         &mut self,

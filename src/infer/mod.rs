@@ -55,6 +55,21 @@ pub fn prior_samples(seed: u64, n: usize, latent: usize, temperature: f32) -> Ve
 /// [`conditional_prior_draws`]. `labels` (n classes) is needed exactly when those priors are
 /// conditional, p(z₁|z₂, y); a one-layer model's prior ignores the label, so there it may be
 /// given or not. An autoencoder or a VQ-VAE has no prior: an error.
+///
+/// ```
+/// use vae_wgpu::infer::{decode, prior_latents};
+/// use vae_wgpu::{Gpu, GpuOptions, Vae, VaeConfig};
+///
+/// # fn main() -> vae_wgpu::Result<()> {
+/// let gpu = Gpu::new(GpuOptions::default())?;
+/// let vae = Vae::new(&gpu, VaeConfig { hidden: vec![64], latent: 8, ..Default::default() }, 1)?;
+/// let z = prior_latents(&gpu, &vae, 7, 16, 0.8, None)?; // 16 codes at temperature 0.8
+/// let images = decode(&gpu, &vae, &z)?; // 16 × 784 pixel means in [0, 1]
+/// assert_eq!(images.len(), 16 * 784);
+/// assert!(images.iter().all(|p| (0.0..=1.0).contains(p)));
+/// # Ok(())
+/// # }
+/// ```
 pub fn prior_latents(
     gpu: &Gpu,
     vae: &Vae,

@@ -201,6 +201,22 @@ impl Vae {
 
     /// [`Vae::load`] for inference: the parameters alone on the device, without gradients or
     /// Adam's moments (a quarter of the arena's bytes); training it is refused.
+    ///
+    /// ```
+    /// use vae_wgpu::{Gpu, GpuOptions, Vae, VaeConfig};
+    ///
+    /// # fn main() -> vae_wgpu::Result<()> {
+    /// let gpu = Gpu::new(GpuOptions::default())?;
+    /// let path = std::env::temp_dir().join(format!("vae-wgpu-doc-{}.safetensors", std::process::id()));
+    /// Vae::new(&gpu, VaeConfig::default(), 1)?.save(&gpu, &path, &[])?;
+    /// let vae = Vae::load_weights_only(&gpu, &path)?;
+    /// let (params, grads, adam) = vae.arena.device_bytes();
+    /// assert_eq!(params, 2_611_776); // the default model; grads and adam are placeholders
+    /// assert!(grads + adam <= 48);
+    /// # std::fs::remove_file(&path).ok();
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn load_weights_only(gpu: &Gpu, path: &Path) -> Result<Self> {
         let (tensors, meta) = read_safetensors(path)?;
         Self::from_checkpoint_as(gpu, path, &tensors, &meta, false)

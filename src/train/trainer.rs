@@ -202,6 +202,36 @@ impl TrainConfig {
 
 /// Trains a [`Vae`] on a GPU-resident dataset. All state that a resume needs is explicit:
 /// the global step, the seed, the model's arena (params, grads, Adam moments).
+///
+/// The README's library example, ten epochs on MNIST (compiled, not run by the tests):
+///
+/// ```no_run
+/// use std::path::Path;
+/// use vae_wgpu::data::{DatasetKind, GpuDataset, IMAGE_PIXELS};
+/// use vae_wgpu::{Evaluator, Gpu, GpuOptions, TrainConfig, Trainer, Vae, VaeConfig};
+///
+/// fn main() -> vae_wgpu::Result<()> {
+///     let gpu = Gpu::new(GpuOptions::from_env()?)?;
+///     let dir = DatasetKind::Mnist.default_dir();
+///     let train = DatasetKind::Mnist.load_split(&dir, true)?;
+///     let test = DatasetKind::Mnist.load_split(&dir, false)?;
+///     let train = GpuDataset::upload(&gpu, "train", &train.images, train.count, IMAGE_PIXELS, train.labels.clone())?;
+///     let test = GpuDataset::upload(&gpu, "test", &test.images, test.count, IMAGE_PIXELS, test.labels.clone())?;
+///
+///     let seed = 1;
+///     let vae = Vae::new(&gpu, VaeConfig::default(), seed)?;
+///     let mut trainer = Trainer::new(&gpu, &vae, train, TrainConfig::default())?;
+///     let evaluator = Evaluator::new(&gpu, test)?;
+///     for epoch in 1..=10 {
+///         let report = trainer.train_epoch(|_done, _steps| {})?;
+///         let test = evaluator.elbo(&vae, seed, false)?;
+///         println!("epoch {epoch}: train -ELBO {:.2}, test -ELBO {:.2}", report.train.loss, test.loss);
+///     }
+///     let iw = evaluator.iw_nll(&vae, seed, 100, false, |_, _| {})?;
+///     println!("test -log p(x) by importance sampling: {iw:.2}");
+///     vae.save(&gpu, Path::new("vae.safetensors"), &[])
+/// }
+/// ```
 pub struct Trainer<'g> {
     pub(super) gpu: &'g Gpu,
     /// How it trains; fixed at construction but for the learning rate ([`Trainer::set_lr`]).
