@@ -737,8 +737,7 @@ fn main() -> AnyResult<()> {
     let meter = StealMeter::start();
     let cfg = vae.config.clone();
     let x_host: Vec<f32> = set.images[..b * 784].iter().map(|&p| p as f32 / 255.0).collect();
-    let labels_host: Vec<u32> = set.labels[..b].iter().map(|&l| l as u32).collect();
-    let labels_host = (cfg.classes > 0).then_some(&labels_host[..]);
+    let labels_host = (cfg.classes > 0).then_some(&set.labels[..b]);
     let x = gpu.upload("bench.x", &[b, cfg.input_dim], &x_host)?;
     let labels = labels_host.map(|l| gpu.upload_words("bench.labels", l)).transpose()?;
     let means = gpu.tensor("bench.means", &[b, cfg.latent])?;

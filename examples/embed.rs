@@ -163,7 +163,6 @@ fn walk(device: &wgpu::Device, queue: &wgpu::Queue, gpu: &Gpu, inference: &mut I
     let (zd, d) = (cfg.latent, cfg.input_dim);
     // A conditional model walks walk w's class w mod classes.
     let labels: Vec<u32> = (0..WALKS).map(|w| (w % cfg.classes.max(1)) as u32).collect();
-    let labels8: Vec<u8> = labels.iter().map(|&l| l as u8).collect();
     let conditional = cfg.classes > 0;
     let keys: Vec<Vec<f32>> = (0..KEYFRAMES)
         .map(|k| {
@@ -174,7 +173,7 @@ fn walk(device: &wgpu::Device, queue: &wgpu::Queue, gpu: &Gpu, inference: &mut I
                 seed,
                 WALKS,
                 1.0,
-                conditional.then_some(&labels8[..]),
+                conditional.then_some(&labels[..]),
             )
         })
         .collect::<Result<_>>()?;
@@ -250,10 +249,9 @@ fn fine_tune(device: &wgpu::Device, gpu: &Gpu, vae: &Vae, args: &Args) -> Result
 
     let (test_bytes, test_labels) = mnist(false, SHOWN)?;
     let shown: Vec<f32> = test_bytes.iter().map(|&b| 1.0 - b as f32 / 255.0).collect();
-    let shown_labels: Vec<u32> = test_labels.iter().map(|&l| l as u32).collect();
     let d = vae.config.input_dim;
     let x_buf = host_storage(gpu, "shown", bytemuck::cast_slice(&shown), false);
-    let l_buf = host_storage(gpu, "shown labels", bytemuck::cast_slice(&shown_labels), false);
+    let l_buf = host_storage(gpu, "shown labels", bytemuck::cast_slice(&test_labels), false);
     let out_buf = host_storage(gpu, "reconstructions", &vec![0; 4 * SHOWN * d], true);
     let x = gpu.wrap_buffer("inverted digits", &x_buf, 0, &[SHOWN, d])?;
     let l = gpu.wrap_buffer("labels", &l_buf, 0, &[SHOWN])?;
@@ -300,7 +298,7 @@ fn fine_tune(device: &wgpu::Device, gpu: &Gpu, vae: &Vae, args: &Args) -> Result
 }
 
 /// The first `n` images (bytes) and labels of MNIST's training or test split.
-fn mnist(train: bool, n: usize) -> Result<(Vec<u8>, Vec<u8>)> {
+fn mnist(train: bool, n: usize) -> Result<(Vec<u8>, Vec<u32>)> {
     let set = DatasetKind::Mnist.load_split(&DatasetKind::Mnist.default_dir(), train)?;
     let n = n.min(set.count);
     Ok((set.images[..n * 784].to_vec(), set.labels[..n].to_vec()))
@@ -312,7 +310,7 @@ fn device_dataset(
     gpu: &Gpu,
     pixels: &wgpu::Buffer,
     format: PixelFormat,
-    labels: &[u8],
+    labels: &[u32],
     cfg: &VaeConfig,
 ) -> Result<GpuDataset> {
     let n = labels.len();
@@ -322,8 +320,7 @@ fn device_dataset(
     };
     let pixels = gpu.wrap_buffer("pixels", pixels, 0, &[words])?;
     let labels = if cfg.classes > 0 {
-        let l: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
-        let buf = host_storage(gpu, "labels", bytemuck::cast_slice(&l), false);
+        let buf = host_storage(gpu, "labels", bytemuck::cast_slice(labels), false);
         Some(gpu.wrap_buffer("labels", &buf, 0, &[n])?)
     } else {
         None

@@ -92,7 +92,7 @@ struct Report {
 }
 
 /// The first test example of each class (or the first examples, unlabelled).
-fn one_per_class(labels: &[u8], classes: usize, fallback: usize) -> Vec<usize> {
+fn one_per_class(labels: &[u32], classes: usize, fallback: usize) -> Vec<usize> {
     if labels.is_empty() {
         return (0..fallback).collect();
     }

@@ -34,7 +34,7 @@ struct Args {
     temperature: f32,
     /// Conditional models: draw class C (default: cycle through the classes, one per row)
     #[arg(long, value_name = "C")]
-    class: Option<u8>,
+    class: Option<u32>,
 }
 
 /// Draws the samples and writes the grid.
@@ -63,7 +63,7 @@ fn run(args: Args) -> Result<()> {
     }
     let shape = common::image_shape(&meta, &vae.config)?;
     let classes = vae.config.classes;
-    let labels: Option<Vec<u8>> = match (classes, class) {
+    let labels: Option<Vec<u32>> = match (classes, class) {
         (0, Some(_)) => return Err(VaeError::Config("--class needs a conditional model".into())),
         (0, None) => None,
         (c, Some(k)) if k as usize >= c => {
@@ -73,7 +73,7 @@ fn run(args: Args) -> Result<()> {
             )))
         }
         (_, Some(k)) => Some(vec![k; n]),
-        (c, None) => Some((0..n).map(|i| ((i / 8) % c) as u8).collect()),
+        (c, None) => Some((0..n).map(|i| ((i / 8) % c) as u32).collect()),
     };
     let z = prior_latents(&gpu, &vae, seed, n, temperature, labels.as_deref()).map_err(common::sized_by("--n"))?;
     let images = decode_conditional(&gpu, &vae, &z, labels.as_deref()).map_err(common::sized_by("--n"))?;

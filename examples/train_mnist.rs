@@ -459,11 +459,11 @@ impl Cli {
             }
             model.likelihood = v;
         }
-        if self.conditional && classes < 2 {
+        if self.conditional && !(2..=1024).contains(&classes) {
             return Err(VaeError::Config(format!(
-                "--conditional needs class labels (2 to 256 classes), and {} has {}",
+                "--conditional needs class labels (2 to 1024 classes), and {} has {}",
                 self.dataset.name(),
-                match arrays.as_ref().map_or(classes, |a| a.label_classes) {
+                match classes {
                     0 => "none".to_string(),
                     n => format!("{n}"),
                 }
@@ -664,7 +664,7 @@ fn run(mut args: Args) -> Result<i32> {
         },
         on_device as f64 / 1e6
     );
-    let train_labels = train.labels.get(..n_train).map(<[u8]>::to_vec).unwrap_or_default();
+    let train_labels = train.labels.get(..n_train).map(<[u32]>::to_vec).unwrap_or_default();
     let train_gpu = if streamed {
         GpuDataset::streamed(
             &gpu,
@@ -1050,7 +1050,7 @@ fn run(mut args: Args) -> Result<i32> {
     }
     // Samples from the prior; a conditional model draws one row of 8 per class (the first 16).
     let (n, labels) = if args.model.classes > 0 {
-        let l: Vec<u8> = (0..8 * args.model.classes.min(16)).map(|i| (i / 8) as u8).collect();
+        let l: Vec<u32> = (0..8 * args.model.classes.min(16)).map(|i| (i / 8) as u32).collect();
         (l.len(), Some(l))
     } else {
         (64, None)

@@ -999,14 +999,16 @@ fn mnist_as_numpy_arrays_trains_as_the_built_in_loader() {
     let test = vae_wgpu::data::load_mnist_split(&root, false).unwrap();
     let n = 1000;
     let npz = dir.join("mnist.npz");
+    // The labels as NumPy stores MNIST's: one byte each.
+    let bytes = |l: &[u32]| -> Vec<u8> { l.iter().map(|&v| v as u8).collect() };
     {
         let mut w = zip::ZipWriter::new(std::fs::File::create(&npz).unwrap());
         let stored = zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Stored);
         for (name, bytes) in [
             ("x_train", npy_u8(&[n, 28, 28], &train.images[..n * 784])),
-            ("y_train", npy_u8(&[n], &train.labels[..n])),
+            ("y_train", npy_u8(&[n], &bytes(&train.labels[..n]))),
             ("x_test", npy_u8(&[test.count, 28, 28], &test.images)),
-            ("y_test", npy_u8(&[test.count], &test.labels)),
+            ("y_test", npy_u8(&[test.count], &bytes(&test.labels))),
         ] {
             w.start_file(format!("{name}.npy"), stored).unwrap();
             w.write_all(&bytes).unwrap();

@@ -103,7 +103,7 @@ pub fn npz_names(s: &str) -> std::result::Result<NpzNames, String> {
 /// (empty without them).
 pub struct Split {
     pub images: Vec<u8>,
-    pub labels: Vec<u8>,
+    pub labels: Vec<u32>,
     pub count: usize,
 }
 
@@ -114,8 +114,6 @@ pub struct Data {
     pub shape: [usize; 3],
     /// Classes in the labels (0 without labels).
     pub classes: usize,
-    /// Classes in the source's labels, kept or not (more than 256 are left out).
-    pub label_classes: usize,
     pub from: String,
     pub notes: Vec<String>,
 }
@@ -152,33 +150,20 @@ impl Data {
             .flatten()
             .max()
             .map_or(0, |&m| m as usize + 1);
-        // Labels reach the device as bytes: more than 256 classes train unconditionally only.
-        let bytes = |l: &Option<Vec<u32>>| -> Vec<u8> {
-            match l {
-                Some(l) if classes <= 256 => l.iter().map(|&v| v as u8).collect(),
-                _ => Vec::new(),
-            }
-        };
-        let mut notes = train.notes.clone();
-        if classes > 256 {
-            notes.push(format!(
-                "{classes} classes: labels unused (a conditional model takes at most 256)"
-            ));
-        }
+        let notes = train.notes.clone();
         Ok(Data {
             train: Split {
-                labels: bytes(&train.labels),
+                labels: train.labels.unwrap_or_default(),
                 images: train.images,
                 count: train.count,
             },
             test: Split {
-                labels: bytes(&test.labels),
+                labels: test.labels.unwrap_or_default(),
                 images: test.images,
                 count: test.count,
             },
             shape: train.shape,
-            classes: if classes <= 256 { classes } else { 0 },
-            label_classes: classes,
+            classes,
             from: file.display().to_string(),
             notes,
         })
@@ -242,31 +227,19 @@ impl Data {
             notes.push(format!("{} files skipped", f.skipped.len()));
         }
         let classes = f.classes.len();
-        if classes > 256 {
-            notes.push(format!(
-                "{classes} classes: labels unused (a conditional model takes at most 256)"
-            ));
-        }
-        let bytes = |l: &Option<Vec<u32>>| -> Vec<u8> {
-            match l {
-                Some(l) if classes <= 256 => l.iter().map(|&v| v as u8).collect(),
-                _ => Vec::new(),
-            }
-        };
         Ok(Data {
             train: Split {
-                labels: bytes(&f.train.labels),
+                labels: f.train.labels.unwrap_or_default(),
                 images: f.train.images,
                 count: f.train.count,
             },
             test: Split {
-                labels: bytes(&f.test.labels),
+                labels: f.test.labels.unwrap_or_default(),
                 images: f.test.images,
                 count: f.test.count,
             },
             shape: f.train.shape,
-            classes: if classes <= 256 { classes } else { 0 },
-            label_classes: classes,
+            classes,
             from: dir.display().to_string(),
             notes,
         })
@@ -341,7 +314,6 @@ impl Data {
             test: split(kind.load_split(dir, false)?),
             shape: [1, IMAGE_SIDE, IMAGE_SIDE],
             classes: if kind.has_labels() { NUM_CLASSES } else { 0 },
-            label_classes: if kind.has_labels() { NUM_CLASSES } else { 0 },
             from: dir.display().to_string(),
             notes: Vec::new(),
         })

@@ -151,7 +151,7 @@ fn load_split_with_hint(dir: &Path, train: bool, hint: &str) -> Result<MnistSet>
     }
     Ok(MnistSet {
         images: images.pixels,
-        labels,
+        labels: labels.into_iter().map(u32::from).collect(),
         count: images.count,
     })
 }

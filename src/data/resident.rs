@@ -30,7 +30,7 @@ pub struct GpuDataset {
     pub dim: usize,
     /// One class label per example on the host, or empty for an unlabelled dataset (and for
     /// one made [`GpuDataset::from_device`], whose labels are on the device only).
-    pub labels: Vec<u8>,
+    pub labels: Vec<u32>,
     /// The labels as u32 on the device, when there are labels.
     pub labels_gpu: Option<Tensor>,
     /// A streamed dataset's examples on the host (`words` and `labels_gpu` then hold a window
@@ -43,7 +43,7 @@ pub struct GpuDataset {
 impl GpuDataset {
     /// Uploads `count` examples of `dim` bytes (dim a multiple of 4) and their labels (`labels`
     /// empty for an unlabelled dataset, else one per example).
-    pub fn upload(gpu: &Gpu, label: &str, pixels: &[u8], count: usize, dim: usize, labels: Vec<u8>) -> Result<Self> {
+    pub fn upload(gpu: &Gpu, label: &str, pixels: &[u8], count: usize, dim: usize, labels: Vec<u32>) -> Result<Self> {
         if !dim.is_multiple_of(4) || pixels.len() != count * dim || count == 0 {
             return Err(VaeError::Shape(format!(
                 "{label}: {} bytes for {count} examples of {dim} pixels (dim must be a multiple of 4, count > 0)",
@@ -63,8 +63,7 @@ impl GpuDataset {
         let labels_gpu = if labels.is_empty() {
             None
         } else {
-            let l: Vec<u32> = labels.iter().map(|&v| v as u32).collect();
-            Some(gpu.upload_words(&format!("{label}_labels"), &l)?)
+            Some(gpu.upload_words(&format!("{label}_labels"), &labels)?)
         };
         Ok(GpuDataset {
             words: gpu.upload_words(label, &words)?,
@@ -88,7 +87,7 @@ impl GpuDataset {
         pixels: Vec<u8>,
         count: usize,
         dim: usize,
-        labels: Vec<u8>,
+        labels: Vec<u32>,
         window: usize,
     ) -> Result<Self> {
         if !dim.is_multiple_of(4) || pixels.len() != count * dim || count == 0 || window == 0 {
@@ -235,7 +234,7 @@ impl GpuDataset {
             .queue
             .write_buffer(self.words.raw(), self.words.offset(), &bytes);
         if let Some(l) = &self.labels_gpu {
-            let w: Vec<u32> = ids.iter().map(|&i| self.labels[i as usize] as u32).collect();
+            let w: Vec<u32> = ids.iter().map(|&i| self.labels[i as usize]).collect();
             gpu.write_words(l, &w)?;
         }
         Ok(())

@@ -13,7 +13,7 @@ pub struct MnistSet {
     /// `count * IMAGE_PIXELS` pixels in 0..=255, image after image, each row-major.
     pub images: Vec<u8>,
     /// `count` class labels in `0..NUM_CLASSES`.
-    pub labels: Vec<u8>,
+    pub labels: Vec<u32>,
     /// Number of images (and labels).
     pub count: usize,
 }

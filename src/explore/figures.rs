@@ -42,7 +42,7 @@ impl Figure {
 }
 
 /// Decodes codes (n·Z values) with the labels a conditional model needs (ignored otherwise).
-fn decode_with(gpu: &Gpu, vae: &Vae, z: &[f32], labels: &[u8]) -> Result<Vec<f32>> {
+fn decode_with(gpu: &Gpu, vae: &Vae, z: &[f32], labels: &[u32]) -> Result<Vec<f32>> {
     if vae.config.classes > 0 {
         decode_conditional(gpu, vae, z, Some(labels))
     } else {
@@ -64,7 +64,7 @@ pub fn interpolation_figure(
     gpu: &Gpu,
     vae: &Vae,
     means: &[f32],
-    labels: &[u8],
+    labels: &[u32],
     pairs: &[(usize, usize)],
     steps: usize,
 ) -> Result<Figure> {
@@ -98,7 +98,7 @@ pub fn arithmetic_figure(
     gpu: &Gpu,
     vae: &Vae,
     means: &[f32],
-    labels: &[u8],
+    labels: &[u32],
     classes: usize,
     sources: &[usize],
 ) -> Result<Figure> {
@@ -122,7 +122,7 @@ pub fn arithmetic_figure(
                 &centres[from * zd..(from + 1) * zd],
                 &centres[c * zd..(c + 1) * zd],
             ));
-            y.push(c as u8);
+            y.push(c as u32);
         }
     }
     Ok(Figure {
@@ -145,7 +145,7 @@ pub fn class_figure(gpu: &Gpu, vae: &Vae, seed: u64, per_class: usize, temperatu
     let mut z = Vec::with_capacity(classes * per_class * zd);
     let mut y = Vec::with_capacity(classes * per_class);
     for c in 0..classes {
-        let labels = vec![c as u8; per_class];
+        let labels = vec![c as u32; per_class];
         z.extend(prior_latents(gpu, vae, seed, per_class, temperature, Some(&labels))?);
         y.extend(labels);
     }
@@ -158,7 +158,7 @@ pub fn class_figure(gpu: &Gpu, vae: &Vae, seed: u64, per_class: usize, temperatu
 
 /// The learned 2-D manifold: an n×n grid of decodings at the prior's quantiles (first latent
 /// along columns, second decreasing down the rows); a conditional model uses `label`.
-pub fn manifold_figure(gpu: &Gpu, vae: &Vae, n: usize, label: u8) -> Result<Figure> {
+pub fn manifold_figure(gpu: &Gpu, vae: &Vae, n: usize, label: u32) -> Result<Figure> {
     if vae.config.latent != 2 || n == 0 {
         return Err(VaeError::Config(format!(
             "a manifold picture needs a 2-D latent (this model has {}) and n >= 1",
@@ -194,8 +194,8 @@ pub fn hierarchy_figure(gpu: &Gpu, vae: &Vae, seed: u64, rows: usize, cols: usiz
         .flat_map(|row| std::iter::repeat_n(row, cols).flatten().copied())
         .collect();
     let classes = vae.config.classes;
-    let labels: Option<Vec<u8>> =
-        (classes > 0).then(|| (0..rows * cols).map(|i| ((i / cols) % classes) as u8).collect());
+    let labels: Option<Vec<u32>> =
+        (classes > 0).then(|| (0..rows * cols).map(|i| ((i / cols) % classes) as u32).collect());
     let z1 = conditional_prior_draws(gpu, vae, &repeated, labels.as_deref(), seed, temperature)?;
     Ok(Figure {
         images: decode_conditional(gpu, vae, &z1, labels.as_deref())?,

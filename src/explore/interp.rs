@@ -101,7 +101,7 @@ pub fn interpolation_path(a: &[f32], b: &[f32], steps: usize, spherical: bool) -
 /// `latents` is `[labels.len() × dim]`, row `i` labelled `labels[i]`. A size mismatch, a zero
 /// `dim`, a label `≥ classes` or a class without any member is a [`VaeError::Shape`] (an empty
 /// class has no mean, and silently returning zeros would look like a real latent).
-pub fn class_means(latents: &[f32], dim: usize, labels: &[u8], classes: usize) -> Result<Vec<f32>> {
+pub fn class_means(latents: &[f32], dim: usize, labels: &[u32], classes: usize) -> Result<Vec<f32>> {
     if dim == 0 {
         return Err(VaeError::Shape(
             "class means need latents of dimension at least 1".into(),
@@ -382,7 +382,7 @@ mod tests {
             10.0, -10.0,
             -1.0, 0.0,
         ];
-        let labels = [0u8, 0, 2, 1];
+        let labels = [0u32, 0, 2, 1];
         let means = class_means(&latents, 2, &labels, 3).unwrap();
         assert_eq!(means, vec![2.0, 3.0, -1.0, 0.0, 10.0, -10.0]);
     }
@@ -390,7 +390,7 @@ mod tests {
     #[test]
     fn class_means_rejects_bad_input() {
         let latents = [0.0f32; 6];
-        let cases: [(&[f32], usize, &[u8], usize); 4] = [
+        let cases: [(&[f32], usize, &[u32], usize); 4] = [
             (&latents, 2, &[0, 1], 2),    // 6 values for 2 rows of 2
             (&latents, 0, &[], 2),        // zero dimension
             (&latents, 2, &[0, 1, 3], 3), // label out of range

@@ -16,4 +16,4 @@ pub use self::interp::{
     class_means, interpolation_path, latent_arithmetic, lerp, manifold_grid, normal_quantile, slerp,
 };
 pub use self::plot::{scatter_plot_rgb, write_scatter_png, MIN_PLOT_SIZE, PALETTE};
-pub use self::probe::LinearProbe;
+pub use self::probe::{LinearProbe, MAX_PROBE_CLASSES};

@@ -117,7 +117,7 @@ fn put(rgb: &mut [u8], size: usize, x: usize, y: usize, colour: [u8; 3]) {
 ///
 /// # Panics
 /// If `points` and `labels` differ in length.
-pub fn scatter_plot_rgb(points: &[[f32; 2]], labels: &[u8], size: usize) -> (Vec<u8>, usize, usize) {
+pub fn scatter_plot_rgb(points: &[[f32; 2]], labels: &[u32], size: usize) -> (Vec<u8>, usize, usize) {
     assert_eq!(
         points.len(),
         labels.len(),
@@ -180,7 +180,7 @@ pub fn scatter_plot_rgb(points: &[[f32; 2]], labels: &[u8], size: usize) -> (Vec
 
 /// Draws [`scatter_plot_rgb`] and writes it to `path` as an RGB PNG (atomically). A length
 /// mismatch between `points` and `labels` is a [`VaeError::Shape`].
-pub fn write_scatter_png(path: &Path, points: &[[f32; 2]], labels: &[u8], size: usize) -> Result<()> {
+pub fn write_scatter_png(path: &Path, points: &[[f32; 2]], labels: &[u32], size: usize) -> Result<()> {
     if points.len() != labels.len() {
         return Err(VaeError::Shape(format!(
             "a scatter plot needs one label per point ({} points, {} labels)",
@@ -233,7 +233,7 @@ mod tests {
     #[test]
     fn image_is_not_constant() {
         let pts: Vec<[f32; 2]> = (0..50).map(|i| [i as f32, (i * i) as f32]).collect();
-        let labels: Vec<u8> = (0..50).map(|i| (i % 10) as u8).collect();
+        let labels: Vec<u32> = (0..50).map(|i| i % 10).collect();
         let (rgb, _, _) = scatter_plot_rgb(&pts, &labels, 128);
         assert!(rgb.chunks_exact(3).any(|p| *p != rgb[..3]));
         assert!(rgb.chunks_exact(3).any(|p| p == FRAME));
@@ -285,7 +285,7 @@ mod tests {
         let mut pts: Vec<[f32; 2]> = (0..1000).map(|i| [(i as f32 / 999.0) * 2.0 - 1.0, 0.0]).collect();
         pts.push([1e6, 0.0]);
         pts.push([f32::NAN, 0.0]);
-        let labels = vec![2u8; pts.len()];
+        let labels = vec![2u32; pts.len()];
         let (rgb, _, _) = scatter_plot_rgb(&pts, &labels, size);
         // The bulk covers most of the width despite the point a million units away.
         let row = size / 2;

@@ -7,6 +7,9 @@
 
 use crate::error::{Result, VaeError};
 
+/// Most classes a probe fits: its weights are (dim + 1) × classes f64 values on the host.
+pub const MAX_PROBE_CLASSES: usize = 65_536;
+
 /// Rows per block of the loss/gradient reduction. Blocks are summed in a fixed order, so the
 /// result is bit-identical however many threads evaluate them.
 const BLOCK_ROWS: usize = 2048;
@@ -40,7 +43,7 @@ pub struct LinearProbe {
 pub(crate) struct Objective<'a> {
     /// `[n × dim]` standardised inputs.
     pub x: &'a [f64],
-    pub labels: &'a [u8],
+    pub labels: &'a [u32],
     pub dim: usize,
     pub classes: usize,
     pub l2: f64,
@@ -246,12 +249,12 @@ impl LinearProbe {
     /// data then grow without bound until `iterations` runs out.
     ///
     /// Size mismatches, no rows, `dim = 0` or a label `≥ classes` are [`VaeError::Shape`];
-    /// `classes` outside `1..=256`, a negative or non-finite `l2`, or a non-finite input value
+    /// `classes` outside `1..=`[`MAX_PROBE_CLASSES`], a negative or non-finite `l2`, or a non-finite input value
     /// are [`VaeError::Config`].
     pub fn fit(
         x: &[f32],
         dim: usize,
-        labels: &[u8],
+        labels: &[u32],
         classes: usize,
         l2: f64,
         iterations: usize,
@@ -264,7 +267,7 @@ impl LinearProbe {
     pub fn fit_with_progress(
         x: &[f32],
         dim: usize,
-        labels: &[u8],
+        labels: &[u32],
         classes: usize,
         l2: f64,
         iterations: usize,
@@ -285,9 +288,9 @@ impl LinearProbe {
                 labels.len()
             )));
         }
-        if !(1..=256).contains(&classes) {
+        if !(1..=MAX_PROBE_CLASSES).contains(&classes) {
             return Err(VaeError::Config(format!(
-                "a linear probe over u8 labels needs 1 to 256 classes, not {classes}"
+                "a linear probe needs 1 to {MAX_PROBE_CLASSES} classes, not {classes}"
             )));
         }
         if !(l2.is_finite() && l2 >= 0.0) {
@@ -383,7 +386,7 @@ impl LinearProbe {
     ///
     /// # Panics
     /// If `x.len()` is not a multiple of `dim`.
-    pub fn predict(&self, x: &[f32]) -> Vec<u8> {
+    pub fn predict(&self, x: &[f32]) -> Vec<u32> {
         let (dim, c) = (self.dim, self.classes);
         assert!(
             x.len().is_multiple_of(dim),
@@ -406,7 +409,7 @@ impl LinearProbe {
                         best = k;
                     }
                 }
-                best as u8
+                best as u32
             })
             .collect()
     }
@@ -416,7 +419,7 @@ impl LinearProbe {
     ///
     /// # Panics
     /// If `x` does not hold exactly `labels.len()` rows of `dim` values.
-    pub fn accuracy(&self, x: &[f32], labels: &[u8]) -> f64 {
+    pub fn accuracy(&self, x: &[f32], labels: &[u32]) -> f64 {
         assert_eq!(
             x.len(),
             labels.len() * self.dim,
@@ -438,7 +441,7 @@ mod tests {
     /// `per_class` points of each of `classes` isotropic Gaussian blobs (sd 1) in `dim`
     /// dimensions, class `k` centred at `spread·e_(k mod dim)` (negated for `k ≥ dim`), rows
     /// interleaved by class. Deterministic in `seed`.
-    fn blobs(seed: u32, per_class: usize, classes: usize, dim: usize, spread: f32) -> (Vec<f32>, Vec<u8>) {
+    fn blobs(seed: u32, per_class: usize, classes: usize, dim: usize, spread: f32) -> (Vec<f32>, Vec<u32>) {
         let mut x = Vec::with_capacity(per_class * classes * dim);
         let mut labels = Vec::with_capacity(per_class * classes);
         let mut index = 0u32;
@@ -457,7 +460,7 @@ mod tests {
                     x.push(centre + rng::normal(seed, 0, rng::STREAM_EVAL, index) as f32);
                     index += 1;
                 }
-                labels.push(k as u8);
+                labels.push(k as u32);
             }
         }
         (x, labels)
@@ -508,7 +511,7 @@ mod tests {
     fn gradient_matches_central_differences() {
         let (dim, classes, n) = (3, 4, 7);
         let x: Vec<f64> = (0..n * dim).map(|i| rng::normal(9, 0, 0, i as u32)).collect();
-        let labels = [0u8, 3, 1, 2, 2, 0, 3];
+        let labels = [0u32, 3, 1, 2, 2, 0, 3];
         let obj = Objective {
             x: &x,
             labels: &labels,
@@ -539,7 +542,7 @@ mod tests {
     #[test]
     fn rejects_bad_input() {
         let x = [0.0f32, 1.0, 2.0, 3.0];
-        let shape_cases: [(&[f32], usize, &[u8], usize); 4] = [
+        let shape_cases: [(&[f32], usize, &[u32], usize); 4] = [
             (&x, 2, &[0], 2),    // 4 values for 1 row of 2
             (&x, 0, &[], 2),     // zero dimension
             (&[], 2, &[], 2),    // no rows
@@ -549,8 +552,8 @@ mod tests {
             let err = LinearProbe::fit(x, dim, labels, classes, 1e-4, 10).unwrap_err();
             assert!(matches!(err, VaeError::Shape(_)), "{err}");
         }
-        let labels = [0u8, 1];
-        for (classes, l2) in [(0, 1e-4), (257, 1e-4), (2, -1.0), (2, f64::NAN)] {
+        let labels = [0u32, 1];
+        for (classes, l2) in [(0, 1e-4), (MAX_PROBE_CLASSES + 1, 1e-4), (2, -1.0), (2, f64::NAN)] {
             let err = LinearProbe::fit(&x, 2, &labels, classes, l2, 10).unwrap_err();
             assert!(matches!(err, VaeError::Config(_)), "{err}");
         }

@@ -21,7 +21,7 @@ pub fn decode(gpu: &Gpu, vae: &Vae, z: &[f32]) -> Result<Vec<f32>> {
 /// Decodes latent codes `z` (n·Z values) into decoder means, each conditioned on its class in
 /// `labels` (n values) for a conditional model; `labels` must be None for other models. The
 /// host side of [`Inference::record_decode`]: the same plan and kernels, so the same bits.
-pub fn decode_conditional(gpu: &Gpu, vae: &Vae, z: &[f32], labels: Option<&[u8]>) -> Result<Vec<f32>> {
+pub fn decode_conditional(gpu: &Gpu, vae: &Vae, z: &[f32], labels: Option<&[u32]>) -> Result<Vec<f32>> {
     let zd = vae.config.latent;
     if z.is_empty() || !z.len().is_multiple_of(zd) {
         return Err(VaeError::Shape(format!(
@@ -31,15 +31,14 @@ pub fn decode_conditional(gpu: &Gpu, vae: &Vae, z: &[f32], labels: Option<&[u8]>
     }
     let n = z.len() / zd;
     check_rows(gpu, vae, n)?;
-    let labels: Option<Vec<u32>> = labels.map(|l| l.iter().map(|&c| c as u32).collect());
-    match (vae.config.classes, &labels) {
+    match (vae.config.classes, labels) {
         (0, Some(_)) => Err(VaeError::Config(
             "labels given, but the model is not conditional".into(),
         )),
         (c, None) if c > 0 => Err(VaeError::Config(
             "a conditional model decodes with a class label per code".into(),
         )),
-        _ => Inference::new(gpu, vae)?.decode(z, labels.as_deref()),
+        _ => Inference::new(gpu, vae)?.decode(z, labels),
     }
 }
 
@@ -76,7 +75,7 @@ pub fn prior_latents(
     seed: u64,
     n: usize,
     temperature: f32,
-    labels: Option<&[u8]>,
+    labels: Option<&[u32]>,
 ) -> Result<Vec<f32>> {
     if n == 0 {
         return Ok(Vec::new());
@@ -94,7 +93,7 @@ pub fn conditional_prior_draws(
     gpu: &Gpu,
     vae: &Vae,
     top: &[f32],
-    labels: Option<&[u8]>,
+    labels: Option<&[u32]>,
     seed: u64,
     temperature: f32,
 ) -> Result<Vec<f32>> {

@@ -168,7 +168,7 @@ pub trait Latent: Send + Sync {
         seed: u64,
         n: usize,
         temperature: f32,
-        labels: Option<&[u8]>,
+        labels: Option<&[u32]>,
     ) -> Result<Vec<f32>>;
     /// z₁ drawn down from values of the topmost layer (see
     /// [`crate::infer::conditional_prior_draws`]): a hierarchy only.
@@ -177,7 +177,7 @@ pub trait Latent: Send + Sync {
         _gpu: &Gpu,
         _arena: &ParamArena,
         _top: &[f32],
-        _labels: Option<&[u8]>,
+        _labels: Option<&[u32]>,
         _seed: u64,
         _temperature: f32,
     ) -> Result<Vec<f32>> {

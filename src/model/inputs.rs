@@ -104,7 +104,7 @@ pub(crate) fn labelled_rows(
     v: &[f32],
     dim: usize,
     width: usize,
-    labels: Option<&[u8]>,
+    labels: Option<&[u32]>,
     what: &str,
 ) -> Result<Vec<f32>> {
     let n = v.len() / dim;

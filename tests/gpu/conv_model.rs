@@ -126,7 +126,7 @@ struct Totals {
 
 /// The forward pass of a convolutional model in PyTorch's terms for the batch `x` [b, C·H·W]
 /// (NCHW, which for C = 1 is the row-major image), its `labels`, and ε [L, b, Z].
-fn forward(cfg: &VaeConfig, t: &Tensors, x: &[f64], labels: &[u8], eps: &[f64], samples: usize) -> Totals {
+fn forward(cfg: &VaeConfig, t: &Tensors, x: &[f64], labels: &[u32], eps: &[f64], samples: usize) -> Totals {
     let Arch::Conv(arch) = &cfg.arch else {
         panic!("a convolutional model")
     };
@@ -251,7 +251,7 @@ fn forward(cfg: &VaeConfig, t: &Tensors, x: &[f64], labels: &[u8], eps: &[f64], 
         })
         .collect();
     let zin = if cfg.classes > 0 {
-        let per_row: Vec<u8> = (0..rows).map(|r| labels[r % b]).collect();
+        let per_row: Vec<u32> = (0..rows).map(|r| labels[r % b]).collect();
         reference::with_one_hot(&draws, z, &per_row, cfg.dec_input_dim())
     } else {
         draws

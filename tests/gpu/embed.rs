@@ -12,7 +12,7 @@ use crate::common::{assert_close, gpu};
 use crate::reference;
 
 /// The first `n` MNIST test images (bytes) and labels.
-fn mnist(n: usize) -> (Vec<u8>, Vec<u8>) {
+fn mnist(n: usize) -> (Vec<u8>, Vec<u32>) {
     let set = DatasetKind::Mnist
         .load_split(&DatasetKind::Mnist.default_dir(), false)
         .expect("data/mnist is committed");
@@ -53,7 +53,7 @@ fn grey(bytes: &[u8]) -> Vec<f32> {
 
 /// The decoder's pixel means in f64 from the model's parameters: the MLP's decoder layers on
 /// [z | one-hot | zero padding], then the sigmoid (Bernoulli) or the clamp to [0, 1].
-fn reference_decode(g: &Gpu, vae: &Vae, z: &[f32], labels: &[u8]) -> Vec<f64> {
+fn reference_decode(g: &Gpu, vae: &Vae, z: &[f32], labels: &[u32]) -> Vec<f64> {
     let cfg = &vae.config;
     let params: Vec<Vec<f64>> = vae
         .arena
@@ -108,8 +108,7 @@ fn models() -> Vec<VaeConfig> {
 fn device_buffer_inference_equals_the_host_api() {
     let g = gpu();
     let n = 7;
-    let (bytes, labels8) = mnist(n);
-    let labels: Vec<u32> = labels8.iter().map(|&l| l as u32).collect();
+    let (bytes, labels) = mnist(n);
     let align = g.ctx.device.limits().min_storage_buffer_offset_alignment as u64;
     let storage = wgpu::BufferUsages::STORAGE;
     let readable = storage | wgpu::BufferUsages::COPY_SRC;
@@ -143,22 +142,22 @@ fn device_buffer_inference_equals_the_host_api() {
         let (got_means, got_recon, got_decoded, got_sampled) =
             (read(&means), read(&recon), read(&decoded), read(&sampled));
 
-        let eval = Evaluator::new(g, GpuDataset::upload(g, "x", &bytes, n, d, labels8.clone()).unwrap()).unwrap();
+        let eval = Evaluator::new(g, GpuDataset::upload(g, "x", &bytes, n, d, labels.clone()).unwrap()).unwrap();
         assert!(got_means == eval.encode_means(&vae, 0).unwrap(), "model {m}: means");
         let chosen: Vec<usize> = (0..n).collect();
         assert!(
             got_recon == eval.reconstruct_examples(&vae, 5, &chosen).unwrap().1,
             "model {m}: reconstructions"
         );
-        let host_labels = conditional.then_some(&labels8[..]);
+        let host_labels = conditional.then_some(&labels[..]);
         assert!(
             got_decoded == decode_conditional(g, &vae, &got_means, host_labels).unwrap(),
             "model {m}: decodings"
         );
-        let want = reference_decode(g, &vae, &got_means, &labels8);
+        let want = reference_decode(g, &vae, &got_means, &labels);
         assert_close(&format!("model {m}: decoder"), &got_decoded, &want, |_| 1e-5);
         let z = prior_latents(g, &vae, 9, n, 0.8, host_labels).unwrap();
-        let want = reference_decode(g, &vae, &z, &labels8);
+        let want = reference_decode(g, &vae, &z, &labels);
         assert_close(&format!("model {m}: prior draws"), &got_sampled, &want, |_| 1e-4);
         assert!(got_sampled.iter().zip(&got_decoded).any(|(a, b)| a != b));
 
@@ -192,15 +191,14 @@ fn device_prior_draws_of_a_conditional_hierarchy() {
         ..Default::default()
     };
     let vae = Vae::new(g, cfg, 12).unwrap();
-    let labels8 = [3u8, 1, 4, 1, 5];
-    let labels: Vec<u32> = labels8.iter().map(|&l| l as u32).collect();
+    let labels = [3u32, 1, 4, 1, 5];
     let mut inf = Inference::new(g, &vae).unwrap();
     let got = inf.sample_prior(5, 21, 1.3, Some(&labels)).unwrap();
-    let z = prior_latents(g, &vae, 21, 5, 1.3, Some(&labels8)).unwrap();
+    let z = prior_latents(g, &vae, 21, 5, 1.3, Some(&labels)).unwrap();
     assert_close(
         "hierarchy's prior draws",
         &got,
-        &reference_decode(g, &vae, &z, &labels8),
+        &reference_decode(g, &vae, &z, &labels),
         |_| 1e-4,
     );
     assert!(inf.sample_prior(5, 21, 1.3, None).is_err());
@@ -272,8 +270,7 @@ fn host_buffers_and_shapes_are_checked() {
 fn host_driven_training_from_device_datasets_equals_train_epoch() {
     let g = gpu();
     let n = 150;
-    let (bytes, labels8) = mnist(n);
-    let labels: Vec<u32> = labels8.iter().map(|&l| l as u32).collect();
+    let (bytes, labels) = mnist(n);
     let cfg = VaeConfig {
         hidden: vec![32],
         latent: 4,
@@ -290,7 +287,7 @@ fn host_driven_training_from_device_datasets_equals_train_epoch() {
             ..Default::default()
         };
         let data = match source {
-            "upload" => GpuDataset::upload(g, "train", &bytes, n, 784, labels8.clone()).unwrap(),
+            "upload" => GpuDataset::upload(g, "train", &bytes, n, 784, labels.clone()).unwrap(),
             _ => {
                 let (pixels, format, len) = if source == "u8" {
                     (bytes.clone(), PixelFormat::U8, n * 784 / 4)
@@ -336,4 +333,41 @@ fn host_driven_training_from_device_datasets_equals_train_epoch() {
         matches!(&err, Some(VaeError::Shape(m)) if m.contains("needs 1568 words")),
         "{err:?}"
     );
+}
+
+/// Labels beyond 256 classes reach the one-hot columns they name: a 300-class conditional
+/// model decodes labels 299 and 256 as an f64 decoder with those one-hots does (a byte label
+/// would have become 43 and 0), trains on a dataset whose labels run to 299, and encodes the
+/// same image differently under labels 299 and 43.
+#[test]
+fn labels_beyond_256_classes() {
+    let g = gpu();
+    let cfg = VaeConfig {
+        hidden: vec![16],
+        latent: 4,
+        classes: 300,
+        ..Default::default()
+    };
+    let vae = Vae::new(g, cfg, 5).unwrap();
+    let labels = [299u32, 256, 43, 0];
+    let z: Vec<f32> = (0..16).map(|i| (i as f32 * 0.7).cos()).collect();
+    let got = decode_conditional(g, &vae, &z, Some(&labels)).unwrap();
+    assert_close("decodings", &got, &reference_decode(g, &vae, &z, &labels), |_| 1e-5);
+    assert!(got[..784] != got[2 * 784..3 * 784], "labels 299 and 43 decode alike");
+
+    let (bytes, _) = mnist(64);
+    let wide: Vec<u32> = (0..64).map(|i| 250 + i % 50).collect();
+    let data = GpuDataset::upload(g, "train", &bytes, 64, 784, wide).unwrap();
+    let config = TrainConfig {
+        batch_size: 32,
+        ..Default::default()
+    };
+    let report = Trainer::new(g, &vae, data, config)
+        .unwrap()
+        .train_epoch(|_, _| {})
+        .unwrap();
+    assert!(report.train.loss.is_finite());
+    let mut inf = Inference::new(g, &vae).unwrap();
+    let x = grey(&bytes[..784]);
+    assert!(inf.encode(&x, Some(&[299])).unwrap() != inf.encode(&x, Some(&[43])).unwrap());
 }

@@ -17,7 +17,7 @@ use vae_wgpu::train::{Evaluator, KlSchedule, TrainConfig, Trainer};
 use crate::common::{assert_close, gpu, rand_vec, to_f64};
 use crate::reference::{self, Batch};
 
-fn mnist(n: usize, train: bool) -> (Vec<u8>, Vec<u8>) {
+fn mnist(n: usize, train: bool) -> (Vec<u8>, Vec<u32>) {
     let set = DatasetKind::Mnist
         .load_split(&DatasetKind::Mnist.default_dir(), train)
         .expect("data/mnist is committed");
@@ -312,7 +312,7 @@ fn figures_have_documented_sizes_and_content() {
     };
     let vae = Vae::new(g, cfg, 6).unwrap();
     let means: Vec<f32> = rand_vec(6 * 2, 40, -1.5, 1.5);
-    let labels = [0u8, 1, 2, 0, 1, 2];
+    let labels = [0u32, 1, 2, 0, 1, 2];
     let dir = std::env::temp_dir().join(format!("vae-wgpu-figures-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let figures = [
@@ -457,7 +457,7 @@ fn decode_and_encode_means_match_the_reference() {
         let params = to_f64(&vae.arena.read_params(g).unwrap());
         let ls = reference::layers(&cfg);
         let m = cfg.hidden.len();
-        let labels: Vec<u8> = (0..n).map(|i| (i % 3) as u8).collect();
+        let labels: Vec<u32> = (0..n).map(|i| (i % 3) as u32).collect();
 
         // Decoding: codes spread over ±3 so the Gaussian means leave [0, 1] and get clamped.
         let z = rand_vec(n * cfg.latent, 77, -3.0, 3.0);
@@ -612,8 +612,8 @@ fn hierarchical_iw_bound_matches_the_reference() {
             .iter()
             .map(|&v| v.min(255.0) as u8)
             .collect();
-        let labels: Vec<u8> = if classes > 0 {
-            (0..n).map(|i| (i % classes) as u8).collect()
+        let labels: Vec<u32> = if classes > 0 {
+            (0..n).map(|i| (i % classes) as u32).collect()
         } else {
             vec![]
         };

@@ -17,7 +17,7 @@ pub(crate) struct Data {
     /// The masking probability the steps' source asks for (0: no denoising).
     denoise: f32,
     bytes: Vec<u8>,
-    labels: Vec<u8>,
+    labels: Vec<u32>,
     dim: usize,
     perm: Vec<u32>,
     set: GpuDataset,
@@ -35,7 +35,7 @@ impl Data {
         bytes[1] = 255;
         let perm = rng::permutation(&mut rng::host_rng(seed, 1), count);
         // Three classes, not in the order of the examples.
-        let labels: Vec<u8> = (0..count).map(|i| ((i * 7 + 1) % 3) as u8).collect();
+        let labels: Vec<u32> = (0..count).map(|i| ((i * 7 + 1) % 3) as u32).collect();
         let set = GpuDataset::upload(g, "train", &bytes, count, dim, labels.clone()).unwrap();
         let perm_t = g.upload_words("perm", &perm).unwrap();
         Data {
@@ -61,7 +61,7 @@ impl Data {
     }
 
     /// The labels of the batch's rows.
-    pub(crate) fn batch_labels(&self, start: usize, b: usize) -> Vec<u8> {
+    pub(crate) fn batch_labels(&self, start: usize, b: usize) -> Vec<u32> {
         (0..b).map(|row| self.labels[self.perm[start + row] as usize]).collect()
     }
 

@@ -190,8 +190,8 @@ fn datasets(g: &Gpu, binarized: bool) -> Option<(GpuDataset, GpuDataset)> {
         (Err(e), _) | (_, Err(e)) => panic!("data/mnist is committed: {e}"),
     };
     let (n_train, n_test, d) = (3000, 1100, 784);
-    let labels = |l: &[u8], n: usize| l.get(..n).map(<[u8]>::to_vec).unwrap_or_default();
-    let up = |name, images: &[u8], labels: Vec<u8>, n| GpuDataset::upload(g, name, &images[..n * d], n, d, labels);
+    let labels = |l: &[u32], n: usize| l.get(..n).map(<[u32]>::to_vec).unwrap_or_default();
+    let up = |name, images: &[u8], labels: Vec<u32>, n| GpuDataset::upload(g, name, &images[..n * d], n, d, labels);
     Some((
         up("pinned_train", &train.images, labels(&train.labels, n_train), n_train).unwrap(),
         up("pinned_test", &test.images, labels(&test.labels, n_test), n_test).unwrap(),

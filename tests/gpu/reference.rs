@@ -173,7 +173,7 @@ pub fn hier_forward(
     cfg: &VaeConfig,
     params: &[Vec<f64>],
     x: &[f64],
-    labels: Option<&[u8]>,
+    labels: Option<&[u32]>,
     b: usize,
     k: usize,
     eps1: &[f64],
@@ -284,7 +284,7 @@ pub fn hier_losses(
     cfg: &VaeConfig,
     params: &[Vec<f64>],
     x: &[f64],
-    labels: Option<&[u8]>,
+    labels: Option<&[u32]>,
     b: usize,
     k: usize,
     eps1: &[f64],
@@ -328,7 +328,7 @@ fn codebook_slot(cfg: &VaeConfig) -> usize {
 
 /// Rows of `v` ([rows, width]) followed by the one-hot of each row's label and zeros, to
 /// `padded` columns: a conditional model's layer input.
-pub fn with_one_hot(v: &[f64], width: usize, labels: &[u8], padded: usize) -> Vec<f64> {
+pub fn with_one_hot(v: &[f64], width: usize, labels: &[u32], padded: usize) -> Vec<f64> {
     let rows = v.len() / width;
     let mut out = vec![0.0; rows * padded];
     for r in 0..rows {
@@ -507,7 +507,7 @@ pub struct Batch<'a> {
     pub eps: &'a [f64],
     pub samples: usize,
     pub beta: f64,
-    pub labels: Option<&'a [u8]>,
+    pub labels: Option<&'a [u32]>,
 }
 
 /// Every intermediate of the forward pass, kept for backprop.
@@ -976,7 +976,7 @@ pub fn hier_log_weights(
     cfg: &VaeConfig,
     params: &[Vec<f64>],
     x: &[f64],
-    labels: Option<&[u8]>,
+    labels: Option<&[u32]>,
     b: usize,
     k: usize,
     eps1: &[f64],
@@ -1137,7 +1137,7 @@ mod tests {
             let b = 3;
             let x = rand_f64(b * 4, 70 + n as u64, 0.0, 1.0);
             let eps = rand_f64(samples * b * 2, 80 + n as u64, -2.0, 2.0);
-            let labels = [2u8, 0, 1];
+            let labels = [2u32, 0, 1];
             let batch = Batch {
                 x: &x,
                 x_in: None,

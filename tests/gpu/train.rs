@@ -1218,7 +1218,7 @@ fn conditional_hierarchical_vae_trains_and_samples_by_class() {
     );
 
     // Samples for classes 3, 7, 7, 0: z₂ as prior_samples draws it, the one-hot after it.
-    let labels = [3u8, 7, 7, 0];
+    let labels = [3u32, 7, 7, 0];
     let (n, t) = (labels.len(), 0.8f32);
     let z1 = prior_latents(g, &vae, 11, n, t, Some(&labels)).unwrap();
     let z2: Vec<f64> = prior_samples(11, n, 4, t).iter().map(|&v| v as f64).collect();

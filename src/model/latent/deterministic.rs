@@ -37,7 +37,7 @@ impl Latent for DeterministicCode {
         _seed: u64,
         _n: usize,
         _temperature: f32,
-        _labels: Option<&[u8]>,
+        _labels: Option<&[u32]>,
     ) -> Result<Vec<f32>> {
         Err(VaeError::Config(
             "an autoencoder has no prior to sample from (its code is deterministic)".into(),

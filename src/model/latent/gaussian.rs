@@ -40,7 +40,7 @@ impl Latent for GaussianLatent {
         seed: u64,
         n: usize,
         temperature: f32,
-        _labels: Option<&[u8]>,
+        _labels: Option<&[u32]>,
     ) -> Result<Vec<f32>> {
         Ok(standard_normals(seed, n, self.latent, temperature))
     }

@@ -309,7 +309,7 @@ impl Latent for Hierarchy {
         seed: u64,
         n: usize,
         temperature: f32,
-        labels: Option<&[u8]>,
+        labels: Option<&[u32]>,
     ) -> Result<Vec<f32>> {
         let top = self.top.last().map_or(0, |t| t.latent);
         let z = super::gaussian::standard_normals(seed, n, top, temperature);
@@ -403,7 +403,7 @@ impl Latent for Hierarchy {
         gpu: &Gpu,
         arena: &ParamArena,
         top: &[f32],
-        labels: Option<&[u8]>,
+        labels: Option<&[u32]>,
         seed: u64,
         temperature: f32,
     ) -> Result<Vec<f32>> {

@@ -86,7 +86,7 @@ impl Latent for QuantizedCode {
         _seed: u64,
         _n: usize,
         _temperature: f32,
-        _labels: Option<&[u8]>,
+        _labels: Option<&[u32]>,
     ) -> Result<Vec<f32>> {
         Err(VaeError::Config(
             "a VQ-VAE has no prior to sample from (its code is deterministic)".into(),
