@@ -71,12 +71,14 @@ fn run(args: Args) -> Result<()> {
     println!("the host's device: {} | backend {:?}", r.name, r.backend);
     let vae = model(&gpu, &args)?;
     let cfg = vae.config.clone();
-    if cfg.input_dim != 784 || !cfg.is_vae() {
+    if cfg.input_dim != 784 || !cfg.is_vae() || !matches!(cfg.classes, 0 | 10) {
         return Err(VaeError::Config(format!(
-            "embed walks a VAE's prior over 28×28 digits; the checkpoint holds {} values per image \
-             and code {}",
+            "embed walks a VAE's prior over MNIST digits and fine-tunes on them: it needs 784 values \
+             per image, a code with a prior and no classes or MNIST's 10; the checkpoint has {}, code \
+             {} and {} classes",
             cfg.input_dim,
-            vae_wgpu::model::code_name(&cfg.code)
+            vae_wgpu::model::code_name(&cfg.code),
+            cfg.classes
         )));
     }
     let mut inference = Inference::new(&gpu, &vae)?;
@@ -276,7 +278,7 @@ fn fine_tune(device: &wgpu::Device, gpu: &Gpu, vae: &Vae, args: &Args) -> Result
 
     let config = TrainConfig {
         batch_size: BATCH,
-        seed: args.seed + 1,
+        seed: args.seed.wrapping_add(1),
         ..Default::default()
     };
     let mut trainer = Trainer::new(gpu, vae, data, config)?;

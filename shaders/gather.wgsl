@@ -90,7 +90,8 @@ fn gather_f32(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 // ---- class conditioning: one-hot labels after the pixels and after the latent code ----
 // x[b, D + c] = [label(b) == c] for c in 0..x_extra, and z[r, Z + c] likewise for every one of
-// the L·B decoder rows r (example r mod B); the columns past the classes are zero padding.
+// the L·B decoder rows r (example r mod B); the columns past the classes are zero padding,
+// whatever the label (a label at or beyond the class count gives an all-zero one-hot).
 
 struct CondParams {
     rows: u32,      // B
@@ -101,6 +102,7 @@ struct CondParams {
     z_width: u32,   // Z' (row stride of z)
     count: u32,
     perm_len: u32,
+    classes: u32,   // one-hot columns; those past them stay zero
 }
 
 @group(0) @binding(0) var<uniform> cp: CondParams;
@@ -126,14 +128,14 @@ fn condition(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (i < nx) {
         let b = i / xe;
         let c = i % xe;
-        xc[b * CP.x_width + CP.x_dim + c] = select(0.0, 1.0, label_of(b) == c);
+        xc[b * CP.x_width + CP.x_dim + c] = select(0.0, 1.0, c < CP.classes && label_of(b) == c);
         return;
     }
     let j = i - nx;
     if (j >= CP.samples * CP.rows * ze) { return; }
     let r = j / ze;
     let c = j % ze;
-    zc[r * CP.z_width + CP.z_dim + c] = select(0.0, 1.0, label_of(r % CP.rows) == c);
+    zc[r * CP.z_width + CP.z_dim + c] = select(0.0, 1.0, c < CP.classes && label_of(r % CP.rows) == c);
 }
 
 // ---- masking noise for denoising: the encoder's input is a corrupted copy of the batch ----

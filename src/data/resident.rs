@@ -273,6 +273,7 @@ impl BatchSource for ResidentBatches<'_> {
         gpu: &Gpu,
         label: &str,
         step: &StepBuffer,
+        classes: usize,
         x: &Tensor,
         rows: &Tensor,
         rows_dim: usize,
@@ -280,6 +281,17 @@ impl BatchSource for ResidentBatches<'_> {
         let labels = self.data.labels_gpu.as_ref().ok_or_else(|| {
             VaeError::Config("a conditional model needs a labelled dataset (binarized MNIST has no labels)".into())
         })?;
-        ops::condition(gpu, label, step, labels, self.order, x, self.data.dim, rows, rows_dim)
+        ops::condition(
+            gpu,
+            label,
+            step,
+            labels,
+            classes,
+            self.order,
+            x,
+            self.data.dim,
+            rows,
+            rows_dim,
+        )
     }
 }

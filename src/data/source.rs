@@ -14,14 +14,17 @@ pub trait BatchSource {
     /// `batch_start` on) into the first [`BatchSource::dim`] columns of `x`'s rows, as grey
     /// levels in [0, 1] (with `binarize`, resampled to 0 or 1 with those probabilities).
     fn plan_gather(&self, gpu: &Gpu, step: &StepBuffer, x: &Tensor, binarize: bool) -> Result<Dispatch>;
-    /// Plans the one-hot of each batch example's label into `x`'s columns after the pixels and
-    /// into each of `rows`' rows after its first `rows_dim` columns (row r takes example
-    /// r mod b's label). An unlabelled source refuses.
+    /// Plans the one-hot over `classes` columns of each batch example's label into `x`'s
+    /// columns after the pixels and into each of `rows`' rows after its first `rows_dim`
+    /// columns (row r takes example r mod b's label); the columns past `classes` are zero. An
+    /// unlabelled source refuses.
+    #[allow(clippy::too_many_arguments)]
     fn plan_labels(
         &self,
         gpu: &Gpu,
         label: &str,
         step: &StepBuffer,
+        classes: usize,
         x: &Tensor,
         rows: &Tensor,
         rows_dim: usize,

@@ -244,7 +244,8 @@ impl Gpu {
 
     /// A host's buffer as a tensor of `shape` from byte `offset` on, with no copy and no
     /// allocation; `what` names it in errors. The buffer must belong to this device, have
-    /// `STORAGE` usage (no other: the crate reads and writes it from kernels, never by copy),
+    /// `STORAGE` usage (the only one the crate needs: it reads and writes the buffer from
+    /// kernels, never by copy; other usages are the host's business),
     /// an offset that is a multiple of the device's `min_storage_buffer_offset_alignment`, and
     /// room for the tensor's 4-byte elements (at least 16 bytes) from the offset on. The tensor
     /// holds a reference to the buffer, never frees it and is outside
@@ -296,6 +297,31 @@ impl Gpu {
             )));
         }
         self.memory.check(&what, bytes, wgpu::BufferUsages::STORAGE)?;
+        // A trial binding, inside an error scope of its own: a buffer of another device (or
+        // one destroyed) is refused here, naming it, rather than at the first plan.
+        let device = &self.ctx.device;
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("wrap_buffer.check"),
+            entries: &[kernels::layout::storage(0, true)],
+        });
+        let _ = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("wrap_buffer.check"),
+            layout: &layout,
+            entries: &[wgpu::BindGroupEntry {
+                binding: 0,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer,
+                    offset,
+                    size: std::num::NonZeroU64::new(bytes.max(16).min(buffer.size() - offset)),
+                }),
+            }],
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(fail(format!(
+                "it cannot be bound on this device (a buffer of another wgpu::Device, or destroyed?): {e}"
+            )));
+        }
         Ok(Tensor::view(
             Arc::new(GpuBuffer::external(buffer.clone())),
             offset,

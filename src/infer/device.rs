@@ -8,16 +8,17 @@ use std::collections::{hash_map, HashMap};
 use crate::data::{GpuDataset, PixelFormat};
 use crate::error::{Result, VaeError};
 use crate::gpu::{Dispatch, Gpu, Tensor};
-use crate::model::block::{rows, WorkspaceSpec};
+use crate::model::block::{rows, Ctx, NetworkWorkspace, WorkspaceSpec};
 use crate::model::inputs::Inputs;
-use crate::model::step::{plan_decode, plan_encode, plan_reconstruct};
+use crate::model::step::{plan_encode, plan_reconstruct};
+use crate::model::terms::{TermLayout, Terms};
 use crate::model::workspace::Workspace;
 use crate::model::Vae;
 use crate::ops::{self, StepBuffer, StepParams};
 use crate::rng;
 
-/// Plans kept before the cache is emptied (each holds bind groups over the buffers it was
-/// recorded with, and so keeps them alive).
+/// Plans an [`Inference`] caches; past it the least recently recorded leaves (each holds bind
+/// groups over the buffers it was recorded with, and so keeps them alive).
 pub const MAX_CACHED_PLANS: usize = 64;
 
 /// Inference for one model on device buffers. Every `record_*` method validates its tensors,
@@ -32,10 +33,12 @@ pub const MAX_CACHED_PLANS: usize = 64;
 /// usage it needs is `STORAGE`, inputs and outputs alike (kernels read and write it; it is
 /// never a copy's source or destination).
 ///
-/// Buffers: per batch size n, one evaluation workspace (the model's activations for n rows)
-/// and the host methods' staging tensors, held until the `Inference` drops; per plan, its
-/// uniforms and bind groups, which keep the buffers they bind alive until the plan leaves the
-/// cache ([`Inference::clear_plans`], or once [`MAX_CACHED_PLANS`] are held).
+/// Buffers: per batch size n, an evaluation workspace (encode, reconstruct), the decoder's
+/// workspace (decode, prior draws) and the host methods' staging tensors, each made on first
+/// use and held until [`Inference::clear`] or the `Inference` drops; per plan, its uniforms,
+/// a hierarchy's prior-draw scratch and the bind groups, which keep the buffers they bind
+/// alive until the plan leaves the cache ([`Inference::clear_plans`], or as the least recently
+/// recorded once [`MAX_CACHED_PLANS`] are held).
 ///
 /// ```
 /// use vae_wgpu::{wgpu, Gpu, GpuOptions, Inference, Vae, VaeConfig};
@@ -71,17 +74,35 @@ pub struct Inference<'a> {
     vae: &'a Vae,
     /// batch_start 0, seed 0: the deterministic plans' step uniform.
     step: StepBuffer,
-    sizes: HashMap<usize, Batch>,
+    sizes: Sizes,
     plans: HashMap<PlanKey, Plan>,
+    /// Recordings so far: each plan's last one decides which leaves the cache first.
+    clock: u64,
+    /// Plans built so far.
+    built: u64,
 }
 
-/// What the plans for one batch size share.
-struct Batch {
-    ws: Workspace,
-    /// 0..n, the order the batch source reads the caller's rows in.
-    order: Tensor,
-    /// Staging tensors of the host methods, made on first use.
-    staging: HashMap<&'static str, Tensor>,
+/// The tensors the plans of each batch size share.
+#[derive(Default)]
+struct Sizes {
+    /// Evaluation workspaces (encode, reconstruct).
+    full: HashMap<usize, Workspace>,
+    /// The decoder alone (decode, prior draws).
+    decoders: HashMap<usize, DecoderRows>,
+    /// 0..n: the order a plan reads the caller's rows (and labels) in.
+    orders: HashMap<usize, Tensor>,
+    /// The host methods' staging tensors, by batch size and name.
+    staging: HashMap<(usize, &'static str), Tensor>,
+}
+
+/// The decoder's tensors for n rows: decoding needs no encoder.
+struct DecoderRows {
+    /// Its input [n, Z']: the codes, then a conditional model's one-hot and zero padding.
+    z: Tensor,
+    /// Its output [n, D].
+    out: Tensor,
+    ws: Box<dyn NetworkWorkspace>,
+    terms: Terms,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -105,6 +126,11 @@ struct Plan {
     /// A seeded plan's own step uniform (written once), so that plans with different seeds
     /// may be recorded into one encoder.
     _step: Option<StepBuffer>,
+    /// Tensors only this plan uses (a hierarchy's prior-draw activations), counted in the
+    /// ledger while the plan is cached.
+    _scratch: Vec<Tensor>,
+    /// The clock at its last recording.
+    used: u64,
 }
 
 impl<'a> Inference<'a> {
@@ -117,8 +143,10 @@ impl<'a> Inference<'a> {
             gpu,
             vae,
             step,
-            sizes: HashMap::new(),
+            sizes: Sizes::default(),
             plans: HashMap::new(),
+            clock: 0,
+            built: 0,
         })
     }
 
@@ -132,10 +160,21 @@ impl<'a> Inference<'a> {
         self.plans.len()
     }
 
+    /// Plans built so far: a recording that finds its plan cached builds none.
+    pub fn plans_built(&self) -> u64 {
+        self.built
+    }
+
     /// Drops every cached plan (and with them the bind groups over the caller's buffers);
     /// the workspaces stay.
     pub fn clear_plans(&mut self) {
         self.plans.clear();
+    }
+
+    /// Drops the cached plans and every batch size's workspaces and staging tensors.
+    pub fn clear(&mut self) {
+        self.plans.clear();
+        self.sizes = Sizes::default();
     }
 
     /// Records the posterior means μ(x) [n, Z] of images `x` [n, D] into `means` (an
@@ -153,22 +192,23 @@ impl<'a> Inference<'a> {
         self.check("record_encode", "means", means, n, self.vae.config.latent)?;
         let key = self.key(Entry::Encode, n, &[Some(x), labels, Some(means)]);
         self.record(encoder, key, |me, s| {
-            let (source, batch) = me.source(s, n, x, labels)?;
-            let batches = source.batches(&batch.order);
+            let (ws, order) = me.full(s, n)?;
+            let source = me.source(n, x, labels)?;
+            let batches = source.batches(order);
             let inputs = Inputs {
                 source: &batches,
                 binarize: false,
                 denoise: 0.0,
             };
-            let (mut d, _) = plan_encode(me.gpu, me.vae, &batch.ws, n, &inputs, &me.step)?;
+            let (mut d, _) = plan_encode(me.gpu, me.vae, ws, n, &inputs, &me.step)?;
             d.push(ops::copy_columns(
                 me.gpu,
                 "encode.means",
-                &rows(&batch.ws.enc, n),
+                &rows(&ws.enc, n),
                 means,
                 me.vae.config.latent,
             )?);
-            Ok((d, None))
+            Ok((d, None, Vec::new()))
         })
     }
 
@@ -187,14 +227,10 @@ impl<'a> Inference<'a> {
         self.check("record_decode", "images", images, n, cfg.input_dim)?;
         let key = self.key(Entry::Decode, n, &[Some(z), labels, Some(images)]);
         self.record(encoder, key, |me, s| {
-            let batch = me.batch(s, n)?;
-            let zr = rows(&batch.ws.z, n);
-            let mut d = vec![ops::copy_columns(me.gpu, "decode.z", z, &zr, me.vae.config.latent)?];
-            d.extend(me.condition_rows(batch, labels, &zr, &me.step)?);
-            d.extend(ops::refresh_mirror("decode.z", &zr));
-            d.extend(plan_decode(me.gpu, me.vae, &batch.ws, n, &me.step)?);
-            d.push(me.pixel_means(batch, n, images)?);
-            Ok((d, None))
+            let (dec, order) = me.decoder(s, n)?;
+            let mut d = vec![ops::copy_columns(me.gpu, "decode.z", z, &dec.z, me.vae.config.latent)?];
+            d.extend(me.decode_rows(dec, order, labels, &me.step, images)?);
+            Ok((d, None, Vec::new()))
         })
     }
 
@@ -216,16 +252,17 @@ impl<'a> Inference<'a> {
         let key = self.key(Entry::Reconstruct { seed }, n, &[Some(x), labels, Some(images)]);
         self.record(encoder, key, |me, s| {
             let step = me.seeded_step(seed, rng::STREAM_EVAL)?;
-            let (source, batch) = me.source(s, n, x, labels)?;
-            let batches = source.batches(&batch.order);
+            let (ws, order) = me.full(s, n)?;
+            let source = me.source(n, x, labels)?;
+            let batches = source.batches(order);
             let inputs = Inputs {
                 source: &batches,
                 binarize: false,
                 denoise: 0.0,
             };
-            let mut d = plan_reconstruct(me.gpu, me.vae, &batch.ws, n, &inputs, &step)?;
-            d.push(me.pixel_means(batch, n, images)?);
-            Ok((d, Some(step)))
+            let mut d = plan_reconstruct(me.gpu, me.vae, ws, n, &inputs, &step)?;
+            d.push(me.pixel_means(&rows(&ws.out, n), images)?);
+            Ok((d, Some(step), Vec::new()))
         })
     }
 
@@ -252,17 +289,13 @@ impl<'a> Inference<'a> {
         let key = self.key(entry, n, &[labels, Some(images)]);
         self.record(encoder, key, |me, s| {
             let step = me.seeded_step(seed, rng::STREAM_SAMPLE)?;
-            let batch = me.batch(s, n)?;
-            let zr = rows(&batch.ws.z, n);
-            let mut d =
+            let (dec, order) = me.decoder(s, n)?;
+            let (mut d, scratch) =
                 me.vae
                     .latent
-                    .plan_prior_draws(me.gpu, &me.vae.arena, &step, temperature, labels, &batch.order, &zr)?;
-            d.extend(me.condition_rows(batch, labels, &zr, &step)?);
-            d.extend(ops::refresh_mirror("sample.z", &zr));
-            d.extend(plan_decode(me.gpu, me.vae, &batch.ws, n, &step)?);
-            d.push(me.pixel_means(batch, n, images)?);
-            Ok((d, Some(step)))
+                    .plan_prior_draws(me.gpu, &me.vae.arena, &step, temperature, labels, order, &dec.z)?;
+            d.extend(me.decode_rows(dec, order, labels, &step, images)?);
+            Ok((d, Some(step), scratch))
         })
     }
 
@@ -323,108 +356,141 @@ impl<'a> Inference<'a> {
         }
     }
 
-    /// Records the cached plan for `key`, building it with `build` first if needed.
+    /// Records the cached plan for `key`, building it with `build` first if needed (a plan's
+    /// dispatches, its own step uniform and scratch tensors).
     fn record(
         &mut self,
         encoder: &mut wgpu::CommandEncoder,
         key: PlanKey,
-        build: impl FnOnce(&Self, &mut HashMap<usize, Batch>) -> Result<(Vec<Dispatch>, Option<StepBuffer>)>,
+        build: impl FnOnce(&Self, &mut Sizes) -> Result<(Vec<Dispatch>, Option<StepBuffer>, Vec<Tensor>)>,
     ) -> Result<()> {
+        self.clock += 1;
         if !self.plans.contains_key(&key) {
             let mut sizes = std::mem::take(&mut self.sizes);
             let built = build(self, &mut sizes);
             self.sizes = sizes;
-            let (dispatches, step) = built?;
+            let (dispatches, step, scratch) = built?;
+            self.built += 1;
             if self.plans.len() >= MAX_CACHED_PLANS {
-                self.plans.clear();
+                let oldest = self.plans.iter().min_by_key(|(_, p)| p.used).map(|(k, _)| k.clone());
+                if let Some(k) = oldest {
+                    self.plans.remove(&k);
+                }
             }
             self.plans.insert(
                 key.clone(),
                 Plan {
                     dispatches,
                     _step: step,
+                    _scratch: scratch,
+                    used: 0,
                 },
             );
         }
         let plan = self
             .plans
-            .get(&key)
+            .get_mut(&key)
             .ok_or_else(|| VaeError::Gpu("an inference plan went missing from its cache".into()))?;
+        plan.used = self.clock;
         self.gpu.record(encoder, &plan.dispatches.iter().collect::<Vec<_>>());
         Ok(())
     }
 
-    /// The workspace and order for `n` rows, made on first use.
-    fn batch<'s>(&self, sizes: &'s mut HashMap<usize, Batch>, n: usize) -> Result<&'s Batch> {
-        match sizes.entry(n) {
+    /// The order 0..n, made on first use.
+    fn order<'s>(&self, orders: &'s mut HashMap<usize, Tensor>, n: usize) -> Result<&'s Tensor> {
+        match orders.entry(n) {
             hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
             hash_map::Entry::Vacant(e) => {
-                let ws = Workspace::new(self.gpu, self.vae, &WorkspaceSpec::eval(n, 1))?;
                 let order: Vec<u32> = (0..n as u32).collect();
-                let order = self.gpu.upload_words("inference.order", &order)?;
-                Ok(e.insert(Batch {
-                    ws,
-                    order,
-                    staging: HashMap::new(),
-                }))
+                Ok(e.insert(self.gpu.upload_words("inference.order", &order)?))
             }
         }
     }
 
-    /// The caller's images (and labels) as a batch source over `n` rows.
-    fn source<'s>(
+    /// The evaluation workspace for `n` rows and their order, made on first use.
+    fn full<'s>(&self, s: &'s mut Sizes, n: usize) -> Result<(&'s Workspace, &'s Tensor)> {
+        if let hash_map::Entry::Vacant(e) = s.full.entry(n) {
+            e.insert(Workspace::new(self.gpu, self.vae, &WorkspaceSpec::eval(n, 1))?);
+        }
+        let order = self.order(&mut s.orders, n)?;
+        Ok((&s.full[&n], order))
+    }
+
+    /// The decoder's tensors for `n` rows and their order, made on first use.
+    fn decoder<'s>(&self, s: &'s mut Sizes, n: usize) -> Result<(&'s DecoderRows, &'s Tensor)> {
+        if let hash_map::Entry::Vacant(e) = s.decoders.entry(n) {
+            let cfg = &self.vae.config;
+            let mut terms = TermLayout::new(n, 1);
+            let ws = self
+                .vae
+                .decoder
+                .workspace(self.gpu, &WorkspaceSpec::eval(n, 1), n, &mut terms)?;
+            e.insert(DecoderRows {
+                z: self.gpu.tensor("decode.z", &[n, cfg.dec_input_dim()])?,
+                out: self.gpu.tensor("decode.out", &[n, cfg.input_dim])?,
+                ws,
+                terms: terms.allocate(self.gpu)?,
+            });
+        }
+        let order = self.order(&mut s.orders, n)?;
+        Ok((&s.decoders[&n], order))
+    }
+
+    /// After the codes are in `dec.z`'s first columns: a conditional model's one-hot, the
+    /// decoder, and the pixel means into `images`.
+    fn decode_rows(
         &self,
-        sizes: &'s mut HashMap<usize, Batch>,
-        n: usize,
-        x: &Tensor,
+        dec: &DecoderRows,
+        order: &Tensor,
         labels: Option<&Tensor>,
-    ) -> Result<(GpuDataset, &'s Batch)> {
-        let source = GpuDataset::from_device(
+        step: &StepBuffer,
+        images: &Tensor,
+    ) -> Result<Vec<Dispatch>> {
+        let n = dec.z.shape()[0];
+        let mut d = Vec::new();
+        if let Some(labels) = labels {
+            // No pixel columns to label: an empty x of n rows.
+            let x = self.gpu.dummy_write().reshape_prefix(&[n, 0]);
+            d.push(ops::condition(
+                self.gpu,
+                "decode.condition",
+                step,
+                labels,
+                self.vae.config.classes,
+                order,
+                &x,
+                0,
+                &dec.z,
+                self.vae.config.latent,
+            )?);
+        }
+        let c = Ctx {
+            gpu: self.gpu,
+            arena: &self.vae.arena,
+            step,
+            terms: &dec.terms,
+            b: n,
+            samples: 1,
+            weights: None,
+        };
+        d.extend(dec.ws.forward(&c, &dec.z, &dec.out)?);
+        d.push(self.pixel_means(&dec.out, images)?);
+        Ok(d)
+    }
+
+    /// The caller's images (and labels) as a batch source over `n` rows.
+    fn source(&self, n: usize, x: &Tensor, labels: Option<&Tensor>) -> Result<GpuDataset> {
+        GpuDataset::from_device(
             x.clone(),
             PixelFormat::F32,
             n,
             self.vae.config.input_dim,
             labels.cloned(),
-        )?;
-        Ok((source, self.batch(sizes, n)?))
-    }
-
-    /// A conditional model's one-hot labels into the decoder's rows `z` [n, Z'] (and a
-    /// hierarchy's upper rows are the latent's own business).
-    fn condition_rows(
-        &self,
-        batch: &Batch,
-        labels: Option<&Tensor>,
-        z: &Tensor,
-        step: &StepBuffer,
-    ) -> Result<Vec<Dispatch>> {
-        let Some(labels) = labels else {
-            return Ok(Vec::new());
-        };
-        let n = z.shape()[0];
-        // No pixel columns to label: an empty x of n rows.
-        let x = self.gpu.dummy_write().reshape_prefix(&[n, 0]);
-        Ok(vec![ops::condition(
-            self.gpu,
-            "decode.condition",
-            step,
-            labels,
-            &batch.order,
-            &x,
-            0,
-            z,
-            self.vae.config.latent,
-        )?])
-    }
-
-    fn pixel_means(&self, batch: &Batch, n: usize, images: &Tensor) -> Result<Dispatch> {
-        ops::pixel_means(
-            self.gpu,
-            "pixel_means",
-            self.vae.config.likelihood,
-            &rows(&batch.ws.out, n),
-            images,
         )
+    }
+
+    fn pixel_means(&self, out: &Tensor, images: &Tensor) -> Result<Dispatch> {
+        ops::pixel_means(self.gpu, "pixel_means", self.vae.config.likelihood, out, images)
     }
 
     /// A step uniform for a seeded plan: the draws keyed (seed, step 0, `stream`).
@@ -505,41 +571,31 @@ impl<'a> Inference<'a> {
             }
         }
         let gpu = self.gpu;
-        let mut sizes = std::mem::take(&mut self.sizes);
-        let made = (|| {
-            self.batch(&mut sizes, n)?;
-            let batch = sizes
-                .get_mut(&n)
-                .ok_or_else(|| VaeError::Gpu("an inference workspace went missing".into()))?;
-            let mut tensor = |name: &'static str, shape: &[usize]| -> Result<Tensor> {
-                if !batch.staging.contains_key(name) {
-                    batch
-                        .staging
-                        .insert(name, gpu.tensor(&format!("inference.{name}"), shape)?);
-                }
-                Ok(batch.staging[name].clone())
-            };
-            let inp = match input {
-                Some((name, cols, values)) => {
-                    let t = tensor(name, &[n, cols])?;
-                    gpu.write(&t, values)?;
-                    t
-                }
-                None => gpu.dummy_read().clone(),
-            };
-            let lt = match labels {
-                Some(l) => {
-                    let t = tensor("labels", &[n])?;
-                    gpu.write_words(&t, l)?;
-                    Some(t)
-                }
-                None => None,
-            };
-            let out = tensor(output.0, &[n, output.1])?;
-            Ok((inp, lt, out))
-        })();
-        self.sizes = sizes;
-        made
+        let staging = &mut self.sizes.staging;
+        let mut tensor = |name: &'static str, shape: &[usize]| -> Result<Tensor> {
+            match staging.entry((n, name)) {
+                hash_map::Entry::Occupied(e) => Ok(e.get().clone()),
+                hash_map::Entry::Vacant(e) => Ok(e.insert(gpu.tensor(&format!("inference.{name}"), shape)?).clone()),
+            }
+        };
+        let inp = match input {
+            Some((name, cols, values)) => {
+                let t = tensor(name, &[n, cols])?;
+                gpu.write(&t, values)?;
+                t
+            }
+            None => gpu.dummy_read().clone(),
+        };
+        let lt = match labels {
+            Some(l) => {
+                let t = tensor("labels", &[n])?;
+                gpu.write_words(&t, l)?;
+                Some(t)
+            }
+            None => None,
+        };
+        let out = tensor(output.0, &[n, output.1])?;
+        Ok((inp, lt, out))
     }
 
     /// Records `record` into a new encoder, submits it and reads `out` back.

@@ -188,8 +188,8 @@ pub trait Latent: Send + Sync {
     /// Plans draws from the prior on the device into the first Z columns of the decoder's
     /// rows `z` [n, Z'], the noise scaled by `temperature` and keyed by `step` (seed, step 0,
     /// [`crate::rng::STREAM_SAMPLE`]) as [`Latent::sample_prior`] keys it; `labels` (one u32
-    /// per row, read through `order`) for a conditional prior. Scratch tensors live as long
-    /// as the returned dispatches.
+    /// per row, read through `order`) for a conditional prior. Returns the dispatches and the
+    /// scratch tensors they use, which the caller keeps as long as it keeps the dispatches.
     #[allow(clippy::too_many_arguments)]
     fn plan_prior_draws(
         &self,
@@ -200,7 +200,7 @@ pub trait Latent: Send + Sync {
         _labels: Option<&Tensor>,
         _order: &Tensor,
         _z: &Tensor,
-    ) -> Result<Vec<Dispatch>> {
+    ) -> Result<(Vec<Dispatch>, Vec<Tensor>)> {
         Err(crate::VaeError::Config(
             "this model's code has no prior to sample from (an autoencoder's code is deterministic, a \
              VQ-VAE's prior is not modelled)"

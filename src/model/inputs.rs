@@ -27,16 +27,19 @@ pub struct InputsWorkspace {
     /// The encoder's input when denoising (with a texture mirror where `x` has one: the first
     /// encoder layer reads it instead of `x`).
     noisy: Option<Tensor>,
+    /// A conditional model's classes (0 otherwise): the one-hot's columns.
+    classes: usize,
 }
 
 impl InputsWorkspace {
-    /// The batch for `spec`, rows of `width` values.
-    pub fn new(gpu: &Gpu, spec: &WorkspaceSpec, width: usize) -> Result<Self> {
+    /// The batch for `spec`, rows of `width` values, for a model of `classes` classes.
+    pub fn new(gpu: &Gpu, spec: &WorkspaceSpec, width: usize, classes: usize) -> Result<Self> {
         let mirror = spec.mirrors && (spec.batch * width).is_multiple_of(4);
         let t = |name: &str| ops::mirrored(gpu, name, gpu.tensor(name, &[spec.batch, width])?, mirror);
         Ok(InputsWorkspace {
             x: t("x")?,
             noisy: if spec.denoise { Some(t("x_noisy")?) } else { None },
+            classes,
         })
     }
 
@@ -65,14 +68,19 @@ impl Inputs<'_> {
             let label = if i == 0 { "condition" } else { "condition.top" };
             d.push(
                 self.source
-                    .plan_labels(c.gpu, label, c.step, &x, &rows(target, c.draws()), *cols)?,
+                    .plan_labels(c.gpu, label, c.step, ws.classes, &x, &rows(target, c.draws()), *cols)?,
             );
         }
         for (target, cols) in enc_labelled {
-            d.push(
-                self.source
-                    .plan_labels(c.gpu, "condition.encoder", c.step, &x, &rows(target, c.b), *cols)?,
-            );
+            d.push(self.source.plan_labels(
+                c.gpu,
+                "condition.encoder",
+                c.step,
+                ws.classes,
+                &x,
+                &rows(target, c.b),
+                *cols,
+            )?);
         }
         if self.denoise > 0.0 {
             let noisy = ws.noisy.as_ref().ok_or_else(|| {

@@ -110,7 +110,7 @@ impl Workspace {
         Ok(Workspace {
             batch: b,
             samples: spec.samples,
-            inputs: InputsWorkspace::new(gpu, &spec, cfg.enc_input_dim())?,
+            inputs: InputsWorkspace::new(gpu, &spec, cfg.enc_input_dim(), cfg.classes)?,
             enc: t("enc", &[b, cfg.head_width()])?,
             z,
             out: t("out", &[r, cfg.input_dim])?,

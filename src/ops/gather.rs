@@ -133,17 +133,21 @@ struct CondParams {
     z_width: u32,
     count: u32,
     perm_len: u32,
+    classes: u32,
+    _pad: [u32; 3],
 }
 
 /// Plans the class conditioning of a batch: columns D.. of `x` [B, D'] and Z.. of `z` [L·B, Z']
 /// become the one-hot label of the row's example (`labels` one u32 per dataset example, in
-/// the order `perm` indexes), zero past the classes. Pixels and latent codes are untouched.
+/// the order `perm` indexes) over `classes` columns, zero past them (so a label at or beyond
+/// `classes` gives all zeros, never a padding column). Pixels and latent codes are untouched.
 #[allow(clippy::too_many_arguments)]
 pub fn condition(
     gpu: &Gpu,
     label: &str,
     step: &StepBuffer,
     labels: &Tensor,
+    classes: usize,
     perm: &Tensor,
     x: &Tensor,
     x_dim: usize,
@@ -184,6 +188,8 @@ pub fn condition(
         z_width: zw as u32,
         count: labels.len() as u32,
         perm_len: perm.len() as u32,
+        classes: classes as u32,
+        _pad: [0; 3],
     };
     let ubuf = gpu.uniform(label, &raw)?;
     let res = [

@@ -289,6 +289,15 @@ impl<'g> Trainer<'g> {
                 data.dim, vae.config.input_dim
             )));
         }
+        // Labels held on the host are checked here; a device dataset's cannot be, and a label
+        // beyond the classes gives an all-zero one-hot.
+        let classes = vae.config.classes;
+        if let Some(&bad) = data.labels.iter().find(|&&l| classes > 0 && l as usize >= classes) {
+            return Err(VaeError::Config(format!(
+                "the dataset has label {bad}, but the conditional model has {classes} classes \
+                 (VaeConfig::classes): labels must be below it"
+            )));
+        }
         let b = config.batch_size.min(data.count);
         let steps = Self::steps_for(data.count, b, config.drop_last);
         if steps == 0 {

@@ -1085,13 +1085,15 @@ fn gather_and_dynamic_binarization() {
 }
 
 /// Class conditioning: the one-hot label after the pixels of each batch row and after the
-/// code of each of the L·B decoder rows, zero padding after the classes, zero for rows past
-/// the permutation's end, and the pixels and codes left alone.
+/// code of each of the L·B decoder rows, zero padding after the classes (labels 3 and 4 of a
+/// three-class model, which name padding columns, give all zeros), zero for rows past the
+/// permutation's end, and the pixels and codes left alone.
 #[test]
 fn condition_writes_one_hot_labels() {
     let g = gpu();
     let count = 11usize;
-    let labels_h: Vec<u32> = (0..count as u32).map(|i| (i * 5 + 2) % 3).collect();
+    let labels_h: Vec<u32> = (0..count as u32).map(|i| (i * 7 + 2) % 5).collect();
+    let classes = 3;
     let labels = g.upload_words("labels", &labels_h).unwrap();
     let perm_h: Vec<u32> = (0..count as u32).map(|i| (i * 4) % count as u32).collect();
     let perm = g.upload_words("perm", &perm_h).unwrap();
@@ -1099,7 +1101,7 @@ fn condition_writes_one_hot_labels() {
     let x = g.upload("x", &[b, xw], &vec![0.25; b * xw]).unwrap();
     let z = g.upload("z", &[l * b, zw], &vec![-0.5; l * b * zw]).unwrap();
     let step = StepBuffer::new(g).unwrap();
-    let dsp = ops::condition(g, "condition", &step, &labels, &perm, &x, d, &z, zd).unwrap();
+    let dsp = ops::condition(g, "condition", &step, &labels, classes, &perm, &x, d, &z, zd).unwrap();
     for start in [0u32, 9] {
         step.write(
             g,
@@ -1112,7 +1114,9 @@ fn condition_writes_one_hot_labels() {
         let (xg, zg) = (g.read(&x).unwrap(), g.read(&z).unwrap());
         let label = |row: usize| {
             let pos = start as usize + row;
-            (pos < count).then(|| labels_h[perm_h[pos] as usize] as usize)
+            (pos < count)
+                .then(|| labels_h[perm_h[pos] as usize] as usize)
+                .filter(|&l| l < classes)
         };
         for row in 0..b {
             for c in 0..xw {

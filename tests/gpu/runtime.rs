@@ -240,7 +240,7 @@ fn ops_refuse_mismatched_shapes_with_typed_errors() {
         ),
         (
             "condition-rows",
-            ops::condition(g, "condition-rows", &step, &perm, &perm, &x8, 4, &t(&[3, 8]), 4),
+            ops::condition(g, "condition-rows", &step, &perm, 4, &perm, &x8, 4, &t(&[3, 8]), 4),
             "multiple",
         ),
         (

@@ -54,17 +54,9 @@ impl Latent for GaussianLatent {
         _labels: Option<&Tensor>,
         _order: &Tensor,
         z: &Tensor,
-    ) -> Result<Vec<Dispatch>> {
-        Ok(vec![ops::prior_draw(
-            gpu,
-            "prior.z1",
-            step,
-            None,
-            self.latent,
-            temperature,
-            0,
-            z,
-        )?])
+    ) -> Result<(Vec<Dispatch>, Vec<Tensor>)> {
+        let d = ops::prior_draw(gpu, "prior.z1", step, None, self.latent, temperature, 0, z)?;
+        Ok((vec![d], Vec::new()))
     }
 
     fn workspace(

@@ -325,7 +325,7 @@ impl Latent for Hierarchy {
         labels: Option<&Tensor>,
         order: &Tensor,
         z: &Tensor,
-    ) -> Result<Vec<Dispatch>> {
+    ) -> Result<(Vec<Dispatch>, Vec<Tensor>)> {
         let (Some(t), Some(&width)) = (self.top.last(), self.input_dims.last()) else {
             return Err(VaeError::Config("a hierarchy needs a layer above z1".into()));
         };
@@ -339,6 +339,7 @@ impl Latent for Hierarchy {
         let n = z.shape()[0];
         // The topmost layer from N(0, I), keyed as `sample_prior`'s host draws.
         let mut above = gpu.tensor("prior.z_top", &[n, width])?;
+        let mut scratch = Vec::new();
         let mut d = vec![ops::prior_draw(
             gpu,
             "prior.top",
@@ -360,6 +361,7 @@ impl Latent for Hierarchy {
                     "prior.condition",
                     step,
                     labels,
+                    self.classes,
                     order,
                     &x,
                     0,
@@ -374,6 +376,7 @@ impl Latent for Hierarchy {
                 .collect::<Result<_>>()?;
             let p_out = gpu.tensor("p_below", &[n, 2 * zd])?;
             d.extend(self.layers[i].plan_prior(gpu, arena, &above, &hidden, &p_out)?);
+            scratch.extend(hidden);
             let below = if i == 0 {
                 z.clone()
             } else {
@@ -389,9 +392,10 @@ impl Latent for Hierarchy {
                 i as u32 + 1,
                 &below,
             )?);
-            above = below;
+            scratch.push(std::mem::replace(&mut above, below));
+            scratch.push(p_out);
         }
-        Ok(d)
+        Ok((d, scratch))
     }
 
     /// Each layer z_k below the top from p(z_k|z_{k+1}) (p(z_k|z_{k+1}, y) with one label per
