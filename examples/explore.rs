@@ -10,7 +10,6 @@ use clap::Parser;
 use common::data::Data;
 use serde::Serialize;
 use vae_wgpu::data::DatasetKind;
-use vae_wgpu::data::GpuDataset;
 use vae_wgpu::explore::{
     arithmetic_figure, class_figure, hierarchy_figure, interpolation_figure, manifold_figure, write_scatter_png,
     Figure, LinearProbe,
@@ -155,8 +154,8 @@ fn run(args: Args) -> Result<()> {
     let dir = data.from.clone();
     let (train, test) = (&data.train, &data.test);
     let d = cfg.input_dim;
-    let test_gpu = GpuDataset::upload(&gpu, "test", &test.images, test.count, d, test.labels.clone())?;
-    let train_gpu = GpuDataset::upload(&gpu, "train", &train.images, train.count, d, train.labels.clone())?;
+    let test_gpu = test.eval_set(&gpu, "test", d, false)?;
+    let train_gpu = train.eval_set(&gpu, "train", d, false)?;
     let test_eval = Evaluator::new(&gpu, test_gpu)?;
     let train_eval = Evaluator::new(&gpu, train_gpu)?;
 

@@ -168,8 +168,9 @@ struct Cli {
     /// skipping it with a warning
     #[arg(long)]
     strict: bool,
-    /// Keep the training images on the host and upload each batch before its step (automatic
-    /// when they exceed the device's largest storage binding); the numbers do not change
+    /// Keep the training and test images on the host and upload each batch before its step or
+    /// evaluation (automatic for a set beyond the device's largest storage binding); the
+    /// numbers do not change
     #[arg(long)]
     stream: bool,
     /// With --dataset images:DIR: where decoded images are kept between runs, or none
@@ -644,12 +645,16 @@ fn run(mut args: Args) -> Result<i32> {
     // Training images beyond one storage binding (or asked to) stay on the host, streamed a
     // batch at a time; the numbers are the same either way.
     let streamed = args.stream || gpu.check_buffer("the training images", (n_train * d) as u128).is_err();
-    let on_device = test.count * d
-        + if streamed {
-            args.train.batch_size.min(n_train) * d
-        } else {
-            n_train * d
-        };
+    let test_streamed = args.stream || gpu.check_buffer("the test images", (test.count * d) as u128).is_err();
+    let on_device = if test_streamed {
+        vae_wgpu::train::EVAL_BATCH.min(test.count) * d
+    } else {
+        test.count * d
+    } + if streamed {
+        args.train.batch_size.min(n_train) * d
+    } else {
+        n_train * d
+    };
     let [c, h, w] = shape;
     let notes: String = data.notes.iter().map(|n| format!(" | {n}")).collect();
     println!(
@@ -685,7 +690,14 @@ fn run(mut args: Args) -> Result<i32> {
             train_gpu.device_bytes() as f64 / 1e6
         );
     }
-    let test_gpu = GpuDataset::upload(&gpu, "test", &test.images, test.count, d, test.labels.clone())?;
+    let test_gpu = test.eval_set(&gpu, "test", d, test_streamed)?;
+    if test_streamed {
+        println!(
+            "streaming: the {:.1} MB of test images stay on the host; the device holds an evaluation batch ({:.2} MB)",
+            (test.count * d) as f64 / 1e6,
+            test_gpu.device_bytes() as f64 / 1e6
+        );
+    }
     let data_meta = [
         ("image_shape".to_string(), format!("{c},{h},{w}")),
         (

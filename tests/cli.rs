@@ -1051,7 +1051,8 @@ fn mnist_as_numpy_arrays_trains_as_the_built_in_loader() {
             .collect()
     };
     assert_eq!(metrics(&runs[0]), metrics(&runs[1]));
-    // Streamed from the host a batch at a time, the same run gives the same numbers.
+    // Streamed from the host a batch at a time (training and test images), the same run
+    // gives the same numbers.
     let streamed = dir.join("streamed");
     let mut args: Vec<&str> = flags.to_vec();
     args.extend([
@@ -1063,7 +1064,8 @@ fn mnist_as_numpy_arrays_trains_as_the_built_in_loader() {
     ]);
     let out = run("train_mnist", &args, &[]);
     assert!(
-        text(&out).contains("streaming: the 0.8 MB of training images stay on the host"),
+        text(&out).contains("streaming: the 0.8 MB of training images stay on the host")
+            && text(&out).contains("streaming: the 7.8 MB of test images stay on the host"),
         "{}",
         text(&out)
     );

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use vae_wgpu::data::{
-    ArrayLayout, DatasetKind, FolderOptions, MnistSet, NpzNames, ResizeMode, IMAGE_SIDE, NUM_CLASSES,
+    ArrayLayout, DatasetKind, FolderOptions, GpuDataset, MnistSet, NpzNames, ResizeMode, IMAGE_SIDE, NUM_CLASSES,
 };
 use vae_wgpu::{Result, VaeError};
 
@@ -105,6 +105,31 @@ pub struct Split {
     pub images: Vec<u8>,
     pub labels: Vec<u32>,
     pub count: usize,
+}
+
+impl Split {
+    /// The split on the device for evaluation: resident when it fits one storage binding and
+    /// `stream` is off, else streamed through a window of one evaluation batch (the same
+    /// numbers: the evaluator's batches are the window's).
+    pub fn eval_set(&self, gpu: &vae_wgpu::Gpu, name: &str, d: usize, stream: bool) -> Result<GpuDataset> {
+        if stream
+            || gpu
+                .check_buffer(&format!("the {name} images"), (self.count * d) as u128)
+                .is_err()
+        {
+            GpuDataset::streamed(
+                gpu,
+                name,
+                self.images.clone(),
+                self.count,
+                d,
+                self.labels.clone(),
+                vae_wgpu::train::EVAL_BATCH,
+            )
+        } else {
+            GpuDataset::upload(gpu, name, &self.images, self.count, d, self.labels.clone())
+        }
+    }
 }
 
 /// The data of a run: both splits, the image shape and what the summary line says of them.

@@ -197,6 +197,11 @@ impl GpuDataset {
         })
     }
 
+    /// Examples the device buffers hold: all of them resident, the window streamed.
+    pub fn window(&self) -> usize {
+        self.window
+    }
+
     /// Whether the examples stay on the host ([`GpuDataset::streamed`]).
     pub fn is_streamed(&self) -> bool {
         self.host.is_some()

@@ -31,13 +31,15 @@ pub struct Evaluator<'g> {
 pub const EVAL_BATCH: usize = 500;
 
 impl<'g> Evaluator<'g> {
-    /// Holds `data` on the device, in its stored order.
+    /// Holds `data` on the device, in its stored order. A streamed dataset
+    /// ([`GpuDataset::streamed`]) is evaluated a window at a time, in batches of at most its
+    /// window, with the numbers of the same data resident.
     pub fn new(gpu: &'g Gpu, data: GpuDataset) -> Result<Self> {
         let order: Vec<u32> = (0..data.count as u32).collect();
         let perm = gpu.upload_words("eval_perm", &order)?;
         Ok(Evaluator {
             gpu,
-            batch: EVAL_BATCH.min(data.count),
+            batch: EVAL_BATCH.min(data.count).min(data.window()),
             data,
             perm,
             step_buf: StepBuffer::new(gpu)?,
@@ -60,6 +62,20 @@ impl<'g> Evaluator<'g> {
     /// The dataset.
     pub fn data(&self) -> &GpuDataset {
         &self.data
+    }
+
+    /// Before the batch of `rows` examples from `batch_start` on: a streamed dataset's examples
+    /// into its window (and the order's entries pointing at the window's rows, so the gather
+    /// reads what it would read resident), then the step uniform.
+    fn begin_batch(&self, seed: u64, batch_start: usize, rows: usize, log_row: usize) -> Result<()> {
+        if self.data.is_streamed() {
+            let ids: Vec<u32> = (batch_start as u32..(batch_start + rows) as u32).collect();
+            self.data.fill_window(self.gpu, &ids)?;
+            let slots: Vec<u32> = (0..rows as u32).collect();
+            self.gpu.write_words_at(&self.perm, batch_start, &slots)?;
+        }
+        self.write_step(seed, batch_start, log_row);
+        Ok(())
     }
 
     fn write_step(&self, seed: u64, batch_start: usize, log_row: usize) {
@@ -125,7 +141,7 @@ impl<'g> Evaluator<'g> {
             } else {
                 (&full, b)
             };
-            self.write_step(seed, i * b, i);
+            self.begin_batch(seed, i * b, rows, i)?;
             self.gpu.run(&plan.iter().collect::<Vec<_>>())?;
             after(rows)?;
             if progress(i + 1, steps).is_break() {
@@ -149,7 +165,7 @@ impl<'g> Evaluator<'g> {
             } else {
                 &full
             };
-            self.write_step(seed, i * b, i);
+            self.begin_batch(seed, i * b, b.min(self.data.count - i * b), i)?;
             let refs: Vec<&Dispatch> = plan.iter().collect();
             let mut enc = self.gpu.ctx.device.create_command_encoder(&Default::default());
             self.gpu.record(&mut enc, &refs);
@@ -292,7 +308,7 @@ impl<'g> Evaluator<'g> {
             ));
         }
         // Decoder rows are K·B: keep them near 5000.
-        let b = (5000 / k).clamp(1, self.data.count);
+        let b = (5000 / k).clamp(1, self.data.count.min(self.data.window()));
         let spec = WorkspaceSpec {
             log_ratio: true,
             ..WorkspaceSpec::eval(b, k)
@@ -358,7 +374,19 @@ impl<'g> Evaluator<'g> {
             )));
         }
         let order: Vec<u32> = chosen.iter().map(|&i| i as u32).collect();
-        let perm = self.gpu.upload_words("chosen", &order)?;
+        // A streamed dataset's chosen examples go into its window, read in its row order.
+        let perm = if self.data.is_streamed() {
+            if n > self.data.window() {
+                return Err(VaeError::Config(format!(
+                    "{n} examples chosen from a dataset streamed through a window of {}: choose at most that many",
+                    self.data.window()
+                )));
+            }
+            self.data.fill_window(self.gpu, &order)?;
+            self.gpu.upload_words("chosen", &(0..n as u32).collect::<Vec<_>>())?
+        } else {
+            self.gpu.upload_words("chosen", &order)?
+        };
         let ws = Workspace::new(self.gpu, vae, &WorkspaceSpec::eval(n, 1))?;
         let log = self.gpu.tensor("recon_log", &[1, METRIC_SLOTS])?;
         let batches = self.data.batches(&perm);
@@ -414,7 +442,7 @@ impl<'g> Evaluator<'g> {
             } else {
                 &full
             };
-            self.write_step(seed, i * b, i);
+            self.begin_batch(seed, i * b, rows, i)?;
             self.gpu.run(&list.iter().collect::<Vec<_>>())?;
             let hw = vae.config.head_width();
             let enc = self.gpu.read(&ws.enc.reshape_prefix(&[rows, hw]))?;

@@ -1445,6 +1445,64 @@ fn a_streamed_dataset_trains_as_the_resident_one() {
     );
 }
 
+/// A streamed evaluation set (the examples on the host, a window on the device filled before
+/// each batch) evaluates as the resident one, bit for bit: −ELBO with binarization, the
+/// importance-weighted bound (K = 10), per-layer KL, posterior means and chosen
+/// reconstructions of a conditional hierarchical model, over 1,100 examples in windows of 500,
+/// the evaluation batch (a partial last batch); more examples chosen than the window holds
+/// are refused.
+#[test]
+fn a_streamed_test_set_evaluates_as_the_resident_one() {
+    let g = gpu();
+    let set = DatasetKind::Mnist
+        .load_split(&DatasetKind::Mnist.default_dir(), false)
+        .expect("data/mnist is committed");
+    let n = 1100;
+    let (images, labels) = (set.images[..n * 784].to_vec(), set.labels[..n].to_vec());
+    let cfg = VaeConfig {
+        classes: 10,
+        code: Code::Hierarchical(vec![TopLatent {
+            latent: 4,
+            hidden: vec![16],
+        }]),
+        ..small_config()
+    };
+    let vae = Vae::new(g, cfg, 12).unwrap();
+    let resident = Evaluator::new(
+        g,
+        GpuDataset::upload(g, "test", &images, n, 784, labels.clone()).unwrap(),
+    )
+    .unwrap();
+    let streamed = Evaluator::new(
+        g,
+        GpuDataset::streamed(g, "test", images.clone(), n, 784, labels, 500).unwrap(),
+    )
+    .unwrap();
+    assert!(streamed.data().is_streamed() && streamed.data().window() == 500);
+    let chosen = [1099, 3, 517, 3];
+    let run = |e: &Evaluator| {
+        (
+            e.elbo(&vae, 4, true).unwrap(),
+            e.iw_nll(&vae, 4, 10, false, |_, _| {}).unwrap(),
+            e.layer_kl(&vae, 4, false).unwrap(),
+            e.encode_means(&vae, 4).unwrap(),
+            e.reconstruct_examples(&vae, 4, &chosen).unwrap(),
+        )
+    };
+    let (a, b) = (run(&resident), run(&streamed));
+    assert_eq!(a.0, b.0, "elbo");
+    assert_eq!(a.1, b.1, "importance-weighted bound");
+    assert_eq!(a.2, b.2, "per-layer KL");
+    assert!(a.3 == b.3, "posterior means");
+    assert!(a.4 == b.4, "reconstructions");
+    let many: Vec<usize> = (0..501).collect();
+    let err = streamed.reconstruct_examples(&vae, 4, &many).err();
+    assert!(
+        matches!(&err, Some(VaeError::Config(m)) if m.contains("window of 500")),
+        "{err:?}"
+    );
+}
+
 /// A loop the host drives — `begin_epoch`, `record_step` into its own encoders, `end_epoch` —
 /// trains as `train_epoch` does, bit for bit: two epochs with dynamic binarization and a
 /// partial last batch give the same reports and parameters, and the report comes from one
