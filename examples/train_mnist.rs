@@ -12,7 +12,7 @@ use std::time::Instant;
 use clap::Parser;
 use common::data::{dataset, fraction, image_size, npz_names, Data, DataSpec};
 use common::Signals;
-use vae_wgpu::data::{ArrayLayout, GpuDataset, NpzNames, IMAGE_SIDE, NUM_CLASSES};
+use vae_wgpu::data::{ArrayLayout, GpuDataset, NpzNames, Pixels, IMAGE_SIDE, NUM_CLASSES};
 use vae_wgpu::gpu::MatmulStrategy;
 use vae_wgpu::infer::{decode_conditional, prior_latents};
 use vae_wgpu::io::read_safetensors;
@@ -644,17 +644,30 @@ fn run(mut args: Args) -> Result<i32> {
     let n_train = args.limit_train.map_or(train.count, |n| n.min(train.count));
     // Training images beyond one storage binding (or asked to) stay on the host, streamed a
     // batch at a time; the numbers are the same either way.
-    let streamed = args.stream || gpu.check_buffer("the training images", (n_train * d) as u128).is_err();
-    let test_streamed = args.stream || gpu.check_buffer("the test images", (test.count * d) as u128).is_err();
-    let on_device = if test_streamed {
-        vae_wgpu::train::EVAL_BATCH.min(test.count) * d
-    } else {
-        test.count * d
-    } + if streamed {
-        args.train.batch_size.min(n_train) * d
-    } else {
-        n_train * d
-    };
+    // Bytes a value: 1, or 4 for float32 arrays kept as f32.
+    let (vb_train, vb_test) = (train.images.value_bytes(), test.images.value_bytes());
+    let streamed = args.stream
+        || gpu
+            .check_buffer("the training images", (n_train * d * vb_train) as u128)
+            .is_err();
+    let test_streamed = args.stream
+        || gpu
+            .check_buffer("the test images", (test.count * d * vb_test) as u128)
+            .is_err();
+    let on_device = vb_test
+        * d
+        * if test_streamed {
+            vae_wgpu::train::EVAL_BATCH.min(test.count)
+        } else {
+            test.count
+        }
+        + vb_train
+            * d
+            * if streamed {
+                args.train.batch_size.min(n_train)
+            } else {
+                n_train
+            };
     let [c, h, w] = shape;
     let notes: String = data.notes.iter().map(|n| format!(" | {n}")).collect();
     println!(
@@ -670,23 +683,24 @@ fn run(mut args: Args) -> Result<i32> {
         on_device as f64 / 1e6
     );
     let train_labels = train.labels.get(..n_train).map(<[u32]>::to_vec).unwrap_or_default();
+    let train_images = train.images.prefix(n_train * d);
     let train_gpu = if streamed {
-        GpuDataset::streamed(
+        GpuDataset::streamed_pixels(
             &gpu,
             "train",
-            train.images[..n_train * d].to_vec(),
+            train_images,
             n_train,
             d,
             train_labels,
             args.train.batch_size,
         )?
     } else {
-        GpuDataset::upload(&gpu, "train", &train.images[..n_train * d], n_train, d, train_labels)?
+        GpuDataset::upload_pixels(&gpu, "train", &train_images, n_train, d, train_labels)?
     };
     if streamed {
         println!(
             "streaming: the {:.1} MB of training images stay on the host; the device holds a batch ({:.2} MB)",
-            (n_train * d) as f64 / 1e6,
+            (n_train * d * vb_train) as f64 / 1e6,
             train_gpu.device_bytes() as f64 / 1e6
         );
     }
@@ -694,7 +708,7 @@ fn run(mut args: Args) -> Result<i32> {
     if test_streamed {
         println!(
             "streaming: the {:.1} MB of test images stay on the host; the device holds an evaluation batch ({:.2} MB)",
-            (test.count * d) as f64 / 1e6,
+            (test.count * d * vb_test) as f64 / 1e6,
             test_gpu.device_bytes() as f64 / 1e6
         );
     }
@@ -716,10 +730,29 @@ fn run(mut args: Args) -> Result<i32> {
     let vae =
         Vae::new(&gpu, args.model.clone(), args.train.seed).map_err(common::sized_by(common::MODEL_SIZE_FLAGS))?;
     if args.output_bias_mean {
-        let images = &train.images[..n_train * d];
         let mean: Vec<f32> = (0..d)
             .map(|p| {
-                (images.iter().skip(p).step_by(d).map(|&v| v as f64).sum::<f64>() / (255.0 * n_train as f64)) as f32
+                let mean = match &train.images {
+                    Pixels::U8(v) => {
+                        v[..n_train * d]
+                            .iter()
+                            .skip(p)
+                            .step_by(d)
+                            .map(|&v| v as f64)
+                            .sum::<f64>()
+                            / (255.0 * n_train as f64)
+                    }
+                    Pixels::F32(v) => {
+                        v[..n_train * d]
+                            .iter()
+                            .skip(p)
+                            .step_by(d)
+                            .map(|&v| v as f64)
+                            .sum::<f64>()
+                            / n_train as f64
+                    }
+                };
+                mean as f32
             })
             .collect();
         vae.init_output_bias(&gpu, &mean)

@@ -968,13 +968,18 @@ fn every_relative_link_resolves() {
 
 /// A .npy of uint8 `data` shaped `shape`, written by hand (format 1.0).
 fn npy_u8(shape: &[usize], data: &[u8]) -> Vec<u8> {
+    npy_of("|u1", shape, data)
+}
+
+/// A .npy file of `descr` (NumPy's dtype string) holding `data` as they are.
+fn npy_of(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     let tuple = if shape.len() == 1 {
         format!("({},)", dims[0])
     } else {
         format!("({})", dims.join(", "))
     };
-    let mut header = format!("{{'descr': '|u1', 'fortran_order': False, 'shape': {tuple}, }}");
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {tuple}, }}");
     while (10 + header.len() + 1) % 64 != 0 {
         header.push(' ');
     }
@@ -987,7 +992,8 @@ fn npy_u8(shape: &[usize], data: &[u8]) -> Vec<u8> {
 }
 
 /// MNIST exported to a .npz (x_train, y_train, x_test, y_test, uint8 [N, 28, 28]) trains to the
-/// built-in loader's metrics, line for line, with the same seed; the run records the source and
+/// built-in loader's metrics, line for line, with the same seed (also streamed, and as float32
+/// b·(1/255) kept as f32); the run records the source and
 /// the image shape; array flags without arrays, and arrays that cannot be read, are refused
 /// naming the flag or the file, with nothing written.
 #[test]
@@ -1070,6 +1076,46 @@ fn mnist_as_numpy_arrays_trains_as_the_built_in_loader() {
         text(&out)
     );
     assert_eq!(metrics(&streamed), metrics(&runs[1]));
+
+    // The same images as float32 b·(1/255), kept as f32 on the device, resident and streamed:
+    // the same numbers again.
+    let f32_npz = dir.join("mnist_f32.npz");
+    {
+        let grey = |b: &[u8]| -> Vec<u8> {
+            b.iter()
+                .flat_map(|&v| (v as f32 * (1.0 / 255.0)).to_le_bytes())
+                .collect()
+        };
+        let mut w = zip::ZipWriter::new(std::fs::File::create(&f32_npz).unwrap());
+        let stored = zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        for (name, bytes) in [
+            ("x_train", npy_of("<f4", &[n, 28, 28], &grey(&train.images[..n * 784]))),
+            ("y_train", npy_u8(&[n], &bytes(&train.labels[..n]))),
+            ("x_test", npy_of("<f4", &[test.count, 28, 28], &grey(&test.images))),
+            ("y_test", npy_u8(&[test.count], &bytes(&test.labels))),
+        ] {
+            w.start_file(format!("{name}.npy"), stored).unwrap();
+            w.write_all(&bytes).unwrap();
+        }
+        w.finish().unwrap();
+    }
+    let f32_source = format!("npy:{}", f32_npz.display());
+    for (tag, stream) in [("f32", false), ("f32-streamed", true)] {
+        let out_dir = dir.join(tag);
+        let mut args: Vec<&str> = flags.to_vec();
+        args.extend(["--dataset", f32_source.as_str(), "--out", out_dir.to_str().unwrap()]);
+        if stream {
+            args.push("--stream");
+        }
+        let out = run("train_mnist", &args, &[]);
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(
+            text(&out).contains("float32 kept as f32") && (!stream || text(&out).contains("31.4 MB of test images")),
+            "{}",
+            text(&out)
+        );
+        assert_eq!(metrics(&out_dir), metrics(&runs[1]), "{tag}");
+    }
     let record: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(runs[1].join("run.json")).unwrap()).unwrap();
     assert_eq!(record["dataset"], serde_json::Value::String(source.clone()));

@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use vae_wgpu::data::{
-    ArrayLayout, DatasetKind, FolderOptions, GpuDataset, MnistSet, NpzNames, ResizeMode, IMAGE_SIDE, NUM_CLASSES,
+    ArrayLayout, DatasetKind, FolderOptions, GpuDataset, MnistSet, NpzNames, Pixels, ResizeMode, IMAGE_SIDE,
+    NUM_CLASSES,
 };
 use vae_wgpu::{Result, VaeError};
 
@@ -99,10 +100,10 @@ pub fn npz_names(s: &str) -> std::result::Result<NpzNames, String> {
     }
 }
 
-/// One split in memory: `count` images of C·H·W bytes (channels interleaved) and their labels
-/// (empty without them).
+/// One split in memory: `count` images of C·H·W values, bytes or f32 (channels interleaved),
+/// and their labels (empty without them).
 pub struct Split {
-    pub images: Vec<u8>,
+    pub images: Pixels,
     pub labels: Vec<u32>,
     pub count: usize,
 }
@@ -112,12 +113,9 @@ impl Split {
     /// `stream` is off, else streamed through a window of one evaluation batch (the same
     /// numbers: the evaluator's batches are the window's).
     pub fn eval_set(&self, gpu: &vae_wgpu::Gpu, name: &str, d: usize, stream: bool) -> Result<GpuDataset> {
-        if stream
-            || gpu
-                .check_buffer(&format!("the {name} images"), (self.count * d) as u128)
-                .is_err()
-        {
-            GpuDataset::streamed(
+        let bytes = (self.count * d * self.images.value_bytes()) as u128;
+        if stream || gpu.check_buffer(&format!("the {name} images"), bytes).is_err() {
+            GpuDataset::streamed_pixels(
                 gpu,
                 name,
                 self.images.clone(),
@@ -127,7 +125,7 @@ impl Split {
                 vae_wgpu::train::EVAL_BATCH,
             )
         } else {
-            GpuDataset::upload(gpu, name, &self.images, self.count, d, self.labels.clone())
+            GpuDataset::upload_pixels(gpu, name, &self.images, self.count, d, self.labels.clone())
         }
     }
 }
@@ -330,7 +328,7 @@ impl Data {
     /// A built-in dataset from `dir`.
     pub fn builtin(kind: DatasetKind, dir: &Path) -> Result<Data> {
         let split = |set: MnistSet| Split {
-            images: set.images,
+            images: Pixels::U8(set.images),
             labels: set.labels,
             count: set.count,
         };

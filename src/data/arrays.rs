@@ -1,9 +1,9 @@
 //! NumPy arrays as image sets: `.npy` files (read with `npyz`) and `.npz` archives of them
 //! (their members read through `zip`), uint8 or float32 images shaped `[N, H, W]`,
-//! `[N, H, W, C]` or `[N, C, H, W]`, integer labels (one per image). Images come out as bytes,
-//! each image H·W·C values with the channels interleaved (the models' NHWC); float32 images
-//! must lie in [0, 1] and are
-//! quantized to round(x·255); four channels are RGBA, composited on black to RGB.
+//! `[N, H, W, C]` or `[N, C, H, W]`, integer labels (one per image). Images come out as they
+//! are stored, bytes or f32 ([`Pixels`]), each image H·W·C values with the channels
+//! interleaved (the models' NHWC); float32 images must lie in [0, 1] and are kept as f32 (the
+//! device gathers them as they are); four channels are RGBA, composited on black to RGB.
 //!
 //! Every size is read from the header and checked against the file before the data is read,
 //! so a header that promises more than the file holds is refused, not allocated.
@@ -13,6 +13,7 @@ use std::path::Path;
 
 use npyz::{DType, NpyFile, Order, TypeChar};
 
+use crate::data::set::Pixels;
 use crate::error::{Result, VaeError};
 
 /// Where the channels of a 4-D image array are.
@@ -40,15 +41,16 @@ impl ArrayLayout {
 /// Images read from arrays, with what was done to them on the way.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ImageArrays {
-    /// `count` images of H·W·C bytes, row-major, channels interleaved.
-    pub images: Vec<u8>,
+    /// `count` images of H·W·C values (bytes or f32 in [0, 1]), row-major, channels
+    /// interleaved.
+    pub images: Pixels,
     /// Channels, height, width.
     pub shape: [usize; 3],
     /// Number of images.
     pub count: usize,
     /// One class label per image, when the source has them.
     pub labels: Option<Vec<u32>>,
-    /// What the reader did beyond copying bytes (float quantization, alpha compositing), for
+    /// What the reader did beyond copying values (floats kept as f32, alpha compositing), for
     /// the caller's summary line.
     pub notes: Vec<String>,
 }
@@ -63,10 +65,7 @@ impl ImageArrays {
     pub fn select(&self, indices: &[usize]) -> ImageArrays {
         let d = self.image_len();
         ImageArrays {
-            images: indices
-                .iter()
-                .flat_map(|&i| self.images[i * d..(i + 1) * d].iter().copied())
-                .collect(),
+            images: self.images.select(d, indices),
             shape: self.shape,
             count: indices.len(),
             labels: self.labels.as_ref().map(|l| indices.iter().map(|&i| l[i]).collect()),
@@ -206,11 +205,13 @@ fn images_from<R: Read>(
         ));
     }
     let mut notes = Vec::new();
-    let values: Vec<u8> = match (t.type_char(), t.size_field()) {
+    let values = match (t.type_char(), t.size_field()) {
         (TypeChar::Uint, 1) => {
             check_size(path, what, &shape, 1, available)?;
-            npy.into_vec::<u8>()
-                .map_err(|e| VaeError::format(path, format!("{what}: {e}")))?
+            Pixels::U8(
+                npy.into_vec::<u8>()
+                    .map_err(|e| VaeError::format(path, format!("{what}: {e}")))?,
+            )
         }
         (TypeChar::Float, 4) => {
             check_size(path, what, &shape, 4, available)?;
@@ -223,8 +224,8 @@ fn images_from<R: Read>(
                     format!("{what}: float32 images must lie in [0, 1]; value {i} is {x} (scale it to [0, 1] first)"),
                 ));
             }
-            notes.push("float32 quantized to round(x·255)".to_string());
-            v.iter().map(|&x| (x * 255.0).round() as u8).collect()
+            notes.push("float32 kept as f32 (4 bytes a value on the device)".to_string());
+            Pixels::F32(v)
         }
         _ => {
             return Err(VaeError::format(
@@ -235,30 +236,40 @@ fn images_from<R: Read>(
     };
     // Into [N, H, W, C] with the channels interleaved.
     let plane = h * w;
-    let mut images = match layout {
-        ArrayLayout::Nhwc => values,
-        ArrayLayout::Nchw => {
-            let mut out = vec![0u8; values.len()];
-            for (src, dst) in values.chunks_exact(c * plane).zip(out.chunks_exact_mut(c * plane)) {
-                for p in 0..plane {
-                    for ch in 0..c {
-                        dst[p * c + ch] = src[ch * plane + p];
-                    }
+    fn interleave<T: Copy + Default>(values: Vec<T>, c: usize, plane: usize) -> Vec<T> {
+        let mut out = vec![T::default(); values.len()];
+        for (src, dst) in values.chunks_exact(c * plane).zip(out.chunks_exact_mut(c * plane)) {
+            for p in 0..plane {
+                for ch in 0..c {
+                    dst[p * c + ch] = src[ch * plane + p];
                 }
             }
-            out
         }
+        out
+    }
+    let mut images = match (layout, values) {
+        (ArrayLayout::Nhwc, v) => v,
+        (ArrayLayout::Nchw, Pixels::U8(v)) => Pixels::U8(interleave(v, c, plane)),
+        (ArrayLayout::Nchw, Pixels::F32(v)) => Pixels::F32(interleave(v, c, plane)),
     };
     let mut channels = c;
     if c == 4 {
-        // RGBA composited on black: each colour times alpha / 255, rounded.
-        images = images
-            .chunks_exact(4)
-            .flat_map(|px| {
-                let a = px[3] as u32;
-                [0, 1, 2].map(|k| ((px[k] as u32 * a + 127) / 255) as u8)
-            })
-            .collect();
+        // RGBA composited on black: each colour times alpha (bytes: · alpha / 255, rounded).
+        images = match images {
+            Pixels::U8(v) => Pixels::U8(
+                v.chunks_exact(4)
+                    .flat_map(|px| {
+                        let a = px[3] as u32;
+                        [0, 1, 2].map(|k| ((px[k] as u32 * a + 127) / 255) as u8)
+                    })
+                    .collect(),
+            ),
+            Pixels::F32(v) => Pixels::F32(
+                v.chunks_exact(4)
+                    .flat_map(|px| [0, 1, 2].map(|k| px[k] * px[3]))
+                    .collect(),
+            ),
+        };
         channels = 3;
         notes.push("RGBA composited on black".to_string());
     }
@@ -537,15 +548,22 @@ mod tests {
         let grey = temp("grey.npy", &npy("|u1", &[2, 2, 3], &(0..12).collect::<Vec<u8>>()));
         let g = read_npy_images(&grey, None).unwrap();
         assert_eq!((g.count, g.shape, g.image_len()), (2, [1, 2, 3], 6));
-        assert_eq!(g.images, (0..12).collect::<Vec<u8>>());
+        assert_eq!(g.images, Pixels::U8((0..12).collect()));
         assert!(g.notes.is_empty());
         // One 2×2 RGB image as [N, C, H, W]: planes R = 10.., G = 20.., B = 30.. .
         let planar: Vec<u8> = vec![10, 11, 12, 13, 20, 21, 22, 23, 30, 31, 32, 33];
         let nchw = read_npy_images(&temp("nchw.npy", &npy("|u1", &[1, 3, 2, 2], &planar)), None).unwrap();
         assert_eq!(nchw.shape, [3, 2, 2]);
-        assert_eq!(nchw.images, vec![10, 20, 30, 11, 21, 31, 12, 22, 32, 13, 23, 33]);
+        assert_eq!(
+            nchw.images,
+            Pixels::U8(vec![10, 20, 30, 11, 21, 31, 12, 22, 32, 13, 23, 33])
+        );
         // The same image as [N, H, W, C] is read as it is.
-        let nhwc = read_npy_images(&temp("nhwc.npy", &npy("|u1", &[1, 2, 2, 3], &nchw.images)), None).unwrap();
+        let nhwc = read_npy_images(
+            &temp("nhwc.npy", &npy("|u1", &[1, 2, 2, 3], nchw.images.as_u8().unwrap())),
+            None,
+        )
+        .unwrap();
         assert_eq!(nhwc, nchw);
         // [N, 3, 4, 3] has a channel-sized axis at both ends: the layout must be given.
         let both = temp("both.npy", &npy("|u1", &[1, 3, 4, 3], &[7; 36]));
@@ -563,15 +581,24 @@ mod tests {
     }
 
     #[test]
-    fn floats_are_checked_and_quantized_and_rgba_is_composited() {
-        // round(x·255): 0 → 0, 0.5 → 127.5 → 128, 1/255 → 1, 1 → 255.
-        let f = temp(
-            "f.npy",
-            &npy("<f4", &[1, 1, 4], &f32_bytes(&[0.0, 0.5, 1.0 / 255.0, 1.0])),
-        );
+    fn floats_are_checked_and_kept_and_rgba_is_composited() {
+        // Kept as they are, to the last bit (0.3 is no multiple of 1/255).
+        let values = [0.0, 0.5, 1.0 / 255.0, 0.3];
+        let f = temp("f.npy", &npy("<f4", &[1, 1, 4], &f32_bytes(&values)));
         let a = read_npy_images(&f, None).unwrap();
-        assert_eq!(a.images, vec![0, 128, 1, 255]);
-        assert_eq!(a.notes, vec!["float32 quantized to round(x·255)".to_string()]);
+        assert_eq!(a.images, Pixels::F32(values.to_vec()));
+        assert_eq!(
+            a.notes,
+            vec!["float32 kept as f32 (4 bytes a value on the device)".to_string()]
+        );
+        // Planar RGBA floats: interleaved, then each colour times alpha.
+        let planar = f32_bytes(&[0.5, 0.25, 1.0, 0.4, 0.2, 0.0, 0.5, 1.0]); // [1, 4, 1, 2]
+        let c = read_npy_images(&temp("f_rgba.npy", &npy("<f4", &[1, 4, 1, 2], &planar)), None).unwrap();
+        assert_eq!(c.shape, [3, 1, 2]);
+        assert_eq!(
+            c.images,
+            Pixels::F32(vec![0.5 * 0.5, 1.0 * 0.5, 0.2 * 0.5, 0.25, 0.4, 0.0])
+        );
         let out = temp("out.npy", &npy("<f4", &[1, 1, 2], &f32_bytes(&[0.25, 1.5])));
         let e = message(read_npy_images(&out, None));
         assert!(e.contains("[0, 1]") && e.contains("value 1 is 1.5"), "{e}");
@@ -583,7 +610,7 @@ mod tests {
         let rgba = temp("rgba.npy", &npy("|u1", &[1, 2, 2, 4], &px));
         let c = read_npy_images(&rgba, None).unwrap();
         assert_eq!(c.shape, [3, 2, 2]);
-        assert_eq!(c.images, vec![100, 50, 128, 9, 8, 7, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(c.images, Pixels::U8(vec![100, 50, 128, 9, 8, 7, 0, 0, 0, 0, 0, 0]));
         assert_eq!(c.notes, vec!["RGBA composited on black".to_string()]);
         let i16s = temp("i16.npy", &npy("<i2", &[1, 1, 1], &[0, 0]));
         assert!(message(read_npy_images(&i16s, None)).contains("expected uint8 or float32"));
@@ -650,7 +677,10 @@ mod tests {
         );
         let (train, test) = read_npz(&full, &NpzNames::default(), None).unwrap();
         assert_eq!((train.count, test.count, train.shape), (3, 2, [1, 2, 2]));
-        assert_eq!((train.images[0], test.images[7]), (5, 9));
+        assert_eq!(
+            (train.images.level(0), test.images.level(7)),
+            (5.0 / 255.0, 9.0 / 255.0)
+        );
         assert_eq!(
             (train.labels.unwrap(), test.labels.unwrap()),
             (vec![0, 1, 2], vec![2, 1])
@@ -681,7 +711,7 @@ mod tests {
     #[test]
     fn the_split_is_fixed_sized_and_disjoint() {
         let set = ImageArrays {
-            images: (0..50u8).collect(),
+            images: Pixels::U8((0..50u8).collect()),
             shape: [1, 1, 1],
             count: 50,
             labels: Some((0..50).collect()),
@@ -692,7 +722,7 @@ mod tests {
         let (t, s) = (train.labels.clone().unwrap(), test.labels.clone().unwrap());
         assert!(t.windows(2).all(|w| w[0] < w[1]) && s.windows(2).all(|w| w[0] < w[1]));
         assert!(s.iter().all(|v| !t.contains(v)));
-        assert_eq!(train.images, t.iter().map(|&v| v as u8).collect::<Vec<u8>>());
+        assert_eq!(train.images, Pixels::U8(t.iter().map(|&v| v as u8).collect()));
         // The same every time: the key is the split's own.
         assert_eq!(split(&set, 0.1).unwrap(), (train, test));
         assert_eq!(split(&set, 0.999).unwrap().0.count, 1);

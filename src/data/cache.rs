@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::arrays::ImageArrays;
 use crate::data::folder::{read_image_folder, FolderData, FolderOptions};
+use crate::data::set::Pixels;
 use crate::error::{Result, VaeError};
 
 const MAGIC: &[u8; 8] = b"VAEWFC01";
@@ -108,7 +109,11 @@ fn write_cache(path: &Path, key: &str, data: &FolderData) -> Result<()> {
     bytes.extend((json.len() as u64).to_le_bytes());
     bytes.extend(&json);
     for set in [&data.train, &data.test] {
-        bytes.extend(&set.images);
+        // A folder decodes to bytes; nothing else is cached.
+        let Pixels::U8(images) = &set.images else {
+            return Err(VaeError::Config("the image-folder cache holds bytes only".into()));
+        };
+        bytes.extend(images);
         if let Some(l) = &set.labels {
             bytes.extend(l.iter().flat_map(|v| v.to_le_bytes()));
         }
@@ -149,7 +154,7 @@ fn read_cache(path: &Path, key: &str) -> std::result::Result<FolderData, String>
             None
         };
         Ok(ImageArrays {
-            images,
+            images: Pixels::U8(images),
             shape: h.shape,
             count,
             labels,
@@ -250,7 +255,9 @@ mod tests {
             .unwrap();
         let (changed, used) = read_image_folder_cached(&dir, &opts, &cache, quiet, |_: &str| {}).unwrap();
         assert!(matches!(used, CacheUse::Written(_)), "{used:?}");
-        assert!(changed.train.images.contains(&77) || changed.test.images.contains(&77));
+        assert!(
+            changed.train.images.as_u8().unwrap().contains(&77) || changed.test.images.as_u8().unwrap().contains(&77)
+        );
         // A cache file cut short is rebuilt, with a note.
         let CacheUse::Written(latest) = used else {
             unreachable!()

@@ -17,6 +17,7 @@ use image::imageops::FilterType;
 use image::{DynamicImage, GrayImage, RgbImage};
 
 use crate::data::arrays::ImageArrays;
+use crate::data::set::Pixels;
 use crate::error::{Result, VaeError};
 
 /// How an image of another size reaches the target size.
@@ -314,7 +315,7 @@ pub fn read_image_folder(
         }
         let count = images.len() / d;
         ImageArrays {
-            images,
+            images: Pixels::U8(images),
             shape: [channels, size.0, size.1],
             count,
             labels: (!classes.is_empty()).then_some(labels),
@@ -382,7 +383,10 @@ mod tests {
         )
         .unwrap();
         // The split puts one file each side; whichever is which, the pixels are known.
-        let mut all = vec![colour.train.images.clone(), colour.test.images.clone()];
+        let mut all = vec![
+            colour.train.images.as_u8().unwrap().to_vec(),
+            colour.test.images.as_u8().unwrap().to_vec(),
+        ];
         all.sort();
         // 128·128/255 = 64.25 → 64; the 16-bit grey as RGB: 255 and 100.
         assert_eq!(
@@ -400,7 +404,10 @@ mod tests {
             &mut w,
         )
         .unwrap();
-        let mut all = vec![grey.train.images.clone(), grey.test.images.clone()];
+        let mut all = vec![
+            grey.train.images.as_u8().unwrap().to_vec(),
+            grey.test.images.as_u8().unwrap().to_vec(),
+        ];
         all.sort();
         // Red's luma: (19595·255 + 32768) >> 16 = 76; grey 64 stays 64.
         assert_eq!(all, vec![vec![76, 64], vec![255, 100]]);
@@ -469,7 +476,7 @@ mod tests {
         assert_eq!((f.train.count, f.test.count, f.train.shape), (5, 2, [1, 3, 3]));
         assert_eq!(f.train.labels.as_deref(), Some(&[0, 0, 0, 1, 1][..]));
         assert_eq!(f.test.labels.as_deref(), Some(&[0, 1][..]));
-        assert_eq!(f.train.images[0], 40);
+        assert_eq!(f.train.images.as_u8().unwrap()[0], 40);
         assert_eq!(f.skipped.len(), 2);
         assert!(
             warnings
@@ -503,7 +510,7 @@ mod tests {
         )
         .unwrap();
         assert!(
-            f.train.images.iter().all(|&v| v.abs_diff(123) <= 2),
+            f.train.images.as_u8().unwrap().iter().all(|&v| v.abs_diff(123) <= 2),
             "{:?}",
             f.train.images
         );

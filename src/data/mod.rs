@@ -18,7 +18,7 @@ pub use folder::{read_image_folder, FolderData, FolderOptions, ResizeMode};
 pub use idx::{read_idx_images, read_idx_labels, resolve_idx_path, IdxImages};
 pub use mnist::{load_mnist_split, DatasetKind};
 pub use resident::{GpuDataset, PixelFormat, ResidentBatches};
-pub use set::{MnistSet, IMAGE_PIXELS, IMAGE_SIDE, NUM_CLASSES};
+pub use set::{MnistSet, Pixels, IMAGE_PIXELS, IMAGE_SIDE, NUM_CLASSES};
 pub use source::BatchSource;
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! storage binding), or streamed (the examples on the host, a window of one batch on the device
 //! that the trainer fills before each step: for data beyond the device's binding size).
 
+use crate::data::set::Pixels;
 use crate::data::source::BatchSource;
 use crate::error::{Result, VaeError};
 use crate::gpu::{Dispatch, Gpu, Tensor};
@@ -35,7 +36,7 @@ pub struct GpuDataset {
     pub labels_gpu: Option<Tensor>,
     /// A streamed dataset's examples on the host (`words` and `labels_gpu` then hold a window
     /// of `window` examples); None for a resident one.
-    host: Option<std::sync::Arc<Vec<u8>>>,
+    host: Option<std::sync::Arc<Pixels>>,
     /// Examples the device buffers hold: `count` resident, the window streamed.
     window: usize,
 }
@@ -77,6 +78,61 @@ impl GpuDataset {
         })
     }
 
+    /// Uploads `count` examples of `dim` f32 grey levels in [0, 1] (dim a multiple of 4) and
+    /// their labels, as [`GpuDataset::upload`] does bytes: the batch gets the values as they
+    /// are (four times the device bytes of the same images as bytes).
+    pub fn upload_f32(
+        gpu: &Gpu,
+        label: &str,
+        values: &[f32],
+        count: usize,
+        dim: usize,
+        labels: Vec<u32>,
+    ) -> Result<Self> {
+        if !dim.is_multiple_of(4) || values.len() != count * dim || count == 0 {
+            return Err(VaeError::Shape(format!(
+                "{label}: {} values for {count} examples of {dim} pixels (dim must be a multiple of 4, count > 0)",
+                values.len()
+            )));
+        }
+        if !labels.is_empty() && labels.len() != count {
+            return Err(VaeError::Shape(format!(
+                "{label}: {} labels for {count} examples",
+                labels.len()
+            )));
+        }
+        let labels_gpu = if labels.is_empty() {
+            None
+        } else {
+            Some(gpu.upload_words(&format!("{label}_labels"), &labels)?)
+        };
+        Ok(GpuDataset {
+            words: gpu.upload(label, &[values.len()], values)?,
+            format: PixelFormat::F32,
+            count,
+            dim,
+            labels,
+            labels_gpu,
+            host: None,
+            window: count,
+        })
+    }
+
+    /// [`GpuDataset::upload`] or [`GpuDataset::upload_f32`], as `pixels` holds them.
+    pub fn upload_pixels(
+        gpu: &Gpu,
+        label: &str,
+        pixels: &Pixels,
+        count: usize,
+        dim: usize,
+        labels: Vec<u32>,
+    ) -> Result<Self> {
+        match pixels {
+            Pixels::U8(v) => Self::upload(gpu, label, v, count, dim, labels),
+            Pixels::F32(v) => Self::upload_f32(gpu, label, v, count, dim, labels),
+        }
+    }
+
     /// A streamed dataset: `count` examples of `dim` bytes kept on the host, and on the device a
     /// window of `window` examples (the batch size) and their labels, which
     /// [`GpuDataset::fill_window`] writes before each step. Training on it gives the numbers of
@@ -90,9 +146,22 @@ impl GpuDataset {
         labels: Vec<u32>,
         window: usize,
     ) -> Result<Self> {
+        Self::streamed_pixels(gpu, label, Pixels::U8(pixels), count, dim, labels, window)
+    }
+
+    /// [`GpuDataset::streamed`] of bytes or of f32 grey levels, as `pixels` holds them.
+    pub fn streamed_pixels(
+        gpu: &Gpu,
+        label: &str,
+        pixels: Pixels,
+        count: usize,
+        dim: usize,
+        labels: Vec<u32>,
+        window: usize,
+    ) -> Result<Self> {
         if !dim.is_multiple_of(4) || pixels.len() != count * dim || count == 0 || window == 0 {
             return Err(VaeError::Shape(format!(
-                "{label}: {} bytes for {count} examples of {dim} pixels and a window of {window} (dim must be \
+                "{label}: {} values for {count} examples of {dim} pixels and a window of {window} (dim must be \
                  a multiple of 4, count and window > 0)",
                 pixels.len()
             )));
@@ -109,9 +178,13 @@ impl GpuDataset {
         } else {
             Some(gpu.tensor(&format!("{label}_labels_window"), &[window])?)
         };
+        let (words, format) = match &pixels {
+            Pixels::U8(_) => (window * dim / 4, PixelFormat::U8),
+            Pixels::F32(_) => (window * dim, PixelFormat::F32),
+        };
         Ok(GpuDataset {
-            words: gpu.tensor(&format!("{label}_window"), &[window * dim / 4])?,
-            format: PixelFormat::U8,
+            words: gpu.tensor(&format!("{label}_window"), &[words])?,
+            format,
             count,
             dim,
             labels,
@@ -228,12 +301,16 @@ impl GpuDataset {
                 self.count
             )));
         }
-        // The bytes go up as they are: four pixels per little-endian word is the layout the
-        // device reads (`dim` is a multiple of 4).
+        // The values go up as they are: four bytes per little-endian word, or one f32, is the
+        // layout the device reads (`dim` is a multiple of 4).
         let d = self.dim;
-        let mut bytes = Vec::with_capacity(ids.len() * d);
+        let mut bytes = Vec::with_capacity(ids.len() * d * host.value_bytes());
         for &i in ids {
-            bytes.extend_from_slice(&host[i as usize * d..(i as usize + 1) * d]);
+            let rows = i as usize * d..(i as usize + 1) * d;
+            match host.as_ref() {
+                Pixels::U8(v) => bytes.extend_from_slice(&v[rows]),
+                Pixels::F32(v) => bytes.extend_from_slice(bytemuck::cast_slice(&v[rows])),
+            }
         }
         gpu.ctx
             .queue
