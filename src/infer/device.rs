@@ -13,7 +13,7 @@ use crate::model::inputs::Inputs;
 use crate::model::step::{plan_encode, plan_reconstruct};
 use crate::model::terms::{TermLayout, Terms};
 use crate::model::workspace::Workspace;
-use crate::model::Vae;
+use crate::model::{TextureMirrors, Vae};
 use crate::ops::{self, StepBuffer, StepParams};
 use crate::rng;
 
@@ -421,12 +421,17 @@ impl<'a> Inference<'a> {
         if let hash_map::Entry::Vacant(e) = s.decoders.entry(n) {
             let cfg = &self.vae.config;
             let mut terms = TermLayout::new(n, 1);
-            let ws = self
-                .vae
-                .decoder
-                .workspace(self.gpu, &WorkspaceSpec::eval(n, 1), n, &mut terms)?;
+            // Texture mirrors as the model's policy sets them, as `Workspace::new` does.
+            let mirrors = self.vae.texture_mirrors() != TextureMirrors::None;
+            let spec = WorkspaceSpec {
+                mirrors,
+                ..WorkspaceSpec::eval(n, 1)
+            };
+            let ws = self.vae.decoder.workspace(self.gpu, &spec, n, &mut terms)?;
+            let width = cfg.dec_input_dim();
+            let z = self.gpu.tensor("decode.z", &[n, width])?;
             e.insert(DecoderRows {
-                z: self.gpu.tensor("decode.z", &[n, cfg.dec_input_dim()])?,
+                z: ops::mirrored(self.gpu, "decode.z", z, mirrors && (n * width).is_multiple_of(4))?,
                 out: self.gpu.tensor("decode.out", &[n, cfg.input_dim])?,
                 ws,
                 terms: terms.allocate(self.gpu)?,
@@ -436,8 +441,8 @@ impl<'a> Inference<'a> {
         Ok((&s.decoders[&n], order))
     }
 
-    /// After the codes are in `dec.z`'s first columns: a conditional model's one-hot, the
-    /// decoder, and the pixel means into `images`.
+    /// After the codes are in `dec.z`'s first columns: a conditional model's one-hot, z's
+    /// texture mirror, the decoder, and the pixel means into `images`.
     fn decode_rows(
         &self,
         dec: &DecoderRows,
@@ -464,6 +469,7 @@ impl<'a> Inference<'a> {
                 self.vae.config.latent,
             )?);
         }
+        d.extend(ops::refresh_mirror("decode.z", &dec.z));
         let c = Ctx {
             gpu: self.gpu,
             arena: &self.vae.arena,
