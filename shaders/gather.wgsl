@@ -29,21 +29,18 @@ var<private> S: Step;
 @group(0) @binding(3) var<storage, read> perm: array<u32>;
 @group(0) @binding(4) var<storage, read_write> x: array<vec4<f32>>;
 
-@compute @workgroup_size(64)
-fn gather(@builtin(global_invocation_id) gid: vec3<u32>) {
-    P = p;
-    S = step;
-    let i = gid.x + gid.y * 65535u * 64u;
-    if (i >= P.rows * P.d4) { return; }
-    let b = i / P.d4;
-    let q = i % P.d4;
+// The dataset example that batch row b reads, or NONE past the permutation's end (a zero row).
+const NONE: u32 = 0xffffffffu;
+fn example_of(b: u32) -> u32 {
     let pos = S.batch_start + b;
-    var v = vec4<f32>(0.0);
-    if (pos < P.perm_len) {
-        let ex = min(perm[pos], P.count - 1u);
-        let w = data[ex * P.d4 + q];
-        v = vec4<f32>(f32(w & 255u), f32((w >> 8u) & 255u), f32((w >> 16u) & 255u), f32(w >> 24u)) * (1.0 / 255.0);
-    }
+    if (pos >= P.perm_len) { return NONE; }
+    return min(perm[pos], P.count - 1u);
+}
+
+// Writes element vec4 i (row b, vec4 q) of the batch: the grey levels v as they are, or with
+// BINARIZE a Bernoulli draw with those probabilities.
+fn put(i: u32, b: u32, q: u32, levels: vec4<f32>) {
+    var v = levels;
     if (BINARIZE) {
         let e = i * 4u;
         let u = vec4<f32>(
@@ -56,10 +53,27 @@ fn gather(@builtin(global_invocation_id) gid: vec3<u32>) {
     x[b * P.x_stride4 + q] = v;
 }
 
-// The same gather from a dataset of f32 grey levels in [0, 1] (a host's own device buffer): row b
-// of the batch is example perm[batch_start + b] as it is stored, or with BINARIZE a Bernoulli
-// draw with that probability under the byte path's keys. Values holding byte·(1/255) give the
-// byte path's batch bit for bit.
+@compute @workgroup_size(64)
+fn gather(@builtin(global_invocation_id) gid: vec3<u32>) {
+    P = p;
+    S = step;
+    let i = gid.x + gid.y * 65535u * 64u;
+    if (i >= P.rows * P.d4) { return; }
+    let b = i / P.d4;
+    let q = i % P.d4;
+    let ex = example_of(b);
+    var v = vec4<f32>(0.0);
+    if (ex != NONE) {
+        let w = data[ex * P.d4 + q];
+        v = vec4<f32>(f32(w & 255u), f32((w >> 8u) & 255u), f32((w >> 16u) & 255u), f32(w >> 24u)) * (1.0 / 255.0);
+    }
+    put(i, b, q, v);
+}
+
+// The same gather from a dataset of f32 grey levels in [0, 1] (a host's own device buffer, a
+// float32 array): row b of the batch is example perm[batch_start + b] as it is stored, or with
+// BINARIZE a Bernoulli draw with those probabilities under the byte path's keys. Values
+// holding byte·(1/255) give the byte path's batch bit for bit.
 @group(0) @binding(10) var<storage, read> dataf: array<vec4<f32>>;
 
 @compute @workgroup_size(64)
@@ -70,22 +84,10 @@ fn gather_f32(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (i >= P.rows * P.d4) { return; }
     let b = i / P.d4;
     let q = i % P.d4;
-    let pos = S.batch_start + b;
+    let ex = example_of(b);
     var v = vec4<f32>(0.0);
-    if (pos < P.perm_len) {
-        let ex = min(perm[pos], P.count - 1u);
-        v = dataf[ex * P.d4 + q];
-    }
-    if (BINARIZE) {
-        let e = i * 4u;
-        let u = vec4<f32>(
-            rng_uniform(S.seed, S.step, BINARIZE_STREAM, e),
-            rng_uniform(S.seed, S.step, BINARIZE_STREAM, e + 1u),
-            rng_uniform(S.seed, S.step, BINARIZE_STREAM, e + 2u),
-            rng_uniform(S.seed, S.step, BINARIZE_STREAM, e + 3u));
-        v = select(vec4<f32>(0.0), vec4<f32>(1.0), u < v);
-    }
-    x[b * P.x_stride4 + q] = v;
+    if (ex != NONE) { v = dataf[ex * P.d4 + q]; }
+    put(i, b, q, v);
 }
 
 // ---- class conditioning: one-hot labels after the pixels and after the latent code ----

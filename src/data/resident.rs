@@ -45,37 +45,13 @@ impl GpuDataset {
     /// Uploads `count` examples of `dim` bytes (dim a multiple of 4) and their labels (`labels`
     /// empty for an unlabelled dataset, else one per example).
     pub fn upload(gpu: &Gpu, label: &str, pixels: &[u8], count: usize, dim: usize, labels: Vec<u32>) -> Result<Self> {
-        if !dim.is_multiple_of(4) || pixels.len() != count * dim || count == 0 {
-            return Err(VaeError::Shape(format!(
-                "{label}: {} bytes for {count} examples of {dim} pixels (dim must be a multiple of 4, count > 0)",
-                pixels.len()
-            )));
-        }
-        if !labels.is_empty() && labels.len() != count {
-            return Err(VaeError::Shape(format!(
-                "{label}: {} labels for {count} examples",
-                labels.len()
-            )));
-        }
+        check_sizes(label, pixels.len(), count, dim, &labels)?;
         let words: Vec<u32> = pixels
             .chunks_exact(4)
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        let labels_gpu = if labels.is_empty() {
-            None
-        } else {
-            Some(gpu.upload_words(&format!("{label}_labels"), &labels)?)
-        };
-        Ok(GpuDataset {
-            words: gpu.upload_words(label, &words)?,
-            format: PixelFormat::U8,
-            count,
-            dim,
-            labels,
-            labels_gpu,
-            host: None,
-            window: count,
-        })
+        let words = gpu.upload_words(label, &words)?;
+        Self::resident(gpu, label, words, PixelFormat::U8, count, dim, labels)
     }
 
     /// Uploads `count` examples of `dim` f32 grey levels in [0, 1] (dim a multiple of 4) and
@@ -89,26 +65,29 @@ impl GpuDataset {
         dim: usize,
         labels: Vec<u32>,
     ) -> Result<Self> {
-        if !dim.is_multiple_of(4) || values.len() != count * dim || count == 0 {
-            return Err(VaeError::Shape(format!(
-                "{label}: {} values for {count} examples of {dim} pixels (dim must be a multiple of 4, count > 0)",
-                values.len()
-            )));
-        }
-        if !labels.is_empty() && labels.len() != count {
-            return Err(VaeError::Shape(format!(
-                "{label}: {} labels for {count} examples",
-                labels.len()
-            )));
-        }
+        check_sizes(label, values.len(), count, dim, &labels)?;
+        let words = gpu.upload(label, &[values.len()], values)?;
+        Self::resident(gpu, label, words, PixelFormat::F32, count, dim, labels)
+    }
+
+    /// A resident dataset of uploaded `words` in `format`, with its labels uploaded beside.
+    fn resident(
+        gpu: &Gpu,
+        label: &str,
+        words: Tensor,
+        format: PixelFormat,
+        count: usize,
+        dim: usize,
+        labels: Vec<u32>,
+    ) -> Result<Self> {
         let labels_gpu = if labels.is_empty() {
             None
         } else {
             Some(gpu.upload_words(&format!("{label}_labels"), &labels)?)
         };
         Ok(GpuDataset {
-            words: gpu.upload(label, &[values.len()], values)?,
-            format: PixelFormat::F32,
+            words,
+            format,
             count,
             dim,
             labels,
@@ -159,19 +138,12 @@ impl GpuDataset {
         labels: Vec<u32>,
         window: usize,
     ) -> Result<Self> {
-        if !dim.is_multiple_of(4) || pixels.len() != count * dim || count == 0 || window == 0 {
+        if window == 0 {
             return Err(VaeError::Shape(format!(
-                "{label}: {} values for {count} examples of {dim} pixels and a window of {window} (dim must be \
-                 a multiple of 4, count and window > 0)",
-                pixels.len()
+                "{label}: a streamed dataset needs a window of 1 or more examples"
             )));
         }
-        if !labels.is_empty() && labels.len() != count {
-            return Err(VaeError::Shape(format!(
-                "{label}: {} labels for {count} examples",
-                labels.len()
-            )));
-        }
+        check_sizes(label, pixels.len(), count, dim, &labels)?;
         let window = window.min(count);
         let labels_gpu = if labels.is_empty() {
             None
@@ -327,6 +299,23 @@ impl GpuDataset {
     pub fn batches<'a>(&'a self, order: &'a Tensor) -> ResidentBatches<'a> {
         ResidentBatches { data: self, order }
     }
+}
+
+/// Refuses `values` pixels that are not `count` > 0 examples of `dim` (a multiple of 4), and
+/// labels that are neither none nor one per example.
+fn check_sizes(label: &str, values: usize, count: usize, dim: usize, labels: &[u32]) -> Result<()> {
+    if !dim.is_multiple_of(4) || values != count * dim || count == 0 {
+        return Err(VaeError::Shape(format!(
+            "{label}: {values} values for {count} examples of {dim} pixels (dim must be a multiple of 4, count > 0)"
+        )));
+    }
+    if !labels.is_empty() && labels.len() != count {
+        return Err(VaeError::Shape(format!(
+            "{label}: {} labels for {count} examples",
+            labels.len()
+        )));
+    }
+    Ok(())
 }
 
 /// The batches of a [`GpuDataset`] in a device-side order: the gather reads the bytes straight
