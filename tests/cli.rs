@@ -1408,7 +1408,8 @@ fn png_size(path: &Path) -> (u32, u32) {
 
 /// The embedding example as a host program runs it: its own device, a model it trains
 /// itself through the host-driven loop, the latent walk's frames, and fine-tuning on inverted
-/// digits whose mean loss over the last 50 steps is below that over the first 50.
+/// digits whose mean loss over the last 50 steps is below that over the first 50; then from a
+/// conditional train_mnist checkpoint, and refusing an autoencoder's.
 #[test]
 fn the_embed_example_walks_and_fine_tunes() {
     let dir = scratch("embed");
@@ -1448,5 +1449,70 @@ fn the_embed_example_walks_and_fine_tunes() {
     for name in ["inverted-before.png", "inverted-after.png"] {
         assert_eq!(png_size(&out_dir.join(name)), (16 * 29 + 1, 2 * 29 + 1), "{name}");
     }
+
+    // From a conditional train_mnist checkpoint (its run directory): the walk and the
+    // fine-tuning take their labels; an autoencoder's checkpoint, with no prior, is refused.
+    let run_dir = dir.join("run");
+    let out = run(
+        "train_mnist",
+        &args(&tiny(&[
+            "--epochs",
+            "1",
+            "--conditional",
+            "--out",
+            run_dir.to_str().unwrap(),
+        ])),
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let from_ckpt = dir.join("from-checkpoint");
+    let out = run(
+        "embed",
+        &[
+            "--checkpoint",
+            run_dir.to_str().unwrap(),
+            "--out",
+            from_ckpt.to_str().unwrap(),
+            "--frames",
+            "4",
+            "--finetune-epochs",
+            "1",
+        ],
+        &[],
+    );
+    let log = text(&out);
+    assert!(
+        out.status.success() && log.contains("model: ") && !log.contains("pretraining"),
+        "{log}"
+    );
+    assert_eq!(png_size(&from_ckpt.join("walk.png")), (4 * 29 + 1, 8 * 29 + 1));
+    let ae_dir = dir.join("ae");
+    let out = run(
+        "train_mnist",
+        &args(&tiny(&[
+            "--epochs",
+            "1",
+            "--autoencoder",
+            "--out",
+            ae_dir.to_str().unwrap(),
+        ])),
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let out = run(
+        "embed",
+        &[
+            "--checkpoint",
+            ae_dir.to_str().unwrap(),
+            "--out",
+            from_ckpt.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        !out.status.success() && text(&out).contains("a code with a prior"),
+        "{}",
+        text(&out)
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
