@@ -1452,19 +1452,18 @@ fn the_embed_example_walks_and_fine_tunes() {
 
     // From a conditional train_mnist checkpoint (its run directory): the walk and the
     // fine-tuning take their labels; an autoencoder's checkpoint, with no prior, is refused.
-    let run_dir = dir.join("run");
-    let out = run(
-        "train_mnist",
-        &args(&tiny(&[
-            "--epochs",
-            "1",
-            "--conditional",
-            "--out",
-            run_dir.to_str().unwrap(),
-        ])),
-        &[],
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    // One tiny epoch of train_mnist with `flag`, into dir/`name`.
+    let trained = |name: &str, flag: &str| -> PathBuf {
+        let run_dir = dir.join(name);
+        let out = run(
+            "train_mnist",
+            &args(&tiny(&["--epochs", "1", flag, "--out", run_dir.to_str().unwrap()])),
+            &[],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        run_dir
+    };
+    let run_dir = trained("run", "--conditional");
     let from_ckpt = dir.join("from-checkpoint");
     let out = run(
         "embed",
@@ -1486,19 +1485,7 @@ fn the_embed_example_walks_and_fine_tunes() {
         "{log}"
     );
     assert_eq!(png_size(&from_ckpt.join("walk.png")), (4 * 29 + 1, 8 * 29 + 1));
-    let ae_dir = dir.join("ae");
-    let out = run(
-        "train_mnist",
-        &args(&tiny(&[
-            "--epochs",
-            "1",
-            "--autoencoder",
-            "--out",
-            ae_dir.to_str().unwrap(),
-        ])),
-        &[],
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    let ae_dir = trained("ae", "--autoencoder");
     let out = run(
         "embed",
         &[
